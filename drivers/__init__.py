@@ -1,0 +1,18 @@
+"""The drivers: one module (or package) per ``Netdev`` type of ``qapi/net.json``.
+
+:func:`registry` lists every driver this build provides, keyed by its type name. Importing
+this package has no side effects; the composition root (``netstack.cli``) calls
+:func:`registry` and hands the result to the daemon.
+"""
+
+from __future__ import annotations
+
+from netstack.driver import DriverSpec
+
+
+def registry() -> dict[str, DriverSpec]:
+    """Every driver this build provides, by ``Netdev`` type."""
+    from drivers import hubport
+
+    specs = [hubport.SPEC]
+    return {spec.type: spec for spec in specs}

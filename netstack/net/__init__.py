@@ -1,0 +1,1 @@
+"""The forwarding core: net clients, peers, queues, hubs, link state, NIC rx filters."""

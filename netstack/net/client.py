@@ -1,0 +1,232 @@
+"""Net clients: the endpoints the forwarding core joins, and QEMU's send path.
+
+Follows ``net/net.c`` (``NetClientState``, ``qemu_send_packet``, ``qemu_deliver_packet_iov``,
+``qemu_flush_queued_packets``, ``qemu_purge_queued_packets``).
+
+A client has at most one peer and peering is symmetric (``a.peer is b`` iff ``b.peer is
+a``). Frames travel in batches (lists of ``bytes``) together with one flag, ``vnet``: when
+true every frame of the batch starts with a 12-byte ``virtio_net_hdr_v1`` carrying offload
+metadata (checksum and segmentation requests). A receiver that does not set
+``accepts_vnet`` never sees such a header: the sender's side completes checksums, segments
+super-frames and strips the header first (``netstack.proto.vnet``).
+
+Send path of a batch, in QEMU's order:
+  1. the sender's link is down, or it has no peer: the batch is dropped (counted) and
+     reported as sent;
+  2. the sender's filters (direction tx, head to tail), then the peer's filters
+     (direction rx, tail to head); a filter may consume frames;
+  3. the peer's incoming queue: delivered now, or queued when the peer cannot receive
+     (bounded, see :mod:`netstack.net.queue`);
+  4. at delivery: a receiver whose link is down drops the frames (counted); a NIC-class
+     receiver applies its rx filter (filtered frames are consumed, not queued); then the
+     driver's :meth:`NetClient.receive` takes a prefix of the batch.
+
+Drivers subclass :class:`NetClient` and override ``receive`` (and, where they have them,
+``can_receive``, ``link_status_changed``, ``cleanup``). Drivers never mutate a batch they
+are given: hubs hand the same list to several receivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, ClassVar
+
+from netstack.net.queue import NetQueue, SentCallback
+from netstack.proto import vnet as vnet_hdr
+
+if TYPE_CHECKING:
+    from netstack.net.filter import NetFilter
+    from netstack.net.rxfilter import RxFilter
+
+
+class Counters:
+    """Per-client frame and byte counters (all monotonic)."""
+
+    __slots__ = (
+        "malformed",
+        "rx_bytes",
+        "rx_dropped",
+        "rx_filtered",
+        "rx_frames",
+        "tx_bytes",
+        "tx_dropped",
+        "tx_frames",
+    )
+
+    def __init__(self) -> None:
+        self.tx_frames = 0
+        self.tx_bytes = 0
+        self.tx_dropped = 0
+        self.rx_frames = 0
+        self.rx_bytes = 0
+        self.rx_dropped = 0
+        self.rx_filtered = 0
+        self.malformed = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name.replace("_", "-"): getattr(self, name) for name in self.__slots__}
+
+
+class NetClient:
+    """One endpoint of the forwarding core (QEMU's ``NetClientState``).
+
+    ``type`` is the ``NetClientDriver`` value (``"hubport"``, ``"socket"``, ``"nic"``...).
+    """
+
+    type: ClassVar[str] = "none"
+    #: True when :meth:`receive` takes batches whose frames carry a virtio-net header.
+    accepts_vnet: ClassVar[bool] = False
+
+    def __init__(self, name: str, *, model: str | None = None, queue_index: int = 0) -> None:
+        self.name = name
+        self.model = model if model is not None else self.type
+        self.queue_index = queue_index
+        self.peer: NetClient | None = None
+        self.link_down = False
+        self.receive_disabled = False
+        self.is_netdev = True
+        self.info_str = ""
+        self.filters: list[NetFilter] = []
+        self.rx_filter: RxFilter | None = None
+        #: Bytes of host vnet header in front of frames handed to the rx filter.
+        self.host_hdr_len = 0
+        self.stats = Counters()
+        self.incoming = NetQueue(self)
+        self.deleted = False
+
+    def __repr__(self) -> str:
+        return f"<{self.__class__.__name__} {self.name!r} type={self.type}>"
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def is_nic(self) -> bool:
+        """True for guest NIC devices (QEMU's ``NET_CLIENT_DRIVER_NIC``)."""
+        return self.type == "nic"
+
+    def info_line(self) -> str:
+        """The client line of ``info network``."""
+        return f"{self.name}: index={self.queue_index},type={self.type},{self.info_str}"
+
+    # -- driver hooks ------------------------------------------------------------------
+
+    def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
+        """Take a prefix of ``frames``; return how many were taken.
+
+        Returning fewer than ``len(frames)`` queues the rest and disables reception until
+        the driver calls :meth:`flush_queued`. The default sinks everything.
+        """
+        return len(frames)
+
+    def can_receive(self) -> bool:
+        """Whether :meth:`receive` could take a frame now."""
+        return True
+
+    def link_status_changed(self) -> None:
+        """Called after ``link_down`` changed through ``set_link``."""
+
+    def cleanup(self) -> None:
+        """Release the driver's resources (fds, timers, host objects)."""
+
+    # -- peering -----------------------------------------------------------------------
+
+    def connect(self, other: NetClient) -> None:
+        """Make ``self`` and ``other`` peers; both must be unpeered."""
+        if self.peer is not None or other.peer is not None:
+            raise ValueError(f"{self.name} or {other.name} already has a peer")
+        self.peer = other
+        other.peer = self
+
+    # -- sending -----------------------------------------------------------------------
+
+    def can_send(self) -> bool:
+        """QEMU's ``qemu_can_send_packet``: whether the peer would take a frame now."""
+        peer = self.peer
+        if peer is None:
+            return True
+        if peer.receive_disabled:
+            return False
+        return peer.can_receive_from(self)
+
+    def send(
+        self, frames: Sequence[bytes], vnet: bool = False, sent_cb: SentCallback | None = None
+    ) -> int:
+        """Send a batch to the peer; returns the number of frames disposed of now.
+
+        Frames the peer could not take are queued at the peer; ``sent_cb`` (if given) is
+        called once they are delivered or purged, and the caller should stop producing
+        until then.
+        """
+        count = len(frames)
+        stats = self.stats
+        peer = self.peer
+        if self.link_down or peer is None:
+            stats.tx_dropped += count
+            return count
+        if vnet and not peer.accepts_vnet:
+            frames = vnet_hdr.to_plain(frames)
+            vnet = False
+            count = len(frames)
+        stats.tx_frames += count
+        stats.tx_bytes += sum(map(len, frames))
+        if self.filters or peer.filters:
+            from netstack.net.filter import run_send_filters
+
+            frames = run_send_filters(self, peer, frames, vnet)
+            if not frames:
+                return count
+            return count - len(frames) + peer.incoming.send(self, frames, sent_cb, vnet)
+        return peer.incoming.send(self, frames, sent_cb, vnet)
+
+    def send_frame(self, frame: bytes) -> int:
+        """Send one frame (convenience for control-protocol replies)."""
+        return self.send((frame,))
+
+    # -- receiving (called by the queue) -----------------------------------------------
+
+    def can_receive_from(self, sender: NetClient) -> bool:
+        return self.can_receive()
+
+    def deliver(self, sender: NetClient, frames: Sequence[bytes], vnet: bool) -> Sequence[bytes]:
+        """QEMU's ``qemu_deliver_packet_iov``: returns the frames not taken."""
+        stats = self.stats
+        if self.link_down or self.deleted:
+            stats.rx_dropped += len(frames)
+            return ()
+        if self.receive_disabled:
+            return frames
+        rx_filter = self.rx_filter
+        if rx_filter is not None:
+            hdr_len = vnet_hdr.HDR_LEN if vnet else self.host_hdr_len
+            passed = rx_filter.filter_batch(frames, hdr_len)
+            if len(passed) != len(frames):
+                stats.rx_filtered += len(frames) - len(passed)
+                frames = passed
+                if not frames:
+                    return ()
+        taken = self.receive(frames, vnet)
+        if taken >= len(frames):
+            stats.rx_frames += len(frames)
+            stats.rx_bytes += sum(map(len, frames))
+            return ()
+        if taken > 0:
+            stats.rx_frames += taken
+            stats.rx_bytes += sum(map(len, frames[:taken]))
+        self.receive_disabled = True
+        return frames[taken:]
+
+    def flush_queued(self) -> None:
+        """QEMU's ``qemu_flush_queued_packets``: the client can receive again."""
+        self.receive_disabled = False
+        peer = self.peer
+        if peer is not None:
+            peer.flush_siblings()
+        self.incoming.flush()
+
+    def flush_siblings(self) -> None:
+        """Hook for hub ports: flush the queues of the other ports of the hub."""
+
+    def purge_queued(self) -> int:
+        """QEMU's ``qemu_purge_queued_packets``: drop what this client queued at its peer."""
+        peer = self.peer
+        return peer.incoming.purge(self) if peer is not None else 0

@@ -1,0 +1,1 @@
+"""Hot-path protocol helpers on bytes and memoryviews: checksums, headers, vnet headers."""

@@ -1,0 +1,1 @@
+"""QMP and QGA control plane: JSON framing, sessions, command table, events, server."""

@@ -1,0 +1,1 @@
+"""Developer and test tooling for netstack (not part of the daemon)."""
