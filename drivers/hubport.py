@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from netstack.driver import DriverHost, DriverSpec
 from netstack.errors import GenericError
+from netstack.qapi import NetdevHubPortOptions
 
 if TYPE_CHECKING:
     from netstack.net.client import NetClient
@@ -20,8 +21,9 @@ if TYPE_CHECKING:
 
 async def create(host: DriverHost, netdev: Netdev) -> list[NetClient]:
     opts = netdev.options
-    hubid: int = getattr(opts, "hubid")  # noqa: B009 - options type varies per driver
-    peer_name: str | None = getattr(opts, "netdev", None)
+    assert isinstance(opts, NetdevHubPortOptions)
+    hubid = opts.hubid
+    peer_name = opts.netdev
     peer = None
     if peer_name is not None:
         peer = host.find_netdev(peer_name)

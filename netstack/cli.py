@@ -186,7 +186,7 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
 
     for spec in cfg.chardevs:
         with _option("-chardev", spec):
-            await ns.chardev_add(qapi.parse_chardev_cli(spec))
+            await ns.chardev_add(qapi.parse_chardev_cli(spec), from_cli=True)
     for spec in cfg.netdevs:
         with _option("-netdev", spec):
             netdev = qapi.parse_netdev_cli(spec)

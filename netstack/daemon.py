@@ -16,17 +16,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from netstack import qapi
+from netstack.chardev.table import ChardevTable
 from netstack.driver import DriverSpec
 from netstack.errors import DeviceNotFound, GenericError
 from netstack.net.client import NetClient
 from netstack.net.hub import Hub, HubPort
-from netstack.qapi import Netdev
+from netstack.net.rxfilter import format_mac
+from netstack.qapi import Chardev as ChardevSpec
+from netstack.qapi import Netdev, ObjectSpec
+from netstack.qapi.output import to_qmp
 
 EventListener = Callable[[str, Mapping[str, Any] | None], None]
+
+
+@runtime_checkable
+class UserNetClient(Protocol):
+    """What a ``user`` netdev offers the monitor (info usernet, hostfwd, DHCP leases)."""
+
+    def usernet_info(self) -> str: ...
+
+    def hostfwd(self, command: str, args: Sequence[str]) -> str: ...
+
+    def leases_for(self, mac: bytes) -> list[tuple[str, int]]: ...
 
 
 class Netstack:
@@ -46,10 +62,13 @@ class Netstack:
         self._log = log or logging.getLogger("netstack")
         self.clients: list[NetClient] = []
         self.hubs: list[Hub] = []
-        self.chardevs: dict[str, Any] = {}
+        self.chardevs = ChardevTable()
         self.objects: dict[str, Any] = {}
+        self.monitors: list[Any] = []
         self._listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown: asyncio.Event | None = None
+        self._commands: Any = None
 
     # -- DriverHost ----------------------------------------------------------------------
 
@@ -88,6 +107,20 @@ class Netstack:
 
     def chardev(self, chardev_id: str) -> Any:
         return self.chardevs.get(chardev_id)
+
+    # -- life ------------------------------------------------------------------------------
+
+    def _shutdown_event(self) -> asyncio.Event:
+        if self._shutdown is None:
+            self._shutdown = asyncio.Event()
+        return self._shutdown
+
+    def request_shutdown(self) -> None:
+        """Ask the daemon to stop (signals, QMP ``quit``)."""
+        self._shutdown_event().set()
+
+    async def wait_shutdown(self) -> None:
+        await self._shutdown_event().wait()
 
     def add_listener(self, listener: EventListener) -> None:
         self._listeners.append(listener)
@@ -140,6 +173,7 @@ class Netstack:
                 f"Device '{netdev.type}' could not be initialized: {exc.strerror or exc}"
             ) from exc
         for nc in made:
+            nc.netdev_spec = netdev
             self.add_client(nc)
         return made
 
@@ -254,13 +288,185 @@ class Netstack:
 
     async def close(self) -> None:
         """Delete every netdev and release everything (shutdown)."""
+        for obj_id in list(self.objects):
+            self.remove_filter(obj_id)
         for nc in list(reversed(self.clients)):
             if nc.is_netdev and nc in self.clients:
                 self.netdev_del(nc.name)
         for nc in list(self.clients):
             self._cleanup(nc, free=True)
-        for obj_id in list(self.objects):
-            self.remove_filter(obj_id)
+        self.monitors.clear()
+        await self.chardevs.close_all()
+
+    # -- chardevs, objects, monitors ----------------------------------------------------------
+
+    async def chardev_add(
+        self, spec: ChardevSpec, *, socket_mode: int | None = None, from_cli: bool = False
+    ) -> Any:
+        return await self.chardevs.add(spec, socket_mode=socket_mode, from_cli=from_cli)
+
+    async def object_add(self, spec: ObjectSpec) -> None:
+        from netstack.objects import create_object
+
+        await create_object(self, spec)
+
+    def object_del(self, object_id: str) -> None:
+        from netstack.objects import delete_object
+
+        delete_object(self, object_id)
+
+    def command_table(self) -> Any:
+        """The QMP command table (built once, shared by every monitor)."""
+        if self._commands is None:
+            from netstack.qmp.commands import Commands
+
+            self._commands = Commands(self).table()
+        return self._commands
+
+    async def monitor_add(self, kind: str, text: str, pretty: bool, index: int) -> None:
+        """``-qmp DEV`` / ``-qmp-pretty DEV`` / ``-mon chardev=ID,mode=control[,pretty=on]``."""
+        from netstack.qmp.commands import VERSION_INFO
+        from netstack.qmp.monitor import QmpMonitor
+
+        if kind == "qmp":
+            if text.startswith("chardev:"):
+                chardev_id = text[len("chardev:") :]
+            else:
+                chardev_id = f"compat_monitor{index}"
+                spec = qapi.parse_qmp_shorthand(text, chardev_id)
+                await self.chardev_add(spec, socket_mode=0o600, from_cli=True)
+        else:
+            opts = qapi.keyval.parse(text, "chardev")
+            chardev_id = str(opts.get("chardev", ""))
+            mode = opts.get("mode", "readline")
+            if mode != "control":
+                raise GenericError(
+                    f"monitor mode '{mode}' is not supported: netstackd has QMP monitors "
+                    "only (mode=control); HMP commands work through human-monitor-command"
+                )
+            pretty = str(opts.get("pretty", "off")) in ("on", "yes", "true", "y")
+        chardev = self.chardevs.get(chardev_id)
+        if chardev is None:
+            raise GenericError(f"chardev \"{chardev_id}\" not found")
+        monitor = QmpMonitor(
+            self.command_table(),
+            version=VERSION_INFO,
+            pretty=pretty,
+            oob=chardev.backend == "socket",
+            subscribe=self.add_listener,
+            unsubscribe=self.remove_listener,
+        )
+        chardev.attach(monitor)
+        self.monitors.append(monitor)
+
+    # -- beyond QEMU: introspection and rx-filter programming ---------------------------------
+
+    def query_netdev(self, name: str | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for nc in self.clients:
+            if name is not None and nc.name != name:
+                continue
+            entry: dict[str, Any] = {
+                "id": nc.name,
+                "type": nc.type,
+                "queue-index": nc.queue_index,
+                "info": nc.info_str,
+                "link-up": not nc.link_down,
+                "netdev": nc.is_netdev,
+                "statistics": nc.stats.as_dict(),
+                "queued": len(nc.incoming),
+                "queue-dropped": nc.incoming.dropped,
+            }
+            spec = nc.netdev_spec
+            if spec is not None:
+                entry["options"] = to_qmp(spec.options)
+            if nc.peer is not None:
+                entry["peer"] = nc.peer.name
+            hub = _hub_of(nc)
+            if hub is not None:
+                entry["hub"] = hub.id
+            if nc.rx_filter is not None:
+                entry["mac"] = format_mac(nc.rx_filter.mac)
+            out.append(entry)
+        if name is not None and not out:
+            raise DeviceNotFound(f"Device '{name}' not found")
+        return out
+
+    def _nic_class(self, name: str) -> NetClient:
+        for nc in self.clients:
+            if nc.name == name and nc.queue_index == 0:
+                if nc.rx_filter is None:
+                    raise GenericError(f"net client({name}) isn't a NIC")
+                return nc
+        raise GenericError(f"invalid net client name: {name}")
+
+    def set_rx_filter(self, name: str, **changes: Any) -> None:
+        """Program a NIC-class client's rx filter (QMP ``set-rx-filter``).
+
+        ``rx_modes`` takes the RxFilterInfo spelling (``promiscuous``) or the virtio one.
+        """
+        rx = self._nic_class(name).rx_filter
+        assert rx is not None
+        modes = changes.get("rx_modes")
+        if modes:
+            changes["rx_modes"] = {
+                ("promisc" if k == "promiscuous" else k): v for k, v in modes.items()
+            }
+        rx.program(**changes)
+
+    def guest_network_interfaces(self) -> list[dict[str, Any]]:
+        users = [nc for nc in self.clients if isinstance(nc, UserNetClient)]
+        out: list[dict[str, Any]] = []
+        for nc in self.clients:
+            if nc.rx_filter is None or nc.queue_index != 0:
+                continue
+            mac = nc.rx_filter.mac
+            addrs = [
+                {"ip-address-type": "ipv6" if ":" in ip else "ipv4", "ip-address": ip,
+                 "prefix": prefix}
+                for user in users
+                for ip, prefix in user.leases_for(mac)
+            ]
+            st = nc.stats
+            out.append(
+                {
+                    "name": nc.name,
+                    "hardware-address": format_mac(mac),
+                    "ip-addresses": addrs,
+                    "statistics": {
+                        "rx-bytes": st.rx_bytes, "rx-packets": st.rx_frames, "rx-errs": 0,
+                        "rx-dropped": st.rx_dropped + st.rx_filtered,
+                        "tx-bytes": st.tx_bytes, "tx-packets": st.tx_frames, "tx-errs": 0,
+                        "tx-dropped": st.tx_dropped,
+                    },
+                }
+            )
+        return out
+
+    def info_usernet(self) -> str:
+        return "".join(nc.usernet_info() for nc in self.clients if isinstance(nc, UserNetClient))
+
+    def hmp_hostfwd(self, command: str, args: Sequence[str]) -> str:
+        """HMP ``hostfwd_add [netdev] RULE`` / ``hostfwd_remove [netdev] RULE``."""
+        if len(args) >= 2:
+            nc = self.find_netdev(args[0])
+            if nc is None:
+                return f"unrecognized netdev id '{args[0]}'\n"
+            if not isinstance(nc, UserNetClient):
+                return "invalid device specified\n"
+            return nc.hostfwd(command, args[1:])
+        users = [nc for nc in self.clients if isinstance(nc, UserNetClient)]
+        if not users:
+            return "user mode network stack not in use\n"
+        return users[0].hostfwd(command, args)
+
+
+def _hub_of(nc: NetClient) -> Hub | None:
+    if isinstance(nc, HubPort):
+        return nc.hub
+    if isinstance(nc.peer, HubPort):
+        return nc.peer.hub
+    return None
 
 
 def _client_lines(nc: NetClient) -> str:

@@ -36,7 +36,9 @@ from netstack.proto import vnet as vnet_hdr
 
 if TYPE_CHECKING:
     from netstack.net.filter import NetFilter
+    from netstack.net.rxbatch import RxBatchClassifier
     from netstack.net.rxfilter import RxFilter
+    from netstack.qapi import Netdev
 
 
 class Counters:
@@ -87,17 +89,32 @@ class NetClient:
         self.is_netdev = True
         self.info_str = ""
         self.filters: list[NetFilter] = []
-        self.rx_filter: RxFilter | None = None
+        self._rx_filter: RxFilter | None = None
+        self._rx_batch: RxBatchClassifier | None = None
         #: Bytes of host vnet header in front of frames handed to the rx filter.
         self.host_hdr_len = 0
         self.stats = Counters()
         self.incoming = NetQueue(self)
         self.deleted = False
+        #: The options the netdev was created with (None for NICs and internal clients).
+        self.netdev_spec: Netdev | None = None
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__} {self.name!r} type={self.type}>"
 
     # -- identity ----------------------------------------------------------------------
+
+    @property
+    def rx_filter(self) -> RxFilter | None:
+        """The virtio-net rx filter of a NIC-class client (None for plain netdevs)."""
+        return self._rx_filter
+
+    @rx_filter.setter
+    def rx_filter(self, rx: RxFilter | None) -> None:
+        from netstack.net.rxbatch import RxBatchClassifier
+
+        self._rx_filter = rx
+        self._rx_batch = RxBatchClassifier(rx) if rx is not None else None
 
     @property
     def is_nic(self) -> bool:
@@ -195,10 +212,10 @@ class NetClient:
             return ()
         if self.receive_disabled:
             return frames
-        rx_filter = self.rx_filter
-        if rx_filter is not None:
+        rx_batch = self._rx_batch
+        if rx_batch is not None:
             hdr_len = vnet_hdr.HDR_LEN if vnet else self.host_hdr_len
-            passed = rx_filter.filter_batch(frames, hdr_len)
+            passed = rx_batch.accepted(frames, hdr_len)
             if len(passed) != len(frames):
                 stats.rx_filtered += len(frames) - len(passed)
                 frames = passed

@@ -20,6 +20,8 @@ names here are the schema's own. Commands and events are the QMP layer's to add.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .chardev import ChardevAddArguments
 from .netdev import Netdev
 from .qom import ObjectSpec
@@ -92,10 +94,11 @@ class _Collector:
         info["variants"] = variants
 
 
-def schema_info() -> list[SchemaInfo]:
+def schema_info(extra: Iterable[QType] = ()) -> list[SchemaInfo]:
     """SchemaInfo entries for ``Netdev``, ``chardev-add``'s arguments and the QOM objects,
-    with every type they reference (each exactly once)."""
+    plus ``extra`` root types (command arguments), with every type they reference (each
+    exactly once)."""
     collector = _Collector()
-    for root in (Netdev, ChardevAddArguments, ObjectSpec, Empty):
+    for root in (Netdev, ChardevAddArguments, ObjectSpec, Empty, *extra):
         collector.add(root)
     return list(collector.out.values())

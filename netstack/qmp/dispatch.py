@@ -39,8 +39,9 @@ class QmpCommand:
     handler: Handler
     visit_args: ArgsVisitor | None = None
     allow_oob: bool = False
-    #: Introspection: the argument members ``[{"name":..,"type":..}]`` and return type.
-    arg_members: tuple[dict[str, Any], ...] = ()
+    #: Introspection: the argument type (a schema dataclass, or a schema type name for
+    #: boxed/union arguments) and the return type's name.
+    arg_type: type | str | None = None
     ret_type: str = "any"
     allow_preconfig: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)

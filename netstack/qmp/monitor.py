@@ -30,9 +30,8 @@ from typing import Any
 from netstack.chardev.base import Connection
 from netstack.errors import CommandNotFound, GenericError
 from netstack.qmp.dispatch import CommandTable, QmpCommand, dispatch, is_oob_request
-from netstack.qmp.jsonout import encode
-from netstack.qmp.jsonstream import JsonParseError, JsonStreamParser
-from netstack.qmp.qdict_order import reorder
+from netstack.qmp.jsonout import qmp_line
+from netstack.qmp.jsonstream import JSONParseError, JSONStreamParser
 
 log = logging.getLogger("netstack.qmp")
 
@@ -87,17 +86,16 @@ class QmpSession:
         self.conn = conn
         self.negotiated = False
         self.oob_enabled = False
-        self.parser = JsonStreamParser()
+        self.parser = JSONStreamParser()
         self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=QMP_REQ_QUEUE_LEN_MAX)
         self._delimit_next = False
+        self._negotiation: CommandTable | None = None
 
     # -- output --------------------------------------------------------------------------
 
     def send(self, obj: Mapping[str, Any], *, delimited: bool = False) -> None:
-        data = encode(reorder(dict(obj)), pretty=self.monitor.pretty).encode("ascii")
-        if delimited:
-            data = b"\xff" + data
-        self.conn.write(data + b"\r\n")
+        data = qmp_line(obj, pretty=self.monitor.pretty)
+        self.conn.write(b"\xff" + data if delimited else data)
 
     def on_event(self, name: str, data: Mapping[str, Any] | None) -> None:
         if not self.negotiated:
@@ -124,7 +122,7 @@ class QmpSession:
                 if not data:
                     break
                 for item in self.parser.feed(data):
-                    if not isinstance(item, JsonParseError) and is_oob_request(item):
+                    if not isinstance(item, JSONParseError) and is_oob_request(item):
                         await self._run_one(item, in_band=False)
                     else:
                         await self._queue.put(item)
@@ -142,17 +140,27 @@ class QmpSession:
             item = await self._queue.get()
             try:
                 await self._run_one(item, in_band=True)
-            except Exception:  # a bug in a command must not kill the session
+            except Exception as exc:  # a bug in a command must not kill the session
                 log.exception("QMP command failed unexpectedly")
-                self.send({"error": {"class": "GenericError", "desc": "internal error"}})
+                reply: dict[str, Any] = {
+                    "error": {"class": "GenericError", "desc": f"internal error: {exc!r}"}
+                }
+                if isinstance(item, dict) and "id" in item:
+                    reply["id"] = item["id"]
+                self.send(reply)
             finally:
                 self._queue.task_done()
 
     async def _run_one(self, item: object, *, in_band: bool) -> None:
-        if isinstance(item, JsonParseError):
+        if isinstance(item, JSONParseError):
             self.send({"error": {"class": "GenericError", "desc": item.desc}})
             return
-        table = self.monitor.commands if self.negotiated else self._negotiation_table()
+        if self.negotiated:
+            table = self.monitor.commands
+        else:
+            if self._negotiation is None:
+                self._negotiation = self._negotiation_table()
+            table = self._negotiation
         reply = await dispatch(table, item, self.oob_enabled, self)
         if not self.negotiated and "error" in reply:
             err = reply["error"]
@@ -184,9 +192,7 @@ class QmpSession:
             self.negotiated = True
 
         assert base is not None
-        return QmpCommand(
-            "qmp_capabilities", negotiate, base.visit_args, arg_members=base.arg_members
-        )
+        return QmpCommand("qmp_capabilities", negotiate, base.visit_args, arg_type=base.arg_type)
 
     def request_delimited_reply(self) -> None:
         """``guest-sync-delimited``: prefix the reply about to be sent with 0xFF."""

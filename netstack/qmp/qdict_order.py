@@ -42,12 +42,3 @@ def ordered_keys(d: dict[str, Any]) -> list[str]:
     keys.reverse()
     keys.sort(key=bucket)
     return keys
-
-
-def reorder(value: Any) -> Any:
-    """A copy of ``value`` whose dicts (recursively) are in QEMU's print order."""
-    if isinstance(value, dict):
-        return {k: reorder(value[k]) for k in ordered_keys(value)}
-    if isinstance(value, list):
-        return [reorder(v) for v in value]
-    return value

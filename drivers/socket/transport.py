@@ -1,0 +1,361 @@
+"""Socket transports of the ``socket``, ``stream`` and ``dgram`` netdevs: frames in and out
+of one non-blocking socket, in batches, with QEMU's back-pressure contract.
+
+Owns the data path shared by the three drivers (``net/socket.c``, ``net/stream_data.c``,
+``net/dgram.c``):
+
+* :class:`SocketClient` - a :class:`~netstack.net.client.NetClient` reading one fd through
+  ``loop.add_reader``. Everything read in one wake-up is handed to the peer as ONE batch
+  (``send(batch, sent_cb=...)``); when the peer cannot take it all, the rest waits in the
+  peer's queue and reading stops until the queue's callback fires (QEMU's
+  ``qemu_send_packet_async`` + ``*_send_completed``).
+* :class:`StreamTransport` - one connected ``SOCK_STREAM`` socket at a time, frames with
+  the 4-byte length framing of :mod:`netstack.proto.streamframe`. Reads go straight into
+  the decoder's preallocated buffer (``recv_into``); a received batch leaves in one
+  ``send`` of its joined wire form. When the socket takes only part of it, the rest is
+  kept, ``can_receive`` turns false (frames queue in front of this client) and, once the
+  socket has drained, :meth:`~netstack.net.client.NetClient.flush_queued` resumes
+  delivery. An oversized frame drops the connection (counted in ``stats.malformed``).
+* :class:`DatagramTransport` - one frame per datagram; up to :data:`MAX_DATAGRAMS` are
+  drained per wake-up; sends go one datagram per frame (``sendto`` the destination, or
+  ``send`` on a connected fd). Zero-length and over-long datagrams are counted in
+  ``stats.malformed`` and dropped.
+
+Subclasses (the drivers) decide what a connection's end means through
+:meth:`StreamTransport.connection_lost`, and set ``info_str`` / ``link_down``.
+
+Invariants: at most one reader and one writer are registered per fd, and both are removed
+before the fd is closed; a ``sent_cb`` from an earlier connection never resumes reading
+on a later one (connections carry a generation number); output pending on a socket is
+bounded by one batch; nothing here blocks or sleeps.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from netstack.driver import DriverHost
+from netstack.net.client import NetClient
+from netstack.proto.streamframe import (
+    NET_BUFSIZE,
+    OVERSIZED_MESSAGE,
+    FrameDecoder,
+    encode_frames,
+)
+
+#: Reads of a stream socket per wake-up (each fills up to the decoder's 256 KiB buffer).
+MAX_STREAM_READS = 4
+#: Datagrams drained per wake-up.
+MAX_DATAGRAMS = 256
+_DGRAM_RECV = NET_BUFSIZE + 1  # one more byte, to notice over-long datagrams
+
+_RETRY = (BlockingIOError, InterruptedError)
+
+
+class SocketClient(NetClient):
+    """A net client fed by one socket's readable events, with send-side back-pressure."""
+
+    def __init__(self, name: str, host: DriverHost) -> None:
+        super().__init__(name)
+        self.loop = host.loop
+        self.log: logging.Logger = host.log
+        self.sock: socket.socket | None = None
+        self._fd = -1
+        self._reading = False
+        self._paused = False
+        self._writing = False
+        #: Incremented whenever the socket changes; stale callbacks compare it.
+        self.generation = 0
+
+    # -- fd registration --------------------------------------------------------------
+
+    def _set_socket(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._fd = sock.fileno()
+        self.generation += 1
+        self._paused = False
+
+    def _start_reading(self) -> None:
+        if not self._reading and not self._paused and self._fd >= 0:
+            self.loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self.loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _start_writing(self) -> None:
+        if not self._writing and self._fd >= 0:
+            self.loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self.loop.remove_writer(self._fd)
+            self._writing = False
+
+    def close_socket(self) -> None:
+        """Unregister and close the socket (no-op without one)."""
+        sock = self.sock
+        if sock is None:
+            return
+        self._stop_reading()
+        self._stop_writing()
+        self.sock = None
+        self._fd = -1
+        self._paused = False
+        self.generation += 1
+        sock.close()
+
+    # -- input: one batch per wake-up -------------------------------------------------
+
+    def _on_readable(self) -> None:
+        raise NotImplementedError
+
+    def _on_writable(self) -> None:
+        raise NotImplementedError
+
+    def deliver_batch(self, frames: list[bytes]) -> None:
+        """Send what was read to the peer; pause reading if it had to be queued."""
+        generation = self.generation
+        sent = self.send(frames, sent_cb=functools.partial(self._on_sent, generation))
+        if sent < len(frames) and generation == self.generation:
+            self._paused = True
+            self._stop_reading()
+
+    def _on_sent(self, generation: int, _count: int) -> None:
+        if generation == self.generation and self._paused:
+            self._paused = False
+            self._start_reading()
+
+    def cleanup(self) -> None:
+        self.close_socket()
+
+
+class StreamTransport(SocketClient):
+    """Frames over one connected stream socket at a time (see the module docstring)."""
+
+    def __init__(self, name: str, host: DriverHost) -> None:
+        super().__init__(name, host)
+        self.decoder = FrameDecoder()
+        self._out: memoryview | None = None
+        #: True while frames must wait: output pending, or a connect in progress.
+        self.blocked = False
+
+    # -- connection lifecycle ------------------------------------------------------------
+
+    def attach(self, sock: socket.socket) -> None:
+        """Start exchanging frames over the connected ``sock``."""
+        self.close_socket()
+        self._set_socket(sock)
+        self.decoder.reset()
+        self._out = None
+        self.blocked = False
+        self._start_reading()
+
+    def detach(self) -> None:
+        """Close the connection, forget partial input and pending output."""
+        self.close_socket()
+        self.decoder.reset()
+        self._out = None
+        self.blocked = False
+
+    def connection_lost(self, error: OSError | None) -> None:
+        """The connection ended (``error`` None: orderly end, or an oversized frame).
+
+        Called after :meth:`detach`; the default takes the link down and drops what was
+        queued for the dead connection. Drivers extend it (re-accept, reconnect, events).
+        """
+        self.link_down = True
+        self.flush_queued()
+
+    def _lose(self, error: OSError | None) -> None:
+        self.detach()
+        self.connection_lost(error)
+
+    # -- input ---------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        decoder = self.decoder
+        batch: list[bytes] = []
+        ended = False
+        error: OSError | None = None
+        for _ in range(MAX_STREAM_READS):
+            room = decoder.buffer()
+            try:
+                count = sock.recv_into(room)
+            except _RETRY:
+                break
+            except OSError as exc:
+                ended, error = True, exc
+                break
+            if count == 0:
+                ended = True
+                break
+            frames = decoder.commit(count)
+            if batch:
+                batch += frames
+            else:
+                batch = frames
+            if decoder.oversized is not None:
+                ended = True
+                self.stats.malformed += 1
+                self.log.error("%s: %s", self.name, OVERSIZED_MESSAGE)
+                break
+            if count < len(room):
+                break
+        generation = self.generation
+        if batch:
+            self.deliver_batch(batch)
+        if ended and generation == self.generation:
+            self._lose(error)
+
+    # -- output --------------------------------------------------------------------------
+
+    def can_receive(self) -> bool:
+        return not self.blocked
+
+    def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
+        if self.blocked:
+            return 0
+        sock = self.sock
+        if sock is None:
+            return len(frames)  # not connected: the frames are lost, as on a dead socket
+        data = encode_frames(frames)
+        try:
+            sent = sock.send(data)
+        except _RETRY:
+            sent = 0
+        except OSError as exc:
+            # QEMU drops the frame (-errno); the reader sees the end of the connection.
+            self.loop.call_soon(self._write_failed, self.generation, exc)
+            return len(frames)
+        if sent < len(data):
+            self._out = memoryview(data)[sent:]
+            self.blocked = True
+            self._start_writing()
+        return len(frames)
+
+    def _write_failed(self, generation: int, error: OSError) -> None:
+        if generation == self.generation and self.sock is not None:
+            self._lose(error)
+
+    def _on_writable(self) -> None:
+        sock, out = self.sock, self._out
+        if sock is None or out is None:
+            self._stop_writing()
+            return
+        try:
+            sent = sock.send(out)
+        except _RETRY:
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if sent < len(out):
+            self._out = out[sent:]
+            return
+        self._out = None
+        self.blocked = False
+        self._stop_writing()
+        self.flush_queued()
+
+
+class DatagramTransport(SocketClient):
+    """One frame per datagram over a bound (or connected) datagram socket."""
+
+    def __init__(self, name: str, host: DriverHost, sock: socket.socket, dest: Any) -> None:
+        super().__init__(name, host)
+        #: Where frames are sent (``sendto``); None sends on a connected socket.
+        self.dest = dest
+        self.blocked = False
+        self._set_socket(sock)
+        self._start_reading()
+
+    def _on_readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        recv = sock.recv
+        batch: list[bytes] = []
+        add = batch.append
+        bad = 0
+        for _ in range(MAX_DATAGRAMS):
+            try:
+                data = recv(_DGRAM_RECV)
+            except _RETRY:
+                break
+            except OSError as exc:
+                # e.g. ECONNREFUSED reported on a connected socket: nothing to read.
+                if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    self.log.warning("%s: receive failed: %s", self.name, exc.strerror)
+                break
+            if 0 < len(data) <= NET_BUFSIZE:
+                add(data)
+            else:
+                bad += 1
+        if bad:
+            self.stats.malformed += bad
+        if batch:
+            self.deliver_batch(batch)
+
+    def can_receive(self) -> bool:
+        return not self.blocked
+
+    def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
+        if self.blocked:
+            return 0
+        sock = self.sock
+        if sock is None:
+            return len(frames)
+        dest = self.dest
+        index = 0
+        try:
+            if dest is None:
+                send = sock.send
+                for index, frame in enumerate(frames):  # noqa: B007 - index used below
+                    send(frame)
+            else:
+                sendto = sock.sendto
+                for index, frame in enumerate(frames):  # noqa: B007
+                    sendto(frame, dest)
+        except _RETRY:
+            self.blocked = True
+            self._start_writing()
+            return index
+        except OSError:
+            # QEMU returns -errno: the frame is consumed. Send the rest one by one.
+            return index + 1 + self._send_slowly(frames[index + 1 :])
+        return len(frames)
+
+    def _send_slowly(self, frames: Sequence[bytes]) -> int:
+        sock = self.sock
+        assert sock is not None
+        for index, frame in enumerate(frames):
+            try:
+                if self.dest is None:
+                    sock.send(frame)
+                else:
+                    sock.sendto(frame, self.dest)
+            except _RETRY:
+                self.blocked = True
+                self._start_writing()
+                return index
+            except OSError:
+                continue
+        return len(frames)
+
+    def _on_writable(self) -> None:
+        self._stop_writing()
+        self.blocked = False
+        self.flush_queued()

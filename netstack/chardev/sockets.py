@@ -1,0 +1,265 @@
+"""The ``socket`` chardev: a stream socket server or client (``chardev/char-socket.c``).
+
+Owns the life of a socket chardev: option defaults and validation
+(``qmp_chardev_validate_socket``, QEMU's texts), the listener and its accept loop, the
+client's connect and reconnect timer, the connections handed to the front end, and the
+``query-chardev`` filename in every state (§10 of the reference).
+
+Defaults are QMP's, which the CLI parser already resolved explicitly: ``server`` absent
+means *server*, ``wait`` absent means no wait, ``nodelay``/``telnet``/... absent mean off.
+
+Server: the listener is opened in :meth:`start`; with ``wait=on`` :meth:`start` returns
+only once the first client has connected (the start coroutine waits, the loop runs on).
+A connection is accepted whether or not a front end is attached, as in QEMU, and is held
+until one attaches. A single-connection front end gets one client at a time (the next
+waits in the listen backlog until the current one leaves); a ``multi_connection`` front
+end (QMP monitor) is served every client at once.
+
+Client: without ``reconnect``/``reconnect-ms`` the connect happens in :meth:`start` and
+failures fail the chardev (``Failed to connect to 'PATH': No such file or directory``);
+with it the chardev starts disconnected and connects in the background, retrying every
+``reconnect-ms`` after a failure or a disconnect. Without it a client that lost its peer
+stays disconnected.
+
+Filename: ``disconnected:`` + :func:`~.sockaddr.address_text` while nothing is connected
+(for a server, the address the listener really has: numeric host and port), otherwise
+:func:`~.sockaddr.connected_text` of the oldest live connection.
+
+Not supported (refused with a clear error): ``telnet``, ``tn3270``, ``websocket``,
+``tls-creds`` (QEMU's text ``No TLS credentials with id 'X'``: netstack has no TLS
+credential objects).
+
+Invariants: the listening socket and every accepted/connected socket are closed by
+:meth:`close`; a unix socket file the listener created is removed then; every task is
+owned by the chardev.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+from netstack.errors import GenericError
+from netstack.qapi.chardev import ChardevSocket
+from netstack.qapi.sockets import FdSocketAddress, SocketAddressData, UnixSocketAddress
+
+from . import sockaddr
+from .base import Chardev, Connection, Frontend
+from .sockaddr import FdLookup
+
+log = logging.getLogger("netstack.chardev")
+
+#: Listen backlog. QEMU uses 1; a little more lets several monitor clients queue up.
+BACKLOG = 16
+
+
+def validate(opts: ChardevSocket) -> None:
+    """``qmp_chardev_validate_socket`` plus netstack's refusals, in QEMU's order."""
+    if opts.tls_creds is not None:
+        raise GenericError(f"No TLS credentials with id '{opts.tls_creds}'")
+    addr = opts.addr.data
+    if isinstance(addr, FdSocketAddress) and opts.reconnect is not None:
+        raise GenericError("'reconnect' option is incompatible with 'fd' address type")
+    if opts.tls_authz is not None:
+        raise GenericError("'tls_authz' option requires 'tls_creds' option")
+    if opts.server is None or opts.server:
+        if opts.reconnect is not None:
+            raise GenericError(
+                "'reconnect' option is incompatible with socket in server listen mode"
+            )
+    else:
+        if opts.websocket:
+            raise GenericError("Websocket client is not implemented")
+        if opts.wait is not None:
+            raise GenericError("'wait' option is incompatible with socket in client connect mode")
+    if opts.reconnect_ms is not None and opts.reconnect is not None:
+        raise GenericError("'reconnect' and 'reconnect-ms' are mutually exclusive")
+    for name, value in (
+        ("telnet", opts.telnet),
+        ("tn3270", opts.tn3270),
+        ("websocket", opts.websocket),
+    ):
+        if value:
+            raise GenericError(f"chardev socket option '{name}' is not supported by netstack")
+
+
+class SocketChardev(Chardev):
+    """A socket server (``server=on``) or client."""
+
+    backend = "socket"
+    reconnectable = True
+
+    def __init__(
+        self,
+        chardev_id: str,
+        options: ChardevSocket,
+        *,
+        mode: int | None = None,
+        fd_lookup: FdLookup | None = None,
+    ) -> None:
+        super().__init__(chardev_id)
+        self.options = options
+        self.is_listen = options.server is None or options.server
+        self.is_wait = bool(options.wait)
+        self.nodelay = bool(options.nodelay)
+        if options.reconnect is not None:
+            self.reconnect_ms = options.reconnect * 1000
+        else:
+            self.reconnect_ms = options.reconnect_ms or 0
+        self.addr: SocketAddressData = options.addr.data
+        # TODO for an fd address: whether it is AF_UNIX is known only once opened.
+        self.fd_pass = isinstance(self.addr, UnixSocketAddress)
+        self._mode = mode
+        self._fd_lookup = fd_lookup
+        self._listener: socket.socket | None = None
+        self._live: dict[socket.socket, str] = {}  # connected sockets -> filename
+        self._fe_ready = asyncio.Event()
+        self._accept_ok = asyncio.Event()
+        self._first = asyncio.Event()
+        self._connect_err_reported = False
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        validate(self.options)
+        if self.is_listen:
+            sock, created = await sockaddr.listen(
+                self.addr, backlog=BACKLOG, mode=self._mode, fd_lookup=self._fd_lookup
+            )
+            self._listener = sock
+            if created is not None:
+                self.claim_path(created)
+            self.fd_pass = sock.family == socket.AF_UNIX
+            self.addr = sockaddr.local_address(sock)
+            self._update_gate()
+            self.spawn(self._accept_loop())
+            if self.is_wait:
+                log.info("QEMU waiting for connection on: %s", self.filename())
+                await self._first.wait()
+        elif self.reconnect_ms > 0:
+            self.spawn(self._client_loop())
+        else:
+            sock = await sockaddr.connect(self.addr, fd_lookup=self._fd_lookup)
+            self.fd_pass = sock.family == socket.AF_UNIX
+            self._begin(sock)
+
+    async def close(self) -> None:
+        await super().close()  # cancels the accept loop and the sessions first
+        for sock in list(self._live):
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._live.clear()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+            self._listener = None
+
+    def filename(self) -> str:
+        for name in self._live.values():
+            return name
+        return sockaddr.address_text(self.addr, listen=self.is_listen, prefix="disconnected:")
+
+    @property
+    def connected(self) -> bool:
+        """QOM property ``connected``."""
+        return bool(self._live)
+
+    # -- front ends ------------------------------------------------------------------------
+
+    def on_attach(self) -> None:
+        self._fe_ready.set()
+        self._update_gate()
+
+    def detach(self) -> None:
+        self._fe_ready.clear()
+        super().detach()
+        self._update_gate()
+
+    def _multi(self) -> bool:
+        fe = self.frontend
+        return fe is not None and bool(getattr(fe, "multi_connection", False))
+
+    def _update_gate(self) -> None:
+        if not self._live or self._multi():
+            self._accept_ok.set()
+        else:
+            self._accept_ok.clear()
+
+    # -- connections -----------------------------------------------------------------------
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            await self._accept_ok.wait()
+            try:
+                sock, _peer = await loop.sock_accept(self._listener)
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as exc:  # EMFILE and friends: back off, keep listening
+                log.warning("chardev %s: accept failed: %s", self.id, exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            self._begin(sock)
+
+    def _begin(self, sock: socket.socket) -> asyncio.Task[None]:
+        """A connection is established: it is live from now on, served when possible."""
+        if self.nodelay and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._live[sock] = sockaddr.connected_text(sock, listen=self.is_listen)
+        self._first.set()
+        self._update_gate()
+        return self.spawn(self._session(sock))
+
+    async def _session(self, sock: socket.socket) -> None:
+        handed_over = False
+        try:
+            while True:
+                await self._fe_ready.wait()
+                fe = self.frontend
+                if fe is None:
+                    continue
+                conn = await self._connection(sock, fe)
+                handed_over = True
+                task = self.serve_connection(conn)
+                if task is None:
+                    conn.close()
+                    return
+                try:
+                    await task
+                except Exception:
+                    log.exception("chardev %s: front end failed", self.id)
+                return
+        finally:
+            if not handed_over:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            self._live.pop(sock, None)
+            self._update_gate()
+
+    async def _connection(self, sock: socket.socket, fe: Frontend) -> Connection:
+        peer = self._live.get(sock, "")
+        if getattr(fe, "raw_socket", False):
+            return Connection(None, None, sock=sock, peer=peer, on_write=self.log_hook)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        return Connection(reader, writer, sock=sock, peer=peer, on_write=self.log_hook)
+
+    async def _client_loop(self) -> None:
+        """``reconnect-ms``: connect now, and again ``reconnect_ms`` after each failure or
+        disconnect."""
+        while True:
+            try:
+                sock = await sockaddr.connect(self.addr, fd_lookup=self._fd_lookup)
+            except GenericError as exc:
+                if not self._connect_err_reported:
+                    log.error("Unable to connect character device %s: %s", self.id, exc.desc)
+                    self._connect_err_reported = True
+            else:
+                self._connect_err_reported = False
+                self.fd_pass = sock.family == socket.AF_UNIX
+                await self._begin(sock)
+            await asyncio.sleep(self.reconnect_ms / 1000)

@@ -1,0 +1,65 @@
+"""``query-qmp-schema``: SchemaInfo for the commands, events and types netstackd offers.
+
+Types come from the schema dataclasses (:func:`netstack.qapi.schema_info`); commands and
+events are added here from the command table, so the schema can never disagree with what
+the dispatcher accepts. Unlike QEMU, type names are not masked with numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from netstack.qapi import schema_info
+from netstack.qapi.schema import type_name
+from netstack.qmp.dispatch import CommandTable
+
+#: Events netstackd may emit, with their data members.
+EVENTS: dict[str, list[dict[str, Any]]] = {
+    "NIC_RX_FILTER_CHANGED": [
+        {"name": "name", "type": "str", "default": None},
+        {"name": "path", "type": "str"},
+    ],
+    "NETDEV_STREAM_CONNECTED": [
+        {"name": "netdev-id", "type": "str"},
+        {"name": "addr", "type": "SocketAddress"},
+    ],
+    "NETDEV_STREAM_DISCONNECTED": [{"name": "netdev-id", "type": "str"}],
+    "NETDEV_VHOST_USER_CONNECTED": [
+        {"name": "netdev-id", "type": "str"},
+        {"name": "chardev-id", "type": "str"},
+    ],
+    "NETDEV_VHOST_USER_DISCONNECTED": [{"name": "netdev-id", "type": "str"}],
+    "SHUTDOWN": [{"name": "guest", "type": "bool"}, {"name": "reason", "type": "str"}],
+}
+
+
+def command_schema(table: CommandTable) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    arg_classes = [c.arg_type for c in table if isinstance(c.arg_type, type)]
+    types: dict[str, dict[str, Any]] = {
+        str(t["name"]): dict(t) for t in schema_info(arg_classes)
+    }
+    types.setdefault("any", {"name": "any", "meta-type": "builtin", "json-type": "value"})
+    for cmd in table:
+        if cmd.arg_type is None:
+            arg_type = "q_empty"
+        elif isinstance(cmd.arg_type, str):
+            arg_type = cmd.arg_type
+        else:
+            arg_type = type_name(cmd.arg_type)
+        info: dict[str, Any] = {
+            "name": cmd.name,
+            "meta-type": "command",
+            "arg-type": arg_type,
+            "ret-type": cmd.ret_type if cmd.ret_type in types else "any",
+        }
+        if cmd.allow_oob:
+            info["allow-oob"] = True
+        out.append(info)
+    for name, members in EVENTS.items():
+        arg_type = f"q_obj_{name}-arg"
+        types[arg_type] = {"name": arg_type, "meta-type": "object", "members": members}
+        out.append({"name": name, "meta-type": "event", "arg-type": arg_type})
+    types.setdefault("q_empty", {"name": "q_empty", "meta-type": "object", "members": []})
+    out.extend(types.values())
+    return out
