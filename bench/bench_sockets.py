@@ -190,8 +190,25 @@ def _dgram_sender(
     sock.close()
 
 
-def measure(setup: Setup, size: int, duration: float) -> tuple[float, float]:
-    """Frames/s received and the sender's attempts/s."""
+@dataclass
+class Result:
+    fps: float  # frames/s out of port B
+    sent: float  # the datagram sender's attempts/s (0 for stream)
+    cpu: float  # the switch's CPU use, in cores (1.0: one core busy)
+
+    @property
+    def cpu_us_per_frame(self) -> float:
+        return self.cpu / self.fps * 1e6 if self.fps else float("inf")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(setup: Setup, size: int, duration: float, pid: int) -> Result:
+    """Run the load through the switch ``pid`` and measure port B."""
     ctx = mp.get_context("fork")
     seconds = WARMUP + duration + 0.5
     if setup.connect_b is not None:
@@ -219,6 +236,7 @@ def measure(setup: Setup, size: int, duration: float) -> tuple[float, float]:
         end = warm_end + duration
         counted = 0
         t0 = None
+        cpu0 = 0.0
         now = start
         while now < end:
             try:
@@ -228,10 +246,11 @@ def measure(setup: Setup, size: int, duration: float) -> tuple[float, float]:
             now = time.monotonic()
             if t0 is None:
                 if now >= warm_end:
-                    t0, counted = now, 0
+                    t0, counted, cpu0 = now, 0, cpu_seconds(pid)
                 continue
             counted += (1 if n else 0) if datagram else n
         elapsed = now - (t0 or now)
+        cpu = (cpu_seconds(pid) - cpu0) / elapsed if elapsed > 0 else 0.0
     finally:
         sender.join(timeout=seconds + 5)
         if sender.is_alive():
@@ -239,16 +258,16 @@ def measure(setup: Setup, size: int, duration: float) -> tuple[float, float]:
         reader.close()
     rate = per_unit(counted) / elapsed if elapsed > 0 else 0.0
     sent_rate = (sent_value.value / seconds) if sent_value is not None else 0.0
-    return rate, sent_rate
+    return Result(rate, sent_rate, cpu)
 
 
-def run_case(which: str, case: str, size: int, duration: float) -> tuple[float, float]:
+def run_case(which: str, case: str, size: int, duration: float) -> Result:
     tmp = Path(tempfile.mkdtemp(prefix="bench-sockets-"))
     setup = setup_case(case, tmp)
     proc = start_qemu(setup.netdevs) if which == "qemu" else start_netstackd(setup.netdevs)
     try:
         time.sleep(0.3)
-        return measure(setup, size, duration)
+        return measure(setup, size, duration, proc.pid)
     finally:
         stop_process(proc)
         setup.sink.close()
@@ -274,18 +293,22 @@ def main() -> None:
         os.sched_setaffinity(0, set(cpus[:-1]))
         print(f"switch pinned to CPU {cpus[-1]}, load generator on CPUs {cpus[:-1]}")
     print(
-        f"{'case':12} {'size':>5} {'QEMU fps':>12} {'QEMU Gbit/s':>11}"
-        f" {'netstackd fps':>14} {'ns Gbit/s':>9} {'ratio':>6}"
+        f"{'case':11} {'size':>5} | {'QEMU fps':>10} {'Gbit/s':>6} {'CPU':>5} {'us/fr':>6}"
+        f" | {'netstackd':>10} {'Gbit/s':>6} {'CPU':>5} {'us/fr':>6} | {'ratio':>6}"
     )
     for case in args.cases.split(","):
         for size in sizes:
-            q, qs = run_case("qemu", case, size, args.duration)
-            n, ns_ = run_case("netstackd", case, size, args.duration)
-            gq, gn = q * size * 8 / 1e9, n * size * 8 / 1e9
-            ratio = n / q if q else float("inf")
-            print(f"{case:12} {size:5} {q:12,.0f} {gq:11.2f} {n:14,.0f} {gn:9.2f} {ratio:5.2f}x")
-            if args.verbose:
-                print(f"    sender attempts/s: QEMU {qs:,.0f}, netstackd {ns_:,.0f}")
+            q = run_case("qemu", case, size, args.duration)
+            n = run_case("netstackd", case, size, args.duration)
+            ratio = n.fps / q.fps if q.fps else float("inf")
+            cells = [
+                f"{r.fps:10,.0f} {r.fps * size * 8 / 1e9:6.2f} {r.cpu:5.2f}"
+                f" {r.cpu_us_per_frame:6.2f}"
+                for r in (q, n)
+            ]
+            print(f"{case:11} {size:5} | {cells[0]} | {cells[1]} | {ratio:5.2f}x")
+            if args.verbose and case != "stream":
+                print(f"    sender attempts/s: QEMU {q.sent:,.0f}, netstackd {n.sent:,.0f}")
             sys.stdout.flush()
 
 

@@ -49,8 +49,14 @@ Deviations from QEMU, on purpose:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
+import mmap
+import os
 import socket
+import struct
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -74,8 +80,11 @@ if TYPE_CHECKING:
 
 #: Datagrams read per wake-up of the socket reader (QEMU's ``MAX_L2TPV3_MSGCNT``).
 RX_BATCH = 64
-#: Receive buffer: the largest IP datagram fits whole.
+#: Receive buffer (one per datagram with ``recvmmsg``): the largest IP datagram fits whole.
 RX_BUFSIZE = 65536
+#: Datagrams sent per ``sendmmsg``, and the arena they are staged in.
+TX_BATCH = 64
+TX_ARENA = 1 << 20
 #: Receive socket buffer asked for (the kernel caps it at ``net.core.rmem_max``).
 SOCKET_RCVBUF = 2 * 1024 * 1024
 #: Seconds between two log lines about the same kind of trouble.
@@ -163,6 +172,148 @@ async def open_socket(
     return sock, dst_addr
 
 
+# -- recvmmsg / sendmmsg -----------------------------------------------------------------------
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.c_void_p),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
+
+
+class _MMsgHdr(ctypes.Structure):
+    _fields_ = [("hdr", _MsgHdr), ("len", ctypes.c_uint)]
+
+
+_MMSG_WORDS = ctypes.sizeof(_MMsgHdr) // 4
+_MSG_LEN_WORD = _MMsgHdr.len.offset // 4  # type: ignore[attr-defined]
+_MSG_DONTWAIT = 0x40
+
+
+@functools.cache
+def _mmsg_calls() -> tuple[Any, Any] | None:
+    """libc's ``recvmmsg`` and ``sendmmsg`` (Linux), or None where they are missing."""
+    if sys.platform != "linux" or ctypes.sizeof(_MMsgHdr) != 64:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc; no ldconfig run
+        recv, send = libc.recvmmsg, libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+    send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    recv.restype = send.restype = ctypes.c_int
+    return recv, send
+
+
+def _sockaddr(family: int, dst: tuple[Any, ...]) -> bytes:
+    """``struct sockaddr_in``/``sockaddr_in6`` for a resolved address tuple."""
+    host = str(dst[0]).split("%", 1)[0]
+    if family == socket.AF_INET6:
+        return (
+            struct.pack("=H", family)
+            + struct.pack("!HI", dst[1], dst[2])
+            + socket.inet_pton(family, host)
+            + struct.pack("=I", dst[3])
+        )
+    return (
+        struct.pack("=H", family)
+        + struct.pack("!H", dst[1])
+        + socket.inet_pton(family, host)
+        + bytes(8)
+    )
+
+
+class MMsgIO:
+    """Batched datagram I/O on one non-blocking socket: one ``recvmmsg`` fills up to
+    :data:`RX_BATCH` slots of an arena, one ``sendmmsg`` sends up to :data:`TX_BATCH`
+    datagrams staged in another. Arenas are anonymous mmaps (pages are committed only when
+    touched); every pointer handed to the kernel points into memory this object owns."""
+
+    def __init__(self, fd: int, family: int, dst: tuple[Any, ...]) -> None:
+        calls = _mmsg_calls()
+        if calls is None:
+            raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg unavailable")
+        self._recvmmsg, self._sendmmsg = calls
+        self._fd = fd
+        # receive: slot i of rx_arena is datagram i
+        self.rx_arena = mmap.mmap(-1, RX_BATCH * RX_BUFSIZE)
+        self._rx_anchor = ctypes.c_char.from_buffer(self.rx_arena)
+        rx_base = ctypes.addressof(self._rx_anchor)
+        self._rx_iov = (_IoVec * RX_BATCH)()
+        self._rx_msgs = (_MMsgHdr * RX_BATCH)()
+        for i in range(RX_BATCH):
+            self._rx_iov[i].base = rx_base + i * RX_BUFSIZE
+            self._rx_iov[i].len = RX_BUFSIZE
+            self._rx_msgs[i].hdr.iov = ctypes.addressof(self._rx_iov[i])
+            self._rx_msgs[i].hdr.iovlen = 1
+        self.rx_words = memoryview(self._rx_msgs).cast("B").cast("I")
+        # send: datagrams staged back to back in tx_arena, all to one destination
+        self.tx_arena = mmap.mmap(-1, TX_ARENA)
+        self._tx_anchor = ctypes.c_char.from_buffer(self.tx_arena)
+        self.tx_base = ctypes.addressof(self._tx_anchor)
+        self._name = ctypes.create_string_buffer(_sockaddr(family, dst))
+        self._tx_iov = (_IoVec * TX_BATCH)()
+        self._tx_msgs = (_MMsgHdr * TX_BATCH)()
+        for i in range(TX_BATCH):
+            hdr = self._tx_msgs[i].hdr
+            hdr.name = ctypes.addressof(self._name)
+            hdr.namelen = len(self._name.raw) - 1
+            hdr.iov = ctypes.addressof(self._tx_iov[i])
+            hdr.iovlen = 1
+        self.tx_iov_words = memoryview(self._tx_iov).cast("B").cast("Q")
+
+    def recv(self) -> int:
+        """Datagrams now in the rx slots (0 when none); raises OSError on other errors."""
+        n: int = self._recvmmsg(self._fd, self._rx_msgs, RX_BATCH, _MSG_DONTWAIT, None)
+        if n >= 0:
+            return n
+        err = ctypes.get_errno()
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+            return 0
+        raise OSError(err, os.strerror(err))
+
+    def rx_len(self, i: int) -> int:
+        return int(self.rx_words[i * _MMSG_WORDS + _MSG_LEN_WORD])
+
+    def stage(self, headers: Sequence[bytes], frames: Sequence[bytes], first: int) -> int:
+        """Copy datagrams ``first``, ``first + 1``... into the tx arena; returns how many."""
+        arena, words, base = self.tx_arena, self.tx_iov_words, self.tx_base
+        end = min(len(frames), first + TX_BATCH)
+        off = 0
+        j = 0
+        for i in range(first, end):
+            header, frame = headers[i], frames[i]
+            hl = len(header)
+            size = hl + len(frame)
+            if off + size > TX_ARENA:
+                if j == 0:  # cannot happen for frames up to NET_BUFSIZE
+                    raise OSError(errno.EMSGSIZE, "frame larger than the send arena")
+                break
+            arena[off : off + hl] = header
+            arena[off + hl : off + size] = frame
+            words[2 * j] = base + off
+            words[2 * j + 1] = size
+            off += size
+            j += 1
+        return j
+
+    def send(self, count: int) -> int:
+        """``sendmmsg`` of the first ``count`` staged datagrams; -errno on failure."""
+        n: int = self._sendmmsg(self._fd, self._tx_msgs, count, _MSG_DONTWAIT)
+        return n if n >= 0 else -ctypes.get_errno()
+
+
 class L2TPv3Client(NetClient):
     """One l2tpv3 netdev: a bound datagram socket and its encapsulation state."""
 
@@ -176,7 +327,11 @@ class L2TPv3Client(NetClient):
         session: L2TPv3Session,
         loop: asyncio.AbstractEventLoop,
         log: logging.Logger,
+        *,
+        batch_io: bool | None = None,
     ) -> None:
+        """``batch_io``: use ``recvmmsg``/``sendmmsg`` (True), plain ``recv_into`` and
+        ``sendmsg`` (False), or the first where the platform has it (None)."""
         super().__init__(name)
         self.info_str = "l2tpv3: connected"
         self.session = session
@@ -187,7 +342,14 @@ class L2TPv3Client(NetClient):
         self._fd = sock.fileno()
         self._loop = loop
         self._log = log
-        self._buf = bytearray(RX_BUFSIZE)
+        self._io: MMsgIO | None = None
+        if batch_io is not False:
+            try:
+                self._io = MMsgIO(self._fd, sock.family, dst)
+            except OSError:
+                if batch_io:
+                    raise
+        self._buf = bytearray(RX_BUFSIZE if self._io is None else 0)
         self._view = memoryview(self._buf)
         self._reading = False
         self._writing = False
@@ -213,33 +375,61 @@ class L2TPv3Client(NetClient):
             self._loop.remove_reader(self._fd)
 
     def _on_readable(self) -> None:
+        session = self.session
+        dropped_before = session.drops.total
+        frames = self._read_batch() if self._io is not None else self._read_plain()
+        dropped = session.drops.total - dropped_before
+        if dropped:
+            self.stats.malformed += dropped
+            line = self._drop_reporter.report(session, self._loop.time())
+            if line is not None:
+                self._log.warning("l2tpv3 %s: %s", self.name, line)
+        if frames:
+            self._send_up(frames)
+
+    def _read_batch(self) -> list[bytes]:
+        io = self._io
+        assert io is not None
+        try:
+            count = io.recv()
+        except OSError as exc:
+            self._rx_error(exc)
+            return []
+        arena = io.rx_arena
+        payload_start = self.session.rx_payload_start
+        rx_len = io.rx_len
+        frames: list[bytes] = []
+        for i in range(count):
+            pos = i * RX_BUFSIZE
+            n = rx_len(i)
+            start = payload_start(arena, n, pos)
+            if start >= 0:
+                frames.append(arena[start : pos + n])
+        return frames
+
+    def _read_plain(self) -> list[bytes]:
         recv_into = self._sock.recv_into
         buf = self._buf
         view = self._view
         payload_start = self.session.rx_payload_start
-        dropped_before = self.session.drops.total
         frames: list[bytes] = []
-        append = frames.append
         for _ in range(RX_BATCH):
             try:
                 n = recv_into(buf)
             except BlockingIOError:
                 break
-            except OSError as exc:  # e.g. a queued ICMP error on the socket
-                self.rx_errors += 1
-                self._log.debug("l2tpv3 %s: receive error: %s", self.name, exc)
+            except OSError as exc:
+                self._rx_error(exc)
                 break
             start = payload_start(buf, n)
             if start >= 0:
-                append(view[start:n].tobytes())
-        dropped = self.session.drops.total - dropped_before
-        if dropped:
-            self.stats.malformed += dropped
-            line = self._drop_reporter.report(self.session, self._loop.time())
-            if line is not None:
-                self._log.warning("l2tpv3 %s: %s", self.name, line)
-        if frames:
-            self._send_up(frames)
+                frames.append(view[start:n].tobytes())
+        return frames
+
+    def _rx_error(self, exc: OSError) -> None:
+        # e.g. an ICMP error queued on the socket; the next wake-up reads on
+        self.rx_errors += 1
+        self._log.debug("l2tpv3 %s: receive error: %s", self.name, exc)
 
     def _send_up(self, frames: list[bytes]) -> None:
         self._in_send = True
@@ -262,10 +452,37 @@ class L2TPv3Client(NetClient):
         count = len(frames)
         if self._closed:
             return count
-        session = self.session
-        headers = session.tx_headers(count)
+        headers = self.session.tx_headers(count)
+        if self._io is not None:
+            sent = self._write_batch(headers, frames)
+        else:
+            sent = self._write_plain(headers, frames)
+        self.session.tx_commit(sent)
+        if sent < count:
+            self._set_writing(True)
+        return sent
+
+    def _write_batch(self, headers: Sequence[bytes], frames: Sequence[bytes]) -> int:
+        io = self._io
+        assert io is not None
+        count = len(frames)
+        i = 0
+        while i < count:
+            staged = io.stage(headers, frames, i)
+            n = io.send(staged)
+            if n > 0:
+                i += n  # a short count is retried: the next call reports the error
+                continue
+            if -n in _BACKPRESSURE:
+                return i
+            self._tx_error(OSError(-n, os.strerror(-n)))
+            i += 1
+        return count
+
+    def _write_plain(self, headers: Sequence[bytes], frames: Sequence[bytes]) -> int:
         sendmsg = self._sock.sendmsg
         dst = self.dst
+        count = len(frames)
         i = 0
         while i < count:
             try:
@@ -274,12 +491,9 @@ class L2TPv3Client(NetClient):
                     i += 1
             except OSError as exc:
                 if exc.errno in _BACKPRESSURE:
-                    session.tx_commit(i)
-                    self._set_writing(True)
                     return i
                 self._tx_error(exc)
                 i += 1
-        session.tx_commit(count)
         return count
 
     def _tx_error(self, exc: OSError) -> None:

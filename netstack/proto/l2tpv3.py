@@ -32,9 +32,11 @@ increments exactly one drop counter.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 #: IANA protocol number of L2TPv3 over IP.
 IPPROTO_L2TP = 115
@@ -46,6 +48,9 @@ MAX_OFFSET = 256
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 _MASK32 = 0xFFFFFFFF
+
+#: Buffers datagrams are decapsulated from (a ``recvmmsg`` arena is an ``mmap``).
+Datagrams: TypeAlias = bytes | bytearray | mmap.mmap
 
 #: Drop reasons, as QEMU words them where it has a text.
 REASON_COOKIE = "unknown cookie id"
@@ -141,7 +146,9 @@ class L2TPv3Session:
         "_prefix",
         "_rx_at",
         "_rx_cookie",
+        "_raw_ipv4",
         "_rx_expect",
+        "_rx_expect_len",
         "_rx_session",
         "_suffix",
         "drops",
@@ -180,7 +187,9 @@ class L2TPv3Session:
         self._rx_session = _U32.pack(params.rxsession)
         self._rx_cookie = params.cookie_bytes(params.rxcookie)
         self._rx_expect = self._rx_session + self._rx_cookie
+        self._rx_expect_len = len(self._rx_expect)
         self._rx_at = params.session_at
+        self._raw_ipv4 = params.raw_ipv4
 
     # -- transmit ------------------------------------------------------------------------
 
@@ -219,26 +228,30 @@ class L2TPv3Session:
 
     # -- receive -------------------------------------------------------------------------
 
-    def rx_payload_start(self, data: bytes | bytearray, length: int | None = None) -> int:
-        """Where the Ethernet frame starts in the datagram ``data[:length]``; -1 if dropped.
+    def rx_payload_start(self, data: Datagrams, length: int | None = None, pos: int = 0) -> int:
+        """Where the Ethernet frame starts in the datagram ``data[pos:pos + length]``.
 
-        ``data`` is what the socket delivered (with the IPv4 header in IPv4 IP mode).
-        Drops are counted in :attr:`drops` and named in :attr:`last_drop`.
+        Returns the index in ``data`` of the frame's first byte (the frame ends where the
+        datagram does), or -1 when the datagram is dropped; drops are counted in
+        :attr:`drops` and named in :attr:`last_drop`. ``data`` holds what the socket
+        delivered (with the IPv4 header in IPv4 IP mode); it may be one buffer of several
+        datagrams, as a ``recvmmsg`` arena is.
         """
-        n = len(data) if length is None else min(length, len(data))
-        base = 0
-        if self.params.raw_ipv4:
-            if n < 20 or data[0] >> 4 != 4 or data[0] & 0x0F < 5:
+        end = len(data) if length is None else min(pos + length, len(data))
+        base = pos
+        if self._raw_ipv4:
+            if end - pos < 20 or data[pos] >> 4 != 4 or data[pos] & 0x0F < 5:
                 return self._drop_ipv4()
-            base = (data[0] & 0x0F) << 2
+            base += (data[pos] & 0x0F) << 2
         start = base + self.header_len
-        if n <= start:
+        if end <= start:
             self.drops.short += 1
             return self._dropped(REASON_SHORT)
-        if data.startswith(self._rx_expect, base + self._rx_at):
+        at = base + self._rx_at
+        if data[at : at + self._rx_expect_len] == self._rx_expect:
             self.rx_frames += 1
             return start
-        return self._mismatch(data, base + self._rx_at)
+        return self._mismatch(data, at)
 
     def _dropped(self, reason: str) -> int:
         self.last_drop = reason
@@ -250,8 +263,9 @@ class L2TPv3Session:
         self.drops.bad_ipv4 += 1
         return self._dropped(REASON_IPV4)
 
-    def _mismatch(self, data: bytes | bytearray, at: int) -> int:
-        if self._rx_cookie and not data.startswith(self._rx_cookie, at + 4):
+    def _mismatch(self, data: Datagrams, at: int) -> int:
+        cookie = self._rx_cookie
+        if cookie and data[at + 4 : at + 4 + len(cookie)] != cookie:
             self.drops.bad_cookie += 1
             return self._dropped(REASON_COOKIE)
         self.drops.bad_session += 1

@@ -143,7 +143,7 @@ class Commands:
 
     def __init__(self, ns: Netstack) -> None:
         self.ns = ns
-        self._oob_lock: asyncio.Event | None = None
+        self._oob_sem: asyncio.Semaphore | None = None
 
     def table(self) -> CommandTable:
         t = CommandTable()
@@ -321,11 +321,15 @@ class Commands:
     async def oob_test(self, args: dict[str, Any], session: Any) -> None:
         """QEMU's ``x-oob-test``: ``lock: true`` blocks in-band dispatch until an OOB
         ``x-oob-test`` with ``lock: false`` releases it (used by the OOB tests)."""
+        if self._oob_sem is None:
+            self._oob_sem = asyncio.Semaphore(0)
         if args["lock"]:
-            self._oob_lock = asyncio.Event()
-            await asyncio.wait_for(self._oob_lock.wait(), 30)
-        elif self._oob_lock is not None:
-            self._oob_lock.set()
+            try:
+                await asyncio.wait_for(self._oob_sem.acquire(), 30)
+            except TimeoutError:
+                raise GenericError("x-oob-test: nobody unlocked within 30 s") from None
+        else:
+            self._oob_sem.release()
 
 
 def _raw(args: dict[str, Any]) -> dict[str, Any]:

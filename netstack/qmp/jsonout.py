@@ -123,11 +123,10 @@ def format_float(x: float) -> str:
 
 
 def _keys(d: dict[str, object], qdict_order: bool) -> list[str]:
-    keys = ordered_keys(d) if qdict_order else list(d)
-    for k in keys:
+    for k in d:
         if not isinstance(k, str):
             raise TypeError(f"JSON object keys must be str, not {type(k).__name__}")
-    return keys
+    return ordered_keys(d) if qdict_order else list(d)
 
 
 def _scalar(v: object) -> str | None:

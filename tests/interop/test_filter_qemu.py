@@ -65,7 +65,7 @@ async def test_filter_dump_bytes_match_qemu(tmp_path: Path) -> None:
     a, b = Recorder("s0"), Recorder("h0")
     a.connect(b)
     nf = FilterDump("d0", a, file=str(ours), maxlen=100)
-    nf.setup(SimpleHost())  # type: ignore[arg-type]
+    nf.setup(SimpleHost())
     a.filters.append(nf)
     for f in FRAMES:
         a.send([f])
@@ -96,7 +96,7 @@ async def test_filter_mirror_stream_matches_qemu(tmp_path: Path, vnet_hdr: bool)
         a, b = Recorder("s0"), Recorder("h0")
         a.connect(b)
         nf = FilterMirror("m0", a, outdev="c0", queue="tx", vnet_hdr_support=vnet_hdr)
-        nf.setup(SimpleHost({"c0": chardev}))  # type: ignore[arg-type]
+        nf.setup(SimpleHost({"c0": chardev}))
         a.filters.append(nf)
         await until(lambda: bool(nf.out_link and nf.out_link.connections))
         for f in FRAMES:
@@ -197,7 +197,7 @@ async def test_object_add_errors_and_info_network_match_qemu(tmp_path: Path) -> 
         for name in ("s0", "s1"):
             ns.add_client(Recorder(name))
         for cid in ("c1", "c2", "c3"):
-            spec = {
+            spec: dict[str, object] = {
                 "id": cid,
                 "backend": {
                     "type": "socket",

@@ -57,6 +57,8 @@ async def qemu(tmp_path: Path, extra: list[str]) -> AsyncIterator[Qemu]:
         "-netdev", "hubport,id=h1,hubid=0,netdev=s1",
         *extra,
         "-qmp", f"unix:{qmp_path},server=on,wait=off",
+        # QEMU's monitor serves one client at a time: a second one for the capture tool
+        "-qmp", f"unix:{tmp_path}/tool-qmp.sock,server=on,wait=off",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     qmp = QMPClient("test")

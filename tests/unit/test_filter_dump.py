@@ -46,7 +46,7 @@ def test_records_exact_with_maxlen_and_direction(tmp_path: Path) -> None:
     a, b = pair()
     path = tmp_path / "x.pcap"
     nf = FilterDump("d0", a, file=str(path), maxlen=100, clock=lambda: T0)
-    nf.setup(SimpleHost())  # type: ignore[arg-type]
+    nf.setup(SimpleHost())
     attach(nf)
     small, big = frame(1, 60), frame(2, 150)
     a.send([small, big])  # tx
@@ -78,7 +78,7 @@ def test_queue_selection_and_status_off(tmp_path: Path) -> None:
     a, b = pair()
     path = tmp_path / "rx.pcap"
     nf = FilterDump("d0", a, file=str(path), queue="rx", clock=lambda: T0)
-    nf.setup(SimpleHost())  # type: ignore[arg-type]
+    nf.setup(SimpleHost())
     attach(nf)
     a.send([frame(1)])
     b.send([frame(2)])
@@ -95,7 +95,7 @@ def test_vnet_header_is_not_captured(tmp_path: Path) -> None:
     a.connect(b)
     path = tmp_path / "v.pcap"
     nf = FilterDump("d0", a, file=str(path), clock=lambda: T0)
-    nf.setup(SimpleHost())  # type: ignore[arg-type]
+    nf.setup(SimpleHost())
     attach(nf)
     a.send(vnet.add_headers([frame(7, 80)]), vnet=True)
     assert b.vnet_flags == [True]
@@ -108,7 +108,7 @@ def test_cannot_open_text(tmp_path: Path) -> None:
     a, _ = pair()
     nf = FilterDump("d0", a, file=str(tmp_path / "no" / "x.pcap"))
     with pytest.raises(GenericError) as err:
-        nf.setup(SimpleHost())  # type: ignore[arg-type]
+        nf.setup(SimpleHost())
     assert err.value.desc == (
         f"net dump: can't open {tmp_path}/no/x.pcap: No such file or directory"
     )
@@ -118,7 +118,7 @@ def test_header_write_error_text() -> None:
     a, _ = pair()
     nf = FilterDump("d0", a, file="/dev/full")
     with pytest.raises(GenericError) as err:
-        nf.setup(SimpleHost())  # type: ignore[arg-type]
+        nf.setup(SimpleHost())
     assert err.value.desc == "net dump write error: No space left on device"
 
 
@@ -128,7 +128,7 @@ def test_write_error_stops_dump(tmp_path: Path, caplog: pytest.LogCaptureFixture
     rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     a, b = pair()
     nf = FilterDump("d0", a, file=str(fifo))
-    nf.setup(SimpleHost())  # type: ignore[arg-type]  # no loop: synchronous writes
+    nf.setup(SimpleHost())  # no loop: synchronous writes
     attach(nf)
     os.close(rfd)
     with caplog.at_level(logging.ERROR):
@@ -144,7 +144,7 @@ def test_pcapng_interface_name_direction_and_statistics(tmp_path: Path) -> None:
     a, b = pair()
     path = tmp_path / "x.pcapng"
     nf = FilterDump("d0", a, file=str(path), fmt="pcapng", maxlen=70, clock=lambda: T0)
-    nf.setup(SimpleHost())  # type: ignore[arg-type]
+    nf.setup(SimpleHost())
     attach(nf)
     a.send([frame(1, 100)])
     b.send([frame(2)])
@@ -191,7 +191,7 @@ async def test_fifo_without_reader_fails_at_once(tmp_path: Path) -> None:
     a, _ = pair()
     nf = FilterDump("d0", a, file=str(fifo))
     with pytest.raises(GenericError, match="No such device or address"):
-        nf.setup(SimpleHost())  # type: ignore[arg-type]
+        nf.setup(SimpleHost())
 
 
 async def test_fifo_never_blocks_and_drops_whole_records(tmp_path: Path) -> None:
@@ -201,7 +201,7 @@ async def test_fifo_never_blocks_and_drops_whole_records(tmp_path: Path) -> None
     try:
         a, b = pair()
         nf = FilterDump("d0", a, file=str(fifo), clock=lambda: T0)
-        nf.setup(SimpleHost())  # type: ignore[arg-type]
+        nf.setup(SimpleHost())
         attach(nf)
         assert nf.sink is not None and nf.sink.stream
         big = frame(0, 1500)
@@ -239,7 +239,7 @@ async def test_stream_reader_gone_stops_dump(
     rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     a, _ = pair()
     nf = FilterDump("d0", a, file=str(fifo))
-    nf.setup(SimpleHost())  # type: ignore[arg-type]
+    nf.setup(SimpleHost())
     attach(nf)
     assert nf.sink is not None and nf.sink.stream
     os.close(rfd)

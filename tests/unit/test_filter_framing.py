@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,7 +32,7 @@ def test_any_chunking_gives_the_same_frames(
     reader = FrameReader(vnet)
     got: list[tuple[int, bytes]] = []
     points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
-    for lo, hi in zip(points, points[1:], strict=False):
+    for lo, hi in itertools.pairwise(points):
         got += reader.feed(data[lo:hi])
     expected = [(h if vnet else 0, f) for h, f in frames]
     assert got == expected

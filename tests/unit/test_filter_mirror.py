@@ -51,7 +51,7 @@ async def test_mirror_framing_bytes_and_frame_continues(
     a, b = pair()
     reader, writer = await connect(tmp_path, "c0")
     nf = FilterMirror("m0", a, outdev="c0", queue="tx")
-    nf.setup(SimpleHost(dict(chardevs)))  # type: ignore[arg-type]
+    nf.setup(SimpleHost(dict(chardevs)))
     attach(nf)
     assert nf.out_link is not None
     await until(lambda: bool(nf.out_link and nf.out_link.connections))
@@ -72,7 +72,7 @@ async def test_mirror_vnet_hdr_support(tmp_path: Path, chardevs: dict[str, Socke
     a, b = pair(b_vnet=True)
     reader, writer = await connect(tmp_path, "c0")
     nf = FilterMirror("m0", a, outdev="c0", vnet_hdr_support=True)
-    nf.setup(SimpleHost(dict(chardevs)))  # type: ignore[arg-type]
+    nf.setup(SimpleHost(dict(chardevs)))
     attach(nf)
     await until(lambda: bool(nf.out_link and nf.out_link.connections))
     f = frame(1, 40)
@@ -92,7 +92,7 @@ async def test_mirror_without_vnet_support_sends_plain_frames(
     a, _ = pair(b_vnet=True)
     reader, writer = await connect(tmp_path, "c0")
     nf = FilterMirror("m0", a, outdev="c0")
-    nf.setup(SimpleHost(dict(chardevs)))  # type: ignore[arg-type]
+    nf.setup(SimpleHost(dict(chardevs)))
     attach(nf)
     await until(lambda: bool(nf.out_link and nf.out_link.connections))
     f = frame(5, 50)
@@ -108,7 +108,7 @@ async def test_redirector_outdev_diverts(
     a, b = pair()
     reader, writer = await connect(tmp_path, "c0")
     nf = FilterRedirector("r0", a, outdev="c0", queue="tx")
-    nf.setup(SimpleHost(dict(chardevs)))  # type: ignore[arg-type]
+    nf.setup(SimpleHost(dict(chardevs)))
     attach(nf)
     await until(lambda: bool(nf.out_link and nf.out_link.connections))
     a.send([frame(1), frame(2)])
@@ -129,7 +129,7 @@ async def test_redirector_indev_injects_in_its_direction(
     a, b = pair()
     _, writer = await connect(tmp_path, "c1")
     nf = FilterRedirector("r0", a, indev="c1", queue=queue)  # type: ignore[arg-type]
-    nf.setup(SimpleHost(dict(chardevs)))  # type: ignore[arg-type]
+    nf.setup(SimpleHost(dict(chardevs)))
     attach(nf)
     writer.write(b"".join(frame_header(64, None) + frame(i) for i in (1, 2)))
     await writer.drain()
@@ -161,7 +161,7 @@ async def test_redirector_loop_tx_out_rx_in(tmp_path: Path) -> None:
     r0 = FilterRedirector("r0", a, outdev="srv", queue="tx")
     r1 = FilterRedirector("r1", a, indev="cli", queue="rx")
     for nf in (r0, r1):
-        nf.setup(host)  # type: ignore[arg-type]
+        nf.setup(host)
         attach(nf)
     await until(lambda: bool(r0.out_link and r0.out_link.connections))
     frames = [frame(i, 60 + i) for i in range(3)]
@@ -180,7 +180,7 @@ async def test_oversized_input_closes_connection(
     a, _ = pair()
     reader, writer = await connect(tmp_path, "c1")
     nf = FilterRedirector("r0", a, indev="c1")
-    nf.setup(SimpleHost(dict(chardevs)))  # type: ignore[arg-type]
+    nf.setup(SimpleHost(dict(chardevs)))
     attach(nf)
     with caplog.at_level(logging.ERROR):
         writer.write((69633).to_bytes(4, "big") + bytes(100))
@@ -223,9 +223,9 @@ async def test_setup_errors(chardevs: dict[str, SocketChardev]) -> None:
         assert err.value.desc == text  # type: ignore[attr-defined]
         nf.cleanup()
     holder = FilterMirror("m0", a, outdev="c0")
-    holder.setup(host)  # type: ignore[arg-type]
+    holder.setup(host)
     with pytest.raises(GenericError) as busy:
-        FilterRedirector("r", a, indev="c0").setup(host)  # type: ignore[arg-type]
+        FilterRedirector("r", a, indev="c0").setup(host)
     assert busy.value.desc == "Device 'c0' is in use"
     holder.cleanup()
     assert all(c.frontend is None for c in chardevs.values())

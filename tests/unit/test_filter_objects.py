@@ -54,7 +54,7 @@ async def test_check_order_and_texts(ns: Netstack, tmp_path: Path) -> None:
     nic = NicClient("nic0", MAC)
     ns.add_client(nic, netdev=False)
     dump = {"qom-type": "filter-dump", "file": f}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         # setter checks (schema) come first, then the duplicate id, then the netdev
         (
             {**dump, "id": "d0", "netdev": "nosuch", "status": "bad"},
