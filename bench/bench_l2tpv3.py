@@ -2,17 +2,31 @@
 
 The forwarder under test joins two l2tpv3 UDP netdevs ``a`` and ``b`` on hub 0 (QEMU:
 ``-machine none`` with two ``-netdev l2tpv3`` and two ``-netdev hubport``; netstack: a
-daemon process with the same four netdevs). A sender process pushes L2TPv3-encapsulated
-Ethernet frames of 64 and 1500 bytes into ``a`` as fast as it can for ``--seconds`` (5 by
-default); a receiver process counts what leaves ``b``. Both test clients use
-``sendmmsg``/``recvmmsg`` through ctypes (batches of 256) so that the forwarder, not the
-client, is the bottleneck. Printed per case: frames/s and Gbit/s (Ethernet bytes) that
-came out of ``b``, the share of offered frames lost, the forwarder's CPU use, and the
-netstack/QEMU ratio.
+daemon process with the same four netdevs, built from the l2tpv3 and hubport drivers).
+A test client pushes L2TPv3-encapsulated Ethernet frames of 64 and 1500 bytes into ``a``
+and counts what leaves ``b``, for ``--seconds`` (5 by default) per case. Two modes:
 
-    python bench/bench_l2tpv3.py [--seconds S] [--sizes 64,1500] [--only qemu|netstack]
+* ``window``: one client keeps at most ``--window`` frames in flight (sends more as
+  frames come out). It measures what the forwarder can carry without loss.
+* ``flood``: a sender sends as fast as it can, a separate receiver counts. Frames the
+  forwarder's socket cannot hold are lost in the kernel; the loss column shows it.
 
-Every process is started and killed here by PID; only 127.0.0.1 is used.
+Both clients use ``sendmmsg``/``recvmmsg`` through ctypes (batches of 256) so that they
+cost little next to the forwarder. Printed per case: frames/s and Gbit/s (Ethernet bytes)
+out of ``b``, frames/s offered, loss, the forwarder's CPU use (1.0 = one CPU), its CPU
+time per forwarded frame, and the ratios to QEMU. ``netstack-plain`` is netstack with the
+``recv_into``/``sendmsg`` path instead of ``recvmmsg``/``sendmmsg``.
+
+Scheduling: every process is pinned to one CPU (``NETSTACK_BENCH_PIN=split`` puts the
+forwarder alone on the last CPU instead) and runs SCHED_BATCH (``NETSTACK_BENCH_SCHED=other``
+to keep the default), because on small VMs a cross-CPU wake-up costs ~150 us and wake-up
+preemption makes forwarder and client ping-pong frame by frame; both would measure the
+scheduler rather than the forwarder.
+
+    python bench/bench_l2tpv3.py [--seconds S] [--sizes 64,1500] [--modes window,flood]
+                                 [--kinds qemu,netstack,netstack-plain] [--window N]
+
+Every process is started and stopped here by PID; only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -40,24 +54,31 @@ TX_SESSION_IN, RX_SESSION_OUT = 0x1001, 0x2002
 
 RUNNER = r"""
 import asyncio, signal, sys
-async def main(specs):
+async def main(io, specs):
     from drivers import hubport, l2tpv3
     from netstack import qapi
     from netstack.daemon import Netstack
-    ns = Netstack({"l2tpv3": l2tpv3.SPEC, "hubport": hubport.SPEC})
+    from netstack.driver import DriverSpec
+    spec = l2tpv3.SPEC
+    if io == "plain":  # the recv_into/sendmsg path instead of recvmmsg/sendmmsg
+        async def create(host, netdev):
+            return [await l2tpv3.open_client(
+                netdev.id, netdev.options, host.loop, host.log, batch_io=False)]
+        spec = DriverSpec("l2tpv3", create)
+    ns = Netstack({"l2tpv3": spec, "hubport": hubport.SPEC})
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        for spec in specs:
-            netdev = qapi.parse_netdev_cli(spec)
+        for text in specs:
+            netdev = qapi.parse_netdev_cli(text)
             qapi.check_id(netdev.id)
             await ns.netdev_add(netdev)
         print("READY", flush=True)
         await stop.wait()
     finally:
         await ns.close()
-sys.exit(asyncio.run(main(sys.argv[1:])))
+sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2:])))
 """
 
 
@@ -244,18 +265,21 @@ def start_forwarder(kind: str, specs: list[str], pa: int) -> subprocess.Popen[by
         argv = ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none"]
         for spec in specs:
             argv += ["-netdev", spec]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         place(proc.pid, fwd_cpus)
         deadline = time.monotonic() + 10
         while not port_in_use(pa):
             if proc.poll() is not None or time.monotonic() > deadline:
-                stop(proc)
-                raise RuntimeError("qemu did not start")
+                why = stop(proc)
+                raise RuntimeError(f"qemu did not start: {why}")
             time.sleep(0.05)
         return proc
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    io = "plain" if kind == "netstack-plain" else "auto"
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, *specs],
+        [sys.executable, "-c", RUNNER, io, *specs],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=REPO, env=env,
     )  # fmt: skip
     place(proc.pid, fwd_cpus)
@@ -266,7 +290,8 @@ def start_forwarder(kind: str, specs: list[str], pa: int) -> subprocess.Popen[by
     return proc
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> str:
+    """SIGTERM (SIGKILL after 5 s) by PID; returns what the process wrote to stderr."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGTERM)
@@ -275,6 +300,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr is not None else ""
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    return err
 
 
 def cpu_seconds(pid: int) -> float:
@@ -290,6 +320,7 @@ class Result:
     got: int
     seconds: float
     cpu: float
+    """The forwarder's CPU use over the run (1.0 = one CPU)."""
 
     @property
     def fps(self) -> float:
@@ -302,6 +333,11 @@ class Result:
     @property
     def loss(self) -> float:
         return 1 - self.got / self.sent if self.sent else 0.0
+
+    @property
+    def us_per_frame(self) -> float:
+        """Forwarder CPU time per frame that came out."""
+        return self.cpu * self.seconds / self.got * 1e6 if self.got else float("inf")
 
 
 def run_case(kind: str, size: int, seconds: float, mode: str, window: int) -> Result:
@@ -349,7 +385,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,1500")
     ap.add_argument("--modes", default="window,flood")
     ap.add_argument("--window", type=int, default=WINDOW)
-    ap.add_argument("--only", choices=("qemu", "netstack"))
+    ap.add_argument("--kinds", default="qemu,netstack", help="of qemu, netstack, netstack-plain")
     args = ap.parse_args()
     if args.role != "bench":
         # Clients share the CPUs the forwarder does not use; in flood mode the receiver
@@ -366,11 +402,11 @@ def main() -> None:
     if args.role == "client":
         run_windowed(args.port, args.out_port, args.size, args.seconds, args.window)
         return
-    kinds = [args.only] if args.only else ["qemu", "netstack"]
+    kinds = args.kinds.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
     print(
-        f"{'mode':7} {'forwarder':10} {'frame':>6} {'frames/s':>12} {'Gbit/s':>8} "
-        f"{'offered/s':>12} {'loss':>7} {'cpu':>6}"
+        f"{'mode':7} {'forwarder':20} {'frame':>6} {'frames/s':>10} {'Gbit/s':>7} "
+        f"{'offered/s':>10} {'loss':>6} {'cpu':>5} {'us/frame':>8}"
     )
     for mode in args.modes.split(","):
         for size in sizes:
@@ -378,13 +414,20 @@ def main() -> None:
             for kind in kinds:
                 r = results[kind] = run_case(kind, size, args.seconds, mode, args.window)
                 print(
-                    f"{mode:7} {kind:10} {size:6d} {r.fps:12,.0f} {r.gbps:8.3f} "
-                    f"{r.sent / r.seconds:12,.0f} {r.loss:7.1%} {r.cpu:6.0%}",
+                    f"{mode:7} {kind:20} {size:6d} {r.fps:10,.0f} {r.gbps:7.3f} "
+                    f"{r.sent / r.seconds:10,.0f} {r.loss:6.1%} {r.cpu:5.0%} "
+                    f"{r.us_per_frame:8.1f}",
                     flush=True,
                 )
-            if len(kinds) == 2:
-                ratio = results["netstack"].fps / max(results["qemu"].fps, 1e-9)
-                print(f"{mode:7} {'ratio':10} {size:6d} {ratio:12.2f}x  (netstack / qemu)")
+            if "qemu" in results:
+                q = results["qemu"]
+                for kind, r in results.items():
+                    if kind != "qemu":
+                        print(
+                            f"{mode:7} {'ratio ' + kind:20} {size:6d} "
+                            f"{r.fps / max(q.fps, 1e-9):9.2f}x frames/s, "
+                            f"{r.us_per_frame / q.us_per_frame:.2f}x CPU per frame"
+                        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from netstack.driver import DriverSpec
 
 def registry() -> dict[str, DriverSpec]:
     """Every driver this build provides, by ``Netdev`` type."""
-    from drivers import hubport
+    from drivers import hubport, l2tpv3
 
-    specs = [hubport.SPEC]
+    specs = [hubport.SPEC, l2tpv3.SPEC]
     return {spec.type: spec for spec in specs}

@@ -22,6 +22,10 @@ Beyond QEMU: IPv6 addresses and groups (see :mod:`netstack.net.sockaddr`); the b
 path is removed when the netdev goes away (QEMU leaves it); zero-length and over-long
 datagrams are counted (``malformed``) and dropped, where QEMU stops reading at a
 zero-length one and truncates long ones.
+
+Deviation: before binding, QEMU unlinks whatever is at the local unix path; here only a
+stale *socket* is removed (as :mod:`netstack.chardev.sockaddr` does), so a mistyped path
+cannot delete a user's file - bind() then fails with "Address already in use".
 """
 
 from __future__ import annotations
@@ -117,13 +121,20 @@ async def create(host: DriverHost, netdev: Netdev) -> list[NetClient]:
     raise GenericError("only support inet or fd type for local")
 
 
-def _unix(host: DriverHost, name: str, local: str, remote: str) -> NetClient:
+def _remove_stale(path: str) -> None:
+    """Unlink a socket left at ``path``; anything else is left for bind() to refuse."""
     try:
-        os.unlink(local)
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
+        os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        raise os_error(f"failed to unlink socket {local}", exc) from exc
+        raise os_error(f"failed to unlink socket {path}", exc) from exc
+
+
+def _unix(host: DriverHost, name: str, local: str, remote: str) -> NetClient:
+    _remove_stale(local)
     for path in (local, remote):
         if len(os.fsencode(path)) >= UNIX_PATH_MAX:
             raise GenericError(f"UNIX socket path '{path}' is too long")

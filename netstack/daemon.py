@@ -101,9 +101,7 @@ class Netstack:
         return None
 
     def find_clients(self, name: str, *, except_nic: bool = False) -> list[NetClient]:
-        return [
-            nc for nc in self.clients if nc.name == name and not (except_nic and nc.is_nic)
-        ]
+        return [nc for nc in self.clients if nc.name == name and not (except_nic and nc.is_nic)]
 
     def chardev(self, chardev_id: str) -> Any:
         return self.chardevs.get(chardev_id)
@@ -157,9 +155,7 @@ class Netstack:
         """Create a netdev; the caller has visited the options and checked the id."""
         spec = self.registry.get(netdev.type)
         if netdev.type in ("nic", "none") or spec is None:
-            raise GenericError(
-                f"network backend '{netdev.type}' is not compiled into this binary"
-            )
+            raise GenericError(f"network backend '{netdev.type}' is not compiled into this binary")
         if self.find_netdev(netdev.id) is not None:
             raise GenericError(f"Duplicate ID '{netdev.id}'")
         try:
@@ -208,7 +204,7 @@ class Netstack:
         except Exception:  # a driver's cleanup must not stop the others
             self._log.exception("cleanup of %s failed", nc.name)
         nc.deleted = True
-        nc.incoming.clear()
+        nc.incoming.purge_all()
         if isinstance(nc, HubPort):
             nc.hub.remove_port(nc)
         if free and nc.peer is not None:
@@ -302,7 +298,7 @@ class Netstack:
 
     async def chardev_add(
         self, spec: ChardevSpec, *, socket_mode: int | None = None, from_cli: bool = False
-    ) -> Any:
+    ) -> dict[str, Any]:
         return await self.chardevs.add(spec, socket_mode=socket_mode, from_cli=from_cli)
 
     async def object_add(self, spec: ObjectSpec) -> None:
@@ -347,7 +343,7 @@ class Netstack:
             pretty = str(opts.get("pretty", "off")) in ("on", "yes", "true", "y")
         chardev = self.chardevs.get(chardev_id)
         if chardev is None:
-            raise GenericError(f"chardev \"{chardev_id}\" not found")
+            raise GenericError(f'chardev "{chardev_id}" not found')
         monitor = QmpMonitor(
             self.command_table(),
             version=VERSION_INFO,
@@ -422,8 +418,11 @@ class Netstack:
                 continue
             mac = nc.rx_filter.mac
             addrs = [
-                {"ip-address-type": "ipv6" if ":" in ip else "ipv4", "ip-address": ip,
-                 "prefix": prefix}
+                {
+                    "ip-address-type": "ipv6" if ":" in ip else "ipv4",
+                    "ip-address": ip,
+                    "prefix": prefix,
+                }
                 for user in users
                 for ip, prefix in user.leases_for(mac)
             ]
@@ -434,9 +433,13 @@ class Netstack:
                     "hardware-address": format_mac(mac),
                     "ip-addresses": addrs,
                     "statistics": {
-                        "rx-bytes": st.rx_bytes, "rx-packets": st.rx_frames, "rx-errs": 0,
+                        "rx-bytes": st.rx_bytes,
+                        "rx-packets": st.rx_frames,
+                        "rx-errs": 0,
                         "rx-dropped": st.rx_dropped + st.rx_filtered,
-                        "tx-bytes": st.tx_bytes, "tx-packets": st.tx_frames, "tx-errs": 0,
+                        "tx-bytes": st.tx_bytes,
+                        "tx-packets": st.tx_frames,
+                        "tx-errs": 0,
                         "tx-dropped": st.tx_dropped,
                     },
                 }

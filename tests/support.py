@@ -22,7 +22,7 @@ class Recorder(NetClient):
         self._accepts_vnet = accepts_vnet
 
     @property  # type: ignore[override]
-    def accepts_vnet(self) -> bool:  # noqa: D401 - per-instance override of a ClassVar
+    def accepts_vnet(self) -> bool:
         return self._accepts_vnet
 
     def receive(self, frames: Sequence[bytes], vnet: bool) -> int:

@@ -167,7 +167,14 @@ class NetQueue:
         self.count -= removed
         return removed
 
-    def clear(self) -> None:
-        """Forget everything queued, calling no callbacks (the owner is going away)."""
-        self._entries.clear()
+    def purge_all(self) -> int:
+        """Drop everything queued (the owner is going away); callbacks get 0, so senders
+        that paused waiting for them resume. (QEMU frees these without callbacks, which can
+        leave a sender paused for ever.)"""
+        entries, self._entries = self._entries, deque()
+        removed = self.count
         self.count = 0
+        for entry in entries:
+            if entry.sent_cb is not None:
+                entry.sent_cb(0)
+        return removed

@@ -144,9 +144,9 @@ class L2TPv3Session:
         "_counter_fmt",
         "_fixed",
         "_prefix",
+        "_raw_ipv4",
         "_rx_at",
         "_rx_cookie",
-        "_raw_ipv4",
         "_rx_expect",
         "_rx_expect_len",
         "_rx_session",
@@ -281,7 +281,8 @@ class DropReporter:
     """Rate-limited reports of receive drops (the caller logs the returned text).
 
     The first drop is reported at once with its reason, in QEMU's words (QEMU prints that
-    one line and then stays silent); later drops are summarised at most once per ``interval`` seconds.
+    one line and then stays silent); later drops are summarised at most once per
+    ``interval`` seconds.
     """
 
     __slots__ = ("_last_at", "_reported", "interval")

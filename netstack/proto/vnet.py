@@ -77,7 +77,7 @@ def to_plain(frames: Sequence[bytes]) -> list[bytes]:
 
 
 def _offloaded(frame: bytes) -> list[bytes]:
-    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset, _nb = _HDR.unpack_from(frame)
+    _flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset, _nb = _HDR.unpack_from(frame)
     data = bytearray(frame[HDR_LEN:])
     gso = gso_type & ~GSO_ECN
     if gso == GSO_NONE:

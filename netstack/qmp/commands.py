@@ -119,7 +119,7 @@ class RxModesArgs:
 class SetRxFilterArgs:
     qapi_name: ClassVar[str] = "q_obj_set-rx-filter-arg"
     name: str = req("str")
-    rx_modes: RxModesArgs | None = opt(RxModesArgs)
+    rx_modes: RxModesArgs | None = opt(RxModesArgs)  # noqa: RUF009 - schema metadata
     main_mac: str | None = opt("str")
     unicast_table: tuple[str, ...] | None = opt(QList("str"))
     multicast_table: tuple[str, ...] | None = opt(QList("str"))

@@ -49,5 +49,8 @@ def _info(ns: Netstack, args: list[str]) -> str:
     if what == "usernet":
         return ns.info_usernet()
     if not what:
-        return "info network  -- show the network state\ninfo usernet  -- show user network stack connection states\n"
+        return (
+            "info network  -- show the network state\n"
+            "info usernet  -- show user network stack connection states\n"
+        )
     return f"unknown command: 'info {what}'\n"

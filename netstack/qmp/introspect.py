@@ -36,9 +36,7 @@ EVENTS: dict[str, list[dict[str, Any]]] = {
 def command_schema(table: CommandTable) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     arg_classes = [c.arg_type for c in table if isinstance(c.arg_type, type)]
-    types: dict[str, dict[str, Any]] = {
-        str(t["name"]): dict(t) for t in schema_info(arg_classes)
-    }
+    types: dict[str, dict[str, Any]] = {str(t["name"]): dict(t) for t in schema_info(arg_classes)}
     types.setdefault("any", {"name": "any", "meta-type": "builtin", "json-type": "value"})
     for cmd in table:
         if cmd.arg_type is None:

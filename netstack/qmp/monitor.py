@@ -197,4 +197,3 @@ class QmpSession:
     def request_delimited_reply(self) -> None:
         """``guest-sync-delimited``: prefix the reply about to be sent with 0xFF."""
         self._delimit_next = True
-

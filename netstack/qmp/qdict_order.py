@@ -16,7 +16,8 @@ QDICT_BUCKET_MAX = 512
 
 
 def tdb_hash(key: str) -> int:
-    data = key.encode("utf-8", "surrogatepass")
+    # QEMU stores U+0000 in modified UTF-8 (C0 80) and hashes those two bytes.
+    data = key.encode("utf-8", "surrogatepass").replace(b"\0", b"\xc0\x80")
     value = (0x238F13AF * len(data)) & 0xFFFFFFFF
     for i, byte in enumerate(data):
         value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF

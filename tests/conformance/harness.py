@@ -32,13 +32,13 @@ class Outside(abc.ABC):
     async def recv(self, timeout: float = 2.0) -> bytes | None:
         """The next frame the driver sent out, or None after ``timeout``."""
 
-    async def pause(self) -> None:
+    async def pause(self) -> None:  # noqa: B027 - optional hook
         """Stop accepting frames from the driver (fill buffers)."""
 
-    async def resume(self) -> None:
+    async def resume(self) -> None:  # noqa: B027 - optional hook
         """Accept frames again."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook
         """Release the outside's resources."""
 
 

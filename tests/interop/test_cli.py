@@ -3,6 +3,7 @@ pidfile, daemonize, log file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,9 +18,7 @@ NETSTACKD = [sys.executable, "-m", "netstack"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*NETSTACKD, *args], capture_output=True, text=True, timeout=30, env=env
-    )
+    return subprocess.run([*NETSTACKD, *args], capture_output=True, text=True, timeout=30, env=env)
 
 
 def wait_for(path: Path, timeout: float = 15) -> None:
@@ -98,8 +97,19 @@ def test_sigterm_pidfile_and_logfile(tmp_path: Path) -> None:
     log = tmp_path / "log"
     sock = tmp_path / "q.sock"
     proc = subprocess.Popen(
-        [*NETSTACKD, "-pidfile", str(pidfile), "-D", str(log), "-name", "t1",
-         "-netdev", "hubport,id=a,hubid=0", "-qmp", f"unix:{sock},server=on,wait=off"],
+        [
+            *NETSTACKD,
+            "-pidfile",
+            str(pidfile),
+            "-D",
+            str(log),
+            "-name",
+            "t1",
+            "-netdev",
+            "hubport,id=a,hubid=0",
+            "-qmp",
+            f"unix:{sock},server=on,wait=off",
+        ],
     )
     try:
         wait_for(sock)
@@ -117,8 +127,13 @@ def test_daemonize(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     sock = tmp_path / "q.sock"
     out = run(
-        "-daemonize", "-pidfile", str(pidfile), "-netdev", "hubport,id=a,hubid=0",
-        "-qmp", f"unix:{sock},server=on,wait=off",
+        "-daemonize",
+        "-pidfile",
+        str(pidfile),
+        "-netdev",
+        "hubport,id=a,hubid=0",
+        "-qmp",
+        f"unix:{sock},server=on,wait=off",
     )
     assert out.returncode == 0, out.stderr
     # The parent returned only once the daemon was ready.
@@ -132,10 +147,8 @@ def test_daemonize(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert not pidfile.exists() and not sock.exists()
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_daemonize_failure_is_reported(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ uses 64-bit cookies and a running counter, link B 32-bit cookies, a pinned count
 offset bytes. In raw IPv4 mode the guests' QEMUs bind 127.0.0.2 and 127.0.0.3 and the
 daemon 127.0.0.1, so each daemon socket also sees the other link's packets; on ::1 every
 raw socket sees every packet, its own included. Distinct sessions and cookies keep them
-apart, and the daemon's drop counters prove that it filtered them.
+apart: the daemon's drop counters prove that it filtered them, and on ::1 QEMU's stderr
+shows that QEMU did too.
 
 A third daemon netdev tunnels to a UDP socket of the test, which plays a host 10.0.0.9:
 its crafted ARP and ICMP frames reach guest A byte-exact (checked in a ``filter-dump`` pcap
@@ -209,13 +210,19 @@ def link_opts(mode: str, host: str, src: str, dst: str, ports: tuple[int, int] |
     return out
 
 
+# (QEMU's txsession, its rxsession, further options of QEMU's side)
+Link = tuple[int, int, str]
 # Link A: 64-bit cookies, running counter. Link B: 32-bit cookies, pinned counter, offset.
-LINK_A = (
+LINK_A: Link = (
     0xA1,
     0xA2,
     "txcookie=0xa1a1a1a1a1a1a1a1,rxcookie=0xa2a2a2a2a2a2a2a2,cookie64=on,counter=on",
 )
-LINK_B = (0xB1, 0xB2, "txcookie=0xb1b1b1b1,rxcookie=0xb2b2b2b2,counter=on,pincounter=on,offset=4")
+LINK_B: Link = (
+    0xB1,
+    0xB2,
+    "txcookie=0xb1b1b1b1,rxcookie=0xb2b2b2b2,counter=on,pincounter=on,offset=4",
+)
 
 
 def swapped_cookies(extra: str) -> str:
@@ -346,21 +353,23 @@ async def scenario(image: GuestImage, tmp: Path, mode: str, host: str) -> None:
     from scapy.layers.l2 import Ether
 
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if mode == "udp":
-        ports = [free_port(fam, host) for _ in range(4)]
-        qa, da, qb, db = ports
-        addr = {"qa": host, "qb": host, "d": host}
-    else:
-        qa = da = qb = db = 0
-        addr = {"qa": "127.0.0.2", "qb": "127.0.0.3", "d": "127.0.0.1"} if fam == socket.AF_INET \
-            else {"qa": host, "qb": host, "d": host}  # fmt: skip
-    udp_only = mode == "udp"
-    a_tx, a_rx, a_extra = LINK_A
-    b_tx, b_rx, b_extra = LINK_B
-    qemu_a = f"l2tpv3,id=n0,{link_opts(mode, host, addr['qa'], addr['d'], (qa, da) if udp_only else None)},txsession={a_tx},rxsession={a_rx},{a_extra}"
-    qemu_b = f"l2tpv3,id=n0,{link_opts(mode, host, addr['qb'], addr['d'], (qb, db) if udp_only else None)},txsession={b_tx},rxsession={b_rx},{b_extra}"
-    d_ta = f"l2tpv3,id=ta,{link_opts(mode, host, addr['d'], addr['qa'], (da, qa) if udp_only else None)},txsession={a_rx},rxsession={a_tx},{swapped_cookies(a_extra)}"
-    d_tb = f"l2tpv3,id=tb,{link_opts(mode, host, addr['d'], addr['qb'], (db, qb) if udp_only else None)},txsession={b_rx},rxsession={b_tx},{swapped_cookies(b_extra)}"
+    udp = mode == "udp"
+    qa, da, qb, db = (free_port(fam, host) for _ in range(4)) if udp else (0, 0, 0, 0)
+    addr = {"qa": host, "qb": host, "d": host}
+    if not udp and fam == socket.AF_INET:  # raw IPv4: one address per end
+        addr = {"qa": "127.0.0.2", "qb": "127.0.0.3", "d": "127.0.0.1"}
+
+    def netdev(name: str, me: str, peer: str, ports: tuple[int, int], link: Link) -> str:
+        tx, rx, extra = link
+        if me == "d":  # the daemon's side: sessions and cookies mirrored
+            tx, rx, extra = rx, tx, swapped_cookies(extra)
+        opts = link_opts(mode, host, addr[me], addr[peer], ports if udp else None)
+        return f"l2tpv3,id={name},{opts},txsession={tx},rxsession={rx},{extra}"
+
+    qemu_a = netdev("n0", "qa", "d", (qa, da), LINK_A)
+    qemu_b = netdev("n0", "qb", "d", (qb, db), LINK_B)
+    d_ta = netdev("ta", "d", "qa", (da, qa), LINK_A)
+    d_tb = netdev("tb", "d", "qb", (db, qb), LINK_B)
 
     test_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     test_sock.bind(("127.0.0.1", 0))
@@ -435,6 +444,11 @@ async def scenario(image: GuestImage, tmp: Path, mode: str, host: str) -> None:
             s = stats[name]
             foreign = s["drop-unknown-cookie-id"] + s["drop-session-mismatch"]
             assert foreign > 0 and s["malformed"] == foreign, stats
+        if fam == socket.AF_INET6:
+            # QEMU's raw sockets on ::1 saw foreign packets too, and said so (once each)
+            for guest in (guest_a, guest_b):
+                stderr = (await guest.wait()).stderr
+                assert "unknown cookie id" in stderr or "session mismatch" in stderr, stderr
     else:
         for name in ("ta", "tb", "tt"):
             assert stats[name]["malformed"] == 0, stats

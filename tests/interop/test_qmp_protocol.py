@@ -152,16 +152,22 @@ async def test_request_validation_texts(raw: Raw) -> None:
         ('[{"id": 1}]', "QMP input must be a JSON object"),
         ("{}", "QMP input lacks member 'execute'"),
         ('{"execute": 1}', "QMP input member 'execute' must be a string"),
-        ('{"execute": "query-version", "arguments": []}',
-         "QMP input member 'arguments' must be an object"),
+        (
+            '{"execute": "query-version", "arguments": []}',
+            "QMP input member 'arguments' must be an object",
+        ),
         ('{"execute": "query-version", "extra": 1}', "QMP input member 'extra' is unexpected"),
         ('{"exec-oob": "query-version"}', "QMP input member 'exec-oob' is unexpected"),
         ('{"execute": "query-version", "arguments": {"x": 1}}', "Parameter 'x' is unexpected"),
         ('{"execute": "netdev_del"}', "Parameter 'id' is missing"),
-        ('{"execute": "netdev_del", "arguments": {"id": 1}}',
-         "Invalid parameter type for 'id', expected: string"),
-        ('{"execute": "set_link", "arguments": {"name": "p0", "up": "yes"}}',
-         "Invalid parameter type for 'up', expected: boolean"),
+        (
+            '{"execute": "netdev_del", "arguments": {"id": 1}}',
+            "Invalid parameter type for 'id', expected: string",
+        ),
+        (
+            '{"execute": "set_link", "arguments": {"name": "p0", "up": "yes"}}',
+            "Invalid parameter type for 'up', expected: boolean",
+        ),
     ]
     for text, desc in cases:
         resp = await raw.cmd(text)

@@ -59,10 +59,36 @@ class Session:
 
 JSONISH = st.lists(
     st.sampled_from(
-        [b"{", b"}", b"[", b"]", b":", b",", b'"execute"', b"'x'", b'"arguments"', b"1",
-         b"-0.5e3", b"null", b"true", b"\\u00e9", b'"', b"\xff", b"\x01", b"\n", b" ",
-         b'"query-version"', b'"id"', b'"netdev_add"', b'{"execute": "qmp_capabilities"}',
-         b'"hubid"', b'"type"', b'"hubport"', b"9" * 30, b"[" * 40]
+        [
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b":",
+            b",",
+            b'"execute"',
+            b"'x'",
+            b'"arguments"',
+            b"1",
+            b"-0.5e3",
+            b"null",
+            b"true",
+            b"\\u00e9",
+            b'"',
+            b"\xff",
+            b"\x01",
+            b"\n",
+            b" ",
+            b'"query-version"',
+            b'"id"',
+            b'"netdev_add"',
+            b'{"execute": "qmp_capabilities"}',
+            b'"hubid"',
+            b'"type"',
+            b'"hubport"',
+            b"9" * 30,
+            b"[" * 40,
+        ]
     ),
     max_size=40,
 ).map(b"".join)
@@ -80,7 +106,9 @@ def test_any_bytes_get_answers_and_others_carry_on(daemon: Daemon, payload: byte
             assert isinstance(msg, dict)
             assert {"return", "error", "event"} & set(msg), msg
             assert line.endswith(b"\r")
-        other.sock.sendall(b'{"execute": "qmp_capabilities"}\n{"execute": "query-version", "id": 7}\n')
+        other.sock.sendall(
+            b'{"execute": "qmp_capabilities"}\n{"execute": "query-version", "id": 7}\n'
+        )
         replies = [json.loads(x) for x in other.lines(2)]
         assert replies[1]["id"] == 7 and "return" in replies[1]
     finally:

@@ -55,14 +55,14 @@ async def test_netdev_add_error_order(ns: Netstack) -> None:
 
 async def test_duplicate_id_and_reuse_after_delete(ns: Netstack) -> None:
     await add(ns, "hubport,id=p0,hubid=0")
-    with pytest.raises(GenericError, match="^Duplicate ID 'p0'$"):
+    with pytest.raises(GenericError, match=r"^Duplicate ID 'p0'$"):
         await add(ns, "hubport,id=p0,hubid=1")
     ns.netdev_del("p0")
     await add(ns, "hubport,id=p0,hubid=1")
 
 
 async def test_hubport_netdev_errors(ns: Netstack) -> None:
-    with pytest.raises(GenericError, match="^netdev 'nope' not found$"):
+    with pytest.raises(GenericError, match=r"^netdev 'nope' not found$"):
         await add(ns, "hubport,id=p0,hubid=0,netdev=nope")
     await add(ns, "hubport,id=a,hubid=0")
     await add(ns, "hubport,id=b,hubid=1,netdev=a")
@@ -72,11 +72,11 @@ async def test_hubport_netdev_errors(ns: Netstack) -> None:
 
 
 async def test_netdev_del_errors(ns: Netstack) -> None:
-    with pytest.raises(DeviceNotFound, match="^Device 'nope' not found$"):
+    with pytest.raises(DeviceNotFound, match=r"^Device 'nope' not found$"):
         ns.netdev_del("nope")
     nic = NicClient("nic0", MAC)
     ns.add_client(nic)
-    with pytest.raises(DeviceNotFound, match="^Device 'nic0' not found$"):
+    with pytest.raises(DeviceNotFound, match=r"^Device 'nic0' not found$"):
         ns.netdev_del("nic0")
 
 
@@ -126,7 +126,7 @@ async def test_set_link_matrix(ns: Netstack) -> None:
     nic = NicClient("nic0", MAC)
     nic.connect(be)
     ns.add_client(nic)
-    with pytest.raises(DeviceNotFound, match="^Device 'x' not found$"):
+    with pytest.raises(DeviceNotFound, match=r"^Device 'x' not found$"):
         ns.set_link("x", False)
     # netdev off: backend and its NIC go down.
     ns.set_link("be", False)
@@ -176,7 +176,7 @@ async def test_query_rx_filter(ns: Netstack) -> None:
     assert ns.query_rx_filter("nic0") == [info]
     with pytest.raises(GenericError, match=r"^net client\(hp0\) isn't a NIC$"):
         ns.query_rx_filter("hp0")
-    with pytest.raises(GenericError, match="^invalid net client name: zz$"):
+    with pytest.raises(GenericError, match=r"^invalid net client name: zz$"):
         ns.query_rx_filter("zz")
     ns.set_rx_filter("nic0", rx_modes={"promiscuous": False})
     ns.set_rx_filter("nic0", rx_modes={"allmulti": True})

@@ -14,7 +14,7 @@ from netstack.chardev.sockets import SocketChardev
 from netstack.errors import DeviceNotFound, GenericError
 from netstack.net.filter import NetFilter
 from netstack.net.filters import FilterMirror, FilterRedirector
-from netstack.net.filters.framing import frame_header
+from netstack.net.filters.framing import FrameReader, frame_header
 from netstack.proto import vnet
 from netstack.qapi import chardev_from_qmp
 from tests.support import Recorder, frame
@@ -99,6 +99,32 @@ async def test_mirror_without_vnet_support_sends_plain_frames(
     a.send(vnet.add_headers([f]), vnet=True)
     assert await read_exactly(reader, 54) == frame_header(50, None) + f
     nf.cleanup()
+    writer.close()
+
+
+async def test_slow_reader_misses_whole_frames_never_blocks(
+    tmp_path: Path, chardevs: dict[str, SocketChardev]
+) -> None:
+    a, b = pair()
+    reader, writer = await connect(tmp_path, "c0")
+    nf = FilterMirror("m0", a, outdev="c0", queue="tx")
+    nf.setup(SimpleHost(dict(chardevs)))
+    attach(nf)
+    assert nf.out_link is not None
+    await until(lambda: bool(nf.out_link and nf.out_link.connections))
+    nf.out_link.high_water = 64 << 10
+    big = frame(1, 1500)
+    sent = 0
+    for _ in range(20_000):  # the test reads nothing: socket buffers fill up
+        a.send([big])
+        sent += 1
+        if nf.dropped:
+            break
+    assert nf.dropped == 1 and len(b.got) == sent
+    nf.cleanup()
+    data = await asyncio.wait_for(reader.read(), 10)  # everything up to the close
+    frames = FrameReader().feed(data)
+    assert len(frames) == sent - 1 and all(f == (0, big) for f in frames)
     writer.close()
 
 

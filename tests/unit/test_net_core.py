@@ -62,7 +62,7 @@ def test_partial_take_queues_rest_and_flush_delivers_in_order() -> None:
     assert a.send([frame(5)]) == 0
     assert len(b.incoming) == 4
     b.make_room(10)
-    assert b.got == frames + [frame(5)]
+    assert b.got == [*frames, frame(5)]
     assert len(b.incoming) == 0 and not b.receive_disabled
 
 

@@ -8,6 +8,8 @@ one byte per ``feed`` call; all three must agree.
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 import pytest
 
 from netstack.qmp.jsonout import mod_utf8_decode, quote, to_json
@@ -20,6 +22,12 @@ from netstack.qmp.jsonstream import (
     Message,
     parse_json,
 )
+
+
+class Limits(TypedDict, total=False):
+    max_token_size: int
+    max_token_count: int
+    max_nesting: int
 
 
 def err(detail: str) -> JSONParseError:
@@ -52,7 +60,7 @@ def canon(messages: list[Message]) -> str:
     return "".join(parts)
 
 
-def feed(data: bytes, **limits: int) -> list[Message]:
+def feed(data: bytes, **limits: Unpack[Limits]) -> list[Message]:
     """Messages of ``data`` fed at once; asserts fast, exact and bytewise feeding agree."""
     fast = JSONStreamParser(**limits).feed(data)
     exact = JSONStreamParser(accelerate=False, **limits).feed(data)
@@ -76,7 +84,7 @@ def parse_error(text: bytes | str) -> JSONParseError:
 
 ESCAPED = [
     # (JSON string body, parsed value or None for an error, re-encodes to the body)
-    (r"\b\f\n\r\t\\\"", "\b\f\n\r\t\\\"", True),
+    (r"\b\f\n\r\t\\\"", '\b\f\n\r\t\\"', True),
     (r"\/\'", "/'", False),
     (r"single byte utf-8 \u0020", "single byte utf-8  ", False),
     (r"double byte utf-8 \u00A2", "double byte utf-8 \u00a2", True),
@@ -121,7 +129,7 @@ def test_bad_escape(q: str, body: str, detail: str | None) -> None:
 
 
 def test_string_with_other_quotes() -> None:
-    assert parse_json("\"the bee's knees\"") == "the bee's knees"
+    assert parse_json('"the bee\'s knees"') == "the bee's knees"
     assert parse_json("'double quote \"'") == 'double quote "'
 
 
@@ -166,8 +174,20 @@ def _utf8_cases() -> list[tuple[bytes, bytes | None, str | None]]:
     for first, last in ((0xC0, 0xDF), (0xE0, 0xEF), (0xF0, 0xF7), (0xF8, 0xFB), (0xFC, 0xFD)):
         lonely = bytes(range(first, last + 1))
         cases.append((b"".join(bytes([b]) + b" " for b in lonely), None, (ff + " ") * len(lonely)))
-    truncated = [b"\xc0", b"\xe0\x80", b"\xf0\x80\x80", b"\xf8\x80\x80\x80", b"\xfc\x80\x80\x80\x80"]
-    truncated += [b"\xdf", b"\xef\xbf", b"\xf7\xbf\xbf", b"\xfb\xbf\xbf\xbf", b"\xfd\xbf\xbf\xbf\xbf"]
+    truncated = [
+        b"\xc0",
+        b"\xe0\x80",
+        b"\xf0\x80\x80",
+        b"\xf8\x80\x80\x80",
+        b"\xfc\x80\x80\x80\x80",
+    ]
+    truncated += [
+        b"\xdf",
+        b"\xef\xbf",
+        b"\xf7\xbf\xbf",
+        b"\xfb\xbf\xbf\xbf",
+        b"\xfd\xbf\xbf\xbf\xbf",
+    ]
     cases += [(t, None, ff) for t in truncated]
     cases.append((b"".join(truncated), None, ff * len(truncated)))
     cases += [(b"\xfe", None, ff), (b"\xff", None, ff), (b"\xfe\xfe\xff\xff", None, ff * 4)]
@@ -179,7 +199,9 @@ def _utf8_cases() -> list[tuple[bytes, bytes | None, str | None]]:
     surrogates = [b"\xed\xa0\x80", b"\xed\xad\xbf", b"\xed\xae\x80", b"\xed\xaf\xbf"]
     surrogates += [b"\xed\xb0\x80", b"\xed\xbe\x80", b"\xed\xbf\xbf"]
     cases += [(s, None, ff) for s in surrogates]
-    cases += [(hi + lo, None, ff * 2) for hi in surrogates[:4] for lo in (surrogates[4], surrogates[6])]
+    cases += [
+        (hi + lo, None, ff * 2) for hi in surrogates[:4] for lo in (surrogates[4], surrogates[6])
+    ]
     nonchars = [b"\xef\xbf\xbe", b"\xef\xbf\xbf", b"\xef\xb7\x90", b"\xef\xb7\xaf"]
     nonchars += [chr(p << 16 | low).encode() for p in range(1, 17) for low in (0xFFFE, 0xFFFF)]
     cases += [(n, None, ff) for n in nonchars]
@@ -296,7 +318,10 @@ def test_containers_round_trip(text: str, value: object) -> None:
 def test_large_dict() -> None:
     value = parse_json(gen_test_json(10, 100))
     assert isinstance(value, dict) and len(value) == 10
-    assert value["key9"]["key8"]["key0"] == list(range(100))  # type: ignore[index]
+    for key in ("key9", "key8", "key0"):
+        assert isinstance(value, dict)
+        value = value[key]
+    assert value == list(range(100))
 
 
 # -- check-qjson.c: /errors ---------------------------------------------------------------
@@ -450,7 +475,7 @@ def test_error_drops_the_pending_message() -> None:
 
 def test_chunk_boundaries_anywhere() -> None:
     data = b"{'k\\u00e9': [\"\xe2\x82\xac\\ud834\\udd1e\", -1.5e-3, 18446744073709551616]}"
-    want = [{"k\u00e9": ["\u20ac\U0001d11e", -1.5e-3, float(2**64)]}]
+    want: list[Message] = [{"k\u00e9": ["\u20ac\U0001d11e", -1.5e-3, float(2**64)]}]
     assert_msgs(feed(data), want)
     for cut in range(len(data) + 1):
         parser = JSONStreamParser()

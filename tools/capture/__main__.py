@@ -23,6 +23,8 @@ from tools.capture.session import CaptureError, CapturePoint, CaptureSession
 from tools.capture.streams import Packet
 
 PROG = "netstack-capture"
+#: How long a closing pipe may take to hand its last bytes to the reader.
+FLUSH_TIMEOUT = 5.0
 
 
 def default_socket() -> str:
@@ -72,6 +74,7 @@ class Output:
         self.closed_reason: str | None = None
         self._fd = -1
         self._transport: asyncio.WriteTransport | None = None
+        self.gone = asyncio.Event()
 
     async def open(self, path: str) -> None:
         if path != "-":
@@ -108,9 +111,14 @@ class Output:
             self.closed_reason = reason
             self.stop.set()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Flush what the pipe has not taken yet (bounded), then close."""
+        if self.closed_reason is None:
+            self.closed_reason = ""  # closed by us: not worth a message
         if self._transport is not None:
-            self._transport.close()
+            self._transport.close()  # sends what is buffered first
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gone.wait(), FLUSH_TIMEOUT)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -128,6 +136,7 @@ class _StdoutProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.output.lost("output closed")
+        self.output.gone.set()
 
 
 class Capture:
@@ -222,7 +231,7 @@ async def run(args: argparse.Namespace) -> int:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await session.close()
-        output.close()
+        await output.close()
         if capture.bpf is not None:
             capture.bpf.close()
         with contextlib.suppress(Exception):

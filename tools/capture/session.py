@@ -38,6 +38,8 @@ Execute = Callable[[str, Mapping[str, object]], Awaitable[object]]
 PacketSink = Callable[["CapturePoint", list[Packet]], None]
 
 DRAIN_TIMEOUT: Final = 2.0
+#: Bound on each QMP command while detaching (a daemon that stopped answering).
+DETACH_TIMEOUT: Final = 5.0
 _HUB_RE: Final = re.compile(r"^hub (\d+)$")
 _CLIENT_RE: Final = re.compile(r"^([^:\s]+): index=\d+,type=([\w-]+)")
 
@@ -150,7 +152,10 @@ class CaptureSession:
     # -- planning ------------------------------------------------------------------------
 
     async def network(self) -> NetworkView:
-        text = await self._execute("human-monitor-command", {"command-line": "info network"})
+        try:
+            text = await self._execute("human-monitor-command", {"command-line": "info network"})
+        except Exception as exc:
+            raise CaptureError(f"cannot read 'info network': {exc}") from exc
         return parse_info_network(str(text))
 
     async def plan(self, targets: list[str]) -> None:
@@ -277,7 +282,9 @@ class CaptureSession:
         for point in self.points:
             if point.object_id:
                 with contextlib.suppress(Exception):
-                    await self._execute("object-del", {"id": point.object_id})
+                    await asyncio.wait_for(
+                        self._execute("object-del", {"id": point.object_id}), DETACH_TIMEOUT
+                    )
         if drain:
             self.resume()
             live = [p.closed.wait() for p in self.points if p.transport is not None]

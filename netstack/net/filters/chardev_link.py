@@ -8,9 +8,9 @@ output-only link), and writes to every open connection.
 
 Writes never block the loop. QEMU blocks its main loop in ``qemu_chr_fe_write_all``
 until a slow reader catches up; here a connection whose transport buffers more than
-``high_water`` bytes misses the write, which is counted in :attr:`dropped` (whole writes
-only: a reader never sees a torn frame). Writes while nothing is connected are discarded,
-as QEMU's socket chardev does.
+``high_water`` bytes misses the write (whole writes only: a reader never sees a torn
+frame); :meth:`write` says so and the filter counts the frames. Writes while nothing is
+connected are discarded, as QEMU's socket chardev does.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class ChardevLink:
         self.on_data = on_data
         self.high_water = high_water
         self.connections: list[Connection] = []
-        self.dropped = 0
         self.written = 0
 
     def open(self) -> None:
@@ -97,7 +96,6 @@ class ChardevLink:
         ok = True
         for conn in self.connections:
             if buffered(conn) > self.high_water:
-                self.dropped += 1
                 ok = False
                 continue
             conn.write(data)

@@ -21,8 +21,10 @@ Beyond QEMU:
   that, whole records are dropped and counted. This is how ``netstack-capture`` streams
   captures out of the daemon. Regular files are written synchronously, as QEMU does.
 
-Invariant: a record is written whole or not at all, so a reader never sees a torn record
-except after a write error, which ends the capture.
+Invariant: a record is written whole or not at all, so a reader never sees a torn record,
+except after a write error (which ends the capture) and at the end of a stream target
+that was still behind when the filter was deleted (the last bytes are written best
+effort, without blocking).
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ class DumpSink:
         self.log = log
         self.fd = -1
         self.stream = False
-        self.dropped = 0
         self._pending = bytearray()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -114,7 +115,6 @@ class DumpSink:
                 return True
             if self._pending:
                 if len(self._pending) + size > STREAM_HIGH_WATER:
-                    self.dropped += 1
                     return False
                 for part in parts:
                     self._pending += part
@@ -211,6 +211,8 @@ class FilterDump(NetFilter):
         self.format = fmt
         self.clock = clock
         self.captured = 0
+        #: Frames a stream target could not take (records dropped whole).
+        self.dropped = 0
         self.sink: DumpSink | None = None
 
     def setup(self, host: FilterHost) -> None:
@@ -259,11 +261,9 @@ class FilterDump(NetFilter):
                 size += len(head) + len(kept) + len(tail)
         if sink.write(parts, size):
             self.captured += len(frames)
+        elif sink.active:
+            self.dropped += len(frames)
         return frames
-
-    @property
-    def dropped(self) -> int:
-        return self.sink.dropped if self.sink is not None else 0
 
     def properties(self) -> list[tuple[str, str]]:
         props = [("file", self.file), ("maxlen", str(self.maxlen))]
@@ -276,5 +276,6 @@ class FilterDump(NetFilter):
             return
         trailer = b""
         if self.format == "pcapng":
-            trailer = pcapng_statistics(0, self.clock(), self.captured, self.dropped)
+            seen = self.captured + self.dropped
+            trailer = pcapng_statistics(0, self.clock(), seen, self.dropped)
         self.sink.close(trailer)

@@ -64,6 +64,8 @@ class _ChardevFilter(NetFilter):
         self.vnet_hdr_support = vnet_hdr_support
         self.out_link: ChardevLink | None = None
         self.in_link: ChardevLink | None = None
+        #: Frames a slow ``outdev`` reader missed (see :mod:`.chardev_link`).
+        self.dropped = 0
         self.log: logging.Logger | None = None
 
     def _open(self, host: FilterHost, chardev: Any, reader: bool) -> ChardevLink:
@@ -91,8 +93,10 @@ class _ChardevFilter(NetFilter):
             if frame:
                 parts.append(frame_header(len(frame), hdr_len))
                 parts.append(frame)
-        link.write(parts)
-        return len(parts) // 2
+        count = len(parts) // 2
+        if not link.write(parts):
+            self.dropped += count
+        return count
 
     def cleanup(self) -> None:
         for link in (self.in_link, self.out_link):
