@@ -216,9 +216,13 @@ class Netstack:
         nf = self.objects.pop(filter_id, None)
         if nf is None:
             return
-        if nf in nf.netdev.filters:
-            nf.netdev.filters.remove(nf)
-        nf.cleanup()
+        # QEMU cleans a filter up while it is still in the chain, so what it releases
+        # (filter-buffer's held frames) still passes the filters after it.
+        try:
+            nf.cleanup()
+        finally:
+            if nf in nf.netdev.filters:
+                nf.netdev.filters.remove(nf)
 
     def set_link(self, name: str, up: bool) -> None:
         ncs = self.find_clients(name)

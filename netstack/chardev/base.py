@@ -62,6 +62,12 @@ class Connection:
         self._on_write = on_write
         self.closed = False
 
+    def buffered(self) -> int:
+        """Bytes accepted by :meth:`write` but not yet sent."""
+        if self.writer is None or self.writer.transport is None:
+            return 0
+        return self.writer.transport.get_write_buffer_size()
+
     async def read(self, n: int = 65536) -> bytes:
         """Up to ``n`` bytes; b"" at end of stream."""
         if self.reader is None or self.closed:

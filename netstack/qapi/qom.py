@@ -64,6 +64,9 @@ class FilterBufferProperties(NetfilterProperties):
     interval: int = req("uint32")
 
 
+DUMP_FORMAT = QEnum("FilterDumpFormat", ("pcap", "pcapng"))
+
+
 @dataclass(frozen=True, kw_only=True)
 class FilterDumpProperties(NetfilterProperties):
     """Capture to a pcap ``file``, at most ``maxlen`` bytes per frame (default 65536)."""
@@ -71,6 +74,8 @@ class FilterDumpProperties(NetfilterProperties):
     qapi_name: ClassVar[str] = "FilterDumpProperties"
     file: str = req("str")
     maxlen: int | None = opt("uint32")
+    #: Beyond QEMU: ``pcapng`` names the interface after the netdev and records direction.
+    format: str | None = opt(DUMP_FORMAT)
 
 
 @dataclass(frozen=True, kw_only=True)

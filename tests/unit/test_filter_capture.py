@@ -212,19 +212,21 @@ async def test_session_streams_netdev_and_hub(ns: Netstack, pcapng: bool) -> Non
     session = CaptureSession(executor(ns, pcapng=pcapng), sink, prefix="cap")
     await session.plan(["p0", "hub:0"])
     assert [i.name for i in session.interfaces] == ["p0", "p1", "p0"]
-    await session.attach()
-    assert session.pcapng is pcapng
-    assert len(ns.objects) == (3 if pcapng else 4)
-    peers["p0"].send([frame(1)])  # enters the hub at p0, leaves at p1
-    peers["p1"].send([frame(2)])  # enters at p1, leaves at p0
-    await until(lambda: len(got) >= 4)
-    assert sorted(got) == [
-        (0, 1, frame(1)),  # netdev p0: rx, sent to it by its peer (inbound)
-        (0, 2, frame(2)),  # netdev p0: tx, sent by it (outbound)
-        (1, 1, frame(2)),  # hub 0, port p1: entering the hub
-        (2, 1, frame(1)),  # hub 0, port p0: entering the hub
-    ]
-    await session.close()
+    try:
+        await session.attach()
+        assert session.pcapng is pcapng
+        assert len(ns.objects) == (3 if pcapng else 4)
+        peers["p0"].send([frame(1)])  # enters the hub at p0, leaves at p1
+        peers["p1"].send([frame(2)])  # enters at p1, leaves at p0
+        await until(lambda: len(got) >= 4)
+        assert sorted(got) == [
+            (0, 1, frame(1)),  # netdev p0: rx, sent to it by its peer (inbound)
+            (0, 2, frame(2)),  # netdev p0: tx, sent by it (outbound)
+            (1, 1, frame(2)),  # hub 0, port p1: entering the hub
+            (2, 1, frame(1)),  # hub 0, port p0: entering the hub
+        ]
+    finally:
+        await session.close()
     assert ns.objects == {}
     assert all(not p.object_id for p in session.points)
 
@@ -242,7 +244,9 @@ async def test_session_unknown_target_undoes_everything(ns: Netstack) -> None:
 async def test_session_ends_when_the_netdev_goes(ns: Netstack) -> None:
     session = CaptureSession(executor(ns), lambda p, pk: None)
     await session.plan(["p1"])
-    await session.attach()
-    ns.netdev_del("p1")
-    await asyncio.wait_for(session.wait_all_closed(), 5)
-    await session.close()
+    try:
+        await session.attach()
+        ns.netdev_del("p1")
+        await asyncio.wait_for(session.wait_all_closed(), 5)
+    finally:
+        await session.close()
