@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tests.conformance.case_l2tpv3 import L2tpv3Case
 from tests.conformance.harness import DriverCase
 
-CASES: list[type[DriverCase]] = []
+CASES: list[type[DriverCase]] = [L2tpv3Case]

@@ -45,6 +45,8 @@ class Outside(abc.ABC):
 class DriverCase(abc.ABC):
     """One driver configuration under test."""
 
+    #: Test id (pytest parameter id).
+    id: str
     #: ``Netdev`` type (the ``type=`` of ``info network``).
     type: str
     #: Whether frames from outside may be padded or otherwise altered (none may).
