@@ -217,12 +217,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def connect_retry(addr: tuple[str, int], timeout: float = 5.0) -> socket.socket:
+    """Connect once the switch listens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(addr)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def measure(setup: Setup, size: int, duration: float, pid: int) -> Result:
     """Run the load through the switch ``pid`` and measure port B."""
     ctx = mp.get_context("fork")
     seconds = WARMUP + duration + 0.5
     if setup.connect_b is not None:
-        reader = socket.create_connection(setup.connect_b)
+        reader = connect_retry(setup.connect_b)
         time.sleep(0.2)  # port B's link comes up before traffic starts
         assert isinstance(setup.target, tuple)
         frame = size.to_bytes(4, "big") + bytes(size)
@@ -289,13 +301,15 @@ def run_case(which: str, case: str, size: int, duration: float) -> Result:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def median_run(which: str, case: str, size: int, duration: float, repeat: int) -> Result:
-    """The run with the median frame rate of ``repeat`` runs (QEMU and netstackd runs of
-    a case alternate only between cases, so both see the same machine)."""
-    runs = sorted(
-        (run_case(which, case, size, duration) for _ in range(repeat)), key=lambda r: r.fps
-    )
-    return runs[len(runs) // 2]
+def compare(case: str, size: int, duration: float, repeat: int) -> tuple[Result, Result]:
+    """QEMU and netstackd runs, alternating; the runs with the median frame rates."""
+    runs: dict[str, list[Result]] = {"qemu": [], "netstackd": []}
+    for _ in range(repeat):
+        for which, results in runs.items():
+            results.append(run_case(which, case, size, duration))
+    for results in runs.values():
+        results.sort(key=lambda r: r.fps)
+    return runs["qemu"][repeat // 2], runs["netstackd"][repeat // 2]
 
 
 def main() -> None:
@@ -323,8 +337,7 @@ def main() -> None:
     )
     for case in args.cases.split(","):
         for size in sizes:
-            q = median_run("qemu", case, size, args.duration, args.repeat)
-            n = median_run("netstackd", case, size, args.duration, args.repeat)
+            q, n = compare(case, size, args.duration, args.repeat)
             ratio = n.fps / q.fps if q.fps else float("inf")
             cells = [
                 f"{r.fps:10,.0f} {r.fps * size * 8 / 1e9:6.2f} {r.cpu:5.2f}"

@@ -108,3 +108,76 @@ def test_qmp_shell_scripted_session(tmp_path: Path) -> None:
         )
         assert "hub 4" in out.stdout and "s1" in out.stdout
         assert daemon.stop() == 0
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_qmp_over_tcp_and_mon_chardev(tmp_path: Path) -> None:
+    port = _free_tcp_port()
+    sock = tmp_path / "mon.sock"
+    pretty = tmp_path / "pretty.sock"
+    args = [
+        "-qmp",
+        f"tcp:127.0.0.1:{port},server=on,wait=off",
+        "-chardev",
+        f"socket,id=mon0,path={sock},server=on,wait=off",
+        "-mon",
+        "chardev=mon0,mode=control",
+        "-chardev",
+        f"socket,id=mon1,path={pretty},server=on,wait=off",
+        "-mon",
+        "chardev=mon1,mode=control,pretty=on",
+    ]
+    with running_daemon(tmp_path, args, qmp=False) as daemon:
+        end = asyncio.get_running_loop().time() + 15
+        while True:  # the monitors come up after the chardevs: wait for the last one
+            try:
+                _r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                assert asyncio.get_running_loop().time() < end
+                await asyncio.sleep(0.05)
+        for address in (("127.0.0.1", port), str(sock)):
+            client = QMPClient("t")
+            await client.connect(address)
+            try:
+                assert (await client.execute("query-version"))["qemu"]["major"] >= 7
+            finally:
+                await client.disconnect()
+        # The pretty monitor prints multi-line JSON, still CRLF-terminated (line-based
+        # clients such as qemu.qmp cannot read it, with QEMU either).
+        reader, writer = await asyncio.open_unix_connection(str(pretty))
+        greeting = await reader.readuntil(b"}\r\n")
+        assert greeting.startswith(b'{\r\n    "QMP": {\r\n')
+        writer.close()
+        assert daemon.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is installed by setup-deps")
+def test_socat_by_hand(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as daemon:
+        typed = (
+            '{"execute": "qmp_capabilities"}\n'
+            "{'execute': 'netdev_add', 'arguments': {'id': 'h', 'type': 'hubport', 'hubid': 2}}\n"
+            '{"execute": "human-monitor-command", "arguments": {"command-line": "info network"}}\n'
+        )
+        out = subprocess.run(
+            ["socat", "-t", "2", "-", f"UNIX-CONNECT:{daemon.qmp}"],
+            input=typed,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        lines = out.splitlines()
+        assert lines[1:4] == [
+            '{"return": {}}',
+            '{"return": {}}',
+            '{"return": "hub 2\\r\\n \\\\ h\\r\\n"}',
+        ]
