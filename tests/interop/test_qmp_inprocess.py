@@ -58,8 +58,12 @@ async def test_rx_filter_query_program_and_event_gate(client: QMPClient) -> None
     with client.listen(listener):
         await client.execute(
             "set-rx-filter",
-            {"name": "nic0", "rx-modes": {"promiscuous": False},
-             "multicast-table": ["01:00:5e:00:00:01"], "vlan-table": [5, 7]},
+            {
+                "name": "nic0",
+                "rx-modes": {"promiscuous": False},
+                "multicast-table": ["01:00:5e:00:00:01"],
+                "vlan-table": [5, 7],
+            },
         )
         event = await asyncio.wait_for(listener.get(), 5)
         assert event["event"] == "NIC_RX_FILTER_CHANGED"
@@ -124,9 +128,7 @@ async def test_chardev_commands(client: QMPClient) -> None:
     await client.execute("ringbuf-write", {"device": "rb", "data": "hello world"})
     assert await client.execute("ringbuf-read", {"device": "rb", "size": 100}) == "lo world"
     with pytest.raises(ExecuteError) as err:
-        await client.execute(
-            "chardev-add", {"id": "rb", "backend": {"type": "null", "data": {}}}
-        )
+        await client.execute("chardev-add", {"id": "rb", "backend": {"type": "null", "data": {}}})
     assert desc(err) == "Chardev with id 'rb' already exists"
     with pytest.raises(ExecuteError) as err:
         await client.execute(
@@ -145,7 +147,5 @@ async def test_chardev_commands(client: QMPClient) -> None:
     with pytest.raises(ExecuteError) as err:
         await client.execute("chardev-remove", {"id": "rb"})
     assert desc(err) == "Chardev 'rb' not found"
-    pty = await client.execute(
-        "chardev-add", {"id": "p", "backend": {"type": "pty", "data": {}}}
-    )
+    pty = await client.execute("chardev-add", {"id": "p", "backend": {"type": "pty", "data": {}}})
     assert pty["pty"].startswith("/dev/pts/")
