@@ -12,7 +12,7 @@ from netstack.driver import DriverSpec
 
 def registry() -> dict[str, DriverSpec]:
     """Every driver this build provides, by ``Netdev`` type."""
-    from drivers import hubport, l2tpv3
+    from drivers import dgram, hubport, l2tpv3, socket, stream
 
-    specs = [hubport.SPEC, l2tpv3.SPEC]
+    specs = [hubport.SPEC, socket.SPEC, stream.SPEC, dgram.SPEC, l2tpv3.SPEC]
     return {spec.type: spec for spec in specs}

@@ -6,7 +6,9 @@
    resolved, ``strtol`` port); a multicast address selects multicast mode, where
    ``local`` may be absent, an inet interface address ("localaddr 'H' is not a valid IPv4
    address"; its port is ignored) or an fd (replaced by a fresh member socket, ``dup2``'d
-   onto it: "cloned"); any other local type: "only support inet or fd type for local".
+   onto it: "cloned"; beyond QEMU, whose code for this reads the fd union as an inet
+   address, the clone joins on the fd's ``IP_MULTICAST_IF`` if it has one); any other
+   local type: "only support inet or fd type for local".
 2. Otherwise "dgram requires local= parameter"; with ``remote``: "don't set remote with
    local.fd", "remote and local types must be the same"; without: "type=inet or
    type=unix requires remote parameter".
@@ -179,7 +181,7 @@ def _mcast(host: DriverHost, name: str, group: InetAddr, local: SocketAddress | 
     elif isinstance(local.data, FdSocketAddress):
         sock, fd = _fd_socket(host, name, local.data)
         try:
-            fresh = mcast_socket(group, None)
+            fresh = mcast_socket(group, _multicast_interface(sock))
         except GenericError:
             sock.close()
             raise
@@ -194,6 +196,18 @@ def _mcast(host: DriverHost, name: str, group: InetAddr, local: SocketAddress | 
     client = DgramNetdev(name, host, sock, group.sockaddr, None)
     client.info_str = info
     return client
+
+
+def _multicast_interface(sock: socket.socket) -> str | None:
+    """The ``IP_MULTICAST_IF`` of an inherited IPv4 socket, if it set one."""
+    if sock.family != socket.AF_INET:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4)
+    except OSError:
+        return None
+    address = socket.inet_ntoa(raw) if len(raw) == 4 else "0.0.0.0"
+    return None if address == "0.0.0.0" else address
 
 
 SPEC = DriverSpec(

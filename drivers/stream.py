@@ -21,7 +21,8 @@ QAPI ``SocketAddress`` (``inet``, ``unix`` including Linux ``abstract``/``tight`
 Validation (client): "'reconnect' and 'reconnect-ms' are mutually exclusive"; (server)
 "'reconnect' and 'reconnect-ms' options are incompatible with socket in server mode".
 
-Deviations: a client on an ``fd`` address does not reconnect (the fd is gone after the
+Deviations: accepted connections get ``TCP_NODELAY`` as connecting ones do (QEMU leaves
+Nagle on for them); a client on an ``fd`` address does not reconnect (the fd is gone after the
 first connection; QEMU would pick up whatever reused the number). The listening unix
 socket file is removed when the netdev goes away, as QEMU's channel finalizer does.
 """
@@ -127,6 +128,7 @@ class StreamServer(StreamNetdev):
             return
         self.loop.remove_reader(self.listener.fileno())
         self._accepting = False
+        set_nodelay(conn)  # beyond QEMU (see drivers.socket): no Nagle stalls
         self._connected(conn, local=conn.family == socket.AF_UNIX)
 
     def connection_lost(self, error: OSError | None) -> None:

@@ -95,6 +95,13 @@ class NetdevUserOptions:
     hostfwd: tuple[str, ...] | None = field(default=None, metadata=optional(STRING_LIST))
     guestfwd: tuple[str, ...] | None = field(default=None, metadata=optional(STRING_LIST))
     tftp_server_name: str | None = opt("str")
+    # netstack extensions (not in QEMU): DNS upstreams (IP[:PORT], repeated) used instead
+    # of the host's /etc/resolv.conf, and the guest MTU (DHCP option 26; guest-bound IPv4
+    # datagrams are fragmented to it)
+    x_dns_upstream: tuple[str, ...] | None = field(
+        default=None, metadata=optional(STRING_LIST, features=("unstable",))
+    )
+    x_mtu: int | None = opt("uint32", features=("unstable",))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +124,8 @@ class NetdevTapOptions:
     vhostforce: bool | None = opt("bool")
     queues: int | None = opt("uint32")
     poll_us: int | None = opt("uint32")
+    #: Beyond QEMU: open the tap inside this network namespace (name or path).
+    x_netns: str | None = opt("str", features=("unstable",))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,6 +139,8 @@ class NetdevSocketOptions:
     mcast: str | None = opt("str")
     localaddr: str | None = opt("str")
     udp: str | None = opt("str")
+    #: Beyond QEMU: retry a failed or closed ``connect=`` every N ms.
+    x_reconnect_ms: int | None = opt("uint32", features=("unstable",))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +198,8 @@ class NetdevBridgeOptions:
     qapi_name: ClassVar[str] = "NetdevBridgeOptions"
     br: str | None = opt("str")
     helper: str | None = opt("str")
+    #: Beyond QEMU: the bridge (and the tap) live in this network namespace.
+    x_netns: str | None = opt("str", features=("unstable",))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 from tests.conformance.case_l2tpv3 import L2tpv3Case
+from tests.conformance.case_sockets import (
+    DgramUnixCase,
+    SocketListenCase,
+    SocketUdpCase,
+    StreamClientCase,
+)
 from tests.conformance.harness import DriverCase
 
-CASES: list[type[DriverCase]] = [L2tpv3Case]
+CASES: list[type[DriverCase]] = [
+    L2tpv3Case,
+    SocketListenCase,
+    SocketUdpCase,
+    StreamClientCase,
+    DgramUnixCase,
+]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,8 @@ async def test_multicast_clones_an_fd(ns: Netstack) -> None:
     port = free_udp_port()
     group = f"230.0.2.{port % 200 + 10}"
     placeholder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # the clone joins on the fd's multicast interface: loopback here
+    placeholder.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
     fd = placeholder.detach()
     nc = await add(
         ns,
@@ -253,6 +256,8 @@ async def test_multicast_clones_an_fd(ns: Netstack) -> None:
     assert isinstance(nc, dgram.DgramNetdev) and nc.sock is not None
     assert nc.sock.fileno() == fd
     assert nc.sock.getsockname() == (group, port)
+    iface = nc.sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4)
+    assert socket.inet_ntoa(iface) == "127.0.0.1"
 
 
 # -- data path -----------------------------------------------------------------------------
@@ -295,6 +300,45 @@ async def test_input_back_pressure(ns: Netstack) -> None:
     theirs.close()
 
 
+async def test_callback_during_send_does_not_stall_reading(ns: Netstack) -> None:
+    """The peer's queue flushes older entries inside ``send`` and calls back at once."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    nc = await add(ns, f"dgram,id=d0,local.type=fd,local.str={ours.detach()}")
+    rec = recorder(nc, capacity=0)
+    other = Recorder("other")
+    assert rec.incoming.send(other, [frame(100)]) == 0  # an older entry waits in the queue
+    rec.capacity = None  # able again, but nobody flushed
+    theirs.send(frame(1))
+    await until(lambda: rec.got == [frame(100), frame(1)])
+    theirs.send(frame(2))  # reading must go on
+    await until(lambda: rec.got == [frame(100), frame(1), frame(2)])
+    theirs.close()
+
+
+async def test_full_unix_destination_does_not_spin(ns: Netstack, tmp_path: Path) -> None:
+    """A unix datagram peer that stops reading: we wait without burning CPU (poll on our
+    own unconnected socket would say "writable" all along), then deliver everything."""
+    local, remote = str(tmp_path / "l"), str(tmp_path / "r")
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.bind(remote)
+    peer.setblocking(False)
+    nc = await add(
+        ns, f"dgram,id=d0,local.type=unix,local.path={local},remote.type=unix,remote.path={remote}"
+    )
+    rec = recorder(nc)
+    frames = [frame(i) for i in range(100)]  # far more than the peer's queue holds
+    rec.send(frames)
+    assert nc.receive_disabled
+    cpu = time.process_time()
+    await asyncio.sleep(0.3)
+    assert time.process_time() - cpu < 0.1, "spinning while the peer's queue is full"
+    loop = asyncio.get_running_loop()
+    got = [await asyncio.wait_for(loop.sock_recv(peer, 2000), 5) for _ in frames]
+    assert got == frames
+    await until(lambda: not nc.receive_disabled and len(nc.incoming) == 0)
+    peer.close()
+
+
 async def test_output_back_pressure(ns: Netstack) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -302,10 +346,10 @@ async def test_output_back_pressure(ns: Netstack) -> None:
     rec = recorder(nc)
     frames = [frame(i, 1000) for i in range(200)]
     rec.send(frames)
-    assert not nc.can_receive() and len(nc.incoming) > 0  # the socket said EAGAIN
+    assert nc.receive_disabled and len(nc.incoming) > 0  # the socket said EAGAIN
     theirs.setblocking(False)
     loop = asyncio.get_running_loop()
     got = [await asyncio.wait_for(loop.sock_recv(theirs, 2000), 5) for _ in frames]
     assert got == frames
-    await until(lambda: nc.can_receive() and len(nc.incoming) == 0)
+    await until(lambda: not nc.receive_disabled and len(nc.incoming) == 0)
     theirs.close()
