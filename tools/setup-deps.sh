@@ -22,6 +22,10 @@ PACKAGES=(
     iproute2
     iputils-ping
     kmod              # modprobe (tun, vhost modules) on the host
+    dpdk-dev          # dpdk-testpmd + vhost/virtio-user PMDs (vhost-user peer)
+    isc-dhcp-client   # dhclient -6: a real DHCPv6 client for the user netdev's IPv6 tests
+    slirp4netns       # libslirp: the user netdev's reference peer
+    passt             # pasta: the other user-mode stack benchmarked against
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")
