@@ -24,6 +24,7 @@ import mmap
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -146,9 +147,7 @@ class GuestMemory:
                 return r.gpa + uva - r.uva
         raise AddressError(f"user range {uva:#x}+{length:#x} is outside guest memory")
 
-    def array(
-        self, gpa: int, dtype: npt.DTypeLike, count: int
-    ) -> npt.NDArray[np.generic]:
+    def array(self, gpa: int, dtype: npt.DTypeLike, count: int) -> npt.NDArray[Any]:
         """A numpy array over guest memory (writes go straight to the shared pages)."""
         dt = np.dtype(dtype)
         r = self.region_of(gpa, dt.itemsize * count)
