@@ -12,7 +12,15 @@ from netstack.driver import DriverSpec
 
 def registry() -> dict[str, DriverSpec]:
     """Every driver this build provides, by ``Netdev`` type."""
-    from drivers import dgram, hubport, l2tpv3, socket, stream
+    from drivers import bridge, dgram, hubport, l2tpv3, socket, stream, tap
 
-    specs = [hubport.SPEC, socket.SPEC, stream.SPEC, dgram.SPEC, l2tpv3.SPEC]
+    specs = [
+        hubport.SPEC,
+        tap.SPEC,
+        bridge.SPEC,
+        socket.SPEC,
+        stream.SPEC,
+        dgram.SPEC,
+        l2tpv3.SPEC,
+    ]
     return {spec.type: spec for spec in specs}

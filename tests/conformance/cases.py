@@ -9,6 +9,7 @@ from tests.conformance.case_sockets import (
     SocketUdpCase,
     StreamClientCase,
 )
+from tests.conformance.case_tap import TapCase, TapPlainCase
 from tests.conformance.harness import DriverCase
 
 CASES: list[type[DriverCase]] = [
@@ -17,4 +18,6 @@ CASES: list[type[DriverCase]] = [
     SocketUdpCase,
     StreamClientCase,
     DgramUnixCase,
+    TapCase,
+    TapPlainCase,
 ]
