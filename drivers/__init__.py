@@ -12,7 +12,7 @@ from netstack.driver import DriverSpec
 
 def registry() -> dict[str, DriverSpec]:
     """Every driver this build provides, by ``Netdev`` type."""
-    from drivers import bridge, dgram, hubport, l2tpv3, socket, stream, tap
+    from drivers import bridge, dgram, hubport, l2tpv3, socket, stream, tap, vhost_user
 
     specs = [
         hubport.SPEC,
@@ -22,5 +22,6 @@ def registry() -> dict[str, DriverSpec]:
         stream.SPEC,
         dgram.SPEC,
         l2tpv3.SPEC,
+        vhost_user.SPEC,
     ]
     return {spec.type: spec for spec in specs}

@@ -224,6 +224,8 @@ class NetdevVhostUserOptions:
     chardev: str = req("str")
     vhostforce: bool | None = opt("bool")
     queues: int | None = opt("int")
+    #: Beyond QEMU: the guest NIC's MAC (the back end is the NIC's stand-in in netstackd).
+    mac: str | None = opt("str")
 
 
 @dataclass(frozen=True, kw_only=True)

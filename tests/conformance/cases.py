@@ -10,6 +10,7 @@ from tests.conformance.case_sockets import (
     StreamClientCase,
 )
 from tests.conformance.case_tap import TapCase, TapPlainCase
+from tests.conformance.case_vhost_user import VhostUserCase
 from tests.conformance.harness import DriverCase
 
 CASES: list[type[DriverCase]] = [
@@ -20,4 +21,5 @@ CASES: list[type[DriverCase]] = [
     DgramUnixCase,
     TapCase,
     TapPlainCase,
+    VhostUserCase,
 ]

@@ -1,0 +1,272 @@
+"""vhost-user back-end throughput: netstackd vs DPDK's vhost PMD, side by side in one run.
+
+The front end is always DPDK testpmd's virtio-user (``--no-huge``, both lcores on the last
+CPU), the traffic source and sink. The back end under test runs alone on CPU 0:
+
+* ``dpdk``: a second testpmd with ``--vdev net_vhost0,iface=SOCK`` (DPDK's vhost library,
+  busy-polling) - the reference;
+* ``netstack``: a netstackd process (this file's ``--serve`` mode) with vhost-user netdevs.
+
+Cases (``--cases``):
+
+* ``g2b-64`` / ``g2b-1500``: guest -> back end, testpmd ``txonly`` with 64 / 1500-byte
+  frames; DPDK counts them in ``rxonly``, netstackd takes them into a port with no peer
+  (buffers returned, nothing copied: ``netstack``) and into a port peered with a counting
+  client (every frame copied out and handed to the core: ``netstack-copy``). Figure: the
+  rate testpmd transmits at (Mpps; Gbit/s of Ethernet bytes for 1500).
+* ``loop-64``: testpmd ``io`` with ``start tx_first 8``: each frame the back end returns is
+  sent again; DPDK echoes in ``io`` mode, netstackd through a reflector peer. Figure: Mpps
+  each way.
+* ``switch-64``: two virtio-user ports in ``io`` mode (``tx_first 8``) joined by the back
+  end: DPDK's ``io`` forwarding between two vhost ports, netstackd's hub with two
+  vhost-user ports. Figure: Mpps per port and direction.
+
+Each case runs ``--seconds`` (5) after a 2-second warm-up; the figure is the median of
+testpmd's 1-second ``Rx-pps``/``Tx-pps`` samples (with ``--repeat N``: the best of N runs,
+the back ends interleaved, which filters out other load on a shared machine). Ratios are
+netstack / DPDK from the same run. Other load on the machine skews every figure.
+
+    python bench/bench_vhost_user.py [--seconds S] [--repeat N]
+                                     [--cases g2b-64,g2b-1500,loop-64,switch-64]
+                                     [--kinds dpdk,netstack,netstack-copy]
+
+Every process is started and stopped here by PID; only unix sockets in a temporary
+directory are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.interop.test_vhost_user_dpdk import DpdkTestpmd  # noqa: E402
+
+CASES = ("g2b-64", "g2b-1500", "loop-64", "switch-64")
+KINDS = ("dpdk", "netstack", "netstack-copy")
+_BLOCK = re.compile(r"NIC statistics for port (\d+).*?Rx-pps:\s*(\d+).*?Tx-pps:\s*(\d+)", re.DOTALL)
+
+
+# -- the netstackd side (subprocess) ------------------------------------------------------------
+
+
+async def serve(case: str, sockdir: Path) -> int:
+    """Run a daemon for ``case``; READY on stdout; ``stats`` on stdin prints counters."""
+    from drivers import hubport
+    from drivers import vhost_user as vu
+    from netstack.daemon import Netstack
+    from netstack.net.client import NetClient
+    from netstack.qapi import parse_chardev_cli, parse_netdev_cli
+
+    class Counter(NetClient):
+        type = "socket"
+
+        def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
+            return len(frames)
+
+    class Reflector(NetClient):
+        type = "socket"
+        accepts_vnet = True
+
+        def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
+            self.send(frames, vnet)
+            return len(frames)
+
+    ns = Netstack({"vhost-user": vu.SPEC, "hubport": hubport.SPEC})
+    names = ["p0", "p1"] if case == "switch" else ["p0"]
+    for name in names:
+        await ns.chardev_add(
+            parse_chardev_cli(f"socket,id=c{name},path={sockdir / name}.sock,server=on,wait=off"),
+            from_cli=True,
+        )
+        (nc,) = await ns.netdev_add(parse_netdev_cli(f"vhost-user,id={name},chardev=c{name}"))
+        if case == "switch":
+            await ns.netdev_add(parse_netdev_cli(f"hubport,id=h{name},hubid=0,netdev={name}"))
+        elif case == "copy":
+            Counter("count").connect(nc)
+        elif case == "reflect":
+            Reflector("reflect").connect(nc)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("READY", flush=True)
+    try:
+        while line := await reader.readline():
+            if line.strip() == b"stats":
+                out = {
+                    nc.name: {**nc.stats.as_dict(), **getattr(nc, "counters", dict)()}
+                    for nc in ns.clients
+                }
+                print("STATS " + json.dumps(out), flush=True)
+    finally:
+        await ns.close()
+    return 0
+
+
+class NetstackProc:
+    def __init__(self, case: str, sockdir: Path, cpu: int) -> None:
+        self.argv = [
+            "taskset", "-c", str(cpu), sys.executable, str(Path(__file__).resolve()),
+            "--serve", case, "--sockdir", str(sockdir),
+        ]  # fmt: skip
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        if line.strip() != b"READY":
+            raise RuntimeError(f"netstackd bench daemon failed: {line!r}")
+
+    async def stats(self) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(b"stats\n")
+        await self.proc.stdin.drain()
+        while True:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 10)
+            if line.startswith(b"STATS "):
+                return dict(json.loads(line[6:]))
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+# -- measurement -----------------------------------------------------------------------------
+
+
+def samples(output: str, skip: int) -> dict[int, dict[str, list[int]]]:
+    """Per port: the Rx-pps and Tx-pps of each stats period after ``skip`` periods."""
+    per: dict[int, dict[str, list[int]]] = {}
+    for m in _BLOCK.finditer(output):
+        port, rx, tx = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        d = per.setdefault(port, {"rx": [], "tx": []})
+        d["rx"].append(rx)
+        d["tx"].append(tx)
+    return {p: {k: v[skip:] for k, v in d.items()} for p, d in per.items()}
+
+
+def median(values: list[int]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+async def run_case(case: str, kind: str, seconds: float, tmp: Path) -> dict[str, float]:
+    front_cpu = (os.cpu_count() or 1) - 1
+    sockdir = Path(tempfile.mkdtemp(dir=tmp))
+    size = 1500 if case == "g2b-1500" else 64
+    mode = {"g2b-64": "txonly", "g2b-1500": "txonly", "loop-64": "io", "switch-64": "io"}[case]
+    ports = 2 if case == "switch-64" else 1
+    tx_first = 8 if mode == "io" else None
+    back: DpdkTestpmd | NetstackProc
+    if kind == "dpdk":
+        vdevs = [f"net_vhost{i},iface={sockdir / f'p{i}'}.sock,queues=1" for i in range(ports)]
+        back_mode = "rxonly" if mode == "txonly" else "io"
+        back = DpdkTestpmd(vdevs, back_mode, txpkts=size, cpu=0, workdir=sockdir)
+        await back.start()
+        for _ in range(300):  # until DPDK's vhost library created its sockets
+            if all((sockdir / f"p{i}.sock").exists() for i in range(ports)):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    else:
+        serve_case = {"g2b-64": "sink", "g2b-1500": "sink", "loop-64": "reflect"}.get(
+            case, "switch"
+        )
+        if kind == "netstack-copy":
+            serve_case = "copy"
+        back = NetstackProc(serve_case, sockdir, 0)
+        await back.start()
+    vdevs = [
+        f"net_virtio_user{i},path={sockdir / f'p{i}'}.sock,queues=1,queue_size=256"
+        for i in range(ports)
+    ]
+    front = DpdkTestpmd(vdevs, mode, txpkts=size, tx_first=tx_first, cpu=front_cpu, workdir=sockdir)
+    await front.start()
+    try:
+        await asyncio.sleep(2.0 + seconds)
+    finally:
+        await front.stop()
+        await back.stop()
+    per = samples(front.output, skip=2)
+    if not per:
+        raise RuntimeError(f"no testpmd statistics ({case}, {kind}):\n{front.output[-2000:]}")
+    if mode == "txonly":
+        return {"mpps": median(per[0]["tx"]) / 1e6}
+    rx = [median(per[p]["rx"]) / 1e6 for p in sorted(per)]
+    return {"mpps": min(rx), "mpps_ports": sum(rx) / len(rx)}
+
+
+def figure(case: str, mpps: float) -> str:
+    if case == "g2b-1500":
+        return f"{mpps:6.3f} Mpps {mpps * 1500 * 8 / 1000:6.2f} Gbit/s"
+    return f"{mpps:6.3f} Mpps"
+
+
+async def bench(cases: Sequence[str], kinds: Sequence[str], seconds: float, repeat: int) -> None:
+    if not DpdkTestpmd.available():
+        print("dpdk-testpmd not found (Debian dpdk-dev)", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-vhost-") as tmpname:
+        tmp = Path(tmpname)
+        note = f" (best of {repeat}, kinds interleaved)" if repeat > 1 else ""
+        print(f"{'case':<11} {'back end':<14} {'figure' + note:<30} ratio to dpdk")
+        for case in cases:
+            todo = [k for k in kinds if not (k == "netstack-copy" and not case.startswith("g2b"))]
+            best: dict[str, float] = {}
+            for _ in range(repeat):
+                for kind in todo:
+                    mpps = (await run_case(case, kind, seconds, tmp))["mpps"]
+                    best[kind] = max(best.get(kind, 0.0), mpps)
+            ref = best.get("dpdk")
+            for kind in todo:
+                mpps = best[kind]
+                ratio = f"{mpps / ref:.3f}" if ref and kind != "dpdk" else ""
+                print(f"{case:<11} {kind:<14} {figure(case, mpps):<30} {ratio}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--repeat", type=int, default=1, help="runs per case and kind; best kept")
+    ap.add_argument("--serve", choices=("sink", "copy", "reflect", "switch"))
+    ap.add_argument("--sockdir", type=Path)
+    args = ap.parse_args()
+    if args.serve:
+        sys.exit(asyncio.run(serve(args.serve, args.sockdir)))
+    cases = [c for c in args.cases.split(",") if c]
+    kinds = [k for k in args.kinds.split(",") if k]
+    for c in cases:
+        if c not in CASES:
+            ap.error(f"unknown case {c}")
+    asyncio.run(bench(cases, kinds, args.seconds, max(1, args.repeat)))
+
+
+if __name__ == "__main__":
+    main()
