@@ -155,9 +155,13 @@ def attach_instructions(plan: DefaultPlan) -> str:
         lines.append(
             "  qemu-system-x86_64 -m 1G"
             " -object memory-backend-memfd,id=mem,size=1G,share=on -machine memory-backend=mem"
-            f" -chardev socket,id=vhost0,path={plan.vhost_socket}"
+            f" -chardev socket,id=vhost0,path={plan.vhost_socket},reconnect=1"
             " -netdev vhost-user,id=net0,chardev=vhost0"
             " -device virtio-net-pci,netdev=net0 ..."
+        )
+        lines.append(
+            "  (guest memory must be shared: memory-backend-memfd with share=on, size = -m;"
+            " under TCG, QEMU 7.2 also needs vectors=0 on the virtio-net-pci device)"
         )
     return "\n".join(lines)
 
