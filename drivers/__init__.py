@@ -12,10 +12,21 @@ from netstack.driver import DriverSpec
 
 def registry() -> dict[str, DriverSpec]:
     """Every driver this build provides, by ``Netdev`` type."""
-    from drivers import bridge, dgram, hubport, l2tpv3, socket, stream, tap, vhost_user
+    from drivers import (
+        bridge,
+        dgram,
+        hubport,
+        l2tpv3,
+        socket,
+        stream,
+        tap,
+        user,
+        vhost_user,
+    )
 
     specs = [
         hubport.SPEC,
+        user.SPEC,
         tap.SPEC,
         bridge.SPEC,
         socket.SPEC,

@@ -44,6 +44,8 @@ class UserNetClient(Protocol):
 
     def leases_for(self, mac: bytes) -> list[tuple[str, int]]: ...
 
+    def leases(self) -> list[dict[str, Any]]: ...
+
 
 class Netstack:
     """The daemon: its tables and control operations."""
@@ -449,6 +451,20 @@ class Netstack:
                 }
             )
         return out
+
+    def query_dhcp_leases(self, netdev: str | None = None) -> list[dict[str, Any]]:
+        """Beyond QEMU: the DHCP lease tables of the user netdevs (QMP
+        ``query-dhcp-leases``)."""
+        if netdev is not None and not any(
+            nc.name == netdev and isinstance(nc, UserNetClient) for nc in self.clients
+        ):
+            raise DeviceNotFound(f"Device '{netdev}' not found")
+        return [
+            lease
+            for nc in self.clients
+            if isinstance(nc, UserNetClient) and (netdev is None or nc.name == netdev)
+            for lease in nc.leases()
+        ]
 
     def info_usernet(self) -> str:
         return "".join(nc.usernet_info() for nc in self.clients if isinstance(nc, UserNetClient))

@@ -9,6 +9,8 @@ QEMU's commands (net, chardev, objects, monitor basics) behave as in QEMU 7.2/10
 
 * ``query-netdev``: every net client with its type, options, peer, hub, link state and
   counters (QEMU never merged one);
+* ``query-dhcp-leases``: the DHCP lease tables of the user netdevs (also reported by the
+  ``DHCP_LEASE_GRANTED`` / ``DHCP_LEASE_RELEASED`` events);
 * ``set-rx-filter``: programs a NIC-class client's rx filter (rx modes, MAC, MAC table,
   VLANs), since no guest control queue reaches a vhost-user back end;
 * the agent resynchronisation commands of qemu-ga (``guest-sync``,
@@ -67,6 +69,12 @@ class SetLinkArgs:
 class OptNameArgs:
     qapi_name: ClassVar[str] = "q_obj_query-rx-filter-arg"
     name: str | None = opt("str")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetdevNameArgs:
+    qapi_name: ClassVar[str] = "q_obj_query-dhcp-leases-arg"
+    netdev: str | None = opt("str")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,6 +192,7 @@ class Commands:
         add("object-del", self.object_del, IdArgs)
         add("query-netdev", self.query_netdev, OptNameArgs, oob=True, ret="[NetdevInfo]")
         add("set-rx-filter", self.set_rx_filter, SetRxFilterArgs)
+        add("query-dhcp-leases", self.query_dhcp_leases, NetdevNameArgs, ret="[DhcpLeaseInfo]")
         add("guest-sync", self.guest_sync, SyncArgs, ret="int")
         add("guest-sync-delimited", self.guest_sync_delimited, SyncArgs, ret="int")
         add("guest-ping", self.guest_ping)
@@ -231,6 +240,9 @@ class Commands:
 
     async def query_netdev(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
         return self.ns.query_netdev(args.get("name"))
+
+    async def query_dhcp_leases(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
+        return self.ns.query_dhcp_leases(args.get("netdev"))
 
     async def set_rx_filter(self, args: dict[str, Any], session: Any) -> None:
         modes = args.get("rx_modes")

@@ -29,6 +29,20 @@ EVENTS: dict[str, list[dict[str, Any]]] = {
         {"name": "chardev-id", "type": "str"},
     ],
     "NETDEV_VHOST_USER_DISCONNECTED": [{"name": "netdev-id", "type": "str"}],
+    "DHCP_LEASE_GRANTED": [
+        {"name": "netdev", "type": "str"},
+        {"name": "mac-address", "type": "str"},
+        {"name": "ip-address", "type": "str"},
+        {"name": "lease-time", "type": "int"},
+        {"name": "renewal", "type": "bool"},
+        {"name": "hostname", "type": "str", "default": None},
+    ],
+    "DHCP_LEASE_RELEASED": [
+        {"name": "netdev", "type": "str"},
+        {"name": "mac-address", "type": "str"},
+        {"name": "ip-address", "type": "str"},
+        {"name": "reason", "type": "str"},
+    ],
     "SHUTDOWN": [{"name": "guest", "type": "bool"}, {"name": "reason", "type": "str"}],
 }
 

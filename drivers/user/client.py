@@ -1,0 +1,500 @@
+"""The user netdev's net client: the adapter between the sans-IO gateway and the loop.
+
+Owns every fd and the one timer of a user netdev: UDP flow sockets (one per guest source,
+opened on the first :class:`~.udp_nat.UdpSend`, closed on :class:`~.udp_nat.UdpClose`),
+one socket per address family for the DNS upstreams, the ICMP echo sockets (a ping socket
+per echo flow, or one raw socket, or none - :func:`.hostsock.icmp_mode`), and the
+``loop.call_at`` that runs :meth:`.router.Gateway.tick`. Frames from the peer go through
+the gateway in one pass per batch; what the gateway produced leaves as one batch to the
+peer (``send``), the host actions run, events go to QMP (``DHCP_LEASE_GRANTED``/
+``DHCP_LEASE_RELEASED`` with the netdev name added), and the timer is moved if needed.
+
+It implements the daemon's ``UserNetClient`` protocol: :meth:`usernet_info` (``info
+usernet``, QEMU's layout: ``Hub N (NAME):``, the table header, one row per UDP and ICMP
+flow, newest first; TCP rows come with part 2), :meth:`hostfwd` (HMP ``hostfwd_add`` /
+``hostfwd_remove``: QEMU's syntax checks; there are no rules in part 1) and
+:meth:`leases_for` (``guest-network-get-interfaces``), plus :meth:`leases` (the data of a
+``query-dhcp-leases`` command) and :meth:`counters`.
+
+Invariant: no exception from guest or host input reaches the loop - an unexpected one is
+counted (``internal-error``) and logged (rate-limited); the netdev keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import re
+import socket
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from netstack.errors import GenericError
+from netstack.net.client import NetClient
+from netstack.net.hub import HubPort
+
+from . import hostsock, ipv4
+from .dns import RESOLV_CONF, ResolvConf, Upstream
+from .icmp_relay import PingClose, PingSend
+from .options import PART2, UserConfig, inet_aton, ip_text, parse_hostfwd
+from .router import Action, Gateway
+from .tftproot import TftpRoot
+from .udp_nat import UdpClose, UdpSend
+
+RX_BATCH: Final = 64
+LOG_INTERVAL: Final = 30.0
+USERNET_HEADER: Final = (
+    "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n"
+)
+_ECHO = struct.Struct("!BBHHH")
+_STRICT_INT = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
+_SOFT_ERRORS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
+
+EventSink = Callable[[str, Mapping[str, Any]], None]
+
+
+class UserNetClient(NetClient):
+    """One user netdev."""
+
+    type = "user"
+
+    def __init__(
+        self,
+        name: str,
+        cfg: UserConfig,
+        loop: asyncio.AbstractEventLoop,
+        log: logging.Logger,
+        emit_event: EventSink | None = None,
+        *,
+        icmp_mode: str | None = None,
+        resolv_conf: str = RESOLV_CONF,
+        **limits: int,
+    ) -> None:
+        super().__init__(name)
+        self.cfg = cfg
+        self.info_str = f"net={ip_text(cfg.net)},restrict={'on' if cfg.restrict else 'off'}"
+        self.gw = Gateway(cfg, tftp_root=TftpRoot(cfg.tftp) if cfg.tftp else None, **limits)
+        self._loop = loop
+        self._log = log
+        self._emit = emit_event
+        self._icmp_mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode()
+        self._resolv = None if cfg.dns_upstreams else ResolvConf(resolv_conf)
+        self._udp: dict[tuple[bytes, int], socket.socket] = {}
+        self._udp_ttl: dict[tuple[bytes, int], int] = {}
+        self._ping: dict[tuple[bytes, int], socket.socket] = {}
+        self._raw: socket.socket | None = None
+        self._dns: dict[int, socket.socket] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._closed = False
+        self._log_at: dict[str, float] = {}
+        self._reported_bad = 0
+        self.host_errors = 0
+        if self._icmp_mode == "none":
+            log.warning(
+                "user %s: ICMP echo relay unavailable (net.ipv4.ping_group_range forbids ping "
+                "sockets and CAP_NET_RAW is missing): guest pings beyond the gateway are "
+                "dropped",
+                name,
+            )
+        if self._resolv is not None:
+            self._refresh_upstreams(loop.time())
+
+    # -- peer -> gateway -------------------------------------------------------------------
+
+    def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
+        if self._closed:
+            return len(frames)
+        now = self._loop.time()
+        if self._resolv is not None:
+            self._refresh_upstreams(now)
+        gw_input = self.gw.input
+        for frame in frames:
+            try:
+                gw_input(frame, now)
+            except Exception:
+                self._internal_error("guest frame")
+        self._flush(now)
+        return len(frames)
+
+    def _refresh_upstreams(self, now: float) -> None:
+        assert self._resolv is not None
+        if self._resolv.refresh(now):
+            self.gw.dns.upstreams = list(self._resolv.servers)
+            self._log.info("user %s: DNS upstreams %s", self.name, self._resolv.servers)
+
+    # -- gateway -> peer, host, QMP --------------------------------------------------------
+
+    def _flush(self, now: float) -> None:
+        gw = self.gw
+        if gw.actions:
+            actions, gw.actions = gw.actions, []
+            for action in actions:
+                try:
+                    self._act(action, now)
+                except Exception:
+                    self._internal_error("host action")
+        if gw.out:
+            out, gw.out = gw.out, []
+            self.send(out)
+        if gw.events:
+            events, gw.events = gw.events, []
+            if self._emit is not None:
+                for name, data in events:
+                    self._emit(name, {"netdev": self.name, **data})
+        self._schedule(now)
+
+    def _act(self, action: Action, now: float) -> None:
+        if isinstance(action, UdpSend):
+            self._udp_send(action, now)
+        elif isinstance(action, Upstream):
+            self._dns_send(action)
+        elif isinstance(action, UdpClose):
+            self._close_udp(action.key)
+        elif isinstance(action, PingSend):
+            self._ping_send(action)
+        elif isinstance(action, PingClose):
+            self._close_ping(action.key)
+
+    # -- UDP flows -------------------------------------------------------------------------
+
+    def _udp_send(self, a: UdpSend, now: float) -> None:
+        sock = self._udp.get(a.key)
+        if sock is None:
+            try:
+                sock = hostsock.udp_flow_socket()
+            except OSError as exc:
+                self._host_error("UDP socket", exc)
+                self.gw.udp.close(a.key)
+                return
+            self._udp[a.key] = sock
+            key = a.key
+            self._loop.add_reader(sock.fileno(), self._udp_readable, key, sock)
+        if self._udp_ttl.get(a.key) != a.ttl:
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(1, min(a.ttl, 255)))
+                self._udp_ttl[a.key] = a.ttl
+            except OSError:
+                pass
+        for _attempt in range(2):
+            try:
+                sock.sendto(a.payload, (a.host, a.port))
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:
+                    continue  # an earlier datagram's error, reported late: send again
+                if exc.errno in _SOFT_ERRORS:
+                    self.gw.stats["udp-send-dropped"] += 1
+                    return
+                # libslirp answers a failed send with "network unreachable"
+                self.gw.udp_host_error(a.key, a.host, a.port, ipv4.ICMP_UNREACH,
+                                       ipv4.UNREACH_NET, None, a.payload)  # fmt: skip
+                self._host_error("UDP send", exc)
+                return
+
+    def _udp_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
+        if self._closed or self._udp.get(key) is not sock:
+            return
+        now = self._loop.time()
+        gw = self.gw
+        try:
+            for err in hostsock.read_errors(sock):
+                gw.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
+                                  err.offender, err.head)  # fmt: skip
+            for _ in range(RX_BATCH):
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ECONNREFUSED:  # reported through the error queue
+                        self._host_error("UDP receive", exc)
+                    break
+                gw.udp_from_host(key, addr[0], addr[1], data, now)
+        except Exception:
+            self._internal_error("UDP flow")
+        self._flush(now)
+
+    def _close_udp(self, key: tuple[bytes, int]) -> None:
+        sock = self._udp.pop(key, None)
+        self._udp_ttl.pop(key, None)
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    # -- DNS upstreams ---------------------------------------------------------------------
+
+    def _dns_send(self, a: Upstream) -> None:
+        sock = self._dns.get(a.family)
+        if sock is None:
+            try:
+                sock = socket.socket(a.family, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+            except OSError as exc:
+                self._host_error("DNS socket", exc)
+                return
+            self._dns[a.family] = sock
+            self._loop.add_reader(sock.fileno(), self._dns_readable, sock)
+        try:
+            sock.sendto(a.payload, (a.host, a.port))
+        except OSError as exc:
+            self.gw.stats["dns-send-failed"] += 1
+            self._host_error("DNS send", exc)
+
+    def _dns_readable(self, sock: socket.socket) -> None:
+        if self._closed:
+            return
+        now = self._loop.time()
+        try:
+            for _ in range(RX_BATCH):
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
+                self.gw.dns_from_upstream((addr[0], addr[1]), data, now)
+        except Exception:
+            self._internal_error("DNS upstream")
+        self._flush(now)
+
+    # -- ICMP echo -------------------------------------------------------------------------
+
+    def _ping_send(self, a: PingSend) -> None:
+        mode = self._icmp_mode
+        if mode == "ping":
+            sock = self._ping.get(a.key)
+            if sock is None:
+                try:
+                    sock = hostsock.ping_socket()
+                except OSError as exc:
+                    self._host_error("ping socket", exc)
+                    self.gw.icmp.close(a.key)
+                    return
+                self._ping[a.key] = sock
+                self._loop.add_reader(sock.fileno(), self._ping_readable, a.key, sock)
+            packet = _ECHO.pack(ipv4.ICMP_ECHO, 0, 0, a.host_id, a.seq) + a.payload
+        elif mode == "raw":
+            sock = self._raw_socket()
+            if sock is None:
+                return
+            packet = ipv4.icmp_message(ipv4.ICMP_ECHO, 0, struct.pack("!HH", a.host_id, a.seq),
+                                       a.payload)  # fmt: skip
+        else:
+            self.gw.stats["icmp-relay-unavailable"] += 1
+            return
+        try:
+            sock.sendto(packet, (a.host, 0))
+        except OSError as exc:
+            self.gw.stats["icmp-send-failed"] += 1
+            self._host_error("ICMP send", exc)
+
+    def _raw_socket(self) -> socket.socket | None:
+        if self._raw is None:
+            try:
+                self._raw = hostsock.raw_icmp_socket()
+            except OSError as exc:
+                self._host_error("raw ICMP socket", exc)
+                return None
+            self._loop.add_reader(self._raw.fileno(), self._raw_readable)
+        return self._raw
+
+    def _ping_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
+        if self._closed or self._ping.get(key) is not sock:
+            return
+        now = self._loop.time()
+        try:
+            for _ in range(RX_BATCH):
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
+                if len(data) >= 8 and data[0] == ipv4.ICMP_ECHOREPLY:
+                    seq = (data[6] << 8) | data[7]
+                    self.gw.ping_reply(key, addr[0], seq, data[8:], now)
+        except Exception:
+            self._internal_error("ping socket")
+        self._flush(now)
+
+    def _raw_readable(self) -> None:
+        sock = self._raw
+        if self._closed or sock is None:
+            return
+        now = self._loop.time()
+        gw = self.gw
+        try:
+            for _ in range(RX_BATCH):
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    continue
+                ihl = (data[0] & 15) * 4 if data else 0
+                icmp = data[ihl:]
+                if len(icmp) < 8 or icmp[0] != ipv4.ICMP_ECHOREPLY:
+                    continue
+                key = gw.icmp.key_for_host_id((icmp[4] << 8) | icmp[5])
+                if key is not None:
+                    gw.ping_reply(key, addr[0], (icmp[6] << 8) | icmp[7], icmp[8:], now)
+        except Exception:
+            self._internal_error("raw ICMP socket")
+        self._flush(now)
+
+    def _close_ping(self, key: tuple[bytes, int]) -> None:
+        sock = self._ping.pop(key, None)
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        if self._raw is not None and not self.gw.icmp.flows:
+            self._loop.remove_reader(self._raw.fileno())
+            self._raw.close()
+            self._raw = None
+
+    # -- timer -----------------------------------------------------------------------------
+
+    def _schedule(self, now: float) -> None:
+        when = self.gw.next_deadline()
+        if self._closed or when is None:
+            return
+        if self._timer is not None:
+            if when >= self._timer_at - 0.001:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self._loop.time()
+        try:
+            self.gw.tick(now)
+        except Exception:
+            self._internal_error("timer")
+        self._sync_bad(now)
+        self._flush(now)
+
+    # -- errors and logging ----------------------------------------------------------------
+
+    def _internal_error(self, where: str) -> None:
+        self.gw.stats["internal-error"] += 1
+        if self._may_log("internal"):
+            self._log.exception("user %s: unexpected error handling %s", self.name, where)
+
+    def _host_error(self, what: str, exc: OSError) -> None:
+        self.host_errors += 1
+        if self._may_log(what):
+            self._log.warning("user %s: %s failed: %s", self.name, what, exc)
+
+    def _may_log(self, topic: str) -> bool:
+        now = self._loop.time()
+        last = self._log_at.get(topic)
+        if last is not None and now - last < LOG_INTERVAL:
+            return False
+        self._log_at[topic] = now
+        return True
+
+    def _sync_bad(self, now: float) -> None:
+        """Fold malformed-input counters into ``stats.malformed`` and log new ones."""
+        bad = sum(v for k, v in self.gw.counters().items() if _is_bad(k))
+        self.stats.malformed = bad
+        if bad > self._reported_bad and self._may_log("bad-input"):
+            detail = ", ".join(
+                f"{k}: {v}" for k, v in sorted(self.gw.counters().items()) if _is_bad(k) and v
+            )
+            self._log.warning("user %s: dropped bad input (totals: %s)", self.name, detail)
+            self._reported_bad = bad
+
+    # -- monitor views ---------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Driver counters (drops by reason, service work), for tests and tools."""
+        self._sync_bad(self._loop.time())
+        out = self.gw.counters()
+        out["host-errors"] = self.host_errors
+        out["udp-sockets"] = len(self._udp)
+        return out
+
+    def usernet_info(self) -> str:
+        peer = self.peer
+        hub = peer.hub.id if isinstance(peer, HubPort) else -1
+        lines = [f"Hub {hub} ({self.name}):\n", USERNET_HEADER]
+        now = self._loop.time()
+        for key, flow in reversed(list(self.gw.udp.flows.items())):
+            sock = self._udp.get(key)
+            fd = sock.fileno() if sock is not None else -1
+            state = f"  UDP[{int(flow.expires - now)} sec]"
+            dst_ip, dst_port = flow.dst
+            src, dst = socket.inet_ntoa(key[0]), socket.inet_ntoa(dst_ip)
+            lines.append(
+                f"{state:<19} {fd:3d} {src:>15} {key[1]:5d} {dst:>15} {dst_port:5d} {0:5d} {0:5d}\n"
+            )
+        for key, iflow in reversed(list(self.gw.icmp.flows.items())):
+            psock = self._ping.get(key) or self._raw
+            fd = psock.fileno() if psock is not None else -1
+            state = f"  ICMP[{int(iflow.expires - now)} sec]"
+            src, dst = socket.inet_ntoa(key[0]), socket.inet_ntoa(iflow.dst)
+            lines.append(f"{state:<19} {fd:3d} {src:>15}  -    {dst:>15}  -    {0:5d} {0:5d}\n")
+        return "".join(lines)
+
+    def hostfwd(self, command: str, args: Sequence[str]) -> str:
+        if not args:
+            return "invalid format\n"
+        rule = args[0]
+        if command == "hostfwd_add":
+            try:
+                parse_hostfwd(rule)
+            except GenericError as exc:
+                return f"{exc.desc}\n"
+            return f"Could not set up host forwarding rule '{rule}': not supported yet ({PART2})\n"
+        # hostfwd_remove [tcp|udp]:[hostaddr]:hostport (the port as strict base-10 int)
+        proto, sep, rest = rule.partition(":")
+        addr, sep2, port = rest.partition(":")
+        valid = (
+            bool(sep and sep2)
+            and proto in ("", "tcp", "udp")
+            and (not addr or inet_aton(addr) is not None)
+            and _STRICT_INT.fullmatch(port) is not None
+            and -(1 << 31) <= int(port) < (1 << 31)
+        )
+        if not valid:
+            return "invalid format\n"
+        return f"host forwarding rule for {rule} not found\n"
+
+    def leases_for(self, mac: bytes) -> list[tuple[str, int]]:
+        return self.gw.dhcp.leases_for(bytes(mac))
+
+    def leases(self) -> list[dict[str, Any]]:
+        """The DHCP lease table (the data of ``query-dhcp-leases``)."""
+        return [{"netdev": self.name, **entry} for entry in self.gw.dhcp.leases(self._loop.time())]
+
+    # -- life ------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for key in list(self._udp):
+            self._close_udp(key)
+        for key in list(self._ping):
+            self._close_ping(key)
+        socks = list(self._dns.values()) + ([self._raw] if self._raw is not None else [])
+        for sock in socks:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._dns.clear()
+        self._raw = None
+        self.gw.close()
+
+
+def _is_bad(name: str) -> bool:
+    return any(word in name for word in ("malformed", "bad-", "short", "mismatch", "unexpected"))

@@ -1,0 +1,455 @@
+"""The ``user`` netdev's options: QEMU's defaults, validation order and error texts.
+
+Follows ``net/slirp.c`` (``net_init_slirp``, ``net_slirp_init``, ``slirp_hostfwd``,
+``slirp_guestfwd``) and libslirp's checks behind ``slirp_add_exec`` (reference §7.1/§7.2).
+:func:`parse_options` turns a :class:`~netstack.qapi.NetdevUserOptions` into a frozen
+:class:`UserConfig` or raises :class:`~netstack.errors.GenericError` with QEMU's text; the
+checks run in QEMU's order, so the first error QEMU reports is the one reported here:
+
+1. the ``ipv4``/``ipv6`` quirk (``ipv6=on`` alone disables IPv4 and ``ipv4=on`` alone
+   disables IPv6), then "IPv4 disabled but netmask/host/dns provided", "IPv6 disabled but
+   prefix/host6/dns6 provided", "IPv4 and IPv6 disabled";
+2. ``net`` (``ip=A`` means ``net=A/24``): ``A/N`` (N 4..32, read like ``strtol``), ``A/M``
+   (dotted mask) or ``A`` with a classful mask - QEMU's quirk included: its "class C" test
+   matches 224.0.0.0 and up, so 192.0.0.0-223.255.255.255 (outside 192.168/16 and
+   198.18/15) get a /28; host, DHCP start and DNS default to net + .2, .15 and .3;
+3. ``host``, ``dns``, ``dhcpstart``, ``smbserver``, the IPv6 prefix, length (0 means 64),
+   host and DNS, ``domainname``, ``hostname``, ``tftp-server-name``;
+4. the forwarding rules, guestfwd rules last-to-first and then hostfwd rules last-to-first
+   (QEMU pushes them on a list head), with QEMU's syntax errors.
+
+Addresses are parsed like ``inet_aton`` (``10.2`` and ``0x0a.0.2.2`` are valid).
+
+Part 1 of the user netdev has no port forwarding and no IPv6 data path, so: a syntactically
+valid ``hostfwd`` or ``guestfwd`` rule is rejected with "... not supported yet (user netdev
+part 2)"; a configuration with IPv4 disabled is rejected the same way; IPv6 options are
+validated and kept (the IPv6 data path comes with part 2: until then IPv6 frames from the
+guest are counted and dropped); ``smb`` is rejected (no smbd integration).
+
+netstack extensions (``x-`` members, QAPI feature ``unstable``): ``x-dns-upstream=IP[:PORT]``
+(repeated; IPv6 as ``[ADDR]:PORT`` or bare) replaces ``/etc/resolv.conf`` as the source of
+DNS upstreams, and ``x-mtu=N`` (68..65521, default 1500) is the guest link MTU, announced in
+DHCP option 26 and used to fragment guest-bound IPv4 datagrams.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+
+from netstack.errors import GenericError
+from netstack.net.sockaddr import qemu_strtol
+from netstack.qapi import NetdevUserOptions
+
+#: Leases the DHCP server hands out from ``dhcpstart`` on (libslirp's ``NB_BOOTP_CLIENTS``).
+DHCP_POOL_SIZE = 16
+DEFAULT_MTU = 1500
+MIN_MTU = 68
+#: libslirp's ``IF_MTU_MAX``: the largest MTU its interface accepts.
+MAX_MTU = 65521
+PART2 = "user netdev part 2"
+
+_STRTOL10 = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
+
+
+@dataclass(frozen=True)
+class HostFwdRule:
+    """A parsed ``hostfwd`` rule (QEMU's syntax)."""
+
+    text: str
+    udp: bool
+    host_addr: str  # "0.0.0.0" for INADDR_ANY, or a unix socket path
+    host_port: int
+    guest_addr: str | None  # None: the first DHCP address
+    guest_port: int
+    unix: bool = False
+
+
+@dataclass(frozen=True)
+class GuestFwdRule:
+    """A parsed ``guestfwd`` rule: TCP connections to ``server:port`` go to ``target``."""
+
+    text: str
+    server: str
+    port: int
+    target: str  # a chardev spec, or "cmd:COMMAND"
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """A validated user netdev configuration (IPv4 addresses as 32-bit integers)."""
+
+    restrict: bool = False
+    ipv4: bool = True
+    ipv6: bool = True
+    net: int = 0x0A000200
+    mask: int = 0xFFFFFF00
+    host: int = 0x0A000202
+    dns: int = 0x0A000203
+    dhcp_start: int = 0x0A00020F
+    ipv6_prefix: str = "fec0::"
+    ipv6_prefixlen: int = 64
+    ipv6_host: str = "fec0::2"
+    ipv6_dns: str = "fec0::3"
+    hostname: str | None = None
+    domainname: str | None = None
+    tftp_server_name: str | None = None
+    tftp: str | None = None
+    bootfile: str | None = None
+    dnssearch: tuple[str, ...] = ()
+    hostfwd: tuple[HostFwdRule, ...] = ()
+    guestfwd: tuple[GuestFwdRule, ...] = ()
+    #: Explicit DNS upstreams (family, address, port); empty means /etc/resolv.conf.
+    dns_upstreams: tuple[tuple[int, str, int], ...] = field(default=())
+    mtu: int = DEFAULT_MTU
+
+    @property
+    def broadcast(self) -> int:
+        return self.net | (~self.mask & 0xFFFFFFFF)
+
+    @property
+    def prefixlen(self) -> int:
+        """The netmask as a prefix length (its number of one bits)."""
+        return bin(self.mask).count("1")
+
+    def in_net(self, addr: int) -> bool:
+        return (addr & self.mask) == self.net
+
+
+def ip_text(addr: int) -> str:
+    return socket.inet_ntoa(addr.to_bytes(4, "big"))
+
+
+def inet_aton(text: str) -> int | None:
+    """C ``inet_aton``: the address as an integer, or None when it does not parse."""
+    try:
+        return int.from_bytes(socket.inet_aton(text), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def _inet_pton6(text: str) -> bytes | None:
+    try:
+        return socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        return None
+
+
+def _strtol10(text: str) -> tuple[int, str]:
+    """``strtol(text, &end, 10)``: the value and the unread rest (value 0 if no digits)."""
+    match = _STRTOL10.match(text)
+    if match is None:
+        return 0, text
+    return int(match.group()), text[match.end() :]
+
+
+def classful_mask(addr: int) -> int:
+    """The mask QEMU gives a network written without ``/`` (its quirks included)."""
+    if not addr & 0x80000000:
+        return 0xFF000000  # class A
+    if addr & 0xFFF00000 == 0xAC100000:
+        return 0xFFF00000  # 172.16.0.0/12
+    if addr & 0xC0000000 == 0x80000000:
+        return 0xFFFF0000  # class B
+    if addr & 0xFFFF0000 == 0xC0A80000:
+        return 0xFFFF0000  # 192.168.0.0/16
+    if addr & 0xFFFF0000 == 0xC6120000:
+        return 0xFFFE0000  # 198.18.0.0/15
+    if addr & 0xE0000000 == 0xE0000000:
+        return 0xFFFFFF00  # QEMU's "class C" test (it really matches 224/3)
+    return 0xFFFFFFF0
+
+
+def _parse_net(vnetwork: str) -> tuple[int, int]:
+    base, sep, tail = vnetwork.partition("/")
+    net = inet_aton(base)
+    if net is None:
+        raise GenericError("Failed to parse netmask")
+    if not sep:
+        mask = classful_mask(net)
+    else:
+        shift, rest = _strtol10(tail)
+        if rest:
+            dotted = inet_aton(tail)
+            if dotted is None:
+                raise GenericError("Failed to parse netmask (trailing chars)")
+            mask = dotted
+        elif shift < 4 or shift > 32:
+            raise GenericError("Invalid netmask provided (must be in range 4-32)")
+        else:
+            mask = (0xFFFFFFFF << (32 - shift)) & 0xFFFFFFFF
+    return net & mask, mask
+
+
+def _in6_equal_net(a: bytes, b: bytes, prefixlen: int) -> bool:
+    shift = 128 - prefixlen
+    return int.from_bytes(a, "big") >> shift == int.from_bytes(b, "big") >> shift
+
+
+def _with_last_byte(prefix: bytes, value: int) -> str:
+    raw = prefix[:15] + bytes([prefix[15] | value])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+def _ipv4_ipv6_enabled(opts: NetdevUserOptions) -> tuple[bool, bool]:
+    has4, has6 = opts.ipv4 is not None, opts.ipv6 is not None
+    ipv4 = not ((has6 and bool(opts.ipv6) and not has4) or (has4 and not opts.ipv4))
+    ipv6 = not ((has4 and bool(opts.ipv4) and not has6) or (has6 and not opts.ipv6))
+    return ipv4, ipv6
+
+
+def _sep(text: str, sep: str) -> tuple[str, str] | None:
+    """QEMU's ``get_str_sep``: the part before the first ``sep`` and the rest, or None."""
+    head, found, rest = text.partition(sep)
+    return (head, rest) if found else None
+
+
+def _int_port(text: str) -> int | None:
+    """``qemu_strtoi(text, &end, 0, &v)``: leading number (trailing text allowed)."""
+    value = qemu_strtol(text)
+    if value is None or not -(1 << 31) <= value < (1 << 31):
+        return None
+    return value
+
+
+def parse_hostfwd(rule: str) -> HostFwdRule:
+    """Parse a ``hostfwd`` rule with QEMU's syntax and reasons."""
+
+    def fail(reason: str) -> GenericError:
+        return GenericError(f"Invalid host forwarding rule '{rule}' ({reason})")
+
+    part = _sep(rule, ":")
+    if part is None:
+        raise fail("No : separators")
+    proto, p = part
+    unix = proto == "unix"
+    if proto not in ("", "tcp", "udp", "unix"):
+        raise fail("Bad protocol name")
+    if unix:
+        part = _sep(p, "-")
+        if part is None:
+            raise fail("Missing - separator")
+        host_addr, p = part
+        if not host_addr:
+            raise fail("Missing unix socket path")
+        if not host_addr.startswith("/"):
+            raise fail("unix socket path must be absolute")
+        if len(host_addr.encode()) > 107:
+            raise fail("Unix socket path is too long")
+        host_port = 0
+    else:
+        part = _sep(p, ":")
+        if part is None:
+            raise fail("Missing : separator")
+        addr_text, p = part
+        host_addr = "0.0.0.0"
+        if addr_text:
+            parsed = inet_aton(addr_text)
+            if parsed is None:
+                raise fail("Bad host address")
+            host_addr = ip_text(parsed)
+        part = _sep(p, "-")
+        if part is None:
+            raise fail("Bad host port separator")
+        port_text, p = part
+        port = _int_port(port_text)
+        if port is None or not 0 <= port <= 65535:
+            raise fail("Bad host port")
+        host_port = port
+    part = _sep(p, ":")
+    if part is None:
+        raise fail("Missing guest address")
+    guest_text, p = part
+    guest_addr = None
+    if guest_text:
+        parsed = inet_aton(guest_text)
+        if parsed is None:
+            raise fail("Bad guest address")
+        guest_addr = ip_text(parsed)
+    guest_port = _int_port(p)
+    if guest_port is None or not 1 <= guest_port <= 65535:
+        raise fail("Bad guest port")
+    return HostFwdRule(rule, proto == "udp", host_addr, host_port, guest_addr, guest_port, unix)
+
+
+def parse_guestfwd(rule: str, cfg: UserConfig) -> GuestFwdRule:
+    """Parse a ``guestfwd`` rule with QEMU's syntax and libslirp's address checks."""
+    invalid = GenericError(f"Invalid guest forwarding rule '{rule}'")
+    part = _sep(rule, ":")
+    if part is None or part[0] not in ("", "tcp"):
+        raise invalid
+    part = _sep(part[1], ":")
+    if part is None:
+        raise invalid
+    server_text, p = part
+    server = 0
+    if server_text:
+        parsed = inet_aton(server_text)
+        if parsed is None:
+            raise invalid
+        server = parsed
+    part = _sep(p, "-")
+    if part is None:
+        raise invalid
+    port, rest = _strtol10(part[0])
+    if rest or not 1 <= port <= 65535 or not part[0]:
+        raise invalid
+    if not server:
+        server = cfg.net | 4
+    if not cfg.in_net(server) or server in (cfg.host, cfg.dns):
+        raise GenericError(f"Conflicting/invalid host:port in guest forwarding rule '{rule}'")
+    return GuestFwdRule(rule, ip_text(server), port, part[1])
+
+
+def parse_dns_upstream(text: str) -> tuple[int, str, int]:
+    """``IP``, ``IP:PORT``, ``[IPV6]:PORT`` or a bare IPv6 address (port 53 by default)."""
+    port_text = ""
+    host = text
+    if text.startswith("["):
+        end = text.find("]")
+        host, tail = text[1:end], text[end + 1 :]
+        if end < 0 or (tail and not tail.startswith(":")):
+            host = ""
+        port_text = tail[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        addr = ipaddress.ip_address(host)
+        port = int(port_text, 10) if port_text else 53
+    except ValueError:
+        addr, port = None, 0
+    if addr is None or not 1 <= port <= 65535:
+        raise GenericError(f"Invalid DNS upstream '{text}' (expected IP[:PORT])")
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    return family, str(addr), port
+
+
+def parse_options(opts: NetdevUserOptions) -> UserConfig:
+    """Validate ``opts`` in QEMU's order; the first failing check raises its text."""
+    ipv4, ipv6 = _ipv4_ipv6_enabled(opts)
+    vnetwork = opts.net if opts.net is not None else (f"{opts.ip}/24" if opts.ip else None)
+    if not ipv4 and (vnetwork is not None or opts.host is not None or opts.dns is not None):
+        raise GenericError("IPv4 disabled but netmask/host/dns provided")
+    if not ipv6 and (
+        opts.ipv6_prefix is not None or opts.ipv6_host is not None or opts.ipv6_dns is not None
+    ):
+        raise GenericError("IPv6 disabled but prefix/host6/dns6 provided")
+    if not ipv4 and not ipv6:
+        raise GenericError("IPv4 and IPv6 disabled")
+    restrict = bool(opts.restrict)
+
+    net, mask = 0x0A000200, 0xFFFFFF00
+    host, dhcp, dns = 0x0A000202, 0x0A00020F, 0x0A000203
+    if vnetwork is not None:
+        net, mask = _parse_net(vnetwork)
+        inv = ~mask & 0xFFFFFFFF
+        host, dhcp, dns = net | (0x0202 & inv), net | (0x020F & inv), net | (0x0203 & inv)
+    if opts.host is not None:
+        parsed = inet_aton(opts.host)
+        if parsed is None:
+            raise GenericError("Failed to parse host")
+        host = parsed
+    if host & mask != net:
+        raise GenericError("Host doesn't belong to network")
+    if opts.dns is not None:
+        parsed = inet_aton(opts.dns)
+        if parsed is None:
+            raise GenericError("Failed to parse DNS")
+        dns = parsed
+    if restrict and dns & mask != net:
+        raise GenericError("DNS doesn't belong to network")
+    if dns == host:
+        raise GenericError("DNS must be different from host")
+    if opts.dhcpstart is not None:
+        parsed = inet_aton(opts.dhcpstart)
+        if parsed is None:
+            raise GenericError("Failed to parse DHCP start address")
+        dhcp = parsed
+    if dhcp & mask != net:
+        raise GenericError("DHCP doesn't belong to network")
+    if dhcp in (host, dns):
+        raise GenericError("DHCP must be different from host and DNS")
+    if opts.smbserver is not None and inet_aton(opts.smbserver) is None:
+        raise GenericError("Failed to parse SMB address")
+
+    prefix = _inet_pton6(opts.ipv6_prefix if opts.ipv6_prefix is not None else "fec0::")
+    if prefix is None:
+        raise GenericError("Failed to parse IPv6 prefix")
+    prefixlen = opts.ipv6_prefixlen or 64
+    if not 0 <= prefixlen <= 126:
+        raise GenericError(
+            "Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126)"
+        )
+    if opts.ipv6_host is not None:
+        host6 = _inet_pton6(opts.ipv6_host)
+        if host6 is None:
+            raise GenericError("Failed to parse IPv6 host")
+        if not _in6_equal_net(prefix, host6, prefixlen):
+            raise GenericError("IPv6 Host doesn't belong to network")
+        ipv6_host = socket.inet_ntop(socket.AF_INET6, host6)
+    else:
+        ipv6_host = _with_last_byte(prefix, 2)
+    if opts.ipv6_dns is not None:
+        dns6 = _inet_pton6(opts.ipv6_dns)
+        if dns6 is None:
+            raise GenericError("Failed to parse IPv6 DNS")
+        if restrict and not _in6_equal_net(prefix, dns6, prefixlen):
+            raise GenericError("IPv6 DNS doesn't belong to network")
+        ipv6_dns = socket.inet_ntop(socket.AF_INET6, dns6)
+    else:
+        ipv6_dns = _with_last_byte(prefix, 3)
+
+    if opts.domainname is not None and not opts.domainname:
+        raise GenericError("'domainname' parameter cannot be empty")
+    if opts.domainname is not None and len(opts.domainname.encode()) > 255:
+        raise GenericError("'domainname' parameter cannot exceed 255 bytes")
+    if opts.hostname is not None and len(opts.hostname.encode()) > 255:
+        raise GenericError("'vhostname' parameter cannot exceed 255 bytes")
+    if opts.tftp_server_name is not None and len(opts.tftp_server_name.encode()) > 255:
+        raise GenericError("'tftp-server-name' parameter cannot exceed 255 bytes")
+
+    mtu = DEFAULT_MTU if opts.x_mtu is None else opts.x_mtu
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise GenericError(f"'x-mtu' must be between {MIN_MTU} and {MAX_MTU}")
+    upstreams = tuple(parse_dns_upstream(u) for u in opts.x_dns_upstream or ())
+
+    cfg = UserConfig(
+        restrict=restrict,
+        ipv4=ipv4,
+        ipv6=ipv6,
+        net=net,
+        mask=mask,
+        host=host,
+        dns=dns,
+        dhcp_start=dhcp,
+        ipv6_prefix=socket.inet_ntop(socket.AF_INET6, prefix),
+        ipv6_prefixlen=prefixlen,
+        ipv6_host=ipv6_host,
+        ipv6_dns=ipv6_dns,
+        hostname=opts.hostname or None,
+        domainname=opts.domainname,
+        tftp_server_name=opts.tftp_server_name or None,
+        tftp=opts.tftp,
+        bootfile=opts.bootfile or None,
+        dnssearch=tuple(opts.dnssearch or ()),
+        dns_upstreams=upstreams,
+        mtu=mtu,
+    )
+    # QEMU pushes the rules on a list head: guestfwd last-to-first, then hostfwd likewise
+    guestfwd = tuple(parse_guestfwd(r, cfg) for r in reversed(opts.guestfwd or ()))
+    hostfwd = tuple(parse_hostfwd(r) for r in reversed(opts.hostfwd or ()))
+    if guestfwd:
+        raise GenericError(
+            f"guest forwarding is not supported yet ({PART2}): rule '{guestfwd[0].text}'"
+        )
+    if hostfwd:
+        raise GenericError(
+            f"host forwarding is not supported yet ({PART2}): rule '{hostfwd[0].text}'"
+        )
+    if opts.smb is not None:
+        raise GenericError("smb= is not supported by netstack (no smbd integration)")
+    if not ipv4:
+        raise GenericError(f"IPv6-only user networking is not supported yet ({PART2})")
+    return cfg

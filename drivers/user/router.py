@@ -1,0 +1,503 @@
+"""The virtual gateway of the user netdev: Ethernet, ARP, IPv4 and the local services.
+
+Owns what the guest sees of the virtual network: ARP answers for the gateway's addresses
+(host and DNS; part 2 adds guestfwd addresses to :attr:`Gateway.local`) with libslirp's MACs
+``52:55:a:b:c:d``; an ARP table learnt from guest frames (bounded), with guest-bound packets
+held while an ARP request for an unknown guest address is out; IPv4 header checks and
+fragment reassembly (:mod:`.reassembly`); dispatch by IP protocol (:attr:`Gateway.ip_handlers`:
+ICMP and UDP here, TCP comes with part 2 - until then, and for any other protocol, a
+unicast datagram gets ICMP "protocol unreachable"); local ICMP echo for the gateway's
+addresses; the UDP services (DHCP on 67 at the host address or broadcast, TFTP on 69 at the
+host address, DNS on 53 at the DNS address) and the UDP NAT and ICMP echo relay for
+everything else; ``restrict=on`` (UDP other than DHCP/TFTP and relayed ICMP dropped); and
+building guest-bound frames (:mod:`.ipv4`: fragmented to the MTU, padded to 60 bytes).
+
+Sans-IO: frames and host events go in with ``now``; frames for the guest accumulate in
+:attr:`Gateway.out`, work for the host sockets in :attr:`Gateway.actions`
+(:class:`~.udp_nat.UdpSend`/:class:`~.udp_nat.UdpClose`, :class:`~.dns.Upstream`,
+:class:`~.icmp_relay.PingSend`/:class:`~.icmp_relay.PingClose`) and QMP events in
+:attr:`Gateway.events`; the adapter drains all three. :meth:`Gateway.tick` runs every
+timer; :meth:`Gateway.next_deadline` says when it is next due. Bad input never raises: it is
+counted (:meth:`Gateway.counters`) and dropped.
+
+Deviation from libslirp: guest UDP to broadcast or multicast addresses is dropped (libslirp
+relays limited broadcast to host loopback), and only the guest's own unicast sources are
+NATed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple, Protocol
+
+from . import ipv4
+from .dhcp import BOOTP_CLIENT, BOOTP_SERVER, DhcpServer
+from .dns import DnsRelay, ToGuest, Upstream
+from .icmp_relay import IcmpRelay, PingClose, PingSend
+from .ipv4 import (
+    ARP,
+    BROADCAST_IP,
+    BROADCAST_MAC,
+    ETH_P_ARP,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    IP_MF,
+    IP_OFFMASK,
+    IPPROTO_ICMP,
+    IPPROTO_UDP,
+    UDP,
+    ZERO_IP,
+)
+from .options import UserConfig
+from .reassembly import Reassembler
+from .tftp import TftpServer
+from .tftproot import TftpRoot
+from .udp_nat import UdpClose, UdpNat, UdpSend
+
+ARP_TABLE_MAX: Final = 1024
+ARP_HOLD: Final = 3.0
+ARP_HOLD_PACKETS: Final = 16
+TFTP_PORT: Final = 69
+DNS_PORT: Final = 53
+
+Action = UdpSend | UdpClose | Upstream | PingSend | PingClose
+"""Work for the adapter (part 2 adds its own kinds to :attr:`Gateway.actions`)."""
+
+
+class _HasDeadline(Protocol):
+    def next_deadline(self) -> float | None: ...
+
+
+class Timed(Protocol):
+    """A machine with timers that the gateway runs from :meth:`Gateway.tick`."""
+
+    def tick(self, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+
+class Packet(NamedTuple):
+    """A guest IPv4 datagram (reassembled if it came in fragments)."""
+
+    src: bytes
+    dst: bytes
+    proto: int
+    ttl: int
+    tos: int
+    header: bytes
+    payload: bytes
+    src_mac: bytes
+
+
+class _Held:
+    __slots__ = ("deadline", "packets")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.packets: list[tuple[bytes, int, bytes]] = []  # src, proto, l4
+
+
+class Gateway:
+    """The guest-facing side of one user netdev."""
+
+    def __init__(
+        self,
+        cfg: UserConfig,
+        *,
+        tftp_root: TftpRoot | None = None,
+        udp_max_flows: int | None = None,
+        icmp_max_flows: int | None = None,
+        tftp_max_sessions: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.host_ip = cfg.host.to_bytes(4, "big")
+        self.dns_ip = cfg.dns.to_bytes(4, "big")
+        self.mac = ipv4.virtual_mac(self.host_ip)
+        #: Addresses the gateway owns (answers ARP and echo for), with their MACs.
+        self.local: dict[bytes, bytes] = {}
+        self._macs: set[bytes] = set()
+        self.add_local(self.host_ip)
+        self.add_local(self.dns_ip)
+        self._net_bcast = cfg.broadcast.to_bytes(4, "big")
+        self.arp: dict[bytes, bytes] = {}
+        self._held: dict[bytes, _Held] = {}
+        self.reassembly = Reassembler()
+        self.dhcp = DhcpServer(cfg)
+        self.tftp = TftpServer(tftp_root, **_kw(max_sessions=tftp_max_sessions))
+        self.dns = DnsRelay(cfg.dns_upstreams)
+        self.udp = UdpNat(self.host_ip, **_kw(max_flows=udp_max_flows))
+        self.icmp = IcmpRelay(self.host_ip, **_kw(max_flows=icmp_max_flows))
+        #: IPv4 protocol number -> handler (part 2 registers TCP here).
+        self.ip_handlers: dict[int, Callable[[Packet, float], None]] = {
+            IPPROTO_ICMP: self._icmp_in,
+            IPPROTO_UDP: self._udp_in,
+        }
+        #: Ethertype -> handler (part 2 registers IPv6 here).
+        self.eth_handlers: dict[int, Callable[[bytes, float], None]] = {
+            ETH_P_IP: self._ipv4_in,
+            ETH_P_ARP: self._arp_in,
+        }
+        #: Further timed machines (part 2: guest TCP, forwarding): ticked with the rest.
+        self.timers: list[Timed] = []
+        self.out: list[bytes] = []
+        self.actions: list[Any] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.stats: Counter[str] = Counter()
+        self._ident = random.getrandbits(16)
+        self._hold_wake: float | None = None
+        self._now = 0.0
+
+    def add_local(self, addr: bytes) -> None:
+        """Make the gateway own ``addr`` (ARP with its virtual MAC, ICMP echo)."""
+        mac = ipv4.virtual_mac(addr)
+        self.local[addr] = mac
+        self._macs.add(mac)
+
+    # -- guest frames ----------------------------------------------------------------------
+
+    def input(self, frame: bytes, now: float) -> None:
+        """One frame from the guest side."""
+        self._now = now
+        if len(frame) < 14:
+            self.stats["eth-short"] += 1
+            return
+        if not frame[0] & 1 and frame[:6] not in self._macs:  # unicast to someone else
+            self.stats["eth-not-for-us"] += 1
+            return
+        etype = (frame[12] << 8) | frame[13]
+        handler = self.eth_handlers.get(etype)
+        if handler is not None:
+            handler(frame, now)
+        elif etype == ETH_P_IPV6:
+            self.stats["ipv6-unsupported"] += 1  # the IPv6 data path is user netdev part 2
+        else:
+            self.stats["eth-unknown-type"] += 1
+
+    def _arp_in(self, frame: bytes, now: float) -> None:
+        if len(frame) < 42:
+            self.stats["arp-malformed"] += 1
+            return
+        htype, ptype, hlen, plen, op, sha, spa, _tha, tpa = ARP.unpack_from(frame, 14)
+        if htype != 1 or ptype != ETH_P_IP or hlen != 6 or plen != 4:
+            self.stats["arp-malformed"] += 1
+            return
+        if self._unicast_source(spa):
+            self._learn(spa, sha)
+        if op == 1 and tpa in self.local:
+            self.out.append(ipv4.arp_packet(2, self.local[tpa], tpa, sha, spa, sha))
+            self.stats["arp-replies"] += 1
+
+    def _unicast_source(self, addr: bytes) -> bool:
+        return (
+            addr not in (ZERO_IP, BROADCAST_IP, self._net_bcast)
+            and addr[0] < 224
+            and addr[0] != 127
+            and addr not in self.local
+        )
+
+    def _learn(self, ip: bytes, mac: bytes) -> None:
+        if mac[0] & 1:
+            return
+        table = self.arp
+        if table.get(ip) != mac:
+            if ip not in table and len(table) >= ARP_TABLE_MAX:
+                del table[next(iter(table))]
+            table[ip] = mac
+        held = self._held.pop(ip, None)
+        if held is not None:
+            for src, proto, l4 in held.packets:
+                self.ip_to_guest(src, ip, proto, l4, mac)
+
+    def _ipv4_in(self, frame: bytes, now: float) -> None:
+        n = len(frame)
+        if n < 34 or frame[14] >> 4 != 4:
+            self.stats["ip-malformed"] += 1
+            return
+        ihl = (frame[14] & 15) * 4
+        total = (frame[16] << 8) | frame[17]
+        if ihl < 20 or total < ihl or 14 + total > n:
+            self.stats["ip-malformed"] += 1
+            return
+        if not ipv4.header_ok(frame, 14, ihl):
+            self.stats["ip-bad-checksum"] += 1
+            return
+        header = frame[14 : 14 + ihl]
+        src = frame[26:30]
+        dst = frame[30:34]
+        if not self._unicast_source(src) and not (src == ZERO_IP and frame[23] == IPPROTO_UDP):
+            self.stats["ip-bad-source"] += 1
+            return
+        src_mac = frame[6:12]
+        if src != ZERO_IP:
+            self._learn(src, src_mac)
+        payload = frame[14 + ihl : 14 + total]
+        frag = (frame[20] << 8) | frame[21]
+        if frag & (IP_MF | IP_OFFMASK):
+            key = (src, dst, frame[23], (frame[18] << 8) | frame[19])
+            done = self.reassembly.add(
+                key, header, (frag & IP_OFFMASK) * 8, bool(frag & IP_MF), payload, now
+            )
+            if done is None:
+                return
+            header, payload = done
+        proto = frame[23]
+        packet = Packet(src, dst, proto, frame[22], frame[15], header, payload, src_mac)
+        handler = self.ip_handlers.get(proto)
+        if handler is not None:
+            handler(packet, now)
+            return
+        self.stats["ip-protocol-unsupported"] += 1
+        if dst in self.local or self._external(dst):
+            self.icmp_error(packet, ipv4.ICMP_UNREACH, ipv4.UNREACH_PROTOCOL)
+
+    def _external(self, dst: bytes) -> bool:
+        """Whether ``dst`` lies beyond the gateway (NATed through the host)."""
+        value = int.from_bytes(dst, "big")
+        return not self.cfg.in_net(value) and 0 < dst[0] < 224 and dst[0] != 127
+
+    # -- UDP -------------------------------------------------------------------------------
+
+    def _udp_in(self, pkt: Packet, now: float) -> None:
+        p = pkt.payload
+        if len(p) < 8:
+            self.stats["udp-malformed"] += 1
+            return
+        sport, dport, ulen, csum = UDP.unpack_from(p)
+        if ulen < 8 or ulen > len(p):
+            self.stats["udp-malformed"] += 1
+            return
+        if ulen < len(p):
+            p = p[:ulen]
+        if csum and not ipv4.udp_checksum_ok(pkt.src, pkt.dst, p):
+            self.stats["udp-bad-checksum"] += 1
+            return
+        data = p[8:]
+        dst = pkt.dst
+        if dport == BOOTP_SERVER and (dst == self.host_ip or dst == BROADCAST_IP):
+            for reply in self.dhcp.handle(data, now):
+                seg = ipv4.udp_segment(
+                    self.host_ip, reply.dst_ip, BOOTP_SERVER, BOOTP_CLIENT, reply.payload
+                )
+                self.ip_to_guest(self.host_ip, reply.dst_ip, IPPROTO_UDP, seg, reply.dst_mac)
+            if self.dhcp.events:
+                self.events.extend(self.dhcp.events)
+                self.dhcp.events.clear()
+            return
+        if pkt.src == ZERO_IP:
+            self.stats["ip-bad-source"] += 1
+            return
+        if dport == TFTP_PORT and dst == self.host_ip:
+            host_ip, src, mac = self.host_ip, pkt.src, pkt.src_mac
+            for reply_payload in self.tftp.handle((src, sport), data, now):
+                seg = ipv4.udp_segment(host_ip, src, TFTP_PORT, sport, reply_payload)
+                self.ip_to_guest(host_ip, src, IPPROTO_UDP, seg, mac)
+            return
+        if self.cfg.restrict:
+            self.stats["restrict-dropped"] += 1
+            return
+        if dst == self.dns_ip:
+            if dport == DNS_PORT:
+                self._dns_results(self.dns.query(pkt.src, sport, data, now))
+            else:
+                self.stats["udp-dns-other-port"] += 1
+            return
+        if dst != self.host_ip and not self._external(dst):
+            self.stats["udp-not-routed"] += 1
+            return
+        if pkt.ttl <= 1:
+            self.icmp_error(pkt, ipv4.ICMP_TIMXCEED, 0)
+            return
+        send = self.udp.outbound(pkt.src, sport, dst, dport, data, pkt.ttl - 1, now)
+        if send is not None:
+            self.actions.append(send)
+
+    def _dns_results(self, results: list[Upstream | ToGuest]) -> None:
+        for item in results:
+            if isinstance(item, ToGuest):
+                self._udp_to_guest(
+                    self.dns_ip, DNS_PORT, item.client_ip, item.client_port, item.payload
+                )
+            else:
+                self.actions.append(item)
+
+    def _udp_to_guest(self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> None:
+        seg = ipv4.udp_segment(src, dst, sport, dport, payload)
+        self.ip_to_guest(src, dst, IPPROTO_UDP, seg)
+
+    # -- ICMP ------------------------------------------------------------------------------
+
+    def _icmp_in(self, pkt: Packet, now: float) -> None:
+        p = pkt.payload
+        if len(p) < 8 or ipv4.csum(p) != 0xFFFF:
+            self.stats["icmp-malformed"] += 1
+            return
+        if p[0] != ipv4.ICMP_ECHO:
+            self.stats["icmp-ignored"] += 1
+            return
+        if pkt.dst in self.local:
+            reply = ipv4.icmp_message(ipv4.ICMP_ECHOREPLY, 0, p[4:8], p[8:])
+            self.ip_to_guest(pkt.dst, pkt.src, IPPROTO_ICMP, reply, pkt.src_mac)
+            self.stats["icmp-echo-local"] += 1
+            return
+        if self.cfg.restrict:
+            self.stats["restrict-dropped"] += 1
+            return
+        if not self._external(pkt.dst):
+            self.stats["icmp-not-routed"] += 1
+            return
+        ident, seq = (p[4] << 8) | p[5], (p[6] << 8) | p[7]
+        send = self.icmp.outbound(pkt.src, pkt.dst, ident, seq, p[8:], pkt.ttl - 1, now)
+        if send is not None:
+            self.actions.append(send)
+
+    def icmp_error(self, pkt: Packet, icmp_type: int, code: int, src: bytes | None = None) -> None:
+        """An ICMP error about a guest datagram, from ``src`` (default: the host address)."""
+        if not ipv4.may_send_icmp_error(pkt.header, pkt.payload):
+            return
+        body = ipv4.icmp_error_body(pkt.header + pkt.payload)
+        self._send_icmp_error(src or self.host_ip, pkt.src, icmp_type, code, body)
+
+    def _send_icmp_error(
+        self, src: bytes, dst: bytes, icmp_type: int, code: int, body: bytes
+    ) -> None:
+        msg = ipv4.icmp_message(icmp_type, code, bytes(4), body)
+        self.ip_to_guest(src, dst, IPPROTO_ICMP, msg)
+        self.stats[f"icmp-error-sent-{icmp_type}-{code}"] += 1
+
+    # -- host side -------------------------------------------------------------------------
+
+    def udp_from_host(
+        self, key: tuple[bytes, int], host: str, port: int, payload: bytes, now: float
+    ) -> None:
+        """A datagram that arrived on a UDP flow's host socket."""
+        self._now = now
+        src = self.udp.inbound(key, host, port, now)
+        if src is None:
+            self.stats["udp-flow-gone"] += 1
+            return
+        self._udp_to_guest(src, port, key[0], key[1], payload)
+
+    def udp_host_error(
+        self, key: tuple[bytes, int], host: str, port: int, icmp_type: int, code: int,
+        offender: str | None, head: bytes,
+    ) -> None:  # fmt: skip
+        """The host reported an ICMP error for a datagram sent on flow ``key`` to
+        ``host:port`` (``head``: the start of that datagram's payload)."""
+        if key not in self.udp.flows:
+            return
+        guest_dst = self.udp.guest_source(host)
+        quote = ipv4.quote_udp(key[0], guest_dst, key[1], port, head[:64])
+        src = self.udp.guest_source(offender) if offender else guest_dst
+        if src == ZERO_IP:
+            src = self.host_ip
+        self._send_icmp_error(src, key[0], icmp_type, code, quote)
+
+    def dns_from_upstream(self, source: tuple[str, int], payload: bytes, now: float) -> None:
+        self._now = now
+        answer = self.dns.answer(source, payload, now)
+        if answer is not None:
+            self._dns_results([answer])
+
+    def ping_reply(
+        self, key: tuple[bytes, int], host: str, seq: int, payload: bytes, now: float
+    ) -> None:
+        """An echo reply for flow ``key`` from ``host``."""
+        self._now = now
+        src = self.icmp.reply(key, host)
+        if src is None:
+            return
+        msg = ipv4.icmp_message(
+            ipv4.ICMP_ECHOREPLY, 0, key[1].to_bytes(2, "big") + seq.to_bytes(2, "big"), payload
+        )
+        self.ip_to_guest(src, key[0], IPPROTO_ICMP, msg)
+
+    # -- output ----------------------------------------------------------------------------
+
+    def ip_to_guest(
+        self, src: bytes, dst: bytes, proto: int, l4: bytes, mac: bytes | None = None
+    ) -> None:
+        if mac is None:
+            if dst == BROADCAST_IP or dst == self._net_bcast:
+                mac = BROADCAST_MAC
+            else:
+                mac = self.arp.get(dst)
+                if mac is None:
+                    self._hold(src, dst, proto, l4)
+                    return
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        self.out.extend(ipv4.frames(mac, self.mac, src, dst, proto, l4, ident, self.cfg.mtu))
+
+    def _hold(self, src: bytes, dst: bytes, proto: int, l4: bytes) -> None:
+        held = self._held.get(dst)
+        if held is None:
+            if len(self._held) >= ARP_TABLE_MAX:
+                self.stats["arp-hold-dropped"] += 1
+                return
+            held = self._held[dst] = _Held(self._now + ARP_HOLD)
+            if self._hold_wake is None or held.deadline < self._hold_wake:
+                self._hold_wake = held.deadline
+            self._arp_request(dst)
+        if len(held.packets) >= ARP_HOLD_PACKETS:
+            self.stats["arp-hold-dropped"] += 1
+            return
+        held.packets.append((src, proto, l4))
+
+    def _arp_request(self, dst: bytes) -> None:
+        self.out.append(ipv4.arp_packet(1, self.mac, self.host_ip, bytes(6), dst, BROADCAST_MAC))
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Run every timer due at ``now``."""
+        self._now = now
+        self.reassembly.expire(now)
+        self.dhcp.expire(now)
+        if self.dhcp.events:
+            self.events.extend(self.dhcp.events)
+            self.dhcp.events.clear()
+        for client_ip, client_port, payload in self.tftp.tick(now):
+            seg = ipv4.udp_segment(self.host_ip, client_ip, TFTP_PORT, client_port, payload)
+            self.ip_to_guest(self.host_ip, client_ip, IPPROTO_UDP, seg)
+        self._dns_results(self.dns.tick(now))
+        self.actions.extend(self.udp.expire(now))
+        self.actions.extend(self.icmp.expire(now))
+        self._expire_held(now)
+        for timed in self.timers:
+            timed.tick(now)
+
+    def _expire_held(self, now: float) -> None:
+        if self._hold_wake is None or now < self._hold_wake:
+            return
+        for dst, held in list(self._held.items()):
+            if held.deadline <= now:
+                del self._held[dst]
+                self.stats["arp-unresolved-dropped"] += len(held.packets)
+        self._hold_wake = min((h.deadline for h in self._held.values()), default=None)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` is next due (None: no timer)."""
+        best = self._hold_wake
+        parts: tuple[_HasDeadline, ...] = (
+            self.reassembly, self.dhcp, self.tftp, self.dns, self.udp, self.icmp, *self.timers,
+        )  # fmt: skip
+        for part in parts:
+            t = part.next_deadline()
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def counters(self) -> dict[str, int]:
+        """Every counter of the gateway and its services (drops by reason, work done)."""
+        total: Counter[str] = Counter(self.stats)
+        for part in (self.reassembly, self.dhcp, self.tftp, self.dns, self.udp, self.icmp):
+            total.update(part.counters)
+        return dict(total)
+
+    def close(self) -> None:
+        self.tftp.close()
+
+
+def _kw(**given: int | None) -> dict[str, int]:
+    return {k: v for k, v in given.items() if v is not None}

@@ -1,0 +1,379 @@
+"""Splicing guest TCP connections to host sockets: the flow table and its asyncio adapter.
+
+Owns the bookkeeping between :class:`~.machine.TcpEndpoint` machines and host stream
+sockets on one asyncio loop: the flow table keyed by (guest address, guest port, far
+address, far port); new guest SYNs (a ``resolve`` callback names the host address to
+connect to, or an errno to reject with - the NAT policy belongs to the caller); RSTs for
+segments no flow owns (RFC 9293 §3.10.7.1); non-blocking connects; reads gated by the
+machine's ``host_read_room`` (reader removed while it is 0: host->guest backpressure),
+writes from ``host_chunks`` with ``sendmsg`` (writer added only while the socket is
+full: guest->host backpressure is the machine's shrinking window); ``shutdown(SHUT_WR)``
+when the guest half-closes; one lazily re-armed ``loop.call_at`` per connection; and
+closing (with ``SO_LINGER`` 0, i.e. a RST to the host peer, when the guest reset or the
+connection was aborted). hostfwd connections come in through :meth:`TcpSplicer.forward`
+with a socket the caller accepted.
+
+Frames for the guest from every machine go into one list and leave through ``send`` once
+per wake-up (a guest batch, a host read, a timer), so a batch of guest frames costs at
+most one ACK per connection (the machines' ``flush``). Errors from host sockets become
+machine input; nothing a guest or host peer does raises out of a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .builder import rejection, reset_for
+from .config import Event, State, TcpConfig
+from .machine import TcpEndpoint
+from .wire import SYN, Segment, parse_frame
+
+#: ``resolve(seg)`` -> (family, sockaddr) to connect to, or an errno to reject the SYN.
+Resolver = Callable[[Segment], "tuple[int, tuple[Any, ...]] | int"]
+READ_MAX = 256 * 1024
+READS_PER_WAKEUP = 4
+IOV_MAX = 512
+_LINGER_RST = struct.pack("ii", 1, 0)
+_RESET_EVENTS = frozenset({Event.GUEST_RESET, Event.TIMEOUT, Event.IDLE, Event.REFUSED})
+
+
+class Splice:
+    """One guest connection: its machine, its host socket and its timer."""
+
+    __slots__ = ("m", "reading", "shut", "sock", "timer", "timer_at", "writing")
+
+    def __init__(self, m: TcpEndpoint, sock: socket.socket) -> None:
+        self.m = m
+        self.sock = sock
+        self.reading = False
+        self.writing = False
+        self.shut = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+
+
+class TcpSplicer:
+    """Every guest TCP connection of one guest-facing port, spliced to host sockets."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, config: TcpConfig, *,
+        send: Callable[[list[bytes]], None], resolve: Resolver,
+        l2_for: Callable[[Segment], bytes] | None = None,
+        on_event: Callable[[TcpEndpoint, Event, int], None] | None = None,
+        max_flows: int = 4096, log: logging.Logger | None = None,
+    ) -> None:  # fmt: skip
+        self.loop = loop
+        self.cfg = config
+        self._send = send
+        self._resolve = resolve
+        self._l2_for = l2_for if l2_for is not None else (lambda seg: b"")
+        self._on_event = on_event
+        self.max_flows = max_flows
+        self.log = log if log is not None else logging.getLogger(__name__)
+        self.flows: dict[tuple[bytes, int, bytes, int], Splice] = {}
+        self.out: list[bytes] = []
+        self.stats: Counter[str] = Counter()
+        self._touched: set[Splice] = set()
+        self._buf = bytearray(READ_MAX)
+        self._view = memoryview(self._buf)
+        self.closed = False
+
+    # -- guest side ----------------------------------------------------------------------
+
+    def guest_frames(self, frames: Sequence[bytes], vnet: bool = False) -> None:
+        """A batch of guest frames (Ethernet, with virtio-net headers when ``vnet``)."""
+        now = self.loop.time()
+        for frame in frames:
+            seg = parse_frame(frame, vnet)
+            if isinstance(seg, str):
+                self.stats[seg] += 1
+                continue
+            self.guest_segment(seg, now)
+        self.flush()
+
+    def guest_segment(self, seg: Segment, now: float) -> None:
+        """One parsed guest segment; call :meth:`flush` after a batch of them."""
+        key = (seg.src, seg.sport, seg.dst, seg.dport)
+        sp = self.flows.get(key)
+        if sp is not None and sp.m.accepts_syn(seg):
+            self._close(sp)
+            sp = None
+        if sp is None:
+            if seg.flags & SYN and not seg.flags & 0x14:  # SYN without ACK/RST
+                self._new_flow(key, seg, now)
+            else:
+                frame = reset_for(seg, l2=self._l2_for(seg), vnet=self.cfg.vnet)
+                self.stats["no-flow"] += 1
+                if frame is not None:
+                    self.out.append(frame)
+            return
+        try:
+            sp.m.segment_from_guest(seg, now)
+        except Exception:  # a bug must not take the loop down: drop the flow
+            self.log.exception("tcp machine failed on a guest segment")
+            self._abort(sp, now)
+            return
+        self._touched.add(sp)
+
+    def flush(self) -> None:
+        """Send held-back ACKs and every frame produced since the last flush."""
+        if self._touched:
+            now = self.loop.time()
+            touched, self._touched = self._touched, set()
+            for sp in touched:
+                sp.m.flush(now)
+                self._sync(sp)
+        if self.out:
+            out = self.out[:]  # machines append to this very list
+            self.out.clear()
+            self._send(out)
+
+    def _new_flow(self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float) -> None:
+        l2 = self._l2_for(seg)
+        target: tuple[int, tuple[Any, ...]] | int
+        if len(self.flows) >= self.max_flows:
+            self.stats["flow-limit"] += 1
+            target = errno.ECONNREFUSED
+        else:
+            try:
+                target = self._resolve(seg)
+            except Exception:
+                self.log.exception("tcp resolve callback failed")
+                target = errno.ECONNREFUSED
+        if isinstance(target, int):
+            self.stats["rejected"] += 1
+            frame = rejection(seg, target, l2=l2, vnet=self.cfg.vnet)
+            if frame is not None:
+                self.out.append(frame)
+            return
+        family, addr = target
+        m = TcpEndpoint.accept(seg, now, config=self.cfg, l2=l2, out=self.out)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:
+            m.host_error(exc.errno or errno.EMFILE, now)
+            self._reject(m, now)
+            return
+        sp = Splice(m, sock)
+        self.flows[key] = sp
+        self.stats["connects"] += 1
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(addr)
+        except OSError as exc:
+            err = exc.errno or errno.EINVAL
+        if err in (0, errno.EINPROGRESS):
+            sp.writing = True
+            self.loop.add_writer(sock.fileno(), self._connected, sp)
+        else:
+            m.host_error(err, now)
+        self._sync(sp)
+
+    def _run(self, sp: Splice, work: Callable[[Splice, float], None]) -> None:
+        """One host-side wake-up of ``sp``: the work, the adapter's invariant, the frames.
+        A failure (a bug) resets that connection only."""
+        now = self.loop.time()
+        try:
+            work(sp, now)
+            self._sync(sp)
+        except Exception:
+            self.log.exception("tcp splice failed")
+            self._abort(sp, now)
+        self.flush()
+
+    def _connected(self, sp: Splice) -> None:
+        self._run(sp, self._finish_connect)
+
+    def _finish_connect(self, sp: Splice, now: float) -> None:
+        self.loop.remove_writer(sp.sock.fileno())
+        sp.writing = False
+        err = sp.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sp.m.host_error(err, now)
+        else:
+            sp.m.host_connected(now)
+
+    def forward(
+        self, sock: socket.socket, guest: bytes, guest_port: int, local: bytes,
+        local_port: int, l2: bytes = b"",
+    ) -> TcpEndpoint:  # fmt: skip
+        """Take an accepted host socket (hostfwd) and open its connection to the guest
+        from ``local:local_port``."""
+        sock.setblocking(False)
+        now = self.loop.time()
+        m = TcpEndpoint.connect(local, guest, local_port, guest_port, now, config=self.cfg,
+                                l2=l2, out=self.out)  # fmt: skip
+        sp = Splice(m, sock)
+        key = (guest, guest_port, local, local_port)
+        old = self.flows.get(key)
+        if old is not None:
+            self._close(old)
+        self.flows[key] = sp
+        self.stats["forwards"] += 1
+        self._sync(sp)
+        self.flush()
+        return m
+
+    # -- host side -----------------------------------------------------------------------
+
+    def _readable(self, sp: Splice) -> None:
+        self._run(sp, self._read)
+
+    def _read(self, sp: Splice, now: float) -> None:
+        m = sp.m
+        try:
+            for _ in range(READS_PER_WAKEUP):
+                room = min(m.host_read_room, READ_MAX)
+                if room <= 0:
+                    break
+                n = sp.sock.recv_into(self._view[:room])
+                if n == 0:
+                    m.host_eof(now)
+                    break
+                m.host_data(self._view[:n], now)
+                if n < room:
+                    break
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            m.host_error(exc.errno or errno.EIO, now)
+
+    def _writable(self, sp: Splice) -> None:
+        self._run(sp, self._write)
+
+    def _write(self, sp: Splice, now: float) -> None:
+        m = sp.m
+        while m.host_pending:
+            try:
+                n = sp.sock.sendmsg(m.host_chunks(IOV_MAX))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                m.host_error(exc.errno or errno.EIO, now)
+                return
+            m.host_written(n, now)
+            if m.done:
+                return
+
+    def _on_timer(self, sp: Splice) -> None:
+        sp.timer = None
+        if not sp.m.done:
+            self._run(sp, self._timer)
+
+    def _timer(self, sp: Splice, now: float) -> None:
+        sp.m.timer(now)
+
+    # -- the adapter's invariant: socket interest, shutdown, timer, end ------------------
+
+    def _sync(self, sp: Splice) -> None:
+        m = sp.m
+        if m.events:
+            self._events(sp)
+        if m.done:
+            self._close(sp)
+            return
+        sock = sp.sock
+        if m.host_pending and not sp.writing:
+            self._write(sp, self.loop.time())
+            if m.done:
+                self._close(sp)
+                return
+            if m.host_pending:
+                sp.writing = True
+                self.loop.add_writer(sock.fileno(), self._writable, sp)
+        elif not m.host_pending and sp.writing and not self._connecting(sp):
+            sp.writing = False
+            self.loop.remove_writer(sock.fileno())
+        if m.host_shut_wr and not sp.shut and not m.host_pending:
+            sp.shut = True
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.stats["shutdown-failed"] += 1
+        want_read = m.host_read_room > 0 and not self._connecting(sp)
+        if want_read != sp.reading:
+            sp.reading = want_read
+            if want_read:
+                self.loop.add_reader(sock.fileno(), self._readable, sp)
+            else:
+                self.loop.remove_reader(sock.fileno())
+        when = m.next_deadline
+        if when is not None and (sp.timer is None or when < sp.timer_at):
+            if sp.timer is not None:
+                sp.timer.cancel()
+            sp.timer_at = when
+            sp.timer = self.loop.call_at(when, self._on_timer, sp)
+
+    def _connecting(self, sp: Splice) -> bool:
+        return sp.m.state is State.CONNECTING
+
+    def _events(self, sp: Splice) -> None:
+        m = sp.m
+        events, m.events = m.events, []
+        for event, detail in events:
+            self.stats[f"event-{event.value}"] += 1
+            if self._on_event is not None:
+                self._on_event(m, event, detail)
+            if event is Event.CONNECT_FAILED:
+                self._reject(m, self.loop.time(), detail)
+            elif event in _RESET_EVENTS:
+                self._linger_rst(sp)
+
+    def _reject(self, m: TcpEndpoint, now: float, err: int = errno.ECONNREFUSED) -> None:
+        m.reject(err, now)
+
+    def _linger_rst(self, sp: Splice) -> None:
+        with contextlib.suppress(OSError):
+            sp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+
+    def _abort(self, sp: Splice, now: float) -> None:
+        try:
+            sp.m.abort(now)
+        except Exception:
+            self.log.exception("tcp machine failed to abort")
+        self._linger_rst(sp)
+        self._close(sp)
+
+    def _close(self, sp: Splice) -> None:
+        key = sp.m.key
+        if self.flows.get(key) is sp:
+            del self.flows[key]
+            self.stats.update(sp.m.stats)
+        self._touched.discard(sp)
+        if sp.timer is not None:
+            sp.timer.cancel()
+            sp.timer = None
+        fd = sp.sock.fileno()
+        if fd >= 0:
+            if sp.reading:
+                self.loop.remove_reader(fd)
+            if sp.writing:
+                self.loop.remove_writer(fd)
+            sp.reading = sp.writing = False
+            sp.sock.close()
+
+    def close(self) -> None:
+        """Reset every connection (the port is going away) and close every socket."""
+        now = self.loop.time()
+        for sp in list(self.flows.values()):
+            self._abort(sp, now)
+        self.closed = True
+        if self.out:
+            out = self.out[:]
+            self.out.clear()
+            self._send(out)
+
+    def counters(self) -> dict[str, int]:
+        total: Counter[str] = Counter(self.stats)
+        for sp in self.flows.values():
+            total.update(sp.m.stats)
+        total["flows"] = len(self.flows)
+        return dict(total)

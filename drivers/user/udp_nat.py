@@ -1,0 +1,149 @@
+"""UDP NAT: guest UDP flows mapped to host sockets.
+
+Follows libslirp's ``udp.c``/``socket.c`` (reference §7.5): one host socket per guest
+source (address, port) - an endpoint-independent mapping, so a guest socket that talks to
+several peers keeps one host port - sending to wherever the guest addresses; the host
+address (10.0.2.2) reaches host loopback (127.0.0.1) and answers from 127.0.0.1 appear to
+come from the host address; a flow lives :data:`IDLE` seconds (libslirp's ``SO_EXPIRE``,
+240 s) after its last datagram, or :data:`DNS_IDLE` seconds (``SO_EXPIREFAST``) after an
+answer from port 53.
+
+Beyond libslirp: the table holds at most ``max_flows`` flows (a new flow past that is
+dropped and counted, never an unbounded number of fds); ICMP errors the host kernel
+reports on a flow's socket (``IP_RECVERR``: port unreachable when the host refuses, and
+the other destination-unreachable and time-exceeded codes) go back to the guest as ICMP
+errors quoting a reconstruction of the guest's datagram (:meth:`UdpNat.icmp_error`).
+
+Sans-IO: :meth:`UdpNat.outbound` returns the :class:`UdpSend` the adapter performs (the
+adapter opens the socket the first time it sees a key and closes it on :class:`UdpClose`);
+:meth:`UdpNat.inbound` maps a host datagram back to the guest.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from typing import Final, NamedTuple
+
+IDLE: Final = 240.0
+DNS_IDLE: Final = 10.0
+DEFAULT_MAX_FLOWS: Final = 1024
+LOOPBACK: Final = "127.0.0.1"
+
+FlowKey = tuple[bytes, int]  # guest address, guest port
+
+
+class UdpSend(NamedTuple):
+    """Send ``payload`` from the flow's host socket (open it first if new)."""
+
+    key: FlowKey
+    host: str
+    port: int
+    payload: bytes
+    ttl: int
+
+
+class UdpClose(NamedTuple):
+    """Close the flow's host socket."""
+
+    key: FlowKey
+
+
+class UdpFlow:
+    """One guest source and its mapping state."""
+
+    __slots__ = ("created", "dst", "expires", "key", "rx", "ttl", "tx")
+
+    def __init__(self, key: FlowKey, now: float) -> None:
+        self.key = key
+        self.created = now
+        self.expires = now + IDLE
+        self.dst: tuple[bytes, int] = (b"\0\0\0\0", 0)  # the last guest-side destination
+        self.ttl = 0
+        self.tx = 0
+        self.rx = 0
+
+
+class UdpNat:
+    """The UDP flow table of one user netdev."""
+
+    def __init__(
+        self,
+        host_addr: bytes,
+        *,
+        max_flows: int = DEFAULT_MAX_FLOWS,
+        idle: float = IDLE,
+        dns_idle: float = DNS_IDLE,
+    ) -> None:
+        self.host_addr = host_addr
+        self.max_flows = max_flows
+        self.idle = idle
+        self.dns_idle = dns_idle
+        self.flows: dict[FlowKey, UdpFlow] = {}
+        self.counters: Counter[str] = Counter()
+        self._wake: float | None = None
+
+    def host_destination(self, dst: bytes) -> str:
+        """Where a guest destination is on the host side."""
+        return LOOPBACK if dst == self.host_addr else socket.inet_ntoa(dst)
+
+    def guest_source(self, host: str) -> bytes:
+        """The guest-side address of a host-side peer."""
+        if host == LOOPBACK:
+            return self.host_addr
+        try:
+            return socket.inet_aton(host)
+        except OSError:
+            return b"\0\0\0\0"
+
+    def outbound(
+        self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes, ttl: int,
+        now: float,
+    ) -> UdpSend | None:  # fmt: skip
+        """A guest datagram to NAT; None when it is dropped (flow table full)."""
+        key = (src, sport)
+        flow = self.flows.get(key)
+        if flow is None:
+            if len(self.flows) >= self.max_flows:
+                self.counters["udp-flow-limit"] += 1
+                return None
+            flow = UdpFlow(key, now)
+            self.flows[key] = flow
+            self.counters["udp-flows-opened"] += 1
+        flow.dst = (dst, dport)
+        flow.tx += 1
+        self._touch(flow, now + self.idle)
+        return UdpSend(key, self.host_destination(dst), dport, payload, ttl)
+
+    def inbound(self, key: FlowKey, host: str, port: int, now: float) -> bytes | None:
+        """A datagram from ``host:port`` on flow ``key``: its guest-side source address
+        (None if the flow is gone)."""
+        flow = self.flows.get(key)
+        if flow is None:
+            return None
+        flow.rx += 1
+        self._touch(flow, now + (self.dns_idle if port == 53 else self.idle))
+        return self.guest_source(host)
+
+    def _touch(self, flow: UdpFlow, expires: float) -> None:
+        flow.expires = expires
+        if self._wake is None or expires < self._wake:
+            self._wake = expires
+
+    def close(self, key: FlowKey) -> UdpClose | None:
+        """Forget a flow (its socket failed); the adapter closes the socket."""
+        return UdpClose(key) if self.flows.pop(key, None) is not None else None
+
+    def expire(self, now: float) -> list[UdpClose]:
+        """Flows idle past their time, to close."""
+        if self._wake is None or now < self._wake:
+            return []
+        gone = [key for key, flow in self.flows.items() if flow.expires <= now]
+        for key in gone:
+            del self.flows[key]
+        self.counters["udp-flows-expired"] += len(gone)
+        self._wake = min((f.expires for f in self.flows.values()), default=None)
+        return [UdpClose(key) for key in gone]
+
+    def next_deadline(self) -> float | None:
+        return self._wake
