@@ -347,11 +347,11 @@ async def test_cli_counts_match(workdir: Path) -> None:
 
 async def _connect_retry(path: str, after: str) -> VhostUserFrontend:
     """DPDK tears a closed connection down on its own thread; a new one arriving during
-    that can be reset. Retry a few times (never needed more than twice here)."""
-    for attempt in range(5):
+    that can be reset, or refused while DPDK re-arms its listener. Retry a few times."""
+    for attempt in range(10):
         try:
             return await VhostUserFrontend.connect(path, timeout=10)
-        except (ChannelClosed, ReplyTimeout) as exc:
+        except (ChannelClosed, ReplyTimeout, ConnectionRefusedError) as exc:
             print(f"reconnect after {after}: attempt {attempt}: {exc}")
             await asyncio.sleep(0.2)
     raise AssertionError(f"testpmd stopped accepting front ends after {after}")
