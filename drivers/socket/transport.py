@@ -40,6 +40,7 @@ bounded by one batch; nothing here blocks or sleeps.
 
 from __future__ import annotations
 
+import abc
 import errno
 import functools
 import logging
@@ -65,7 +66,7 @@ _DGRAM_RECV = NET_BUFSIZE + 1  # one more byte, to notice over-long datagrams
 _RETRY = (BlockingIOError, InterruptedError)
 
 
-class SocketClient(NetClient):
+class SocketClient(NetClient, abc.ABC):
     """A net client fed by one socket's readable events, with send-side back-pressure."""
 
     def __init__(self, name: str, host: DriverHost) -> None:
@@ -124,11 +125,11 @@ class SocketClient(NetClient):
 
     # -- input: one batch per wake-up -------------------------------------------------
 
-    def _on_readable(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _on_readable(self) -> None: ...
 
-    def _on_writable(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _on_writable(self) -> None: ...
 
     def deliver_batch(self, frames: list[bytes]) -> None:
         """Send what was read to the peer; pause reading while part of it is queued.

@@ -109,7 +109,7 @@ class SocketChardev(Chardev):
         else:
             self.reconnect_ms = options.reconnect_ms or 0
         self.addr: SocketAddressData = options.addr.data
-        # TODO for an fd address: whether it is AF_UNIX is known only once opened.
+        # For an fd address, whether it is AF_UNIX (fd passing) is known only once opened.
         self.fd_pass = isinstance(self.addr, UnixSocketAddress)
         self._mode = mode
         self._fd_lookup = fd_lookup

@@ -20,6 +20,7 @@ frames go to ``out`` only.
 
 from __future__ import annotations
 
+import abc
 import errno as errno_mod
 import random
 from collections import Counter
@@ -45,7 +46,7 @@ M32 = 0xFFFFFFFF
 CHALLENGE_ACKS = 50
 
 
-class Transmitter:
+class Transmitter(abc.ABC):
     """Connection state and the sending side of one guest TCP connection."""
 
     def __init__(
@@ -357,10 +358,10 @@ class Transmitter:
 
     # -- hooks for the state machine -------------------------------------------------------
 
+    @abc.abstractmethod
     def _our_fin_acked(self, now: float) -> None:
         """The guest acknowledged our FIN."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _abort(self, why: Event, err: int) -> None:
         """Send RST, report ``why`` and finish."""
-        raise NotImplementedError
