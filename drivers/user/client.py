@@ -11,10 +11,20 @@ peer (``send``), the host actions run, events go to QMP (``DHCP_LEASE_GRANTED``/
 
 It implements the daemon's ``UserNetClient`` protocol: :meth:`usernet_info` (``info
 usernet``, QEMU's layout: ``Hub N (NAME):``, the table header, one row per UDP and ICMP
-flow, newest first; TCP rows come with part 2), :meth:`hostfwd` (HMP ``hostfwd_add`` /
+flow, newest first, TCP rows first as libslirp does), :meth:`hostfwd` (HMP ``hostfwd_add`` /
 ``hostfwd_remove``: QEMU's syntax checks; there are no rules in part 1) and
 :meth:`leases_for` (``guest-network-get-interfaces``), plus :meth:`leases` (the data of a
 ``query-dhcp-leases`` command) and :meth:`counters`.
+
+Guest TCP (IPv4) ends in a :class:`~.tcp.TcpSplicer` owned here: the gateway hands it
+every TCP datagram (``Gateway.ip_handlers``), :meth:`UserNetClient._tcp_resolve` is the
+NAT policy (libslirp's ``sotranslate_out``: the host address maps to 127.0.0.1, the DNS
+address to the first DNS upstream - port 53 to the upstream's configured port, other
+ports unchanged, i.e. DNS over TCP reaches the same resolver as the UDP relay; other
+routable destinations are connected to directly; ``restrict=on`` and destinations inside
+the virtual network that nobody owns get ECONNREFUSED, answered with RST), and the
+splicer's frames leave through :meth:`send` on its own wake-ups (host reads, timers) and
+once per guest batch.
 
 Invariant: no exception from guest or host input reaches the loop - an unexpected one is
 counted (``internal-error``) and logged (rate-limited); the netdev keeps serving.
@@ -25,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import re
 import socket
 import struct
@@ -39,7 +50,17 @@ from . import hostsock, ipv4
 from .dns import RESOLV_CONF, ResolvConf, Upstream
 from .icmp_relay import PingClose, PingSend
 from .options import PART2, UserConfig, inet_aton, ip_text, parse_hostfwd
-from .router import Action, Gateway
+from .router import DNS_PORT, Action, Gateway, Packet
+from .tcp import (
+    Event,
+    Segment,
+    State,
+    TcpConfig,
+    TcpEndpoint,
+    TcpSplicer,
+    ethernet_header,
+    parse_l4,
+)
 from .tftproot import TftpRoot
 from .udp_nat import UdpClose, UdpSend
 
@@ -101,6 +122,12 @@ class UserNetClient(NetClient):
             )
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
+        self._net_bcast = cfg.broadcast.to_bytes(4, "big")
+        self.tcp = TcpSplicer(
+            loop, TcpConfig(mtu=cfg.mtu), send=self._tcp_send, resolve=self._tcp_resolve,
+            l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
+        )  # fmt: skip
+        self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
 
     # -- peer -> gateway -------------------------------------------------------------------
 
@@ -116,6 +143,10 @@ class UserNetClient(NetClient):
                 gw_input(frame, now)
             except Exception:
                 self._internal_error("guest frame")
+        try:
+            self.tcp.flush()
+        except Exception:
+            self._internal_error("guest TCP")
         self._flush(now)
         return len(frames)
 
@@ -124,6 +155,48 @@ class UserNetClient(NetClient):
         if self._resolv.refresh(now):
             self.gw.dns.upstreams = list(self._resolv.servers)
             self._log.info("user %s: DNS upstreams %s", self.name, self._resolv.servers)
+
+    # -- guest TCP -------------------------------------------------------------------------
+
+    def _tcp_in(self, pkt: Packet, now: float) -> None:
+        gw = self.gw
+        dst = pkt.dst
+        if dst[0] >= 224 or dst[0] in (0, 127) or dst == self._net_bcast:
+            gw.stats["tcp-not-routed"] += 1  # multicast, broadcast, loopback, 0/8
+            return
+        seg = parse_l4(pkt.src, dst, pkt.payload, mac=pkt.src_mac)
+        if isinstance(seg, str):
+            gw.stats[seg] += 1
+            return
+        self.tcp.guest_segment(seg, now)
+
+    def _tcp_resolve(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int:
+        gw = self.gw
+        if self.cfg.restrict:
+            gw.stats["restrict-refused"] += 1
+            return errno.ECONNREFUSED
+        dst = seg.dst
+        if dst == gw.host_ip:
+            return socket.AF_INET, ("127.0.0.1", seg.dport)
+        if dst == gw.dns_ip:
+            if not gw.dns.upstreams:
+                return errno.ECONNREFUSED
+            family, host, port = gw.dns.upstreams[0]
+            return family, (host, port if seg.dport == DNS_PORT else seg.dport)
+        if dst in gw.local or self.cfg.in_net(int.from_bytes(dst, "big")):
+            gw.stats["tcp-not-routed"] += 1
+            return errno.ECONNREFUSED
+        return socket.AF_INET, (socket.inet_ntoa(dst), seg.dport)
+
+    def _tcp_l2(self, seg: Segment) -> bytes:
+        return ethernet_header(seg.mac or self.gw.arp.get(seg.src, bytes(6)), self.gw.mac, seg.v6)
+
+    def _tcp_send(self, frames: list[bytes]) -> None:
+        self.send(frames)  # after cleanup (no peer): counted as tx_dropped
+
+    def _tcp_event(self, m: TcpEndpoint, event: Event, detail: int) -> None:
+        if event is Event.HOST_ERROR and detail and self._may_log("TCP host socket"):
+            self._log.info("user %s: TCP host socket error: %s", self.name, os.strerror(detail))
 
     # -- gateway -> peer, host, QMP --------------------------------------------------------
 
@@ -419,6 +492,8 @@ class UserNetClient(NetClient):
         out = self.gw.counters()
         out["host-errors"] = self.host_errors
         out["udp-sockets"] = len(self._udp)
+        for key, value in self.tcp.counters().items():
+            out[key if key.startswith("tcp-") else f"tcp-{key}"] = value
         return out
 
     def usernet_info(self) -> str:
@@ -426,6 +501,18 @@ class UserNetClient(NetClient):
         hub = peer.hub.id if isinstance(peer, HubPort) else -1
         lines = [f"Hub {hub} ({self.name}):\n", USERNET_HEADER]
         now = self._loop.time()
+        for sp in reversed(list(self.tcp.flows.values())):
+            m = sp.m
+            guest, guest_port, far, far_port = m.key
+            if len(guest) != 4:
+                continue
+            name = _TCP_STATE_NAMES.get(m.state, m.state.name)
+            state = f"  TCP[{name}]"
+            src, dst = socket.inet_ntoa(guest), socket.inet_ntoa(far)
+            lines.append(
+                f"{state:<19} {sp.sock.fileno():3d} {src:>15} {guest_port:5d} {dst:>15} "
+                f"{far_port:5d} {m.host_pending:5d} {m.send_queue:5d}\n"
+            )
         for key, flow in reversed(list(self.gw.udp.flows.items())):
             sock = self._udp.get(key)
             fd = sock.fileno() if sock is not None else -1
@@ -493,7 +580,16 @@ class UserNetClient(NetClient):
             sock.close()
         self._dns.clear()
         self._raw = None
+        try:
+            self.tcp.close()
+        except Exception:
+            self._internal_error("TCP close")
         self.gw.close()
+
+
+#: libslirp's names (``tcpstates``); a guest SYN held while the host connects shows as
+#: SYN_RCVD, as in libslirp.
+_TCP_STATE_NAMES: Final = {State.CONNECTING: "SYN_RCVD"}
 
 
 def _is_bad(name: str) -> bool:

@@ -5,12 +5,13 @@ Owns what the guest sees of the virtual network: ARP answers for the gateway's a
 ``52:55:a:b:c:d``; an ARP table learnt from guest frames (bounded), with guest-bound packets
 held while an ARP request for an unknown guest address is out; IPv4 header checks and
 fragment reassembly (:mod:`.reassembly`); dispatch by IP protocol (:attr:`Gateway.ip_handlers`:
-ICMP and UDP here, TCP comes with part 2 - until then, and for any other protocol, a
-unicast datagram gets ICMP "protocol unreachable"); local ICMP echo for the gateway's
-addresses; the UDP services (DHCP on 67 at the host address or broadcast, TFTP on 69 at the
-host address, DNS on 53 at the DNS address) and the UDP NAT and ICMP echo relay for
-everything else; ``restrict=on`` (UDP other than DHCP/TFTP and relayed ICMP dropped); and
-building guest-bound frames (:mod:`.ipv4`: fragmented to the MTU, padded to 60 bytes).
+ICMP and UDP here, TCP registered by the adapter, which owns the guest TCP splicer - any
+other protocol gets ICMP "protocol unreachable" for a unicast datagram); local ICMP echo
+for the gateway's addresses; the UDP services (DHCP on 67 at the host address or
+broadcast, TFTP on 69 at the host address, DNS on 53 at the DNS address) and the UDP NAT
+and ICMP echo relay for everything else; ``restrict=on`` (UDP other than DHCP/TFTP and
+relayed ICMP dropped); and building guest-bound frames (:mod:`.ipv4`: fragmented to the
+MTU, padded to 60 bytes).
 
 Sans-IO: frames and host events go in with ``now``; frames for the guest accumulate in
 :attr:`Gateway.out`, work for the host sockets in :attr:`Gateway.actions`
