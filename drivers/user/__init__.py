@@ -3,9 +3,10 @@
 Follows QEMU's ``net/slirp.c`` and libslirp (reference §7): the guest sees a router at the
 host address (10.0.2.2) and a DNS server (10.0.2.3) on a virtual 10.0.2.0/24, gets an
 address by DHCP, reaches the host's loopback through 10.0.2.2 and everything else through
-host sockets. This package is part 1 - ARP, ICMP, IPv4 reassembly and fragmentation, UDP
-NAT, DHCP, DNS relay (UDP), TFTP and ``restrict``; guest TCP, hostfwd/guestfwd and IPv6
-are part 2 and slot in through :attr:`.router.Gateway.ip_handlers` /
+host sockets. In place: ARP, ICMP, IPv4 reassembly and fragmentation, UDP NAT, DHCP, DNS
+relay (UDP and TCP), TFTP, ``restrict``, guest TCP through :mod:`.tcp` (IPv4) and hostfwd
+(:mod:`.hostfwd`, TCP and UDP, IPv4). Still to wire: guestfwd and IPv6 (the machines are
+in :mod:`.ipv6`), which slot in through :attr:`.router.Gateway.ip_handlers` /
 :attr:`.router.Gateway.eth_handlers` and :meth:`.router.Gateway.add_local`.
 
 Modules: :mod:`.options` (QEMU's options, defaults and errors), :mod:`.router` (the

@@ -12,7 +12,10 @@ peer (``send``), the host actions run, events go to QMP (``DHCP_LEASE_GRANTED``/
 It implements the daemon's ``UserNetClient`` protocol: :meth:`usernet_info` (``info
 usernet``, QEMU's layout: ``Hub N (NAME):``, the table header, one row per UDP and ICMP
 flow, newest first, TCP rows first as libslirp does), :meth:`hostfwd` (HMP ``hostfwd_add`` /
-``hostfwd_remove``: QEMU's syntax checks; there are no rules in part 1) and
+``hostfwd_remove``: QEMU's syntax and texts; the rules live in a
+:class:`~.hostfwd.HostForwarder`, bound at creation - a bind failure fails the netdev with
+``Could not set up host forwarding rule 'RULE'`` - and shown as ``TCP[HOST_FORWARD]`` /
+``UDP[HOST_FORWARD]`` rows) and
 :meth:`leases_for` (``guest-network-get-interfaces``), plus :meth:`leases` (the data of a
 ``query-dhcp-leases`` command) and :meth:`counters`.
 
@@ -48,8 +51,9 @@ from netstack.net.hub import HubPort
 
 from . import hostsock, ipv4
 from .dns import RESOLV_CONF, ResolvConf, Upstream
+from .hostfwd import HostForwarder
 from .icmp_relay import PingClose, PingSend
-from .options import PART2, UserConfig, inet_aton, ip_text, parse_hostfwd
+from .options import HostFwdRule, UserConfig, inet_aton, ip_text, parse_hostfwd
 from .router import DNS_PORT, Action, Gateway, Packet
 from .tcp import (
     Event,
@@ -128,6 +132,24 @@ class UserNetClient(NetClient):
             l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
+        self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
+                                 log=log)  # fmt: skip
+        for rule in cfg.hostfwd:
+            err = self._add_hostfwd(rule)
+            if err is not None:
+                self.fwd.close()
+                self.tcp.close()
+                self.gw.close()
+                raise GenericError(err)
+
+    def _add_hostfwd(self, rule: HostFwdRule) -> str | None:
+        """Bind ``rule``: None, or QEMU's error text."""
+        try:
+            self.fwd.add(rule)
+        except (OSError, ValueError) as exc:
+            self._log.warning("user %s: hostfwd %r: %s", self.name, rule.text, exc)
+            return f"Could not set up host forwarding rule '{rule.text}'"
+        return None
 
     # -- peer -> gateway -------------------------------------------------------------------
 
@@ -513,6 +535,7 @@ class UserNetClient(NetClient):
                 f"{state:<19} {sp.sock.fileno():3d} {src:>15} {guest_port:5d} {dst:>15} "
                 f"{far_port:5d} {m.host_pending:5d} {m.send_queue:5d}\n"
             )
+        lines.extend(self.fwd.usernet_rows(udp=False))
         for key, flow in reversed(list(self.gw.udp.flows.items())):
             sock = self._udp.get(key)
             fd = sock.fileno() if sock is not None else -1
@@ -522,6 +545,7 @@ class UserNetClient(NetClient):
             lines.append(
                 f"{state:<19} {fd:3d} {src:>15} {key[1]:5d} {dst:>15} {dst_port:5d} {0:5d} {0:5d}\n"
             )
+        lines.extend(self.fwd.usernet_rows(udp=True))
         for key, iflow in reversed(list(self.gw.icmp.flows.items())):
             psock = self._ping.get(key) or self._raw
             fd = psock.fileno() if psock is not None else -1
@@ -536,10 +560,11 @@ class UserNetClient(NetClient):
         rule = args[0]
         if command == "hostfwd_add":
             try:
-                parse_hostfwd(rule)
+                parsed = parse_hostfwd(rule)
             except GenericError as exc:
                 return f"{exc.desc}\n"
-            return f"Could not set up host forwarding rule '{rule}': not supported yet ({PART2})\n"
+            err = self._add_hostfwd(parsed)
+            return "" if err is None else f"{err}\n"
         # hostfwd_remove [tcp|udp]:[hostaddr]:hostport (the port as strict base-10 int)
         proto, sep, rest = rule.partition(":")
         addr, sep2, port = rest.partition(":")
@@ -552,7 +577,12 @@ class UserNetClient(NetClient):
         )
         if not valid:
             return "invalid format\n"
-        return f"host forwarding rule for {rule} not found\n"
+        host = inet_aton(addr) if addr else None
+        fwd = self.fwd.find(proto == "udp", ip_text(host or 0), int(port))
+        if fwd is None:
+            return f"host forwarding rule for {rule} not found\n"
+        self.fwd.remove(fwd)
+        return f"host forwarding rule for {rule} removed\n"
 
     def leases_for(self, mac: bytes) -> list[tuple[str, int]]:
         return self.gw.dhcp.leases_for(bytes(mac))
@@ -580,6 +610,7 @@ class UserNetClient(NetClient):
             sock.close()
         self._dns.clear()
         self._raw = None
+        self.fwd.close()
         try:
             self.tcp.close()
         except Exception:

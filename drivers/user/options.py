@@ -20,11 +20,13 @@ checks run in QEMU's order, so the first error QEMU reports is the one reported 
 
 Addresses are parsed like ``inet_aton`` (``10.2`` and ``0x0a.0.2.2`` are valid).
 
-Part 1 of the user netdev has no port forwarding and no IPv6 data path, so: a syntactically
-valid ``hostfwd`` or ``guestfwd`` rule is rejected with "... not supported yet (user netdev
-part 2)"; a configuration with IPv4 disabled is rejected the same way; IPv6 options are
-validated and kept (the IPv6 data path comes with part 2: until then IPv6 frames from the
-guest are counted and dropped); ``smb`` is rejected (no smbd integration).
+Valid ``hostfwd`` rules are kept in :attr:`UserConfig.hostfwd` in QEMU's order (binding
+them, and its "Could not set up host forwarding rule" error, is the client's job:
+:mod:`.hostfwd`). There is no guest forwarding yet, so a syntactically valid ``guestfwd``
+rule is rejected with "... not supported yet (user netdev part 2)"; a configuration with
+IPv4 disabled is rejected the same way; IPv6 options are validated and kept (the IPv6 data
+path comes with part 2: until then IPv6 frames from the guest are counted and dropped);
+``smb`` is rejected (no smbd integration).
 
 netstack extensions (``x-`` members, QAPI feature ``unstable``): ``x-dns-upstream=IP[:PORT]``
 (repeated; IPv6 as ``[ADDR]:PORT`` or bare) replaces ``/etc/resolv.conf`` as the source of
@@ -34,6 +36,7 @@ DHCP option 26 and used to fragment guest-bound IPv4 datagrams.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import socket
@@ -444,12 +447,8 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
         raise GenericError(
             f"guest forwarding is not supported yet ({PART2}): rule '{guestfwd[0].text}'"
         )
-    if hostfwd:
-        raise GenericError(
-            f"host forwarding is not supported yet ({PART2}): rule '{hostfwd[0].text}'"
-        )
     if opts.smb is not None:
         raise GenericError("smb= is not supported by netstack (no smbd integration)")
     if not ipv4:
         raise GenericError(f"IPv6-only user networking is not supported yet ({PART2})")
-    return cfg
+    return dataclasses.replace(cfg, hostfwd=hostfwd)

@@ -14,6 +14,10 @@ reports on a flow's socket (``IP_RECVERR``: port unreachable when the host refus
 the other destination-unreachable and time-exceeded codes) go back to the guest as ICMP
 errors quoting a reconstruction of the guest's datagram (:meth:`UdpNat.icmp_error`).
 
+hostfwd (UDP) answers: :attr:`UdpNat.reply_hook`, when set by the adapter, sees every guest
+datagram first and claims the ones that answer a forwarded flow (it sends them itself);
+those open no flow here.
+
 Sans-IO: :meth:`UdpNat.outbound` returns the :class:`UdpSend` the adapter performs (the
 adapter opens the socket the first time it sees a key and closes it on :class:`UdpClose`);
 :meth:`UdpNat.inbound` maps a host datagram back to the guest.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 IDLE: Final = 240.0
@@ -31,6 +36,8 @@ DEFAULT_MAX_FLOWS: Final = 1024
 LOOPBACK: Final = "127.0.0.1"
 
 FlowKey = tuple[bytes, int]  # guest address, guest port
+#: ``hook(src, sport, dst, dport, payload)`` -> True when the datagram was taken.
+ReplyHook = Callable[[bytes, int, bytes, int, bytes], bool]
 
 
 class UdpSend(NamedTuple):
@@ -82,6 +89,7 @@ class UdpNat:
         self.flows: dict[FlowKey, UdpFlow] = {}
         self.counters: Counter[str] = Counter()
         self._wake: float | None = None
+        self.reply_hook: ReplyHook | None = None
 
     def host_destination(self, dst: bytes) -> str:
         """Where a guest destination is on the host side."""
@@ -100,7 +108,12 @@ class UdpNat:
         self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes, ttl: int,
         now: float,
     ) -> UdpSend | None:  # fmt: skip
-        """A guest datagram to NAT; None when it is dropped (flow table full)."""
+        """A guest datagram to NAT; None when it is dropped (flow table full) or the
+        :attr:`reply_hook` took it."""
+        hook = self.reply_hook
+        if hook is not None and hook(src, sport, dst, dport, payload):
+            self.counters["udp-hostfwd-replies"] += 1
+            return None
         key = (src, sport)
         flow = self.flows.get(key)
         if flow is None:

@@ -186,9 +186,10 @@ def test_hostfwd_parse() -> None:
     )
 
 
-def test_forwarding_is_part2() -> None:
-    text = error("hostfwd=tcp::2222-:22")
-    assert "not supported yet (user netdev part 2)" in text and "tcp::2222-:22" in text
+def test_hostfwd_kept_guestfwd_not_yet() -> None:
+    # hostfwd rules are kept (bound by the client), in QEMU's order (last to first)
+    rules = cfg("hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:0-:53").hostfwd
+    assert [r.text for r in rules] == ["udp:127.0.0.1:0-:53", "tcp::2222-:22"]
     text = error("guestfwd=tcp:10.0.2.100:80-cmd:true")
     assert "not supported yet (user netdev part 2)" in text
     # syntax errors of every rule come first, guestfwd before hostfwd (QEMU's list order)

@@ -1,0 +1,276 @@
+"""Host forwarding (``hostfwd``) of the user netdev: listening host sockets towards the guest.
+
+Follows QEMU's ``net/slirp.c`` (``slirp_hostfwd``, ``hmp_hostfwd_add``/``_remove``) and
+libslirp's ``slirp_add_hostfwd`` (reference §7.2). Owns, per rule, one bound host socket:
+
+* TCP: a listening socket (host port 0 = kernel-chosen; the real port is what ``info
+  usernet`` shows); each accepted connection is handed to
+  :meth:`~.tcp.TcpSplicer.forward`, which opens it towards ``guest:guest_port`` from the
+  peer's guest-side address (127.0.0.1 appears as the host address, 10.0.2.2; other peers
+  keep their address) and port. The guest's MAC comes from the gateway's ARP table or the
+  DHCP lease of the guest address; while it is unknown the connection waits (an ARP
+  request is sent, retried every :data:`MAC_RETRY` s, at most :data:`MAC_TRIES` times,
+  then the host connection is closed and counted).
+* UDP: a bound datagram socket; each datagram goes to ``guest:guest_port`` from the
+  sender's guest-side address and port (a per-source flow), and the guest's datagrams
+  back to that address and port leave from the bound socket to the sender (the hook
+  :attr:`~.udp_nat.UdpNat.reply_hook`). At most :data:`UDP_FLOWS` flows per netdev are
+  remembered (least recently used forgotten first).
+
+Deviations from QEMU: ``unix:`` rules are refused (``Could not set up host forwarding
+rule``); rules are IPv4 only, as in QEMU. Established connections outlive the removal of
+their rule (as in libslirp). Invariant: every fd opened here is closed by :meth:`remove`
+or :meth:`close`; no host or guest input raises out of a loop callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Final
+
+from . import ipv4
+from .options import HostFwdRule, ip_text
+from .router import Gateway
+from .tcp import TcpSplicer, ethernet_header
+
+ACCEPT_BATCH: Final = 16
+RECV_BATCH: Final = 64
+MAC_RETRY: Final = 0.2
+MAC_TRIES: Final = 15
+UDP_FLOWS: Final = 1024
+_LOOPBACK: Final = socket.inet_aton("127.0.0.1")
+
+#: (guest address, guest port, guest-side peer address, peer port)
+ReplyKey = tuple[bytes, int, bytes, int]
+
+
+class Forward:
+    """One bound rule."""
+
+    __slots__ = ("guest", "rule", "sock")
+
+    def __init__(self, rule: HostFwdRule, sock: socket.socket, guest: bytes) -> None:
+        self.rule = rule
+        self.sock = sock
+        self.guest = guest
+
+    @property
+    def bound(self) -> tuple[str, int]:
+        addr = self.sock.getsockname()
+        return str(addr[0]), int(addr[1])
+
+
+class _Pending:
+    __slots__ = ("fwd", "local", "local_port", "sock", "tries")
+
+    def __init__(self, fwd: Forward, sock: socket.socket, local: bytes, local_port: int) -> None:
+        self.fwd = fwd
+        self.sock = sock
+        self.local = local
+        self.local_port = local_port
+        self.tries = 0
+
+
+class HostForwarder:
+    """Every hostfwd rule of one user netdev."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, gw: Gateway, tcp: TcpSplicer, *,
+        send: Callable[[list[bytes]], None], flush: Callable[[float], None],
+        log: logging.Logger,
+    ) -> None:  # fmt: skip
+        self._loop = loop
+        self._gw = gw
+        self._tcp = tcp
+        self._send = send
+        self._flush = flush
+        self._log = log
+        self.forwards: list[Forward] = []
+        self.stats: Counter[str] = Counter()
+        self._replies: OrderedDict[ReplyKey, tuple[Forward, tuple[str, int]]] = OrderedDict()
+        self._pending: list[_Pending] = []
+        self._timer: asyncio.TimerHandle | None = None
+        gw.udp.reply_hook = self._udp_reply
+
+    # -- rules -----------------------------------------------------------------------------
+
+    def add(self, rule: HostFwdRule) -> Forward:
+        """Bind ``rule``; raises OSError (or ValueError for unsupported rules)."""
+        if rule.unix:
+            raise ValueError("unix host forwarding is not supported by netstack")
+        guest_addr = rule.guest_addr or ip_text(self._gw.cfg.dhcp_start)
+        guest = socket.inet_aton(guest_addr)
+        kind = socket.SOCK_DGRAM if rule.udp else socket.SOCK_STREAM
+        sock = socket.socket(socket.AF_INET, kind | socket.SOCK_NONBLOCK)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((rule.host_addr, rule.host_port))
+            if not rule.udp:
+                sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        fwd = Forward(rule, sock, guest)
+        self.forwards.append(fwd)
+        handler = self._udp_readable if rule.udp else self._acceptable
+        self._loop.add_reader(sock.fileno(), handler, fwd)
+        return fwd
+
+    def find(self, udp: bool, host_addr: str, host_port: int) -> Forward | None:
+        for fwd in self.forwards:
+            addr, port = fwd.bound
+            if fwd.rule.udp == udp and addr == host_addr and port == host_port:
+                return fwd
+        return None
+
+    def remove(self, fwd: Forward) -> None:
+        """Close the rule's socket; established TCP connections stay."""
+        if fwd not in self.forwards:
+            return
+        self.forwards.remove(fwd)
+        self._loop.remove_reader(fwd.sock.fileno())
+        fwd.sock.close()
+        for key in [k for k, v in self._replies.items() if v[0] is fwd]:
+            del self._replies[key]
+        for p in [p for p in self._pending if p.fwd is fwd]:
+            self._pending.remove(p)
+            p.sock.close()
+
+    def close(self) -> None:
+        for fwd in list(self.forwards):
+            self.remove(fwd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._gw.udp.reply_hook == self._udp_reply:
+            self._gw.udp.reply_hook = None
+
+    def _guest_side(self, host: str) -> bytes:
+        raw = socket.inet_aton(host)
+        return self._gw.host_ip if raw[0] == 127 else raw
+
+    # -- TCP -------------------------------------------------------------------------------
+
+    def _acceptable(self, fwd: Forward) -> None:
+        if fwd not in self.forwards:
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = fwd.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.stats["hostfwd-accept-failed"] += 1
+                self._log.debug("hostfwd accept failed: %s", exc)
+                break
+            self.stats["hostfwd-accepted"] += 1
+            try:
+                self._start(_Pending(fwd, conn, self._guest_side(peer[0]), int(peer[1])))
+            except Exception:
+                self.stats["hostfwd-internal-error"] += 1
+                self._log.exception("hostfwd: handing a connection to the guest failed")
+                conn.close()
+
+    def _guest_mac(self, guest: bytes) -> bytes | None:
+        gw = self._gw
+        mac = gw.arp.get(guest)
+        if mac is not None:
+            return mac
+        addr = int.from_bytes(guest, "big")
+        for slot in gw.dhcp.slots:
+            if slot.addr == addr and slot.state == "bound" and slot.mac is not None:
+                return slot.mac
+        return None
+
+    def _start(self, p: _Pending) -> bool:
+        mac = self._guest_mac(p.fwd.guest)
+        if mac is None:
+            if p not in self._pending:
+                self._pending.append(p)
+            gw = self._gw
+            self._send([ipv4.arp_packet(1, gw.mac, gw.host_ip, bytes(6), p.fwd.guest,
+                                        ipv4.BROADCAST_MAC)])  # fmt: skip
+            if self._timer is None:
+                self._timer = self._loop.call_later(MAC_RETRY, self._retry)
+            return False
+        l2 = ethernet_header(mac, self._gw.mac, False)
+        self._tcp.forward(p.sock, p.fwd.guest, p.fwd.rule.guest_port, p.local, p.local_port, l2)
+        self.stats["hostfwd-tcp-forwarded"] += 1
+        return True
+
+    def _retry(self) -> None:
+        self._timer = None
+        pending, self._pending = self._pending, []
+        for p in pending:
+            p.tries += 1
+            if p.tries > MAC_TRIES:
+                self.stats["hostfwd-guest-unreachable"] += 1
+                p.sock.close()
+                continue
+            try:
+                self._start(p)
+            except Exception:
+                self.stats["hostfwd-internal-error"] += 1
+                self._log.exception("hostfwd: handing a connection to the guest failed")
+                p.sock.close()
+
+    # -- UDP -------------------------------------------------------------------------------
+
+    def _udp_readable(self, fwd: Forward) -> None:
+        if fwd not in self.forwards:
+            return
+        now = self._loop.time()
+        gw = self._gw
+        guest, gport = fwd.guest, fwd.rule.guest_port
+        for _ in range(RECV_BATCH):
+            try:
+                data, peer = fwd.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # a late ICMP error for an earlier reply
+            src, sport = self._guest_side(peer[0]), int(peer[1])
+            key = (guest, gport, src, sport)
+            self._replies[key] = (fwd, (str(peer[0]), sport))
+            self._replies.move_to_end(key)
+            while len(self._replies) > UDP_FLOWS:
+                self._replies.popitem(last=False)
+                self.stats["hostfwd-udp-flow-evicted"] += 1
+            self.stats["hostfwd-udp-to-guest"] += 1
+            gw.ip_to_guest(src, guest, ipv4.IPPROTO_UDP,
+                           ipv4.udp_segment(src, guest, sport, gport, data))  # fmt: skip
+        self._flush(now)
+
+    def _udp_reply(self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> bool:
+        """A guest datagram: True when it answers a forwarded flow (then it was sent)."""
+        entry = self._replies.get((src, sport, dst, dport))
+        if entry is None:
+            return False
+        fwd, peer = entry
+        self._replies.move_to_end((src, sport, dst, dport))
+        try:
+            fwd.sock.sendto(payload, peer)
+            self.stats["hostfwd-udp-to-host"] += 1
+        except OSError:
+            self.stats["hostfwd-udp-send-failed"] += 1
+        return True
+
+    # -- monitor ---------------------------------------------------------------------------
+
+    def usernet_rows(self, udp: bool) -> list[str]:
+        rows = []
+        for fwd in reversed(self.forwards):
+            if fwd.rule.udp != udp:
+                continue
+            addr, port = fwd.bound
+            state = "  UDP[HOST_FORWARD]" if udp else "  TCP[HOST_FORWARD]"
+            guest = socket.inet_ntoa(fwd.guest)
+            rows.append(
+                f"{state:<19} {fwd.sock.fileno():3d} {addr:>15} {port:5d} {guest:>15} "
+                f"{fwd.rule.guest_port:5d} {0:5d} {0:5d}\n"
+            )
+        return rows
