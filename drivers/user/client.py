@@ -42,7 +42,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from netstack.errors import GenericError
@@ -69,6 +69,21 @@ from .tftproot import TftpRoot
 from .udp_nat import UdpClose, UdpSend
 
 RX_BATCH: Final = 64
+
+
+def _drain(sock: socket.socket) -> Iterator[tuple[bytes, Any]]:
+    """Up to RX_BATCH datagrams waiting on a non-blocking socket; receive errors (ICMP
+    errors queued on the socket) are skipped, not fatal."""
+    for _ in range(RX_BATCH):
+        try:
+            item = sock.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            continue
+        yield item
+
+
 LOG_INTERVAL: Final = 30.0
 USERNET_HEADER: Final = (
     "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n"
@@ -343,13 +358,7 @@ class UserNetClient(NetClient):
             return
         now = self._loop.time()
         try:
-            for _ in range(RX_BATCH):
-                try:
-                    data, addr = sock.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue
+            for data, addr in _drain(sock):
                 self.gw.dns_from_upstream((addr[0], addr[1]), data, now)
         except Exception:
             self._internal_error("DNS upstream")
@@ -401,13 +410,7 @@ class UserNetClient(NetClient):
             return
         now = self._loop.time()
         try:
-            for _ in range(RX_BATCH):
-                try:
-                    data, addr = sock.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue
+            for data, addr in _drain(sock):
                 if len(data) >= 8 and data[0] == ipv4.ICMP_ECHOREPLY:
                     seq = (data[6] << 8) | data[7]
                     self.gw.ping_reply(key, addr[0], seq, data[8:], now)
@@ -422,13 +425,7 @@ class UserNetClient(NetClient):
         now = self._loop.time()
         gw = self.gw
         try:
-            for _ in range(RX_BATCH):
-                try:
-                    data, addr = sock.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue
+            for data, addr in _drain(sock):
                 ihl = (data[0] & 15) * 4 if data else 0
                 icmp = data[ihl:]
                 if len(icmp) < 8 or icmp[0] != ipv4.ICMP_ECHOREPLY:
