@@ -78,6 +78,9 @@ class NetClient:
     type: ClassVar[str] = "none"
     #: True when :meth:`receive` takes batches whose frames carry a virtio-net header.
     accepts_vnet: ClassVar[bool] = False
+    #: False for pass-through clients (hub ports) whose bytes the endpoints already count:
+    #: summing frame lengths is the core's only per-frame work on a hop.
+    count_bytes: ClassVar[bool] = True
 
     def __init__(self, name: str, *, model: str | None = None, queue_index: int = 0) -> None:
         self.name = name
@@ -185,7 +188,8 @@ class NetClient:
             vnet = False
             count = len(frames)
         stats.tx_frames += count
-        stats.tx_bytes += sum(map(len, frames))
+        if self.count_bytes:
+            stats.tx_bytes += sum(map(len, frames))
         if self.filters or peer.filters:
             from netstack.net.filter import run_send_filters
 
@@ -224,11 +228,13 @@ class NetClient:
         taken = self.receive(frames, vnet)
         if taken >= len(frames):
             stats.rx_frames += len(frames)
-            stats.rx_bytes += sum(map(len, frames))
+            if self.count_bytes:
+                stats.rx_bytes += sum(map(len, frames))
             return ()
         if taken > 0:
             stats.rx_frames += taken
-            stats.rx_bytes += sum(map(len, frames[:taken]))
+            if self.count_bytes:
+                stats.rx_bytes += sum(map(len, frames[:taken]))
         self.receive_disabled = True
         return frames[taken:]
 

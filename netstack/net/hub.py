@@ -58,6 +58,7 @@ class HubPort(NetClient):
 
     type = "hubport"
     accepts_vnet = True
+    count_bytes = False  # frames only: the clients on either side count the bytes
 
     def __init__(self, name: str, hub: Hub) -> None:
         super().__init__(name, model="hub")
