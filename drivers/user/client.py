@@ -48,6 +48,7 @@ from typing import Any, Final
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.net.hub import HubPort
+from netstack.proto import vnet as vnet_hdr
 
 from . import hostsock, ipv4
 from .dns import RESOLV_CONF, ResolvConf, Upstream
@@ -99,6 +100,10 @@ class UserNetClient(NetClient):
     """One user netdev."""
 
     type = "user"
+    #: Offloads (issue #7): guest TSO super-frames and checksum-partial TCP segments are
+    #: taken as they are, and guest-bound TCP leaves as checksum-partial TSO super-frames;
+    #: the core converts for a peer that can't take them (``netstack.proto.vnet``).
+    accepts_vnet = True
 
     def __init__(
         self,
@@ -142,9 +147,11 @@ class UserNetClient(NetClient):
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
         self._net_bcast = cfg.broadcast.to_bytes(4, "big")
+        #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
+        self._csum_trusted = False
         self.tcp = TcpSplicer(
-            loop, TcpConfig(mtu=cfg.mtu), send=self._tcp_send, resolve=self._tcp_resolve,
-            l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
+            loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
+            resolve=self._tcp_resolve, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
@@ -175,17 +182,44 @@ class UserNetClient(NetClient):
         if self._resolv is not None:
             self._refresh_upstreams(now)
         gw_input = self.gw.input
-        for frame in frames:
-            try:
-                gw_input(frame, now)
-            except Exception:
-                self._internal_error("guest frame")
+        if vnet:
+            self._receive_vnet(frames, now)
+        else:
+            for frame in frames:
+                try:
+                    gw_input(frame, now)
+                except Exception:
+                    self._internal_error("guest frame")
         try:
             self.tcp.flush()
         except Exception:
             self._internal_error("guest TCP")
         self._flush(now)
         return len(frames)
+
+    def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
+        """Frames behind virtio-net headers: a TCP frame asking for checksum offload or TSO
+        goes to the gateway whole (its TCP checksum is partial, so it is not verified:
+        :attr:`_csum_trusted`); any other offloaded frame is completed or segmented first
+        (rare: UDP from a guest with checksum offload, UFO/USO); the rest lose the header."""
+        gw_input = self.gw.input
+        for frame in frames:
+            try:
+                if len(frame) < _VNET_MIN:
+                    self.gw.stats["vnet-short"] += 1
+                elif not frame[0] & vnet_hdr.NEEDS_CSUM and not frame[1] & ~vnet_hdr.GSO_ECN:
+                    gw_input(frame[vnet_hdr.HDR_LEN :], now)
+                elif _is_tcp(frame):
+                    self._csum_trusted = True
+                    try:
+                        gw_input(frame[vnet_hdr.HDR_LEN :], now)
+                    finally:
+                        self._csum_trusted = False
+                else:
+                    for plain in vnet_hdr.to_plain((frame,)):
+                        gw_input(plain, now)
+            except Exception:
+                self._internal_error("guest frame")
 
     def _refresh_upstreams(self, now: float) -> None:
         assert self._resolv is not None
@@ -201,7 +235,7 @@ class UserNetClient(NetClient):
         if dst[0] >= 224 or dst[0] in (0, 127) or dst == self._net_bcast:
             gw.stats["tcp-not-routed"] += 1  # multicast, broadcast, loopback, 0/8
             return
-        seg = parse_l4(pkt.src, dst, pkt.payload, mac=pkt.src_mac)
+        seg = parse_l4(pkt.src, dst, pkt.payload, verify=not self._csum_trusted, mac=pkt.src_mac)
         if isinstance(seg, str):
             gw.stats[seg] += 1
             return
@@ -229,7 +263,7 @@ class UserNetClient(NetClient):
         return ethernet_header(seg.mac or self.gw.arp.get(seg.src, bytes(6)), self.gw.mac, seg.v6)
 
     def _tcp_send(self, frames: list[bytes]) -> None:
-        self.send(frames)  # after cleanup (no peer): counted as tx_dropped
+        self.send(frames, True)  # after cleanup (no peer): counted as tx_dropped
 
     def _tcp_event(self, m: TcpEndpoint, event: Event, detail: int) -> None:
         if event is Event.HOST_ERROR and detail and self._may_log("TCP host socket"):
@@ -618,6 +652,22 @@ class UserNetClient(NetClient):
 #: libslirp's names (``tcpstates``); a guest SYN held while the host connects shows as
 #: SYN_RCVD, as in libslirp.
 _TCP_STATE_NAMES: Final = {State.CONNECTING: "SYN_RCVD"}
+
+
+_VNET_MIN: Final = vnet_hdr.HDR_LEN + 14
+_IPPROTO_TCP: Final = 6
+
+
+def _is_tcp(frame: bytes) -> bool:
+    """Whether a frame behind a virtio-net header is IPv4 or IPv6 TCP (IPv6: the first
+    next header; a TCP segment behind extension headers takes the completing path)."""
+    at = vnet_hdr.HDR_LEN + 12
+    etype = (frame[at] << 8) | frame[at + 1] if len(frame) > at + 1 else 0
+    if etype == 0x0800:
+        return len(frame) > at + 11 and frame[at + 11] == _IPPROTO_TCP
+    if etype == 0x86DD:
+        return len(frame) > at + 8 and frame[at + 8] == _IPPROTO_TCP
+    return False
 
 
 def _is_bad(name: str) -> bool:

@@ -32,6 +32,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Final
 
+from netstack.proto.vnet import PLAIN_HDR
+
 from . import ipv4
 from .options import HostFwdRule, ip_text
 from .router import Gateway
@@ -192,8 +194,9 @@ class HostForwarder:
             if p not in self._pending:
                 self._pending.append(p)
             gw = self._gw
-            self._send([ipv4.arp_packet(1, gw.mac, gw.host_ip, bytes(6), p.fwd.guest,
-                                        ipv4.BROADCAST_MAC)])  # fmt: skip
+            arp = ipv4.arp_packet(1, gw.mac, gw.host_ip, bytes(6), p.fwd.guest,
+                                  ipv4.BROADCAST_MAC)  # fmt: skip
+            self._send([PLAIN_HDR + arp if self._tcp.cfg.vnet else arp])  # the TCP sender's form
             if self._timer is None:
                 self._timer = self._loop.call_later(MAC_RETRY, self._retry)
             return False
