@@ -31,13 +31,11 @@ def ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
         le = fold(le)
         total = ((le & 0xFF) << 8) | (le >> 8)
     else:
-        total = int.from_bytes(data, "big")
-        # Sum 16-bit words of a big integer: fold it 16 bits at a time.
-        acc = 0
-        while total:
-            acc += total & 0xFFFF
-            total >>= 16
-        total = acc
+        # 2**16 = 1 (mod 0xFFFF), so a big integer is congruent to the sum of its 16-bit
+        # words; a non-zero sum folds to 1..0xFFFF, never 0.
+        total = int.from_bytes(data, "big") + initial
+        rem = total % 0xFFFF
+        return 0xFFFF if rem == 0 and total else rem
     return fold(total + initial)
 
 
