@@ -302,13 +302,40 @@ def test_simultaneous_open() -> None:
 def test_guest_data_is_delivered_and_acked_at_flush() -> None:
     g = Guest()
     g.open_passive()
-    g.send(ACK | PSH, b"hello ")
-    g.send(ACK | PSH, b"world")
+    g.send(ACK, b"a" * 1460)
+    g.send(ACK | PSH, b"b" * 1460)
     assert not g.out  # held back until the batch ends
     g.m.flush(g.now)
+    (ack,) = g.take()  # two full segments' worth: acknowledged at the end of the batch
+    assert ack.ack == 1001 + 2 * 1460 and ack.flags == ACK
+    assert g.host_bytes() == b"a" * 1460 + b"b" * 1460
+
+
+def test_small_data_ack_waits_for_host_data_or_delack() -> None:
+    """A request smaller than two segments is not acknowledged at the end of its batch:
+    the host's answer carries the ACK (one guest-bound frame per exchange), or the
+    delayed-ACK timer sends it."""
+    g = Guest()
+    g.open_passive()
+    g.send(ACK | PSH, b"hello ")
+    g.m.flush(g.now)
+    assert not g.take()
+    assert g.host_bytes() == b"hello "
+    (update,) = g.take()  # the first write opens the scaled window: a window update
+    assert update.ack == 1007
+    g.send(ACK | PSH, b"world")
+    g.m.flush(g.now)
+    assert g.host_bytes() == b"world"
+    assert not g.take()
+    g.m.host_data(b"answer", g.now)
+    (seg,) = g.take()
+    assert seg.ack == 1012 and seg.payload == b"answer"
+    g.send(ACK | PSH, b"again")
+    g.m.flush(g.now)
+    assert not g.take()
+    g.until_deadline()
     (ack,) = g.take()
-    assert ack.ack == 1012 and ack.flags == ACK
-    assert g.host_bytes() == b"hello world"
+    assert ack.ack == 1017 and not ack.payload
 
 
 def test_delayed_ack_timer_without_flush() -> None:
@@ -742,7 +769,7 @@ def test_sequence_numbers_wrap() -> None:
     g.ack = 5001
     g.send(ACK)
     g.send(ACK, b"a" * 100)
-    g.m.flush(g.now)
+    g.until_deadline()  # the delayed ACK
     (ack,) = g.take()
     assert ack.ack == (M - 50 + 1 + 100) & M
     assert g.host_bytes() == b"a" * 100

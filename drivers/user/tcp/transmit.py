@@ -146,8 +146,12 @@ class Transmitter(abc.ABC):
         self._delack_at = None
 
     def flush(self, now: float) -> None:
-        """End of a batch of guest frames: send the ACK we have been holding back."""
-        if self._ack_pending and not self.done:
+        """End of a batch of guest frames: send the ACK we have been holding back once
+        two full segments' worth is unacknowledged (RFC 5681 §4.2). Less waits for host
+        data to carry it or for ``delack``, so a request/response exchange costs the guest
+        one frame per direction, not an extra pure ACK."""
+        pending = self._ack_pending
+        if pending and not self.done and (pending >= 2 * self.rcv_mss or self._delack_at is None):
             self._now = now
             self._send_ack()
 
