@@ -1,17 +1,30 @@
 """A real QEMU 7.2 guest (vhost-user, joined on hub 0 with the user netdev) uses guest TCP
-through the NAT: it downloads a 5 MB random file with busybox wget from an HTTP server on
-the host's 127.0.0.1 (as 10.0.2.2) and gets the same MD5; a connect to a closed port is
-refused at once (RST), not left to time out."""
+through the NAT, all in one boot:
+
+* it downloads a 100 MB generated file with busybox wget from an HTTP server on the host's
+  127.0.0.1 (as 10.0.2.2), streaming it into ``md5sum`` (the guest never stores it), and
+  gets the same MD5 as the host computed while writing the file; the transfer time is
+  measured in the guest (``/proc/uptime``) and printed (``-s`` shows it), never asserted;
+* a connect to a closed port is refused at once (RST), not left to time out;
+* it uploads a 32 MiB random file with busybox ``nc`` to a TCP sink on the host's
+  127.0.0.1: the sink sees EOF (the guest half-closes), and its byte count and MD5 equal
+  the guest's; the sink's reply reaches the guest over the half-closed connection.
+
+The daemon's counters show every connection and no internal error.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
-import os
+import random
+import re
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -30,9 +43,11 @@ from tools.guest import (
     virtio_nic_args,
 )
 
-pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(420)]
 MAC = "52:54:00:12:34:56"
-SIZE = 5 << 20
+DOWNLOAD = 100 * 1000 * 1000  # "100 MB"
+UPLOAD_MIB = 32
+CHUNK = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +64,81 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def write_random(path: Path, size: int, seed: int = 7) -> str:
+    """Write ``size`` pseudo-random bytes to ``path`` chunk by chunk; their MD5."""
+    rng = random.Random(seed)
+    digest = hashlib.md5()
+    with path.open("wb") as out:
+        left = size
+        while left:
+            chunk = rng.randbytes(min(CHUNK, left))
+            digest.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()
+
+
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[int, str]]:
-    """An HTTP server on 127.0.0.1 serving ``file`` (random); yields (port, md5)."""
+    """An HTTP server on 127.0.0.1 serving ``file`` (DOWNLOAD bytes); yields (port, md5)."""
     root = tmp_path / "www"
     root.mkdir()
-    data = os.urandom(SIZE)
-    (root / "file").write_bytes(data)
+    md5 = write_random(root / "file", DOWNLOAD)
     handler = functools.partial(_Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.start()
     try:
-        yield server.server_address[1], hashlib.md5(data).hexdigest()
+        yield server.server_address[1], md5
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@dataclass
+class Sink:
+    """A one-connection TCP sink on 127.0.0.1: reads to EOF hashing as it goes, then answers
+    ``UPLOAD <bytes> <md5>`` and closes."""
+
+    port: int = 0
+    received: int = -1
+    md5: str = ""
+    error: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(300)
+    result = Sink(port=listener.getsockname()[1])
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(120)
+                digest, n = hashlib.md5(), 0
+                while data := conn.recv(CHUNK):
+                    digest.update(data)
+                    n += len(data)
+                result.received, result.md5 = n, digest.hexdigest()
+                conn.sendall(f"UPLOAD {n} {result.md5}\n".encode())
+        except OSError as exc:
+            result.error = repr(exc)
+        finally:
+            result.done.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() if the guest never came
+        listener.close()
+        thread.join(10)
 
 
 def closed_port() -> int:
@@ -74,8 +147,15 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_guest_wget_through_user_tcp(
-    image: GuestImage, tmp_path: Path, http_root: tuple[int, str]
+def uptime_span(out: str, tag: str) -> float:
+    """Seconds between the two /proc/uptime readings the script printed as ``TAG t0 t1``."""
+    match = re.search(rf"^{tag} ([\d.]+) ([\d.]+)$", out, re.M)
+    assert match is not None, out
+    return float(match.group(2)) - float(match.group(1))
+
+
+async def test_guest_download_upload_refused_through_user_tcp(
+    image: GuestImage, tmp_path: Path, http_root: tuple[int, str], sink: Sink
 ) -> None:
     port, md5 = http_root
     closed = closed_port()
@@ -96,10 +176,19 @@ async def test_guest_wget_through_user_tcp(
             await ns.netdev_add(netdev)
 
         script = f"""
+set -o pipefail
+up() {{ cut -d' ' -f1 /proc/uptime; }}
 udhcpc -i eth0 -q -n -t 6 -T 2 -s {UDHCPC_SCRIPT_PATH} && echo DHCP-OK
-wget -q -O /tmp/f http://10.0.2.2:{port}/file && echo "GOT $(md5sum < /tmp/f)"
+t0=$(up)
+sum=$(wget -q -O - http://10.0.2.2:{port}/file | md5sum) && echo "GOT ${{sum%% *}}"
+echo "WGET $t0 $(up)"
 t0=$(date +%s)
 wget -q -O /tmp/g http://10.0.2.2:{closed}/ 2>&1; echo "CLOSED rc=$? took=$(( $(date +%s) - t0 ))"
+dd if=/dev/urandom of=/tmp/up bs=1M count={UPLOAD_MIB} 2>/dev/null
+sum=$(md5sum < /tmp/up) && echo "UPMD5 ${{sum%% *}}"
+t0=$(up)
+nc 10.0.2.2 {sink.port} < /tmp/up; echo "NC rc=$?"
+echo "NCTIME $t0 $(up)"
 """
         args = [
             *shared_memory_args(256),
@@ -109,22 +198,45 @@ wget -q -O /tmp/g http://10.0.2.2:{closed}/ 2>&1; echo "CLOSED rc=$? took=$(( $(
             "vhost-user,id=net0,chardev=vhost0",
             *virtio_nic_args("net0", MAC, msix=False),
         ]
-        async with Guest(image, script, args, name="usertcp", timeout=150) as g:
+        async with Guest(image, script, args, name="usertcp", timeout=360) as g:
             result = await g.wait()
         result.check()
         out = result.output
         assert "DHCP-OK" in out, out
+
+        # 100 MB download, streamed into md5sum
         assert f"GOT {md5}" in out, out
+        seconds = uptime_span(out, "WGET")
+        print(
+            f"\nwget {DOWNLOAD / 1e6:.0f} MB through the user netdev (TCG guest): "
+            f"{seconds:.1f} s, {DOWNLOAD * 8 / seconds / 1e6:.0f} Mbit/s"
+        )
+
+        # closed port: refused at once
         closed_line = next(line for line in out.splitlines() if line.startswith("CLOSED"))
         assert "rc=0" not in closed_line, out
         assert "refused" in out.lower(), out
         took = int(closed_line.rsplit("took=", 1)[1].strip())
         assert took <= 3, out
+
+        # upload with busybox nc: the host saw every byte, and the guest got the reply
+        assert sink.done.is_set() and not sink.error, sink
+        up_md5 = re.search(r"^UPMD5 ([0-9a-f]{32})$", out, re.M)
+        assert up_md5 is not None, out
+        assert (sink.received, sink.md5) == (UPLOAD_MIB << 20, up_md5.group(1)), (sink, out)
+        assert f"UPLOAD {UPLOAD_MIB << 20} {sink.md5}" in out, out
+        assert "NC rc=0" in out, out
+        up_seconds = uptime_span(out, "NCTIME")
+        print(
+            f"nc upload {UPLOAD_MIB} MiB: {up_seconds:.1f} s, "
+            f"{(UPLOAD_MIB << 20) * 8 / up_seconds / 1e6:.0f} Mbit/s"
+        )
+
         client = ns.find_netdev("nat0")
         assert client is not None
         counters = client.counters()  # type: ignore[attr-defined]
-        assert counters["tcp-connects"] >= 2 and counters.get("tcp-event-connect-failed", 0) >= 1, (
-            counters
-        )
+        assert counters["tcp-connects"] >= 3, counters
+        assert counters.get("tcp-event-connect-failed", 0) >= 1, counters
+        assert counters.get("internal-error", 0) == 0, counters
     finally:
         await ns.close()
