@@ -36,7 +36,8 @@ EventListener = Callable[[str, Mapping[str, Any] | None], None]
 
 @runtime_checkable
 class UserNetClient(Protocol):
-    """What a ``user`` netdev offers the monitor (info usernet, hostfwd, DHCP leases)."""
+    """What a ``user`` netdev offers the monitor (info usernet, hostfwd, DHCP leases,
+    forwards and connections; QMP wire forms, GenericError with QEMU's texts)."""
 
     def usernet_info(self) -> str: ...
 
@@ -45,6 +46,23 @@ class UserNetClient(Protocol):
     def leases_for(self, mac: bytes) -> list[tuple[str, int]]: ...
 
     def leases(self) -> list[dict[str, Any]]: ...
+
+    def forwards(self) -> list[dict[str, Any]]: ...
+
+    def forward_add(self, kind: str, rule: str) -> dict[str, Any]: ...
+
+    def forward_remove(
+        self, kind: str, protocol: str | None, addr: str | None, port: int
+    ) -> None: ...
+
+    def connections(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class CountingClient(Protocol):
+    """A net client with driver counters (``query-netdev``'s ``counters``)."""
+
+    def counters(self) -> dict[str, int]: ...
 
 
 class Netstack:
@@ -389,6 +407,8 @@ class Netstack:
                 entry["hub"] = hub.id
             if nc.rx_filter is not None:
                 entry["mac"] = format_mac(nc.rx_filter.mac)
+            if isinstance(nc, CountingClient):
+                entry["counters"] = nc.counters()
             out.append(entry)
         if name is not None and not out:
             raise DeviceNotFound(f"Device '{name}' not found")
@@ -465,6 +485,36 @@ class Netstack:
             if isinstance(nc, UserNetClient) and (netdev is None or nc.name == netdev)
             for lease in nc.leases()
         ]
+
+    def _user_netdevs(self, netdev: str | None) -> list[UserNetClient]:
+        """The user netdevs (all, or the one named: DeviceNotFound if there is no such
+        netdev, GenericError if it is of another type)."""
+        if netdev is None:
+            return [nc for nc in self.clients if isinstance(nc, UserNetClient)]
+        nc = self.find_netdev(netdev)
+        if nc is None:
+            raise DeviceNotFound(f"Device '{netdev}' not found")
+        if not isinstance(nc, UserNetClient):
+            raise GenericError(f"Device '{netdev}' is not a user netdev")
+        return [nc]
+
+    def user_forward_add(self, netdev: str, kind: str, rule: str) -> dict[str, Any]:
+        """Beyond QEMU: QMP ``user-forward-add`` (a hostfwd or guestfwd rule at run time)."""
+        return self._user_netdevs(netdev)[0].forward_add(kind, rule)
+
+    def user_forward_remove(
+        self, netdev: str, kind: str, protocol: str | None, addr: str | None, port: int
+    ) -> None:
+        """Beyond QEMU: QMP ``user-forward-remove``."""
+        self._user_netdevs(netdev)[0].forward_remove(kind, protocol, addr, port)
+
+    def query_user_forwards(self, netdev: str | None = None) -> list[dict[str, Any]]:
+        """Beyond QEMU: QMP ``query-user-forwards``."""
+        return [row for nc in self._user_netdevs(netdev) for row in nc.forwards()]
+
+    def query_user_connections(self, netdev: str | None = None) -> list[dict[str, Any]]:
+        """Beyond QEMU: QMP ``query-user-connections`` (``info usernet`` as data)."""
+        return [row for nc in self._user_netdevs(netdev) for row in nc.connections()]
 
     def info_usernet(self) -> str:
         return "".join(nc.usernet_info() for nc in self.clients if isinstance(nc, UserNetClient))

@@ -37,7 +37,13 @@ async def create(host: DriverHost, netdev: Netdev) -> list[NetClient]:
     opts = netdev.options
     assert isinstance(opts, NetdevUserOptions)
     cfg = parse_options(opts)
-    return [UserNetClient(netdev.id, cfg, host.loop, host.log, host.emit_event)]
+    client = UserNetClient(netdev.id, cfg, host.loop, host.log, host.emit_event)
+    try:
+        await client.guestfwd.open(host.chardev)  # guestfwd chardevs (QEMU's texts)
+    except BaseException:
+        client.cleanup()
+        raise
+    return [client]
 
 
 SPEC = DriverSpec(

@@ -29,6 +29,15 @@ the virtual network that nobody owns get ECONNREFUSED, answered with RST), and t
 splicer's frames leave through :meth:`send` on its own wake-ups (host reads, timers) and
 once per guest batch.
 
+IPv6 (unless ``ipv6=off``; QEMU's ``ipv4``/``ipv6`` quirk is applied by the options
+module) is a :class:`~.host6.Ipv6Service` behind the same gateway: it registers Ethernet
+type 0x86DD, its MACs and its timer with the gateway and owns its own host sockets; guest
+TCP over IPv6 comes to the same splicer (:meth:`UserNetClient._tcp_in6`, policy
+:meth:`.nat6.Nat6.tcp_target`); its lease data and addresses join :meth:`leases` and
+:meth:`leases_for`, its flows the connection table, its counters :meth:`counters`; its
+final Router Advertisement (router lifetime 0) leaves at :meth:`cleanup`. ``ipv4=off``
+unregisters ARP and IPv4 (their frames are counted as ``ipv4-disabled``).
+
 Invariant: no exception from guest or host input reaches the loop - an unexpected one is
 counted (``internal-error``) and logged (rate-limited); the netdev keeps serving.
 """
@@ -39,7 +48,6 @@ import asyncio
 import errno
 import logging
 import os
-import re
 import socket
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,11 +58,22 @@ from netstack.net.client import NetClient
 from netstack.net.hub import HubPort
 from netstack.proto import vnet as vnet_hdr
 
-from . import hostsock, ipv4
+from . import conntable, hostsock, ipv4
 from .dns import RESOLV_CONF, ResolvConf, Upstream
+from .guestfwd import GuestForwarder
+from .host6 import Ipv6Service
 from .hostfwd import HostForwarder
 from .icmp_relay import PingClose, PingSend
-from .options import HostFwdRule, UserConfig, inet_aton, ip_text, parse_hostfwd
+from .ipv6 import Packet6
+from .options import (
+    GuestFwdRule,
+    HostFwdRule,
+    UserConfig,
+    ip_text,
+    parse_guestfwd,
+    parse_hostfwd,
+    parse_hostfwd_remove,
+)
 from .router import DNS_PORT, Action, Gateway, Packet
 from .tcp import (
     Event,
@@ -90,7 +109,6 @@ USERNET_HEADER: Final = (
     "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n"
 )
 _ECHO = struct.Struct("!BBHHH")
-_STRICT_INT = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 _SOFT_ERRORS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
 EventSink = Callable[[str, Mapping[str, Any]], None]
@@ -147,6 +165,19 @@ class UserNetClient(NetClient):
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
         self._net_bcast = cfg.broadcast.to_bytes(4, "big")
+        #: The IPv6 side (router, NAT, host sockets: :mod:`.host6`); None with ipv6=off.
+        self.v6: Ipv6Service | None = None
+        if cfg.ipv6:
+            self.v6 = Ipv6Service(
+                name, cfg, self.gw, loop, flush=self._flush, host_error=self._host_error,
+                internal_error=self._internal_error, icmp_mode=icmp_mode,
+                offloaded=lambda: self._csum_trusted, udp_max_flows=limits.get("udp_max_flows"),
+                icmp_max_flows=limits.get("icmp_max_flows"),
+            )  # fmt: skip
+            self.v6.router.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in6
+        if not cfg.ipv4:  # no ARP, no IPv4 service: counted and dropped
+            self.gw.eth_handlers[ipv4.ETH_P_IP] = self._ipv4_off
+            self.gw.eth_handlers[ipv4.ETH_P_ARP] = self._ipv4_off
         #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
         self._csum_trusted = False
         self.tcp = TcpSplicer(
@@ -155,7 +186,7 @@ class UserNetClient(NetClient):
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
-                                 log=log)  # fmt: skip
+                                 log=log, v6=self.v6)  # fmt: skip
         for rule in cfg.hostfwd:
             err = self._add_hostfwd(rule)
             if err is not None:
@@ -163,6 +194,14 @@ class UserNetClient(NetClient):
                 self.tcp.close()
                 self.gw.close()
                 raise GenericError(err)
+        # guestfwd: rules now (conflicts fail here); chardevs open in create() (async)
+        self.guestfwd = GuestForwarder(loop, self.gw, log)
+        for grule in cfg.guestfwd:
+            try:
+                self.guestfwd.add(grule)
+            except GenericError:
+                self.cleanup()
+                raise
 
     def _add_hostfwd(self, rule: HostFwdRule) -> str | None:
         """Bind ``rule``: None, or QEMU's error text."""
@@ -241,11 +280,16 @@ class UserNetClient(NetClient):
             return
         self.tcp.guest_segment(seg, now)
 
-    def _tcp_resolve(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int:
+    def _tcp_resolve(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int | socket.socket:
+        target = self.guestfwd.resolve(seg)  # guestfwd targets pass restrict=on too
+        if target is not None:
+            return target
         gw = self.gw
         if self.cfg.restrict:
             gw.stats["restrict-refused"] += 1
             return errno.ECONNREFUSED
+        if seg.v6:
+            return self._tcp_resolve6(seg)
         dst = seg.dst
         if dst == gw.host_ip:
             return socket.AF_INET, ("127.0.0.1", seg.dport)
@@ -260,6 +304,8 @@ class UserNetClient(NetClient):
         return socket.AF_INET, (socket.inet_ntoa(dst), seg.dport)
 
     def _tcp_l2(self, seg: Segment) -> bytes:
+        if seg.v6 and self.v6 is not None:
+            return self.v6.l2_for(seg)
         return ethernet_header(seg.mac or self.gw.arp.get(seg.src, bytes(6)), self.gw.mac, seg.v6)
 
     def _tcp_send(self, frames: list[bytes]) -> None:
@@ -481,6 +527,43 @@ class UserNetClient(NetClient):
             self._raw.close()
             self._raw = None
 
+    # -- IPv6 ------------------------------------------------------------------------------
+
+    def _tcp_in6(self, p: Packet6, now: float) -> None:
+        """Guest TCP over IPv6 (the router's TCP handler: to our addresses or beyond the
+        link, hop limit checked) into the same splicer as IPv4."""
+        seg = parse_l4(p.src, p.dst, p.payload, verify=not self._csum_trusted, mac=p.src_mac)
+        if isinstance(seg, str):
+            self.gw.stats[seg] += 1
+            return
+        self.tcp.guest_segment(seg, now)
+
+    def _tcp_resolve6(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int:
+        """The NAT policy for IPv6 (:meth:`.nat6.Nat6.tcp_target`): the host address to
+        ::1, the DNS address to the first upstream, other in-prefix addresses refused,
+        global ones connected to directly."""
+        if self.v6 is None:
+            return errno.ECONNREFUSED
+        return self.v6.nat.tcp_target(seg.dst, seg.dport)
+
+    def _input_counters(self) -> dict[str, int]:
+        """The gateway's counters with the IPv6 side's added (a name both use is summed)."""
+        out = self.gw.counters()
+        if self.v6 is not None:
+            for key, value in self.v6.counters().items():
+                out[key] = out.get(key, 0) + value
+        return out
+
+    def _ipv4_off(self, frame: bytes, now: float) -> None:
+        self.gw.stats["ipv4-disabled"] += 1
+
+    def link_status_changed(self) -> None:
+        """``set_link``: when the link comes up again, RAs restart with the initial burst."""
+        if self.v6 is not None and not self.link_down and not self._closed:
+            now = self._loop.time()
+            self.v6.link_up(now)
+            self._flush(now)
+
     # -- timer -----------------------------------------------------------------------------
 
     def _schedule(self, now: float) -> None:
@@ -528,21 +611,45 @@ class UserNetClient(NetClient):
 
     def _sync_bad(self, now: float) -> None:
         """Fold malformed-input counters into ``stats.malformed`` and log new ones."""
-        bad = sum(v for k, v in self.gw.counters().items() if _is_bad(k))
+        counters = self._input_counters()
+        bad = sum(v for k, v in counters.items() if _is_bad(k))
         self.stats.malformed = bad
         if bad > self._reported_bad and self._may_log("bad-input"):
-            detail = ", ".join(
-                f"{k}: {v}" for k, v in sorted(self.gw.counters().items()) if _is_bad(k) and v
-            )
+            detail = ", ".join(f"{k}: {v}" for k, v in sorted(counters.items()) if _is_bad(k) and v)
             self._log.warning("user %s: dropped bad input (totals: %s)", self.name, detail)
             self._reported_bad = bad
+
+    # -- guestfwd --------------------------------------------------------------------------
+
+    def guestfwd_add(self, rule_text: str) -> str | None:
+        """Add a guestfwd rule at run time (QEMU's syntax; beyond QEMU, which has no
+        ``guestfwd_add``): None, or QEMU's error text. ``cmd:`` and ``chardev:ID`` rules
+        work on return; a chardev spec opens in the background (the rule is listed at
+        once; if the chardev fails to open the rule is removed and the failure logged)."""
+        try:
+            self.guestfwd.add(parse_guestfwd(rule_text, self.cfg), start=True)
+        except GenericError as exc:
+            return str(exc.desc)
+        return None
+
+    def guestfwd_remove(self, server: str, port: int) -> bool:
+        """Remove the rule for ``server:port``; False if there is none."""
+        fwd = self.guestfwd.find(server, port)
+        if fwd is None:
+            return False
+        self.guestfwd.remove(fwd)
+        return True
+
+    def guestfwd_rules(self) -> list[GuestFwdRule]:
+        """The guestfwd rules, in creation order."""
+        return [fwd.rule for fwd in self.guestfwd.forwards]
 
     # -- monitor views ---------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
         """Driver counters (drops by reason, service work), for tests and tools."""
         self._sync_bad(self._loop.time())
-        out = self.gw.counters()
+        out = self._input_counters()
         out["host-errors"] = self.host_errors
         out["udp-sockets"] = len(self._udp)
         for key, value in self.tcp.counters().items():
@@ -550,40 +657,65 @@ class UserNetClient(NetClient):
         return out
 
     def usernet_info(self) -> str:
+        """HMP ``info usernet``, rendered from the rows of :meth:`connections` and
+        :meth:`forwards` (:func:`.conntable.render_usernet`)."""
         peer = self.peer
         hub = peer.hub.id if isinstance(peer, HubPort) else -1
-        lines = [f"Hub {hub} ({self.name}):\n", USERNET_HEADER]
+        return conntable.render_usernet(hub, self.name, self._conn_rows(), self._forward_rows())
+
+    def _conn_rows(self) -> list[conntable.ConnRow]:
+        """Every connection and flow, newest first per table. Another table (IPv6 UDP,
+        ICMPv6) adds its rows here; ``info usernet`` groups them by protocol."""
         now = self._loop.time()
-        for sp in reversed(list(self.tcp.flows.values())):
-            m = sp.m
-            guest, guest_port, far, far_port = m.key
-            if len(guest) != 4:
-                continue
-            name = _TCP_STATE_NAMES.get(m.state, m.state.name)
-            state = f"  TCP[{name}]"
-            src, dst = socket.inet_ntoa(guest), socket.inet_ntoa(far)
-            lines.append(
-                f"{state:<19} {sp.sock.fileno():3d} {src:>15} {guest_port:5d} {dst:>15} "
-                f"{far_port:5d} {m.host_pending:5d} {m.send_queue:5d}\n"
-            )
-        lines.extend(self.fwd.usernet_rows(udp=False))
-        for key, flow in reversed(list(self.gw.udp.flows.items())):
-            sock = self._udp.get(key)
-            fd = sock.fileno() if sock is not None else -1
-            state = f"  UDP[{int(flow.expires - now)} sec]"
-            dst_ip, dst_port = flow.dst
-            src, dst = socket.inet_ntoa(key[0]), socket.inet_ntoa(dst_ip)
-            lines.append(
-                f"{state:<19} {fd:3d} {src:>15} {key[1]:5d} {dst:>15} {dst_port:5d} {0:5d} {0:5d}\n"
-            )
-        lines.extend(self.fwd.usernet_rows(udp=True))
-        for key, iflow in reversed(list(self.gw.icmp.flows.items())):
-            psock = self._ping.get(key) or self._raw
-            fd = psock.fileno() if psock is not None else -1
-            state = f"  ICMP[{int(iflow.expires - now)} sec]"
-            src, dst = socket.inet_ntoa(key[0]), socket.inet_ntoa(iflow.dst)
-            lines.append(f"{state:<19} {fd:3d} {src:>15}  -    {dst:>15}  -    {0:5d} {0:5d}\n")
-        return "".join(lines)
+        guestfwd = conntable.guestfwd_targets(self.guestfwd_rules())
+        return [
+            *conntable.tcp_rows(self.tcp.flows.values(), guestfwd),
+            *conntable.udp_rows(self.gw.udp.flows, self._udp, now),
+            *conntable.icmp_rows(self.gw.icmp.flows, self._ping, self._raw, now),
+            *(self.v6.conn_rows(now) if self.v6 is not None else ()),
+        ]
+
+    def _forward_rows(self) -> list[conntable.ForwardRow]:
+        return conntable.forward_rows(self.fwd.forwards, self.guestfwd_rules())
+
+    def connections(self) -> list[dict[str, Any]]:
+        """The connection table (``query-user-connections``): the rows of ``info usernet``
+        without the forwarding listeners."""
+        return [row.to_qmp(self.name) for row in self._conn_rows()]
+
+    def forwards(self) -> list[dict[str, Any]]:
+        """The forwarding rules (``query-user-forwards``): hostfwd, then guestfwd, each in
+        creation order."""
+        return [row.to_qmp(self.name) for row in self._forward_rows()]
+
+    def forward_add(self, kind: str, rule: str) -> dict[str, Any]:
+        """``user-forward-add``: set up a hostfwd or guestfwd rule given in QEMU's syntax;
+        returns it as :meth:`forwards` lists it (a hostfwd with its bound port). Raises
+        GenericError with QEMU's texts."""
+        if kind == "guestfwd":
+            err = self.guestfwd_add(rule)
+            if err is not None:
+                raise GenericError(err)
+            row = [r for r in self._forward_rows() if r.type == kind and r.rule == rule][-1]
+            return row.to_qmp(self.name)
+        err = self._add_hostfwd(parse_hostfwd(rule))
+        if err is not None:
+            raise GenericError(err)
+        return conntable.hostfwd_row(self.fwd.forwards[-1]).to_qmp(self.name)
+
+    def forward_remove(self, kind: str, protocol: str | None, addr: str | None, port: int) -> None:
+        """``user-forward-remove``: hostfwd by protocol (tcp), bound host address (any) and
+        port; guestfwd by guest address (net + .4) and port. GenericError if none matches."""
+        if kind == "guestfwd":
+            server = conntable.guest_address(addr, self.cfg.net | 4)
+            if not self.guestfwd_remove(server, port):
+                raise GenericError(f"guest forwarding rule for tcp:{addr or ''}:{port} not found")
+            return
+        proto = protocol or "tcp"
+        fwd = self.fwd.find(proto == "udp", conntable.host_address(addr), port)
+        if fwd is None:
+            raise GenericError(f"host forwarding rule for {proto}:{addr or ''}:{port} not found")
+        self.fwd.remove(fwd)
 
     def hostfwd(self, command: str, args: Sequence[str]) -> str:
         if not args:
@@ -597,30 +729,28 @@ class UserNetClient(NetClient):
             err = self._add_hostfwd(parsed)
             return "" if err is None else f"{err}\n"
         # hostfwd_remove [tcp|udp]:[hostaddr]:hostport (the port as strict base-10 int)
-        proto, sep, rest = rule.partition(":")
-        addr, sep2, port = rest.partition(":")
-        valid = (
-            bool(sep and sep2)
-            and proto in ("", "tcp", "udp")
-            and (not addr or inet_aton(addr) is not None)
-            and _STRICT_INT.fullmatch(port) is not None
-            and -(1 << 31) <= int(port) < (1 << 31)
-        )
-        if not valid:
+        parsed_remove = parse_hostfwd_remove(rule)
+        if parsed_remove is None:
             return "invalid format\n"
-        host = inet_aton(addr) if addr else None
-        fwd = self.fwd.find(proto == "udp", ip_text(host or 0), int(port))
+        fwd = self.fwd.find(*parsed_remove)
         if fwd is None:
             return f"host forwarding rule for {rule} not found\n"
         self.fwd.remove(fwd)
         return f"host forwarding rule for {rule} removed\n"
 
     def leases_for(self, mac: bytes) -> list[tuple[str, int]]:
-        return self.gw.dhcp.leases_for(bytes(mac))
+        """The guest's addresses: DHCPv4 leases, then IPv6 (DHCPv6 leases and the addresses
+        it was seen using, e.g. SLAAC and link-local ones)."""
+        found = self.gw.dhcp.leases_for(bytes(mac))
+        if self.v6 is not None:
+            found += self.v6.addresses_for(bytes(mac))
+        return found
 
     def leases(self) -> list[dict[str, Any]]:
-        """The DHCP lease table (the data of ``query-dhcp-leases``)."""
-        return [{"netdev": self.name, **entry} for entry in self.gw.dhcp.leases(self._loop.time())]
+        """The DHCP lease tables, DHCPv4 then DHCPv6 (the data of ``query-dhcp-leases``)."""
+        now = self._loop.time()
+        entries = self.gw.dhcp.leases(now) + (self.v6.leases(now) if self.v6 is not None else [])
+        return [{"netdev": self.name, **entry} for entry in entries]
 
     # -- life ------------------------------------------------------------------------------
 
@@ -631,6 +761,11 @@ class UserNetClient(NetClient):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.v6 is not None:  # the final RA (router lifetime 0) while the peer is there
+            try:
+                self.send(self.v6.close())
+            except Exception:
+                self._internal_error("IPv6 close")
         for key in list(self._udp):
             self._close_udp(key)
         for key in list(self._ping):
@@ -642,6 +777,10 @@ class UserNetClient(NetClient):
         self._dns.clear()
         self._raw = None
         self.fwd.close()
+        try:
+            self.guestfwd.close()
+        except Exception:
+            self._internal_error("guestfwd close")
         try:
             self.tcp.close()
         except Exception:

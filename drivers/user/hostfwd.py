@@ -17,10 +17,20 @@ libslirp's ``slirp_add_hostfwd`` (reference §7.2). Owns, per rule, one bound ho
   :attr:`~.udp_nat.UdpNat.reply_hook`). At most :data:`UDP_FLOWS` flows per netdev are
   remembered (least recently used forgotten first).
 
+IPv6 (netstack's extension of the rule syntax, :func:`.options.parse_hostfwd`): a rule's
+host side is an ``AF_INET6`` socket (``IPV6_V6ONLY``) when its host address is bracketed,
+and its guest side the guest's IPv6 address when that is; any mix works. Connections and
+datagrams towards an IPv6 guest go through the netdev's IPv6 side (:mod:`.host6`: the
+guest's MAC from its neighbor table - a Neighbor Solicitation asks while it is unknown -
+UDP through its router). The guest-side source of a host peer: host loopback (127.0.0.1,
+::1) and any peer of the other family appear as the host address of the guest's family
+(10.0.2.2 or fec0::2); other peers keep their address. A rule towards a family the netdev
+does not serve (``ipv4=off``/``ipv6=off``) fails to set up.
+
 Deviations from QEMU: ``unix:`` rules are refused (``Could not set up host forwarding
-rule``); rules are IPv4 only, as in QEMU. Established connections outlive the removal of
-their rule (as in libslirp). Invariant: every fd opened here is closed by :meth:`remove`
-or :meth:`close`; no host or guest input raises out of a loop callback.
+rule``). Established connections outlive the removal of their rule (as in libslirp).
+Invariant: every fd opened here is closed by :meth:`remove` or :meth:`close`; no host or
+guest input raises out of a loop callback.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import logging
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from netstack.proto.vnet import PLAIN_HDR
 
@@ -39,15 +49,33 @@ from .options import HostFwdRule, ip_text
 from .router import Gateway
 from .tcp import TcpSplicer, ethernet_header
 
+if TYPE_CHECKING:
+    from .host6 import Ipv6Service
+
 ACCEPT_BATCH: Final = 16
 RECV_BATCH: Final = 64
 MAC_RETRY: Final = 0.2
 MAC_TRIES: Final = 15
 UDP_FLOWS: Final = 1024
-_LOOPBACK: Final = socket.inet_aton("127.0.0.1")
+_LOOPBACK6: Final = bytes(15) + b"\x01"
+_V4_MAPPED: Final = bytes(10) + b"\xff\xff"
 
 #: (guest address, guest port, guest-side peer address, peer port)
 ReplyKey = tuple[bytes, int, bytes, int]
+
+
+def _aton(host: str) -> bytes | None:
+    try:
+        return socket.inet_aton(host)
+    except OSError:
+        return None
+
+
+def _pton6(host: str) -> bytes | None:
+    try:
+        return socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+    except (OSError, ValueError):
+        return None
 
 
 class Forward:
@@ -83,10 +111,11 @@ class HostForwarder:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, gw: Gateway, tcp: TcpSplicer, *,
         send: Callable[[list[bytes]], None], flush: Callable[[float], None],
-        log: logging.Logger,
+        log: logging.Logger, v6: Ipv6Service | None = None,
     ) -> None:  # fmt: skip
         self._loop = loop
         self._gw = gw
+        self._v6 = v6
         self._tcp = tcp
         self._send = send
         self._flush = flush
@@ -97,6 +126,8 @@ class HostForwarder:
         self._pending: list[_Pending] = []
         self._timer: asyncio.TimerHandle | None = None
         gw.udp.reply_hook = self._udp_reply
+        if v6 is not None:
+            v6.nat.udp.reply_hook = self._udp_reply
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -104,12 +135,21 @@ class HostForwarder:
         """Bind ``rule``; raises OSError (or ValueError for unsupported rules)."""
         if rule.unix:
             raise ValueError("unix host forwarding is not supported by netstack")
-        guest_addr = rule.guest_addr or ip_text(self._gw.cfg.dhcp_start)
-        guest = socket.inet_aton(guest_addr)
+        if rule.guest_v6:
+            if self._v6 is None:
+                raise ValueError("IPv6 is disabled on this netdev (ipv6=off)")
+            guest = socket.inet_pton(socket.AF_INET6, rule.guest_addr or "")
+        else:
+            if not self._gw.cfg.ipv4:
+                raise ValueError("IPv4 is disabled on this netdev (ipv4=off)")
+            guest = socket.inet_aton(rule.guest_addr or ip_text(self._gw.cfg.dhcp_start))
         kind = socket.SOCK_DGRAM if rule.udp else socket.SOCK_STREAM
-        sock = socket.socket(socket.AF_INET, kind | socket.SOCK_NONBLOCK)
+        family = socket.AF_INET6 if rule.host_v6 else socket.AF_INET
+        sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if rule.host_v6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((rule.host_addr, rule.host_port))
             if not rule.udp:
                 sock.listen(128)
@@ -148,12 +188,22 @@ class HostForwarder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._gw.udp.reply_hook == self._udp_reply:
-            self._gw.udp.reply_hook = None
+        udps = [self._gw.udp] + ([self._v6.nat.udp] if self._v6 is not None else [])
+        for udp in udps:
+            if udp.reply_hook == self._udp_reply:
+                udp.reply_hook = None
 
-    def _guest_side(self, host: str) -> bytes:
-        raw = socket.inet_aton(host)
-        return self._gw.host_ip if raw[0] == 127 else raw
+    def _guest_side(self, host: str, guest: bytes) -> bytes:
+        """The guest-side address of host peer ``host`` talking to ``guest``: loopback and
+        the other family appear as the host address of ``guest``'s family."""
+        v6 = self._v6
+        if len(guest) == 16 and v6 is not None:
+            raw6 = _pton6(host)
+            if raw6 is None or raw6 == _LOOPBACK6 or raw6[:12] == _V4_MAPPED:
+                return v6.cfg.host
+            return raw6
+        raw = _aton(host)
+        return self._gw.host_ip if raw is None or raw[0] == 127 else raw
 
     # -- TCP -------------------------------------------------------------------------------
 
@@ -171,13 +221,16 @@ class HostForwarder:
                 break
             self.stats["hostfwd-accepted"] += 1
             try:
-                self._start(_Pending(fwd, conn, self._guest_side(peer[0]), int(peer[1])))
+                local = self._guest_side(str(peer[0]), fwd.guest)
+                self._start(_Pending(fwd, conn, local, int(peer[1])))
             except Exception:
                 self.stats["hostfwd-internal-error"] += 1
                 self._log.exception("hostfwd: handing a connection to the guest failed")
                 conn.close()
 
     def _guest_mac(self, guest: bytes) -> bytes | None:
+        if len(guest) == 16:
+            return self._v6.guest_mac(guest) if self._v6 is not None else None
         gw = self._gw
         mac = gw.arp.get(guest)
         if mac is not None:
@@ -189,18 +242,26 @@ class HostForwarder:
         return None
 
     def _start(self, p: _Pending) -> bool:
-        mac = self._guest_mac(p.fwd.guest)
+        guest = p.fwd.guest
+        v6 = self._v6 if len(guest) == 16 else None
+        mac = self._guest_mac(guest)
         if mac is None:
             if p not in self._pending:
                 self._pending.append(p)
             gw = self._gw
-            arp = ipv4.arp_packet(1, gw.mac, gw.host_ip, bytes(6), p.fwd.guest,
-                                  ipv4.BROADCAST_MAC)  # fmt: skip
-            self._send([PLAIN_HDR + arp if self._tcp.cfg.vnet else arp])  # the TCP sender's form
+            if v6 is not None:  # a Neighbor Solicitation, through the IPv6 side's output
+                now = self._loop.time()
+                v6.solicit(guest, now)
+                self._flush(now)
+            else:
+                arp = ipv4.arp_packet(1, gw.mac, gw.host_ip, bytes(6), guest,
+                                      ipv4.BROADCAST_MAC)  # fmt: skip
+                self._send([PLAIN_HDR + arp if self._tcp.cfg.vnet else arp])  # the TCP form
             if self._timer is None:
                 self._timer = self._loop.call_later(MAC_RETRY, self._retry)
             return False
-        l2 = ethernet_header(mac, self._gw.mac, False)
+        src_mac = v6.src_mac(p.local) if v6 is not None else self._gw.mac
+        l2 = ethernet_header(mac, src_mac, v6 is not None)
         self._tcp.forward(p.sock, p.fwd.guest, p.fwd.rule.guest_port, p.local, p.local_port, l2)
         self.stats["hostfwd-tcp-forwarded"] += 1
         return True
@@ -236,7 +297,7 @@ class HostForwarder:
                 break
             except OSError:
                 continue  # a late ICMP error for an earlier reply
-            src, sport = self._guest_side(peer[0]), int(peer[1])
+            src, sport = self._guest_side(str(peer[0]), guest), int(peer[1])
             key = (guest, gport, src, sport)
             self._replies[key] = (fwd, (str(peer[0]), sport))
             self._replies.move_to_end(key)
@@ -244,8 +305,12 @@ class HostForwarder:
                 self._replies.popitem(last=False)
                 self.stats["hostfwd-udp-flow-evicted"] += 1
             self.stats["hostfwd-udp-to-guest"] += 1
-            gw.ip_to_guest(src, guest, ipv4.IPPROTO_UDP,
-                           ipv4.udp_segment(src, guest, sport, gport, data))  # fmt: skip
+            if len(guest) == 16:
+                if self._v6 is not None:
+                    self._v6.udp_to_guest(src, sport, guest, gport, data, now)
+            else:
+                gw.ip_to_guest(src, guest, ipv4.IPPROTO_UDP,
+                               ipv4.udp_segment(src, guest, sport, gport, data))  # fmt: skip
         self._flush(now)
 
     def _udp_reply(self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> bool:
@@ -271,7 +336,8 @@ class HostForwarder:
                 continue
             addr, port = fwd.bound
             state = "  UDP[HOST_FORWARD]" if udp else "  TCP[HOST_FORWARD]"
-            guest = socket.inet_ntoa(fwd.guest)
+            family = socket.AF_INET6 if len(fwd.guest) == 16 else socket.AF_INET
+            guest = socket.inet_ntop(family, fwd.guest)
             rows.append(
                 f"{state:<19} {fwd.sock.fileno():3d} {addr:>15} {port:5d} {guest:>15} "
                 f"{fwd.rule.guest_port:5d} {0:5d} {0:5d}\n"

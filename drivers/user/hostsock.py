@@ -15,6 +15,13 @@ Owns the Linux specifics the adapter needs:
   ``SOCK_RAW``/``IPPROTO_ICMP`` socket (needs CAP_NET_RAW; it sees every ICMP packet of the
   host, replies are matched by identifier and source). ``none``: neither is allowed;
   echo requests beyond the gateway are dropped and counted.
+
+The IPv6 counterparts (the user netdev's IPv6 NAT, :mod:`.host6`): :func:`udp6_flow_socket`
+(``IPV6_RECVERR``; :func:`read_errors` reads both families' queues - ICMPv6 errors arrive
+with origin ``SO_EE_ORIGIN_ICMP6`` and a ``sockaddr_in6`` offender), :func:`ping6_socket`,
+:func:`raw_icmp6_socket` (an ``ICMP6_FILTER`` lets only Echo Replies through; the kernel
+fills in ICMPv6 checksums on both, RFC 3542 §3.1) and :func:`icmp_mode` with
+``family=AF_INET6`` (``net.ipv4.ping_group_range`` governs ICMPv6 ping sockets too).
 """
 
 from __future__ import annotations
@@ -25,10 +32,14 @@ import struct
 from typing import Final, NamedTuple
 
 IP_RECVERR: Final = 11  # <linux/in.h>; not exported by the socket module
+IPV6_RECVERR: Final = 25  # <linux/in6.h>; likewise
+ICMP6_FILTER: Final = 1  # <linux/icmpv6.h>
 SO_EE_ORIGIN_ICMP: Final = 2
+SO_EE_ORIGIN_ICMP6: Final = 3
 _EXT_ERR = struct.Struct("=IBBBBII")  # errno, origin, type, code, pad, info, data
-_SOCKADDR_IN = struct.Struct("!HH4s")  # family (host order, read separately), port, addr
+_ICMP6_ECHO_REPLY: Final = 129
 _ERR_BATCH: Final = 16
+_REFUSED: Final = (errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT)
 
 
 class HostError(NamedTuple):
@@ -65,17 +76,28 @@ def read_errors(sock: socket.socket) -> list[HostError]:
         except OSError:
             break
         for level, kind, raw in ancdata:
-            if level != socket.IPPROTO_IP or kind != IP_RECVERR or len(raw) < _EXT_ERR.size:
+            if len(raw) < _EXT_ERR.size or (level, kind) not in _RECVERR:
                 continue
             _err, origin, icmp_type, code, _pad, _info, _data = _EXT_ERR.unpack_from(raw)
-            if origin != SO_EE_ORIGIN_ICMP or not isinstance(addr, tuple):
+            if origin not in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6) or not isinstance(addr, tuple):
                 continue
-            offender = None
-            rest = raw[_EXT_ERR.size :]
-            if len(rest) >= 8 and int.from_bytes(rest[:2], "little") == socket.AF_INET:
-                offender = socket.inet_ntoa(rest[4:8])
+            offender = _offender(raw[_EXT_ERR.size :])
             out.append(HostError(str(addr[0]), int(addr[1]), icmp_type, code, offender, data))
     return out
+
+
+_RECVERR: Final = frozenset({(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)})
+
+
+def _offender(rest: bytes) -> str | None:
+    """The address of the node that sent the ICMP error (the ``sockaddr`` after the
+    extended error), or None."""
+    family = int.from_bytes(rest[:2], "little") if len(rest) >= 2 else 0
+    if family == socket.AF_INET and len(rest) >= 8:
+        return socket.inet_ntoa(rest[4:8])
+    if family == socket.AF_INET6 and len(rest) >= 24:
+        return socket.inet_ntop(socket.AF_INET6, rest[8:24])
+    return None
 
 
 def ping_socket() -> socket.socket:
@@ -90,13 +112,49 @@ def raw_icmp_socket() -> socket.socket:
     return sock
 
 
-def icmp_mode() -> str:
+def udp6_flow_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def ping6_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+    sock.setblocking(False)
+    return sock
+
+
+def raw_icmp6_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        sock.setblocking(False)
+        # a set bit blocks that type (Linux's icmp6_filter): only Echo Replies pass
+        words = [0xFFFFFFFF] * 8
+        words[_ICMP6_ECHO_REPLY >> 5] &= ~(1 << (_ICMP6_ECHO_REPLY & 31)) & 0xFFFFFFFF
+        sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *words))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def icmp_mode(family: int = socket.AF_INET) -> str:
     """``ping``, ``raw`` or ``none``: the echo mechanism this process may use."""
-    for mode, opener in (("ping", ping_socket), ("raw", raw_icmp_socket)):
+    openers = (
+        (("ping", ping6_socket), ("raw", raw_icmp6_socket))
+        if family == socket.AF_INET6
+        else (("ping", ping_socket), ("raw", raw_icmp_socket))
+    )
+    for mode, opener in openers:
         try:
             opener().close()
         except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT):
+            if exc.errno not in _REFUSED:
                 raise
             continue
         return mode

@@ -14,21 +14,29 @@ dropped and counted. libslirp falls back to UDP port 7 instead; that is not done
 
 A flow is one guest (address, echo identifier); it lives :data:`IDLE` seconds after its
 last echo; at most ``max_flows`` flows exist (more are dropped and counted). Sans-IO:
-:meth:`IcmpRelay.outbound` returns a :class:`PingSend`, :meth:`IcmpRelay.reply` maps a
-reply back, :meth:`IcmpRelay.expire` returns :class:`PingClose` for idle flows.
+:meth:`EchoFlows.outbound` returns a send action, :meth:`EchoFlows.reply` maps a reply
+back, :meth:`EchoFlows.expire` returns close actions for idle flows.
+
+:class:`EchoFlows` is that table for either family; a family supplies its address text
+and its action types (:class:`IcmpRelay` here for IPv4 with :class:`PingSend` /
+:class:`PingClose`; :class:`.ipv6.icmp6.EchoRelay` for ICMPv6 with its own pair, so an
+adapter tells them apart by type).
 """
 
 from __future__ import annotations
 
+import abc
 import socket
 from collections import Counter
-from typing import Final, NamedTuple
+from typing import Final, Generic, NamedTuple, TypeVar
 
 IDLE: Final = 60.0
 DEFAULT_MAX_FLOWS: Final = 256
 LOOPBACK: Final = "127.0.0.1"
 
 FlowKey = tuple[bytes, int]  # guest address, guest echo identifier
+SendT = TypeVar("SendT")
+CloseT = TypeVar("CloseT")
 
 
 class PingSend(NamedTuple):
@@ -53,11 +61,19 @@ class _Flow:
         self.key = key
         self.host_id = host_id
         self.expires = 0.0
-        self.dst = b"\0\0\0\0"
+        self.dst = b""
 
 
-class IcmpRelay:
-    """Echo flows of one user netdev."""
+class EchoFlows(Generic[SendT, CloseT]):
+    """Echo flows of one user netdev, for one address family (see the module text).
+
+    A family's subclass gives its counter prefix (:attr:`PREFIX`), its loopback text
+    (:attr:`LOOPBACK`), the host-side text of a guest-side address (:meth:`_host_text`),
+    the guest-side address of a host (:meth:`_guest_addr`) and its action types
+    (:meth:`_send`, :meth:`_close`)."""
+
+    PREFIX = "icmp"
+    LOOPBACK = "127.0.0.1"
 
     def __init__(
         self, host_addr: bytes, *, max_flows: int = DEFAULT_MAX_FLOWS, idle: float = IDLE
@@ -71,14 +87,30 @@ class IcmpRelay:
         self.counters: Counter[str] = Counter()
         self._wake: float | None = None
 
+    @abc.abstractmethod
+    def _host_text(self, dst: bytes) -> str: ...
+
+    @abc.abstractmethod
+    def _guest_addr(self, host: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    def _send(
+        self, key: FlowKey, host_id: int, host: str, seq: int, payload: bytes, hops: int
+    ) -> SendT: ...
+
+    @abc.abstractmethod
+    def _close(self, key: FlowKey) -> CloseT: ...
+
     def outbound(
-        self, src: bytes, dst: bytes, ident: int, seq: int, payload: bytes, ttl: int, now: float
-    ) -> PingSend | None:
+        self, src: bytes, dst: bytes, ident: int, seq: int, payload: bytes, hops: int, now: float
+    ) -> SendT | None:
+        """An echo request from guest ``src`` (identifier ``ident``) to ``dst``, sent with
+        ``hops`` as its TTL / hop limit; None when the flow table is full."""
         key = (src, ident)
         flow = self.flows.get(key)
         if flow is None:
             if len(self.flows) >= self.max_flows:
-                self.counters["icmp-flow-limit"] += 1
+                self.counters[f"{self.PREFIX}-flow-limit"] += 1
                 return None
             host_id = self._next_id
             while host_id in self._by_host_id:
@@ -91,9 +123,9 @@ class IcmpRelay:
         flow.expires = now + self.idle
         if self._wake is None or flow.expires < self._wake:
             self._wake = flow.expires
-        host = LOOPBACK if dst == self.host_addr else socket.inet_ntoa(dst)
-        self.counters["icmp-echo-relayed"] += 1
-        return PingSend(key, flow.host_id, host, seq, payload, ttl)
+        host = self.LOOPBACK if dst == self.host_addr else self._host_text(dst)
+        self.counters[f"{self.PREFIX}-echo-relayed"] += 1
+        return self._send(key, flow.host_id, host, seq, payload, hops)
 
     def key_for_host_id(self, host_id: int) -> FlowKey | None:
         flow = self._by_host_id.get(host_id)
@@ -105,24 +137,23 @@ class IcmpRelay:
         flow = self.flows.get(key)
         if flow is None:
             return None
-        try:
-            src = self.host_addr if host == LOOPBACK else socket.inet_aton(host)
-        except OSError:
+        src = self.host_addr if host == self.LOOPBACK else self._guest_addr(host)
+        if src is None:
             return None
         if src != flow.dst:
-            self.counters["icmp-reply-mismatch"] += 1
+            self.counters[f"{self.PREFIX}-reply-mismatch"] += 1
             return None
-        self.counters["icmp-echo-replies"] += 1
+        self.counters[f"{self.PREFIX}-echo-replies"] += 1
         return src
 
-    def close(self, key: FlowKey) -> PingClose | None:
+    def close(self, key: FlowKey) -> CloseT | None:
         flow = self.flows.pop(key, None)
         if flow is None:
             return None
         self._by_host_id.pop(flow.host_id, None)
-        return PingClose(key)
+        return self._close(key)
 
-    def expire(self, now: float) -> list[PingClose]:
+    def expire(self, now: float) -> list[CloseT]:
         if self._wake is None or now < self._wake:
             return []
         out = []
@@ -135,3 +166,24 @@ class IcmpRelay:
 
     def next_deadline(self) -> float | None:
         return self._wake
+
+
+class IcmpRelay(EchoFlows[PingSend, PingClose]):
+    """IPv4 echo flows of one user netdev."""
+
+    def _host_text(self, dst: bytes) -> str:
+        return socket.inet_ntoa(dst)
+
+    def _guest_addr(self, host: str) -> bytes | None:
+        try:
+            return socket.inet_aton(host)
+        except OSError:
+            return None
+
+    def _send(
+        self, key: FlowKey, host_id: int, host: str, seq: int, payload: bytes, hops: int
+    ) -> PingSend:
+        return PingSend(key, host_id, host, seq, payload, hops)
+
+    def _close(self, key: FlowKey) -> PingClose:
+        return PingClose(key)

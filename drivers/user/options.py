@@ -7,14 +7,16 @@ Follows ``net/slirp.c`` (``net_init_slirp``, ``net_slirp_init``, ``slirp_hostfwd
 checks run in QEMU's order, so the first error QEMU reports is the one reported here:
 
 1. the ``ipv4``/``ipv6`` quirk (``ipv6=on`` alone disables IPv4 and ``ipv4=on`` alone
-   disables IPv6), then "IPv4 disabled but netmask/host/dns provided", "IPv6 disabled but
-   prefix/host6/dns6 provided", "IPv4 and IPv6 disabled";
+   disables IPv6; kept, in one place: :func:`.ipv6.config.families_enabled`), then "IPv4
+   disabled but netmask/host/dns provided", "IPv6 disabled but prefix/host6/dns6
+   provided", "IPv4 and IPv6 disabled" (:func:`.ipv6.config.check_families`);
 2. ``net`` (``ip=A`` means ``net=A/24``): ``A/N`` (N 4..32, read like ``strtol``), ``A/M``
    (dotted mask) or ``A`` with a classful mask - QEMU's quirk included: its "class C" test
    matches 224.0.0.0 and up, so 192.0.0.0-223.255.255.255 (outside 192.168/16 and
    198.18/15) get a /28; host, DHCP start and DNS default to net + .2, .15 and .3;
 3. ``host``, ``dns``, ``dhcpstart``, ``smbserver``, the IPv6 prefix, length (0 means 64),
-   host and DNS, ``domainname``, ``hostname``, ``tftp-server-name``;
+   host and DNS (:func:`.ipv6.config.parse_ipv6_options`), ``domainname``, ``hostname``,
+   ``tftp-server-name``;
 4. the forwarding rules, guestfwd rules last-to-first and then hostfwd rules last-to-first
    (QEMU pushes them on a list head), with QEMU's syntax errors.
 
@@ -22,11 +24,19 @@ Addresses are parsed like ``inet_aton`` (``10.2`` and ``0x0a.0.2.2`` are valid).
 
 Valid ``hostfwd`` rules are kept in :attr:`UserConfig.hostfwd` in QEMU's order (binding
 them, and its "Could not set up host forwarding rule" error, is the client's job:
-:mod:`.hostfwd`). There is no guest forwarding yet, so a syntactically valid ``guestfwd``
-rule is rejected with "... not supported yet (user netdev part 2)"; a configuration with
-IPv4 disabled is rejected the same way; IPv6 options are validated and kept (the IPv6 data
-path comes with part 2: until then IPv6 frames from the guest are counted and dropped);
-``smb`` is rejected (no smbd integration).
+:mod:`.hostfwd`); valid ``guestfwd`` rules likewise in :attr:`UserConfig.guestfwd`
+(conflicts between rules and opening their chardevs are :mod:`.guestfwd`'s); IPv6 options are
+validated and kept (the IPv6 side, :mod:`.host6`, builds its configuration from them with
+:func:`.ipv6.ipv6_config`); ``ipv4=off`` (or QEMU's quirk, ``ipv6=on`` alone) leaves an
+IPv6-only network, ``ipv6=off`` an IPv4-only one; ``smb`` is rejected (no smbd
+integration).
+
+netstack extension of the ``hostfwd`` syntax (and of HMP ``hostfwd_remove``): the host and
+guest addresses may be IPv6 addresses in brackets - ``tcp:[::1]:2222-[fec0::15]:22``
+listens on ``::1`` (an ``IPV6_V6ONLY`` socket, so ``[::]`` and an IPv4 rule can share a
+port) and connects to the guest's IPv6 address; either side may be IPv4 with the other
+IPv6 (``tcp:[::]:2222-:22`` reaches the guest's 10.0.2.15). QEMU rejects every rule with a
+``[`` (its ``inet_aton`` fails), so no rule QEMU accepts changes meaning.
 
 netstack extensions (``x-`` members, QAPI feature ``unstable``): ``x-dns-upstream=IP[:PORT]``
 (repeated; IPv6 as ``[ADDR]:PORT`` or bare) replaces ``/etc/resolv.conf`` as the source of
@@ -46,6 +56,8 @@ from netstack.errors import GenericError
 from netstack.net.sockaddr import qemu_strtol
 from netstack.qapi import NetdevUserOptions
 
+from .ipv6.config import check_families, families_enabled, parse_ipv6_options
+
 #: Leases the DHCP server hands out from ``dhcpstart`` on (libslirp's ``NB_BOOTP_CLIENTS``).
 DHCP_POOL_SIZE = 16
 DEFAULT_MTU = 1500
@@ -59,15 +71,25 @@ _STRTOL10 = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 
 @dataclass(frozen=True)
 class HostFwdRule:
-    """A parsed ``hostfwd`` rule (QEMU's syntax)."""
+    """A parsed ``hostfwd`` rule (QEMU's syntax, plus bracketed IPv6 addresses)."""
 
     text: str
     udp: bool
-    host_addr: str  # "0.0.0.0" for INADDR_ANY, or a unix socket path
+    host_addr: str  # "0.0.0.0" for INADDR_ANY, an IPv6 address, or a unix socket path
     host_port: int
-    guest_addr: str | None  # None: the first DHCP address
+    guest_addr: str | None  # None: the first DHCP address; IPv4 or IPv6 text
     guest_port: int
     unix: bool = False
+
+    @property
+    def host_v6(self) -> bool:
+        """Whether the host side is an IPv6 socket (``[ADDR]`` in the rule)."""
+        return not self.unix and ":" in self.host_addr
+
+    @property
+    def guest_v6(self) -> bool:
+        """Whether connections go to the guest's IPv6 address (``[ADDR]`` in the rule)."""
+        return self.guest_addr is not None and ":" in self.guest_addr
 
 
 @dataclass(frozen=True)
@@ -186,23 +208,6 @@ def _parse_net(vnetwork: str) -> tuple[int, int]:
     return net & mask, mask
 
 
-def _in6_equal_net(a: bytes, b: bytes, prefixlen: int) -> bool:
-    shift = 128 - prefixlen
-    return int.from_bytes(a, "big") >> shift == int.from_bytes(b, "big") >> shift
-
-
-def _with_last_byte(prefix: bytes, value: int) -> str:
-    raw = prefix[:15] + bytes([prefix[15] | value])
-    return socket.inet_ntop(socket.AF_INET6, raw)
-
-
-def _ipv4_ipv6_enabled(opts: NetdevUserOptions) -> tuple[bool, bool]:
-    has4, has6 = opts.ipv4 is not None, opts.ipv6 is not None
-    ipv4 = not ((has6 and bool(opts.ipv6) and not has4) or (has4 and not opts.ipv4))
-    ipv6 = not ((has4 and bool(opts.ipv4) and not has6) or (has6 and not opts.ipv6))
-    return ipv4, ipv6
-
-
 def _sep(text: str, sep: str) -> tuple[str, str] | None:
     """QEMU's ``get_str_sep``: the part before the first ``sep`` and the rest, or None."""
     head, found, rest = text.partition(sep)
@@ -217,8 +222,26 @@ def _int_port(text: str) -> int | None:
     return value
 
 
+def _bracketed(text: str) -> tuple[str, str] | None:
+    """``[ADDR]:REST`` with ADDR an IPv6 address: (ADDR as ``inet_ntop`` writes it, REST),
+    or None."""
+    end = text.find("]")
+    if not text.startswith("[") or end < 0 or text[end + 1 : end + 2] != ":":
+        return None
+    raw = _inet_pton6(text[1:end])
+    if raw is None:
+        return None
+    return socket.inet_ntop(socket.AF_INET6, raw), text[end + 2 :]
+
+
 def parse_hostfwd(rule: str) -> HostFwdRule:
-    """Parse a ``hostfwd`` rule with QEMU's syntax and reasons."""
+    """Parse a ``hostfwd`` rule with QEMU's syntax and reasons.
+
+    netstack extension: the host and the guest address may each be an IPv6 address in
+    brackets (``tcp:[::1]:2222-[fec0::15]:22``, ``udp:[::]:5353-:53``); QEMU (whose
+    ``inet_aton`` sees ``[``) rejects every such rule with "Bad host address" or "Bad guest
+    address", so no rule QEMU accepts changes meaning. A malformed bracketed address gets
+    those same reasons."""
 
     def fail(reason: str) -> GenericError:
         return GenericError(f"Invalid host forwarding rule '{rule}' ({reason})")
@@ -243,16 +266,22 @@ def parse_hostfwd(rule: str) -> HostFwdRule:
             raise fail("Unix socket path is too long")
         host_port = 0
     else:
-        part = _sep(p, ":")
-        if part is None:
-            raise fail("Missing : separator")
-        addr_text, p = part
-        host_addr = "0.0.0.0"
-        if addr_text:
-            parsed = inet_aton(addr_text)
-            if parsed is None:
+        if p.startswith("["):
+            part = _bracketed(p)
+            if part is None:
                 raise fail("Bad host address")
-            host_addr = ip_text(parsed)
+            host_addr, p = part
+        else:
+            part = _sep(p, ":")
+            if part is None:
+                raise fail("Missing : separator")
+            addr_text, p = part
+            host_addr = "0.0.0.0"
+            if addr_text:
+                parsed = inet_aton(addr_text)
+                if parsed is None:
+                    raise fail("Bad host address")
+                host_addr = ip_text(parsed)
         part = _sep(p, "-")
         if part is None:
             raise fail("Bad host port separator")
@@ -261,20 +290,54 @@ def parse_hostfwd(rule: str) -> HostFwdRule:
         if port is None or not 0 <= port <= 65535:
             raise fail("Bad host port")
         host_port = port
-    part = _sep(p, ":")
-    if part is None:
-        raise fail("Missing guest address")
-    guest_text, p = part
     guest_addr = None
-    if guest_text:
-        parsed = inet_aton(guest_text)
-        if parsed is None:
+    if p.startswith("["):
+        part = _bracketed(p)
+        if part is None:
             raise fail("Bad guest address")
-        guest_addr = ip_text(parsed)
+        guest_addr, p = part
+    else:
+        part = _sep(p, ":")
+        if part is None:
+            raise fail("Missing guest address")
+        guest_text, p = part
+        if guest_text:
+            parsed = inet_aton(guest_text)
+            if parsed is None:
+                raise fail("Bad guest address")
+            guest_addr = ip_text(parsed)
     guest_port = _int_port(p)
     if guest_port is None or not 1 <= guest_port <= 65535:
         raise fail("Bad guest port")
     return HostFwdRule(rule, proto == "udp", host_addr, host_port, guest_addr, guest_port, unix)
+
+
+def parse_hostfwd_remove(text: str) -> tuple[bool, str, int] | None:
+    """HMP ``hostfwd_remove``'s ``[tcp|udp]:[hostaddr]:port`` (QEMU: the port a strict
+    base-10 int; the address as ``inet_aton`` reads it; a bracketed IPv6 address is the
+    netstack extension of :func:`parse_hostfwd`): (udp, bound address, port), or None for
+    QEMU's "invalid format"."""
+    proto, sep, rest = text.partition(":")
+    if not sep or proto not in ("", "tcp", "udp"):
+        return None
+    if rest.startswith("["):
+        part = _bracketed(rest)
+        if part is None:
+            return None
+        host, port = part
+    else:
+        addr, sep2, port = rest.partition(":")
+        if not sep2:
+            return None
+        host = "0.0.0.0"
+        if addr:
+            parsed = inet_aton(addr)
+            if parsed is None:
+                return None
+            host = ip_text(parsed)
+    if _STRTOL10.fullmatch(port) is None or not -(1 << 31) <= int(port) < (1 << 31):
+        return None
+    return proto == "udp", host, int(port)
 
 
 def parse_guestfwd(rule: str, cfg: UserConfig) -> GuestFwdRule:
@@ -331,16 +394,15 @@ def parse_dns_upstream(text: str) -> tuple[int, str, int]:
 
 def parse_options(opts: NetdevUserOptions) -> UserConfig:
     """Validate ``opts`` in QEMU's order; the first failing check raises its text."""
-    ipv4, ipv6 = _ipv4_ipv6_enabled(opts)
+    ipv4, ipv6 = families_enabled(opts.ipv4, opts.ipv6)  # QEMU's quirk included
     vnetwork = opts.net if opts.net is not None else (f"{opts.ip}/24" if opts.ip else None)
-    if not ipv4 and (vnetwork is not None or opts.host is not None or opts.dns is not None):
-        raise GenericError("IPv4 disabled but netmask/host/dns provided")
-    if not ipv6 and (
-        opts.ipv6_prefix is not None or opts.ipv6_host is not None or opts.ipv6_dns is not None
-    ):
-        raise GenericError("IPv6 disabled but prefix/host6/dns6 provided")
-    if not ipv4 and not ipv6:
-        raise GenericError("IPv4 and IPv6 disabled")
+    check_families(
+        ipv4, ipv6,
+        ipv4_options_given=vnetwork is not None or opts.host is not None or opts.dns is not None,
+        ipv6_options_given=(
+            opts.ipv6_prefix is not None or opts.ipv6_host is not None or opts.ipv6_dns is not None
+        ),
+    )  # fmt: skip
     restrict = bool(opts.restrict)
 
     net, mask = 0x0A000200, 0xFFFFFF00
@@ -377,32 +439,9 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
     if opts.smbserver is not None and inet_aton(opts.smbserver) is None:
         raise GenericError("Failed to parse SMB address")
 
-    prefix = _inet_pton6(opts.ipv6_prefix if opts.ipv6_prefix is not None else "fec0::")
-    if prefix is None:
-        raise GenericError("Failed to parse IPv6 prefix")
-    prefixlen = opts.ipv6_prefixlen or 64
-    if not 0 <= prefixlen <= 126:
-        raise GenericError(
-            "Invalid IPv6 prefix provided (IPv6 prefix length must be between 0 and 126)"
-        )
-    if opts.ipv6_host is not None:
-        host6 = _inet_pton6(opts.ipv6_host)
-        if host6 is None:
-            raise GenericError("Failed to parse IPv6 host")
-        if not _in6_equal_net(prefix, host6, prefixlen):
-            raise GenericError("IPv6 Host doesn't belong to network")
-        ipv6_host = socket.inet_ntop(socket.AF_INET6, host6)
-    else:
-        ipv6_host = _with_last_byte(prefix, 2)
-    if opts.ipv6_dns is not None:
-        dns6 = _inet_pton6(opts.ipv6_dns)
-        if dns6 is None:
-            raise GenericError("Failed to parse IPv6 DNS")
-        if restrict and not _in6_equal_net(prefix, dns6, prefixlen):
-            raise GenericError("IPv6 DNS doesn't belong to network")
-        ipv6_dns = socket.inet_ntop(socket.AF_INET6, dns6)
-    else:
-        ipv6_dns = _with_last_byte(prefix, 3)
+    six = parse_ipv6_options(
+        opts.ipv6_prefix, opts.ipv6_prefixlen, opts.ipv6_host, opts.ipv6_dns, restrict=restrict
+    )
 
     if opts.domainname is not None and not opts.domainname:
         raise GenericError("'domainname' parameter cannot be empty")
@@ -427,10 +466,10 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
         host=host,
         dns=dns,
         dhcp_start=dhcp,
-        ipv6_prefix=socket.inet_ntop(socket.AF_INET6, prefix),
-        ipv6_prefixlen=prefixlen,
-        ipv6_host=ipv6_host,
-        ipv6_dns=ipv6_dns,
+        ipv6_prefix=socket.inet_ntop(socket.AF_INET6, six.prefix),
+        ipv6_prefixlen=six.prefixlen,
+        ipv6_host=socket.inet_ntop(socket.AF_INET6, six.host),
+        ipv6_dns=socket.inet_ntop(socket.AF_INET6, six.dns),
         hostname=opts.hostname or None,
         domainname=opts.domainname,
         tftp_server_name=opts.tftp_server_name or None,
@@ -443,12 +482,6 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
     # QEMU pushes the rules on a list head: guestfwd last-to-first, then hostfwd likewise
     guestfwd = tuple(parse_guestfwd(r, cfg) for r in reversed(opts.guestfwd or ()))
     hostfwd = tuple(parse_hostfwd(r) for r in reversed(opts.hostfwd or ()))
-    if guestfwd:
-        raise GenericError(
-            f"guest forwarding is not supported yet ({PART2}): rule '{guestfwd[0].text}'"
-        )
     if opts.smb is not None:
         raise GenericError("smb= is not supported by netstack (no smbd integration)")
-    if not ipv4:
-        raise GenericError(f"IPv6-only user networking is not supported yet ({PART2})")
-    return dataclasses.replace(cfg, hostfwd=hostfwd)
+    return dataclasses.replace(cfg, hostfwd=hostfwd, guestfwd=guestfwd)

@@ -135,7 +135,7 @@ class Gateway:
             IPPROTO_ICMP: self._icmp_in,
             IPPROTO_UDP: self._udp_in,
         }
-        #: Ethertype -> handler (part 2 registers IPv6 here).
+        #: Ethertype -> handler (the IPv6 side registers 0x86DD here: :mod:`.host6`).
         self.eth_handlers: dict[int, Callable[[bytes, float], None]] = {
             ETH_P_IP: self._ipv4_in,
             ETH_P_ARP: self._arp_in,
@@ -156,6 +156,18 @@ class Gateway:
         self.local[addr] = mac
         self._macs.add(mac)
 
+    def remove_local(self, addr: bytes) -> None:
+        """Stop owning ``addr`` (a guestfwd address no rule names any more)."""
+        mac = self.local.pop(addr, None)
+        if mac is not None and mac not in self.local.values():
+            self._macs.discard(mac)
+
+    def accept_mac(self, mac: bytes) -> None:
+        """Let unicast frames to ``mac`` past the MAC filter too: a MAC another machine
+        behind this port answers with (the IPv6 router's ``52:56:xx``; its handler in
+        :attr:`eth_handlers` filters again). Nothing is answered for it here."""
+        self._macs.add(mac)
+
     # -- guest frames ----------------------------------------------------------------------
 
     def input(self, frame: bytes, now: float) -> None:
@@ -172,7 +184,7 @@ class Gateway:
         if handler is not None:
             handler(frame, now)
         elif etype == ETH_P_IPV6:
-            self.stats["ipv6-unsupported"] += 1  # the IPv6 data path is user netdev part 2
+            self.stats["ipv6-unsupported"] += 1  # ipv6=off: no IPv6 handler registered
         else:
             self.stats["eth-unknown-type"] += 1
 
@@ -295,8 +307,10 @@ class Gateway:
                 seg = ipv4.udp_segment(host_ip, src, TFTP_PORT, sport, reply_payload)
                 self.ip_to_guest(host_ip, src, IPPROTO_UDP, seg, mac)
             return
-        if self.cfg.restrict:
-            self.stats["restrict-dropped"] += 1
+        if self.cfg.restrict:  # only answers to UDP hostfwd flows pass (libslirp: none)
+            hook = self.udp.reply_hook
+            if hook is None or not hook(pkt.src, sport, dst, dport, data):
+                self.stats["restrict-dropped"] += 1
             return
         if dst == self.dns_ip:
             if dport == DNS_PORT:

@@ -36,8 +36,8 @@ class Builtin:
     """A QAPI built-in scalar type."""
 
     name: str
-    json_type: str  # "string", "boolean", "int" or "number" (SchemaInfo json-type)
-    kind: str  # "str", "bool", "int", "uint", "size" or "number"
+    json_type: str  # "string", "boolean", "int", "number" or "value" (SchemaInfo json-type)
+    kind: str  # "str", "bool", "int", "uint", "size", "number" or "any" (any JSON value)
     low: int = 0
     high: int = 0
 
@@ -66,6 +66,7 @@ BUILTINS: Final[Mapping[str, Builtin]] = {
         _uint("uint32", 32),
         _uint("uint64", 64),
         Builtin("size", "int", "size", 0, (1 << 64) - 1),
+        Builtin("any", "value", "any"),
     )
 }
 

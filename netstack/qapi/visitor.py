@@ -181,6 +181,10 @@ class _Visitor:
     # -- scalars ------------------------------------------------------------------------
 
     def scalar(self, b: Builtin, raw: object, path: Path) -> object:
+        if b.kind == "any":  # QAPI 'any': any JSON value (strings in the CLI forms)
+            if self.mode is Mode.OPTS:
+                return raw.value if isinstance(raw, _OptsItem) else cast(list[str], raw)[-1]
+            return raw
         if self.mode is Mode.QMP:
             value = self.qmp_scalar(b, raw, path)
         elif self.mode is Mode.KEYVAL:

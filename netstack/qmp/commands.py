@@ -11,6 +11,9 @@ QEMU's commands (net, chardev, objects, monitor basics) behave as in QEMU 7.2/10
   counters (QEMU never merged one);
 * ``query-dhcp-leases``: the DHCP lease tables of the user netdevs (also reported by the
   ``DHCP_LEASE_GRANTED`` / ``DHCP_LEASE_RELEASED`` events);
+* ``user-forward-add``, ``user-forward-remove``, ``query-user-forwards``: hostfwd and
+  guestfwd rules of a running user netdev, and ``query-user-connections``: its connection
+  table (the data of ``info usernet``) - their types are in :mod:`.extensions`;
 * ``set-rx-filter``: programs a NIC-class client's rx filter (rx modes, MAC, MAC table,
   VLANs), since no guest control queue reaches a vhost-user back end;
 * the agent resynchronisation commands of qemu-ga (``guest-sync``,
@@ -26,9 +29,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from netstack import __version__, qapi
 from netstack.errors import CommandNotFound, GenericError
-from netstack.qapi.schema import QEnum, QList, members, opt, req
+from netstack.qapi.schema import QEnum, QList, QType, members, opt, req, union_info
 from netstack.qapi.visitor import Mode, visit
 from netstack.qmp.dispatch import CommandTable, QmpCommand
+from netstack.qmp.extensions import (
+    NETDEV_INFO_LIST,
+    USER_CONNECTION_INFO_LIST,
+    USER_FORWARD_INFO_LIST,
+    UserForwardAddArgs,
+    UserForwardInfo,
+    UserForwardSelector,
+)
 
 if TYPE_CHECKING:
     from netstack.daemon import Netstack
@@ -136,9 +147,15 @@ class SetRxFilterArgs:
 
 
 def _visitor(cls: type[T]) -> Any:
+    union = union_info(cls)
+
     def visit_args(raw: dict[str, Any]) -> dict[str, Any]:
         obj = visit(cls, raw, Mode.QMP)
-        return {spec.attr: getattr(obj, spec.attr) for spec in members(cls)}
+        out = {spec.attr: getattr(obj, spec.attr) for spec in members(cls)}
+        if union is not None:  # a flat union: its variant's members too
+            variant = getattr(obj, union.payload)
+            out.update((spec.attr, getattr(variant, spec.attr)) for spec in members(type(variant)))
+        return out
 
     return visit_args
 
@@ -162,7 +179,7 @@ class Commands:
             args: type | None = None,
             *,
             oob: bool = False,
-            ret: str = "any",
+            ret: QType = "any",
             raw: str | None = None,
         ) -> None:
             visit_args = _raw if raw is not None else (_visitor(args) if args else None)
@@ -190,9 +207,14 @@ class Commands:
         add("ringbuf-read", self.ringbuf_read, RingbufReadArgs, ret="str")
         add("object-add", self.object_add, raw="ObjectOptions")
         add("object-del", self.object_del, IdArgs)
-        add("query-netdev", self.query_netdev, OptNameArgs, oob=True, ret="[NetdevInfo]")
+        add("query-netdev", self.query_netdev, OptNameArgs, oob=True, ret=NETDEV_INFO_LIST)
         add("set-rx-filter", self.set_rx_filter, SetRxFilterArgs)
         add("query-dhcp-leases", self.query_dhcp_leases, NetdevNameArgs, ret="[DhcpLeaseInfo]")
+        add("user-forward-add", self.user_forward_add, UserForwardAddArgs, ret=UserForwardInfo)
+        add("user-forward-remove", self.user_forward_remove, UserForwardSelector)
+        fwd_list, conn_list = USER_FORWARD_INFO_LIST, USER_CONNECTION_INFO_LIST
+        add("query-user-forwards", self.query_user_forwards, NetdevNameArgs, ret=fwd_list)
+        add("query-user-connections", self.query_user_connections, NetdevNameArgs, ret=conn_list)
         add("guest-sync", self.guest_sync, SyncArgs, ret="int")
         add("guest-sync-delimited", self.guest_sync_delimited, SyncArgs, ret="int")
         add("guest-ping", self.guest_ping)
@@ -243,6 +265,22 @@ class Commands:
 
     async def query_dhcp_leases(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
         return self.ns.query_dhcp_leases(args.get("netdev"))
+
+    async def user_forward_add(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
+        return self.ns.user_forward_add(args["netdev"], args["type"] or "hostfwd", args["rule"])
+
+    async def user_forward_remove(self, args: dict[str, Any], session: Any) -> None:
+        if args["type"] == "hostfwd":
+            addr, port = args["host_addr"], args["host_port"]
+        else:
+            addr, port = args["guest_addr"], args["guest_port"]
+        self.ns.user_forward_remove(args["netdev"], args["type"], args.get("protocol"), addr, port)
+
+    async def query_user_forwards(self, args: dict[str, Any], session: Any) -> list[Any]:
+        return self.ns.query_user_forwards(args.get("netdev"))
+
+    async def query_user_connections(self, args: dict[str, Any], session: Any) -> list[Any]:
+        return self.ns.query_user_connections(args.get("netdev"))
 
     async def set_rx_filter(self, args: dict[str, Any], session: Any) -> None:
         modes = args.get("rx_modes")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netstack.errors import CommandNotFound, GenericError, NetstackError
+from netstack.qapi.schema import QType
 from netstack.qmp.qdict_order import ordered_keys
 
 Handler = Callable[[dict[str, Any], Any], Awaitable[Any]]
@@ -40,9 +41,9 @@ class QmpCommand:
     visit_args: ArgsVisitor | None = None
     allow_oob: bool = False
     #: Introspection: the argument type (a schema dataclass, or a schema type name for
-    #: boxed/union arguments) and the return type's name.
+    #: boxed/union arguments) and the return type (a schema type, or a type's name).
     arg_type: type | str | None = None
-    ret_type: str = "any"
+    ret_type: QType = "any"
     allow_preconfig: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -1,8 +1,11 @@
 """``query-qmp-schema``: SchemaInfo for the commands, events and types netstackd offers.
 
-Types come from the schema dataclasses (:func:`netstack.qapi.schema_info`); commands and
-events are added here from the command table, so the schema can never disagree with what
-the dispatcher accepts. Unlike QEMU, type names are not masked with numbers.
+Types come from the schema dataclasses (:func:`netstack.qapi.schema_info`): every
+command's argument type and, where the command table names one as a schema type, its
+return type; commands and events are added here from the command table, so the schema can
+never disagree with what the dispatcher accepts. A return type given only by name that no
+schema dataclass defines is reported as ``any``. Unlike QEMU, type names are not masked
+with numbers.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from netstack.qapi import schema_info
-from netstack.qapi.schema import type_name
+from netstack.qapi.schema import QType, type_name
 from netstack.qmp.dispatch import CommandTable
 
 #: Events netstackd may emit, with their data members.
@@ -49,8 +52,9 @@ EVENTS: dict[str, list[dict[str, Any]]] = {
 
 def command_schema(table: CommandTable) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    arg_classes = [c.arg_type for c in table if isinstance(c.arg_type, type)]
-    types: dict[str, dict[str, Any]] = {str(t["name"]): dict(t) for t in schema_info(arg_classes)}
+    roots: list[QType] = [c.arg_type for c in table if isinstance(c.arg_type, type)]
+    roots += [c.ret_type for c in table if not isinstance(c.ret_type, str)]
+    types: dict[str, dict[str, Any]] = {str(t["name"]): dict(t) for t in schema_info(roots)}
     types.setdefault("any", {"name": "any", "meta-type": "builtin", "json-type": "value"})
     for cmd in table:
         if cmd.arg_type is None:
@@ -59,11 +63,12 @@ def command_schema(table: CommandTable) -> list[dict[str, Any]]:
             arg_type = cmd.arg_type
         else:
             arg_type = type_name(cmd.arg_type)
+        ret_type = cmd.ret_type if isinstance(cmd.ret_type, str) else type_name(cmd.ret_type)
         info: dict[str, Any] = {
             "name": cmd.name,
             "meta-type": "command",
             "arg-type": arg_type,
-            "ret-type": cmd.ret_type if cmd.ret_type in types else "any",
+            "ret-type": ret_type if ret_type in types else "any",
         }
         if cmd.allow_oob:
             info["allow-oob"] = True

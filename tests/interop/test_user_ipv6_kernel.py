@@ -23,7 +23,14 @@ Then the kernel's own IPv6 does the talking:
   (Solicit/Advertise/Request/Reply, then Release) and stateless (Information-Request);
   the lease script is the test's own (it records, it changes nothing on the host).
 
-Everything lives in the namespace the test creates and deletes; every wait is bounded.
+Then the real thing (:func:`test_a_namespace_served_by_the_user_netdev`): the kernel of a
+namespace behind netstack's tap netdev (vnet_hdr on) on a hub with a real user netdev -
+SLAAC from its RAs, ping to fec0::2 and through the echo relay, TCP to ``::1`` via fec0::2
+and directly to a remote address, UDP, DNS at fec0::3, and the guest's address in the
+lease view. The daemon's sockets are made in a second namespace (the event loop's thread
+enters it), with the remote address on its loopback, so no host IPv6 is needed.
+
+Everything lives in the namespaces the tests create and delete; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -38,9 +45,12 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -223,7 +233,19 @@ async def running(
         adapter.close()
 
 
-async def run(space: Namespace, *argv: str, timeout: float = 20) -> tuple[int, str]:
+class Named(Protocol):
+    """Anything naming a namespace (a :class:`Namespace`, or one made elsewhere)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class NsName:
+    name: str
+
+
+async def run(space: Named, *argv: str, timeout: float = 20) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", space.name, *argv,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -237,13 +259,13 @@ async def run(space: Namespace, *argv: str, timeout: float = 20) -> tuple[int, s
     return proc.returncode or 0, out.decode(errors="replace")
 
 
-async def addresses(space: Namespace) -> list[dict[str, object]]:
+async def addresses(space: Named) -> list[dict[str, object]]:
     _, out = await run(space, "ip", "-6", "-j", "addr", "show", "dev", TAP)
     info = json.loads(out or "[]")
     return [a for dev in info for a in dev.get("addr_info", [])]
 
 
-async def slaac_address(space: Namespace, timeout: float = 15) -> str:
+async def slaac_address(space: Named, timeout: float = 15) -> str:
     """Wait for a non-tentative address in the prefix on the tap."""
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout
@@ -425,3 +447,160 @@ async def test_dhclient_stateful_and_stateless(ns: Namespace, tmp_path: Path) ->
         counters = router.counters()
         assert counters["dhcpv6-rx-information-request"] >= 1
         assert counters.get("dhcpv6-invalid", 0) == 0 and counters.get("dhcpv6-malformed", 0) == 0
+
+
+# -- through the real user netdev ------------------------------------------------------------
+
+#: The guest's client programs (run with this interpreter inside the guest namespace).
+GUEST_TCP = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(sys.argv[3].encode() * 20000)
+s.shutdown(socket.SHUT_WR)
+got = b""
+while chunk := s.recv(65536):
+    got += chunk
+print("TCP", len(got), got[:16].decode())
+"""
+GUEST_UDP = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))
+data, peer = s.recvfrom(2048)
+print("UDP", data.decode(), peer[0])
+"""
+GUEST_DNS = """
+import socket, struct
+q = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"\\x04host\\x04test\\x00\\x00\\x1c\\x00\\x01"
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(q, ("fec0::3", 53))
+data, peer = s.recvfrom(2048)
+answer = socket.inet_ntop(socket.AF_INET6, data[-16:])
+print("DNS", hex(struct.unpack("!H", data[:2])[0]), peer[0], peer[1], answer)
+"""
+REMOTE = "2001:db8::1"
+ANSWER = "2001:db8::53"
+
+
+def dns_answer(query: bytes) -> bytes:
+    """An AAAA answer (``ANSWER``) to ``query`` (the question copied, name compressed)."""
+    head = struct.pack("!HHHHHH", struct.unpack("!H", query[:2])[0], 0x8180, 1, 1, 0, 0)
+    rdata = socket.inet_pton(socket.AF_INET6, ANSWER)
+    record = struct.pack("!HHHIH", 0xC00C, 28, 1, 60, 16) + rdata
+    return head + query[12:] + record
+
+
+@contextlib.contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run this thread (the event loop's) in namespace ``name``: every socket the daemon
+    opens for the NAT is made there."""
+    from pyroute2 import netns as pr_netns
+
+    pr_netns.pushns(name)
+    try:
+        yield
+    finally:
+        pr_netns.popns()
+
+
+@pytest.mark.parametrize("echo", ["ping", "raw"])
+async def test_a_namespace_served_by_the_user_netdev(echo: str) -> None:
+    """The real UserNetClient behind a tap (vnet_hdr) in a namespace: SLAAC, ping to the
+    gateway and beyond (the echo relay, through ICMPv6 ping sockets when
+    ``net.ipv4.ping_group_range`` allows them, else a raw socket), TCP to ::1 via fec0::2
+    and directly to a remote address, UDP, DNS at fec0::3, the guest's address in the
+    lease view. The daemon's own side runs in a second namespace (``REMOTE`` on its
+    loopback) so nothing here depends on the host's IPv6."""
+    from drivers import registry
+    from netstack.daemon import Netstack
+    from netstack.qapi import parse_netdev_cli
+    from tests.conformance.case_tap import ip, netns, require_root
+
+    require_root()
+    loop = asyncio.get_running_loop()
+    with netns("g6") as guest_ns, netns("h6") as host_ns:
+        ip("-n", host_ns, "-6", "addr", "add", f"{REMOTE}/128", "dev", "lo")
+        groups = "0 2147483647" if echo == "ping" else "1 0"
+        await run(NsName(host_ns), "sysctl", "-qw", f"net.ipv4.ping_group_range={groups}")
+        guest = NsName(guest_ns)
+        await run(guest, "sysctl", "-qw", "net.ipv6.conf.default.router_solicitation_delay=0")
+        with in_netns(host_ns):
+            # the host side: a TCP upper-casing echo on ::1 and on REMOTE, UDP echo on
+            # REMOTE, a DNS upstream on ::1
+            async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                data = await r.read()
+                w.write(data.upper())
+                await w.drain()
+                w.close()
+
+            loopback = await asyncio.start_server(serve, "::1", 0)
+            remote = await asyncio.start_server(serve, REMOTE, 0)
+            udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            udp.bind((REMOTE, 0))
+            udp.setblocking(False)
+            dns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            dns.bind(("::1", 0))
+            dns.setblocking(False)
+
+            def udp_echo() -> None:
+                with contextlib.suppress(BlockingIOError):
+                    data, peer = udp.recvfrom(2048)
+                    udp.sendto(data[::-1], peer)
+
+            def dns_serve() -> None:
+                with contextlib.suppress(BlockingIOError):
+                    data, peer = dns.recvfrom(2048)
+                    dns.sendto(dns_answer(data), peer)
+
+            loop.add_reader(udp.fileno(), udp_echo)
+            loop.add_reader(dns.fileno(), dns_serve)
+            daemon = Netstack(registry())
+            try:
+                for spec in (
+                    f"user,id=nat0,x-dns-upstream=[::1]:{dns.getsockname()[1]}",
+                    f"tap,id=t0,ifname={TAP},script=no,downscript=no,vnet_hdr=on,"
+                    f"x-netns={guest_ns}",
+                    "hubport,id=h0,hubid=0,netdev=nat0",
+                    "hubport,id=h1,hubid=0,netdev=t0",
+                ):
+                    await daemon.netdev_add(parse_netdev_cli(spec))
+                ip("-n", guest_ns, "link", "set", TAP, "address", "52:54:00:12:34:56", "up")
+                address = await slaac_address(guest)
+                _, routes = await run(guest, "ip", "-6", "-j", "route", "show", "default")
+                assert json.loads(routes)[0]["gateway"] == "fe80::2", routes
+
+                for target in ("fec0::2", REMOTE):
+                    code, out = await run(guest, "ping", "-6", "-n", "-c", "2", "-i", "0.2",
+                                          "-W", "2", target)  # fmt: skip
+                    assert code == 0, out
+                lport = loopback.sockets[0].getsockname()[1]
+                rport = remote.sockets[0].getsockname()[1]
+                for dst, port, word in (("fec0::2", lport, "loop"), (REMOTE, rport, "far")):
+                    code, out = await run(guest, sys.executable, "-c", GUEST_TCP, dst,
+                                          str(port), word)  # fmt: skip
+                    assert code == 0 and f"TCP {len(word) * 20000} {word.upper() * 4}" in out, out
+                code, out = await run(guest, sys.executable, "-c", GUEST_UDP, REMOTE,
+                                      str(udp.getsockname()[1]), "datagram")  # fmt: skip
+                assert code == 0 and f"UDP margatad {REMOTE}" in out, out
+                code, out = await run(guest, sys.executable, "-c", GUEST_DNS)
+                assert code == 0 and f"DNS 0x4242 fec0::3 53 {ANSWER}" in out, out
+
+                user = daemon.find_netdev("nat0")
+                assert user is not None and user.v6.icmp_mode == echo  # type: ignore[attr-defined]
+                counters = user.counters()  # type: ignore[attr-defined]
+                assert counters["icmp6-echo-local"] >= 2 and counters["icmp6-echo-replies"] >= 2
+                assert counters["tcp-connects"] == 2 and counters["dns6-answers"] == 1
+                assert counters.get("internal-error", 0) == 0
+                mac = bytes.fromhex("525400123456")
+                assert (address, 64) in user.leases_for(mac)  # type: ignore[attr-defined]
+            finally:
+                loop.remove_reader(udp.fileno())
+                loop.remove_reader(dns.fileno())
+                udp.close()
+                dns.close()
+                loopback.close()
+                remote.close()
+                await daemon.close()

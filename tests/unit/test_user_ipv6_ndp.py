@@ -208,3 +208,10 @@ def test_solicited_rate_limit() -> None:
     assert adv.next_deadline() > 8.0
     adv.restart(8.0)
     assert adv.next_deadline() == 8.0 and adv.due(8.0)
+
+
+def test_solicited_ra_stands_for_an_overdue_unsolicited_one() -> None:
+    adv = Advertiser(0.0, random.Random(2))  # the first RA is due at 0; nobody ran the timer
+    assert adv.solicited(50.0)  # an RS at 50 s: answered at once by multicast
+    assert adv.next_deadline() > 50.0  # and no second RA right behind it
+    assert not adv.due(50.0) and adv.sent == 1

@@ -13,6 +13,7 @@ from drivers.user.options import (
     ip_text,
     parse_dns_upstream,
     parse_hostfwd,
+    parse_hostfwd_remove,
     parse_options,
 )
 from netstack import qapi
@@ -141,9 +142,12 @@ def test_ipv4_ipv6_quirk() -> None:
     assert (c.ipv4, c.ipv6) == (True, True)
     c = cfg("ipv6=off")
     assert (c.ipv4, c.ipv6) == (True, False)
-    # ipv6=on alone disables IPv4: valid in QEMU, but part 1 has no IPv6 data path
-    assert "IPv6-only user networking is not supported yet" in error("ipv6=on")
-    assert "IPv6-only" in error("ipv4=off")
+    # ipv6=on alone disables IPv4 (an IPv6-only network), as does ipv4=off
+    c = cfg("ipv6=on")
+    assert (c.ipv4, c.ipv6) == (False, True)
+    c = cfg("ipv4=off")
+    assert (c.ipv4, c.ipv6) == (False, True)
+    assert error("ipv4=off,ipv6=off") == "IPv4 and IPv6 disabled"
 
 
 def test_prefixlen_zero_means_64() -> None:
@@ -186,12 +190,46 @@ def test_hostfwd_parse() -> None:
     )
 
 
+def test_hostfwd_ipv6_extension() -> None:
+    # netstack's extension: bracketed IPv6 host and guest addresses, in any mix
+    rule = parse_hostfwd("tcp:[::1]:2222-[FEC0::15]:22")
+    assert (rule.host_addr, rule.host_port, rule.guest_addr, rule.guest_port) == (
+        "::1", 2222, "fec0::15", 22)  # fmt: skip
+    assert rule.host_v6 and rule.guest_v6
+    rule = parse_hostfwd("udp:[::]:0-:53")
+    assert rule.host_v6 and not rule.guest_v6 and rule.guest_addr is None
+    rule = parse_hostfwd(":127.0.0.1:80-[fec0::15]:8080")
+    assert not rule.host_v6 and rule.guest_v6
+    assert not parse_hostfwd("unix:/tmp/a:b-:22").host_v6
+    # malformed brackets get QEMU's reasons (QEMU rejects every bracketed rule with them)
+    for bad, reason in (
+        ("tcp:[::1:2222-:22", "Bad host address"),
+        ("tcp:[::1]2222-:22", "Bad host address"),
+        ("tcp:[]:2222-:22", "Bad host address"),
+        ("tcp:[10.0.0.1]:2222-:22", "Bad host address"),
+        ("tcp:[::1]:2222-[fec0::15]22", "Bad guest address"),
+        ("tcp:[::1]:2222-[fec0::zz]:22", "Bad guest address"),
+        ("tcp:[::1]:x-:22", "Bad host port"),
+        ("tcp:[::1]:1-[fec0::15]:0", "Bad guest port"),
+    ):
+        assert error(f"hostfwd={bad}") == f"Invalid host forwarding rule '{bad}' ({reason})"
+    assert parse_hostfwd_remove("tcp:[::1]:2222") == (False, "::1", 2222)
+    assert parse_hostfwd_remove("udp::53") == (True, "0.0.0.0", 53)
+    assert parse_hostfwd_remove(":10.2:7") == (False, "10.0.0.2", 7)
+    for bad in ("tcp:[::1]2222", "tcp:[::1]:x", "sctp::1", "tcp:1.2.3.4", "tcp:bogus:1"):
+        assert parse_hostfwd_remove(bad) is None
+
+
 def test_hostfwd_kept_guestfwd_not_yet() -> None:
     # hostfwd rules are kept (bound by the client), in QEMU's order (last to first)
     rules = cfg("hostfwd=tcp::2222-:22,hostfwd=udp:127.0.0.1:0-:53").hostfwd
     assert [r.text for r in rules] == ["udp:127.0.0.1:0-:53", "tcp::2222-:22"]
-    text = error("guestfwd=tcp:10.0.2.100:80-cmd:true")
-    assert "not supported yet (user netdev part 2)" in text
+    # guestfwd rules are kept too, in QEMU's order (the client sets them up)
+    grules = cfg("guestfwd=tcp:10.0.2.100:80-cmd:true,guestfwd=::1234-null").guestfwd
+    assert [(r.server, r.port, r.target) for r in grules] == [
+        ("10.0.2.4", 1234, "null"),
+        ("10.0.2.100", 80, "cmd:true"),
+    ]
     # syntax errors of every rule come first, guestfwd before hostfwd (QEMU's list order)
     assert (
         error("hostfwd=tcp::2222-:22,hostfwd=x")

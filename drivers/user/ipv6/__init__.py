@@ -16,7 +16,8 @@ composition is :class:`.router.Ipv6Router`; its parts are usable alone:
 * :mod:`.dhcpv6_codec` and :mod:`.dhcpv6` (stateless and stateful DHCPv6 server),
   :mod:`.dnsname` (DNS names in wire format).
 
-Wiring (see :mod:`.router`): Ethernet frames of type 0x86DD go to
+Wiring (see :mod:`.router`; the user netdev's adapter is :mod:`drivers.user.host6`, its
+NAT :mod:`drivers.user.nat6`): Ethernet frames of type 0x86DD go to
 :meth:`Ipv6Router.input` (its :meth:`~Ipv6Router.accepts` is the MAC filter: IPv6 needs
 33:33:xx multicast and the router's 52:56:xx MACs); UDP and TCP beyond NDP/DHCPv6 arrive at
 the handlers registered in :attr:`Ipv6Router.ip_handlers`; the NAT answers through

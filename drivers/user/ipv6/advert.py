@@ -9,8 +9,9 @@ virtual and collision-free) but never closer than :data:`MIN_GAP` (3 s,
 MIN_DELAY_BETWEEN_RAS) to the previous multicast RA - a solicitation inside the gap is
 answered at its end, once, however many arrive, unless the router answers it at once by
 unicast (RFC 4861 §6.2.6 allows that; the router does it for solicitations from an address
-and then calls :meth:`Advertiser.answered`). Multicast RAs go to all-nodes (one RA serves
-every guest on a hub).
+and then calls :meth:`Advertiser.answered`). A solicited RA sent when an unsolicited one is
+due anyway (the adapter's timer had not run yet) stands for it: no second RA follows at
+once. Multicast RAs go to all-nodes (one RA serves every guest on a hub).
 
 Sans-IO: :meth:`Advertiser.solicited` and :meth:`Advertiser.due` say whether to send now;
 :meth:`Advertiser.next_deadline` says when :meth:`Advertiser.due` next wants to be asked.
@@ -68,6 +69,10 @@ class Advertiser:
         if self._last is None or now - self._last >= self.min_gap:
             self._mark(now)
             self._answer = None
+            if now >= self._next:  # an unsolicited RA is due too: this one stands for it
+                if self._initial > 0:
+                    self._initial -= 1
+                self._next = now + self._interval()
             return True
         if self._answer is None:
             self._answer = self._last + self.min_gap

@@ -16,7 +16,8 @@ host address (fec0::2) reaches host loopback ``::1`` (libslirp's ``sotranslate_o
 (the kernel computes ICMPv6 checksums on both kinds, RFC 3542 §3.1).
 
 Sans-IO: :meth:`EchoRelay.outbound` returns a :class:`PingSend`, :meth:`EchoRelay.reply`
-maps a reply back, :meth:`EchoRelay.expire` returns :class:`PingClose` for idle flows.
+maps a reply back, :meth:`EchoRelay.expire` returns :class:`PingClose` for idle flows (the
+flow table is the IPv4 relay's, :class:`.icmp_relay.EchoFlows`, with IPv6 addresses).
 Invariant: at most ``max_flows`` flows; identifiers handed to the host (raw sockets) are
 unique among live flows.
 """
@@ -24,9 +25,9 @@ unique among live flows.
 from __future__ import annotations
 
 import struct
-from collections import Counter
 from typing import Final, NamedTuple
 
+from ..icmp_relay import EchoFlows
 from . import addr as a6
 
 DST_UNREACH: Final = 1
@@ -49,8 +50,6 @@ TIME_EXCEEDED_REASSEMBLY: Final = 1
 ERROR_PACKET_MAX: Final = 1280
 #: How much of the invoking packet an error quotes (1280 - IPv6 header - ICMPv6 header).
 QUOTE_MAX: Final = ERROR_PACKET_MAX - 40 - 8
-IDLE: Final = 60.0
-DEFAULT_MAX_FLOWS: Final = 256
 HOST_LOOPBACK: Final = "::1"
 
 _ECHO = struct.Struct("!BBHHH")
@@ -128,90 +127,23 @@ class PingClose(NamedTuple):
     key: FlowKey
 
 
-class _Flow:
-    __slots__ = ("dst", "expires", "host_id", "key")
+class EchoRelay(EchoFlows[PingSend, PingClose]):
+    """IPv6 echo flows of one user netdev (the table is :class:`.icmp_relay.EchoFlows`,
+    shared with IPv4)."""
 
-    def __init__(self, key: FlowKey, host_id: int) -> None:
-        self.key = key
-        self.host_id = host_id
-        self.expires = 0.0
-        self.dst = a6.UNSPECIFIED
+    PREFIX = "icmp6"
+    LOOPBACK = HOST_LOOPBACK
 
+    def _host_text(self, dst: bytes) -> str:
+        return a6.text(dst)
 
-class EchoRelay:
-    """IPv6 echo flows of one user netdev."""
+    def _guest_addr(self, host: str) -> bytes | None:
+        return a6.parse(host.partition("%")[0])
 
-    def __init__(
-        self, host_addr: bytes, *, max_flows: int = DEFAULT_MAX_FLOWS, idle: float = IDLE
-    ) -> None:
-        self.host_addr = host_addr
-        self.max_flows = max_flows
-        self.idle = idle
-        self.flows: dict[FlowKey, _Flow] = {}
-        self._by_host_id: dict[int, _Flow] = {}
-        self._next_id = 1
-        self.counters: Counter[str] = Counter()
-        self._wake: float | None = None
+    def _send(
+        self, key: FlowKey, host_id: int, host: str, seq: int, payload: bytes, hops: int
+    ) -> PingSend:
+        return PingSend(key, host_id, host, seq, payload, hops)
 
-    def outbound(
-        self, src: bytes, dst: bytes, ident: int, seq: int, payload: bytes, hop_limit: int,
-        now: float,
-    ) -> PingSend | None:  # fmt: skip
-        key = (src, ident)
-        flow = self.flows.get(key)
-        if flow is None:
-            if len(self.flows) >= self.max_flows:
-                self.counters["icmp6-flow-limit"] += 1
-                return None
-            host_id = self._next_id
-            while host_id in self._by_host_id:
-                host_id = host_id % 0xFFFF + 1
-            self._next_id = host_id % 0xFFFF + 1
-            flow = _Flow(key, host_id)
-            self.flows[key] = flow
-            self._by_host_id[host_id] = flow
-        flow.dst = dst
-        flow.expires = now + self.idle
-        if self._wake is None or flow.expires < self._wake:
-            self._wake = flow.expires
-        host = HOST_LOOPBACK if dst == self.host_addr else a6.text(dst)
-        self.counters["icmp6-echo-relayed"] += 1
-        return PingSend(key, flow.host_id, host, seq, payload, hop_limit)
-
-    def key_for_host_id(self, host_id: int) -> FlowKey | None:
-        flow = self._by_host_id.get(host_id)
-        return flow.key if flow is not None else None
-
-    def reply(self, key: FlowKey, host: str) -> bytes | None:
-        """The guest-side source of an echo reply from ``host`` on flow ``key``; None if the
-        flow is gone or ``host`` is not where its last echo went."""
-        flow = self.flows.get(key)
-        if flow is None:
-            return None
-        src = self.host_addr if host == HOST_LOOPBACK else a6.parse(host.partition("%")[0])
-        if src != flow.dst:
-            self.counters["icmp6-reply-mismatch"] += 1
-            return None
-        self.counters["icmp6-echo-replies"] += 1
-        return src
-
-    def close(self, key: FlowKey) -> PingClose | None:
-        flow = self.flows.pop(key, None)
-        if flow is None:
-            return None
-        self._by_host_id.pop(flow.host_id, None)
+    def _close(self, key: FlowKey) -> PingClose:
         return PingClose(key)
-
-    def expire(self, now: float) -> list[PingClose]:
-        if self._wake is None or now < self._wake:
-            return []
-        out = []
-        for key in [k for k, f in self.flows.items() if f.expires <= now]:
-            closed = self.close(key)
-            if closed is not None:
-                out.append(closed)
-        self._wake = min((f.expires for f in self.flows.values()), default=None)
-        return out
-
-    def next_deadline(self) -> float | None:
-        return self._wake

@@ -136,8 +136,10 @@ class Ipv6Router:
 
     # -- guest frames ----------------------------------------------------------------------
 
-    def input(self, frame: bytes, now: float) -> None:
-        """One Ethernet frame (ethertype 0x86DD) from the guest side."""
+    def input(self, frame: bytes, now: float, *, offloaded: bool = False) -> None:
+        """One Ethernet frame (ethertype 0x86DD) from the guest side. ``offloaded``: it
+        came behind a virtio-net header asking for checksum offload or TSO, so a TCP
+        super-frame may exceed the link MTU (its segments do not): no Packet Too Big."""
         if len(frame) < pk.ETH_HLEN + pk.IPV6_HLEN:
             self.stats["ip6-short"] += 1
             return
@@ -176,7 +178,7 @@ class Ipv6Router:
             return
         if not a6.is_unspecified(src) and not src_mac[0] & 1:
             self._learn(src, src_mac, now)
-        if end > self.cfg.link_mtu:
+        if end > self.cfg.link_mtu and not offloaded:
             self.stats["ip6-too-big"] += 1
             probe = Packet6(src, dst, hdr.next_header, hdr.hop_limit, 0, 0, pkt[pk.IPV6_HLEN :],
                             pkt, src_mac, link_multicast)  # fmt: skip
@@ -400,6 +402,13 @@ class Ipv6Router:
         mac = dst_mac if dst_mac is not None else a6.multicast_mac(dst)
         self._emit_icmp(self.cfg.router_link_local, dst, msg, mac)
         self.stats["ndp-ra-sent" if dst == a6.ALL_NODES else "ndp-ra-unicast"] += 1
+
+    def solicit(self, target: bytes) -> None:
+        """Send a Neighbor Solicitation for guest address ``target`` (for the NAT's hostfwd,
+        which needs a guest's MAC before it opens a connection to it); the answer is learnt
+        into :attr:`neighbors`."""
+        if a6.is_unicast(target) and target not in self.local:
+            self._solicit(target)
 
     def _solicit(self, target: bytes) -> None:
         src = self.cfg.router_link_local if a6.is_link_local(target) else self.cfg.host

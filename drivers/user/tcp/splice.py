@@ -11,7 +11,8 @@ full: guest->host backpressure is the machine's shrinking window); ``shutdown(SH
 when the guest half-closes; one lazily re-armed ``loop.call_at`` per connection; and
 closing (with ``SO_LINGER`` 0, i.e. a RST to the host peer, when the guest reset or the
 connection was aborted). hostfwd connections come in through :meth:`TcpSplicer.forward`
-with a socket the caller accepted.
+with a socket the caller accepted; a resolver may also answer a SYN with a socket that is
+already connected (guestfwd: one end of a socketpair), which is adopted without a connect.
 
 Frames for the guest from every machine go into one list and leave through ``send`` once
 per wake-up (a guest batch, a host read, a timer), so a batch of guest frames costs at
@@ -36,8 +37,9 @@ from .config import Event, State, TcpConfig
 from .machine import TcpEndpoint
 from .wire import SYN, Segment, parse_frame
 
-#: ``resolve(seg)`` -> (family, sockaddr) to connect to, or an errno to reject the SYN.
-Resolver = Callable[[Segment], "tuple[int, tuple[Any, ...]] | int"]
+#: ``resolve(seg)`` -> (family, sockaddr) to connect to, an errno to reject the SYN, or a
+#: socket already connected to the far end (adopted: the SYN is answered at once).
+Resolver = Callable[[Segment], "tuple[int, tuple[Any, ...]] | int | socket.socket"]
 READ_MAX = 256 * 1024
 READS_PER_WAKEUP = 4
 IOV_MAX = 512
@@ -138,7 +140,7 @@ class TcpSplicer:
 
     def _new_flow(self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float) -> None:
         l2 = self._l2_for(seg)
-        target: tuple[int, tuple[Any, ...]] | int
+        target: tuple[int, tuple[Any, ...]] | int | socket.socket
         if len(self.flows) >= self.max_flows:
             self.stats["flow-limit"] += 1
             target = errno.ECONNREFUSED
@@ -154,8 +156,11 @@ class TcpSplicer:
             if frame is not None:
                 self.out.append(frame)
             return
-        family, addr = target
         m = TcpEndpoint.accept(seg, now, config=self.cfg, l2=l2, out=self.out)
+        if isinstance(target, socket.socket):
+            self._adopt(key, m, target, now)
+            return
+        family, addr = target
         try:
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
@@ -175,6 +180,22 @@ class TcpSplicer:
             self.loop.add_writer(sock.fileno(), self._connected, sp)
         else:
             m.host_error(err, now)
+        self._sync(sp)
+
+    def _adopt(
+        self, key: tuple[bytes, int, bytes, int], m: TcpEndpoint, sock: socket.socket,
+        now: float,
+    ) -> None:  # fmt: skip
+        """A socket the resolver connected already (guestfwd): answer the SYN now."""
+        sp = Splice(m, sock)
+        self.flows[key] = sp
+        self.stats["adopted"] += 1
+        try:
+            sock.setblocking(False)
+        except OSError as exc:
+            m.host_error(exc.errno or errno.EBADF, now)
+        else:
+            m.host_connected(now)
         self._sync(sp)
 
     def _run(self, sp: Splice, work: Callable[[Splice, float], None]) -> None:

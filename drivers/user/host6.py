@@ -1,0 +1,413 @@
+"""The IPv6 side of the user netdev: the router and the NAT wired behind the gateway's port,
+and the host sockets they need.
+
+Owns, for one user netdev with IPv6 enabled (``ipv6=``, QEMU's quirk kept in
+:func:`.ipv6.families_enabled`): the :class:`~.ipv6.Ipv6Router` (NDP, RAs with prefix and
+RDNSS, ICMPv6 echo, DHCPv6), the :class:`~.nat6.Nat6` (UDP NAT, DNS relay, TCP policy) and
+every host fd they use - UDP flow sockets (``AF_INET6``, ``IPV6_RECVERR``), DNS upstream
+sockets for the IPv6 relay (one per upstream family), and the ICMPv6 echo sockets (a ping
+socket per echo flow, or one raw ICMPv6 socket, or none: :func:`.hostsock.icmp_mode`).
+
+Wiring into the gateway (:class:`~.router.Gateway`, which owns the port's one input pass,
+output lists and timer): Ethernet type 0x86DD is registered in ``eth_handlers``
+(:meth:`Ipv6Service.input`), the router's MACs (``52:56:xx``) are accepted by the gateway's
+MAC filter (:meth:`~.router.Gateway.accept_mac`; the router filters again: multicast, or
+one of its MACs), and this object is one of the gateway's ``timers`` (its
+:meth:`~Ipv6Service.tick` runs the router's and the NAT's timers). After every entry -
+a guest frame, a tick, a host socket event, a call from hostfwd - :meth:`Ipv6Service.pump`
+runs the host work the machines asked for and moves their frames and events into the
+gateway's ``out`` and ``events``, which the client sends and emits as usual; host socket
+events end with the client's ``flush`` (given at construction). Guest TCP over IPv6 is the
+client's (its splicer is shared by both families): it registers the router's TCP handler
+and asks :meth:`Nat6.tcp_target` and :meth:`Ipv6Service.l2_for`.
+
+Invariant: every fd opened here is closed by :meth:`Ipv6Service.close` (or when its flow
+ends); no guest or host input raises out of a loop callback (an unexpected exception is
+reported through ``internal_error`` and the netdev keeps serving).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+from . import conntable, hostsock
+from .conntable import ConnRow
+from .dns import Upstream
+from .ipv6 import Ipv6Router, PingClose, PingSend, icmp6, ipv6_config
+from .ipv6 import packet as pk
+from .nat6 import Nat6
+from .options import UserConfig
+from .router import Gateway
+from .tcp import Segment, ethernet_header
+from .udp_nat import UdpClose, UdpSend
+
+ETH_P_IPV6: Final = 0x86DD
+RX_BATCH: Final = 64
+_PUMP_ROUNDS: Final = 4
+_SOFT_ERRORS: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
+
+ErrorSink = Callable[[str, OSError], None]
+
+
+def _drain(sock: socket.socket) -> Iterator[tuple[bytes, Any]]:
+    """Up to RX_BATCH datagrams waiting on a non-blocking socket (receive errors skipped)."""
+    for _ in range(RX_BATCH):
+        try:
+            item = sock.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            continue
+        yield item
+
+
+class Ipv6Service:
+    """Router, NAT and host sockets for the IPv6 guests of one user netdev."""
+
+    def __init__(
+        self, name: str, cfg: UserConfig, gw: Gateway, loop: asyncio.AbstractEventLoop, *,
+        flush: Callable[[float], None], host_error: ErrorSink,
+        internal_error: Callable[[str], None], icmp_mode: str | None = None,
+        offloaded: Callable[[], bool] = lambda: False,
+        udp_max_flows: int | None = None, icmp_max_flows: int | None = None,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.cfg = ipv6_config(cfg)
+        self._gw = gw
+        self._loop = loop
+        self._flush = flush
+        self._host_error = host_error
+        self._internal_error = internal_error
+        #: Whether the frame being input came with checksum offload / TSO (the client's).
+        self._offloaded = offloaded
+        self.router = Ipv6Router(self.cfg, now=loop.time(), echo_max_flows=icmp_max_flows)
+        self.nat = Nat6(self.router, gw.dns, udp_max_flows=udp_max_flows)
+        self.router.ip_handlers[pk.IPPROTO_UDP] = self.nat.udp_in
+        self.icmp_mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode(socket.AF_INET6)
+        self._udp: dict[tuple[bytes, int], socket.socket] = {}
+        self._hops: dict[int, int] = {}  # fd -> hop limit set on it
+        self._ping: dict[tuple[bytes, int], socket.socket] = {}
+        self._raw: socket.socket | None = None
+        self._dns: dict[int, socket.socket] = {}
+        self.stats: Counter[str] = Counter()
+        self.closed = False
+        gw.eth_handlers[ETH_P_IPV6] = self.input
+        for mac in self.router.macs:
+            gw.accept_mac(mac)
+        gw.timers.append(self)
+
+    # -- the gateway's view ----------------------------------------------------------------
+
+    def input(self, frame: bytes, now: float) -> None:
+        """An Ethernet frame of type 0x86DD from the guest side (the gateway's handler)."""
+        self.router.input(frame, now, offloaded=self._offloaded())
+        self.pump(now)
+
+    def tick(self, now: float) -> None:
+        self.router.tick(now)
+        self.nat.tick(now)
+        self.pump(now)
+
+    def next_deadline(self) -> float | None:
+        when = self.router.next_deadline()
+        nat = self.nat.next_deadline()
+        return when if nat is None or (when is not None and when < nat) else nat
+
+    def pump(self, now: float) -> None:
+        """Run the host work the machines asked for; move their frames and events into the
+        gateway's lists (the client sends and emits them on its next flush)."""
+        r, nat = self.router, self.nat
+        for _ in range(_PUMP_ROUNDS):
+            if not (r.actions or nat.actions) or self.closed:
+                break
+            actions: list[Any] = [*r.actions, *nat.actions]
+            r.actions.clear()
+            nat.actions.clear()
+            for action in actions:
+                try:
+                    self._act(action, now)
+                except Exception:
+                    self._internal_error("IPv6 host action")
+        gw = self._gw
+        if r.out:
+            gw.out.extend(r.out)
+            r.out.clear()
+        if r.events:
+            gw.events.extend(r.events)
+            r.events.clear()
+
+    def _act(self, action: Any, now: float) -> None:
+        if isinstance(action, UdpSend):
+            self._udp_send(action, now)
+        elif isinstance(action, Upstream):
+            self._dns_send(action)
+        elif isinstance(action, UdpClose):
+            self._close_udp(action.key)
+        elif isinstance(action, PingSend):
+            self._ping_send(action)
+        elif isinstance(action, PingClose):
+            self._close_ping(action.key)
+
+    # -- services for the client and hostfwd -----------------------------------------------
+
+    def l2_for(self, seg: Segment) -> bytes:
+        """The Ethernet header of guest-bound TCP frames of the flow ``seg`` belongs to
+        (``seg`` came from the guest): to the guest's MAC, from the MAC of the address the
+        guest talks to (the router's for addresses beyond the link)."""
+        r = self.router
+        mac = seg.mac or r.neighbors.lookup(seg.src) or bytes(6)
+        return ethernet_header(mac, r.local.get(seg.dst, r.mac), True)
+
+    def src_mac(self, address: bytes) -> bytes:
+        """The MAC frames from ``address`` (ours, or one beyond the router) carry."""
+        r = self.router
+        return r.local.get(address, r.mac)
+
+    def guest_mac(self, address: bytes) -> bytes | None:
+        return self.router.neighbors.lookup(address)
+
+    def solicit(self, address: bytes, now: float) -> None:
+        """Ask for a guest's MAC (a Neighbor Solicitation); the answer is learnt."""
+        self.router.solicit(address)
+        self.pump(now)
+
+    def udp_to_guest(
+        self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes, now: float
+    ) -> None:
+        self.router.udp_to_guest(src, sport, dst, dport, payload, now)
+        self.pump(now)
+
+    def link_up(self, now: float) -> None:
+        """The port's link came up: advertise again from the start of the burst."""
+        self.router.link_up(now)
+
+    # -- UDP flows -------------------------------------------------------------------------
+
+    def _set_hops(self, sock: socket.socket, hops: int) -> None:
+        hops = max(1, min(hops, 255))
+        if self._hops.get(sock.fileno()) != hops:
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+                self._hops[sock.fileno()] = hops
+            except OSError:
+                pass
+
+    def _udp_send(self, a: UdpSend, now: float) -> None:
+        sock = self._udp.get(a.key)
+        if sock is None:
+            try:
+                sock = hostsock.udp6_flow_socket()
+            except OSError as exc:
+                self._host_error("UDP6 socket", exc)
+                self.nat.close_flow(a.key)
+                return
+            self._udp[a.key] = sock
+            self._loop.add_reader(sock.fileno(), self._udp_readable, a.key, sock)
+        self._set_hops(sock, a.ttl)
+        for _attempt in range(2):
+            try:
+                sock.sendto(a.payload, (a.host, a.port))
+                return
+            except OSError as exc:
+                if exc.errno == errno.ECONNREFUSED:
+                    continue  # an earlier datagram's error, reported late: send again
+                if exc.errno in _SOFT_ERRORS:
+                    self.stats["udp6-send-dropped"] += 1
+                    return
+                self.nat.udp_send_failed(a, now)
+                self._host_error("UDP6 send", exc)
+                return
+
+    def _udp_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
+        if self.closed or self._udp.get(key) is not sock:
+            return
+        now = self._loop.time()
+        nat = self.nat
+        try:
+            for err in hostsock.read_errors(sock):
+                nat.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
+                                   err.offender, err.head, now)  # fmt: skip
+            for _ in range(RX_BATCH):
+                try:
+                    data, addr = sock.recvfrom(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.ECONNREFUSED:  # reported through the error queue
+                        self._host_error("UDP6 receive", exc)
+                    break
+                nat.udp_from_host(key, str(addr[0]), int(addr[1]), data, now)
+            self.pump(now)
+        except Exception:
+            self._internal_error("UDP6 flow")
+        self._flush(now)
+
+    def _close_udp(self, key: tuple[bytes, int]) -> None:
+        sock = self._udp.pop(key, None)
+        if sock is not None:
+            self._hops.pop(sock.fileno(), None)
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    # -- DNS upstreams of the IPv6 relay ---------------------------------------------------
+
+    def _dns_send(self, a: Upstream) -> None:
+        sock = self._dns.get(a.family)
+        if sock is None:
+            try:
+                sock = socket.socket(a.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            except OSError as exc:
+                self._host_error("DNS socket", exc)
+                return
+            self._dns[a.family] = sock
+            self._loop.add_reader(sock.fileno(), self._dns_readable, sock)
+        try:
+            sock.sendto(a.payload, (a.host, a.port))
+        except OSError as exc:
+            self.stats["dns6-send-failed"] += 1
+            self._host_error("DNS send", exc)
+
+    def _dns_readable(self, sock: socket.socket) -> None:
+        if self.closed:
+            return
+        now = self._loop.time()
+        try:
+            for data, addr in _drain(sock):
+                self.nat.dns_from_upstream((str(addr[0]), int(addr[1])), data, now)
+            self.pump(now)
+        except Exception:
+            self._internal_error("DNS upstream (IPv6 relay)")
+        self._flush(now)
+
+    # -- ICMPv6 echo -----------------------------------------------------------------------
+
+    def _ping_send(self, a: PingSend) -> None:
+        if self.icmp_mode == "ping":
+            sock = self._ping.get(a.key)
+            if sock is None:
+                try:
+                    sock = hostsock.ping6_socket()
+                except OSError as exc:
+                    self._host_error("ping6 socket", exc)
+                    self.router.echo.close(a.key)
+                    return
+                self._ping[a.key] = sock
+                self._loop.add_reader(sock.fileno(), self._ping_readable, a.key, sock)
+        elif self.icmp_mode == "raw":
+            sock = self._raw_socket()
+            if sock is None:
+                return
+        else:
+            self.stats["icmp6-relay-unavailable"] += 1
+            return
+        self._set_hops(sock, a.hop_limit)
+        try:
+            sock.sendto(icmp6.echo_request(a.host_id, a.seq, a.payload), (a.host, 0))
+        except OSError as exc:
+            self.stats["icmp6-send-failed"] += 1
+            self._host_error("ICMPv6 send", exc)
+
+    def _raw_socket(self) -> socket.socket | None:
+        if self._raw is None:
+            try:
+                self._raw = hostsock.raw_icmp6_socket()
+            except OSError as exc:
+                self._host_error("raw ICMPv6 socket", exc)
+                return None
+            self._loop.add_reader(self._raw.fileno(), self._raw_readable)
+        return self._raw
+
+    def _ping_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
+        if self.closed or self._ping.get(key) is not sock:
+            return
+        now = self._loop.time()
+        try:
+            for data, addr in _drain(sock):
+                reply = icmp6.parse_echo_reply(data)
+                if reply is not None:
+                    self.router.ping_reply(key, str(addr[0]), reply[1], reply[2], now)
+            self.pump(now)
+        except Exception:
+            self._internal_error("ping6 socket")
+        self._flush(now)
+
+    def _raw_readable(self) -> None:
+        sock = self._raw
+        if self.closed or sock is None:
+            return
+        now = self._loop.time()
+        r = self.router
+        try:
+            for data, addr in _drain(sock):
+                reply = icmp6.parse_echo_reply(data)  # raw ICMPv6: no IPv6 header in front
+                if reply is None:
+                    continue
+                key = r.echo.key_for_host_id(reply[0])
+                if key is not None:
+                    r.ping_reply(key, str(addr[0]), reply[1], reply[2], now)
+            self.pump(now)
+        except Exception:
+            self._internal_error("raw ICMPv6 socket")
+        self._flush(now)
+
+    def _close_ping(self, key: tuple[bytes, int]) -> None:
+        sock = self._ping.pop(key, None)
+        if sock is not None:
+            self._hops.pop(sock.fileno(), None)
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        if self._raw is not None and not self.router.echo.flows:
+            self._hops.pop(self._raw.fileno(), None)
+            self._loop.remove_reader(self._raw.fileno())
+            self._raw.close()
+            self._raw = None
+
+    # -- views -----------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        total: Counter[str] = Counter(self.stats)
+        total.update(self.router.counters())
+        total.update(self.nat.counters())
+        total["udp6-sockets"] = len(self._udp)
+        return dict(total)
+
+    def conn_rows(self, now: float) -> list[ConnRow]:
+        """Connection-table rows (``info usernet``, ``query-user-connections``) of the IPv6
+        UDP flows and ICMPv6 echo flows, newest first per table."""
+        return [
+            *conntable.udp_rows(self.nat.udp.flows, self._udp, now),
+            *conntable.icmp_rows(self.router.echo.flows, self._ping, self._raw, now),
+        ]
+
+    def leases(self, now: float) -> list[dict[str, Any]]:
+        return self.router.leases(now)
+
+    def addresses_for(self, mac: bytes) -> list[tuple[str, int]]:
+        return self.router.addresses_for(mac)
+
+    # -- life ------------------------------------------------------------------------------
+
+    def close(self) -> list[bytes]:
+        """Close every fd; returns the final Router Advertisement (router lifetime 0) for
+        the client to send while its peer is still attached."""
+        if self.closed:
+            return []
+        self.closed = True
+        for key in list(self._udp):
+            self._close_udp(key)
+        for key in list(self._ping):
+            self._close_ping(key)
+        socks = list(self._dns.values()) + ([self._raw] if self._raw is not None else [])
+        for sock in socks:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._dns.clear()
+        self._raw = None
+        if self in self._gw.timers:
+            self._gw.timers.remove(self)
+        return self.router.final_advertisement()

@@ -1,0 +1,192 @@
+"""The schema of netstackd's QMP commands beyond QEMU: their argument and return types.
+
+Owns the schema dataclasses (:mod:`netstack.qapi.schema`) that the dispatcher visits
+arguments with and ``query-qmp-schema`` describes, for the commands QEMU does not have.
+Names follow QAPI conventions (commands and members lower-case with dashes, types in
+CamelCase, enum values lower-case); optional members are absent, never null.
+
+``query-netdev`` -> ``[NetdevInfo]``
+    Every net client: ``id``, ``type``, ``queue-index``, ``info`` (its ``info network``
+    text), ``link-up``, ``netdev`` (false for NICs), ``statistics``
+    (``NetClientStatistics``: the core's frame/byte counters), ``queued`` /
+    ``queue-dropped`` (its incoming queue), and when they apply ``options`` (the netdev's
+    options as given, QAPI ``any``), ``peer``, ``hub``, ``mac`` (NIC-class clients) and
+    ``counters`` (the driver's own counters - drops by reason, sockets, sessions - as a
+    JSON object of name -> integer; QAPI has no map type, so its type is ``any``; the
+    names are the driver's and may grow).
+
+User netdev forwards (``type`` is ``UserForwardType``: ``hostfwd`` | ``guestfwd``):
+
+``user-forward-add`` {netdev, rule, type? (default hostfwd)} -> ``UserForwardInfo``
+    ``rule`` in QEMU's option syntax (``tcp::0-:22``, ``tcp:10.0.2.100:1234-cmd:cat``),
+    errors are QEMU's (``Invalid host forwarding rule 'R' (REASON)``, ``Could not set up
+    host forwarding rule 'R'``, ``Invalid guest forwarding rule 'R'``, ...). The reply is
+    the rule as ``query-user-forwards`` lists it, so a hostfwd with host port 0 reports
+    the port the kernel chose.
+``user-forward-remove`` (boxed flat union ``UserForwardSelector``, tag ``type``)
+    ``hostfwd``: {protocol? (tcp), host-addr? (any address), host-port} - the bound
+    address and port, as HMP ``hostfwd_remove`` names a rule; ``guestfwd``: {guest-addr?
+    (net + .4, QEMU's default), guest-port}. ``host forwarding rule for P:A:N not found``
+    (or ``guest ...``) when nothing matches. A union rather than one flat struct, so
+    introspection tells which members each kind takes and requires the port.
+``query-user-forwards`` {netdev?} -> ``[UserForwardInfo]``
+    {netdev, type, protocol (``UserForwardProtocol``: tcp | udp), host-addr?, host-port?
+    (hostfwd: bound), guest-addr, guest-port (guestfwd: the address and port the guest
+    connects to), rule (as given), target? (guestfwd: chardev spec or ``cmd:...``)}.
+
+``query-user-connections`` {netdev?} -> ``[UserConnectionInfo]``
+    The rows of ``info usernet`` as data (forwarding listeners excepted; they are
+    ``query-user-forwards``): {netdev, protocol (tcp | udp | icmp), state (TCP: libslirp's
+    state names, ``ESTABLISHED``, ``SYN_RCVD``...; UDP and ICMP flows: ``ACTIVE``), family
+    (``NetworkAddressFamily``: ipv4 | ipv6), direction (outbound | hostfwd | guestfwd),
+    guest-addr, guest-port? (not for ICMP), remote-addr, remote-port? (the far end as the
+    guest sees it), fd? (the host socket), recv-q (guest bytes not yet written to the host),
+    send-q (host bytes held for the guest), expires-in? (UDP, ICMP: seconds of silence
+    left)}.
+
+Errors for a ``netdev`` argument: ``DeviceNotFound`` ``Device 'X' not found`` as QEMU's
+netdev commands report it; a netdev of another type: ``GenericError`` ``Device 'X' is not
+a user netdev``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from netstack.qapi.schema import QEnum, QList, UnionInfo, opt, req
+
+USER_FORWARD_TYPE: Final = QEnum("UserForwardType", ("hostfwd", "guestfwd"))
+USER_FORWARD_PROTOCOL: Final = QEnum("UserForwardProtocol", ("tcp", "udp"))
+USER_CONNECTION_PROTOCOL: Final = QEnum("UserConnectionProtocol", ("tcp", "udp", "icmp"))
+USER_CONNECTION_DIRECTION: Final = QEnum(
+    "UserConnectionDirection", ("outbound", "hostfwd", "guestfwd")
+)
+#: QEMU's enum of that name (qapi/sockets.json); user netdev rows use ipv4 and ipv6.
+NETWORK_ADDRESS_FAMILY: Final = QEnum(
+    "NetworkAddressFamily", ("ipv4", "ipv6", "unix", "vsock", "unknown")
+)
+
+
+# -- query-netdev ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetClientStatistics:
+    """The core's per-client counters (``netstack.net.client.Counters``)."""
+
+    qapi_name: ClassVar[str] = "NetClientStatistics"
+    malformed: int = req("int")
+    rx_bytes: int = req("int")
+    rx_dropped: int = req("int")
+    rx_filtered: int = req("int")
+    rx_frames: int = req("int")
+    tx_bytes: int = req("int")
+    tx_dropped: int = req("int")
+    tx_frames: int = req("int")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetdevInfo:
+    """One net client, as ``query-netdev`` reports it."""
+
+    qapi_name: ClassVar[str] = "NetdevInfo"
+    id: str = req("str")
+    type: str = req("str")
+    queue_index: int = req("int")
+    info: str = req("str")
+    link_up: bool = req("bool")
+    netdev: bool = req("bool")
+    statistics: NetClientStatistics = req(NetClientStatistics)  # noqa: RUF009 - schema metadata
+    queued: int = req("int")
+    queue_dropped: int = req("int")
+    options: Any = opt("any")  # noqa: RUF009 - schema metadata
+    peer: str | None = opt("str")
+    hub: int | None = opt("int")
+    mac: str | None = opt("str")
+    counters: Any = opt("any")  # noqa: RUF009 - schema metadata
+
+
+# -- user netdev forwards --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserForwardAddArgs:
+    qapi_name: ClassVar[str] = "q_obj_user-forward-add-arg"
+    netdev: str = req("str")
+    rule: str = req("str")
+    type: str | None = opt(USER_FORWARD_TYPE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserHostForwardSelector:
+    """A hostfwd rule by its bound address and port (as HMP ``hostfwd_remove``)."""
+
+    qapi_name: ClassVar[str] = "UserHostForwardSelector"
+    protocol: str | None = opt(USER_FORWARD_PROTOCOL)
+    host_addr: str | None = opt("str")
+    host_port: int = req("uint16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserGuestForwardSelector:
+    """A guestfwd rule by the address and port the guest connects to."""
+
+    qapi_name: ClassVar[str] = "UserGuestForwardSelector"
+    guest_addr: str | None = opt("str")
+    guest_port: int = req("uint16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserForwardSelector:
+    """``user-forward-remove``'s arguments: a flat union on ``type``."""
+
+    qapi_name: ClassVar[str] = "UserForwardSelector"
+    qapi_union: ClassVar[UnionInfo] = UnionInfo(
+        "type",
+        "selector",
+        {"hostfwd": UserHostForwardSelector, "guestfwd": UserGuestForwardSelector},
+    )
+    netdev: str = req("str")
+    type: str = req(USER_FORWARD_TYPE)
+    selector: UserHostForwardSelector | UserGuestForwardSelector
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserForwardInfo:
+    qapi_name: ClassVar[str] = "UserForwardInfo"
+    netdev: str = req("str")
+    type: str = req(USER_FORWARD_TYPE)
+    protocol: str = req(USER_FORWARD_PROTOCOL)
+    host_addr: str | None = opt("str")
+    host_port: int | None = opt("uint16")
+    guest_addr: str = req("str")
+    guest_port: int = req("uint16")
+    rule: str = req("str")
+    target: str | None = opt("str")
+
+
+# -- user netdev connections -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserConnectionInfo:
+    qapi_name: ClassVar[str] = "UserConnectionInfo"
+    netdev: str = req("str")
+    protocol: str = req(USER_CONNECTION_PROTOCOL)
+    state: str = req("str")
+    family: str = req(NETWORK_ADDRESS_FAMILY)
+    direction: str = req(USER_CONNECTION_DIRECTION)
+    guest_addr: str = req("str")
+    guest_port: int | None = opt("uint16")
+    remote_addr: str = req("str")
+    remote_port: int | None = opt("uint16")
+    fd: int | None = opt("int")
+    recv_q: int = req("int")
+    send_q: int = req("int")
+    expires_in: int | None = opt("int")
+
+
+NETDEV_INFO_LIST: Final = QList(NetdevInfo)
+USER_FORWARD_INFO_LIST: Final = QList(UserForwardInfo)
+USER_CONNECTION_INFO_LIST: Final = QList(UserConnectionInfo)
