@@ -33,6 +33,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple, Protocol
 
+from netstack.proto import vnet as vnet_hdr
+
 from . import ipv4
 from .dhcp import BOOTP_CLIENT, BOOTP_SERVER, DhcpServer
 from .dns import DnsRelay, ToGuest, Upstream
@@ -53,6 +55,7 @@ from .ipv4 import (
 )
 from .options import UserConfig
 from .reassembly import Reassembler
+from .tcp.wire import Segment, parse_frame
 from .tftp import TftpServer
 from .tftproot import TftpRoot
 from .udp_nat import UdpClose, UdpNat, UdpSend
@@ -187,6 +190,24 @@ class Gateway:
             self.stats["ipv6-unsupported"] += 1  # ipv6=off: no IPv6 handler registered
         else:
             self.stats["eth-unknown-type"] += 1
+
+    def offloaded_tcp(self, frame: bytes) -> Segment | str:
+        """An IPv4 TCP frame behind a virtio-net header that asks for checksum offload or
+        TSO - the bulk of a guest's TCP - checked as :meth:`input` and :meth:`_ipv4_in`
+        check it, but in place: its payload (up to 64 KiB) reaches the splicer as a view
+        of ``frame``, not as copies. The TCP checksum is partial, so it is not verified.
+        Returns the segment (the guest's address learnt) or the drop reason to count."""
+        if not frame[vnet_hdr.HDR_LEN] & 1 and (
+            frame[vnet_hdr.HDR_LEN : vnet_hdr.HDR_LEN + 6] not in self._macs
+        ):
+            return "eth-not-for-us"
+        seg = parse_frame(frame, True)
+        if isinstance(seg, str):
+            return seg
+        if seg.v6 or not self._unicast_source(seg.src):
+            return "ip-bad-source"
+        self._learn(seg.src, seg.mac)
+        return seg
 
     def _arp_in(self, frame: bytes, now: float) -> None:
         if len(frame) < 42:

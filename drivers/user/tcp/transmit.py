@@ -107,6 +107,9 @@ class Transmitter(abc.ABC):
         self._challenge_start = now
         self._challenges = 0
         self._ack_threshold = max(2 * self.rcv_mss, cfg.rcvbuf // 16)
+        #: Unacknowledged bytes that are acknowledged at the end of a batch at once (two
+        #: full segments, RFC 5681; at most 16 KiB, so jumbo MTUs don't wait for delack).
+        self._quick_ack = min(2 * self.rcv_mss, 16384)
         self._connect_failed = False
         #: Largest amount of guest data seen beyond our last ACK (window use evidence).
         self.max_guest_flight = 0
@@ -151,7 +154,7 @@ class Transmitter(abc.ABC):
         data to carry it or for ``delack``, so a request/response exchange costs the guest
         one frame per direction, not an extra pure ACK."""
         pending = self._ack_pending
-        if pending and not self.done and (pending >= 2 * self.rcv_mss or self._delack_at is None):
+        if pending and not self.done and (pending >= self._quick_ack or self._delack_at is None):
             self._now = now
             self._send_ack()
 
