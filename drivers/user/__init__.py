@@ -1,19 +1,27 @@
 """The ``user`` netdev: a virtual gateway with NAT and services, QEMU's ``-netdev user``.
 
 Follows QEMU's ``net/slirp.c`` and libslirp (reference §7): the guest sees a router at the
-host address (10.0.2.2) and a DNS server (10.0.2.3) on a virtual 10.0.2.0/24, gets an
-address by DHCP, reaches the host's loopback through 10.0.2.2 and everything else through
-host sockets. In place: ARP, ICMP, IPv4 reassembly and fragmentation, UDP NAT, DHCP, DNS
-relay (UDP and TCP), TFTP, ``restrict``, guest TCP through :mod:`.tcp` (IPv4) and hostfwd
-(:mod:`.hostfwd`, TCP and UDP, IPv4). Still to wire: guestfwd and IPv6 (the machines are
-in :mod:`.ipv6`), which slot in through :attr:`.router.Gateway.ip_handlers` /
-:attr:`.router.Gateway.eth_handlers` and :meth:`.router.Gateway.add_local`.
+host address (10.0.2.2, fec0::2) and a DNS server (10.0.2.3, fec0::3) on a virtual
+10.0.2.0/24 and fec0::/64, gets addresses by DHCP, SLAAC or DHCPv6, reaches the host's
+loopback through the host address and everything else through host sockets. In place:
+ARP, ICMP, IPv4 reassembly and fragmentation, UDP NAT, DHCP, DNS relay (UDP and TCP), TFTP,
+``restrict``, guest TCP with offloads (TSO and checksum offload both ways), hostfwd (TCP
+and UDP, either family), guestfwd (a chardev or ``cmd:``), IPv6 (NDP, RAs with RDNSS,
+ICMPv6 echo, DHCPv6, UDP and TCP NAT), run-time forwards over HMP and QMP, and a
+connection table.
 
 Modules: :mod:`.options` (QEMU's options, defaults and errors), :mod:`.router` (the
-sans-IO gateway), :mod:`.ipv4` (hot-path codecs, fragmentation), :mod:`.reassembly`,
-:mod:`.dhcp`, :mod:`.dns`, :mod:`.tftp` with :mod:`.tftproot` (confinement),
-:mod:`.udp_nat`, :mod:`.icmp_relay`, :mod:`.hostsock` (Linux socket specifics) and
-:mod:`.client` (the net client: fds, timer, monitor views). Importing has no side effects.
+sans-IO IPv4 gateway) with :mod:`.ipv4` (hot-path codecs, fragmentation),
+:mod:`.reassembly`, :mod:`.dhcp`, :mod:`.dns`, :mod:`.tftp` with :mod:`.tftproot`
+(confinement), :mod:`.udp_nat` and :mod:`.icmp_relay`; :mod:`.ipv6` (the sans-IO IPv6
+router: NDP, RAs, ICMPv6, DHCPv6) with :mod:`.nat6` (its UDP/DNS NAT and TCP policy);
+:mod:`.tcp` (guest TCP endpoints spliced to host sockets); the host sides -
+:mod:`.hostsock` (Linux socket specifics), :mod:`.hostecho` (ping/raw echo sockets, shared
+by both families), :mod:`.host4` (the IPv4 host sockets), :mod:`.host6` (the IPv6 router,
+NAT and host sockets), :mod:`.hostfwd`, :mod:`.guestfwd` with :mod:`.guestfwd_chardev`;
+:mod:`.conntable` (the forward and connection tables of QMP and ``info usernet``); and
+:mod:`.client` (the net client composing them: fds, timer, monitor views). Importing has
+no side effects.
 """
 
 from __future__ import annotations

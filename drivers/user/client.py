@@ -1,45 +1,44 @@
-"""The user netdev's net client: the adapter between the sans-IO gateway and the loop.
+"""The user netdev's net client: the adapter that composes the sans-IO machines and their
+host sides, and owns the netdev's one timer.
 
-Owns every fd and the one timer of a user netdev: UDP flow sockets (one per guest source,
-opened on the first :class:`~.udp_nat.UdpSend`, closed on :class:`~.udp_nat.UdpClose`),
-one socket per address family for the DNS upstreams, the ICMP echo sockets (a ping socket
-per echo flow, or one raw socket, or none - :func:`.hostsock.icmp_mode`), and the
-``loop.call_at`` that runs :meth:`.router.Gateway.tick`. Frames from the peer go through
-the gateway in one pass per batch; what the gateway produced leaves as one batch to the
-peer (``send``), the host actions run, events go to QMP (``DHCP_LEASE_GRANTED``/
-``DHCP_LEASE_RELEASED`` with the netdev name added), and the timer is moved if needed.
+:class:`UserNetClient` holds the :class:`~.router.Gateway` (ARP, IPv4, DHCP, DNS relay,
+TFTP, UDP NAT, ICMP relay), :class:`~.host4.Ipv4Sockets` (the IPv4 host fds: UDP flows, DNS
+upstreams, ICMP echo), unless ``ipv6=off`` an :class:`~.host6.Ipv6Service` (router, NAT and
+host fds of IPv6, behind the gateway's Ethernet type 0x86DD), a :class:`~.tcp.TcpSplicer`
+for guest TCP of both families, a :class:`~.hostfwd.HostForwarder` and a
+:class:`~.guestfwd.GuestForwarder`; ``ipv4=off`` unregisters ARP and IPv4 (their frames are
+counted as ``ipv4-disabled``). Frames from the peer go through the gateway in one pass per
+batch; what it produced leaves as one batch (``send``), its host actions run
+(:meth:`.host4.Ipv4Sockets.act`), its events go to QMP with the netdev name added, and the
+one ``loop.call_at`` (running :meth:`.router.Gateway.tick`, which ticks the IPv6 side too)
+is moved if needed.
 
-It implements the daemon's ``UserNetClient`` protocol: :meth:`usernet_info` (``info
-usernet``, QEMU's layout: ``Hub N (NAME):``, the table header, one row per UDP and ICMP
-flow, newest first, TCP rows first as libslirp does), :meth:`hostfwd` (HMP ``hostfwd_add`` /
-``hostfwd_remove``: QEMU's syntax and texts; the rules live in a
-:class:`~.hostfwd.HostForwarder`, bound at creation - a bind failure fails the netdev with
-``Could not set up host forwarding rule 'RULE'`` - and shown as ``TCP[HOST_FORWARD]`` /
-``UDP[HOST_FORWARD]`` rows) and
-:meth:`leases_for` (``guest-network-get-interfaces``), plus :meth:`leases` (the data of a
-``query-dhcp-leases`` command) and :meth:`counters`.
+Offloads: :attr:`UserNetClient.accepts_vnet` is True; :meth:`UserNetClient._receive_vnet`
+passes checksum-partial and TSO guest TCP to the gateway whole (not verified, not
+segmented), completes other offloaded frames, and the splicer sends guest-bound TCP as
+checksum-partial TSO super-frames.
 
-Guest TCP (IPv4) ends in a :class:`~.tcp.TcpSplicer` owned here: the gateway hands it
-every TCP datagram (``Gateway.ip_handlers``), :meth:`UserNetClient._tcp_resolve` is the
-NAT policy (libslirp's ``sotranslate_out``: the host address maps to 127.0.0.1, the DNS
-address to the first DNS upstream - port 53 to the upstream's configured port, other
-ports unchanged, i.e. DNS over TCP reaches the same resolver as the UDP relay; other
-routable destinations are connected to directly; ``restrict=on`` and destinations inside
-the virtual network that nobody owns get ECONNREFUSED, answered with RST), and the
-splicer's frames leave through :meth:`send` on its own wake-ups (host reads, timers) and
-once per guest batch.
+NAT policy for guest TCP (:meth:`UserNetClient._tcp_resolve`, libslirp's
+``sotranslate_out``): a guestfwd target first (it passes ``restrict=on``); then
+``restrict=on`` refuses; the host address maps to 127.0.0.1, the DNS address to the first
+DNS upstream (port 53 to its configured port, other ports unchanged); other addresses
+inside the virtual network are refused (RST), routable ones connected to directly. IPv6 asks
+:meth:`.nat6.Nat6.tcp_target`.
 
-IPv6 (unless ``ipv6=off``; QEMU's ``ipv4``/``ipv6`` quirk is applied by the options
-module) is a :class:`~.host6.Ipv6Service` behind the same gateway: it registers Ethernet
-type 0x86DD, its MACs and its timer with the gateway and owns its own host sockets; guest
-TCP over IPv6 comes to the same splicer (:meth:`UserNetClient._tcp_in6`, policy
-:meth:`.nat6.Nat6.tcp_target`); its lease data and addresses join :meth:`leases` and
-:meth:`leases_for`, its flows the connection table, its counters :meth:`counters`; its
-final Router Advertisement (router lifetime 0) leaves at :meth:`cleanup`. ``ipv4=off``
-unregisters ARP and IPv4 (their frames are counted as ``ipv4-disabled``).
+Monitor views: the daemon's ``UserNetClient`` protocol - :meth:`usernet_info` (HMP ``info
+usernet``, QEMU's layout, rendered by :mod:`.conntable` from the same rows as
+:meth:`connections` and :meth:`forwards`), :meth:`hostfwd` (HMP ``hostfwd_add`` /
+``hostfwd_remove``), :meth:`forward_add` / :meth:`forward_remove` (QMP
+``user-forward-add`` / ``-remove``), :meth:`leases` / :meth:`leases_for` (DHCPv4 then
+IPv6) - plus :meth:`counters` (``query-netdev``: gateway, IPv6, sockets, TCP, hostfwd and
+guestfwd counters) and :meth:`guestfwd_add` / :meth:`guestfwd_remove` /
+:meth:`guestfwd_rules`.
 
-Invariant: no exception from guest or host input reaches the loop - an unexpected one is
-counted (``internal-error``) and logged (rate-limited); the netdev keeps serving.
+Invariants: :meth:`cleanup` is the one release path (netdev_del, and a netdev whose
+hostfwd or guestfwd rules fail at creation): every fd, timer and child is released and the
+final IPv6 Router Advertisement leaves while the peer is there. No exception from guest or
+host input reaches the loop - an unexpected one is counted (``internal-error``) and logged
+(rate-limited); the netdev keeps serving.
 """
 
 from __future__ import annotations
@@ -49,8 +48,7 @@ import errno
 import logging
 import os
 import socket
-import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from netstack.errors import GenericError
@@ -58,12 +56,12 @@ from netstack.net.client import NetClient
 from netstack.net.hub import HubPort
 from netstack.proto import vnet as vnet_hdr
 
-from . import conntable, hostsock, ipv4
-from .dns import RESOLV_CONF, ResolvConf, Upstream
+from . import conntable, ipv4
+from .dns import RESOLV_CONF, ResolvConf
 from .guestfwd import GuestForwarder
+from .host4 import Ipv4Sockets
 from .host6 import Ipv6Service
 from .hostfwd import HostForwarder
-from .icmp_relay import PingClose, PingSend
 from .ipv6 import Packet6
 from .options import (
     GuestFwdRule,
@@ -74,42 +72,11 @@ from .options import (
     parse_hostfwd,
     parse_hostfwd_remove,
 )
-from .router import DNS_PORT, Action, Gateway, Packet
-from .tcp import (
-    Event,
-    Segment,
-    State,
-    TcpConfig,
-    TcpEndpoint,
-    TcpSplicer,
-    ethernet_header,
-    parse_l4,
-)
+from .router import DNS_PORT, Gateway, Packet
+from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
 from .tftproot import TftpRoot
-from .udp_nat import UdpClose, UdpSend
-
-RX_BATCH: Final = 64
-
-
-def _drain(sock: socket.socket) -> Iterator[tuple[bytes, Any]]:
-    """Up to RX_BATCH datagrams waiting on a non-blocking socket; receive errors (ICMP
-    errors queued on the socket) are skipped, not fatal."""
-    for _ in range(RX_BATCH):
-        try:
-            item = sock.recvfrom(65535)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            continue
-        yield item
-
 
 LOG_INTERVAL: Final = 30.0
-USERNET_HEADER: Final = (
-    "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n"
-)
-_ECHO = struct.Struct("!BBHHH")
-_SOFT_ERRORS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
 EventSink = Callable[[str, Mapping[str, Any]], None]
 
@@ -142,29 +109,23 @@ class UserNetClient(NetClient):
         self._loop = loop
         self._log = log
         self._emit = emit_event
-        self._icmp_mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode()
         self._resolv = None if cfg.dns_upstreams else ResolvConf(resolv_conf)
-        self._udp: dict[tuple[bytes, int], socket.socket] = {}
-        self._udp_ttl: dict[tuple[bytes, int], int] = {}
-        self._ping: dict[tuple[bytes, int], socket.socket] = {}
-        self._raw: socket.socket | None = None
-        self._dns: dict[int, socket.socket] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._closed = False
         self._log_at: dict[str, float] = {}
         self._reported_bad = 0
         self.host_errors = 0
-        if self._icmp_mode == "none":
-            log.warning(
-                "user %s: ICMP echo relay unavailable (net.ipv4.ping_group_range forbids ping "
-                "sockets and CAP_NET_RAW is missing): guest pings beyond the gateway are "
-                "dropped",
-                name,
-            )
+        #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
+        self._csum_trusted = False
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
         self._net_bcast = cfg.broadcast.to_bytes(4, "big")
+        #: The IPv4 side's host sockets (UDP flows, DNS upstreams, ICMP echo: :mod:`.host4`).
+        self.host4 = Ipv4Sockets(
+            name, self.gw, loop, log, flush=self._flush, host_error=self._host_error,
+            internal_error=self._internal_error, icmp_mode=icmp_mode,
+        )  # fmt: skip
         #: The IPv6 side (router, NAT, host sockets: :mod:`.host6`); None with ipv6=off.
         self.v6: Ipv6Service | None = None
         if cfg.ipv6:
@@ -178,8 +139,6 @@ class UserNetClient(NetClient):
         if not cfg.ipv4:  # no ARP, no IPv4 service: counted and dropped
             self.gw.eth_handlers[ipv4.ETH_P_IP] = self._ipv4_off
             self.gw.eth_handlers[ipv4.ETH_P_ARP] = self._ipv4_off
-        #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
-        self._csum_trusted = False
         self.tcp = TcpSplicer(
             loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
             resolve=self._tcp_resolve, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
@@ -187,21 +146,19 @@ class UserNetClient(NetClient):
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
                                  log=log, v6=self.v6)  # fmt: skip
-        for rule in cfg.hostfwd:
-            err = self._add_hostfwd(rule)
-            if err is not None:
-                self.fwd.close()
-                self.tcp.close()
-                self.gw.close()
-                raise GenericError(err)
-        # guestfwd: rules now (conflicts fail here); chardevs open in create() (async)
         self.guestfwd = GuestForwarder(loop, self.gw, log)
-        for grule in cfg.guestfwd:
-            try:
+        # The rules: hostfwd binds, then guestfwd conflicts (chardevs open in create(),
+        # async). A failure releases everything above through the one cleanup path.
+        try:
+            for rule in cfg.hostfwd:
+                err = self._add_hostfwd(rule)
+                if err is not None:
+                    raise GenericError(err)
+            for grule in cfg.guestfwd:
                 self.guestfwd.add(grule)
-            except GenericError:
-                self.cleanup()
-                raise
+        except BaseException:
+            self.cleanup()
+            raise
 
     def _add_hostfwd(self, rule: HostFwdRule) -> str | None:
         """Bind ``rule``: None, or QEMU's error text."""
@@ -237,18 +194,29 @@ class UserNetClient(NetClient):
         return len(frames)
 
     def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
-        """Frames behind virtio-net headers: a TCP frame asking for checksum offload or TSO
-        goes to the gateway whole (its TCP checksum is partial, so it is not verified:
-        :attr:`_csum_trusted`); any other offloaded frame is completed or segmented first
-        (rare: UDP from a guest with checksum offload, UFO/USO); the rest lose the header."""
+        """Frames behind virtio-net headers. A TCP frame asking for checksum offload or
+        TSO has a partial checksum, which is not verified: over IPv4 it is checked in place
+        (:meth:`.router.Gateway.offloaded_tcp`) and its payload reaches the splicer
+        uncopied; over IPv6 it goes through the gateway whole (:attr:`_csum_trusted`).
+        Any other offloaded frame is completed or segmented first (rare: UDP from a guest
+        with checksum offload, UFO/USO); the rest lose the header."""
         gw_input = self.gw.input
         for frame in frames:
             try:
                 if len(frame) < _VNET_MIN:
                     self.gw.stats["vnet-short"] += 1
-                elif not frame[0] & vnet_hdr.NEEDS_CSUM and not frame[1] & ~vnet_hdr.GSO_ECN:
+                    continue
+                if not frame[0] & vnet_hdr.NEEDS_CSUM and not frame[1] & ~vnet_hdr.GSO_ECN:
                     gw_input(frame[vnet_hdr.HDR_LEN :], now)
-                elif _is_tcp(frame):
+                    continue
+                family = _is_tcp(frame)
+                if family == 4 and self.cfg.ipv4:
+                    seg = self.gw.offloaded_tcp(frame)
+                    if isinstance(seg, str):
+                        self.gw.stats[seg] += 1
+                    elif self._tcp_routable(seg.dst):
+                        self.tcp.guest_segment(seg, now)
+                elif family:
                     self._csum_trusted = True
                     try:
                         gw_input(frame[vnet_hdr.HDR_LEN :], now)
@@ -271,14 +239,21 @@ class UserNetClient(NetClient):
     def _tcp_in(self, pkt: Packet, now: float) -> None:
         gw = self.gw
         dst = pkt.dst
-        if dst[0] >= 224 or dst[0] in (0, 127) or dst == self._net_bcast:
-            gw.stats["tcp-not-routed"] += 1  # multicast, broadcast, loopback, 0/8
+        if not self._tcp_routable(dst):
             return
         seg = parse_l4(pkt.src, dst, pkt.payload, verify=not self._csum_trusted, mac=pkt.src_mac)
         if isinstance(seg, str):
             gw.stats[seg] += 1
             return
         self.tcp.guest_segment(seg, now)
+
+    def _tcp_routable(self, dst: bytes) -> bool:
+        """Whether guest TCP to IPv4 ``dst`` may be NATed: not multicast, broadcast,
+        loopback or 0/8 (counted when not)."""
+        if dst[0] >= 224 or dst[0] in (0, 127) or dst == self._net_bcast:
+            self.gw.stats["tcp-not-routed"] += 1
+            return False
+        return True
 
     def _tcp_resolve(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int | socket.socket:
         target = self.guestfwd.resolve(seg)  # guestfwd targets pass restrict=on too
@@ -321,9 +296,10 @@ class UserNetClient(NetClient):
         gw = self.gw
         if gw.actions:
             actions, gw.actions = gw.actions, []
+            act = self.host4.act
             for action in actions:
                 try:
-                    self._act(action, now)
+                    act(action, now)
                 except Exception:
                     self._internal_error("host action")
         if gw.out:
@@ -335,197 +311,6 @@ class UserNetClient(NetClient):
                 for name, data in events:
                     self._emit(name, {"netdev": self.name, **data})
         self._schedule(now)
-
-    def _act(self, action: Action, now: float) -> None:
-        if isinstance(action, UdpSend):
-            self._udp_send(action, now)
-        elif isinstance(action, Upstream):
-            self._dns_send(action)
-        elif isinstance(action, UdpClose):
-            self._close_udp(action.key)
-        elif isinstance(action, PingSend):
-            self._ping_send(action)
-        elif isinstance(action, PingClose):
-            self._close_ping(action.key)
-
-    # -- UDP flows -------------------------------------------------------------------------
-
-    def _udp_send(self, a: UdpSend, now: float) -> None:
-        sock = self._udp.get(a.key)
-        if sock is None:
-            try:
-                sock = hostsock.udp_flow_socket()
-            except OSError as exc:
-                self._host_error("UDP socket", exc)
-                self.gw.udp.close(a.key)
-                return
-            self._udp[a.key] = sock
-            key = a.key
-            self._loop.add_reader(sock.fileno(), self._udp_readable, key, sock)
-        if self._udp_ttl.get(a.key) != a.ttl:
-            try:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(1, min(a.ttl, 255)))
-                self._udp_ttl[a.key] = a.ttl
-            except OSError:
-                pass
-        for _attempt in range(2):
-            try:
-                sock.sendto(a.payload, (a.host, a.port))
-                return
-            except OSError as exc:
-                if exc.errno == errno.ECONNREFUSED:
-                    continue  # an earlier datagram's error, reported late: send again
-                if exc.errno in _SOFT_ERRORS:
-                    self.gw.stats["udp-send-dropped"] += 1
-                    return
-                # libslirp answers a failed send with "network unreachable"
-                self.gw.udp_host_error(a.key, a.host, a.port, ipv4.ICMP_UNREACH,
-                                       ipv4.UNREACH_NET, None, a.payload)  # fmt: skip
-                self._host_error("UDP send", exc)
-                return
-
-    def _udp_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
-        if self._closed or self._udp.get(key) is not sock:
-            return
-        now = self._loop.time()
-        gw = self.gw
-        try:
-            for err in hostsock.read_errors(sock):
-                gw.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
-                                  err.offender, err.head)  # fmt: skip
-            for _ in range(RX_BATCH):
-                try:
-                    data, addr = sock.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.ECONNREFUSED:  # reported through the error queue
-                        self._host_error("UDP receive", exc)
-                    break
-                gw.udp_from_host(key, addr[0], addr[1], data, now)
-        except Exception:
-            self._internal_error("UDP flow")
-        self._flush(now)
-
-    def _close_udp(self, key: tuple[bytes, int]) -> None:
-        sock = self._udp.pop(key, None)
-        self._udp_ttl.pop(key, None)
-        if sock is not None:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-
-    # -- DNS upstreams ---------------------------------------------------------------------
-
-    def _dns_send(self, a: Upstream) -> None:
-        sock = self._dns.get(a.family)
-        if sock is None:
-            try:
-                sock = socket.socket(a.family, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-            except OSError as exc:
-                self._host_error("DNS socket", exc)
-                return
-            self._dns[a.family] = sock
-            self._loop.add_reader(sock.fileno(), self._dns_readable, sock)
-        try:
-            sock.sendto(a.payload, (a.host, a.port))
-        except OSError as exc:
-            self.gw.stats["dns-send-failed"] += 1
-            self._host_error("DNS send", exc)
-
-    def _dns_readable(self, sock: socket.socket) -> None:
-        if self._closed:
-            return
-        now = self._loop.time()
-        try:
-            for data, addr in _drain(sock):
-                self.gw.dns_from_upstream((addr[0], addr[1]), data, now)
-        except Exception:
-            self._internal_error("DNS upstream")
-        self._flush(now)
-
-    # -- ICMP echo -------------------------------------------------------------------------
-
-    def _ping_send(self, a: PingSend) -> None:
-        mode = self._icmp_mode
-        if mode == "ping":
-            sock = self._ping.get(a.key)
-            if sock is None:
-                try:
-                    sock = hostsock.ping_socket()
-                except OSError as exc:
-                    self._host_error("ping socket", exc)
-                    self.gw.icmp.close(a.key)
-                    return
-                self._ping[a.key] = sock
-                self._loop.add_reader(sock.fileno(), self._ping_readable, a.key, sock)
-            packet = _ECHO.pack(ipv4.ICMP_ECHO, 0, 0, a.host_id, a.seq) + a.payload
-        elif mode == "raw":
-            sock = self._raw_socket()
-            if sock is None:
-                return
-            packet = ipv4.icmp_message(ipv4.ICMP_ECHO, 0, struct.pack("!HH", a.host_id, a.seq),
-                                       a.payload)  # fmt: skip
-        else:
-            self.gw.stats["icmp-relay-unavailable"] += 1
-            return
-        try:
-            sock.sendto(packet, (a.host, 0))
-        except OSError as exc:
-            self.gw.stats["icmp-send-failed"] += 1
-            self._host_error("ICMP send", exc)
-
-    def _raw_socket(self) -> socket.socket | None:
-        if self._raw is None:
-            try:
-                self._raw = hostsock.raw_icmp_socket()
-            except OSError as exc:
-                self._host_error("raw ICMP socket", exc)
-                return None
-            self._loop.add_reader(self._raw.fileno(), self._raw_readable)
-        return self._raw
-
-    def _ping_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
-        if self._closed or self._ping.get(key) is not sock:
-            return
-        now = self._loop.time()
-        try:
-            for data, addr in _drain(sock):
-                if len(data) >= 8 and data[0] == ipv4.ICMP_ECHOREPLY:
-                    seq = (data[6] << 8) | data[7]
-                    self.gw.ping_reply(key, addr[0], seq, data[8:], now)
-        except Exception:
-            self._internal_error("ping socket")
-        self._flush(now)
-
-    def _raw_readable(self) -> None:
-        sock = self._raw
-        if self._closed or sock is None:
-            return
-        now = self._loop.time()
-        gw = self.gw
-        try:
-            for data, addr in _drain(sock):
-                ihl = (data[0] & 15) * 4 if data else 0
-                icmp = data[ihl:]
-                if len(icmp) < 8 or icmp[0] != ipv4.ICMP_ECHOREPLY:
-                    continue
-                key = gw.icmp.key_for_host_id((icmp[4] << 8) | icmp[5])
-                if key is not None:
-                    gw.ping_reply(key, addr[0], (icmp[6] << 8) | icmp[7], icmp[8:], now)
-        except Exception:
-            self._internal_error("raw ICMP socket")
-        self._flush(now)
-
-    def _close_ping(self, key: tuple[bytes, int]) -> None:
-        sock = self._ping.pop(key, None)
-        if sock is not None:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-        if self._raw is not None and not self.gw.icmp.flows:
-            self._loop.remove_reader(self._raw.fileno())
-            self._raw.close()
-            self._raw = None
 
     # -- IPv6 ------------------------------------------------------------------------------
 
@@ -651,9 +436,12 @@ class UserNetClient(NetClient):
         self._sync_bad(self._loop.time())
         out = self._input_counters()
         out["host-errors"] = self.host_errors
-        out["udp-sockets"] = len(self._udp)
+        out.update(self.host4.counters())
         for key, value in self.tcp.counters().items():
             out[key if key.startswith("tcp-") else f"tcp-{key}"] = value
+        for part in (self.fwd.stats, self.guestfwd.counters()):  # hostfwd-*, guestfwd-*
+            for key, value in part.items():
+                out[key] = out.get(key, 0) + value
         return out
 
     def usernet_info(self) -> str:
@@ -670,8 +458,7 @@ class UserNetClient(NetClient):
         guestfwd = conntable.guestfwd_targets(self.guestfwd_rules())
         return [
             *conntable.tcp_rows(self.tcp.flows.values(), guestfwd),
-            *conntable.udp_rows(self.gw.udp.flows, self._udp, now),
-            *conntable.icmp_rows(self.gw.icmp.flows, self._ping, self._raw, now),
+            *self.host4.conn_rows(now),
             *(self.v6.conn_rows(now) if self.v6 is not None else ()),
         ]
 
@@ -766,16 +553,7 @@ class UserNetClient(NetClient):
                 self.send(self.v6.close())
             except Exception:
                 self._internal_error("IPv6 close")
-        for key in list(self._udp):
-            self._close_udp(key)
-        for key in list(self._ping):
-            self._close_ping(key)
-        socks = list(self._dns.values()) + ([self._raw] if self._raw is not None else [])
-        for sock in socks:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-        self._dns.clear()
-        self._raw = None
+        self.host4.close()
         self.fwd.close()
         try:
             self.guestfwd.close()
@@ -788,25 +566,21 @@ class UserNetClient(NetClient):
         self.gw.close()
 
 
-#: libslirp's names (``tcpstates``); a guest SYN held while the host connects shows as
-#: SYN_RCVD, as in libslirp.
-_TCP_STATE_NAMES: Final = {State.CONNECTING: "SYN_RCVD"}
-
-
 _VNET_MIN: Final = vnet_hdr.HDR_LEN + 14
 _IPPROTO_TCP: Final = 6
 
 
-def _is_tcp(frame: bytes) -> bool:
-    """Whether a frame behind a virtio-net header is IPv4 or IPv6 TCP (IPv6: the first
-    next header; a TCP segment behind extension headers takes the completing path)."""
+def _is_tcp(frame: bytes) -> int:
+    """4 or 6 when a frame behind a virtio-net header is IPv4 or IPv6 TCP (IPv6: the first
+    next header; a TCP segment behind extension headers takes the completing path),
+    else 0."""
     at = vnet_hdr.HDR_LEN + 12
     etype = (frame[at] << 8) | frame[at + 1] if len(frame) > at + 1 else 0
     if etype == 0x0800:
-        return len(frame) > at + 11 and frame[at + 11] == _IPPROTO_TCP
+        return 4 if len(frame) > at + 11 and frame[at + 11] == _IPPROTO_TCP else 0
     if etype == 0x86DD:
-        return len(frame) > at + 8 and frame[at + 8] == _IPPROTO_TCP
-    return False
+        return 6 if len(frame) > at + 8 and frame[at + 8] == _IPPROTO_TCP else 0
+    return 0
 
 
 def _is_bad(name: str) -> bool:

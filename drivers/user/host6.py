@@ -5,8 +5,9 @@ Owns, for one user netdev with IPv6 enabled (``ipv6=``, QEMU's quirk kept in
 :func:`.ipv6.families_enabled`): the :class:`~.ipv6.Ipv6Router` (NDP, RAs with prefix and
 RDNSS, ICMPv6 echo, DHCPv6), the :class:`~.nat6.Nat6` (UDP NAT, DNS relay, TCP policy) and
 every host fd they use - UDP flow sockets (``AF_INET6``, ``IPV6_RECVERR``), DNS upstream
-sockets for the IPv6 relay (one per upstream family), and the ICMPv6 echo sockets (a ping
-socket per echo flow, or one raw ICMPv6 socket, or none: :func:`.hostsock.icmp_mode`).
+sockets for the IPv6 relay (one per upstream family), and the ICMPv6 echo sockets
+(:class:`.hostecho.EchoSockets` with :data:`ECHO6`, shared with :mod:`.host4`: a ping socket
+per echo flow, or one raw ICMPv6 socket, or none - :func:`.hostsock.icmp_mode`).
 
 Wiring into the gateway (:class:`~.router.Gateway`, which owns the port's one input pass,
 output lists and timer): Ethernet type 0x86DD is registered in ``eth_handlers``
@@ -32,12 +33,13 @@ import asyncio
 import errno
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from . import conntable, hostsock
 from .conntable import ConnRow
 from .dns import Upstream
+from .hostecho import EchoFamily, EchoReply, EchoSockets, ErrorSink
 from .ipv6 import Ipv6Router, PingClose, PingSend, icmp6, ipv6_config
 from .ipv6 import packet as pk
 from .nat6 import Nat6
@@ -47,23 +49,23 @@ from .tcp import Segment, ethernet_header
 from .udp_nat import UdpClose, UdpSend
 
 ETH_P_IPV6: Final = 0x86DD
-RX_BATCH: Final = 64
 _PUMP_ROUNDS: Final = 4
 _SOFT_ERRORS: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
-ErrorSink = Callable[[str, OSError], None]
+
+def _echo_request(host_id: int, seq: int, payload: bytes, raw: bool) -> bytes:
+    return icmp6.echo_request(host_id, seq, payload)  # the kernel fills in the checksum
 
 
-def _drain(sock: socket.socket) -> Iterator[tuple[bytes, Any]]:
-    """Up to RX_BATCH datagrams waiting on a non-blocking socket (receive errors skipped)."""
-    for _ in range(RX_BATCH):
-        try:
-            item = sock.recvfrom(65535)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            continue
-        yield item
+def _echo_reply(data: bytes, raw: bool) -> EchoReply | None:
+    return icmp6.parse_echo_reply(data)  # raw ICMPv6: no IPv6 header in front
+
+
+#: The ICMPv6 echo relay's host end (the guest's hop limit is applied).
+ECHO6: Final = EchoFamily(
+    "ICMPv6", "ping6", "icmp6", hostsock.ping6_socket, hostsock.raw_icmp6_socket,
+    _echo_request, _echo_reply, (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS),
+)  # fmt: skip
 
 
 class Ipv6Service:
@@ -88,14 +90,16 @@ class Ipv6Service:
         self.router = Ipv6Router(self.cfg, now=loop.time(), echo_max_flows=icmp_max_flows)
         self.nat = Nat6(self.router, gw.dns, udp_max_flows=udp_max_flows)
         self.router.ip_handlers[pk.IPPROTO_UDP] = self.nat.udp_in
-        self.icmp_mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode(socket.AF_INET6)
         self._udp: dict[tuple[bytes, int], socket.socket] = {}
         self._hops: dict[int, int] = {}  # fd -> hop limit set on it
-        self._ping: dict[tuple[bytes, int], socket.socket] = {}
-        self._raw: socket.socket | None = None
         self._dns: dict[int, socket.socket] = {}
         self.stats: Counter[str] = Counter()
         self.closed = False
+        mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode(socket.AF_INET6)
+        self.echo = EchoSockets(
+            loop, ECHO6, mode, self.router.echo, self.stats, reply=self.router.ping_reply,
+            flush=flush, host_error=host_error, internal_error=internal_error, pump=self.pump,
+        )  # fmt: skip
         gw.eth_handlers[ETH_P_IPV6] = self.input
         for mac in self.router.macs:
             gw.accept_mac(mac)
@@ -149,9 +153,14 @@ class Ipv6Service:
         elif isinstance(action, UdpClose):
             self._close_udp(action.key)
         elif isinstance(action, PingSend):
-            self._ping_send(action)
+            a = action
+            self.echo.send(a.key, a.host_id, a.host, a.seq, a.payload, a.hop_limit)
         elif isinstance(action, PingClose):
-            self._close_ping(action.key)
+            self.echo.close_flow(action.key)
+
+    @property
+    def icmp_mode(self) -> str:
+        return self.echo.mode
 
     # -- services for the client and hostfwd -----------------------------------------------
 
@@ -232,7 +241,7 @@ class Ipv6Service:
             for err in hostsock.read_errors(sock):
                 nat.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
                                    err.offender, err.head, now)  # fmt: skip
-            for _ in range(RX_BATCH):
+            for _ in range(hostsock.RX_BATCH):
                 try:
                     data, addr = sock.recvfrom(65535)
                 except (BlockingIOError, InterruptedError):
@@ -277,95 +286,12 @@ class Ipv6Service:
             return
         now = self._loop.time()
         try:
-            for data, addr in _drain(sock):
+            for data, addr in hostsock.drain(sock):
                 self.nat.dns_from_upstream((str(addr[0]), int(addr[1])), data, now)
             self.pump(now)
         except Exception:
             self._internal_error("DNS upstream (IPv6 relay)")
         self._flush(now)
-
-    # -- ICMPv6 echo -----------------------------------------------------------------------
-
-    def _ping_send(self, a: PingSend) -> None:
-        if self.icmp_mode == "ping":
-            sock = self._ping.get(a.key)
-            if sock is None:
-                try:
-                    sock = hostsock.ping6_socket()
-                except OSError as exc:
-                    self._host_error("ping6 socket", exc)
-                    self.router.echo.close(a.key)
-                    return
-                self._ping[a.key] = sock
-                self._loop.add_reader(sock.fileno(), self._ping_readable, a.key, sock)
-        elif self.icmp_mode == "raw":
-            sock = self._raw_socket()
-            if sock is None:
-                return
-        else:
-            self.stats["icmp6-relay-unavailable"] += 1
-            return
-        self._set_hops(sock, a.hop_limit)
-        try:
-            sock.sendto(icmp6.echo_request(a.host_id, a.seq, a.payload), (a.host, 0))
-        except OSError as exc:
-            self.stats["icmp6-send-failed"] += 1
-            self._host_error("ICMPv6 send", exc)
-
-    def _raw_socket(self) -> socket.socket | None:
-        if self._raw is None:
-            try:
-                self._raw = hostsock.raw_icmp6_socket()
-            except OSError as exc:
-                self._host_error("raw ICMPv6 socket", exc)
-                return None
-            self._loop.add_reader(self._raw.fileno(), self._raw_readable)
-        return self._raw
-
-    def _ping_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
-        if self.closed or self._ping.get(key) is not sock:
-            return
-        now = self._loop.time()
-        try:
-            for data, addr in _drain(sock):
-                reply = icmp6.parse_echo_reply(data)
-                if reply is not None:
-                    self.router.ping_reply(key, str(addr[0]), reply[1], reply[2], now)
-            self.pump(now)
-        except Exception:
-            self._internal_error("ping6 socket")
-        self._flush(now)
-
-    def _raw_readable(self) -> None:
-        sock = self._raw
-        if self.closed or sock is None:
-            return
-        now = self._loop.time()
-        r = self.router
-        try:
-            for data, addr in _drain(sock):
-                reply = icmp6.parse_echo_reply(data)  # raw ICMPv6: no IPv6 header in front
-                if reply is None:
-                    continue
-                key = r.echo.key_for_host_id(reply[0])
-                if key is not None:
-                    r.ping_reply(key, str(addr[0]), reply[1], reply[2], now)
-            self.pump(now)
-        except Exception:
-            self._internal_error("raw ICMPv6 socket")
-        self._flush(now)
-
-    def _close_ping(self, key: tuple[bytes, int]) -> None:
-        sock = self._ping.pop(key, None)
-        if sock is not None:
-            self._hops.pop(sock.fileno(), None)
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-        if self._raw is not None and not self.router.echo.flows:
-            self._hops.pop(self._raw.fileno(), None)
-            self._loop.remove_reader(self._raw.fileno())
-            self._raw.close()
-            self._raw = None
 
     # -- views -----------------------------------------------------------------------------
 
@@ -381,7 +307,7 @@ class Ipv6Service:
         UDP flows and ICMPv6 echo flows, newest first per table."""
         return [
             *conntable.udp_rows(self.nat.udp.flows, self._udp, now),
-            *conntable.icmp_rows(self.router.echo.flows, self._ping, self._raw, now),
+            *conntable.icmp_rows(self.router.echo.flows, self.echo.ping, self.echo.raw, now),
         ]
 
     def leases(self, now: float) -> list[dict[str, Any]]:
@@ -400,14 +326,11 @@ class Ipv6Service:
         self.closed = True
         for key in list(self._udp):
             self._close_udp(key)
-        for key in list(self._ping):
-            self._close_ping(key)
-        socks = list(self._dns.values()) + ([self._raw] if self._raw is not None else [])
-        for sock in socks:
+        self.echo.close()
+        for sock in self._dns.values():
             self._loop.remove_reader(sock.fileno())
             sock.close()
         self._dns.clear()
-        self._raw = None
         if self in self._gw.timers:
             self._gw.timers.remove(self)
         return self.router.final_advertisement()

@@ -326,20 +326,3 @@ class HostForwarder:
         except OSError:
             self.stats["hostfwd-udp-send-failed"] += 1
         return True
-
-    # -- monitor ---------------------------------------------------------------------------
-
-    def usernet_rows(self, udp: bool) -> list[str]:
-        rows = []
-        for fwd in reversed(self.forwards):
-            if fwd.rule.udp != udp:
-                continue
-            addr, port = fwd.bound
-            state = "  UDP[HOST_FORWARD]" if udp else "  TCP[HOST_FORWARD]"
-            family = socket.AF_INET6 if len(fwd.guest) == 16 else socket.AF_INET
-            guest = socket.inet_ntop(family, fwd.guest)
-            rows.append(
-                f"{state:<19} {fwd.sock.fileno():3d} {addr:>15} {port:5d} {guest:>15} "
-                f"{fwd.rule.guest_port:5d} {0:5d} {0:5d}\n"
-            )
-        return rows

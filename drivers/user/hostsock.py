@@ -22,6 +22,9 @@ with origin ``SO_EE_ORIGIN_ICMP6`` and a ``sockaddr_in6`` offender), :func:`ping
 :func:`raw_icmp6_socket` (an ``ICMP6_FILTER`` lets only Echo Replies through; the kernel
 fills in ICMPv6 checksums on both, RFC 3542 §3.1) and :func:`icmp_mode` with
 ``family=AF_INET6`` (``net.ipv4.ping_group_range`` governs ICMPv6 ping sockets too).
+
+:func:`drain` is the bounded read every datagram reader of the netdev uses (at most
+:data:`RX_BATCH` datagrams per wake-up, so one busy socket cannot starve the loop).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Final, NamedTuple
+from collections.abc import Iterator
+from typing import Any, Final, NamedTuple
 
 IP_RECVERR: Final = 11  # <linux/in.h>; not exported by the socket module
 IPV6_RECVERR: Final = 25  # <linux/in6.h>; likewise
@@ -40,6 +44,8 @@ _EXT_ERR = struct.Struct("=IBBBBII")  # errno, origin, type, code, pad, info, da
 _ICMP6_ECHO_REPLY: Final = 129
 _ERR_BATCH: Final = 16
 _REFUSED: Final = (errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT)
+#: Datagrams one reader takes per wake-up.
+RX_BATCH: Final = 64
 
 
 class HostError(NamedTuple):
@@ -52,6 +58,19 @@ class HostError(NamedTuple):
     code: int
     offender: str | None
     head: bytes
+
+
+def drain(sock: socket.socket) -> Iterator[tuple[bytes, Any]]:
+    """Up to :data:`RX_BATCH` datagrams waiting on a non-blocking socket, as (data,
+    address); receive errors (ICMP errors queued on the socket) are skipped, not fatal."""
+    for _ in range(RX_BATCH):
+        try:
+            item = sock.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            continue
+        yield item
 
 
 def udp_flow_socket() -> socket.socket:

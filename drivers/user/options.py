@@ -64,7 +64,6 @@ DEFAULT_MTU = 1500
 MIN_MTU = 68
 #: libslirp's ``IF_MTU_MAX``: the largest MTU its interface accepts.
 MAX_MTU = 65521
-PART2 = "user netdev part 2"
 
 _STRTOL10 = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 

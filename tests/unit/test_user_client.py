@@ -1,9 +1,9 @@
 """The user netdev's net client in a daemon, in-process: a NicClient plays the guest; real
 sockets on loopback play the host (a UDP echo server, a DNS upstream, a closed port).
 
-Covers the adapter (fds, timer, batches), the daemon's ``UserNetClient`` protocol (``info
-usernet``, HMP ``hostfwd_*``, ``guest-network-get-interfaces`` via ``leases_for``), the
-lease table and the QMP events.
+Covers the adapter (fds, timer, batches, a failed creation releasing everything), the
+daemon's ``UserNetClient`` protocol (``info usernet``, HMP ``hostfwd_*``,
+``guest-network-get-interfaces`` via ``leases_for``), the lease table and the QMP events.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from drivers.user.client import UserNetClient
 from drivers.user.options import UserConfig
 from netstack import qapi
 from netstack.daemon import Netstack
+from netstack.errors import GenericError
 from netstack.net.nic import NicClient
 from netstack.qmp.hmp import run_hmp
 
@@ -243,3 +244,53 @@ async def test_info_without_hub_and_icmp_unavailable() -> None:
         assert nc.info_str == "net=10.0.2.0,restrict=off"
     finally:
         nc.cleanup()
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def failing_specs(busy_port: int, closed: int) -> dict[str, tuple[str, str]]:
+    """netdev specs whose creation fails after earlier rules opened fds (hostfwd listeners:
+    TCP, UDP, IPv6), and the error each gives. Rules are taken last to first, as in QEMU."""
+    ok = ("hostfwd=tcp:127.0.0.1:0-:22,hostfwd=udp:127.0.0.1:0-:53,"
+          "hostfwd=tcp:[::1]:0-[fec0::15]:22,guestfwd=tcp:10.0.2.100:80-cmd:cat")  # fmt: skip
+    return {
+        "hostfwd-port-in-use": (
+            f"user,id=u0,hostfwd=tcp:127.0.0.1:{busy_port}-:80,{ok}",
+            f"Could not set up host forwarding rule 'tcp:127.0.0.1:{busy_port}-:80'",
+        ),
+        "guestfwd-conflict": (
+            f"user,id=u0,{ok},guestfwd=tcp:10.0.2.100:80-cmd:true",
+            "Conflicting/invalid host:port in guest forwarding rule 'tcp:10.0.2.100:80-cmd:cat'",
+        ),
+        "guestfwd-chardev-fails": (
+            f"user,id=u0,guestfwd=tcp:10.0.2.101:81-tcp:127.0.0.1:{closed},{ok}",
+            "Could not open guest forwarding device 'guestfwd.tcp.81'",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["hostfwd-port-in-use", "guestfwd-conflict",
+                                  "guestfwd-chardev-fails"])  # fmt: skip
+async def test_failed_netdev_add_leaves_no_fd_open(case: str) -> None:
+    """A netdev whose rules fail (a hostfwd port in use, a conflicting guestfwd - both in
+    the client's constructor - or a guestfwd chardev that does not open, in ``create``)
+    fails with QEMU's text and releases everything the earlier parts had opened."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        spec, error = failing_specs(busy.getsockname()[1], closed_port())[case]
+        ns = Netstack({"user": user.SPEC})
+        try:
+            await ns.netdev_add(qapi.parse_netdev_cli("user,id=warm"))
+            ns.netdev_del("warm")  # the loop's and the daemon's own fds exist from here on
+            before = open_fds()
+            with pytest.raises(GenericError) as info:
+                await ns.netdev_add(qapi.parse_netdev_cli(spec))
+            assert info.value.desc == error
+            await asyncio.sleep(0.05)  # background chardev closes
+            assert ns.find_netdev("u0") is None
+            assert open_fds() <= before, "an fd was left behind"
+        finally:
+            await ns.close()
