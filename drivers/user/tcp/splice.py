@@ -120,6 +120,7 @@ class TcpSplicer:
         try:
             sp.m.segment_from_guest(seg, now)
         except Exception:  # a bug must not take the loop down: drop the flow
+            self.stats["internal-error"] += 1
             self.log.exception("tcp machine failed on a guest segment")
             self._abort(sp, now)
             return
@@ -148,6 +149,7 @@ class TcpSplicer:
             try:
                 target = self._resolve(seg)
             except Exception:
+                self.stats["internal-error"] += 1
                 self.log.exception("tcp resolve callback failed")
                 target = errno.ECONNREFUSED
         if isinstance(target, int):
@@ -206,6 +208,7 @@ class TcpSplicer:
             work(sp, now)
             self._sync(sp)
         except Exception:
+            self.stats["internal-error"] += 1
             self.log.exception("tcp splice failed")
             self._abort(sp, now)
         self.flush()
@@ -359,6 +362,7 @@ class TcpSplicer:
         try:
             sp.m.abort(now)
         except Exception:
+            self.stats["internal-error"] += 1
             self.log.exception("tcp machine failed to abort")
         self._linger_rst(sp)
         self._close(sp)
