@@ -244,8 +244,10 @@ def host_address(text: str | None) -> str:
     v4 = inet_aton(text)
     if v4 is not None:
         return ip_text(v4)
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
     try:
-        return str(ipaddress.IPv6Address(text.strip("[]")))
+        return str(ipaddress.IPv6Address(text))  # refuses any bracket left
     except ValueError:
         raise GenericError("Parameter 'host-addr' expects an IP address") from None
 

@@ -47,7 +47,10 @@ Deviations from QEMU/libslirp (decided):
   host's network, where the virtual address means nothing);
 * rules can be added and removed at run time (:meth:`GuestForwarder.add` with ``start``,
   :meth:`GuestForwarder.remove`); connections of a removed ``cmd:`` rule live on, as
-  hostfwd connections do.
+  hostfwd connections do. A chardev spec added at run time is parsed at once (one that
+  does not parse is the add's error); only its opening runs in the background;
+* a target holding a NUL character (possible over QMP) is ``Invalid guest forwarding rule
+  'R'`` (QEMU's C string would end there; no command line or path can hold one).
 
 Invariants: every fd and child this module creates is closed/reaped by
 :meth:`GuestForwarder.remove` / :meth:`GuestForwarder.close`; nothing a guest does raises
@@ -71,6 +74,7 @@ from typing import Any, Final
 
 from netstack.chardev import Chardev, create_backend
 from netstack.errors import GenericError
+from netstack.qapi import Chardev as ChardevSpec
 from netstack.qapi import parse_qmp_shorthand
 
 from .guestfwd_chardev import ChardevBridge
@@ -145,7 +149,7 @@ class Children:
                 [self.shell, "-c", command], stdin=fd, stdout=fd, stderr=fd,
                 close_fds=True, start_new_session=True,
             )  # fmt: skip
-        except (OSError, subprocess.SubprocessError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             ours.close()
             self.stats["guestfwd-spawn-failed"] += 1
             self._log.warning("guestfwd: cannot run %r: %s", command, exc)
@@ -243,19 +247,26 @@ class GuestForwarder:
     def add(self, rule: GuestFwdRule, *, start: bool = False) -> GuestFwd:
         """Take ``rule`` (parsed by :func:`.options.parse_guestfwd`); raises GenericError
         with QEMU's text. A chardev rule's chardev opens in :meth:`open`, or, with
-        ``start``, now (``chardev:ID``) or in the background (a spec; a failure removes
-        the rule and is logged)."""
+        ``start``, now (``chardev:ID``) or in the background (a spec: one that does not
+        parse fails now; a failure to open removes the rule and is logged). A target with
+        a NUL is invalid (QEMU's C strings would end there; no command or path holds one)."""
+        if "\0" in rule.target:
+            raise GenericError(f"Invalid guest forwarding rule '{rule.text}'")
         if self.find(rule.server, rule.port) is not None:
             raise conflict_error(rule)
         cmd = rule.target.startswith(CMD_PREFIX)
         addr = socket.inet_aton(rule.server)
         fwd = GuestFwd(rule, addr, None if cmd else ChardevBridge(self._loop, self._log))
-        if start and rule.target.startswith(CHARDEV_PREFIX):
-            self._attach_existing(fwd)  # raises before anything is registered
+        backend = None
+        if start and fwd.bridge is not None:  # raises before anything is registered
+            if rule.target.startswith(CHARDEV_PREFIX):
+                self._attach_existing(fwd)
+            else:
+                backend = self._backend(fwd)
         self.forwards.append(fwd)
         self._gw.add_local(addr)
-        if start and fwd.bridge is not None and fwd.chardev is None:
-            fwd.opening = self._spawn(self._open_in_background(fwd))
+        if backend is not None:
+            fwd.opening = self._spawn(self._open_in_background(fwd, backend))
         return fwd
 
     async def open(self, lookup: Lookup | None = None) -> None:
@@ -331,28 +342,35 @@ class GuestForwarder:
         dev.attach(fwd.bridge)  # "Device 'ID' is in use", as qemu_chr_fe_init says
         fwd.chardev, fwd.owned = dev, False
 
-    async def _open(self, fwd: GuestFwd) -> None:
-        if fwd.rule.target.startswith(CHARDEV_PREFIX):
-            self._attach_existing(fwd)
-            return
-        assert fwd.bridge is not None
-        fail = GenericError(f"Could not open guest forwarding device '{fwd.label}'")
+    def _backend(self, fwd: GuestFwd) -> tuple[Chardev, ChardevSpec]:
+        """The rule's chardev spec parsed and its back end made (nothing opened yet);
+        GenericError with QEMU's text when the spec names no chardev this rule can use."""
         try:
             spec = parse_qmp_shorthand(fwd.rule.target, fwd.label)
             if spec.mux:
                 raise GenericError("a muxed monitor ('mon:') cannot serve a guest forward")
-            dev = create_backend(spec)
-        except GenericError as exc:
-            self._log.warning("guestfwd %r: %s", fwd.rule.text, exc.desc)
-            raise fail from exc
+            return create_backend(spec), spec
+        except Exception as exc:  # any text can come here (QMP): every failure is the rule's
+            self._log.warning("guestfwd %r: %s", fwd.rule.text, getattr(exc, "desc", exc),
+                              exc_info=not isinstance(exc, GenericError))  # fmt: skip
+            raise GenericError(f"Could not open guest forwarding device '{fwd.label}'") from exc
+
+    async def _open(
+        self, fwd: GuestFwd, backend: tuple[Chardev, ChardevSpec] | None = None
+    ) -> None:
+        if fwd.rule.target.startswith(CHARDEV_PREFIX):
+            self._attach_existing(fwd)
+            return
+        assert fwd.bridge is not None
+        dev, spec = backend if backend is not None else self._backend(fwd)
         try:
             dev.open_log(spec.options.logfile, spec.options.logappend)
             await dev.start()
         except BaseException as exc:
             await dev.close()
-            if isinstance(exc, (GenericError, OSError)):
+            if isinstance(exc, Exception):  # OSError, GenericError, ValueError (bad path)...
                 self._log.warning("guestfwd %r: %s", fwd.rule.text, exc)
-                raise fail from exc
+                raise GenericError(f"Could not open guest forwarding device '{fwd.label}'") from exc
             raise
         if fwd not in self.forwards:  # removed while it opened
             await dev.close()
@@ -360,9 +378,11 @@ class GuestForwarder:
         dev.attach(fwd.bridge)
         fwd.chardev, fwd.owned = dev, True
 
-    async def _open_in_background(self, fwd: GuestFwd) -> None:
+    async def _open_in_background(
+        self, fwd: GuestFwd, backend: tuple[Chardev, ChardevSpec]
+    ) -> None:
         try:
-            await self._open(fwd)
+            await self._open(fwd, backend)
         except GenericError as exc:
             self.stats["guestfwd-open-failed"] += 1
             self._log.warning("guestfwd %r removed: %s", fwd.rule.text, exc.desc)

@@ -65,6 +65,7 @@ MIN_MTU = 68
 #: libslirp's ``IF_MTU_MAX``: the largest MTU its interface accepts.
 MAX_MTU = 65521
 
+_LONG_MAX = (1 << 63) - 1
 _STRTOL10 = re.compile(r"[ \t\n\v\f\r]*[+-]?[0-9]+")
 
 
@@ -166,7 +167,10 @@ def _strtol10(text: str) -> tuple[int, str]:
     match = _STRTOL10.match(text)
     if match is None:
         return 0, text
-    return int(match.group()), text[match.end() :]
+    number = match.group().strip()
+    if len(number.lstrip("+-").lstrip("0")) > 19:  # strtol saturates (ERANGE)
+        return (-_LONG_MAX - 1 if number.startswith("-") else _LONG_MAX), text[match.end() :]
+    return int(number), text[match.end() :]
 
 
 def classful_mask(addr: int) -> int:
@@ -304,7 +308,8 @@ def parse_hostfwd(rule: str) -> HostFwdRule:
             parsed = inet_aton(guest_text)
             if parsed is None:
                 raise fail("Bad guest address")
-            guest_addr = ip_text(parsed)
+            # libslirp: a zero guest address means the first DHCP address, as absent
+            guest_addr = ip_text(parsed) if parsed else None
     guest_port = _int_port(p)
     if guest_port is None or not 1 <= guest_port <= 65535:
         raise fail("Bad guest port")
@@ -334,9 +339,12 @@ def parse_hostfwd_remove(text: str) -> tuple[bool, str, int] | None:
             if parsed is None:
                 return None
             host = ip_text(parsed)
-    if _STRTOL10.fullmatch(port) is None or not -(1 << 31) <= int(port) < (1 << 31):
+    if _STRTOL10.fullmatch(port) is None or len(port.strip().lstrip("+-").lstrip("0")) > 10:
         return None
-    return proto == "udp", host, int(port)
+    value = int(port)
+    if not -(1 << 31) <= value < (1 << 31):
+        return None
+    return proto == "udp", host, value
 
 
 def parse_guestfwd(rule: str, cfg: UserConfig) -> GuestFwdRule:

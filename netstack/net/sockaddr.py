@@ -72,6 +72,8 @@ def qemu_strtol(text: str) -> int | None:
         if prefix:  # "0", or "0x" followed by no hex digit: the "0" was read
             return 0
         return None
+    if len(digits.lstrip("0")) > 24:  # beyond a C long in base 8, 10 or 16 (ERANGE);
+        return None  # and int() would refuse thousands of digits
     value = int(digits, base)
     if sign == "-":
         value = -value
