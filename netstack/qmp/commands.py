@@ -33,7 +33,9 @@ from netstack.qapi.schema import QEnum, QList, QType, members, opt, req, union_i
 from netstack.qapi.visitor import Mode, visit
 from netstack.qmp.dispatch import CommandTable, QmpCommand
 from netstack.qmp.extensions import (
+    DHCP_LEASE_INFO_LIST,
     NETDEV_INFO_LIST,
+    RX_FILTER_INFO_LIST,
     USER_CONNECTION_INFO_LIST,
     USER_FORWARD_INFO_LIST,
     UserForwardAddArgs,
@@ -195,7 +197,7 @@ class Commands:
         add("netdev_add", self.netdev_add, raw="Netdev")
         add("netdev_del", self.netdev_del, IdArgs)
         add("set_link", self.set_link, SetLinkArgs)
-        add("query-rx-filter", self.query_rx_filter, OptNameArgs, ret="[RxFilterInfo]")
+        add("query-rx-filter", self.query_rx_filter, OptNameArgs, ret=RX_FILTER_INFO_LIST)
         add("human-monitor-command", self.hmp, HmpArgs, ret="str")
         add("chardev-add", self.chardev_add, raw="q_obj_chardev-add-arg", ret="ChardevReturn")
         add("chardev-change", self.chardev_change, raw="q_obj_chardev-add-arg", ret="ChardevReturn")
@@ -209,7 +211,7 @@ class Commands:
         add("object-del", self.object_del, IdArgs)
         add("query-netdev", self.query_netdev, OptNameArgs, oob=True, ret=NETDEV_INFO_LIST)
         add("set-rx-filter", self.set_rx_filter, SetRxFilterArgs)
-        add("query-dhcp-leases", self.query_dhcp_leases, NetdevNameArgs, ret="[DhcpLeaseInfo]")
+        add("query-dhcp-leases", self.query_dhcp_leases, NetdevNameArgs, ret=DHCP_LEASE_INFO_LIST)
         add("user-forward-add", self.user_forward_add, UserForwardAddArgs, ret=UserForwardInfo)
         add("user-forward-remove", self.user_forward_remove, UserForwardSelector)
         fwd_list, conn_list = USER_FORWARD_INFO_LIST, USER_CONNECTION_INFO_LIST

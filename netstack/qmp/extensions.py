@@ -107,6 +107,48 @@ class NetdevInfo:
     counters: Any = opt("any")  # noqa: RUF009 - schema metadata
 
 
+# -- query-rx-filter (QEMU's own types, qapi/net.json) and query-dhcp-leases ----------------
+
+#: QEMU's ``RxState``.
+RX_STATE: Final = QEnum("RxState", ("normal", "none", "all"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RxFilterInfo:
+    """QEMU's ``RxFilterInfo``, member for member (``netstack.net.rxfilter.RxFilter.info``)."""
+
+    qapi_name: ClassVar[str] = "RxFilterInfo"
+    name: str = req("str")
+    promiscuous: bool = req("bool")
+    multicast: str = req(RX_STATE)
+    unicast: str = req(RX_STATE)
+    vlan: str = req(RX_STATE)
+    broadcast_allowed: bool = req("bool")
+    multicast_overflow: bool = req("bool")
+    unicast_overflow: bool = req("bool")
+    main_mac: str = req("str")
+    vlan_table: list[int] = req(QList("int"))  # noqa: RUF009 - schema metadata
+    unicast_table: list[str] = req(QList("str"))  # noqa: RUF009 - schema metadata
+    multicast_table: list[str] = req(QList("str"))  # noqa: RUF009 - schema metadata
+
+
+@dataclass(frozen=True, kw_only=True)
+class DhcpLeaseInfo:
+    """One DHCP (IPv4) or DHCPv6 (IA_NA) lease of a user netdev: ``state`` is ``offered``
+    or ``bound``; ``expires-in`` in seconds; DHCPv6 leases carry the client's DUID as
+    ``client-id`` and its ``iaid``."""
+
+    qapi_name: ClassVar[str] = "DhcpLeaseInfo"
+    netdev: str = req("str")
+    mac_address: str = req("str")
+    ip_address: str = req("str")
+    state: str = req("str")
+    expires_in: int = req("int")
+    hostname: str | None = opt("str")
+    client_id: str | None = opt("str")
+    iaid: int | None = opt("int")
+
+
 # -- user netdev forwards --------------------------------------------------------------------
 
 
@@ -188,5 +230,7 @@ class UserConnectionInfo:
 
 
 NETDEV_INFO_LIST: Final = QList(NetdevInfo)
+RX_FILTER_INFO_LIST: Final = QList(RxFilterInfo)
+DHCP_LEASE_INFO_LIST: Final = QList(DhcpLeaseInfo)
 USER_FORWARD_INFO_LIST: Final = QList(UserForwardInfo)
 USER_CONNECTION_INFO_LIST: Final = QList(UserConnectionInfo)

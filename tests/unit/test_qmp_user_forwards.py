@@ -111,6 +111,8 @@ async def test_commands_and_types_in_the_schema(rig: Any) -> None:
         "query-user-forwards": ("q_obj_query-dhcp-leases-arg", "[UserForwardInfo]"),
         "query-user-connections": ("q_obj_query-dhcp-leases-arg", "[UserConnectionInfo]"),
         "query-netdev": ("q_obj_query-rx-filter-arg", "[NetdevInfo]"),
+        "query-rx-filter": ("q_obj_query-rx-filter-arg", "[RxFilterInfo]"),
+        "query-dhcp-leases": ("q_obj_query-dhcp-leases-arg", "[DhcpLeaseInfo]"),
     }
     for name, (arg, ret) in expect.items():
         assert schema[name]["meta-type"] == "command"
@@ -120,6 +122,18 @@ async def test_commands_and_types_in_the_schema(rig: Any) -> None:
         refs += [m["type"] for m in entry.get("members", []) if "type" in m]
         refs += [v["type"] for v in entry.get("variants", [])]
         assert all(r in schema for r in refs if r is not None), entry
+    # QEMU's RxFilterInfo, member for member (qapi/net.json)
+    assert [(m["name"], m["type"]) for m in schema["RxFilterInfo"]["members"]] == [
+        ("name", "str"), ("promiscuous", "bool"), ("multicast", "RxState"),
+        ("unicast", "RxState"), ("vlan", "RxState"), ("broadcast-allowed", "bool"),
+        ("multicast-overflow", "bool"), ("unicast-overflow", "bool"), ("main-mac", "str"),
+        ("vlan-table", "[int]"), ("unicast-table", "[str]"), ("multicast-table", "[str]"),
+    ]  # fmt: skip
+    assert schema["RxState"]["values"] == ["normal", "none", "all"]
+    assert [m["name"] for m in schema["DhcpLeaseInfo"]["members"]] == [
+        "netdev", "mac-address", "ip-address", "state", "expires-in", "hostname",
+        "client-id", "iaid",
+    ]  # fmt: skip
     selector = schema["UserForwardSelector"]
     assert selector["tag"] == "type" and selector["variants"] == [
         {"case": "hostfwd", "type": "UserHostForwardSelector"},
