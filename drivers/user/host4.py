@@ -79,7 +79,7 @@ class Ipv4Sockets:
         self._internal_error = internal_error
         self._udp: dict[tuple[bytes, int], socket.socket] = {}
         self._udp_ttl: dict[tuple[bytes, int], int] = {}
-        self._dns: dict[int, socket.socket] = {}
+        self._dns = hostsock.UpstreamSockets(loop, self._dns_answer, host_error)
         self.closed = False
         mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode()
         self.echo = EchoSockets(
@@ -182,29 +182,15 @@ class Ipv4Sockets:
     # -- DNS upstreams ---------------------------------------------------------------------
 
     def _dns_send(self, a: Upstream) -> None:
-        sock = self._dns.get(a.family)
-        if sock is None:
-            try:
-                sock = socket.socket(a.family, socket.SOCK_DGRAM)
-                sock.setblocking(False)
-            except OSError as exc:
-                self._host_error("DNS socket", exc)
-                return
-            self._dns[a.family] = sock
-            self._loop.add_reader(sock.fileno(), self._dns_readable, sock)
-        try:
-            sock.sendto(a.payload, (a.host, a.port))
-        except OSError as exc:
+        if not self._dns.send(a.family, a.payload, a.host, a.port):
             self._gw.stats["dns-send-failed"] += 1
-            self._host_error("DNS send", exc)
 
-    def _dns_readable(self, sock: socket.socket) -> None:
+    def _dns_answer(self, upstream: tuple[str, int], data: bytes) -> None:
         if self.closed:
             return
         now = self._loop.time()
         try:
-            for data, addr in hostsock.drain(sock):
-                self._gw.dns_from_upstream((addr[0], addr[1]), data, now)
+            self._gw.dns_from_upstream(upstream, data, now)
         except Exception:
             self._internal_error("DNS upstream")
         self._flush(now)
@@ -231,7 +217,4 @@ class Ipv4Sockets:
         for key in list(self._udp):
             self._close_udp(key)
         self.echo.close()
-        for sock in self._dns.values():
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-        self._dns.clear()
+        self._dns.close()

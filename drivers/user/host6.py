@@ -92,7 +92,7 @@ class Ipv6Service:
         self.router.ip_handlers[pk.IPPROTO_UDP] = self.nat.udp_in
         self._udp: dict[tuple[bytes, int], socket.socket] = {}
         self._hops: dict[int, int] = {}  # fd -> hop limit set on it
-        self._dns: dict[int, socket.socket] = {}
+        self._dns = hostsock.UpstreamSockets(loop, self._dns_answer, host_error)
         self.stats: Counter[str] = Counter()
         self.closed = False
         mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode(socket.AF_INET6)
@@ -266,28 +266,15 @@ class Ipv6Service:
     # -- DNS upstreams of the IPv6 relay ---------------------------------------------------
 
     def _dns_send(self, a: Upstream) -> None:
-        sock = self._dns.get(a.family)
-        if sock is None:
-            try:
-                sock = socket.socket(a.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-            except OSError as exc:
-                self._host_error("DNS socket", exc)
-                return
-            self._dns[a.family] = sock
-            self._loop.add_reader(sock.fileno(), self._dns_readable, sock)
-        try:
-            sock.sendto(a.payload, (a.host, a.port))
-        except OSError as exc:
+        if not self._dns.send(a.family, a.payload, a.host, a.port):
             self.stats["dns6-send-failed"] += 1
-            self._host_error("DNS send", exc)
 
-    def _dns_readable(self, sock: socket.socket) -> None:
+    def _dns_answer(self, upstream: tuple[str, int], data: bytes) -> None:
         if self.closed:
             return
         now = self._loop.time()
         try:
-            for data, addr in hostsock.drain(sock):
-                self.nat.dns_from_upstream((str(addr[0]), int(addr[1])), data, now)
+            self.nat.dns_from_upstream(upstream, data, now)
             self.pump(now)
         except Exception:
             self._internal_error("DNS upstream (IPv6 relay)")
@@ -327,10 +314,7 @@ class Ipv6Service:
         for key in list(self._udp):
             self._close_udp(key)
         self.echo.close()
-        for sock in self._dns.values():
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
-        self._dns.clear()
+        self._dns.close()
         if self in self._gw.timers:
             self._gw.timers.remove(self)
         return self.router.final_advertisement()

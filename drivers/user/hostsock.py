@@ -24,15 +24,18 @@ fills in ICMPv6 checksums on both, RFC 3542 §3.1) and :func:`icmp_mode` with
 ``family=AF_INET6`` (``net.ipv4.ping_group_range`` governs ICMPv6 ping sockets too).
 
 :func:`drain` is the bounded read every datagram reader of the netdev uses (at most
-:data:`RX_BATCH` datagrams per wake-up, so one busy socket cannot starve the loop).
+:data:`RX_BATCH` datagrams per wake-up, so one busy socket cannot starve the loop);
+:class:`UpstreamSockets` are the DNS relays' sockets towards their upstreams (one per
+upstream address family, opened on first use), for either family's relay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple
 
 IP_RECVERR: Final = 11  # <linux/in.h>; not exported by the socket module
@@ -178,3 +181,46 @@ def icmp_mode(family: int = socket.AF_INET) -> str:
             continue
         return mode
     return "none"
+
+
+class UpstreamSockets:
+    """Datagram sockets towards DNS upstreams, one per address family, opened on first
+    use; each answer goes to ``deliver((host, port), data)``. Failures are reported to
+    ``error(what, exc)`` and :meth:`send` says whether the query left."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[tuple[str, int], bytes], None],
+        error: Callable[[str, OSError], None],
+    ) -> None:  # fmt: skip
+        self._loop = loop
+        self._deliver = deliver
+        self._error = error
+        self._socks: dict[int, socket.socket] = {}
+
+    def send(self, family: int, payload: bytes, host: str, port: int) -> bool:
+        sock = self._socks.get(family)
+        if sock is None:
+            try:
+                sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            except OSError as exc:
+                self._error("DNS socket", exc)
+                return False
+            self._socks[family] = sock
+            self._loop.add_reader(sock.fileno(), self._readable, sock)
+        try:
+            sock.sendto(payload, (host, port))
+        except OSError as exc:
+            self._error("DNS send", exc)
+            return False
+        return True
+
+    def _readable(self, sock: socket.socket) -> None:
+        for data, addr in drain(sock):
+            self._deliver((str(addr[0]), int(addr[1])), data)
+
+    def close(self) -> None:
+        for sock in self._socks.values():
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._socks.clear()
