@@ -1,4 +1,4 @@
-"""The ``dgram`` netdev (QEMU 7.2+, ``net/dgram.c``, reference §4.4): one frame per datagram.
+"""The ``dgram`` netdev (QEMU 7.2+, ``net/dgram.c``): one frame per datagram.
 
 ``local`` and ``remote`` are QAPI ``SocketAddress`` values. QEMU's order of decisions:
 

@@ -2,7 +2,7 @@
 
 Follows ``net/hub.c`` (``net_init_hubport``). ``hubid`` names the hub (created on first
 use); ``netdev=B`` makes the existing netdev B the port's peer. Where QEMU aborts on an
-assertion (B already has a peer, reference §2.4/§12.14) this driver returns an error in
+assertion (B already has a peer) this driver returns an error in
 QEMU's qdev wording instead.
 """
 

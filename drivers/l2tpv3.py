@@ -1,6 +1,6 @@
 """The ``l2tpv3`` netdev: Ethernet frames over an L2TPv3 pseudowire (UDP or IP protocol 115).
 
-Follows QEMU's ``net/l2tpv3.c`` (``net_init_l2tpv3``; reference §5). Options, defaults and
+Follows QEMU's ``net/l2tpv3.c`` (``net_init_l2tpv3``). Options, defaults and
 errors, checked in QEMU's order:
 
 1. ``offset`` above 256 -> ``offset must be less than 256 bytes``;

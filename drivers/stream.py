@@ -1,4 +1,4 @@
-"""The ``stream`` netdev (QEMU 7.2+, ``net/stream.c``, reference §4.3).
+"""The ``stream`` netdev (QEMU 7.2+, ``net/stream.c``).
 
 Frames travel over one stream connection with the 4-byte length framing; ``addr`` is a
 QAPI ``SocketAddress`` (``inet``, ``unix`` including Linux ``abstract``/``tight`` names,

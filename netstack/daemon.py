@@ -1,11 +1,12 @@
 """The daemon's state: net clients, hubs, event listeners, and the netdev lifecycle.
 
-:class:`Netstack` owns the tables QEMU keeps in globals (``net_clients``, ``hubs``) and
-implements the control operations of ``net/net.c`` with QEMU's validation order and texts:
-``netdev_add`` (§2.6 of the reference), ``netdev_del`` including the in-use case (§2.7),
-``set_link`` with its asymmetric netdev / NIC / hubport behaviour (§2.5), ``info network``
-(§2.8) and ``query-rx-filter`` (§3.3). It is driven from one asyncio loop and knows its
-drivers only through the registry it is given.
+:class:`Netstack` owns the tables QEMU keeps in globals (``net_clients``, ``hubs``) and implements
+the control operations of ``net/net.c`` with QEMU's validation order and texts: ``netdev_add``
+(``qmp_netdev_add``), ``netdev_del`` including the in-use case (``qmp_netdev_del``), ``set_link``
+with its asymmetric netdev / NIC / hubport behaviour (``qmp_set_link``), ``info network``
+(``hmp_info_network``) and ``query-rx-filter`` (``hw/net/virtio-net.c``
+``virtio_net_query_rxfilter``). It is driven from one asyncio loop and knows its drivers only
+through the registry it is given.
 
 Invariants: ``clients`` is in creation order; every client in it is alive (``deleted`` is
 False); names of non-NIC clients are unique except among the queues of one multiqueue

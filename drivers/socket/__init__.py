@@ -1,4 +1,4 @@
-"""The ``socket`` netdev: QEMU's legacy socket backend (``net/socket.c``, reference §4.2).
+"""The ``socket`` netdev: QEMU's legacy socket backend (``net/socket.c``).
 
 Exactly one of ``fd``, ``listen``, ``connect``, ``mcast``, ``udp`` selects the mode
 ("exactly one of listen=, connect=, mcast= or udp= is required"); ``localaddr`` belongs to

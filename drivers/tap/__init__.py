@@ -1,4 +1,4 @@
-"""The ``tap`` netdev: a Linux TAP interface (QEMU ``net/tap.c``, reference §6).
+"""The ``tap`` netdev: a Linux TAP interface (QEMU ``net/tap.c``).
 
 Modules: :mod:`~drivers.tap.options` (validation and defaults, no I/O),
 :mod:`~drivers.tap.tun` (``/dev/net/tun`` ioctls), :mod:`~drivers.tap.netdev` (opening,

@@ -1,6 +1,6 @@
 """The bridge helper protocol: a privileged program creates the tap and hands its fd over.
 
-Follows QEMU's ``net_bridge_run_helper`` and ``recv_fd`` (``net/tap.c``, reference §6.3)
+Follows QEMU's ``net_bridge_run_helper`` and ``recv_fd`` (``net/tap.c``)
 and ``qemu-bridge-helper.c``. The daemon makes a ``socketpair(AF_UNIX, SOCK_STREAM)``,
 starts the helper with the child end as fd N and every other fd above 2 closed:
 

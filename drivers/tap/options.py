@@ -1,6 +1,6 @@
 """``NetdevTapOptions`` -> a :class:`TapPlan`: QEMU's validation and defaults, no I/O.
 
-Follows ``net_init_tap`` (``net/tap.c``, QEMU 7.2; reference §6.3). One of four modes:
+Follows ``net_init_tap`` (``net/tap.c``, QEMU 7.2). One of four modes:
 
 * ``fd=`` - "ifname=, script=, downscript=, vnet_hdr=, helper=, queues=, fds=, and
   vhostfds= are invalid with fd=";

@@ -1,6 +1,6 @@
 """The tap's network scripts (``script=`` / ``downscript=``), without blocking the loop.
 
-Follows QEMU's ``launch_script`` (``net/tap.c``, reference §6.3): the script is executed
+Follows QEMU's ``launch_script`` (``net/tap.c``): the script is executed
 directly (no shell) with ``argv = [script, ifname]``; file descriptors above 2 are closed
 except the tap's own, which the script inherits; a wait status other than "exited with 0"
 fails with ``network script S failed with status N`` where N is the raw ``waitpid``

@@ -1,6 +1,6 @@
 """The Linux TUN/TAP character device: ``/dev/net/tun`` (and macvtap's ``/dev/tapN``) ioctls.
 
-Follows QEMU's ``net/tap-linux.c`` (reference §6.1) and ``include/uapi/linux/if_tun.h``:
+Follows QEMU's ``net/tap-linux.c`` and ``include/uapi/linux/if_tun.h``:
 
 * :func:`configure` is ``tap_open`` after the ``open``: ``TUNGETFEATURES`` (a failure is a
   warning and means "no features"), flags ``IFF_TAP | IFF_NO_PI`` plus ``IFF_ONE_QUEUE``

@@ -1,6 +1,6 @@
 """The ``user`` netdev: a virtual gateway with NAT and services, QEMU's ``-netdev user``.
 
-Follows QEMU's ``net/slirp.c`` and libslirp (reference §7): the guest sees a router at the
+Follows QEMU's ``net/slirp.c`` and libslirp: the guest sees a router at the
 host address (10.0.2.2, fec0::2) and a DNS server (10.0.2.3, fec0::3) on a virtual
 10.0.2.0/24 and fec0::/64, gets addresses by DHCP, SLAAC or DHCPv6, reaches the host's
 loopback through the host address and everything else through host sockets. In place:

@@ -85,7 +85,7 @@ class UserNetClient(NetClient):
     """One user netdev."""
 
     type = "user"
-    #: Offloads (issue #7): guest TSO super-frames and checksum-partial TCP segments are
+    #: Offloads: guest TSO super-frames and checksum-partial TCP segments are
     #: taken as they are, and guest-bound TCP leaves as checksum-partial TSO super-frames;
     #: the core converts for a peer that can't take them (``netstack.proto.vnet``).
     accepts_vnet = True

@@ -7,7 +7,7 @@ relay flows), the parsing of the addresses a client names a forward by, and
 :func:`render_usernet`: HMP ``info usernet`` rendered from the very same rows, so the text
 and the QMP view cannot drift.
 
-``info usernet`` follows QEMU (libslirp's ``slirp_connection_info``, reference §7.2):
+``info usernet`` follows QEMU (libslirp's ``slirp_connection_info``):
 ``Hub N (NAME):`` (N = -1 off a hub), the fixed header, then the TCP rows (connections
 newest first, then the ``TCP[HOST_FORWARD]`` listeners newest first), the UDP rows (flows
 ``UDP[S sec]``, then listeners) and the ICMP rows (``ICMP[S sec]``, no ports). A row is

@@ -1,6 +1,6 @@
 """The user netdev's DHCP server (BOOTP server port 67 on the host address or broadcast).
 
-Baseline is libslirp's ``bootp.c`` (reference §7.3): a pool of 16 addresses from
+Baseline is libslirp's ``bootp.c``: a pool of 16 addresses from
 ``dhcpstart``, slot *i* <-> ``dhcpstart + i``; a MAC keeps its slot; a requested address
 (option 50, else ``ciaddr``) is honoured when its slot is free or already that MAC's; a
 REQUEST for an unavailable address gets a NAK ("requested address not available", sent to

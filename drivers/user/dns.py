@@ -1,6 +1,6 @@
 """The DNS relay behind the virtual DNS address (``dns=``, 10.0.2.3:53), over UDP.
 
-Follows libslirp's behaviour (reference §7.5: guest queries to ``dns:53`` go to the host's
+Follows libslirp's behaviour (``slirp.c``, ``udp.c``: guest queries to ``dns:53`` go to the host's
 resolvers from ``/etc/resolv.conf``, re-checked at most once a second) with these choices:
 
 * upstreams are every ``nameserver`` of resolv.conf (IPv4 and IPv6, in file order), or the
@@ -16,7 +16,7 @@ resolvers from ``/etc/resolv.conf``, re-checked at most once a second) with thes
   NOTIMP; malformed queries (dpkt cannot decode them, no question, QR set) are counted and
   dropped; at most ``max_pending`` queries are in flight (more are dropped and counted).
 
-TCP (DNS over TCP to 10.0.2.3:53) arrives with the guest TCP stack (user netdev part 2).
+DNS over TCP to 10.0.2.3:53 is served through the guest TCP stack (:mod:`.tcp`).
 
 Sans-IO: :meth:`DnsRelay.query` / :meth:`DnsRelay.answer` / :meth:`DnsRelay.tick` take
 bytes and ``now`` and return :class:`Upstream` sends and :class:`ToGuest` replies.

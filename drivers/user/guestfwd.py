@@ -1,11 +1,11 @@
 """Guest forwarding (``guestfwd``) of the user netdev: guest TCP connections to a virtual
 ``server:port`` end in a chardev or in a command run per connection.
 
-Follows QEMU's ``net/slirp.c`` (``slirp_guestfwd``, ``guestfwd_can_read``/``guestfwd_read``)
-and libslirp (``check_guestfwd``, ``tcp_ctl``, ``fork_exec``, ``slirp_find_ctl_socket``;
-reference §7.2, §7.5). Owns, per rule, the virtual address (the gateway answers ARP for it
-with ``52:55:`` + the address, and ICMP echo: :meth:`~.router.Gateway.add_local`, released
-when no rule names it any more), and the connection targets:
+Follows QEMU's ``net/slirp.c`` (``slirp_guestfwd``, ``guestfwd_can_read``/``guestfwd_read``) and
+libslirp (``check_guestfwd``, ``tcp_ctl``, ``fork_exec``, ``slirp_find_ctl_socket``). Owns, per
+rule, the virtual address (the gateway answers ARP for it with ``52:55:`` + the address, and ICMP
+echo: :meth:`~.router.Gateway.add_local`, released when no rule names it any more), and the
+connection targets:
 
 * ``cmd:COMMAND``: each guest connection gets a child ``/bin/sh -c COMMAND`` in its own
   session (``setsid``, as libslirp) whose stdin, stdout and stderr are one end of a unix

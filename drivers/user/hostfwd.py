@@ -1,7 +1,7 @@
 """Host forwarding (``hostfwd``) of the user netdev: listening host sockets towards the guest.
 
 Follows QEMU's ``net/slirp.c`` (``slirp_hostfwd``, ``hmp_hostfwd_add``/``_remove``) and
-libslirp's ``slirp_add_hostfwd`` (reference §7.2). Owns, per rule, one bound host socket:
+libslirp's ``slirp_add_hostfwd``. Owns, per rule, one bound host socket:
 
 * TCP: a listening socket (host port 0 = kernel-chosen; the real port is what ``info
   usernet`` shows); each accepted connection is handed to

@@ -1,6 +1,6 @@
 """ICMP echo relay: guest pings to addresses beyond the gateway, through the host.
 
-Follows libslirp's ``ip_icmp.c`` (reference §7.5): echo requests to the gateway's own
+Follows libslirp's ``ip_icmp.c``: echo requests to the gateway's own
 addresses are answered by the router; echo requests to other addresses leave through
 an unprivileged ICMP datagram socket (``socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)``, which
 ``net.ipv4.ping_group_range`` must allow) and the replies come back to the guest; the host

@@ -1,7 +1,7 @@
 """The IPv6 NAT of the user netdev: guest UDP over IPv6 to host sockets, the DNS relay at the
 IPv6 DNS address, and where guest TCP over IPv6 connects to.
 
-Follows libslirp's ``udp6.c`` and ``sotranslate_out`` (reference §7.5) with the IPv4 side's
+Follows libslirp's ``udp6.c`` and ``sotranslate_out`` with the IPv4 side's
 choices (:mod:`.udp_nat`, :mod:`.dns`, ``UserNetClient._tcp_resolve``), so a guest sees the
 same network over either family:
 

@@ -1,7 +1,7 @@
 """The ``user`` netdev's options: QEMU's defaults, validation order and error texts.
 
 Follows ``net/slirp.c`` (``net_init_slirp``, ``net_slirp_init``, ``slirp_hostfwd``,
-``slirp_guestfwd``) and libslirp's checks behind ``slirp_add_exec`` (reference §7.1/§7.2).
+``slirp_guestfwd``) and libslirp's checks behind ``slirp_add_exec``.
 :func:`parse_options` turns a :class:`~netstack.qapi.NetdevUserOptions` into a frozen
 :class:`UserConfig` or raises :class:`~netstack.errors.GenericError` with QEMU's text; the
 checks run in QEMU's order, so the first error QEMU reports is the one reported here:

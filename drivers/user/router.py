@@ -1,7 +1,7 @@
 """The virtual gateway of the user netdev: Ethernet, ARP, IPv4 and the local services.
 
 Owns what the guest sees of the virtual network: ARP answers for the gateway's addresses
-(host and DNS; part 2 adds guestfwd addresses to :attr:`Gateway.local`) with libslirp's MACs
+(host, DNS and guestfwd addresses: :attr:`Gateway.local`) with libslirp's MACs
 ``52:55:a:b:c:d``; an ARP table learnt from guest frames (bounded), with guest-bound packets
 held while an ARP request for an unknown guest address is out; IPv4 header checks and
 fragment reassembly (:mod:`.reassembly`); dispatch by IP protocol (:attr:`Gateway.ip_handlers`:
@@ -67,7 +67,7 @@ TFTP_PORT: Final = 69
 DNS_PORT: Final = 53
 
 Action = UdpSend | UdpClose | Upstream | PingSend | PingClose
-"""Work for the adapter (part 2 adds its own kinds to :attr:`Gateway.actions`)."""
+"""Work for the adapter (the adapter adds its own kinds to :attr:`Gateway.actions`)."""
 
 
 class _HasDeadline(Protocol):
@@ -133,7 +133,7 @@ class Gateway:
         self.dns = DnsRelay(cfg.dns_upstreams)
         self.udp = UdpNat(self.host_ip, **_kw(max_flows=udp_max_flows))
         self.icmp = IcmpRelay(self.host_ip, **_kw(max_flows=icmp_max_flows))
-        #: IPv4 protocol number -> handler (part 2 registers TCP here).
+        #: IPv4 protocol number -> handler (the adapter registers TCP here).
         self.ip_handlers: dict[int, Callable[[Packet, float], None]] = {
             IPPROTO_ICMP: self._icmp_in,
             IPPROTO_UDP: self._udp_in,
@@ -143,7 +143,7 @@ class Gateway:
             ETH_P_IP: self._ipv4_in,
             ETH_P_ARP: self._arp_in,
         }
-        #: Further timed machines (part 2: guest TCP, forwarding): ticked with the rest.
+        #: Further timed machines (guest TCP, forwarding): ticked with the rest.
         self.timers: list[Timed] = []
         self.out: list[bytes] = []
         self.actions: list[Any] = []

@@ -1,6 +1,6 @@
 """The user netdev's read-only TFTP server (UDP port 69 at the host address).
 
-Baseline is libslirp's ``tftp.c`` (reference §7.4): RRQ in ``octet`` mode only (else error
+Baseline is libslirp's ``tftp.c``: RRQ in ``octet`` mode only (else error
 4 "Unsupported transfer mode"), no root -> error 2 "Access violation", missing file ->
 error 1 "File not found", default block size 512, replies from port 69, a new RRQ from the
 same client address and port replaces its session, an ERROR from the client ends it.

@@ -1,6 +1,6 @@
 """UDP NAT: guest UDP flows mapped to host sockets.
 
-Follows libslirp's ``udp.c``/``socket.c`` (reference §7.5): one host socket per guest
+Follows libslirp's ``udp.c``/``socket.c``: one host socket per guest
 source (address, port) - an endpoint-independent mapping, so a guest socket that talks to
 several peers keeps one host port - sending to wherever the guest addresses; the host
 address (10.0.2.2) reaches host loopback (127.0.0.1) and answers from 127.0.0.1 appear to

@@ -3,7 +3,7 @@
 Values from ``include/standard-headers/linux/virtio_net.h``, ``virtio_config.h``,
 ``virtio_ring.h`` and ``docs/interop/vhost-user.rst`` (``VHOST_USER_F_PROTOCOL_FEATURES``
 is the otherwise unused bit 30). QEMU forwards to the guest only those device bits the back
-end offers among its vhost-user list (reference §8.3); control features (``CTRL_VQ``,
+end offers among its vhost-user list; control features (``CTRL_VQ``,
 ``CTRL_RX``, ``STATUS``, ``MAC``...) are QEMU's own.
 
 Offered: ``VERSION_1``, ``ANY_LAYOUT``, ``MRG_RXBUF``, ``CSUM``/``GUEST_CSUM``,

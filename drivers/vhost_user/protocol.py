@@ -2,7 +2,7 @@
 sans-IO request handler of a virtio-net device.
 
 Follows QEMU's ``docs/interop/vhost-user.rst`` and what QEMU 7.2 (``hw/virtio/vhost-user.c``)
-and DPDK's virtio-user really send (reference §8).
+and DPDK's virtio-user really send.
 
 Framing
     A message is ``u32 request, u32 flags, u32 size`` (host byte order) and ``size`` payload

@@ -1,6 +1,6 @@
 """Character devices: byte streams the daemon's front ends (monitors, vhost-user) use.
 
-Follows QEMU's chardev model (``chardev/char.c``, reference §10): a chardev is a named
+Follows QEMU's chardev model (``chardev/char.c``): a chardev is a named
 back end (socket, file, pty, ringbuf, ...) that at most one *front end* opens at a time
 (``frontend-open`` in ``query-chardev``; ``chardev-remove`` of an open chardev fails with
 ``Chardev 'X' is busy``).

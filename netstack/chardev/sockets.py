@@ -3,7 +3,7 @@
 Owns the life of a socket chardev: option defaults and validation
 (``qmp_chardev_validate_socket``, QEMU's texts), the listener and its accept loop, the
 client's connect and reconnect timer, the connections handed to the front end, and the
-``query-chardev`` filename in every state (§10 of the reference).
+``query-chardev`` filename in every state (``chardev/char-socket.c``).
 
 Defaults are QMP's, which the CLI parser already resolved explicitly: ``server`` absent
 means *server*, ``wait`` absent means no wait, ``nodelay``/``telnet``/... absent mean off.

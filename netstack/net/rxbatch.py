@@ -9,7 +9,7 @@ What it owns
     that array from a list of frames.
 
 Spec followed
-    QEMU's ``receive_filter`` (``/work/shared/reference/qemu-net.md`` §3.2), through the
+    QEMU's ``receive_filter`` (``hw/net/virtio-net.c``), through the
     pure-Python reference :meth:`RxFilter.accepts`, which this module must agree with for every
     state and frame (differential property test: ``tests/property/test_rxbatch.py``).
 

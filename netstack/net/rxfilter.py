@@ -6,7 +6,7 @@ What it owns
     ``first_multi``) with its two overflow flags, the 4096-bit VLAN bitmap and whether
     ``VIRTIO_NET_F_CTRL_VLAN`` is negotiated. It is sans-IO: no sockets, no loop, no QMP.
 
-Spec followed (``/work/shared/reference/qemu-net.md`` §3)
+Spec followed (``hw/net/virtio-net.c``)
     * :meth:`RxFilter.accepts` is ``receive_filter`` in QEMU's order: promiscuous accepts
       everything, even truncated frames; then length checks; then the 802.1Q check (TPID
       0x8100 only, and before the broadcast check, so a tagged broadcast on an unknown VLAN
@@ -408,7 +408,8 @@ class RxFilter:
         return VIRTIO_NET_OK
 
     def mac_table_set(self, payload: bytes, little_endian: bool = True) -> int:
-        """``VIRTIO_NET_CTRL_MAC_TABLE_SET``: replace the table atomically (§3.5).
+        """``VIRTIO_NET_CTRL_MAC_TABLE_SET``: replace the table atomically
+        (``virtio_net_handle_mac``).
 
         Layout: ``u32 entries1``, ``entries1 * 6`` unicast bytes, ``u32 entries2``,
         ``entries2 * 6`` multicast bytes. ERR (table unchanged) if a count is missing, if

@@ -1,6 +1,6 @@
 """L2TPv3 Ethernet pseudowire encapsulation: a sans-IO machine for one tunnel endpoint.
 
-Follows QEMU's ``net/l2tpv3.c`` (reference §5.2-5.3) and RFC 3931 data messages. Every
+Follows QEMU's ``net/l2tpv3.c`` and RFC 3931 data messages. Every
 Ethernet frame travels behind this header (all fields big-endian)::
 
     UDP mode:  u32 0x00030000 | u32 session | cookie (0/4/8) | counter (0/4) | offset bytes

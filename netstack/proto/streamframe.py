@@ -1,6 +1,6 @@
 """QEMU's stream framing: each Ethernet frame preceded by its length, 4 bytes big-endian.
 
-Spec: reference §4.1 (``net/net.c`` ``net_fill_rstate``): the framing of ``-netdev socket``
+Spec: ``net/net.c`` ``net_fill_rstate``: the framing of ``-netdev socket``
 (listen/connect/stream fd), ``-netdev stream`` and the filter-mirror/redirector chardevs.
 A frame of N bytes travels as ``N.to_bytes(4, "big") + frame``; zero-length frames are
 legal; a declared length above ``NET_BUFSIZE`` (69632) is a fatal protocol error for the

@@ -4,8 +4,9 @@ Each command's arguments are a schema dataclass visited with the QAPI visitor (Q
 texts: ``Parameter 'X' is missing`` ...) before anything happens; introspection
 (``query-qmp-schema``) is derived from the same dataclasses.
 
-QEMU's commands (net, chardev, objects, monitor basics) behave as in QEMU 7.2/10.0
-(reference §1-§3, §9, §10). Beyond QEMU, documented in ``query-qmp-schema`` too:
+QEMU's commands (net, chardev, objects, monitor basics) behave as in QEMU 7.2/10.0 (``monitor/``,
+``net/net.c``, ``hw/net/virtio-net.c``, ``net/filter*.c``, ``chardev/char.c``). Beyond QEMU,
+documented in ``query-qmp-schema`` too:
 
 * ``query-netdev``: every net client with its type, options, peer, hub, link state and
   counters (QEMU never merged one);

@@ -1,6 +1,6 @@
 """QMP command table and request dispatch, with QEMU's validation order and texts.
 
-Follows ``qapi/qmp-dispatch.c`` (QEMU 7.2+) and reference §1.3-1.4:
+Follows ``qapi/qmp-dispatch.c`` and ``monitor/qmp.c`` (QEMU 7.2+):
 
 1. the request must be a JSON object (``QMP input must be a JSON object``, no ``id``);
 2. ``id`` is taken next and echoed in every later reply, verbatim;

@@ -1,10 +1,10 @@
 """The human monitor commands reachable through QMP ``human-monitor-command``.
 
-QEMU's HMP is a large command set; a network daemon answers the net ones: ``info
-network`` (reference §2.8), ``info usernet`` (from user netdevs that provide it),
-``hostfwd_add`` / ``hostfwd_remove`` (user netdevs), ``netdev_del`` and ``set_link``.
-Output lines end with ``\\n`` here; the QMP layer turns them into CRLF as QEMU's monitor
-output layer does. Unknown commands answer ``unknown command: 'X'`` like QEMU.
+QEMU's HMP is a large command set; a network daemon answers the net ones: ``info network``
+(``net/net.c`` ``hmp_info_network``), ``info usernet`` (from user netdevs that provide it),
+``hostfwd_add`` / ``hostfwd_remove`` (user netdevs), ``netdev_del`` and ``set_link``. Output lines
+end with ``\\n`` here; the QMP layer turns them into CRLF as QEMU's monitor output layer does.
+Unknown commands answer ``unknown command: 'X'`` like QEMU.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Owns turning a Python JSON value into the text QEMU's ``qobject_to_json_pretty()`` prints
 (``qobject/qjson.c`` ``to_json`` over ``qobject/json-writer.c``, QEMU 7.2-10.0), and the
 QMP/QGA line framing around it (``monitor/qmp.c`` ``qmp_send_response``, ``qga/main.c``
-``send_response``); reference §1.1 and §1.7.
+``send_response``).
 
 * Compact form: ``{"a": 1, "b": [1, 2]}`` (``": "`` after a key, ``", "`` between members).
 * Pretty form: a newline and four spaces per level before every member, the closing

@@ -5,10 +5,10 @@ Owns the byte stream -> message sequence step of QMP and QGA: a sans-IO
 bytes, each a parsed value (``dict``/``list``/``str``/``int``/``float``/``bool``/``None``)
 or a :class:`JSONParseError` carrying QEMU's error text.
 
-Spec: ``qobject/json-lexer.c``, ``json-streamer.c``, ``json-parser.c`` and
-``util/unicode.c`` (QEMU 3.1 to 10.0; the code was read at 10.0-era revisions), reference
-§1.5; message boundaries, error texts, limits and echoed values were checked byte for byte
-against a running QEMU 7.2 (``tests/property/test_qmp_json_qemu.py``).
+Spec: ``qobject/json-lexer.c``, ``json-streamer.c``, ``json-parser.c`` and ``util/unicode.c`` (QEMU
+3.1 to 10.0; the code was read at 10.0-era revisions); message boundaries, error texts, limits and
+echoed values were checked byte for byte against a running QEMU 7.2
+(``tests/property/test_qmp_json_qemu.py``).
 
 * Lexer: QEMU's DFA (:data:`_TABLE`), with QEMU's extensions (single-quoted strings, ``\\'``)
   and without interpolation. A byte it cannot take is a lexical error: the partial token

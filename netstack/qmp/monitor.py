@@ -1,6 +1,6 @@
 """A QMP monitor: the chardev front end that runs one QMP session per connection.
 
-Follows ``monitor/qmp.c`` and reference §1: on connect the session greets
+Follows ``monitor/qmp.c``: on connect the session greets
 (``{"QMP": {"version": ..., "capabilities": ["oob"]}}``) and starts in negotiation mode,
 where only ``qmp_capabilities`` exists (any other command: ``CommandNotFound``, desc
 ``Expecting capabilities negotiation with 'qmp_capabilities'``) and no events are sent.

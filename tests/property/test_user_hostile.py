@@ -1,4 +1,4 @@
-"""Hostile input to the user netdev's issue #7 surface - TCP NAT with offloads, IPv6,
+"""Hostile input to the user netdev's TCP/IPv6/forwarding surface - TCP NAT with offloads, IPv6,
 guestfwd and the QMP forward/connection commands - fed to a real in-process user netdev
 (:mod:`tests.property.hostile_rig`: a Netstack with ``u0`` on hub 0 and a guest NIC that
 takes virtio-net headers, in a network namespace of its own when root).

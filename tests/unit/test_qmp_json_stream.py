@@ -417,7 +417,7 @@ def test_qmp_non_objects_are_messages() -> None:
     )
 
 
-# -- streaming semantics (reference §1.5) -------------------------------------------------
+# -- streaming semantics -------------------------------------------------
 
 
 def test_several_messages_per_line_and_per_feed() -> None:

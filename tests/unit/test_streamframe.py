@@ -21,7 +21,7 @@ def test_constants_agree_with_the_core() -> None:
 
 def test_wire_form_is_a_big_endian_length_then_the_frame() -> None:
     frame = bytes(range(23))
-    assert encode_frames([frame]) == b"\x00\x00\x00\x17" + frame  # reference §4.1 [B]
+    assert encode_frames([frame]) == b"\x00\x00\x00\x17" + frame
     assert encode_frames([]) == b""
     assert encode_frames([b""]) == b"\x00\x00\x00\x00"
     assert encode_frames([b"ab", b"", b"c"]) == b"\0\0\0\x02ab\0\0\0\0\0\0\0\x01c"

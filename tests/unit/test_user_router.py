@@ -77,7 +77,7 @@ def test_arp_answers_host_and_dns_with_slirp_macs() -> None:
         bytes(eth("ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=GUEST_MAC, psrc=GUEST, pdst="10.0.2.4")),
         0.0,
     )
-    assert out(g) == []  # not ours (no guestfwd in part 1)
+    assert out(g) == []  # not ours (no guestfwd rule names it)
     assert g.arp[socket.inet_aton(GUEST)] == bytes.fromhex(GUEST_MAC.replace(":", ""))
 
 
@@ -121,7 +121,7 @@ def test_unsupported_protocols_get_protocol_unreachable() -> None:
     assert err[ICMP].type == 3 and err[ICMP].code == 2 and valid(err)
     g.input(bytes(eth() / IP(src=GUEST, dst="10.0.2.2", proto=132) / b"sctp"), 0.0)
     assert out(g)[0][ICMP].code == 2
-    # IPv6 waits for part 2: counted
+    # a Gateway without the IPv6 side registered: counted
     g.input(bytes(Ether(dst="33:33:00:00:00:01", src=GUEST_MAC, type=0x86DD) / bytes(40)), 0.0)
     g.input(bytes(Ether(dst=ROUTER_MAC, src=GUEST_MAC, type=0x86DD) / bytes(40)), 0.0)
     assert (
@@ -287,7 +287,7 @@ def test_flow_expiry_closes_sockets() -> None:
     assert g.actions == [UdpClose((socket.inet_aton(GUEST), 1))]
 
 
-def test_dispatch_tables_are_open_for_part2() -> None:
+def test_dispatch_tables_are_open_to_the_adapter() -> None:
     g = gw()
     seen = []
     g.ip_handlers[6] = lambda pkt, now: seen.append((pkt.proto, pkt.dst))

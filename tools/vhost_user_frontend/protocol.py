@@ -2,7 +2,7 @@
 codecs, and the checks a front end applies to replies (sans-IO: bytes in, bytes out).
 
 Spec: QEMU ``docs/interop/vhost-user.rst``; behaviour checked against QEMU's
-``hw/virtio/vhost-user.c`` (reference ``qemu-net.md`` §8.1-8.2). All integers are in host
+``hw/virtio/vhost-user.c``. All integers are in host
 byte order (x86-64: little-endian), structures are packed.
 
 Header ``u32 request, u32 flags, u32 size``; flags: bits 0-1 version (1), bit 2 REPLY,

@@ -4,8 +4,8 @@ yield the next :class:`Step` (a message and the reply it expects) and receive th
 An adapter (:mod:`.channel`) sends each step and feeds the reply back; unit tests drive
 the same generators with a scripted back end. :class:`Session` holds what was negotiated.
 
-Sequences follow QEMU (``hw/virtio/vhost-user.c``, ``hw/virtio/vhost.c``; reference
-``qemu-net.md`` §8.3, QEMU 7.2 trace):
+Sequences follow QEMU (``hw/virtio/vhost-user.c``, ``hw/virtio/vhost.c``;
+checked against a QEMU 7.2 trace):
 
 * :meth:`Session.init` (``vhost_user_backend_init`` + ``vhost_dev_init``): GET_FEATURES;
   if bit 30 is offered GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES(offered & ours),

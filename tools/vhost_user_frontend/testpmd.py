@@ -1,7 +1,7 @@
 """Run DPDK's ``dpdk-testpmd`` as a vhost-user peer for tests and benches, and parse its
 statistics.
 
-Facts (reference ``testing-with-peers.md``): Debian's ``dpdk-dev`` ships testpmd and the
+Facts (checked on Debian 12): Debian's ``dpdk-dev`` ships testpmd and the
 vhost/virtio-user PMDs; it runs without hugepages with ``--no-huge -m 256 --no-shconf
 --no-telemetry --no-pci`` and a unique ``--file-prefix``; it needs two lcores, so on a
 small machine both are pinned to one core (``--lcores 0@N,1@N`` under ``taskset -c N``);

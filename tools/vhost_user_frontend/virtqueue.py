@@ -1,7 +1,7 @@
 """Split virtqueues, driver side: the descriptor table, the available ring we fill and the
 used ring we drain, laid out in :class:`~.memory.GuestMemory`.
 
-Spec: virtio 1.x §2.7 (split virtqueues; reference ``qemu-net.md`` §8.4). Little-endian:
+Spec: virtio 1.x §2.7 (split virtqueues). Little-endian:
 
 * descriptor (16 B, table aligned to 16): ``u64 addr, u32 len, u16 flags, u16 next``;
   flags NEXT 1, WRITE 2, INDIRECT 4;

@@ -1,6 +1,6 @@
 """When the router sends Router Advertisements.
 
-Follows libslirp (unsolicited RAs at a random interval of 200-600 s, reference §7.5, and
+Follows libslirp (unsolicited RAs at a random interval of 200-600 s, and
 an RA for every Router Solicitation) within RFC 4861 §6.2.4-§6.2.6: the first
 :data:`INITIAL_COUNT` unsolicited RAs after start (or after :meth:`Advertiser.restart`,
 which the adapter calls when the link comes up) are at most :data:`INITIAL_INTERVAL` (16 s)

@@ -1,6 +1,6 @@
 """IPv6 configuration of the user netdev: QEMU's options, defaults, checks and error texts.
 
-Follows ``net/slirp.c`` (``net_init_slirp``/``net_slirp_init``, reference §7.1) for the
+Follows ``net/slirp.c`` (``net_init_slirp``/``net_slirp_init``) for the
 options ``ipv6-prefix`` (default ``fec0::``, parsed by ``inet_pton``), ``ipv6-prefixlen``
 (0 means 64; otherwise 0..126), ``ipv6-host`` (default: the prefix with its last byte ORed
 with 2; must lie in the prefix) and ``ipv6-dns`` (last byte ORed with 3; must lie in the

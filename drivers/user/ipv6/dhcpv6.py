@@ -1,6 +1,6 @@
 """The user netdev's DHCPv6 server (UDP 547 at ff02::1:2 or the router's addresses).
 
-Baseline is libslirp's ``dhcpv6.c`` (reference §7.5): Information-Request is answered with
+Baseline is libslirp's ``dhcpv6.c``: Information-Request is answered with
 DNS servers (23, the IPv6 DNS address) and, when asked for in the Option Request option,
 the boot file URL (59: ``tftp://[host]/bootfile``, or the bootfile itself when it is
 already a URL); a request carrying an IA is discarded. Beyond libslirp (RFC 8415):

@@ -1,6 +1,6 @@
 """The IPv6 side of the user netdev's virtual router: one sans-IO machine over the others.
 
-Owns what a guest sees of IPv6 on the link (reference §7.5, libslirp's ``ip6_input.c``,
+Owns what a guest sees of IPv6 on the link (libslirp's ``ip6_input.c``,
 ``ip6_icmp.c``, ``udp6.c``): the router's addresses (:meth:`.config.Ipv6Config.
 local_addresses`: fe80::2, host, DNS and their fe80:: forms) with libslirp's virtual MACs;
 input checks (version, lengths, a multicast/own/loopback source is refused, the

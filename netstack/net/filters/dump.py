@@ -1,6 +1,6 @@
 """filter-dump: capture the frames passing a netdev into a pcap file (QEMU's ``net/dump.c``).
 
-QEMU behaviour (reference §9.2): the file is opened ``O_CREAT|O_TRUNC|O_WRONLY`` mode 0644
+QEMU behaviour (``net/dump.c``): the file is opened ``O_CREAT|O_TRUNC|O_WRONLY`` mode 0644
 (failure: ``net dump: can't open FILE: REASON``), a 24-byte pcap header with ``snaplen =
 maxlen`` is written at once, then one record per frame seen in the filter's direction(s):
 wall-clock timestamp in µs, ``caplen = min(len, maxlen)``, ``len``, and the frame without

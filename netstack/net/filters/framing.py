@@ -1,4 +1,5 @@
-"""The length-prefixed frame stream of filter-mirror and filter-redirector (reference §4.1).
+"""The length-prefixed frame stream of filter-mirror and filter-redirector (QEMU's ``net/net.c``
+``net_fill_rstate``).
 
 Each frame travels as a 4-byte big-endian length N, then - only when the filter has
 ``vnet_hdr_support=on`` - a 4-byte big-endian virtio-net header length, then the N bytes

@@ -4,7 +4,7 @@ Classic pcap (libpcap format, microsecond timestamps), all fields in host byte o
 
 * file header, 24 bytes: ``u32 magic 0xa1b2c3d4, u16 2, u16 4, i32 thiszone 0,
   u32 sigfigs 0, u32 snaplen, u32 linktype`` - on x86 the bytes start
-  ``d4 c3 b2 a1 02 00 04 00`` (reference §9.2);
+  ``d4 c3 b2 a1 02 00 04 00`` (``net/dump.c``);
 * record header, 16 bytes: ``i32 sec, i32 usec, u32 caplen, u32 len`` followed by
   ``caplen`` bytes of frame; QEMU stores the seconds in an ``int32_t``, so they wrap the
   same way here (packed modulo 2**32).
