@@ -119,8 +119,7 @@ async def test_frames_byte_exact_both_ways(ns: Netstack, switch: VdeSwitch) -> N
             await plug.send(f)
         await until(lambda: len(inside.got) >= len(out))
         assert inside.got == out
-        back = [bytes(reversed(f[12:])) + f[:12] for f in frames_of(sizes)]
-        back = [b"\xff" * 6 + b"\x02\x00\x00\x00\x01" + bytes([i]) + f[12:] for i, f in enumerate(back)]
+        back = [f[:7] + b"\x01" + f[8:12] + bytes(reversed(f[12:])) for f in out]
         for f in back:
             inside.send([f])
             assert await plug.recv(5) == f
@@ -130,7 +129,7 @@ async def test_frames_byte_exact_both_ways(ns: Netstack, switch: VdeSwitch) -> N
     assert entry["counters"]["connects"] == 1 and entry["counters"]["port"] >= 1
     assert entry["statistics"]["tx-frames"] == len(sizes)
     listing = mgmt(switch, "port/allprint")
-    assert f"netstackd:v0 user=" in listing and f"pid={os.getpid()}" in listing
+    assert "netstackd:v0 user=" in listing and f"pid={os.getpid()}" in listing
 
 
 async def test_port_request_and_options(ns: Netstack, switch: VdeSwitch) -> None:
