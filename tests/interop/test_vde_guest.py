@@ -62,7 +62,8 @@ udhcpc -i eth0 -q -n -t 6 -T 2 -s {UDHCPC_SCRIPT_PATH} && echo DHCP-OK
 ip -4 addr show dev eth0 | grep -q 'inet 10.0.2.15/24' && echo ADDR-OK
 ping -c 3 -W 3 10.0.2.2 && echo PING-OK
 """
-            qemu_args = ["-netdev", f"vde,id=n0,sock={switch.directory}", *virtio_nic_args("n0", MAC)]
+            netdev = f"vde,id=n0,sock={switch.directory}"
+            qemu_args = ["-netdev", netdev, *virtio_nic_args("n0", MAC)]
             async with Guest(
                 image, script, qemu_args, name="vde", timeout=200, log_path=tmp_path / "console.log"
             ) as guest:
