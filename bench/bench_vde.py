@@ -91,7 +91,9 @@ def _sink_plug(sw: str, counter: Synchronized[int], ready: Synchronized[int], st
     _count(sock, counter, stop)
 
 
-def _sink_path(path: str, counter: Synchronized[int], ready: Synchronized[int], stop: float) -> None:
+def _sink_path(
+    path: str, counter: Synchronized[int], ready: Synchronized[int], stop: float
+) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
     ready.value = 1
