@@ -8,7 +8,8 @@ Every switch runs in the test's private directory and is stopped by PID. Tests:
 * :func:`test_port_request_and_options` - ``port=N`` gets port N, ``mode``/``group`` are
   accepted, ``vde://`` and ``[N]`` spellings work;
 * :func:`test_errors_match_qemu` - a missing switch and a dead one (stale ``ctl``): our
-  ``netdev_add`` error is the text QEMU 7.2 prints for the same ``-netdev vde``;
+  ``netdev_add`` error, and netstackd's exit line, are what QEMU 7.2 prints for the same
+  ``-netdev vde``;
 * :func:`test_bad_switches` - a fake switch that closes, answers garbage, too little or
   too much, or nothing: clear errors within the handshake timeout, nothing left behind,
   the daemon keeps serving; the real switch refusing a port beyond ``-n`` (it never
@@ -26,6 +27,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -175,6 +177,12 @@ async def test_errors_match_qemu(ns: Netstack, tmp_path: Path) -> None:
         expected = qemu_error(spec)
         assert expected == f"Could not open vde: {text}"
         assert await ours(ns, spec) == expected
+        cli = subprocess.run(
+            [sys.executable, "-m", "netstack", "-netdev", spec],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert cli.returncode == 1
+        assert cli.stderr.strip().splitlines()[-1] == f"netstackd: -netdev {spec}: {expected}"
     assert ns.clients == []
 
 
