@@ -5,6 +5,8 @@ Every switch runs in the test's private directory and is stopped by PID. Tests:
 * :func:`test_frames_byte_exact_both_ways` - our port and ``vde_plug`` (libvdeplug) on one
   switch: frames of 14..1514 bytes cross both ways unchanged; ``info network`` and the
   counters; the switch's control stream saw our request (``port/print`` lists us);
+* :func:`test_frames_byte_exact_with_qemus_vde_netdev` - the same with QEMU 7.2's own
+  ``-netdev vde`` (libvdeplug) as the far port, driven through a QEMU ``dgram`` netdev;
 * :func:`test_port_request_and_options` - ``port=N`` gets port N, ``mode``/``group`` are
   accepted, ``vde://`` and ``[N]`` spellings work;
 * :func:`test_errors_match_qemu` - a missing switch and a dead one (stale ``ctl``): our
@@ -283,3 +285,50 @@ async def test_switch_restart_recovery(ns: Netstack, switch: VdeSwitch) -> None:
     assert nc.link_down
     ns.set_link("v0", True)
     assert not nc.link_down
+
+
+async def test_frames_byte_exact_with_qemus_vde_netdev(
+    ns: Netstack, switch: VdeSwitch, tmp_path: Path
+) -> None:
+    """QEMU's own vde netdev (libvdeplug) as the far port: QEMU joins it to a unix dgram
+    netdev on its hub 0, which the test drives."""
+    try:
+        qemu = ensure_qemu(install=False)
+    except HostUnavailable as exc:
+        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
+    nc, inside = await vde_port(ns, f"vde,id=v0,sock={switch.directory}")
+    near, far = tmp_path / "near", tmp_path / "far"
+    test_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    test_sock.bind(str(far))
+    test_sock.setblocking(False)
+    argv = [qemu, "-machine", "none", "-nodefaults", "-display", "none"]
+    for spec in (
+        f"vde,id=q,sock={switch.directory}",
+        "hubport,id=hq,hubid=0,netdev=q",
+        f"dgram,id=d,local.type=unix,local.path={near},remote.type=unix,remote.path={far}",
+        "hubport,id=hd,hubid=0,netdev=d",
+    ):
+        argv += ["-netdev", spec]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    loop = asyncio.get_running_loop()
+    try:
+        await plugged(switch.directory, 2)
+        await until(near.exists)
+        out = frames_of([14, 60, 333, 1514])
+        for f in out:
+            test_sock.sendto(f, str(near))
+        await until(lambda: len(inside.got) >= len(out))
+        assert inside.got == out
+        for f in out:
+            g = f[:7] + b"\x01" + f[8:]
+            inside.send([g])
+            assert await asyncio.wait_for(loop.sock_recv(test_sock, 4096), 5) == g
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        test_sock.close()
+    assert nc.stats.rx_frames == len(out)
