@@ -18,7 +18,10 @@ Every switch runs in the test's private directory and is stopped by PID. Tests:
   answers: QEMU hangs there) is a timeout error;
 * :func:`test_switch_restart_recovery` - the switch is killed: link down, counted; a new
   switch on the same directory: re-plugged into the same port with backoff, link up
-  again, frames flow; ``set_link off`` survives the re-plug.
+  again, frames flow; ``set_link off`` survives the re-plug;
+* :func:`test_hostile_switch_after_the_handshake` - junk on the control stream and an
+  empty datagram are counted and ignored, the port keeps forwarding; when that switch goes,
+  failed re-plugs are counted and ``netdev_del`` stops them.
 """
 
 from __future__ import annotations
@@ -332,3 +335,51 @@ async def test_frames_byte_exact_with_qemus_vde_netdev(
             proc.wait(5)
         test_sock.close()
     assert nc.stats.rx_frames == len(out)
+
+
+async def test_hostile_switch_after_the_handshake(ns: Netstack, tmp_path: Path) -> None:
+    """A fake switch that answers correctly, then sends junk on the control stream and
+    an empty datagram on the data socket, then goes away: counted, logged,
+    the port keeps working until the end, then re-plug attempts are counted."""
+    data = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    data_path = tmp_path / "fake" / "001.9"
+    writers: list[asyncio.StreamWriter] = []
+
+    def answer(request: bytes) -> bytes:
+        _kind, path, _descr = decode_request(request)
+        data.connect(path)  # as the switch does, before replying
+        return sockaddr_un(os.fsencode(data_path))
+
+    fake = FakeSwitch(tmp_path / "fake", answer)
+    (tmp_path / "fake").mkdir()
+    data.bind(str(data_path))
+    data.setblocking(False)
+    original = fake._serve
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await original(reader, writer)
+
+    fake._serve = serve  # type: ignore[method-assign]
+    async with fake:
+        nc, inside = await vde_port(ns, f"vde,id=v0,sock={fake.directory}")
+        counters = nc.counters  # type: ignore[attr-defined]
+        assert counters()["port"] == 1
+        writers[0].write(b"junk on the control stream")
+        await writers[0].drain()
+        await until(lambda: counters()["ctl-unexpected"] == 26)
+        data.send(b"")
+        data.send(b"\xff" * 6 + b"\x02" * 6 + b"\x88\xb5" + bytes(50))
+        await until(lambda: len(inside.got) == 1)
+        assert nc.stats.malformed == 1 and not nc.link_down
+        inside.send([b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x05" + b"\x88\xb5" + bytes(50)])
+        got = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(data, 4096), 5)
+        assert got[6:12] == b"\x02\x00\x00\x00\x00\x05"
+        writers[0].close()
+    data.close()
+    await until(lambda: nc.link_down)
+    await until(lambda: counters()["connect-failures"] >= 2)
+    assert counters()["disconnects"] == 1 and counters()["connects"] == 1
+    ns.netdev_del("v0")
+    await asyncio.sleep(0.3)  # no re-plug timer survives the netdev
+    assert ns.find_netdev("v0") is None
