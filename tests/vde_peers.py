@@ -17,7 +17,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -27,6 +26,22 @@ def have_vde() -> str | None:
     """None when vde_switch and vde_plug are installed, else what is missing."""
     missing = [p for p in ("vde_switch", "vde_plug") if shutil.which(p) is None]
     return " and ".join(missing) + " not installed (Debian: vde2)" if missing else None
+
+
+def _listening(path: str) -> bool:
+    """Whether a unix socket listens at ``path`` (``/proc/net/unix``, ``__SO_ACCEPTCON``).
+
+    Not by connecting: vde_switch 2.3.2 can lose track of a port's control connection
+    when a short-lived connection (a probe) closes just before it (the port then stays
+    active after its plug has gone).
+    """
+    with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                return True
+    return False
 
 
 class VdeSwitch:
@@ -56,13 +71,8 @@ class VdeSwitch:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"vde_switch exited: {self.log.read_text(errors='replace')}")
-            with socket.socket(socket.AF_UNIX) as probe:
-                try:
-                    probe.connect(ctl)
-                except OSError:
-                    pass
-                else:
-                    return self
+            if _listening(ctl):
+                return self
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("vde_switch did not create its control socket")

@@ -30,6 +30,12 @@ port; the link comes back up when that succeeds (unless ``set_link`` took it dow
 accident of ``errno``: a switch that closes without a reply ("the switch closed the control
 connection without a reply", QEMU: whatever ``errno`` was), a malformed reply, or none
 within 5 s (QEMU hangs).
+
+Data path differences: when the switch's queue for our port is full, frames wait in the
+core's queue (back-pressure, resumed when the socket is writable) where QEMU's
+``vde_receive`` returns -1 and drops them; up to 256 datagrams are read per wake-up and
+handed on as one batch where ``vde_to_qemu`` reads one; empty datagrams are counted
+(``malformed``) and dropped.
 """
 
 from __future__ import annotations

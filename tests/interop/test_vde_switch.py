@@ -151,6 +151,7 @@ async def test_port_request_and_options(ns: Netstack, switch: VdeSwitch) -> None
     assert not [n for n in os.listdir(d) if n.startswith(".")]
     ns.netdev_del("a")
     await until(lambda: not any(n.startswith("007.") for n in plug_ports(d)))
+    assert "Port 0007 untagged_vlan=0000 INACTIVE" in mgmt(switch, "port/allprint")
 
 
 def qemu_error(spec: str) -> str:
