@@ -13,7 +13,9 @@ Beyond libvdeplug: the whole handshake is bounded (``timeout``): Debian's vde_sw
 neither answers nor closes when it refuses a port (a port number beyond ``-n``), which
 leaves QEMU waiting forever at start-up; here that is ``ETIMEDOUT``. A reply shorter or
 longer than a ``struct sockaddr_un``, of another address family or with a relative path is
-refused (libvdeplug reads one ``recv`` and uses whatever came).
+refused (libvdeplug reads one ``recv`` and uses whatever came). A switch path too long
+for a ``sockaddr_un`` is "File name too long" (libvdeplug truncates it and usually reports
+"No such file or directory").
 """
 
 from __future__ import annotations
@@ -69,8 +71,7 @@ def _bind_data(directory: str) -> tuple[socket.socket, str]:
     pid = os.getpid()
     last: OSError | None = None
     names = [data_socket_names(directory, pid)]
-    for extra in FALLBACK_DATA_DIRS:
-        names.append(os.path.join(extra, f"vde.{pid:05d}-{n:05d}") for n in range(1000))
+    names += [data_socket_names(extra, pid, prefix="vde.") for extra in FALLBACK_DATA_DIRS]
     for candidates in names:
         for path in candidates:
             try:
@@ -125,7 +126,7 @@ async def _connect_ctl(
             await loop.sock_connect(ctl, path)
         except OSError as exc:
             ctl.close()
-            last = exc.errno or errno.EIO
+            last = exc.errno or errno.ENAMETOOLONG  # errno-less: 'AF_UNIX path too long'
             continue
         except BaseException:
             ctl.close()
@@ -176,7 +177,7 @@ async def _handshake(
         try:
             data.connect(switch_path)
         except OSError as exc:
-            raise PlugError(exc.errno or errno.EIO) from exc
+            raise PlugError(exc.errno or errno.ENAMETOOLONG) from exc
         return ctl, data, directory, switch_path
     except BaseException:
         ctl.close()

@@ -230,10 +230,13 @@ def decode_reply(reply: bytes) -> bytes:
     return path
 
 
-def data_socket_names(directory: str, pid: int, tries: int = 1000) -> Iterator[str]:
-    """Names for our datagram socket: ``DIR/.PPPPP-NNNNN`` as libvdeplug numbers them."""
+def data_socket_names(
+    directory: str, pid: int, tries: int = 1000, prefix: str = "."
+) -> Iterator[str]:
+    """Names for our datagram socket: ``DIR/.PPPPP-NNNNN`` as libvdeplug numbers them
+    (``vde.PPPPP-NNNNN`` in its fallback directories)."""
     for n in range(tries):
-        yield os.path.join(directory, f".{pid:05d}-{n:05d}")
+        yield os.path.join(directory, f"{prefix}{pid:05d}-{n:05d}")
 
 
 def description(owner: str, user: str, pid: int) -> bytes:

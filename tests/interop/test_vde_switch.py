@@ -12,6 +12,9 @@ Every switch runs in the test's private directory and is stopped by PID. Tests:
 * :func:`test_errors_match_qemu` - a missing switch and a dead one (stale ``ctl``): our
   ``netdev_add`` error, and netstackd's exit line, are what QEMU 7.2 prints for the same
   ``-netdev vde``;
+* :func:`test_odd_sock_values` - another plug module, a directory without a switch, a
+  regular file naming a switch, an empty file: QEMU's texts; an over-long path, an unknown
+  URL key, a NUL: clear errors;
 * :func:`test_bad_switches` - a fake switch that closes, answers garbage, too little or
   too much, or nothing: clear errors within the handshake timeout, nothing left behind,
   the daemon keeps serving; the real switch refusing a port beyond ``-n`` (it never
@@ -44,7 +47,7 @@ from drivers.vde.protocol import SOCKADDR_UN_LEN, decode_request, sockaddr_un
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
-from netstack.qapi import parse_netdev_cli
+from netstack.qapi import netdev_from_qmp, parse_netdev_cli
 from tests.support import Recorder
 from tests.vde_peers import VdePlug, VdeSwitch, have_vde, plug_ports
 from tools.guest import HostUnavailable, ensure_qemu
@@ -384,3 +387,28 @@ async def test_hostile_switch_after_the_handshake(ns: Netstack, tmp_path: Path) 
     ns.netdev_del("v0")
     await asyncio.sleep(0.3)  # no re-plug timer survives the netdev
     assert ns.find_netdev("v0") is None
+
+
+async def test_odd_sock_values(ns: Netstack, tmp_path: Path) -> None:
+    """Odd ``sock=`` values fail as QEMU's do, or (where libvdeplug truncates or guesses)
+    with a clearer text; none leaves anything behind."""
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "gfile").write_text("garbage line\n")  # a regular file names the switch
+    (tmp_path / "efile").write_text("")
+    for spec in (
+        "vde,id=v,sock=nosuch://x",
+        f"vde,id=v,sock={tmp_path}/emptydir",
+        f"vde,id=v,sock={tmp_path}/gfile",
+        f"vde,id=v,sock={tmp_path}/efile",
+    ):
+        assert await ours(ns, spec) == qemu_error(spec), spec
+    long = tmp_path / ("d" * 120)
+    long.mkdir()
+    assert await ours(ns, f"vde,id=v,sock={long}") == "Could not open vde: File name too long"
+    assert await ours(ns, f"vde,id=v,sock={tmp_path}/emptydir[colour=red]") == (
+        "Could not open vde: unknown key 'colour' in the vde URL"
+    )
+    with pytest.raises(GenericError, match=r"^Could not open vde: Invalid argument$"):
+        await ns.netdev_add(netdev_from_qmp({"id": "v", "type": "vde", "sock": "/tmp/a\0b"}))
+    assert ns.clients == []
+    assert sorted(os.listdir(tmp_path / "emptydir")) == []
