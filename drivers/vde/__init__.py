@@ -22,8 +22,8 @@ such file or directory", a dead one (stale ``ctl``) with "...: Connection refuse
 Beyond QEMU (whose port is dead once its switch goes): the control stream is watched, and
 when the switch closes it (it exited, or dropped the port) the link goes down
 (``info network`` then ends in ``(disconnected)``) and the driver re-plugs with backoff
-(0.1 s doubling to 2 s) into whatever switch serves ``sock`` again, asking for the same
-port; the link comes back up when that succeeds (unless ``set_link`` took it down).
+(0.1 s doubling to 2 s) into whatever switch serves the same directory again, asking for
+the same port; the link comes back up when that succeeds (unless ``set_link`` took it down).
 ``query-netdev`` counters: ``connects``, ``disconnects``, ``connect-failures``,
 ``ctl-unexpected`` (bytes the switch sent on the control stream after its reply; ignored),
 ``port`` (the switch port in use, -1 while unplugged). Clear errors where QEMU has an
@@ -101,9 +101,10 @@ class VdeNetdev(DatagramTransport):
         self.connects += 1
         self.backoff.reset()
         self.loop.add_reader(plug.ctl.fileno(), self._on_ctl)
-        if plug.port is not None and (t := self.target).port == 0:
-            # Re-plug into the same port after a switch restart.
-            self.target = Target(t.dirs, plug.port, t.portgroup, t.group, t.mode)
+        # Re-plug into the same switch directory and port after a switch restart.
+        t = self.target
+        port = plug.port if plug.port is not None and t.port == 0 else t.port
+        self.target = Target((plug.directory,), port, t.portgroup, t.group, t.mode)
         self.link_down = self.admin_down
         self.info_str = f"sock={self._sock_text()},fd={plug.data.fileno()}"
         self.flush_queued()
