@@ -21,7 +21,9 @@ Every switch runs in the test's private directory and is stopped by PID. Tests:
   answers: QEMU hangs there) is a timeout error;
 * :func:`test_switch_restart_recovery` - the switch is killed: link down, counted; a new
   switch on the same directory: re-plugged into the same port with backoff, link up
-  again, frames flow; ``set_link off`` survives the re-plug;
+  again, frames flow; ``set_link off`` survives a re-plug after an orderly switch exit;
+* :func:`test_data_socket_mode_and_group` - our data socket has the asked-for mode and
+  group when the switch gets the request;
 * :func:`test_hostile_switch_after_the_handshake` - junk on the control stream and an
   empty datagram are counted and ignored, the port keeps forwarding; when that switch goes,
   failed re-plugs are counted and ``netdev_del`` stops them.
@@ -287,7 +289,9 @@ async def test_switch_restart_recovery(ns: Netstack, switch: VdeSwitch) -> None:
         await plug.close()
     # set_link off holds across a re-plug.
     ns.set_link("v0", False)
-    switch.restart()
+    switch.stop()  # an orderly exit this time: the switch removes its directory
+    await until(lambda: counters()["disconnects"] == 2)
+    switch.start()
     await until(lambda: counters()["connects"] == 3)
     assert nc.link_down
     ns.set_link("v0", True)
@@ -412,3 +416,20 @@ async def test_odd_sock_values(ns: Netstack, tmp_path: Path) -> None:
         await ns.netdev_add(netdev_from_qmp({"id": "v", "type": "vde", "sock": "/tmp/a\0b"}))
     assert ns.clients == []
     assert sorted(os.listdir(tmp_path / "emptydir")) == []
+
+
+async def test_data_socket_mode_and_group(ns: Netstack, tmp_path: Path) -> None:
+    """What the switch finds at our data socket when it gets the request: the ``mode``
+    asked for (default 0700) and the ``group``."""
+    seen: list[tuple[int, int]] = []
+
+    def answer(request: bytes) -> bytes | None:
+        _kind, path, _descr = decode_request(request)
+        st = os.stat(path)
+        seen.append((st.st_mode & 0o7777, st.st_gid))
+        return None
+
+    async with FakeSwitch(tmp_path / "fake", answer) as fake:
+        for opts in ("", ",mode=0750", ",mode=0777,group=4", f"[mode=0711/group={os.getegid()}]"):
+            await ours(ns, f"vde,id=v,sock={fake.directory}{opts}")
+    assert seen == [(0o700, os.getegid()), (0o750, os.getegid()), (0o777, 4), (0o711, os.getegid())]
