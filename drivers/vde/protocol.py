@@ -52,6 +52,8 @@ SUN_PATH_LEN = SOCKADDR_UN_LEN - 2
 #: ``MAXDESCR`` of ``libvdeplug.h``: the description, NUL included.
 MAXDESCR = 128
 DEFAULT_MODE = 0o700
+#: The largest port a request can carry (``type`` holds it above its low 8 bits).
+MAX_PORT = 0xFFFFFF
 
 _HEADER = struct.Struct("=III")
 _FAMILY = struct.Struct("=H")
@@ -130,7 +132,7 @@ def _octal(text: str) -> int:
         if ch not in "01234567":
             break
         digits += ch
-    return int(digits, 8) if digits else 0
+    return int(digits, 8) & 0o7777 if digits else 0
 
 
 def target(
@@ -169,6 +171,8 @@ def target(
     if portgroup:
         if portgroup.isdigit():
             number = int(portgroup)
+            if number > MAX_PORT:
+                raise PlugError(errno.EINVAL, f"port {portgroup} out of range")
             base = replace(base, port=number if number else -1)
         else:
             base = replace(base, portgroup=portgroup)

@@ -96,6 +96,8 @@ def test_target_spellings(tmp_path: Path) -> None:
     with pytest.raises(PlugError) as err:
         target(f"{d}[colour=red]", None, None, None)
     assert err.value.errno == errno.EINVAL
+    with pytest.raises(PlugError, match="port 99999999999 out of range"):
+        target(f"{d}[port=99999999999]", None, None, None)
     with pytest.raises(PlugError) as err:
         target("vxvde://239.0.0.1", None, None, None)
     assert err.value.reason == "Protocol not supported"
