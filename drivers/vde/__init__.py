@@ -17,7 +17,9 @@ are what the tests talk to.
 
 As QEMU: a missing switch fails ``netdev_add``/``-netdev`` with "Could not open vde: No
 such file or directory", a dead one (stale ``ctl``) with "...: Connection refused";
-``info network`` shows ``sock=SOCK,fd=FD`` (``sock=(null)`` without ``sock``).
+``info network`` shows ``sock=SOCK,fd=FD`` (``sock=(null)`` without ``sock``). The port's
+description in the switch (``port/print``) is ``netstackd:ID user=USER pid=PID`` (QEMU's:
+``QEMU user=USER pid=PID``).
 
 Beyond QEMU (whose port is dead once its switch goes): the control stream is watched, and
 when the switch closes it (it exited, or dropped the port) the link goes down
