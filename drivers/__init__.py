@@ -21,6 +21,7 @@ def registry() -> dict[str, DriverSpec]:
         stream,
         tap,
         user,
+        vde,
         vhost_user,
     )
 
@@ -34,5 +35,6 @@ def registry() -> dict[str, DriverSpec]:
         dgram.SPEC,
         l2tpv3.SPEC,
         vhost_user.SPEC,
+        vde.SPEC,
     ]
     return {spec.type: spec for spec in specs}

@@ -10,6 +10,7 @@ from tests.conformance.case_sockets import (
     StreamClientCase,
 )
 from tests.conformance.case_tap import TapCase, TapPlainCase
+from tests.conformance.case_vde import VdeCase
 from tests.conformance.case_vhost_user import VhostUserCase
 from tests.conformance.harness import DriverCase
 
@@ -22,4 +23,5 @@ CASES: list[type[DriverCase]] = [
     TapCase,
     TapPlainCase,
     VhostUserCase,
+    VdeCase,
 ]
