@@ -26,6 +26,8 @@ PACKAGES=(
     isc-dhcp-client   # dhclient -6: a real DHCPv6 client for the user netdev's IPv6 tests
     slirp4netns       # libslirp: the user netdev's reference peer
     passt             # pasta: the other user-mode stack benchmarked against
+    samba             # smbd: the user netdev's smb= server (started per netdev, inetd style)
+    smbclient         # smbclient: the SMB client of the smb= tests
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

@@ -14,6 +14,9 @@ when no rule names it any more), and the connection targets:
   live at once per netdev (beyond: RST); :meth:`GuestForwarder.close` (netdev_del)
   terminates the rest (SIGTERM to the session, :data:`KILL_GRACE` s, then SIGKILL) and
   reaps them, so none is left behind and no zombie remains.
+* exec forwards (:meth:`GuestForwarder.add_exec`, libslirp's ``slirp_add_exec``, used by
+  ``smb=``: :mod:`.smb`): the same children, running an argument list without a shell,
+  on a loopback TCP pair (:func:`loopback_pair`, as libslirp's) instead of a socketpair;
 * a chardev (QEMU's shorthand: ``tcp:HOST:PORT``, ``unix:PATH``, ``udp:...``,
   ``file:PATH``, ``null``, ... as ``-serial`` takes it, opened as ``guestfwd.tcp.PORT``),
   or ``chardev:ID``, an existing chardev of the daemon: one stream shared by every guest

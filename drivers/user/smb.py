@@ -22,7 +22,7 @@ Checks, in QEMU's order and with its texts: "Failed to retrieve user name", "Cou
 'SMBD', please install it", "Error accessing shared directory 'DIR': REASON", "Could not
 create samba server dir", "Could not create samba server configuration file 'F': REASON",
 "Conflicting/invalid smbserver address" (the address outside the network, the host or DNS
-address, or a guestfwd rule already on ADDR:139/445).
+address, or - beyond QEMU - a guestfwd rule already on ADDR:139/445).
 
 Life cycle: made when the netdev is created (after its guestfwd rules, as in QEMU), gone
 with it (:meth:`SmbServer.close`, from the client's cleanup after the guestfwd children are
@@ -32,13 +32,20 @@ without cleaning up (SIGKILL):
 * every smbd dies with it: smbd runs under ``setpriv --pdeathsig KILL`` (util-linux) so
   the kernel kills it when the daemon goes (its connection is closed then anyway, which
   ends an inetd-mode smbd, but a busy one would otherwise finish its request first);
-* the private directory is removed by a guard, ``/bin/sh`` in a session of its own that
-  blocks reading a pipe only the daemon holds the write end of, and on end-of-file (the
-  daemon closed it or died) removes the directory (a few tries, while dying smbds let go);
+* smbd 4.17 forks helpers that outlive it - ``cleanupd``, and on the first RPC (a share
+  listing) ``samba-dcerpcd`` with its ``rpcd_*`` workers, a daemon in its own session -
+  and all of them name ``PRIV/smb.conf`` on their command line: :func:`kill_marked` kills
+  every process of our user whose command line holds it (at :meth:`SmbServer.close`,
+  through pidfds);
+* a guard, ``python3 -I -S`` in a session of its own, blocks reading a pipe only the
+  daemon holds the write end of; at end-of-file (the daemon died: a normal close kills
+  the guard first) it kills the processes naming ``PRIV/smb.conf`` as above and removes
+  the private directory (up to 10 rounds, while the dying let go);
 * as a last resort (the guard killed too, e.g. a whole cgroup killed at once), each
   private directory holds ``netstackd.lock``, ``flock``-ed by its daemon while it lives
   (put in place already locked, by a rename): a later netdev with ``smb=`` removes every
-  ``netstack-smb.*`` directory of its user whose lock it can take.
+  ``netstack-smb.*`` directory of its user whose lock it can take, and kills what still
+  names it.
 
 Deviations from QEMU (decided):
 
@@ -53,8 +60,13 @@ Deviations from QEMU (decided):
   directory (QEMU takes any path it can read and search, e.g. an executable file, and
   smbd fails at the first connection), and a path smb.conf cannot hold (a line break, a
   ``%``, which smbd expands, or a trailing blank or backslash) is refused;
+* a guestfwd rule on ADDR:139 or ADDR:445 is a conflict (libslirp's conflict check
+  compares ports in different byte orders, so QEMU accepts both and the first added
+  wins);
 * QEMU's private directory is ``qemu-smb.XXXXXX`` and is left behind when QEMU is killed,
-  as are the smbds of open connections until those end.
+  as are the smbds of open connections until those end; QEMU's cleanup only removes the
+  directory (``rm -rf``) and stops no process, so the helpers smbd forks outlive even a
+  clean ``netdev_del`` there.
 """
 
 from __future__ import annotations
