@@ -94,6 +94,8 @@ POLL_INTERVAL: Final = 0.5
 CMD_PREFIX: Final = "cmd:"
 CHARDEV_PREFIX: Final = "chardev:"
 PAIR_TRIES: Final = 4
+#: A child that cannot be started is logged at most once per this many seconds.
+SPAWN_LOG_INTERVAL: Final = 30.0
 PAIR_TIMEOUT: Final = 2.0
 
 Lookup = Callable[[str], Any]
@@ -154,6 +156,7 @@ class Children:
         self.live: dict[int, tuple[subprocess.Popen[bytes], int]] = {}  # pid -> (proc, pidfd)
         self.stats: Counter[str] = Counter()
         self._poll: asyncio.TimerHandle | None = None
+        self._warned_at = -SPAWN_LOG_INTERVAL
 
     def spawn(self, command: str) -> socket.socket | int:
         """Start ``/bin/sh -c command`` on a fresh socketpair: our end, or an errno."""
@@ -187,7 +190,12 @@ class Children:
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             ours.close()
             self.stats["guestfwd-spawn-failed"] += 1
-            self._log.warning("guestfwd: cannot run %r: %s", shlex.join(argv), exc)
+            now = time.monotonic()
+            if now - self._warned_at >= SPAWN_LOG_INTERVAL:  # a guest can retry at will
+                self._warned_at = now
+                failures = self.stats["guestfwd-spawn-failed"]
+                self._log.warning("guestfwd: cannot run %r: %s (%d failures so far)",
+                                  shlex.join(argv), exc, failures)  # fmt: skip
             return getattr(exc, "errno", None) or errno.EIO
         finally:
             theirs.close()

@@ -147,7 +147,7 @@ def find_smbd(option: str | None) -> str:
         raise GenericError(f"Could not find '{path}', please install it")
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
         raise GenericError(f"Could not run '{path}': not an executable file")
-    return path
+    return os.path.abspath(path)  # smbd runs in the private directory
 
 
 def check_share(path: str) -> str:

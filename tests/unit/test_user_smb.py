@@ -67,7 +67,8 @@ def test_smb_conf_is_qemus() -> None:
     assert conf.endswith("[qemu]\npath=/srv/share\nread only=no\nguest ok=yes\nforce user=alice\n")
 
 
-def test_share_checks(tmp_path: Path) -> None:
+def test_share_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     afile = tmp_path / "f"
     afile.write_text("x")
     runnable = tmp_path / "run"
@@ -88,7 +89,6 @@ def test_share_checks(tmp_path: Path) -> None:
         (tmp_path / bad).mkdir()
         with pytest.raises(smb.GenericError, match=r"cannot be written to smb\.conf"):
             smb.check_share(str(tmp_path / bad))
-    os.chdir(tmp_path)
     (tmp_path / "rel dir").mkdir()
     assert smb.check_share("rel dir") == str(tmp_path / "rel dir")
 
@@ -109,6 +109,22 @@ def test_find_smbd(tmp_path: Path, fake_smbd: Path, monkeypatch: pytest.MonkeyPa
             smb.find_smbd(str(fake_smbd))
     with pytest.raises(smb.GenericError, match="not an executable file"):
         smb.find_smbd(str(tmp_path))
+
+
+async def test_user_name_and_relative_smbd(
+    tmp_path: Path, tmpdir: Path, fake_smbd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(fake_smbd.parent.parent)
+    assert smb.find_smbd("./bin/smbd") == str(fake_smbd)  # absolute: smbd runs elsewhere
+
+    def no_user(uid: int) -> None:
+        raise KeyError(uid)
+
+    monkeypatch.setattr(smb.pwd, "getpwuid", no_user)
+    assert await netdev_error(f"user,id=u0,smb={share(tmp_path)},x-smbd={fake_smbd}") == (
+        "Failed to retrieve user name"
+    )
+    assert not list(tmpdir.iterdir())
 
 
 async def test_netdev_errors_leave_nothing(tmp_path: Path, tmpdir: Path, fake_smbd: Path) -> None:
