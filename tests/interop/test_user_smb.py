@@ -156,7 +156,6 @@ async def test_smbclient_lists_gets_and_puts(
         assert counters.get("guestfwd-spawn-failed", 0) == 0, counters
         text = client.usernet_info()
         assert text.startswith("Hub 0 (nat0):"), text
-        await asyncio.sleep(0)
     assert not os.path.exists(private)
     assert not our_processes(private)
 
