@@ -15,6 +15,13 @@ rows (rule ``smb=DIR``, target ``cmd:`` + the smbd command line); their connecti
 in ``info usernet`` / ``query-user-connections`` as guestfwd connections. No listening
 socket is opened anywhere: smbd is bound to nothing but the connection it is handed.
 
+Use: ``netstackd -netdev user,id=nat0,smb=/srv/share ...``; a Linux guest mounts it with
+``mount -t cifs //10.0.2.4/qemu /mnt -o username=guest,password=,vers=3.0`` (the kernel
+client wants its crypto modules: sha512, cmac, gcm/ccm), smbclient lists it with
+``smbclient -N -L //10.0.2.4``, a Windows guest opens share ``qemu`` on ``10.0.2.4``. Each guest
+connection starts an smbd (about a quarter of a second here), so at most the netdev's
+guestfwd child limit (64) run at once.
+
 The smbd binary: ``x-smbd=PATH`` (netstack extension; a bare name is looked up on PATH),
 else QEMU's ``CONFIG_SMBD_COMMAND`` default ``/usr/sbin/smbd``, else ``smbd`` on PATH.
 

@@ -39,7 +39,7 @@ from tests.conformance.case_tap import ip, netns, require_root
 from tests.daemon_proc import running_daemon
 from tests.interop.test_user_tap_netns import run_in
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.timeout(240)]
 
 IFNAME = "us0"
 GUEST_ADDR = "10.0.2.100"
@@ -122,6 +122,7 @@ def private_dir(client: Any) -> str:
     return str(client.smb.private)
 
 
+@pytest.mark.root
 async def test_smbclient_lists_gets_and_puts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -178,6 +179,7 @@ async def wait_for(check: Any, timeout: float = 60) -> bool:
     return True
 
 
+@pytest.mark.root
 async def test_netdev_del_with_a_connection_open(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -222,6 +224,7 @@ async def test_netdev_del_with_a_connection_open(
             await proc.wait()
 
 
+@pytest.mark.root
 def test_sigkill_leaves_no_smbd_and_no_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
