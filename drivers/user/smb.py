@@ -71,9 +71,9 @@ Deviations from QEMU (decided):
   compares ports in different byte orders, so QEMU accepts both and the first added
   wins);
 * QEMU's private directory is ``qemu-smb.XXXXXX`` and is left behind when QEMU is killed,
-  as are the smbds of open connections until those end; QEMU's cleanup only removes the
-  directory (``rm -rf``) and stops no process, so the helpers smbd forks outlive even a
-  clean ``netdev_del`` there.
+  as are the smbds of open connections until those end; QEMU's cleanup
+  (``slirp_smb_cleanup``) only removes the directory (``rm -rf``) and signals no process,
+  so nothing there stops a helper smbd forked into a session of its own.
 """
 
 from __future__ import annotations
