@@ -216,7 +216,11 @@ def kill_marked(marker: bytes) -> int:
     """SIGKILL every process of our user (but us) whose command line holds ``marker``
     (through a pidfd, so a recycled pid is never signalled); how many."""
     me, uid, killed = os.getpid(), os.geteuid(), 0
-    for name in os.listdir("/proc"):
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return 0
+    for name in names:
         if not name.isdigit() or int(name) == me:
             continue
         try:
@@ -328,7 +332,11 @@ class SmbServer:
             raise GenericError("Could not create samba server dir") from None
         server = cls(private, share, smbd, log)
         try:
-            server._lock = _hold_lock(private)
+            try:
+                server._lock = _hold_lock(private)
+            except OSError as exc:
+                log.warning("smb: cannot lock %s: %s", private, exc)
+                raise GenericError("Could not create samba server dir") from None
             try:
                 with open(server.conf, "x", encoding="utf-8") as f:
                     f.write(smb_conf(private, share, user))

@@ -127,6 +127,15 @@ async def test_user_name_and_relative_smbd(
     assert not list(tmpdir.iterdir())
 
 
+async def test_no_private_directory(
+    tmp_path: Path, fake_smbd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smb.tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    assert await netdev_error(f"user,id=u0,smb={share(tmp_path)},x-smbd={fake_smbd}") == (
+        "Could not create samba server dir"
+    )
+
+
 async def test_netdev_errors_leave_nothing(tmp_path: Path, tmpdir: Path, fake_smbd: Path) -> None:
     d = share(tmp_path)
     missing = tmp_path / "no-smbd"
