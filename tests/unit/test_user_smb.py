@@ -220,6 +220,17 @@ async def test_smbserver_moves_the_forwards(tmp_path: Path, tmpdir: Path, fake_s
     assert not list(tmpdir.iterdir())
 
 
+async def test_smb_passes_restrict(tmp_path: Path, tmpdir: Path, fake_smbd: Path) -> None:
+    """Exec forwards pass ``restrict=on`` (libslirp), so an isolated guest has its share."""
+    d = share(tmp_path)
+    spec = f"user,id=u0,restrict=on,smb={d},x-smbd={fake_smbd}"
+    async with netdev(spec) as (_ns, client, stack):
+        conn = stack.open("10.0.2.4", 445)
+        await until(lambda: conn.got.count(b"\n") >= 2, seconds=20)
+        assert conn.got.startswith(b"AF_INET")
+        assert client.counters().get("restrict-refused", 0) == 0
+
+
 # -- SIGKILL of the daemon: the guard, the sweep ------------------------------------------------
 
 
