@@ -81,6 +81,7 @@ def test_share_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         (str(runnable), "Not a directory"),
         (str(afile / "below"), "Not a directory"),
         ("/x\0y", "Invalid argument"),
+        ("/" + "a" * 5000, "File name too long"),
     ):
         with pytest.raises(smb.GenericError) as err:
             smb.check_share(path)
