@@ -27,6 +27,8 @@ PACKAGES=(
     slirp4netns       # libslirp: the user netdev's reference peer
     passt             # pasta: the other user-mode stack benchmarked against
     vde2              # vde_switch (and vdeplug: vde_plug): the vde netdev's real peers
+    samba             # smbd: the user netdev's smb= server (started per netdev, inetd style)
+    smbclient         # smbclient: the SMB client of the smb= tests
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

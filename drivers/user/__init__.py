@@ -6,9 +6,9 @@ host address (10.0.2.2, fec0::2) and a DNS server (10.0.2.3, fec0::3) on a virtu
 loopback through the host address and everything else through host sockets. In place:
 ARP, ICMP, IPv4 reassembly and fragmentation, UDP NAT, DHCP, DNS relay (UDP and TCP), TFTP,
 ``restrict``, guest TCP with offloads (TSO and checksum offload both ways), hostfwd (TCP
-and UDP, either family), guestfwd (a chardev or ``cmd:``), IPv6 (NDP, RAs with RDNSS,
-ICMPv6 echo, DHCPv6, UDP and TCP NAT), run-time forwards over HMP and QMP, and a
-connection table.
+and UDP, either family), guestfwd (a chardev or ``cmd:``), ``smb=`` (a private Samba
+smbd), IPv6 (NDP, RAs with RDNSS, ICMPv6 echo, DHCPv6, UDP and TCP NAT), run-time forwards
+over HMP and QMP, and a connection table.
 
 Modules: :mod:`.options` (QEMU's options, defaults and errors), :mod:`.router` (the
 sans-IO IPv4 gateway) with :mod:`.ipv4` (hot-path codecs, fragmentation),
@@ -18,7 +18,8 @@ router: NDP, RAs, ICMPv6, DHCPv6) with :mod:`.nat6` (its UDP/DNS NAT and TCP pol
 :mod:`.tcp` (guest TCP endpoints spliced to host sockets); the host sides -
 :mod:`.hostsock` (Linux socket specifics), :mod:`.hostecho` (ping/raw echo sockets, shared
 by both families), :mod:`.host4` (the IPv4 host sockets), :mod:`.host6` (the IPv6 router,
-NAT and host sockets), :mod:`.hostfwd`, :mod:`.guestfwd` with :mod:`.guestfwd_chardev`;
+NAT and host sockets), :mod:`.hostfwd`, :mod:`.guestfwd` with :mod:`.guestfwd_chardev`,
+:mod:`.smb` (``smb=``: a private smbd behind exec forwards);
 :mod:`.conntable` (the forward and connection tables of QMP and ``info usernet``); and
 :mod:`.client` (the net client composing them: fds, timer, monitor views). Importing has
 no side effects.
@@ -48,6 +49,7 @@ async def create(host: DriverHost, netdev: Netdev) -> list[NetClient]:
     client = UserNetClient(netdev.id, cfg, host.loop, host.log, host.emit_event)
     try:
         await client.guestfwd.open(host.chardev)  # guestfwd chardevs (QEMU's texts)
+        client.start_smb()  # smb= after the forwarding rules, as QEMU
     except BaseException:
         client.cleanup()
         raise
@@ -58,5 +60,5 @@ SPEC = DriverSpec(
     "user",
     create,
     "user-mode networking: NAT gateway with DHCP, DNS, TFTP "
-    "(net=,host=,dns=,dhcpstart=,tftp=,bootfile=,restrict=,...)",
+    "(net=,host=,dns=,dhcpstart=,tftp=,bootfile=,restrict=,smb=,...)",
 )

@@ -25,6 +25,9 @@ DNS upstream (port 53 to its configured port, other ports unchanged); other addr
 inside the virtual network are refused (RST), routable ones connected to directly. IPv6 asks
 :meth:`.nat6.Nat6.tcp_target`.
 
+``smb=`` (:mod:`.smb`): :meth:`start_smb` adds its exec forwards to the guestfwd rules;
+:meth:`cleanup` removes its private directory once the guestfwd children are reaped.
+
 Monitor views: the daemon's ``UserNetClient`` protocol - :meth:`usernet_info` (HMP ``info
 usernet``, QEMU's layout, rendered by :mod:`.conntable` from the same rows as
 :meth:`connections` and :meth:`forwards`), :meth:`hostfwd` (HMP ``hostfwd_add`` /
@@ -73,6 +76,7 @@ from .options import (
     parse_hostfwd_remove,
 )
 from .router import DNS_PORT, Gateway, Packet
+from .smb import SmbServer
 from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
 from .tftproot import TftpRoot
 
@@ -147,6 +151,8 @@ class UserNetClient(NetClient):
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
                                  log=log, v6=self.v6)  # fmt: skip
         self.guestfwd = GuestForwarder(loop, self.gw, log)
+        #: The ``smb=`` server (:mod:`.smb`), started by :meth:`start_smb`.
+        self.smb: SmbServer | None = None
         # The rules: hostfwd binds, then guestfwd conflicts (chardevs open in create(),
         # async). A failure releases everything above through the one cleanup path.
         try:
@@ -404,6 +410,12 @@ class UserNetClient(NetClient):
             self._log.warning("user %s: dropped bad input (totals: %s)", self.name, detail)
             self._reported_bad = bad
 
+    def start_smb(self) -> None:
+        """``smb=``: the private smbd and its exec forwards (after the guestfwd rules, as in
+        QEMU); GenericError with QEMU's texts."""
+        if self.cfg.smb is not None and self.smb is None:
+            self.smb = SmbServer.open(self.cfg, self.guestfwd, self._log)
+
     # -- guestfwd --------------------------------------------------------------------------
 
     def guestfwd_add(self, rule_text: str) -> str | None:
@@ -556,9 +568,14 @@ class UserNetClient(NetClient):
         self.host4.close()
         self.fwd.close()
         try:
-            self.guestfwd.close()
+            self.guestfwd.close()  # smbd children are reaped before their directory goes
         except Exception:
             self._internal_error("guestfwd close")
+        if self.smb is not None:
+            try:
+                self.smb.close()
+            except Exception:
+                self._internal_error("smb close")
         try:
             self.tcp.close()
         except Exception:

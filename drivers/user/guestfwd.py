@@ -14,6 +14,9 @@ connection targets:
   live at once per netdev (beyond: RST); :meth:`GuestForwarder.close` (netdev_del)
   terminates the rest (SIGTERM to the session, :data:`KILL_GRACE` s, then SIGKILL) and
   reaps them, so none is left behind and no zombie remains.
+* exec forwards (:meth:`GuestForwarder.add_exec`, libslirp's ``slirp_add_exec``, used by
+  ``smb=``: :mod:`.smb`): the same children, running an argument list without a shell,
+  on a loopback TCP pair (:func:`loopback_pair`, as libslirp's) instead of a socketpair;
 * a chardev (QEMU's shorthand: ``tcp:HOST:PORT``, ``unix:PATH``, ``udp:...``,
   ``file:PATH``, ``null``, ... as ``-serial`` takes it, opened as ``guestfwd.tcp.PORT``),
   or ``chardev:ID``, an existing chardev of the daemon: one stream shared by every guest
@@ -64,12 +67,14 @@ import contextlib
 import errno
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from netstack.chardev import Chardev, create_backend
@@ -88,6 +93,10 @@ KILL_GRACE: Final = 0.2
 POLL_INTERVAL: Final = 0.5
 CMD_PREFIX: Final = "cmd:"
 CHARDEV_PREFIX: Final = "chardev:"
+PAIR_TRIES: Final = 4
+#: A child that cannot be started is logged at most once per this many seconds.
+SPAWN_LOG_INTERVAL: Final = 30.0
+PAIR_TIMEOUT: Final = 2.0
 
 Lookup = Callable[[str], Any]
 """The daemon's chardev lookup (``DriverHost.chardev``): id -> Chardev or None."""
@@ -100,13 +109,16 @@ def conflict_error(rule: GuestFwdRule) -> GenericError:
 class GuestFwd:
     """One rule: its address, and its command or chardev bridge."""
 
-    __slots__ = ("addr", "bridge", "chardev", "command", "opening", "owned", "rule")
+    __slots__ = ("addr", "bridge", "chardev", "command", "exec", "opening", "owned", "rule")
 
     def __init__(self, rule: GuestFwdRule, addr: bytes, bridge: ChardevBridge | None) -> None:
         self.rule = rule
         self.addr = addr
         target = rule.target
         self.command = target[len(CMD_PREFIX) :] if target.startswith(CMD_PREFIX) else None
+        #: An exec forward's program (:meth:`GuestForwarder.add_exec`), run in place of
+        #: ``command``.
+        self.exec: ExecTarget | None = None
         self.bridge = bridge
         self.chardev: Chardev | None = None
         self.owned = False  # the chardev was opened for this rule (closed with it)
@@ -116,6 +128,18 @@ class GuestFwd:
     def label(self) -> str:
         """QEMU's chardev id for the rule."""
         return f"guestfwd.tcp.{self.rule.port}"
+
+
+@dataclass(frozen=True)
+class ExecTarget:
+    """What an exec forward runs per connection: ``argv`` (no shell) on a loopback TCP
+    pair with ``inet``, else a unix socketpair; stderr to ``stderr`` (an fd) if given, else
+    into the connection; in ``cwd`` if given."""
+
+    argv: tuple[str, ...]
+    inet: bool = True
+    stderr: int | None = None
+    cwd: str | None = None
 
 
 class Children:
@@ -132,27 +156,46 @@ class Children:
         self.live: dict[int, tuple[subprocess.Popen[bytes], int]] = {}  # pid -> (proc, pidfd)
         self.stats: Counter[str] = Counter()
         self._poll: asyncio.TimerHandle | None = None
+        self._warned_at = -SPAWN_LOG_INTERVAL
 
     def spawn(self, command: str) -> socket.socket | int:
-        """Start ``command`` on a fresh socketpair: our end, or an errno."""
+        """Start ``/bin/sh -c command`` on a fresh socketpair: our end, or an errno."""
+        return self.spawn_exec((self.shell, "-c", command))
+
+    def spawn_exec(
+        self, argv: Sequence[str], *, inet: bool = False, stderr: int | None = None,
+        cwd: str | None = None,
+    ) -> socket.socket | int:  # fmt: skip
+        """Start ``argv`` with stdin and stdout (and stderr, unless ``stderr`` is another
+        fd) one end of a fresh connection - a unix socketpair, or with ``inet`` a loopback
+        TCP pair (:func:`loopback_pair`, for programs that want an inet peer): our end, or
+        an errno."""
         if len(self.live) >= self.limit:
             self.stats["guestfwd-children-limit"] += 1
             return errno.EAGAIN
         try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            if inet:
+                ours, theirs = loopback_pair()
+            else:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError as exc:
             self.stats["guestfwd-spawn-failed"] += 1
             return exc.errno or errno.EMFILE
         try:
             fd = theirs.fileno()
             proc = subprocess.Popen(
-                [self.shell, "-c", command], stdin=fd, stdout=fd, stderr=fd,
-                close_fds=True, start_new_session=True,
+                argv, stdin=fd, stdout=fd, stderr=fd if stderr is None else stderr,
+                close_fds=True, start_new_session=True, cwd=cwd,
             )  # fmt: skip
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             ours.close()
             self.stats["guestfwd-spawn-failed"] += 1
-            self._log.warning("guestfwd: cannot run %r: %s", command, exc)
+            now = time.monotonic()
+            if now - self._warned_at >= SPAWN_LOG_INTERVAL:  # a guest can retry at will
+                self._warned_at = now
+                failures = self.stats["guestfwd-spawn-failed"]
+                self._log.warning("guestfwd: cannot run %r: %s (%d failures so far)",
+                                  shlex.join(argv), exc, failures)  # fmt: skip
             return getattr(exc, "errno", None) or errno.EIO
         finally:
             theirs.close()
@@ -209,6 +252,33 @@ class Children:
             proc.wait()
             self._forget(pid)
             self.stats["guestfwd-children-killed"] += 1
+
+
+def loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on 127.0.0.1 (libslirp's ``slirp_socketpair_with_oob``): ours
+    and theirs. A connection some other local process slips in ahead of ours is closed and
+    skipped (the accepted peer must be our own socket), at most :data:`PAIR_TRIES` times."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(PAIR_TRIES)
+        listener.settimeout(PAIR_TIMEOUT)
+        ours = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            ours.settimeout(PAIR_TIMEOUT)
+            ours.connect(listener.getsockname())
+            name = ours.getsockname()
+            for _ in range(PAIR_TRIES):
+                theirs, peer = listener.accept()
+                if peer == name:
+                    theirs.settimeout(None)
+                    ours.settimeout(None)
+                    return ours, theirs
+                theirs.close()
+        except BaseException:
+            ours.close()
+            raise
+        ours.close()
+        raise OSError(errno.ECONNABORTED, "loopback pair: foreign connections in the way")
 
 
 def _signal_session(pid: int, sig: int) -> None:
@@ -269,6 +339,19 @@ class GuestForwarder:
             fwd.opening = self._spawn(self._open_in_background(fwd, backend))
         return fwd
 
+    def add_exec(self, rule: GuestFwdRule, target: ExecTarget) -> GuestFwd:
+        """An exec forward (libslirp's ``slirp_add_exec``, behind QEMU's ``smb=``): each
+        guest connection to ``rule.server:rule.port`` runs ``target``; ``rule.target`` is
+        only shown (``cmd:`` and the command line). Conflicts as :meth:`add`."""
+        if self.find(rule.server, rule.port) is not None:
+            raise conflict_error(rule)
+        addr = socket.inet_aton(rule.server)
+        fwd = GuestFwd(rule, addr, None)
+        fwd.exec = target
+        self.forwards.append(fwd)
+        self._gw.add_local(addr)
+        return fwd
+
     async def open(self, lookup: Lookup | None = None) -> None:
         """Open the chardev of every rule that has none yet, in rule order (netdev
         creation); raises GenericError with QEMU's text for the first that fails."""
@@ -320,6 +403,9 @@ class GuestForwarder:
         else:
             return None
         self.stats["guestfwd-connections"] += 1
+        if fwd.exec is not None:
+            run = fwd.exec
+            return self.children.spawn_exec(run.argv, inet=run.inet, stderr=run.stderr, cwd=run.cwd)
         if fwd.command is not None:
             return self.children.spawn(fwd.command)
         assert fwd.bridge is not None

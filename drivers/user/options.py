@@ -28,8 +28,8 @@ them, and its "Could not set up host forwarding rule" error, is the client's job
 (conflicts between rules and opening their chardevs are :mod:`.guestfwd`'s); IPv6 options are
 validated and kept (the IPv6 side, :mod:`.host6`, builds its configuration from them with
 :func:`.ipv6.ipv6_config`); ``ipv4=off`` (or QEMU's quirk, ``ipv6=on`` alone) leaves an
-IPv6-only network, ``ipv6=off`` an IPv4-only one; ``smb`` is rejected (no smbd
-integration).
+IPv6-only network, ``ipv6=off`` an IPv4-only one; ``smb`` and ``smbserver`` are kept
+(the directory, smbd and address checks are :mod:`.smb`'s, run when the netdev is made).
 
 netstack extension of the ``hostfwd`` syntax (and of HMP ``hostfwd_remove``): the host and
 guest addresses may be IPv6 addresses in brackets - ``tcp:[::1]:2222-[fec0::15]:22``
@@ -40,8 +40,9 @@ IPv6 (``tcp:[::]:2222-:22`` reaches the guest's 10.0.2.15). QEMU rejects every r
 
 netstack extensions (``x-`` members, QAPI feature ``unstable``): ``x-dns-upstream=IP[:PORT]``
 (repeated; IPv6 as ``[ADDR]:PORT`` or bare) replaces ``/etc/resolv.conf`` as the source of
-DNS upstreams, and ``x-mtu=N`` (68..65521, default 1500) is the guest link MTU, announced in
-DHCP option 26 and used to fragment guest-bound IPv4 datagrams.
+DNS upstreams, ``x-mtu=N`` (68..65521, default 1500) is the guest link MTU, announced in
+DHCP option 26 and used to fragment guest-bound IPv4 datagrams, and ``x-smbd=PATH`` is the
+smbd that serves ``smb=`` (:mod:`.smb`).
 """
 
 from __future__ import annotations
@@ -129,6 +130,12 @@ class UserConfig:
     #: Explicit DNS upstreams (family, address, port); empty means /etc/resolv.conf.
     dns_upstreams: tuple[tuple[int, str, int], ...] = field(default=())
     mtu: int = DEFAULT_MTU
+    #: ``smb=``: the directory to share (checked and served by :mod:`.smb`).
+    smb: str | None = None
+    #: ``smbserver=`` (0: absent, net + .4).
+    smbserver: int = 0
+    #: ``x-smbd=``: the smbd to run (None: QEMU's default, then PATH).
+    smbd: str | None = None
 
     @property
     def broadcast(self) -> int:
@@ -443,8 +450,12 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
         raise GenericError("DHCP doesn't belong to network")
     if dhcp in (host, dns):
         raise GenericError("DHCP must be different from host and DNS")
-    if opts.smbserver is not None and inet_aton(opts.smbserver) is None:
-        raise GenericError("Failed to parse SMB address")
+    smbserver = 0
+    if opts.smbserver is not None:
+        parsed = inet_aton(opts.smbserver)
+        if parsed is None:
+            raise GenericError("Failed to parse SMB address")
+        smbserver = parsed
 
     six = parse_ipv6_options(
         opts.ipv6_prefix, opts.ipv6_prefixlen, opts.ipv6_host, opts.ipv6_dns, restrict=restrict
@@ -485,10 +496,11 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
         dnssearch=tuple(opts.dnssearch or ()),
         dns_upstreams=upstreams,
         mtu=mtu,
+        smb=opts.smb,
+        smbserver=smbserver,
+        smbd=opts.x_smbd,
     )
     # QEMU pushes the rules on a list head: guestfwd last-to-first, then hostfwd likewise
     guestfwd = tuple(parse_guestfwd(r, cfg) for r in reversed(opts.guestfwd or ()))
     hostfwd = tuple(parse_hostfwd(r) for r in reversed(opts.hostfwd or ()))
-    if opts.smb is not None:
-        raise GenericError("smb= is not supported by netstack (no smbd integration)")
     return dataclasses.replace(cfg, hostfwd=hostfwd, guestfwd=guestfwd)

@@ -102,6 +102,8 @@ class NetdevUserOptions:
         default=None, metadata=optional(STRING_LIST, features=("unstable",))
     )
     x_mtu: int | None = opt("uint32", features=("unstable",))
+    #: Beyond QEMU: the smbd that serves ``smb=`` (QEMU's is fixed at build time).
+    x_smbd: str | None = opt("str", features=("unstable",))
 
 
 @dataclass(frozen=True, kw_only=True)

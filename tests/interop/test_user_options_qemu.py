@@ -1,7 +1,8 @@
 """The user netdev's option checks against QEMU 7.2's own: the same ``netdev_add`` arguments
 go to a QEMU (``-machine none``, QMP) and to netstack's option parser; the error texts must
 be equal, and where QEMU accepts, so must netstack - except for the documented part 1 gaps
-(valid hostfwd/guestfwd rules, IPv6-only, smb), which must say "not supported".
+(valid hostfwd/guestfwd rules, IPv6-only), which must say "not supported" (``smb=`` has its
+own comparison: tests/interop/test_user_smb.py).
 """
 
 from __future__ import annotations

@@ -239,7 +239,10 @@ def test_hostfwd_kept_guestfwd_not_yet() -> None:
     assert error("guestfwd=tcp:10.0.2.2:80-cmd:true") == (
         "Conflicting/invalid host:port in guest forwarding rule 'tcp:10.0.2.2:80-cmd:true'"
     )
-    assert "smb" in error("smb=/tmp")
+    # smb= is kept for the client (its checks run when the netdev is made: .smb)
+    smb = cfg("smb=/tmp,smbserver=10.0.2.9,x-smbd=/opt/smbd")
+    assert (smb.smb, ip_text(smb.smbserver), smb.smbd) == ("/tmp", "10.0.2.9", "/opt/smbd")
+    assert cfg("smb=/tmp").smbserver == 0
 
 
 def test_extensions() -> None:
