@@ -387,6 +387,19 @@ def _signal_ready(ok: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``netstackd`` entry point: an exit status, and never a traceback (an unexpected
+    exception is one line on stderr, its traceback in the log of ``-D``)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        logging.getLogger("netstack").info("internal error", exc_info=True)
+        print(f"{PROG}: internal error: {exc!r}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_argv(args)
@@ -418,8 +431,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = plan.config
         banner = attach_instructions(plan)
 
+    try:
+        if cfg.logfile == "":  # FileHandler would open the current directory
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        handler = None if cfg.logfile is None else logging.FileHandler(cfg.logfile)
+    except OSError as exc:
+        print(f"{PROG}: Error opening logfile {cfg.logfile}: {exc.strerror}", file=sys.stderr)
+        return 1
     logging.basicConfig(
-        filename=cfg.logfile,
+        handlers=None if handler is None else [handler],
         level=logging.INFO if cfg.logfile else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
@@ -427,9 +447,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _daemonize()
         if code is not None:
             return code
-    pidfile = Path(cfg.pidfile) if cfg.pidfile else None
-    if pidfile is not None:
-        pidfile.write_text(f"{os.getpid()}\n")
+    pidfile = Path(cfg.pidfile) if cfg.pidfile is not None else None
+    if cfg.pidfile is not None:
+        try:
+            with open(cfg.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            reason = f"Could not create '{cfg.pidfile}': {exc.strerror}"
+            print(f"{PROG}: cannot create PID file: {reason}", file=sys.stderr)
+            return 1
     try:
         return asyncio.run(_main_async(cfg, registry, banner))
     finally:

@@ -305,6 +305,8 @@ def write_text(path: str, text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
+    if not path:
+        raise ConfigWriteError("Could not open '': No such file or directory")
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
