@@ -269,7 +269,8 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
         with _option("-object", spec, cfg.origins.get(("object", index))):
             await ns.object_add(qapi.parse_object_cli(spec))
     for index, (kind, spec, pretty) in enumerate(cfg.monitors):
-        with _option(f"-{kind}", spec, cfg.origins.get(("mon", index))):
+        flag = "-qmp-pretty" if kind == "qmp" and pretty else f"-{kind}"
+        with _option(flag, spec, cfg.origins.get(("mon", index))):
             await ns.monitor_add(kind, spec, pretty, index)
 
 

@@ -308,6 +308,8 @@ def write_text(path: str, text: str) -> None:
     if not path:
         raise ConfigWriteError("Could not open '': No such file or directory")
     target = Path(path)
+    if not target.name or target.is_dir():
+        raise ConfigWriteError(f"Could not open '{path}': Is a directory")
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o600
