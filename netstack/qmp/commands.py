@@ -384,7 +384,7 @@ class Commands:
     async def write_config(self, args: dict[str, Any], session: Any) -> None:
         from netstack.configfile.writer import write_running_config
 
-        path = args["filename"] or self.ns.config_file
+        path = self.ns.config_file if args["filename"] is None else args["filename"]
         if not path or path == "-":
             raise GenericError(
                 "no file to write: give 'filename' (the command line's -writeconfig FILE"
