@@ -268,10 +268,13 @@ def _guard(group: str, ident: str, build: Any) -> tuple[str, str, Pairs]:
     return group, ident, pairs
 
 
+def _check_id(group: str, ident: str) -> None:
+    if len(ident) > _NAME_MAX or any(c in ident for c in '"\n\0'):
+        raise ConfigWriteError(f"cannot write {group} '{ident}': the id does not fit a config file")
+
+
 def _check(group: str, ident: str, key: str, value: str) -> None:
     where = f"{group} '{ident}'"
-    if len(ident) > _NAME_MAX or '"' in ident or "\n" in ident:
-        raise ConfigWriteError(f"cannot write {where}: the id does not fit a config file")
     if not key or len(key) > _NAME_MAX or any(c.isspace() for c in key):
         raise ConfigWriteError(f"cannot write {where}: option name '{key}' does not fit")
     if '"' in value or "\n" in value or "\0" in value:
@@ -291,6 +294,7 @@ def render(sections: Iterator[tuple[str, str, Pairs]]) -> str:
         "",
     ]
     for group, ident, pairs in sections:
+        _check_id(group, ident)
         lines.append(f'[{group} "{ident}"]')
         for key, value in pairs:
             _check(group, ident, key, value)
