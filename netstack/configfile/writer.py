@@ -22,8 +22,10 @@ given, never what QMP added). netstackd's is its own design, see ``docs/config-f
   characters, chardev options that have no command-line spelling (vsock addresses,
   ``keep-alive``, ...).
 
-Runtime state that is not configuration is not written: forwarding rules added with
-``hostfwd_add``/``user-forward-add``, link state (``set_link``), DHCP leases, counters.
+A ``user`` netdev's forwarding rules are written as they are now: rules added or removed
+at run time (``user-forward-add``/``-remove``, HMP ``hostfwd_add``/``_remove``) included,
+each in the words it was given. Run-time state that is not configuration is not written:
+link state (``set_link``), DHCP leases, counters, hubs a deleted hubport left empty.
 
 The file is replaced atomically (a temporary file in the same directory, fsync, rename);
 a new file is created mode 0600, an existing file keeps its mode. ``-`` is standard output.
@@ -31,6 +33,7 @@ a new file is created mode 0600, an existing file keeps its mode. ``-`` is stand
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import sys
@@ -51,7 +54,7 @@ from netstack.qapi.chardev import (
     ChardevStdio,
     ChardevUdp,
 )
-from netstack.qapi.netdev import MODERN_TYPES, Netdev
+from netstack.qapi.netdev import MODERN_TYPES, Netdev, NetdevUserOptions
 from netstack.qapi.output import to_qmp
 from netstack.qapi.qom import ObjectSpec
 from netstack.qapi.sockets import (
@@ -253,11 +256,26 @@ def running_sections(ns: Netstack) -> Iterator[tuple[str, str, Pairs]]:
     for nc in ns.clients:
         netdev = nc.netdev_spec
         if nc.is_netdev and nc.queue_index == 0 and netdev is not None:
+            netdev = _with_forwards(netdev, nc)
             yield _guard("netdev", netdev.id, lambda n=netdev: netdev_pairs(n))
     for nf in ns.objects.values():
         obj = getattr(nf, "spec", None)
         if isinstance(obj, ObjectSpec):
             yield _guard("object", obj.id, lambda o=obj: object_pairs(o))
+
+
+def _with_forwards(spec: Netdev, nc: object) -> Netdev:
+    """A user netdev's forwarding rules as they are now (``user-forward-add``,
+    ``hostfwd_add``, ``..._remove`` included), each as it was given."""
+    from netstack.daemon import UserNetClient
+
+    if not isinstance(spec.options, NetdevUserOptions) or not isinstance(nc, UserNetClient):
+        return spec
+    rows = nc.forwards()
+    host = tuple(str(r["rule"]) for r in rows if r["type"] == "hostfwd")
+    guest = tuple(str(r["rule"]) for r in rows if r["type"] == "guestfwd")
+    options = dataclasses.replace(spec.options, hostfwd=host or None, guestfwd=guest or None)
+    return dataclasses.replace(spec, options=options)
 
 
 def _guard(group: str, ident: str, build: Any) -> tuple[str, str, Pairs]:

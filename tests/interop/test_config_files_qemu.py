@@ -9,13 +9,17 @@ documented differences (``netstack/configfile/reader.py``) are checked as such.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from qemu.qmp import QMPClient
 
 from netstack import cli
+from tests.daemon_proc import running_daemon
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -176,8 +180,6 @@ def test_same_verdict_as_qemu(
 
 def test_both_programs_build_the_same_network_from_a_file(tmp_path: Path) -> None:
     """QEMU and netstackd read the same file into the same ``info network``."""
-    from tests.daemon_proc import running_daemon
-
     text = FILES["full"].replace('"c0.sock"', f'"{tmp_path}/c0.sock"')
     cfg = tmp_path / "net.cfg"
     cfg.write_text(text.replace('"d.pcap"', f'"{tmp_path}/d.pcap"'))
@@ -191,14 +193,10 @@ def test_both_programs_build_the_same_network_from_a_file(tmp_path: Path) -> Non
         timeout=60,
     )
     assert qemu.returncode == 0, qemu.stderr
-    import json
-
     replies = [json.loads(line) for line in qemu.stdout.splitlines() if line.startswith("{")]
     q_info = next(r["return"] for r in replies if isinstance(r.get("return"), str))
 
     async def ours() -> str:
-        from qemu.qmp import QMPClient
-
         with running_daemon(tmp_path, ["-readconfig", str(cfg)]) as daemon:
             client = QMPClient("t")
             await client.connect(str(daemon.qmp))
@@ -210,7 +208,5 @@ def test_both_programs_build_the_same_network_from_a_file(tmp_path: Path) -> Non
                 await client.disconnect()
         assert isinstance(info, str)
         return info
-
-    import asyncio
 
     assert asyncio.run(ours()) == q_info

@@ -19,16 +19,23 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _netdevs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """query-netdev without counters; forwarding rules are compared as they are now
+    (``query-user-forwards``), the options show them as given at creation."""
     keep = ("id", "type", "options", "peer", "hub", "netdev", "queue-index")
-    return [{k: e[k] for k in keep if k in e} for e in entries]
+    out = [{k: e[k] for k in keep if k in e} for e in entries]
+    for entry in out:
+        entry.get("options", {}).pop("hostfwd", None)
+    return out
 
 
-async def _snapshot(client: QMPClient) -> tuple[Any, Any, Any]:
+async def _snapshot(client: QMPClient) -> tuple[Any, Any, Any, Any]:
     netdevs = _netdevs(await client.execute("query-netdev"))
     info = await client.execute("human-monitor-command", {"command-line": "info network"})
     chardevs = await client.execute("query-chardev")
     labels = sorted(c["label"] for c in chardevs if not c["label"].startswith("compat_monitor"))
-    return netdevs, info, labels
+    rows = await client.execute("query-user-forwards")
+    forwards = sorted((f["netdev"], f["type"], f["rule"]) for f in rows)
+    return netdevs, info, labels, forwards
 
 
 def _wait_for(path: Path) -> None:
@@ -91,6 +98,13 @@ async def test_runtime_configuration_survives_a_restart(tmp_path: Path) -> None:
                       "insert": "before"}  # fmt: skip
             await client.execute("object-add", mirror)
             await client.execute("netdev_del", {"id": "gone"})
+            rule = "tcp:127.0.0.1:0-:80"
+            await client.execute("user-forward-add", {"netdev": "u1", "rule": rule})
+            forwards = await client.execute("query-user-forwards")
+            udp = next(f["host-port"] for f in forwards if f["protocol"] == "udp")
+            hmp = f"hostfwd_remove u1 udp:127.0.0.1:{udp}"
+            reply = await client.execute("human-monitor-command", {"command-line": hmp})
+            assert "removed" in str(reply)
             await client.execute("write-config")
             before = await _snapshot(client)
 
@@ -124,6 +138,7 @@ async def test_runtime_configuration_survives_a_restart(tmp_path: Path) -> None:
         assert daemon.stop() == 0
 
     text = saved.read_text()
+    assert '  hostfwd = "tcp:127.0.0.1:0-:80"' in text and "udp:" not in text
     assert text.count('  hostfwd = "') == 2 and '[netdev "gone"]' not in text
     assert "compat_monitor" not in text  # monitors stay on the command line
 
