@@ -272,10 +272,24 @@ def _with_forwards(spec: Netdev, nc: object) -> Netdev:
     if not isinstance(spec.options, NetdevUserOptions) or not isinstance(nc, UserNetClient):
         return spec
     rows = nc.forwards()
-    host = tuple(str(r["rule"]) for r in rows if r["type"] == "hostfwd")
-    guest = tuple(str(r["rule"]) for r in rows if r["type"] == "guestfwd")
-    options = dataclasses.replace(spec.options, hostfwd=host or None, guestfwd=guest or None)
+    host = _in_given_order(spec.options.hostfwd, [r for r in rows if r["type"] == "hostfwd"])
+    guest = _in_given_order(spec.options.guestfwd, [r for r in rows if r["type"] == "guestfwd"])
+    options = dataclasses.replace(spec.options, hostfwd=host, guestfwd=guest)
     return dataclasses.replace(spec, options=options)
+
+
+def _in_given_order(
+    given: tuple[str, ...] | None, rows: list[dict[str, Any]]
+) -> tuple[str, ...] | None:
+    """The rules of ``rows``: those still there from ``given`` in its order, then the ones
+    added at run time (so writing, reading and writing again gives the same file)."""
+    left = [str(r["rule"]) for r in rows]
+    out = []
+    for rule in given or ():
+        if rule in left:
+            left.remove(rule)
+            out.append(rule)
+    return tuple(out + left) or None
 
 
 def _guard(group: str, ident: str, build: Any) -> tuple[str, str, Pairs]:

@@ -150,6 +150,10 @@ async def test_runtime_configuration_survives_a_restart(tmp_path: Path) -> None:
             await client.disconnect()
         assert daemon.stop() == 0
     assert after == before
+    again = tmp_path / "again.cfg"
+    with running_daemon(tmp_path, ["-readconfig", str(saved), "-writeconfig", str(again)]):
+        _wait_for(again)
+    assert again.read_text() == saved.read_text()  # written, read, written: the same file
 
 
 def test_writeconfig_dash_prints_the_configuration_once_started(tmp_path: Path) -> None:
