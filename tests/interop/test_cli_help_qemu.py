@@ -122,3 +122,12 @@ def test_help_shaped_errors_are_qemus(form: list[str]) -> None:
     assert (qemu.returncode, ours.returncode) == (1, 1)
     assert ours.stdout == ""
     assert _error(ours.stderr, "netstackd") == _error(qemu.stderr, "qemu-system-x86_64")
+
+
+def test_qemu_7_2_has_no_writeconfig_so_netstackd_has_its_own() -> None:
+    """QEMU removed ``-writeconfig`` in 6.0 (docs/config-files.md: netstackd's design)."""
+    qemu = run([*QEMU, "-writeconfig", "-"])
+    assert qemu.returncode == 1
+    assert "qemu-system-x86_64: -writeconfig: invalid option" in qemu.stderr
+    ours = run([*NETSTACKD, "-writeconfig", "-", "-netdev", "hubport,id=h,hubid=0", "-bogus"])
+    assert ours.stderr == "netstackd: -bogus: invalid option\n"
