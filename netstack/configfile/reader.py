@@ -308,22 +308,21 @@ class Reader:
             check_id(ident)
             if ident in self._ids[group]:
                 raise GenericError(f"Duplicate ID '{ident}' for {group}")
-        if group == "netdev":
+        if group == "netdev":  # no option table: the visitor checks the keys later
             if ident is not None:
                 self._ids[group].add(ident)
             return Entry(group, _opts_text(rest, ident), where, ident, tuple(rest))
-        else:
-            table = CHARDEV_OPTS if group == "chardev" else MON_OPTS
-            last = {}
-            for key, value in rest:
-                kind = table.get(key)
-                if kind is None:
-                    raise GenericError(f"Invalid parameter '{key}'")
-                validate(key, value, kind)
-                last[key] = value
-            text = _opts_text(list(last.items()), ident if group == "chardev" else None)
+        table = CHARDEV_OPTS if group == "chardev" else MON_OPTS
+        last: dict[str, str] = {}
+        for key, value in rest:
+            kind = table.get(key)
+            if kind is None:
+                raise GenericError(f"Invalid parameter '{key}'")
+            validate(key, value, kind)
+            last[key] = value
         if ident is not None:
             self._ids[group].add(ident)
+        text = _opts_text(list(last.items()), ident if group == "chardev" else None)
         return Entry(group, text, where)
 
 
