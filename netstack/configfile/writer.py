@@ -365,3 +365,5 @@ def write_running_config(ns: Netstack, path: str) -> None:
     """Render the running configuration first (nothing is written if it cannot be), then
     write it to ``path``."""
     write_text(path, render(running_sections(ns)))
+    if path != "-":
+        ns.log.info("running configuration written to %s", path)
