@@ -49,7 +49,7 @@ NAME_OPTS: Final[dict[str, OptType]] = {
 
 _NAME_HELP: Final = {
     "guest": "Sets the name of this daemon (query-name).",
-    "process": "Sets the name of the process, as shown in top etc",
+    "process": "Accepted for compatibility; the process keeps its name.",
     "debug-threads": "Accepted for compatibility; netstackd runs one thread.",
 }
 
@@ -62,13 +62,15 @@ class HelpText:
     status: int = 0
 
 
-def opts_help(list_name: str, table: Mapping[str, OptType], texts: Mapping[str, str] = {}) -> str:
+def opts_help(
+    list_name: str, table: Mapping[str, OptType], texts: Mapping[str, str] | None = None
+) -> str:
     """``qemu_opts_print_help``: ``LIST options:``, then ``  name=<type>`` sorted by name,
     a description padded to column 24 when there is one."""
     lines = [f"{list_name} options:"]
     for name in sorted(table):
         entry = f"  {name}=<{_OPT_TYPE_NAMES[table[name]]}>"
-        if name in texts:
+        if texts and name in texts:
             entry = f"{entry:<24} - {texts[name]}"
         lines.append(entry)
     return "\n".join(lines) + "\n"
