@@ -87,7 +87,9 @@ def parse_argv(argv: Sequence[str]) -> Config:
     if not argv:
         cfg.embedded_default = True
         return cfg
-    reader = None
+    from netstack.configfile.reader import Reader
+
+    reader = Reader()  # the ids of -netdev/-chardev and config file sections
     it = iter(argv)
     for arg in it:
         if not arg.startswith("-") or arg in ("-", "--"):
@@ -107,10 +109,12 @@ def parse_argv(argv: Sequence[str]) -> Config:
             value = next(it)
         except StopIteration:
             raise UsageError(f"{arg}: requires an argument") from None
-        if name == "netdev":
-            cfg.netdevs.append(value)
-        elif name == "chardev":
-            cfg.chardevs.append(value)
+        if name in ("netdev", "chardev"):
+            try:
+                reader.claim(name, value)
+            except NetstackError as exc:
+                raise UsageError(f"{arg} {value}: {exc.desc}") from None
+            (cfg.netdevs if name == "netdev" else cfg.chardevs).append(value)
         elif name == "object":
             cfg.objects.append(value)
         elif name in ("qmp", "qmp-pretty"):
@@ -124,7 +128,7 @@ def parse_argv(argv: Sequence[str]) -> Config:
         elif name == "name":
             cfg.name = _name(value)
         elif name == "readconfig":
-            reader = _read_config(cfg, value, reader)
+            _read_config(cfg, value, reader)
         elif name == "writeconfig":
             cfg.writeconfig = value
     return cfg
@@ -139,11 +143,10 @@ def _name(value: str) -> str:
         raise UsageError(f"-name {value}: {exc.desc}") from None
 
 
-def _read_config(cfg: Config, path: str, reader: Any) -> Any:
+def _read_config(cfg: Config, path: str, reader: Any) -> None:
     """``-readconfig FILE``: its sections join the command line's options, in order."""
-    from netstack.configfile.reader import ConfigError, Reader
+    from netstack.configfile.reader import ConfigError
 
-    reader = reader or Reader()
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -165,7 +168,6 @@ def _read_config(cfg: Config, path: str, reader: Any) -> Any:
         else:
             cfg.origins[(entry.kind, len(lists[entry.kind]))] = entry
             lists[entry.kind].append(entry.text)
-    return reader
 
 
 def runtime_dir() -> Path:

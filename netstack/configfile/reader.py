@@ -25,7 +25,8 @@ the same files are accepted and the same errors given:
 
 Groups, as in QEMU 7.2: ``netdev``, ``chardev`` and ``mon`` are QemuOpts groups (the
 section id, or a later ``id`` key, is the group id: ``Parameter 'id' expects an
-identifier``, ``Duplicate ID 'X' for netdev``; chardev and mon keys are checked against
+identifier``, ``Duplicate ID 'X' for netdev``, ids shared with the command line's
+QemuOpts-style ``-netdev``/``-chardev`` options, :meth:`Reader.claim`; chardev and mon keys are checked against
 their option tables at once: ``Invalid parameter 'X'``); the backend is created later and
 its errors carry the section's location. ``object`` sections are crumpled (dotted keys
 into nested dicts: ``Cannot mix scalar and non-scalar keys``, ``Lists cannot be at top
@@ -55,7 +56,8 @@ from netstack.qapi.chardev_cli import CHARDEV_OPTS, MON_OPTS
 from netstack.qapi.ids import check_id
 from netstack.qapi.netdev import MODERN_TYPES, Netdev, netdev_from_opts
 from netstack.qapi.output import to_qmp
-from netstack.qapi.qemuopts import QemuOpts, validate
+from netstack.qapi.qemuopts import QemuOpts, parse_into, validate
+from netstack.qapi.qemuopts import group_id as qemuopts_id
 from netstack.qapi.qom import ObjectSpec
 from netstack.qapi.visitor import Mode, visit
 
@@ -279,6 +281,25 @@ class Reader:
 
     def __init__(self) -> None:
         self._ids: dict[str, set[str]] = {"netdev": set(), "chardev": set(), "mon": set()}
+
+    def claim(self, group: str, text: str) -> None:
+        """Reserve the id of a ``-netdev``/``-chardev`` command-line argument, as QEMU's
+        option list does when it parses one (JSON and ``stream``/``dgram`` netdevs are not
+        kept in that list: their duplicates are found when they are created). Raises
+        GenericError for a duplicate; other errors are left for creation time."""
+        if text.startswith("{"):
+            return
+        implied = "type" if group == "netdev" else "backend"
+        try:
+            opts = parse_into(QemuOpts(None), text, implied, None)
+            ident = qemuopts_id(text)
+        except GenericError:
+            return
+        if ident is None or (group == "netdev" and opts.get("type") in MODERN_TYPES):
+            return
+        if ident in self._ids[group]:
+            raise GenericError(f"Duplicate ID '{ident}' for {group}")
+        self._ids[group].add(ident)
 
     def read(self, data: bytes, fname: str) -> list[Entry]:
         out: list[Entry] = []

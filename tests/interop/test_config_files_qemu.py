@@ -256,3 +256,32 @@ def test_random_files_get_the_same_verdict(
         o_status, o_lines, _ = _ours(dirs["ours"], "f", capsys, monkeypatch)
         assert o_status == q_status == 1, text
         assert o_lines == q_lines or _hash_order(q_lines, o_lines), (text, q_lines, o_lines)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-netdev", "user,id=n", "-readconfig", "n.cfg"],
+        ["-readconfig", "n.cfg", "-netdev", "user,id=n"],
+        ["-netdev", '{"type":"user","id":"n"}', "-readconfig", "n.cfg"],
+        ["-chardev", "null,id=n", "-readconfig", "c.cfg"],
+        ["-readconfig", "n.cfg", "-readconfig", "n.cfg"],
+        ["-netdev", "hubport,id=n,hubid=0", "-netdev", "hubport,id=n,hubid=1"],
+    ],
+)
+def test_ids_shared_between_files_and_the_command_line(
+    args: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "n.cfg").write_text('[netdev "n"]\n  type = "user"\n')
+    (tmp_path / "c.cfg").write_text('[chardev "n"]\n  backend = "null"\n')
+    qemu = subprocess.run(
+        [*QEMU, *args, *END], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    q_lines = [ln for ln in qemu.stderr.splitlines() if ln.startswith("qemu-system-x86_64:")]
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*args, *END]) == qemu.returncode == 1
+    o_lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(":", 1)[1] for ln in o_lines] == [ln.split(":", 1)[1] for ln in q_lines]
