@@ -28,9 +28,10 @@ section id, or a later ``id`` key, is the group id: ``Parameter 'id' expects an
 identifier``, ``Duplicate ID 'X' for netdev``, ids shared with the command line's
 QemuOpts-style ``-netdev``/``-chardev`` options, :meth:`Reader.claim`; chardev and mon
 keys are checked against their option tables at once: ``Invalid parameter 'X'``); the
-backend is created later and its errors carry the section's location. ``object`` sections are crumpled (dotted keys
-into nested dicts: ``Cannot mix scalar and non-scalar keys``, ``Lists cannot be at top
-level of a configuration section``) and visited as keyval at once (``Parameter 'qom-type'
+backend is created later and its errors carry the section's location. ``object``
+sections are crumpled (dotted keys into nested dicts: ``Cannot mix scalar and non-scalar
+keys``, ``Lists cannot be at top level of a configuration section``) and visited as
+keyval at once (``Parameter 'qom-type'
 is missing``, ``Parameter 'X' is unexpected``); creating the object later reports errors
 without a location. Any other group is ``There is no option group 'X'``.
 
