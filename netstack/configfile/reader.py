@@ -31,9 +31,9 @@ keys are checked against their option tables at once: ``Invalid parameter 'X'``)
 backend is created later and its errors carry the section's location. ``object``
 sections are crumpled (dotted keys into nested dicts: ``Cannot mix scalar and non-scalar
 keys``, ``Lists cannot be at top level of a configuration section``) and visited as
-keyval at once (``Parameter 'qom-type'
-is missing``, ``Parameter 'X' is unexpected``); creating the object later reports errors
-without a location. Any other group is ``There is no option group 'X'``.
+keyval at once (``Parameter 'qom-type' is missing``, ``Parameter 'X' is unexpected``);
+creating the object later reports errors without a location. Any other group is
+``There is no option group 'X'``.
 
 Deviations from QEMU 7.2:
 
