@@ -2,8 +2,11 @@
 
 Arguments follow QEMU's spelling (one or two leading dashes): ``-netdev``, ``-chardev``,
 ``-object``, ``-qmp``, ``-qmp-pretty``, ``-mon``, ``-daemonize``, ``-pidfile``, ``-D``,
-``-name``, ``-version``, ``-help``. Errors are printed as QEMU prints them,
-``netstackd: -netdev SPEC: TEXT``, and exit with status 1.
+``-name``, ``-readconfig``, ``-writeconfig``, ``-version``, ``-help``. Errors are printed
+as QEMU prints them, ``netstackd: -netdev SPEC: TEXT`` (``netstackd:FILE:LINE: TEXT`` for
+a config file), on one line, and exit with status 1; no input makes it print a traceback.
+Every ``help`` form is answered as QEMU answers it (:mod:`netstack.clihelp`); config
+files are :mod:`netstack.configfile` (``docs/config-files.md``).
 
 With no arguments the daemon starts its embedded default: a ``user`` NAT and a
 vhost-user server socket joined on hub 0, plus a QMP socket, under a per-user runtime
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -26,20 +30,33 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from netstack import __version__
 from netstack.daemon import Netstack
 from netstack.driver import DriverSpec
 from netstack.errors import NetstackError
+from netstack.qapi.helptext import HelpRequested
 
 PROG = "netstackd"
 
-_WITH_ARG = {"netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile", "D", "name"}
+_WITH_ARG = {"netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile", "D", "name",
+             "readconfig", "writeconfig"}  # fmt: skip
 _FLAGS = {"daemonize", "version", "help", "h"}
 
 
 class UsageError(Exception):
-    """A command-line error (printed with the program name, exit status 1)."""
+    """A command-line error (printed with the program name, exit status 1); ``where`` is
+    the ``FILE:LINE`` of a config file section the error is about."""
+
+    def __init__(self, text: str, where: str | None = None) -> None:
+        super().__init__(text)
+        self.where = where
+
+
+def error_line(exc: UsageError) -> str:
+    """QEMU's ``error_report`` shape: ``PROG: TEXT`` or ``PROG:FILE:LINE: TEXT``."""
+    return f"{PROG}:{exc.where}: {exc}" if exc.where else f"{PROG}: {exc}"
 
 
 @dataclass
@@ -58,6 +75,11 @@ class Config:
     embedded_default: bool = False
     show_help: bool = False
     show_version: bool = False
+    #: ``-writeconfig FILE`` (``-``: standard output), also QMP ``write-config``'s default.
+    writeconfig: str | None = None
+    #: ``(kind, index)`` -> the config file entry (``configfile.reader.Entry``) an option
+    #: was read from; options given on the command line have none.
+    origins: dict[tuple[str, int], Any] = field(default_factory=dict)
 
 
 def parse_argv(argv: Sequence[str]) -> Config:
@@ -65,6 +87,9 @@ def parse_argv(argv: Sequence[str]) -> Config:
     if not argv:
         cfg.embedded_default = True
         return cfg
+    from netstack.configfile.reader import Reader
+
+    reader = Reader()  # the ids of -netdev/-chardev and config file sections
     it = iter(argv)
     for arg in it:
         if not arg.startswith("-") or arg in ("-", "--"):
@@ -84,10 +109,12 @@ def parse_argv(argv: Sequence[str]) -> Config:
             value = next(it)
         except StopIteration:
             raise UsageError(f"{arg}: requires an argument") from None
-        if name == "netdev":
-            cfg.netdevs.append(value)
-        elif name == "chardev":
-            cfg.chardevs.append(value)
+        if name in ("netdev", "chardev"):
+            try:
+                reader.claim(name, value)
+            except NetstackError as exc:
+                raise UsageError(f"{arg} {value}: {exc.desc}") from None
+            (cfg.netdevs if name == "netdev" else cfg.chardevs).append(value)
         elif name == "object":
             cfg.objects.append(value)
         elif name in ("qmp", "qmp-pretty"):
@@ -99,8 +126,48 @@ def parse_argv(argv: Sequence[str]) -> Config:
         elif name == "D":
             cfg.logfile = value
         elif name == "name":
-            cfg.name = value
+            cfg.name = _name(value)
+        elif name == "readconfig":
+            _read_config(cfg, value, reader)
+        elif name == "writeconfig":
+            cfg.writeconfig = value
     return cfg
+
+
+def _name(value: str) -> str:
+    from netstack.clihelp import parse_name
+
+    try:
+        return parse_name(value)
+    except NetstackError as exc:
+        raise UsageError(f"-name {value}: {exc.desc}") from None
+
+
+def _read_config(cfg: Config, path: str, reader: Any) -> None:
+    """``-readconfig FILE``: its sections join the command line's options, in order."""
+    from netstack.configfile.reader import ConfigError
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        if exc.errno == errno.EISDIR:
+            text = f"Cannot read config file: {exc.strerror}"
+        else:
+            text = f"Could not open '{path}': {exc.strerror}"
+        raise UsageError(f"-readconfig {path}: {text}") from None
+    try:
+        entries = reader.read(data, path)
+    except ConfigError as exc:
+        raise UsageError(exc.desc, exc.where) from None
+    for entry in entries:
+        lists = {"netdev": cfg.netdevs, "chardev": cfg.chardevs, "object": cfg.objects}
+        if entry.kind == "mon":
+            cfg.origins[("mon", len(cfg.monitors))] = entry
+            cfg.monitors.append(("mon", entry.text, False))
+        else:
+            cfg.origins[(entry.kind, len(lists[entry.kind]))] = entry
+            lists[entry.kind].append(entry.text)
 
 
 def runtime_dir() -> Path:
@@ -177,6 +244,9 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
   -qmp-pretty DEV            the same with pretty-printed JSON
   -mon chardev=ID,mode=control[,pretty=on]
   -name NAME                 a name for this daemon
+  -readconfig FILE           read netdevs, chardevs, objects from a QEMU config file
+  -writeconfig FILE          write the running configuration to FILE ('-': stdout) once
+                             started; QMP write-config writes it again at any time
   -D FILE                    write the log to FILE
   -pidfile FILE              write the process id to FILE
   -daemonize                 detach once started
@@ -188,28 +258,39 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
     """Create everything the configuration names, in QEMU's order; errors name the option."""
     from netstack import qapi
 
-    for spec in cfg.chardevs:
-        with _option("-chardev", spec):
+    for index, spec in enumerate(cfg.chardevs):
+        with _option("-chardev", spec, cfg.origins.get(("chardev", index))):
             await ns.chardev_add(qapi.parse_chardev_cli(spec), from_cli=True)
-    for spec in cfg.netdevs:
-        with _option("-netdev", spec):
-            netdev = qapi.parse_netdev_cli(spec)
+    for index, spec in enumerate(cfg.netdevs):
+        entry = cfg.origins.get(("netdev", index))
+        with _option("-netdev", spec, entry):
+            netdev = qapi.parse_netdev_cli(spec) if entry is None else entry.netdev()
             qapi.check_id(netdev.id)
             await ns.netdev_add(netdev)
-    for spec in cfg.objects:
-        with _option("-object", spec):
+    for index, spec in enumerate(cfg.objects):
+        with _option("-object", spec, cfg.origins.get(("object", index))):
             await ns.object_add(qapi.parse_object_cli(spec))
     for index, (kind, spec, pretty) in enumerate(cfg.monitors):
-        with _option(f"-{kind}", spec):
+        flag = "-qmp-pretty" if kind == "qmp" and pretty else f"-{kind}"
+        with _option(flag, spec, cfg.origins.get(("mon", index))):
             await ns.monitor_add(kind, spec, pretty, index)
 
 
 @contextlib.contextmanager
-def _option(flag: str, spec: str) -> Iterator[None]:
+def _option(flag: str, spec: str, origin: Any = None) -> Iterator[None]:
+    """Errors while creating what an option names, as one line that names it (or the
+    location of the config file entry ``origin`` it was read from)."""
     try:
         yield
-    except NetstackError as exc:
-        raise UsageError(f"{flag} {spec}: {exc.desc}") from exc
+    except Exception as exc:
+        if isinstance(exc, NetstackError):
+            desc = exc.desc
+        else:  # a bug: one line for the user, the traceback in the log (-D)
+            logging.getLogger("netstack").info("%s %s failed", flag, spec, exc_info=True)
+            desc = f"internal error: {exc!r}"
+        if origin is None:
+            raise UsageError(f"{flag} {spec}: {desc}") from exc
+        raise UsageError(desc, origin.where) from exc
 
 
 async def serve(
@@ -221,14 +302,17 @@ async def serve(
 ) -> int:
     log = logging.getLogger("netstack")
     ns = Netstack(registry, runtime_dir=runtime_dir(), name=cfg.name, log=log)
+    ns.config_file = cfg.writeconfig
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ns.request_shutdown)
     try:
         try:
             await _setup(ns, cfg)
+            if cfg.writeconfig is not None:
+                _write_config(ns, cfg.writeconfig)
         except UsageError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
+            print(error_line(exc), file=sys.stderr)
             return 1
         if banner:
             print(banner, flush=True)
@@ -240,6 +324,36 @@ async def serve(
         await ns.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _write_config(ns: Netstack, path: str) -> None:
+    from netstack.configfile.writer import write_running_config
+
+    try:
+        write_running_config(ns, path)
+    except NetstackError as exc:
+        raise UsageError(f"-writeconfig {path}: {exc.desc}") from None
+
+
+def _help(cfg: Config, registry: Mapping[str, DriverSpec]) -> int | None:
+    """Answer a ``help`` request anywhere on the command line; None if there is none."""
+    from netstack import clihelp
+    from netstack.chardev.table import SUPPORTED
+
+    options = [("-chardev", s) for s in cfg.chardevs] + [("-netdev", s) for s in cfg.netdevs]
+    options += [("-object", s) for s in cfg.objects]
+    options += [("-mon", s) for kind, s, _ in cfg.monitors if kind == "mon"]
+    found = clihelp.help_request(options)
+    if found is None:
+        return None
+    flag, spec, request = found
+    try:
+        answer = clihelp.text_for(request, registry.keys(), SUPPORTED)
+    except NetstackError as exc:
+        print(f"{PROG}: {flag} {spec}: {exc.desc}", file=sys.stderr)
+        return 1
+    print(answer.text, end="")
+    return answer.status
 
 
 def _daemonize() -> int | None:
@@ -276,12 +390,30 @@ def _signal_ready(ok: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``netstackd`` entry point: an exit status, and never a traceback (an unexpected
+    exception is one line on stderr, its traceback in the log of ``-D``)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        logging.getLogger("netstack").info("internal error", exc_info=True)
+        print(f"{PROG}: internal error: {exc!r}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_argv(args)
     except UsageError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 1
+    except HelpRequested as request:  # -name ...,help
+        from netstack.clihelp import text_for
+
+        print(text_for(request, (), ()).text, end="")
+        return 0
     if cfg.show_help:
         print(usage(), end="")
         return 0
@@ -292,11 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import drivers
 
     registry = drivers.registry()
-    if any(spec.split(",", 1)[0] in ("help", "?") for spec in cfg.netdevs):
-        from netstack.qapi import netdev_help
-
-        print(netdev_help(registry.keys()), end="")
-        return 0
+    status = _help(cfg, registry)
+    if status is not None:
+        return status
 
     banner = None
     if cfg.embedded_default:
@@ -304,8 +434,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = plan.config
         banner = attach_instructions(plan)
 
+    try:
+        if cfg.logfile == "":  # FileHandler would open the current directory
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        handler = None if cfg.logfile is None else logging.FileHandler(cfg.logfile)
+    except OSError as exc:
+        print(f"{PROG}: Error opening logfile {cfg.logfile}: {exc.strerror}", file=sys.stderr)
+        return 1
     logging.basicConfig(
-        filename=cfg.logfile,
+        handlers=None if handler is None else [handler],
         level=logging.INFO if cfg.logfile else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
@@ -313,9 +450,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _daemonize()
         if code is not None:
             return code
-    pidfile = Path(cfg.pidfile) if cfg.pidfile else None
-    if pidfile is not None:
-        pidfile.write_text(f"{os.getpid()}\n")
+    pidfile = Path(cfg.pidfile) if cfg.pidfile is not None else None
+    if cfg.pidfile is not None:
+        try:
+            with open(cfg.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            reason = f"Could not create '{cfg.pidfile}': {exc.strerror}"
+            print(f"{PROG}: cannot create PID file: {reason}", file=sys.stderr)
+            return 1
     try:
         return asyncio.run(_main_async(cfg, registry, banner))
     finally:

@@ -90,6 +90,8 @@ class Netstack:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
         self._commands: Any = None
+        #: Where QMP ``write-config`` writes by default (``-writeconfig FILE``).
+        self.config_file: str | None = None
 
     # -- DriverHost ----------------------------------------------------------------------
 
@@ -346,9 +348,11 @@ class Netstack:
 
     async def monitor_add(self, kind: str, text: str, pretty: bool, index: int) -> None:
         """``-qmp DEV`` / ``-qmp-pretty DEV`` / ``-mon chardev=ID,mode=control[,pretty=on]``."""
+        from netstack.qapi.chardev_cli import parse_mon_cli
         from netstack.qmp.commands import VERSION_INFO
         from netstack.qmp.monitor import QmpMonitor
 
+        mode = "control"
         if kind == "qmp":
             if text.startswith("chardev:"):
                 chardev_id = text[len("chardev:") :]
@@ -357,18 +361,15 @@ class Netstack:
                 spec = qapi.parse_qmp_shorthand(text, chardev_id)
                 await self.chardev_add(spec, socket_mode=0o600, from_cli=True)
         else:
-            opts = qapi.keyval.parse(text, "chardev")
-            chardev_id = str(opts.get("chardev", ""))
-            mode = opts.get("mode", "readline")
-            if mode != "control":
-                raise GenericError(
-                    f"monitor mode '{mode}' is not supported: netstackd has QMP monitors "
-                    "only (mode=control); HMP commands work through human-monitor-command"
-                )
-            pretty = str(opts.get("pretty", "off")) in ("on", "yes", "true", "y")
+            chardev_id, mode, pretty = parse_mon_cli(text)
         chardev = self.chardevs.get(chardev_id)
         if chardev is None:
             raise GenericError(f'chardev "{chardev_id}" not found')
+        if mode != "control":
+            raise GenericError(
+                f"monitor mode '{mode}' is not supported: netstackd has QMP monitors "
+                "only (mode=control); HMP commands work through human-monitor-command"
+            )
         monitor = QmpMonitor(
             self.command_table(),
             version=VERSION_INFO,

@@ -91,6 +91,7 @@ async def create_object(host: ObjectHost, spec: ObjectSpec) -> NetFilter:
         chain.insert(0, nf)
     else:
         chain.append(nf)
+    nf.spec = spec
     host.objects[spec.id] = nf
     return nf
 

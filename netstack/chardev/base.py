@@ -128,6 +128,9 @@ class Chardev:
     def __init__(self, chardev_id: str) -> None:
         self.id = chardev_id
         self.frontend: Frontend | None = None
+        #: The configuration this chardev was created from (None: made internally, e.g. the
+        #: base of a ``mux=on`` chardev); what ``-writeconfig`` writes.
+        self.spec: object = None
         self.connections: list[Connection] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.created_paths: list[str] = []

@@ -186,6 +186,7 @@ class ChardevTable:
             raise GenericError(f"Failed to add chardev '{cid}': {exc.desc}") from exc
         finally:
             self._opening.difference_update(ids)
+        dev.spec = spec
         self._devs[cid] = dev
         return _chardev_return(dev)
 
@@ -230,6 +231,7 @@ class ChardevTable:
             old.attach(fe)
             await new.close()
             raise GenericError(f"Chardev '{cid}' change failed") from exc
+        new.spec = spec
         self._devs[cid] = new
         await old.close()
         return _chardev_return(new)

@@ -43,6 +43,8 @@ class NetFilter:
         self.enabled = enabled
         self.position = position
         self.insert = insert
+        #: The ``ObjectSpec`` this filter was created from (what ``-writeconfig`` writes).
+        self.spec: object = None
 
     def applies(self, direction: Direction) -> bool:
         return self.enabled and (self.queue == "all" or self.queue == direction)

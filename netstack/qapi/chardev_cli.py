@@ -444,3 +444,21 @@ def parse_qmp_shorthand(text: str, id: str) -> Chardev:
     if not _compat_opts(opts, filename):
         raise GenericError(f"parse error: {text}")
     return chardev_from_opts(opts)
+
+
+MON_OPTS: Final[dict[str, OptType]] = {"mode": _S, "chardev": _S, "pretty": _B}
+"""QEMU's ``qemu_mon_opts`` table (``-mon`` and ``[mon]`` config file sections)."""
+
+
+def parse_mon_cli(text: str) -> tuple[str, str, bool]:
+    """Parse a ``-mon [chardev=]ID[,mode=readline|control][,pretty=on|off]`` argument
+    (QemuOpts, as QEMU's ``monitor_init_opts``): ``(chardev id, mode, pretty)``.
+
+    Raises :class:`.helptext.HelpRequested` for a ``help`` flag."""
+    opts = parse(text, "chardev", MON_OPTS)
+    if opts.help_wanted:
+        raise HelpRequested("mon", "options")
+    chardev = opts.get("chardev")
+    if chardev is None:
+        raise GenericError("Parameter 'chardev' is missing")
+    return chardev, opts.get("mode") or "readline", opts.get_bool("pretty", False)

@@ -326,7 +326,11 @@ def parse_netdev_cli(text: str) -> Netdev:
     probe = qemuopts.parse_into(qemuopts.QemuOpts(None), text, "type", None)
     if probe.get("type") in MODERN_TYPES:
         return visit(Netdev, keyval.parse(text, "type"), Mode.KEYVAL)
-    opts = qemuopts.parse(text, "type")
+    return netdev_from_opts(qemuopts.parse(text, "type"))
+
+
+def netdev_from_opts(opts: qemuopts.QemuOpts) -> Netdev:
+    """The ``Netdev`` of a parsed QemuOpts group (``-netdev`` text, config file section)."""
     kind = opts.get("type")
     if kind is not None and qemuopts.is_help_option(kind):
         raise HelpRequested("netdev")

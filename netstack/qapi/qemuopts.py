@@ -135,7 +135,8 @@ def _name_value(text: str, pos: int, implied: str | None) -> tuple[str, str, boo
     return name, value, is_help, end
 
 
-def _parse_id(text: str) -> str | None:
+def group_id(text: str) -> str | None:
+    """The group id of an option text (its first ``id=``), unchecked."""
     pos = 0
     while pos < len(text):
         name, value, _, pos = _name_value(text, pos, None)
@@ -198,7 +199,7 @@ def parse_into(
 
 def parse(text: str, implied: str | None, desc: Mapping[str, OptType] | None = None) -> QemuOpts:
     """Parse one option group (``qemu_opts_parse``): id first, then the options."""
-    group_id = _parse_id(text)
-    if group_id is not None:
-        check_id(group_id)
-    return parse_into(QemuOpts(group_id), text, implied, desc, help_ok=True)
+    ident = group_id(text)
+    if ident is not None:
+        check_id(ident)
+    return parse_into(QemuOpts(ident), text, implied, desc, help_ok=True)

@@ -17,6 +17,10 @@ documented in ``query-qmp-schema`` too:
   table (the data of ``info usernet``) - their types are in :mod:`.extensions`;
 * ``set-rx-filter``: programs a NIC-class client's rx filter (rx modes, MAC, MAC table,
   VLANs), since no guest control queue reaches a vhost-user back end;
+* ``write-config`` {filename?}: writes the running configuration (netdevs, chardevs and
+  filter objects, including those added at run time) as a ``-readconfig`` file, to
+  ``filename`` or else the ``-writeconfig FILE`` of the command line
+  (:mod:`netstack.configfile.writer`, ``docs/config-files.md``);
 * the agent resynchronisation commands of qemu-ga (``guest-sync``,
   ``guest-sync-delimited``, ``guest-ping``, ``guest-info``) and
   ``guest-network-get-interfaces`` answered from the daemon's view of its NICs.
@@ -118,6 +122,12 @@ class RingbufReadArgs:
 class SyncArgs:
     qapi_name: ClassVar[str] = "q_obj_guest-sync-arg"
     id: int = req("int")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteConfigArgs:
+    qapi_name: ClassVar[str] = "q_obj_write-config-arg"
+    filename: str | None = opt("str")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,6 +233,7 @@ class Commands:
         add("guest-ping", self.guest_ping)
         add("guest-info", self.guest_info, ret="GuestAgentInfo")
         add("guest-network-get-interfaces", self.guest_interfaces, ret="[GuestNetworkInterface]")
+        add("write-config", self.write_config, WriteConfigArgs)
         add("x-oob-test", self.oob_test, OobTestArgs, oob=True)
         self._table = t
         return t
@@ -370,6 +381,17 @@ class Commands:
 
     async def guest_interfaces(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
         return self.ns.guest_network_interfaces()
+
+    async def write_config(self, args: dict[str, Any], session: Any) -> None:
+        from netstack.configfile.writer import write_running_config
+
+        path = self.ns.config_file if args["filename"] is None else args["filename"]
+        if not path or path == "-":
+            raise GenericError(
+                "no file to write: give 'filename' (the command line's -writeconfig FILE"
+                " is the default; '-' is for the command line only)"
+            )
+        write_running_config(self.ns, path)
 
     async def oob_test(self, args: dict[str, Any], session: Any) -> None:
         """QEMU's ``x-oob-test``: ``lock: true`` blocks in-band dispatch until an OOB
