@@ -2,7 +2,9 @@
 
 Arguments follow QEMU's spelling (one or two leading dashes): ``-netdev``, ``-chardev``,
 ``-object``, ``-qmp``, ``-qmp-pretty``, ``-mon``, ``-daemonize``, ``-pidfile``, ``-D``,
-``-name``, ``-version``, ``-help``. Errors are printed as QEMU prints them,
+``-name``, ``-version``, ``-help``; beyond QEMU ``-metrics`` (a Prometheus endpoint).
+Under systemd the daemon reports readiness and accepts activated sockets
+(:mod:`netstack.service`). Errors are printed as QEMU prints them,
 ``netstackd: -netdev SPEC: TEXT``, and exit with status 1.
 
 With no arguments the daemon starts its embedded default: a ``user`` NAT and a
@@ -34,7 +36,9 @@ from netstack.errors import NetstackError
 
 PROG = "netstackd"
 
-_WITH_ARG = {"netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile", "D", "name"}
+_WITH_ARG = {
+    "netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile", "D", "name", "metrics"
+}  # fmt: skip
 _FLAGS = {"daemonize", "version", "help", "h"}
 
 
@@ -55,6 +59,8 @@ class Config:
     pidfile: str | None = None
     logfile: str | None = None
     name: str | None = None
+    #: ``-metrics unix:PATH|tcp:HOST:PORT``: the Prometheus endpoint (off by default).
+    metrics: str | None = None
     embedded_default: bool = False
     show_help: bool = False
     show_version: bool = False
@@ -100,6 +106,8 @@ def parse_argv(argv: Sequence[str]) -> Config:
             cfg.logfile = value
         elif name == "name":
             cfg.name = value
+        elif name == "metrics":
+            cfg.metrics = value
     return cfg
 
 
@@ -177,6 +185,8 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
   -qmp-pretty DEV            the same with pretty-printed JSON
   -mon chardev=ID,mode=control[,pretty=on]
   -name NAME                 a name for this daemon
+  -metrics unix:PATH|tcp:HOST:PORT
+                             serve Prometheus metrics (GET /metrics) there
   -D FILE                    write the log to FILE
   -pidfile FILE              write the process id to FILE
   -daemonize                 detach once started
@@ -219,25 +229,34 @@ async def serve(
     ready: asyncio.Future[None] | None = None,
     banner: str | None = None,
 ) -> int:
+    from netstack.service.hooks import ServiceHooks
+
     log = logging.getLogger("netstack")
     ns = Netstack(registry, runtime_dir=runtime_dir(), name=cfg.name, log=log)
+    service = ServiceHooks(metrics=cfg.metrics, daemonized=cfg.daemonize)
+    service.attach(ns)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ns.request_shutdown)
     try:
         try:
             await _setup(ns, cfg)
+            with _option("-metrics", cfg.metrics or ""):
+                await service.started(ns)
         except UsageError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
+            service.failed(str(exc))
             return 1
         if banner:
             print(banner, flush=True)
         if ready is not None and not ready.done():
             ready.set_result(None)
         await ns.wait_shutdown()
+        service.stopping()
         return 0
     finally:
         await ns.close()
+        await service.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
