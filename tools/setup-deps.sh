@@ -26,6 +26,8 @@ PACKAGES=(
     isc-dhcp-client   # dhclient -6: a real DHCPv6 client for the user netdev's IPv6 tests
     slirp4netns       # libslirp: the user netdev's reference peer
     passt             # pasta: the other user-mode stack benchmarked against
+    systemd           # systemd-socket-activate: socket activation and sd_notify tests
+    curl              # scrapes the metrics endpoint (HTTP over TCP and unix sockets)
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")
