@@ -239,3 +239,71 @@ def test_unclaimed_and_unnamed_sockets(tmp_path: Path) -> None:
 
 def notify_ready(listener: NotifyListener) -> dict[str, str]:
     return listener.wait_for("READY", "1")
+
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "systemd"
+
+
+def unit_values(path: Path, key: str) -> list[str]:
+    """Every value of ``key`` in a unit file (continuation lines joined)."""
+    text = path.read_text().replace("\\\n", " ")
+    return [
+        line.split("=", 1)[1].strip() for line in text.splitlines() if line.startswith(f"{key}=")
+    ]
+
+
+def test_shipped_units_verify_and_run(tmp_path: Path) -> None:
+    """contrib/systemd as shipped: ``systemd-analyze verify`` is silent, and the service's
+    ExecStart, under the socket unit's sockets (moved from /run/netstack to a private
+    directory), takes all three sockets and reports READY."""
+    netstackd = Path(sys.executable).with_name("netstackd")
+    if not netstackd.exists():
+        pytest.skip("netstackd is not installed next to this interpreter")
+    units = tmp_path / "units"
+    units.mkdir()
+    for name in ("netstackd.service", "netstackd.socket"):
+        text = (CONTRIB / name).read_text().replace("/usr/local/bin/netstackd", str(netstackd))
+        (units / name).write_text(text)
+    if shutil.which("systemd-analyze"):
+        done = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", "netstackd.socket", "netstackd.service"],
+            cwd=units, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    run = tmp_path / "run"
+    run.mkdir()
+    listen = unit_values(units / "netstackd.socket", "ListenStream")
+    paths = [p.replace("/run/netstack", str(run)) for p in listen]
+    exec_start = unit_values(units / "netstackd.service", "ExecStart")[0]
+    argv = shlex.split(exec_start.replace("/run/netstack", str(run)))
+    listener = NotifyListener(tmp_path / "notify")
+    activate = ["systemd-socket-activate"]
+    for p in paths:
+        activate += ["-l", p]
+    proc = subprocess.Popen(
+        [*activate, "-E", f"NOTIFY_SOCKET={listener.path}", *argv],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not all(Path(p).exists() for p in paths):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        inodes = {p: os.stat(p).st_ino for p in paths}
+        client = qmp_client(run / "qmp.sock")
+        ready = listener.wait_for("READY", "1")
+        assert ready["STATUS"] == (
+            f"running: 4 netdevs, 2 chardevs, 1 monitors, metrics on unix:{run}/metrics.sock"
+        )
+        assert scrape(run / "metrics.sock")["netstack_netdevs"] == 4
+        summary = frontend(run / "vhost-user.sock", 10)
+        assert summary["tx_frames"] == 10
+        quit_and_close(client)
+        assert listener.wait_for("STOPPING", "1")
+        assert proc.wait(30) == 0
+        assert {p: os.stat(p).st_ino for p in paths} == inodes  # all three were inherited
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        listener.close()
