@@ -24,7 +24,6 @@ from tools.capture.session import CaptureError, CaptureSession, NetworkView
 
 PROG = "netstack-extcap"
 VERSION = "1.0"
-HELP_URL = "https://github.com/netstack/netstack/blob/main/docs/service.md"
 #: Seconds a daemon may take to answer before it is left out of the interface list.
 CONNECT_TIMEOUT = 3.0
 PREFIX = "netstack"
@@ -108,7 +107,7 @@ async def _view(socket_path: str) -> NetworkView:
 
 
 async def interface_lines() -> list[str]:
-    lines = [f"extcap {{version={VERSION}}}{{help={HELP_URL}}}"]
+    lines = [f"extcap {{version={VERSION}}}"]
     for daemon in daemons():
         try:
             view = await _view(daemon.socket)
