@@ -163,16 +163,25 @@ class NetstackCollector:
         yield from driver.values()
         yield errors
 
-    def _entries(self, ns: Netstack) -> Iterator[dict[str, Any]]:
+    def _entries(self, ns: Netstack) -> list[dict[str, Any]]:
+        """``query-netdev``'s rows of every non-NIC client (one pass; should a driver's
+        counters raise, the netdevs are read one by one and the failing ones skipped)."""
+        nics = {nc.name for nc in ns.clients if nc.is_nic}
+        try:
+            return [e for e in ns.query_netdev() if e["id"] not in nics]
+        except Exception:
+            pass
+        out: list[dict[str, Any]] = []
         for nc in list(ns.clients):
             if nc.is_nic:
                 continue
             try:
-                entries = ns.query_netdev(nc.name)
+                rows = ns.query_netdev(nc.name)
             except Exception:
                 self._failed(nc.name)
                 continue
-            yield from (e for e in entries if e["queue-index"] == nc.queue_index)
+            out += [e for e in rows if e["queue-index"] == nc.queue_index]
+        return out
 
     def _hubs(self, ns: Netstack) -> Iterator[Metric]:
         ports = GaugeMetricFamily("netstack_hub_ports", "Ports of the hub.", labels=["hub"])
@@ -199,7 +208,7 @@ class NetstackCollector:
         )
         leases = GaugeMetricFamily("netstack_dhcp_leases", "DHCP leases.", labels=["netdev"])
         for nc in list(ns.clients):
-            if not isinstance(nc, UserNetClient):
+            if nc.type != "user" or not isinstance(nc, UserNetClient):
                 continue
             try:
                 conns = nc.connections()
