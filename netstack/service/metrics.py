@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
@@ -51,6 +52,8 @@ GAUGE_SUFFIXES: Final = ("-live", "-flows", "-sockets", "-running", "-open", "-a
 #: Words that make a driver counter an error count (``netstack_errors_total``).
 ERROR_WORDS: Final = ("error", "malformed", "bad", "refused", "broken", "invalid", "too-big")
 NAT_PROTOCOLS: Final = ("tcp", "udp", "icmp")
+#: Seconds between two log lines about the same netdev failing to be read.
+LOG_INTERVAL: Final = 60.0
 
 _STATS: Final = (
     ("rx-frames", "netstack_netdev_rx_frames", "Frames delivered to the netdev by its peer."),
@@ -94,6 +97,7 @@ class NetstackCollector:
     def __init__(self, ns: Netstack, stats: EndpointStats | None = None) -> None:
         self.ns = ns
         self.stats = stats or EndpointStats()
+        self._logged: dict[str, float] = {}
 
     def collect(self) -> Iterable[Metric]:
         ns = self.ns
@@ -248,5 +252,9 @@ class NetstackCollector:
         )
 
     def _failed(self, name: str) -> None:
+        """Count a netdev that could not be read; log it at most once a minute."""
         self.stats.collect_errors += 1
-        log.warning("metrics: reading %s failed", name, exc_info=True)
+        now = time.monotonic()
+        if now - self._logged.get(name, -LOG_INTERVAL) >= LOG_INTERVAL:
+            self._logged[name] = now
+            log.warning("metrics: reading %s failed", name, exc_info=True)

@@ -16,6 +16,7 @@ them whole. Checked against real programs:
 * the metrics endpoint scraped with ``curl`` while iperf3 runs, parsed by
   ``prometheus_client.parser``: byte counters grow between scrapes, the NAT's TCP flows
   show, the DHCP lease ``udhcpc`` took is counted, hub queues are exported;
+* ``netstack-capture --segment`` live: TCP frames no longer than the MTU, checksums good;
 * the extcap plugin installed with ``netstack-extcap --install`` into a directory that a
   private mount namespace puts at Wireshark's extcap path (tshark ignores
   ``WIRESHARK_EXTCAP_DIR`` when run as root): ``tshark -D`` lists every netdev and hub,
@@ -236,6 +237,22 @@ async def tshark_with_plugin(r: Rig, plugin: Path, *args: str, timeout: float = 
     return out.decode(errors="replace")
 
 
+async def capture_tool(r: Rig, *args: str) -> str:
+    """``netstack-capture ARGS`` against the rig's daemon."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tools.capture", "-q", "-s", str(r.qmp), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, out.decode(errors="replace")
+    return out.decode(errors="replace")
+
+
 async def attached(r: Rig, capture: asyncio.Task[str]) -> None:
     """Wait until the plugin's filter-dumps exist (tshark and the plugin are started)."""
     for _ in range(600):
@@ -281,6 +298,15 @@ async def test_extcap_lists_and_captures_live(tmp_path: Path) -> None:
             if hub_capture.done():
                 break
         await asyncio.wait_for(hub_capture, 60)
+        segmented = tmp_path / "segmented.pcapng"
+        tool = asyncio.create_task(capture_tool(r, "--segment", "-f", "tcp", "-c", "200",
+                                                "-w", str(segmented), "nat0"))  # fmt: skip
+        await attached(r, tool)
+        for _ in range(5):
+            await iperf3(r.ns, port, "-R", seconds=1)
+            if tool.done():
+                break
+        await asyncio.wait_for(tool, 60)
         await asyncio.sleep(0.5)
         left = [o for o in r.daemon.objects if o.startswith("netstack-capture-")]
         assert not left, left  # the plugin removed its filters when tshark stopped it
@@ -289,3 +315,6 @@ async def test_extcap_lists_and_captures_live(tmp_path: Path) -> None:
     assert not any(k.endswith("-bad") for k in seen) and seen["tcp-good"] > 0, seen
     _seen, hub_tcp, _ = checksum_report(hub)
     assert hub_tcp > 0
+    seen, tcp, longest = checksum_report(segmented)
+    assert tcp == 200 and longest <= WIRE_MAX, (seen, longest)
+    assert not any(k.endswith("-bad") for k in seen), seen
