@@ -307,3 +307,32 @@ def test_shipped_units_verify_and_run(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(5)
         listener.close()
+
+
+def test_failed_start_reports_status(tmp_path: Path) -> None:
+    """A bad -metrics value (or a taken port): one line of error, exit 1, STATUS=failed."""
+    listener = NotifyListener(tmp_path / "notify")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        for spec, text in (
+            ("bogus", "-metrics bogus: 'bogus': expected unix:PATH or tcp:HOST:PORT"),
+            (f"tcp:127.0.0.1:{port}", f"-metrics tcp:127.0.0.1:{port}: metrics endpoint"),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "netstack", "-netdev", "hubport,id=p0,hubid=0",
+                 "-metrics", spec],
+                capture_output=True, text=True, timeout=60,
+                env=dict(os.environ, NOTIFY_SOCKET=str(listener.path)),
+            )  # fmt: skip
+            assert done.returncode == 1
+            lines = done.stderr.splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"netstackd: {text}"), done.stderr
+            assert listener.wait_for("STATUS", "starting")
+            status = listener.wait_for("STATUS")["STATUS"]
+            assert status.startswith(f"failed: {text}"), status
+    finally:
+        busy.close()
+        listener.close()
