@@ -6,7 +6,8 @@ name written with a leading ``@``); each notification is one datagram of newline
 
 * ``STATUS=starting`` before it creates anything, then ``READY=1`` with a ``STATUS=``
   line counting what is up, once every configured chardev, netdev, object and monitor
-  exists (``Type=notify`` units start their dependants only then);
+  exists (``Type=notify`` units start their dependants only then), and the status line
+  again whenever it changes (:mod:`.hooks`);
 * ``MAINPID=`` with READY when it daemonized (``-daemonize`` under ``Type=notify`` needs
   ``NotifyAccess=all``);
 * ``WATCHDOG=1`` every half ``WATCHDOG_USEC`` when the unit sets ``WatchdogSec=`` (and

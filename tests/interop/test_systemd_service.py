@@ -10,8 +10,9 @@ listener (a real ``AF_UNIX`` datagram socket) and the clients: ``qemu.qmp``, the
 front end of ``tools/vhost_user_frontend`` and ``curl``.
 
 Checked: STATUS=starting, then READY=1 with a status line once every chardev, netdev and
-monitor is up, WATCHDOG=1 pings at half WATCHDOG_USEC, STOPPING=1 on ``quit``; the
-daemon used the inherited sockets (no socket files of its own, none removed at exit);
+monitor is up, the status line following a netdev_add, WATCHDOG=1 pings at half
+WATCHDOG_USEC, STOPPING=1 on ``quit``; the daemon used the inherited sockets (no socket
+files of its own, none removed at exit);
 a QMP client that connects while the daemon restarts is served by the next instance;
 the vhost-user front end negotiates and sends frames over the activated socket before and
 after the restart; the metrics socket (``FileDescriptorName=metrics``) serves scrapes.
@@ -194,6 +195,9 @@ def test_notify_activation_and_restart(tmp_path: Path) -> None:
                 values["netstack_netdev_tx_frames_total,netdev=vu0,queue=0,type=vhost-user"] >= 200
             )
             assert values["netstack_qmp_sessions"] >= 1
+            client.cmd("netdev_add", type="hubport", id="p9", hubid=1)
+            status = f"running: 4 netdevs, 2 chardevs, 1 monitors, metrics on unix:{metrics}"
+            assert notify.wait_for("STATUS", status, timeout=20)  # kept current
             quit_and_close(client)
             assert notify.wait_for("STOPPING", "1")
             # The socket files are systemd's: the same inodes, still there.
