@@ -11,11 +11,11 @@ reader goes away, or the netdev does. Protocol: Wireshark's ``doc/extcap.adoc`` 
 ``arg {...}`` sentences).
 
 Daemons: the QMP sockets in ``$NETSTACK_QMP`` (``:``-separated; the first one's
-interfaces are ``netstack:...``, the second's ``netstack2:...``), else the embedded
-default's (``$XDG_RUNTIME_DIR/netstack/qmp.sock``) and the system service's
-(``/run/netstack/qmp.sock``) when they exist. A daemon that does not answer within
-:data:`tools.extcap.__main__.CONNECT_TIMEOUT` is left out of the list rather than
-stalling Wireshark's start.
+interfaces are ``netstack:...``, the second's ``netstack2:...``), else those of the
+embedded default (``$XDG_RUNTIME_DIR/netstack/qmp.sock``, ``/run/user/UID/netstack`` or
+``/tmp/netstack-UID``) and of the system service (``/run/netstack/qmp.sock``) that exist.
+A daemon that does not answer within :data:`tools.extcap.__main__.CONNECT_TIMEOUT` is
+left out of the list rather than stalling Wireshark's start.
 
 The capture itself is ``netstack-capture``'s (:mod:`tools.capture`): one ``filter-dump``
 with ``format=pcapng`` per capture point, written into a FIFO the tool reads, frames

@@ -46,9 +46,11 @@ def daemons() -> list[Daemon]:
     if env:
         paths = [p for p in env.split(os.pathsep) if p]
     else:
-        from netstack.cli import runtime_dir
-
-        paths = [p for p in (str(runtime_dir() / "qmp.sock"), SYSTEM_SOCKET) if _is_socket(Path(p))]
+        candidates = [Path(f"/tmp/netstack-{os.getuid()}/qmp.sock"), Path(SYSTEM_SOCKET)]
+        for base in (f"/run/user/{os.getuid()}", os.environ.get("XDG_RUNTIME_DIR")):
+            if base:
+                candidates.insert(0, Path(base) / "netstack" / "qmp.sock")
+        paths = list(dict.fromkeys(str(p) for p in candidates if _is_socket(p)))
     return [Daemon(PREFIX if i == 0 else f"{PREFIX}{i + 1}", p) for i, p in enumerate(paths)]
 
 
