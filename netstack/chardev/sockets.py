@@ -168,12 +168,9 @@ class SocketChardev(Chardev):
         if self._listen_fds is None:
             return None
         addr = self.addr
-        return self._listen_fds.take(
-            self.id,
-            unix_path=addr.path if isinstance(addr, UnixSocketAddress) and not addr.abstract
-            else None,
-            inet=(addr.host, addr.port) if isinstance(addr, InetSocketAddress) else None,
-        )  # fmt: skip
+        unix = addr.path if isinstance(addr, UnixSocketAddress) and not addr.abstract else None
+        inet = (addr.host, addr.port) if isinstance(addr, InetSocketAddress) else None
+        return self._listen_fds.take(self.id, unix_path=unix, inet=inet)
 
     async def close(self) -> None:
         await super().close()  # cancels the accept loop and the sessions first
