@@ -207,16 +207,22 @@ def test_notify_activation_and_restart(tmp_path: Path) -> None:
     assert log.count("using inherited socket") == 6, log
 
 
-def test_unclaimed_and_unnamed_sockets(tmp_path: Path) -> None:
-    """A socket matched by path without a name; one nothing claims is reported."""
+def test_unnamed_sockets_by_address_and_unclaimed(tmp_path: Path) -> None:
+    """Unnamed sockets matched by address (a unix path, a TCP port); one nothing claims is
+    reported and closed."""
     qmp, extra = tmp_path / "qmp.sock", tmp_path / "extra.sock"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     inner = "LISTEN_PID=$$ exec " + shlex.join(
         [sys.executable, "-m", "netstack", "-qmp", f"unix:{qmp},server=on,wait=off",
+         "-qmp", f"tcp:127.0.0.1:{port},server=on,wait=off",
          "-D", str(tmp_path / "daemon.log")]
     )  # fmt: skip
     listener = NotifyListener(tmp_path / "notify")
     proc = subprocess.Popen(
         ["systemd-socket-activate", "-l", str(qmp), "-l", str(extra),
+         "-l", f"127.0.0.1:{port}",
          "-E", f"NOTIFY_SOCKET={listener.path}",
          "-E", f"PYTHONPATH={Path(__file__).resolve().parents[2]}",
          "bash", "-c", inner],
@@ -227,8 +233,12 @@ def test_unclaimed_and_unnamed_sockets(tmp_path: Path) -> None:
         while not qmp.exists():
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.05)
-        client = qmp_client(qmp)
-        assert notify_ready(listener)["STATUS"].startswith("running: 0 netdevs, 1 chardevs")
+        client = QEMUMonitorProtocol(("127.0.0.1", port))
+        client.settimeout(60)
+        client.connect(negotiate=True)
+        assert notify_ready(listener)["STATUS"].startswith("running: 0 netdevs, 2 chardevs")
+        chardevs = {c["label"]: c["filename"] for c in client.cmd("query-chardev")}  # type: ignore[union-attr]
+        assert chardevs["compat_monitor1"].startswith(f"tcp:127.0.0.1:{port},server=on"), chardevs
         quit_and_close(client)
         assert proc.wait(30) == 0
     finally:
@@ -238,6 +248,7 @@ def test_unclaimed_and_unnamed_sockets(tmp_path: Path) -> None:
         listener.close()
     log = (tmp_path / "daemon.log").read_text()
     assert "using inherited socket fd 3 (unknown) for compat_monitor0" in log, log
+    assert "using inherited socket fd 5 (unknown) for compat_monitor1" in log, log
     assert "inherited socket fd 4 (unknown) matches no chardev: closed" in log, log
 
 
