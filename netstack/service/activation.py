@@ -107,6 +107,13 @@ class ListenFds:
         env = os.environ if environ is None else environ
         try:
             fds = parse_environ(env, os.getpid())
+            if not fds and env.get("LISTEN_FDS") and env.get("LISTEN_PID"):
+                log.warning(
+                    "LISTEN_PID=%s is not this process (%d): inherited sockets ignored "
+                    "(socket activation does not combine with -daemonize)",
+                    env["LISTEN_PID"],
+                    os.getpid(),
+                )
         except ActivationError as exc:
             log.warning("socket activation ignored: %s", exc)
             fds = []
