@@ -26,7 +26,7 @@ option (``--segment``) asks for the MTU-sized segments the wire carries instead.
 
 Install: ``netstack-extcap --install DIR`` writes a small executable ``DIR/netstack``
 that runs this module with the current Python; DIR is Wireshark's extcap directory
-(``tshark -G folders``: ``Extcap path``; Wireshark 4.2 and later also read the personal
-``~/.local/lib/wireshark/extcap``), or a directory named by ``WIRESHARK_EXTCAP_DIR``
-(honoured for users without special privileges).
+(``tshark -G folders``: ``Extcap path``, or a ``Personal Extcap path`` where the
+Wireshark version lists one), or a directory named by ``WIRESHARK_EXTCAP_DIR`` (honoured
+for users without special privileges only).
 """
