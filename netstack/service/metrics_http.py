@@ -11,10 +11,11 @@ packet batches, and sees one consistent state.
 
 Requests: ``GET``/``HEAD`` of ``/metrics`` (``/`` answers with a pointer to it); other
 paths 404, other methods 405, a malformed request line 400, a head over
-:data:`MAX_HEAD` bytes 431, a client silent for :data:`IDLE_TIMEOUT` seconds is
-disconnected; at most :data:`MAX_CLIENTS` at once (more get 503). Every answer is
-counted by status in ``netstack_metrics_requests_total``; nothing a client sends can
-raise out of the server. Connections are kept alive while the client asks.
+:data:`MAX_HEAD` bytes 431; a client silent for :data:`IDLE_TIMEOUT` seconds, or that
+does not read its answer for as long, is disconnected; at most :data:`MAX_CLIENTS` are
+served at once (more get 503). Every answer is counted by status in
+``netstack_metrics_requests_total``; nothing a client sends can raise out of the server.
+Connections are kept alive while the client asks.
 
 A unix socket is created mode 0600 (a stale socket file at the path is replaced) and
 removed on close; a socket inherited from systemd (named ``metrics`` or bound to the
@@ -236,7 +237,7 @@ class MetricsServer:
             self._answer(writer, 200, b"netstack metrics: /metrics\n", close=close)
         else:
             self._answer(writer, 404, b"not found: try /metrics\n", close=close)
-        await writer.drain()
+        await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT)  # a client that never reads
         return not close
 
     def _answer(
