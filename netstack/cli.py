@@ -2,11 +2,13 @@
 
 Arguments follow QEMU's spelling (one or two leading dashes): ``-netdev``, ``-chardev``,
 ``-object``, ``-qmp``, ``-qmp-pretty``, ``-mon``, ``-daemonize``, ``-pidfile``, ``-D``,
-``-name``, ``-readconfig``, ``-writeconfig``, ``-version``, ``-help``. Errors are printed
-as QEMU prints them, ``netstackd: -netdev SPEC: TEXT`` (``netstackd:FILE:LINE: TEXT`` for
-a config file), on one line, and exit with status 1; no input makes it print a traceback.
-Every ``help`` form is answered as QEMU answers it (:mod:`netstack.clihelp`); config
-files are :mod:`netstack.configfile` (``docs/config-files.md``).
+``-name``, ``-readconfig``, ``-writeconfig``, ``-version``, ``-help``; beyond QEMU ``-metrics``
+(a Prometheus endpoint). Under systemd the daemon reports readiness and accepts activated
+sockets (:mod:`netstack.service`). Errors are printed as QEMU prints them, ``netstackd:
+-netdev SPEC: TEXT`` (``netstackd:FILE:LINE: TEXT`` for a config file), on one line, and
+exit with status 1; no input makes it print a traceback. Every ``help`` form is answered as
+QEMU answers it (:mod:`netstack.clihelp`); config files are :mod:`netstack.configfile`
+(``docs/config-files.md``).
 
 With no arguments the daemon starts its embedded default: a ``user`` NAT and a
 vhost-user server socket joined on hub 0, plus a QMP socket, under a per-user runtime
@@ -41,7 +43,7 @@ from netstack.qapi.helptext import HelpRequested
 PROG = "netstackd"
 
 _WITH_ARG = {"netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile", "D", "name",
-             "readconfig", "writeconfig"}  # fmt: skip
+             "readconfig", "writeconfig", "metrics"}  # fmt: skip
 _FLAGS = {"daemonize", "version", "help", "h"}
 
 
@@ -72,6 +74,8 @@ class Config:
     pidfile: str | None = None
     logfile: str | None = None
     name: str | None = None
+    #: ``-metrics unix:PATH|tcp:HOST:PORT``: the Prometheus endpoint (off by default).
+    metrics: str | None = None
     embedded_default: bool = False
     show_help: bool = False
     show_version: bool = False
@@ -131,6 +135,8 @@ def parse_argv(argv: Sequence[str]) -> Config:
             _read_config(cfg, value, reader)
         elif name == "writeconfig":
             cfg.writeconfig = value
+        elif name == "metrics":
+            cfg.metrics = value
     return cfg
 
 
@@ -247,6 +253,8 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
   -readconfig FILE           read netdevs, chardevs, objects from a QEMU config file
   -writeconfig FILE          write the running configuration to FILE ('-': stdout) once
                              started; QMP write-config writes it again at any time
+  -metrics unix:PATH|tcp:HOST:PORT
+                             serve Prometheus metrics (GET /metrics) there
   -D FILE                    write the log to FILE
   -pidfile FILE              write the process id to FILE
   -daemonize                 detach once started
@@ -300,9 +308,13 @@ async def serve(
     ready: asyncio.Future[None] | None = None,
     banner: str | None = None,
 ) -> int:
+    from netstack.service.hooks import ServiceHooks
+
     log = logging.getLogger("netstack")
     ns = Netstack(registry, runtime_dir=runtime_dir(), name=cfg.name, log=log)
     ns.config_file = cfg.writeconfig
+    service = ServiceHooks(metrics=cfg.metrics, daemonized=cfg.daemonize)
+    service.attach(ns)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ns.request_shutdown)
@@ -311,17 +323,22 @@ async def serve(
             await _setup(ns, cfg)
             if cfg.writeconfig is not None:
                 _write_config(ns, cfg.writeconfig)
+            with _option("-metrics", cfg.metrics or ""):
+                await service.started(ns)
         except UsageError as exc:
             print(error_line(exc), file=sys.stderr)
+            service.failed(str(exc))
             return 1
         if banner:
             print(banner, flush=True)
         if ready is not None and not ready.done():
             ready.set_result(None)
         await ns.wait_shutdown()
+        service.stopping()
         return 0
     finally:
         await ns.close()
+        await service.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

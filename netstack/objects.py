@@ -23,7 +23,8 @@ A failed creation leaves nothing behind. :func:`delete_object` is ``object-del``
 :func:`set_status` is the runtime ``status`` setter (``qom-set``).
 
 Beyond QEMU: ``filter-dump`` takes ``format`` (``pcap`` | ``pcapng``) when the schema has
-it. Deviation: ``Vhost is not supported`` applies to clients that set ``vhost = True``;
+it, and ``segment`` (offloaded super-frames written as their wire segments).
+Deviation: ``Vhost is not supported`` applies to clients that set ``vhost = True``;
 netstack's own vhost-user netdev carries its frames through the daemon, so its traffic
 can be filtered and captured.
 """
@@ -162,7 +163,10 @@ def build_filter(spec: ObjectSpec, netdev: NetClient) -> AnyFilter:
     if isinstance(props, FilterDumpProperties):
         fmt = getattr(props, "format", None) or "pcap"
         maxlen = props.maxlen if props.maxlen is not None else DEFAULT_SNAPLEN
-        return FilterDump(spec.id, netdev, file=props.file, maxlen=maxlen, fmt=fmt, **common)
+        segment = bool(props.segment)
+        return FilterDump(
+            spec.id, netdev, file=props.file, maxlen=maxlen, fmt=fmt, segment=segment, **common
+        )
     if isinstance(props, FilterMirrorProperties):
         return FilterMirror(
             spec.id,

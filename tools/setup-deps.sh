@@ -29,6 +29,8 @@ PACKAGES=(
     vde2              # vde_switch (and vdeplug: vde_plug): the vde netdev's real peers
     samba             # smbd: the user netdev's smb= server (started per netdev, inetd style)
     smbclient         # smbclient: the SMB client of the smb= tests
+    systemd           # systemd-socket-activate: socket activation and sd_notify tests
+    curl              # scrapes the metrics endpoint (HTTP over TCP and unix sockets)
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

@@ -15,6 +15,10 @@ until one attaches. A single-connection front end gets one client at a time (the
 waits in the listen backlog until the current one leaves); a ``multi_connection`` front
 end (QMP monitor) is served every client at once.
 
+Socket activation: a server first looks for a listening socket the daemon inherited
+(named after the chardev, or bound to its address: :mod:`netstack.service.activation`)
+and uses it instead of binding; such a socket file is never removed by the daemon.
+
 Client: without ``reconnect``/``reconnect-ms`` the connect happens in :meth:`start` and
 failures fail the chardev (``Failed to connect to 'PATH': No such file or directory``);
 with it the chardev starts disconnected and connects in the background, retrying every
@@ -40,14 +44,23 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from netstack.errors import GenericError
 from netstack.qapi.chardev import ChardevSocket
-from netstack.qapi.sockets import FdSocketAddress, SocketAddressData, UnixSocketAddress
+from netstack.qapi.sockets import (
+    FdSocketAddress,
+    InetSocketAddress,
+    SocketAddressData,
+    UnixSocketAddress,
+)
 
 from . import sockaddr
 from .base import Chardev, Connection, Frontend
 from .sockaddr import FdLookup
+
+if TYPE_CHECKING:
+    from netstack.service.activation import ListenFds
 
 log = logging.getLogger("netstack.chardev")
 
@@ -98,6 +111,7 @@ class SocketChardev(Chardev):
         *,
         mode: int | None = None,
         fd_lookup: FdLookup | None = None,
+        listen_fds: ListenFds | None = None,
     ) -> None:
         super().__init__(chardev_id)
         self.options = options
@@ -113,6 +127,7 @@ class SocketChardev(Chardev):
         self.fd_pass = isinstance(self.addr, UnixSocketAddress)
         self._mode = mode
         self._fd_lookup = fd_lookup
+        self._listen_fds = listen_fds
         self._listener: socket.socket | None = None
         self._live: dict[socket.socket, str] = {}  # connected sockets -> filename
         self._fe_ready = asyncio.Event()
@@ -125,9 +140,11 @@ class SocketChardev(Chardev):
     async def start(self) -> None:
         validate(self.options)
         if self.is_listen:
-            sock, created = await sockaddr.listen(
-                self.addr, backlog=BACKLOG, mode=self._mode, fd_lookup=self._fd_lookup
-            )
+            sock, created = self._inherited(), None
+            if sock is None:
+                sock, created = await sockaddr.listen(
+                    self.addr, backlog=BACKLOG, mode=self._mode, fd_lookup=self._fd_lookup
+                )
             self._listener = sock
             if created is not None:
                 self.claim_path(created)
@@ -144,6 +161,16 @@ class SocketChardev(Chardev):
             sock = await sockaddr.connect(self.addr, fd_lookup=self._fd_lookup)
             self.fd_pass = sock.family == socket.AF_UNIX
             self._begin(sock)
+
+    def _inherited(self) -> socket.socket | None:
+        """A listening socket from socket activation named after this chardev or bound
+        to its address (:mod:`netstack.service.activation`); never unlinked by us."""
+        if self._listen_fds is None:
+            return None
+        addr = self.addr
+        unix = addr.path if isinstance(addr, UnixSocketAddress) and not addr.abstract else None
+        inet = (addr.host, addr.port) if isinstance(addr, InetSocketAddress) else None
+        return self._listen_fds.take(self.id, unix_path=unix, inet=inet)
 
     async def close(self) -> None:
         await super().close()  # cancels the accept loop and the sessions first

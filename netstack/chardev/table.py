@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from netstack.errors import GenericError
 from netstack.qapi.chardev import (
@@ -59,6 +59,9 @@ from .sockaddr import FdLookup
 from .sockets import SocketChardev
 from .terminals import PtyChardev, StdioChardev
 from .udp import UdpChardev
+
+if TYPE_CHECKING:
+    from netstack.service.activation import ListenFds
 
 SUPPORTED: Final = ("file", "pipe", "socket", "udp", "pty", "null", "mux", "stdio", "ringbuf",
                     "memory")  # fmt: skip
@@ -87,6 +90,7 @@ def create_backend(
     socket_mode: int | None = None,
     fd_lookup: FdLookup | None = None,
     lookup: Callable[[str], Chardev | None] | None = None,
+    listen_fds: ListenFds | None = None,
 ) -> Chardev:
     """A back end object for ``spec`` (nothing opened yet: call ``open_log`` and
     ``start``). ``lookup`` finds a mux's base chardev by id."""
@@ -97,7 +101,7 @@ def create_backend(
         )
     dev: Chardev
     if kind == "socket" and isinstance(opts, ChardevSocket):
-        dev = SocketChardev(cid, opts, mode=socket_mode, fd_lookup=fd_lookup)
+        dev = SocketChardev(cid, opts, mode=socket_mode, fd_lookup=fd_lookup, listen_fds=listen_fds)
     elif kind == "udp" and isinstance(opts, ChardevUdp):
         dev = UdpChardev(cid, opts)
     elif kind == "file" and isinstance(opts, ChardevFile):
@@ -129,6 +133,8 @@ class ChardevTable:
         self._devs: dict[str, Chardev] = {}
         self._opening: set[str] = set()
         self._fd_lookup = fd_lookup
+        #: Listening sockets inherited through socket activation, while start-up lasts.
+        self.listen_fds: ListenFds | None = None
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -192,7 +198,11 @@ class ChardevTable:
 
     async def _open(self, spec: ChardevSpec, socket_mode: int | None) -> Chardev:
         dev = create_backend(
-            spec, socket_mode=socket_mode, fd_lookup=self._fd_lookup, lookup=self.get
+            spec,
+            socket_mode=socket_mode,
+            fd_lookup=self._fd_lookup,
+            lookup=self.get,
+            listen_fds=self.listen_fds,
         )
         try:
             dev.open_log(spec.options.logfile, spec.options.logappend)

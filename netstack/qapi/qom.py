@@ -76,6 +76,8 @@ class FilterDumpProperties(NetfilterProperties):
     maxlen: int | None = opt("uint32")
     #: Beyond QEMU: ``pcapng`` names the interface after the netdev and records direction.
     format: str | None = opt(DUMP_FORMAT)
+    #: Beyond QEMU: write offloaded super-frames as the segments the wire carries.
+    segment: bool | None = opt("bool")
 
 
 @dataclass(frozen=True, kw_only=True)

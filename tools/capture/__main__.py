@@ -55,6 +55,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("-f", "--filter", metavar="EXPR", help="capture filter, tcpdump syntax")
     p.add_argument("-S", "--snaplen", type=int, default=65536, help="bytes kept per frame")
     p.add_argument("-c", "--count", type=int, help="stop after COUNT packets")
+    p.add_argument(
+        "--segment",
+        action="store_true",
+        help="write offloaded super-frames as the MTU-sized segments the wire carries",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no counter or summary")
     p.add_argument("-D", "--list", action="store_true", help="list netdevs and hubs, then exit")
     args = p.parse_args(list(argv))
@@ -202,7 +207,9 @@ async def run(args: argparse.Namespace) -> int:
         return await qmp.execute(cmd, dict(arguments))
 
     capture = Capture(args, stop)
-    session = CaptureSession(execute, capture.on_packets, snaplen=args.snaplen)
+    session = CaptureSession(
+        execute, capture.on_packets, snaplen=args.snaplen, segment=bool(args.segment)
+    )
     output = Output(session, stop)
     counter: asyncio.Task[None] | None = None
     ender: asyncio.Task[None] | None = None

@@ -137,10 +137,13 @@ class CaptureSession:
         *,
         snaplen: int = 65536,
         prefix: str | None = None,
+        segment: bool = False,
     ) -> None:
         self._execute = execute
         self._sink = sink
         self.snaplen = snaplen
+        #: Ask the daemon for wire segments instead of offloaded super-frames.
+        self.segment = segment
         self.prefix = prefix or f"netstack-capture-{os.getpid()}"
         self.points: list[CapturePoint] = []
         self.interfaces: list[Interface] = []
@@ -239,6 +242,8 @@ class CaptureSession:
         }
         if pcapng:
             args["format"] = "pcapng"
+            if self.segment:
+                args["segment"] = True
         try:
             await self._execute("object-add", args)
         except Exception as exc:

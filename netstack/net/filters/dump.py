@@ -14,6 +14,11 @@ Beyond QEMU:
   ``epb_flags`` (``rx``, frames sent *to* the netdev, is inbound; ``tx``, frames the
   netdev sends, is outbound); on close an Interface Statistics Block reports the frames
   captured and dropped.
+* Faithful records for offloaded frames (:mod:`.wireview`): QEMU strips the virtio-net
+  header and writes the rest, so frames with a partial checksum or a TSO super-frame
+  show bad checksums in Wireshark. Here such frames are written with their checksums
+  completed; ``segment=on`` writes the segments the wire carries instead of the
+  super-frame.
 * ``file`` may name a FIFO (or any non-regular file): it is opened non-blocking, so that
   a FIFO without a reader fails at once (``... No such device or address``) instead of
   hanging the daemon, and writes never block the loop: bytes the reader has not taken yet
@@ -40,6 +45,7 @@ from typing import TYPE_CHECKING, Final
 
 from netstack.errors import GenericError
 from netstack.net.filter import Direction, NetFilter, QueueSel
+from netstack.net.filters import wireview
 from netstack.net.filters.pcap import (
     DEFAULT_SNAPLEN,
     FLAG_INBOUND,
@@ -51,7 +57,6 @@ from netstack.net.filters.pcap import (
     pcapng_section_header,
     pcapng_statistics,
 )
-from netstack.proto.vnet import HDR_LEN
 
 if TYPE_CHECKING:
     from netstack.net.client import NetClient
@@ -197,6 +202,7 @@ class FilterDump(NetFilter):
         file: str,
         maxlen: int = DEFAULT_SNAPLEN,
         fmt: str = "pcap",
+        segment: bool = False,
         clock: Callable[[], int] = time.time_ns,
         queue: QueueSel = "all",
         enabled: bool = True,
@@ -209,6 +215,7 @@ class FilterDump(NetFilter):
         self.file = file
         self.maxlen = maxlen
         self.format = fmt
+        self.segment = segment
         self.clock = clock
         self.captured = 0
         #: Frames a stream target could not take (records dropped whole).
@@ -237,14 +244,16 @@ class FilterDump(NetFilter):
             return frames
         now = self.clock()
         maxlen = self.maxlen
+        records: Sequence[bytes | memoryview] = frames
+        if vnet:
+            records = wireview.segmented(frames) if self.segment else wireview.completed(frames)
         parts: list[bytes | memoryview] = []
         size = 0
         if self.format == "pcap":
             sec = (now // 1_000_000_000) & 0xFFFFFFFF
             usec = (now // 1000) % 1_000_000
             pack = PCAP_REC_HDR.pack
-            for frame in frames:
-                data = memoryview(frame)[HDR_LEN:] if vnet else frame
+            for data in records:
                 length = len(data)
                 caplen = length if length <= maxlen else maxlen
                 parts.append(pack(sec, usec, caplen, length))
@@ -252,23 +261,24 @@ class FilterDump(NetFilter):
                 size += 16 + caplen
         else:
             flags = FLAG_INBOUND if direction == "rx" else FLAG_OUTBOUND
-            for frame in frames:
-                data = memoryview(frame)[HDR_LEN:] if vnet else memoryview(frame)
+            for data in records:
                 length = len(data)
-                kept = data if length <= maxlen else data[:maxlen]
+                kept = data if length <= maxlen else memoryview(data)[:maxlen]
                 head, tail = pcapng_packet_parts(0, now, kept, length, flags)
                 parts += (head, kept, tail)
                 size += len(head) + len(kept) + len(tail)
         if sink.write(parts, size):
-            self.captured += len(frames)
+            self.captured += len(records)
         elif sink.active:
-            self.dropped += len(frames)
+            self.dropped += len(records)
         return frames
 
     def properties(self) -> list[tuple[str, str]]:
         props = [("file", self.file), ("maxlen", str(self.maxlen))]
         if self.format != "pcap":
             props.append(("format", self.format))
+        if self.segment:
+            props.append(("segment", "on"))
         return props + super().properties()
 
     def cleanup(self) -> None:
