@@ -2,7 +2,8 @@
 
 Arguments follow QEMU's spelling (one or two leading dashes): ``-netdev``, ``-chardev``,
 ``-object``, ``-qmp``, ``-qmp-pretty``, ``-mon``, ``-daemonize``, ``-pidfile``, ``-D``,
-``-name``, ``-version``, ``-help``. Errors are printed as QEMU prints them,
+``-name``, ``-run-with``/``-runas``, ``-sandbox`` (:mod:`netstack.confine`), ``-version``,
+``-help``. Errors are printed as QEMU prints them,
 ``netstackd: -netdev SPEC: TEXT``, and exit with status 1.
 
 With no arguments the daemon starts its embedded default: a ``user`` NAT and a
@@ -27,7 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netstack import __version__
+from netstack import __version__, confine, limits
 from netstack.daemon import Netstack
 from netstack.driver import DriverSpec
 from netstack.errors import NetstackError
@@ -58,6 +59,8 @@ class Config:
     embedded_default: bool = False
     show_help: bool = False
     show_version: bool = False
+    #: ``-run-with``/``-runas``/``-sandbox`` (netstack.confine).
+    confinement: confine.Confinement = field(default_factory=confine.Confinement)
 
 
 def parse_argv(argv: Sequence[str]) -> Config:
@@ -78,12 +81,16 @@ def parse_argv(argv: Sequence[str]) -> Config:
             else:
                 cfg.show_help = True
             continue
-        if name not in _WITH_ARG:
+        if name not in _WITH_ARG and name not in confine.CLI_OPTIONS:
             raise UsageError(f"{arg}: invalid option")
         try:
             value = next(it)
         except StopIteration:
             raise UsageError(f"{arg}: requires an argument") from None
+        if name in confine.CLI_OPTIONS:
+            with _option(arg, value):
+                cfg.confinement.add_option(name, value)
+            continue
         if name == "netdev":
             cfg.netdevs.append(value)
         elif name == "chardev":
@@ -112,8 +119,7 @@ def runtime_dir() -> Path:
         path = Path(f"/run/user/{os.getuid()}") / "netstack"
     else:
         path = Path(f"/tmp/netstack-{os.getuid()}")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return confine.private_dir(path)
 
 
 @dataclass
@@ -180,6 +186,8 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
   -D FILE                    write the log to FILE
   -pidfile FILE              write the process id to FILE
   -daemonize                 detach once started
+  -run-with user=USER        drop root for USER (or UID:GID) once started (-runas USER)
+  -sandbox on[,spawn=deny,...] confine the daemon to its system calls (seccomp)
   -version, -help
 """
 
@@ -227,7 +235,9 @@ async def serve(
     try:
         try:
             await _setup(ns, cfg)
-        except UsageError as exc:
+            chardev_paths = [p for dev in ns.chardevs for p in dev.created_paths]
+            cfg.confinement.apply(ns.runtime_dir, chardev_paths, log)
+        except (UsageError, confine.ConfineError) as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return 1
         if banner:
@@ -298,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(netdev_help(registry.keys()), end="")
         return 0
 
+    confine.private_files()
     banner = None
     if cfg.embedded_default:
         plan = embedded_default(registry, runtime_dir())
@@ -313,14 +324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _daemonize()
         if code is not None:
             return code
+    limits.raise_nofile(logging.getLogger("netstack"))
     pidfile = Path(cfg.pidfile) if cfg.pidfile else None
     if pidfile is not None:
-        pidfile.write_text(f"{os.getpid()}\n")
+        confine.write_pidfile(pidfile)
     try:
         return asyncio.run(_main_async(cfg, registry, banner))
     finally:
         if pidfile is not None:
-            pidfile.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a dropped user may not remove it
+                pidfile.unlink(missing_ok=True)
 
 
 async def _main_async(cfg: Config, registry: Mapping[str, DriverSpec], banner: str | None) -> int:

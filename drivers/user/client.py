@@ -56,7 +56,7 @@ from netstack.net.client import NetClient
 from netstack.net.hub import HubPort
 from netstack.proto import vnet as vnet_hdr
 
-from . import conntable, ipv4
+from . import budget, conntable, ipv4
 from .dns import RESOLV_CONF, ResolvConf
 from .guestfwd import GuestForwarder
 from .host4 import Ipv4Sockets
@@ -104,6 +104,10 @@ class UserNetClient(NetClient):
     ) -> None:
         super().__init__(name)
         self.cfg = cfg
+        limits = {**budget.flow_limits(cfg.max_flows), **limits}
+        tcp_max_flows = limits.pop("tcp_max_flows")
+        #: Guest flows refused for the budget, as last logged (:meth:`_log_budget`).
+        self._reported_refused = 0
         self.info_str = f"net={ip_text(cfg.net)},restrict={'on' if cfg.restrict else 'off'}"
         self.gw = Gateway(cfg, tftp_root=TftpRoot(cfg.tftp) if cfg.tftp else None, **limits)
         self._loop = loop
@@ -142,6 +146,7 @@ class UserNetClient(NetClient):
         self.tcp = TcpSplicer(
             loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
             resolve=self._tcp_resolve, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
+            max_flows=tcp_max_flows,
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
@@ -191,6 +196,8 @@ class UserNetClient(NetClient):
         except Exception:
             self._internal_error("guest TCP")
         self._flush(now)
+        if self._budget_refused() > self._reported_refused:
+            self._log_budget()
         return len(frames)
 
     def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
@@ -393,6 +400,26 @@ class UserNetClient(NetClient):
             return False
         self._log_at[topic] = now
         return True
+
+    def _budget_refused(self) -> int:
+        """Guest flows refused so far for the flow budget or the descriptor reserve."""
+        n = self.tcp.stats["flow-limit"] + self.tcp.stats["fd-reserve"]
+        n += self.gw.udp.counters["udp-flow-limit"] + self.gw.icmp.counters["icmp-flow-limit"]
+        if self.v6 is not None:
+            n += self.v6.nat.udp.counters["udp-flow-limit"]
+            n += self.v6.router.echo.counters[f"{self.v6.router.echo.PREFIX}-flow-limit"]
+        return n
+
+    def _log_budget(self) -> None:
+        if self._may_log("flow-budget"):
+            refused = self._budget_refused()
+            self._log.warning(
+                "user %s: flow budget reached (tcp %d, udp %d, icmp %d per family; "
+                "x-max-flows): %d new guest flows refused so far",
+                self.name, self.tcp.max_flows, self.gw.udp.max_flows, self.gw.icmp.max_flows,
+                refused,
+            )  # fmt: skip
+            self._reported_refused = refused
 
     def _sync_bad(self, now: float) -> None:
         """Fold malformed-input counters into ``stats.malformed`` and log new ones."""

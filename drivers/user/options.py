@@ -41,7 +41,8 @@ IPv6 (``tcp:[::]:2222-:22`` reaches the guest's 10.0.2.15). QEMU rejects every r
 netstack extensions (``x-`` members, QAPI feature ``unstable``): ``x-dns-upstream=IP[:PORT]``
 (repeated; IPv6 as ``[ADDR]:PORT`` or bare) replaces ``/etc/resolv.conf`` as the source of
 DNS upstreams, and ``x-mtu=N`` (68..65521, default 1500) is the guest link MTU, announced in
-DHCP option 26 and used to fragment guest-bound IPv4 datagrams.
+DHCP option 26 and used to fragment guest-bound IPv4 datagrams; ``x-max-flows=N`` (at least
+8) is the netdev's flow budget (:mod:`.budget`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from netstack.errors import GenericError
 from netstack.net.sockaddr import qemu_strtol
 from netstack.qapi import NetdevUserOptions
 
+from .budget import MIN_FLOWS
 from .ipv6.config import check_families, families_enabled, parse_ipv6_options
 
 #: Leases the DHCP server hands out from ``dhcpstart`` on (libslirp's ``NB_BOOTP_CLIENTS``).
@@ -129,6 +131,8 @@ class UserConfig:
     #: Explicit DNS upstreams (family, address, port); empty means /etc/resolv.conf.
     dns_upstreams: tuple[tuple[int, str, int], ...] = field(default=())
     mtu: int = DEFAULT_MTU
+    #: ``x-max-flows``: host sockets for guest flows (None: the default share; .budget).
+    max_flows: int | None = None
 
     @property
     def broadcast(self) -> int:
@@ -462,6 +466,8 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
     mtu = DEFAULT_MTU if opts.x_mtu is None else opts.x_mtu
     if not MIN_MTU <= mtu <= MAX_MTU:
         raise GenericError(f"'x-mtu' must be between {MIN_MTU} and {MAX_MTU}")
+    if opts.x_max_flows is not None and opts.x_max_flows < MIN_FLOWS:
+        raise GenericError(f"'x-max-flows' must be at least {MIN_FLOWS}")
     upstreams = tuple(parse_dns_upstream(u) for u in opts.x_dns_upstream or ())
 
     cfg = UserConfig(
@@ -485,6 +491,7 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
         dnssearch=tuple(opts.dnssearch or ()),
         dns_upstreams=upstreams,
         mtu=mtu,
+        max_flows=opts.x_max_flows,
     )
     # QEMU pushes the rules on a list head: guestfwd last-to-first, then hostfwd likewise
     guestfwd = tuple(parse_guestfwd(r, cfg) for r in reversed(opts.guestfwd or ()))

@@ -102,6 +102,8 @@ class NetdevUserOptions:
         default=None, metadata=optional(STRING_LIST, features=("unstable",))
     )
     x_mtu: int | None = opt("uint32", features=("unstable",))
+    #: Beyond QEMU: the netdev's budget of host sockets for guest flows (drivers.user.budget).
+    x_max_flows: int | None = opt("uint32", features=("unstable",))
 
 
 @dataclass(frozen=True, kw_only=True)
