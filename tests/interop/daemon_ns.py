@@ -103,6 +103,15 @@ class DaemonProc:
                 out[key] = value.strip()
         return out
 
+    def wait_status(self, key: str, value: str, timeout: float = 20) -> dict[str, str]:
+        """``/proc/PID/status`` once ``key`` reads ``value`` (the daemon confines itself
+        after its QMP socket exists)."""
+        deadline = time.monotonic() + timeout
+        while (st := self.status()).get(key) != value:
+            assert time.monotonic() < deadline, f"{key}: {st.get(key)!r}, wanted {value!r}"
+            time.sleep(0.05)
+        return st
+
     def rss_kib(self) -> int:
         return int(self.status()["VmRSS"].split()[0])
 
