@@ -130,3 +130,51 @@ def test_forbidden_call_fails_with_eperm_and_the_process_lives() -> None:
                           timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2", "EPERM", "EPERM", "EPERM", "thread", "x"]
+
+
+async def test_user_netdev_takes_its_budget_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+    import logging
+    import socket
+
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from drivers.user.client import UserNetClient
+    from drivers.user.options import UserConfig
+    from netstack.net.nic import NicClient
+
+    nc = UserNetClient(
+        "b0",
+        UserConfig(dns_upstreams=((socket.AF_INET, "127.0.0.1", 9),), max_flows=64),
+        asyncio.get_running_loop(),
+        logging.getLogger("netstack.test"),
+        icmp_mode="none",
+    )
+    want = split(64)
+    assert nc.tcp.max_flows == want["tcp_max_flows"]
+    assert nc.gw.udp.max_flows == want["udp_max_flows"]
+    assert nc.gw.icmp.max_flows == want["icmp_max_flows"]
+    assert nc.v6 is not None and nc.v6.nat.udp.max_flows == want["udp_max_flows"]
+    mac = "52:54:00:12:34:56"
+    nic = NicClient("nic0", bytes.fromhex(mac.replace(":", "")))
+    nic.connect(nc)
+    caplog.set_level(logging.WARNING, logger="netstack.test")
+    try:
+        frames = [
+            bytes(Ether(dst="52:55:0a:00:02:02", src=mac)
+                  / IP(src="10.0.2.15", dst="10.0.2.2") / UDP(sport=2000 + i, dport=9)
+                  / b"x")
+            for i in range(want["udp_max_flows"] + 5)
+        ]  # fmt: skip
+        for f in frames:
+            nic.send([f])
+        c = nc.counters()
+        assert c["udp-flow-limit"] == 5, c
+        assert c["udp-sockets"] == want["udp_max_flows"]
+        logged = [r for r in caplog.records if "flow budget reached" in r.getMessage()]
+        assert len(logged) == 1
+    finally:
+        nc.cleanup()
