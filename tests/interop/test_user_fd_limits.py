@@ -99,3 +99,32 @@ async def test_x_max_flows(tmp_path: Path) -> None:
                     rows = await qmp.execute("query-netdev", {"name": "nat0"})
             assert c["tcp-flow-limit"] == 100 - budget
             assert isinstance(rows, list) and rows[0]["options"]["x-max-flows"] == 64
+
+
+async def test_reserve_keeps_the_control_plane_open(tmp_path: Path) -> None:
+    """A netdev whose budget exceeds the capacity (x-max-flows) meets the reserve: its
+    excess is refused (``tcp-fd-reserve``) and QMP, a new QMP session and netdev_add work."""
+    require_root()
+    ifname = unique_name("fdr")
+    with netns("fdr", ipv6=False) as ns:
+        args = tap_args("nat0", 0, ns, ifname, ",x-max-flows=100000")
+        with daemon(tmp_path, args, nofile=(1024, 1024)) as d:
+            configure_ns(ns, ifname)
+            ceiling = FdLimits(soft=1024, hard=1024, initial_soft=1024).flow_ceiling
+            async with echo_server() as port, connections(ns, port, 1200) as hog:
+                assert ceiling - 40 <= hog["ok"] < ceiling, hog
+                assert hog["refused"] + hog["reset"] == 1200 - hog["ok"], hog
+                async with qmp_client(d.qmp_path) as qmp, qmp_client(d.qmp_path) as second:
+                    c = await counters(qmp, "nat0")
+                    assert c["tcp-fd-reserve"] == 1200 - hog["ok"], c
+                    await second.execute("netdev_add", {"type": "user", "id": "late"})
+                    sock = tmp_path / "late.sock"
+                    await second.execute(
+                        "chardev-add",
+                        {"id": "late-c", "backend": {"type": "socket", "data": {
+                            "addr": {"type": "unix", "data": {"path": str(sock)}},
+                            "server": True, "wait": False}}},
+                    )  # fmt: skip
+                    assert sock.exists()
+                    assert await qmp.execute("query-version")
+            assert "flow budget reached" in d.output()
