@@ -292,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    except confine.OptionHelp as exc:  # QEMU prints the list and exits with status 1
+        print(exc, end="")
+        return 1
     if cfg.show_help:
         print(usage(), end="")
         return 0

@@ -36,6 +36,10 @@ PRIVATE_UMASK: Final = 0o077
 PIDFILE_MODE: Final = 0o644
 
 
+#: ``-run-with help`` (printed as is, exit status 1, as QEMU does).
+OptionHelp = privileges.RunWithHelp
+
+
 class ConfineError(Exception):
     """Confinement failed after start-up (printed as is; exit status 1)."""
 

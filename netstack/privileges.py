@@ -113,9 +113,20 @@ def parse_user(text: str) -> RunAs:
     return parsed
 
 
+class RunWithHelp(Exception):
+    """``-run-with help``: QEMU prints the option list (stdout) and exits with status 1."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "run-with options:\n  async-teardown=<bool (on/off)>\n  chroot=<str>\n  user=<str>\n"
+        )
+
+
 def parse_run_with(text: str) -> RunAs | None:
     """``-run-with [async-teardown=on|off][,chroot=DIR][,user=USER]``."""
     opts = qemuopts.parse(text, None, _RUN_WITH)
+    if opts.help_wanted:
+        raise RunWithHelp
     if opts.get("chroot") is not None:
         raise GenericError("chroot is not supported by netstackd")
     user = opts.get("user")

@@ -115,6 +115,14 @@ def test_run_with_errors(arg: str, text: str) -> None:
     assert _text(done, "netstackd") == f"-run-with {arg}: {text}"
 
 
+def test_run_with_help() -> None:
+    done = netstackd("-run-with", "help")
+    assert done.returncode == 1 and not done.stderr
+    assert done.stdout.splitlines() == [
+        "run-with options:", "  async-teardown=<bool (on/off)>", "  chroot=<str>", "  user=<str>",
+    ]  # fmt: skip
+
+
 def _status_caps(status: dict[str, str]) -> int:
     return int(status["CapEff"], 16)
 
