@@ -23,9 +23,14 @@ QEMU (libslirp) has no such budget: its guests share the process's descriptors u
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from netstack import limits
+
+if TYPE_CHECKING:
+    from .host6 import Ipv6Service
+    from .router import Gateway
+    from .tcp import TcpSplicer
 
 #: The smallest ``x-max-flows`` accepted (one flow of each kind per family, and TCP).
 MIN_FLOWS: Final = 8
@@ -45,3 +50,14 @@ def split(total: int) -> dict[str, int]:
 def flow_limits(max_flows: int | None) -> dict[str, int]:
     """The limits for ``x-max-flows`` (None: the process's default share)."""
     return split(limits.current().flow_share if max_flows is None else max_flows)
+
+
+def refused(tcp: TcpSplicer, gw: Gateway, v6: Ipv6Service | None) -> int:
+    """Guest flows refused so far for the budget or the descriptor reserve (cheap: a few
+    counter lookups, done once per batch of guest frames)."""
+    n = tcp.stats["flow-limit"] + tcp.stats["fd-reserve"]
+    n += gw.udp.counters["udp-flow-limit"] + gw.icmp.counters["icmp-flow-limit"]
+    if v6 is not None:
+        echo = v6.router.echo
+        n += v6.nat.udp.counters["udp-flow-limit"] + echo.counters[f"{echo.PREFIX}-flow-limit"]
+    return n

@@ -34,6 +34,9 @@ IPv6) - plus :meth:`counters` (``query-netdev``: gateway, IPv6, sockets, TCP, ho
 guestfwd counters) and :meth:`guestfwd_add` / :meth:`guestfwd_remove` /
 :meth:`guestfwd_rules`.
 
+Flow budget (:mod:`.budget`, ``x-max-flows``): caps the splicer and the UDP and echo flow
+tables of both families; refusals are counted there and logged here at most every 30 s.
+
 Invariants: :meth:`cleanup` is the one release path (netdev_del, and a netdev whose
 hostfwd or guestfwd rules fail at creation): every fd, timer and child is released and the
 final IPv6 Router Advertisement leaves while the peer is there. No exception from guest or
@@ -196,7 +199,7 @@ class UserNetClient(NetClient):
         except Exception:
             self._internal_error("guest TCP")
         self._flush(now)
-        if self._budget_refused() > self._reported_refused:
+        if budget.refused(self.tcp, self.gw, self.v6) > self._reported_refused:
             self._log_budget()
         return len(frames)
 
@@ -401,21 +404,12 @@ class UserNetClient(NetClient):
         self._log_at[topic] = now
         return True
 
-    def _budget_refused(self) -> int:
-        """Guest flows refused so far for the flow budget or the descriptor reserve."""
-        n = self.tcp.stats["flow-limit"] + self.tcp.stats["fd-reserve"]
-        n += self.gw.udp.counters["udp-flow-limit"] + self.gw.icmp.counters["icmp-flow-limit"]
-        if self.v6 is not None:
-            n += self.v6.nat.udp.counters["udp-flow-limit"]
-            n += self.v6.router.echo.counters[f"{self.v6.router.echo.PREFIX}-flow-limit"]
-        return n
-
     def _log_budget(self) -> None:
         if self._may_log("flow-budget"):
-            refused = self._budget_refused()
+            refused = budget.refused(self.tcp, self.gw, self.v6)
             self._log.warning(
                 "user %s: flow budget reached (tcp %d, udp %d, icmp %d per family; "
-                "x-max-flows): %d new guest flows refused so far",
+                "x-max-flows) or descriptor reserve: %d new guest flows refused so far",
                 self.name, self.tcp.max_flows, self.gw.udp.max_flows, self.gw.icmp.max_flows,
                 refused,
             )  # fmt: skip
