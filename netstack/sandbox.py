@@ -18,8 +18,10 @@ QEMU's meaning on top of that list:
 * ``spawn=deny`` forbids new processes (``fork``, ``vfork``, ``execve``, ``execveat``,
   ``clone`` without ``CLONE_THREAD``): tap ``script=``/``downscript=``/``helper=`` and
   guestfwd ``cmd:`` then fail; threads still start. Default ``allow``, as in QEMU;
-* ``elevateprivileges=deny`` forbids the ``set*id`` family and ``setgroups``, ``children``
-  also sets ``PR_SET_NO_NEW_PRIVS`` (which libseccomp sets anyway); default ``allow``;
+* ``elevateprivileges=deny`` forbids the ``set*id`` family, ``setgroups``, ``setpgid`` and
+  ``setsid`` (guestfwd ``cmd:`` children, which start a session, fail with it);
+  ``children`` also sets ``PR_SET_NO_NEW_PRIVS`` (which libseccomp sets anyway); default
+  ``allow``;
 * ``resourcecontrol=deny`` forbids ``setpriority`` and the ``sched_set*`` calls (QEMU's
   set; EPERM in QEMU too); default ``allow``;
 * ``obsolete=allow`` adds QEMU's obsolete set (``sysfs``, ``ustat``, ``uselib``...) to the
