@@ -235,8 +235,8 @@ async def serve(
     try:
         try:
             await _setup(ns, cfg)
-            chardev_paths = [p for dev in ns.chardevs for p in dev.created_paths]
-            cfg.confinement.apply(ns.runtime_dir, chardev_paths, log)
+            ours = [p for dev in ns.chardevs for p in dev.created_paths]
+            cfg.confinement.apply(ns.runtime_dir, [*ours, *filter(None, [cfg.pidfile])], log)
         except (UsageError, confine.ConfineError) as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return 1

@@ -5,7 +5,8 @@ Owns the command-line options ``-run-with user=USER`` / ``-runas USER``
 a :class:`Confinement`, and the order they take effect in once the command line's
 netdevs, chardevs, objects and monitors are open (:meth:`Confinement.apply`):
 
-1. the runtime directory, and every socket file a chardev made, are handed to the user;
+1. the runtime directory, every socket file a chardev made and the pid file are handed to
+   the user (so it can remove them at exit where the directory allows: ours, or sticky);
 2. privileges are dropped (QEMU's steps; root keeps only ``CAP_NET_ADMIN``/``CAP_NET_RAW``);
 3. the seccomp filter is loaded (it forbids ``set*id``-style calls only when asked, but is
    loaded last so the switch never depends on it).
@@ -68,10 +69,10 @@ class Confinement:
         else:
             raise GenericError(f"-{name}: invalid option")
 
-    def apply(self, runtime_dir: Path, socket_paths: Iterable[str], log: logging.Logger) -> None:
+    def apply(self, runtime_dir: Path, own_files: Iterable[str], log: logging.Logger) -> None:
         """Drop privileges, then load the sandbox; ConfineError with QEMU's texts."""
         if self.user is not None:
-            owned = [runtime_dir, *_entries(runtime_dir), *(Path(p) for p in socket_paths)]
+            owned = [runtime_dir, *_entries(runtime_dir), *(Path(p) for p in own_files)]
             privileges.hand_over(owned, self.user)
             try:
                 self.kept_caps = privileges.drop(self.user)
