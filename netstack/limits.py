@@ -38,6 +38,8 @@ from typing import Final
 MIN_RESERVE: Final = 64
 #: The reserve grows with the capacity: 1/64 of it.
 RESERVE_FRACTION: Final = 64
+#: Below this capacity the daemon warns at start.
+LOW_CAPACITY: Final = 4096
 #: A user netdev's default share is never below this many flows.
 MIN_SHARE: Final = 64
 _NR_OPEN: Final = "/proc/sys/fs/nr_open"
@@ -97,6 +99,12 @@ def raise_nofile(log: logging.Logger | None = None) -> FdLimits:
     else:
         target = soft if soft != resource.RLIM_INFINITY else target
     _current = FdLimits(soft=target, hard=_hard_cap(hard), initial_soft=_hard_cap(soft))
+    if log is not None and _current.soft < LOW_CAPACITY:
+        log.warning(
+            "only %d file descriptors (hard limit %d): each guest connection through a user "
+            "netdev holds one; raise the hard limit (LimitNOFILE=, ulimit -Hn)",
+            _current.soft, _current.hard,
+        )  # fmt: skip
     if log is not None:
         lim = _current
         raised = f" (raised from {lim.initial_soft})" if lim.initial_soft < lim.soft else ""

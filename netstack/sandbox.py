@@ -53,6 +53,7 @@ from typing import Any, Final
 
 from netstack.errors import GenericError
 from netstack.qapi import qemuopts
+from netstack.qapi.scalars import parse_bool
 
 _CLONE_THREAD: Final = 0x00010000
 
@@ -149,23 +150,19 @@ class SandboxSpec:
 
 def parse(text: str) -> SandboxSpec:
     """``-sandbox TEXT``; GenericError with QEMU's texts."""
-    opts = qemuopts.parse(text, "enable", _SANDBOX_OPTS)
+    opts = qemuopts.parse(text, "enable", _SANDBOX_OPTS)  # checks enable's boolean
     enable = opts.get("enable")
+    if enable is None or not parse_bool(enable):
+        return SandboxSpec()  # QEMU looks at the sets only when the sandbox is on
     values: dict[str, str] = {}
-    # QEMU checks the sets only when the sandbox is enabled, in this order
-    if enable is not None and qemuopts_bool(enable):
-        for name, choices in _CHOICES.items():
-            value = opts.get(name)
-            if value is None:
-                continue
-            if value not in choices:
-                raise GenericError(f"invalid argument for {name}")
-            values[name] = value
-    return SandboxSpec(enable=enable is not None and qemuopts_bool(enable), **values)
-
-
-def qemuopts_bool(text: str) -> bool:
-    return text in ("on", "yes", "true", "y")
+    for name, choices in _CHOICES.items():
+        value = opts.get(name)
+        if value is None:
+            continue
+        if value not in choices:
+            raise GenericError(f"invalid argument for {name}")
+        values[name] = value
+    return SandboxSpec(enable=True, **values)
 
 
 def binding() -> Any:
