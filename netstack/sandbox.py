@@ -170,7 +170,7 @@ def binding() -> Any:
     for name in ("seccomp", "pyseccomp"):
         try:
             return importlib.import_module(name)
-        except (ImportError, OSError, AttributeError):  # no binding, or no libseccomp.so.2
+        except (ImportError, OSError, RuntimeError):  # no binding, or no libseccomp.so.2
             continue
     raise GenericError(
         "-sandbox needs libseccomp's Python binding (pip install pyseccomp, or Debian's "
