@@ -82,6 +82,13 @@ class Confinement:
                 "running as uid %d gid %d%s", self.user.uid, self.user.gid,
                 f", keeping capabilities {list(self.kept_caps)}" if self.kept_caps else "",
             )  # fmt: skip
+            if not os.access(runtime_dir, os.W_OK | os.X_OK):
+                log.warning(
+                    "runtime directory %s is out of reach for uid %d (a parent directory is "
+                    "closed to it): sockets made there later, and removing them at exit, "
+                    "will fail; set XDG_RUNTIME_DIR to a directory of that user",
+                    runtime_dir, self.user.uid,
+                )  # fmt: skip
         if self.sandbox.enable:
             try:
                 sandbox.install(self.sandbox)
