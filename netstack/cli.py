@@ -2,12 +2,13 @@
 
 Arguments follow QEMU's spelling (one or two leading dashes): ``-netdev``, ``-chardev``,
 ``-object``, ``-qmp``, ``-qmp-pretty``, ``-mon``, ``-daemonize``, ``-pidfile``, ``-D``,
-``-name``, ``-readconfig``, ``-writeconfig``, ``-version``, ``-help``; beyond QEMU ``-metrics``
-(a Prometheus endpoint). Under systemd the daemon reports readiness and accepts activated
-sockets (:mod:`netstack.service`). Errors are printed as QEMU prints them, ``netstackd:
--netdev SPEC: TEXT`` (``netstackd:FILE:LINE: TEXT`` for a config file), on one line, and
-exit with status 1; no input makes it print a traceback. Every ``help`` form is answered as
-QEMU answers it (:mod:`netstack.clihelp`); config files are :mod:`netstack.configfile`
+``-name``, ``-readconfig``, ``-writeconfig``, ``-run-with``/``-runas``, ``-sandbox``
+(:mod:`netstack.confine`), ``-version``, ``-help``; beyond QEMU ``-metrics`` (a Prometheus
+endpoint). Under systemd the daemon reports readiness and accepts activated sockets
+(:mod:`netstack.service`). Errors are printed as QEMU prints them, ``netstackd: -netdev
+SPEC: TEXT`` (``netstackd:FILE:LINE: TEXT`` for a config file), on one line, and exit with
+status 1; no input makes it print a traceback. Every ``help`` form is answered as QEMU
+answers it (:mod:`netstack.clihelp`); config files are :mod:`netstack.configfile`
 (``docs/config-files.md``).
 
 With no arguments the daemon starts its embedded default: a ``user`` NAT and a
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netstack import __version__
+from netstack import __version__, confine, limits
 from netstack.daemon import Netstack
 from netstack.driver import DriverSpec
 from netstack.errors import NetstackError
@@ -84,6 +85,8 @@ class Config:
     #: ``(kind, index)`` -> the config file entry (``configfile.reader.Entry``) an option
     #: was read from; options given on the command line have none.
     origins: dict[tuple[str, int], Any] = field(default_factory=dict)
+    #: ``-run-with``/``-runas``/``-sandbox`` (netstack.confine).
+    confinement: confine.Confinement = field(default_factory=confine.Confinement)
 
 
 def parse_argv(argv: Sequence[str]) -> Config:
@@ -107,12 +110,16 @@ def parse_argv(argv: Sequence[str]) -> Config:
             else:
                 cfg.show_help = True
             continue
-        if name not in _WITH_ARG:
+        if name not in _WITH_ARG and name not in confine.CLI_OPTIONS:
             raise UsageError(f"{arg}: invalid option")
         try:
             value = next(it)
         except StopIteration:
             raise UsageError(f"{arg}: requires an argument") from None
+        if name in confine.CLI_OPTIONS:
+            with _option(arg, value):
+                cfg.confinement.add_option(name, value)
+            continue
         if name in ("netdev", "chardev"):
             try:
                 reader.claim(name, value)
@@ -185,8 +192,7 @@ def runtime_dir() -> Path:
         path = Path(f"/run/user/{os.getuid()}") / "netstack"
     else:
         path = Path(f"/tmp/netstack-{os.getuid()}")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return confine.private_dir(path)
 
 
 @dataclass
@@ -258,6 +264,8 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
   -D FILE                    write the log to FILE
   -pidfile FILE              write the process id to FILE
   -daemonize                 detach once started
+  -run-with user=USER        drop root for USER (or UID:GID) once started (-runas USER)
+  -sandbox on[,spawn=deny,...] confine the daemon to its system calls (seccomp)
   -version, -help
 """
 
@@ -290,6 +298,8 @@ def _option(flag: str, spec: str, origin: Any = None) -> Iterator[None]:
     location of the config file entry ``origin`` it was read from)."""
     try:
         yield
+    except confine.OptionHelp:
+        raise
     except Exception as exc:
         if isinstance(exc, NetstackError):
             desc = exc.desc
@@ -323,10 +333,16 @@ async def serve(
             await _setup(ns, cfg)
             if cfg.writeconfig is not None:
                 _write_config(ns, cfg.writeconfig)
+            ours = [p for dev in ns.chardevs for p in dev.created_paths]
+            cfg.confinement.apply(ns.runtime_dir, [*ours, *filter(None, [cfg.pidfile])], log)
             with _option("-metrics", cfg.metrics or ""):
                 await service.started(ns)
         except UsageError as exc:
             print(error_line(exc), file=sys.stderr)
+            service.failed(str(exc))
+            return 1
+        except confine.ConfineError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
             service.failed(str(exc))
             return 1
         if banner:
@@ -431,6 +447,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
         print(text_for(request, (), ()).text, end="")
         return 0
+    except confine.OptionHelp as exc:  # QEMU exits 1 here; every help text exits 0 here
+        print(exc, end="")
+        return 0
     if cfg.show_help:
         print(usage(), end="")
         return 0
@@ -445,6 +464,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if status is not None:
         return status
 
+    confine.private_files()
     banner = None
     if cfg.embedded_default:
         plan = embedded_default(registry, runtime_dir())
@@ -467,11 +487,11 @@ def _main(argv: Sequence[str] | None) -> int:
         code = _daemonize()
         if code is not None:
             return code
+    limits.raise_nofile(logging.getLogger("netstack"))
     pidfile = Path(cfg.pidfile) if cfg.pidfile is not None else None
-    if cfg.pidfile is not None:
+    if pidfile is not None:
         try:
-            with open(cfg.pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
+            confine.write_pidfile(pidfile)
         except OSError as exc:
             reason = f"Could not create '{cfg.pidfile}': {exc.strerror}"
             print(f"{PROG}: cannot create PID file: {reason}", file=sys.stderr)
@@ -480,7 +500,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return asyncio.run(_main_async(cfg, registry, banner))
     finally:
         if pidfile is not None:
-            pidfile.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a dropped user may not remove it
+                pidfile.unlink(missing_ok=True)
 
 
 async def _main_async(cfg: Config, registry: Mapping[str, DriverSpec], banner: str | None) -> int:

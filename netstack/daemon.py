@@ -33,6 +33,8 @@ from netstack.qapi import Netdev, ObjectSpec
 from netstack.qapi.output import to_qmp
 
 EventListener = Callable[[str, Mapping[str, Any] | None], None]
+#: The mode of every unix socket a chardev of the daemon listens on (QEMU: the umask's).
+PRIVATE_SOCKET_MODE = 0o600
 
 
 @runtime_checkable
@@ -326,7 +328,9 @@ class Netstack:
     async def chardev_add(
         self, spec: ChardevSpec, *, socket_mode: int | None = None, from_cli: bool = False
     ) -> dict[str, Any]:
-        return await self.chardevs.add(spec, socket_mode=socket_mode, from_cli=from_cli)
+        # sockets the daemon listens on are its user's only (docs/security.md)
+        mode = PRIVATE_SOCKET_MODE if socket_mode is None else socket_mode
+        return await self.chardevs.add(spec, socket_mode=mode, from_cli=from_cli)
 
     async def object_add(self, spec: ObjectSpec) -> None:
         from netstack.objects import create_object

@@ -31,6 +31,7 @@ PACKAGES=(
     smbclient         # smbclient: the SMB client of the smb= tests
     systemd           # systemd-socket-activate: socket activation and sd_notify tests
     curl              # scrapes the metrics endpoint (HTTP over TCP and unix sockets)
+    libseccomp2       # -sandbox: the seccomp filter library pyseccomp loads
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

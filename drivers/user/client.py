@@ -37,6 +37,9 @@ IPv6) - plus :meth:`counters` (``query-netdev``: gateway, IPv6, sockets, TCP, ho
 guestfwd counters) and :meth:`guestfwd_add` / :meth:`guestfwd_remove` /
 :meth:`guestfwd_rules`.
 
+Flow budget (:mod:`.budget`, ``x-max-flows``): caps the splicer and the UDP and echo flow
+tables of both families; refusals are counted there and logged here at most every 30 s.
+
 Invariants: :meth:`cleanup` is the one release path (netdev_del, and a netdev whose
 hostfwd or guestfwd rules fail at creation): every fd, timer and child is released and the
 final IPv6 Router Advertisement leaves while the peer is there. No exception from guest or
@@ -59,7 +62,7 @@ from netstack.net.client import NetClient
 from netstack.net.hub import HubPort
 from netstack.proto import vnet as vnet_hdr
 
-from . import conntable, ipv4
+from . import budget, conntable, ipv4
 from .dns import RESOLV_CONF, ResolvConf
 from .guestfwd import GuestForwarder
 from .host4 import Ipv4Sockets
@@ -108,6 +111,10 @@ class UserNetClient(NetClient):
     ) -> None:
         super().__init__(name)
         self.cfg = cfg
+        limits = {**budget.flow_limits(cfg.max_flows), **limits}
+        tcp_max_flows = limits.pop("tcp_max_flows")
+        #: Guest flows refused for the budget, as last logged (:meth:`_log_budget`).
+        self._reported_refused = 0
         self.info_str = f"net={ip_text(cfg.net)},restrict={'on' if cfg.restrict else 'off'}"
         self.gw = Gateway(cfg, tftp_root=TftpRoot(cfg.tftp) if cfg.tftp else None, **limits)
         self._loop = loop
@@ -146,6 +153,7 @@ class UserNetClient(NetClient):
         self.tcp = TcpSplicer(
             loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
             resolve=self._tcp_resolve, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
+            max_flows=tcp_max_flows,
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
@@ -197,6 +205,8 @@ class UserNetClient(NetClient):
         except Exception:
             self._internal_error("guest TCP")
         self._flush(now)
+        if budget.refused(self.tcp, self.gw, self.v6) > self._reported_refused:
+            self._log_budget()
         return len(frames)
 
     def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
@@ -399,6 +409,17 @@ class UserNetClient(NetClient):
             return False
         self._log_at[topic] = now
         return True
+
+    def _log_budget(self) -> None:
+        if self._may_log("flow-budget"):
+            refused = budget.refused(self.tcp, self.gw, self.v6)
+            self._log.warning(
+                "user %s: flow budget reached (tcp %d, udp %d, icmp %d per family; "
+                "x-max-flows) or descriptor reserve: %d new guest flows refused so far",
+                self.name, self.tcp.max_flows, self.gw.udp.max_flows, self.gw.icmp.max_flows,
+                refused,
+            )  # fmt: skip
+            self._reported_refused = refused
 
     def _sync_bad(self, now: float) -> None:
         """Fold malformed-input counters into ``stats.malformed`` and log new ones."""

@@ -27,6 +27,9 @@ fills in ICMPv6 checksums on both, RFC 3542 §3.1) and :func:`icmp_mode` with
 :data:`RX_BATCH` datagrams per wake-up, so one busy socket cannot starve the loop);
 :class:`UpstreamSockets` are the DNS relays' sockets towards their upstreams (one per
 upstream address family, opened on first use), for either family's relay.
+
+Every per-flow socket made here is checked against the descriptor reserve
+(:func:`netstack.limits.check_flow_fd`: ``EMFILE`` when it would eat into it).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple
+
+from netstack.limits import check_flow_fd
 
 IP_RECVERR: Final = 11  # <linux/in.h>; not exported by the socket module
 IPV6_RECVERR: Final = 25  # <linux/in6.h>; likewise
@@ -77,7 +82,7 @@ def drain(sock: socket.socket) -> Iterator[tuple[bytes, Any]]:
 
 
 def udp_flow_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = check_flow_fd(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
@@ -123,7 +128,7 @@ def _offender(rest: bytes) -> str | None:
 
 
 def ping_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+    sock = check_flow_fd(socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP))
     sock.setblocking(False)
     return sock
 
@@ -135,7 +140,7 @@ def raw_icmp_socket() -> socket.socket:
 
 
 def udp6_flow_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock = check_flow_fd(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
@@ -146,7 +151,7 @@ def udp6_flow_socket() -> socket.socket:
 
 
 def ping6_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6)
+    sock = check_flow_fd(socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6))
     sock.setblocking(False)
     return sock
 

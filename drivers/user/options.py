@@ -41,8 +41,9 @@ IPv6 (``tcp:[::]:2222-:22`` reaches the guest's 10.0.2.15). QEMU rejects every r
 netstack extensions (``x-`` members, QAPI feature ``unstable``): ``x-dns-upstream=IP[:PORT]``
 (repeated; IPv6 as ``[ADDR]:PORT`` or bare) replaces ``/etc/resolv.conf`` as the source of
 DNS upstreams, ``x-mtu=N`` (68..65521, default 1500) is the guest link MTU, announced in
-DHCP option 26 and used to fragment guest-bound IPv4 datagrams, and ``x-smbd=PATH`` is the
-smbd that serves ``smb=`` (:mod:`.smb`).
+DHCP option 26 and used to fragment guest-bound IPv4 datagrams, ``x-smbd=PATH`` is the
+smbd that serves ``smb=`` (:mod:`.smb`), and ``x-max-flows=N`` (at least 8) is the
+netdev's flow budget (:mod:`.budget`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from netstack.errors import GenericError
 from netstack.net.sockaddr import qemu_strtol
 from netstack.qapi import NetdevUserOptions
 
+from .budget import MIN_FLOWS
 from .ipv6.config import check_families, families_enabled, parse_ipv6_options
 
 #: Leases the DHCP server hands out from ``dhcpstart`` on (libslirp's ``NB_BOOTP_CLIENTS``).
@@ -136,6 +138,8 @@ class UserConfig:
     smbserver: int = 0
     #: ``x-smbd=``: the smbd to run (None: QEMU's default, then PATH).
     smbd: str | None = None
+    #: ``x-max-flows``: host sockets for guest flows (None: the default share; .budget).
+    max_flows: int | None = None
 
     @property
     def broadcast(self) -> int:
@@ -473,6 +477,8 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
     mtu = DEFAULT_MTU if opts.x_mtu is None else opts.x_mtu
     if not MIN_MTU <= mtu <= MAX_MTU:
         raise GenericError(f"'x-mtu' must be between {MIN_MTU} and {MAX_MTU}")
+    if opts.x_max_flows is not None and opts.x_max_flows < MIN_FLOWS:
+        raise GenericError(f"'x-max-flows' must be at least {MIN_FLOWS}")
     upstreams = tuple(parse_dns_upstream(u) for u in opts.x_dns_upstream or ())
 
     cfg = UserConfig(
@@ -499,6 +505,7 @@ def parse_options(opts: NetdevUserOptions) -> UserConfig:
         smb=opts.smb,
         smbserver=smbserver,
         smbd=opts.x_smbd,
+        max_flows=opts.x_max_flows,
     )
     # QEMU pushes the rules on a list head: guestfwd last-to-first, then hostfwd likewise
     guestfwd = tuple(parse_guestfwd(r, cfg) for r in reversed(opts.guestfwd or ()))

@@ -104,6 +104,8 @@ class NetdevUserOptions:
     x_mtu: int | None = opt("uint32", features=("unstable",))
     #: Beyond QEMU: the smbd that serves ``smb=`` (QEMU's is fixed at build time).
     x_smbd: str | None = opt("str", features=("unstable",))
+    #: Beyond QEMU: the netdev's budget of host sockets for guest flows (drivers.user.budget).
+    x_max_flows: int | None = opt("uint32", features=("unstable",))
 
 
 @dataclass(frozen=True, kw_only=True)

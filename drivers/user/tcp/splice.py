@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from netstack.limits import check_flow_fd
+
 from .builder import rejection, reset_for
 from .config import Event, State, TcpConfig
 from .machine import TcpEndpoint
@@ -164,8 +166,10 @@ class TcpSplicer:
             return
         family, addr = target
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = check_flow_fd(socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK))
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self.stats["fd-reserve"] += 1
             m.host_error(exc.errno or errno.EMFILE, now)
             self._reject(m, now)
             return
