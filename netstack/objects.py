@@ -1,5 +1,6 @@
 """QOM objects from specs: ``object-add`` / ``-object`` / ``object-del`` for net filters
-and TLS credentials (``tls-creds-x509``: :mod:`netstack.tlscreds`).
+and TLS credentials and authorization (``tls-creds-x509``, ``authz-simple``:
+:mod:`netstack.tlscreds`).
 
 Follows QEMU's ``user_creatable_add_type`` and ``netfilter_complete`` (``net/filter.c``).
 The schema (:mod:`netstack.qapi.qom`) has already visited the options and run the
@@ -48,8 +49,8 @@ from netstack.qapi import (
     NetfilterProperties,
     ObjectSpec,
 )
-from netstack.qapi.qom import TlsCredsX509Properties
-from netstack.tlscreds import TlsCredsX509
+from netstack.qapi.qom import AuthZSimpleProperties, TlsCredsX509Properties
+from netstack.tlscreds import AuthzSimple, TlsCredsX509
 
 
 class ObjectHost(Protocol):
@@ -70,7 +71,9 @@ class ObjectHost(Protocol):
     def remove_filter(self, filter_id: str) -> None: ...
 
 
-async def create_object(host: ObjectHost, spec: ObjectSpec) -> NetFilter | TlsCredsX509:
+async def create_object(
+    host: ObjectHost, spec: ObjectSpec
+) -> NetFilter | TlsCredsX509 | AuthzSimple:
     """Create the object ``spec`` describes: TLS credentials go to the object table, a
     filter also into its netdev's chain."""
     props = spec.props
@@ -78,6 +81,10 @@ async def create_object(host: ObjectHost, spec: ObjectSpec) -> NetFilter | TlsCr
         raise GenericError(
             f"attempt to add duplicate property '{spec.id}' to object (type 'container')"
         )
+    if isinstance(props, AuthZSimpleProperties):
+        authz = AuthzSimple(spec.id, props.identity)
+        host.objects[spec.id] = authz
+        return authz
     if isinstance(props, TlsCredsX509Properties):
         creds = TlsCredsX509(
             spec.id,
@@ -116,7 +123,7 @@ def delete_object(host: ObjectHost, object_id: str) -> None:
     obj = host.objects.get(object_id)
     if obj is None:
         raise GenericError(f"object '{object_id}' not found")
-    if isinstance(obj, TlsCredsX509):
+    if isinstance(obj, (TlsCredsX509, AuthzSimple)):
         # Chardevs using the credentials keep their reference, as in QEMU.
         del host.objects[object_id]
         return

@@ -1,4 +1,5 @@
-"""TLS credentials objects: ``-object tls-creds-x509`` (QEMU's ``crypto/tlscredsx509.c``).
+"""TLS credentials objects: ``-object tls-creds-x509`` (QEMU's ``crypto/tlscredsx509.c``)
+and the ``authz-simple`` authorization object (``authz/simple.c``) of ``tls-authz``.
 
 Owns :class:`TlsCredsX509`: it loads QEMU's files from ``dir`` into Python ``ssl``
 contexts (OpenSSL; no hand-written crypto) and wraps the sockets of TLS chardevs
@@ -29,6 +30,15 @@ valid certificate, one not signed by the CA, or one without the server key purpo
 with the text ``The certificate 'P' failed the sanity check: REASON``
 instead of QEMU's per-check texts; a client's own certificate is not pre-checked (the
 server's verification reports it at connection time).
+
+:class:`AuthzSimple` allows one identity; for a TLS server chardev with ``tls-authz``
+the identity is the client certificate's distinguished name exactly as QEMU 7.2 gets it
+from GnuTLS's ``gnutls_x509_crt_get_dn``: RDNs in certificate order, not RFC 4514's
+reversed order (``O=example,CN=client``; checked against QEMU), :func:`x509_dname`.
+Deviation: with ``verify-peer=off`` QEMU skips the ``tls-authz`` check altogether;
+netstack then refuses every client (there is no verified certificate to authorize).
+Texts: ``Cannot find QAuthZ object ID X``, ``Object 'X' is not a QAuthZ subclass``,
+``TLS x509 authz check for DN is denied``.
 
 Invariants: an object is fully loaded when constructed (a failure raises
 :class:`~netstack.errors.GenericError` and leaves nothing); the contexts never change
@@ -234,3 +244,46 @@ def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> str | N
         if done["c"] and done["s"]:
             return None
     return "handshake did not complete"
+
+
+class AuthzSimple:
+    """One ``authz-simple`` object: ``identity`` is the only one allowed."""
+
+    qom_type = "authz-simple"
+
+    def __init__(self, object_id: str, identity: str) -> None:
+        self.id = object_id
+        self.identity = identity
+
+    def is_allowed(self, identity: str) -> bool:
+        return identity == self.identity
+
+
+_RDN_NAMES: Final = {
+    "commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+    "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
+    "streetAddress": "STREET", "domainComponent": "DC", "userId": "UID",
+    "emailAddress": "EMAIL", "serialNumber": "serialNumber", "title": "title",
+}  # fmt: skip
+
+
+def _escape(value: str) -> str:
+    out = "".join("\\" + ch if ch in ',+"\\<>;=' else ch for ch in value)
+    if out[:1] in ("#", " "):
+        out = "\\" + out
+    if out.endswith(" ") and not out.endswith("\\ "):
+        out = out[:-1] + "\\ "
+    return out
+
+
+def x509_dname(subject: object) -> str | None:
+    """The distinguished name QEMU authorizes, from a subject as ``ssl``'s
+    ``getpeercert()`` returns it (``((("organizationName", "O"),), (("commonName",
+    "CN"),))`` -> ``O=O,CN=CN``): RDNs in certificate order, multi-valued RDNs joined with
+    ``+``, RFC 4514 escaping. None for no subject."""
+    if not isinstance(subject, tuple) or not subject:
+        return None
+    parts = []
+    for rdn in subject:
+        parts.append("+".join(f"{_RDN_NAMES.get(k, k)}={_escape(v)}" for k, v in rdn))
+    return ",".join(parts)

@@ -25,9 +25,23 @@ Filename: ``disconnected:`` + :func:`~.sockaddr.address_text` while nothing is c
 (for a server, the address the listener really has: numeric host and port), otherwise
 :func:`~.sockaddr.connected_text` of the oldest live connection.
 
-Not supported (refused with a clear error): ``telnet``, ``tn3270``, ``websocket``,
-``tls-creds`` (QEMU's text ``No TLS credentials with id 'X'``: netstack has no TLS
-credential objects).
+Protocol layers, in QEMU's order (``tcp_chr_new_client``): ``tls-creds`` (server or
+client; :mod:`netstack.tlscreds`), then ``websocket`` (server only), then ``telnet`` /
+``tn3270`` (server only: a telnet client negotiates nothing, as in QEMU), driven by
+:class:`~.layers.LayeredConnection`; the front end gets the connection once every
+handshake is done. A failed handshake, a handshake not done within
+:data:`HANDSHAKE_TIMEOUT` (QEMU has no limit) or a protocol error drops that connection
+only; it is counted in :attr:`SocketChardev.errors` and logged, rate-limited. A
+raw-socket front end (vhost-user) is refused on a chardev with layers, with QEMU's
+``'telnet' option is incompatible with waiting for connection completion``. The
+``query-chardev`` scheme is ``telnet``, ``websocket`` or ``tcp`` (also for tn3270 and
+TLS), as in QEMU.
+
+Deviation: QEMU 7.2's TLS chardev hands received data to the front end only when the
+next TLS record arrives (a QMP reply lags one request behind); here data is delivered
+as soon as it is decrypted. ``tls-authz`` names an ``authz-simple`` object (the only
+authorization type netstack has), checked against the client certificate's
+distinguished name after the handshake, as QEMU does.
 
 Invariants: the listening socket and every accepted/connected socket are closed by
 :meth:`close`; a unix socket file the listener created is removed then; every task is
@@ -57,6 +71,7 @@ from netstack.qapi.sockets import (
     UnixSocketAddress,
     VsockSocketAddress,
 )
+from netstack.tlscreds import x509_dname
 
 from . import sockaddr
 from .base import Chardev, Connection, Frontend
@@ -83,6 +98,10 @@ class TlsCreds(Protocol):
     async def wrap(
         self, sock: socket.socket, *, server: bool, host: str | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+
+class _Refused(Exception):
+    """A completed TLS handshake whose client is not authorized (``tls-authz``)."""
 
 
 class RateLimitedLog:
@@ -357,6 +376,10 @@ class SocketChardev(Chardev):
                 if self._tls is not None:
                     reader, writer = await self._tls.wrap(sock, server=self.is_listen,
                                                           host=self._tls_host())  # fmt: skip
+                    denied = self._authorize(writer)
+                    if denied is not None:
+                        writer.close()
+                        raise _Refused(denied)
                 else:
                     reader, writer = await asyncio.open_connection(sock=sock)
                 log_hook = None if layers else self.log_hook
@@ -371,6 +394,8 @@ class SocketChardev(Chardev):
                     return lconn
         except TimeoutError:
             self._remote_error("handshake timed out")
+        except _Refused as exc:
+            self._remote_error(str(exc))
         except (ssl.SSLError, ssl.CertificateError) as exc:
             self._remote_error(f"TLS handshake failed: {exc.args[-1] if exc.args else exc}")
         except (ConnectionError, OSError) as exc:
@@ -391,6 +416,25 @@ class SocketChardev(Chardev):
             layers.append(TelnetServer(tn3270=bool(self.options.tn3270),
                                        on_break=self.send_break))  # fmt: skip
         return layers
+
+    def _authorize(self, writer: asyncio.StreamWriter) -> str | None:
+        """``tls-authz`` of a TLS server (``qcrypto_tls_session_check_certificate``):
+        why the client is refused, or None."""
+        name = self.options.tls_authz
+        if name is None or not self.is_listen:
+            return None
+        authz = self._objects(name) if self._objects is not None else None
+        if authz is None:
+            return f"Cannot find QAuthZ object ID {name}"
+        if not callable(getattr(authz, "is_allowed", None)):
+            return f"Object '{name}' is not a QAuthZ subclass"
+        cert = writer.get_extra_info("peercert") or {}
+        dname = x509_dname(cert.get("subject"))
+        if dname is None:
+            return "TLS x509 authz check: the client presented no certificate"
+        if not authz.is_allowed(dname):
+            return f"TLS x509 authz check for {dname} is denied"
+        return None
 
     def _tls_host(self) -> str | None:
         return self.addr.host if isinstance(self.addr, InetSocketAddress) else None

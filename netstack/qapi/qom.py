@@ -3,7 +3,8 @@ TLS credentials.
 
 Owns the ``ObjectOptions`` branches of ``qapi/qom.json`` (QEMU 10.0) for
 ``filter-buffer``, ``filter-dump``, ``filter-mirror`` and ``filter-redirector`` (all based on
-``NetfilterProperties``) and ``tls-creds-x509`` (``TlsCredsX509Properties``), the
+``NetfilterProperties``), ``tls-creds-x509`` (``TlsCredsX509Properties``) and
+``authz-simple`` (``AuthZSimpleProperties``), the
 :class:`ObjectSpec` union record, and the two entry points.
 
 Validation happens in QEMU's order, as far as it needs no daemon state:
@@ -21,7 +22,7 @@ the netdev lookup (``Parameter 'netdev' expects a network backend id``), ``posit
 parsing and lookup, and the filters' setup checks (chardev existence, redirector
 ``indev``/``outdev`` rules).
 
-Deviation: only these five QOM types are known, so any other ``qom-type`` is rejected
+Deviation: only these six QOM types are known, so any other ``qom-type`` is rejected
 by the enum check (``Parameter 'qom-type' does not accept value 'X'``).
 """
 
@@ -47,6 +48,7 @@ OBJECT_TYPES: Final = (
     "filter-mirror",
     "filter-redirector",
     "tls-creds-x509",
+    "authz-simple",
 )
 OBJECT_TYPE: Final = QEnum("ObjectType", OBJECT_TYPES)
 
@@ -130,7 +132,16 @@ class TlsCredsX509Properties(TlsCredsProperties):
     passwordid: str | None = opt("str")
 
 
-ObjectProperties = NetfilterProperties | TlsCredsX509Properties
+@dataclass(frozen=True, kw_only=True)
+class AuthZSimpleProperties:
+    """``authz-simple``: allow exactly one ``identity`` (for TLS, the client
+    certificate's distinguished name, e.g. ``CN=client,O=example``)."""
+
+    qapi_name: ClassVar[str] = "AuthZSimpleProperties"
+    identity: str = req("str")
+
+
+ObjectProperties = NetfilterProperties | TlsCredsX509Properties | AuthZSimpleProperties
 
 OBJECT_CLASSES: Final[dict[str, type[ObjectProperties]]] = {
     "filter-buffer": FilterBufferProperties,
@@ -138,10 +149,11 @@ OBJECT_CLASSES: Final[dict[str, type[ObjectProperties]]] = {
     "filter-mirror": FilterMirrorProperties,
     "filter-redirector": FilterRedirectorProperties,
     "tls-creds-x509": TlsCredsX509Properties,
+    "authz-simple": AuthZSimpleProperties,
 }
 #: Types QEMU creates before chardevs and netdevs (``object_create_early``); the
 #: net filters come after the netdevs.
-EARLY_OBJECT_TYPES: Final = frozenset({"tls-creds-x509"})
+EARLY_OBJECT_TYPES: Final = frozenset({"tls-creds-x509", "authz-simple"})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -179,3 +179,57 @@ async def test_netstackd_as_tls_client_to_openssl_s_server(tmp_path: Path, pki: 
             assert b'{"QMP": {"version"' in out and b'{"return": {}}' in out, out
             assert f"<-> 127.0.0.1:{port}".encode() in out
             assert daemon.proc.poll() is None
+
+
+# QEMU 7.2 (GnuTLS gnutls_x509_crt_get_dn) names the client in certificate order
+CLIENT_DN = "O=netstack tests,CN=client"
+
+
+@pytest.mark.parametrize(("identity", "allowed"), [(CLIENT_DN, True), ("CN=someone else", False)])
+async def test_tls_authz_simple_checks_the_client_dn(
+    tmp_path: Path, pki: Pki, identity: str, allowed: bool
+) -> None:
+    args = server_args(pki)
+    args[3] += ",tls-authz=authz0"
+    escaped = identity.replace(",", ",,")  # QemuOpts escaping
+    args = ["-object", f"authz-simple,id=authz0,identity={escaped}", *args]
+    with daemon_with(tmp_path, args) as daemon:
+        port = await chardev_port(daemon, "t0")
+        argv = s_client(port, pki.client, cert=pki.client / "client-cert.pem",
+                        key=pki.client / "client-key.pem")  # fmt: skip
+        out = await asyncio.to_thread(run_client, argv, QMP_CMDS)
+        assert (b'{"return": {}}' in out) is allowed, out
+        if not allowed:
+            assert f"TLS x509 authz check for {CLIENT_DN} is denied" in daemon.output()
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU")
+async def test_qemu_authorizes_the_same_dn_string(tmp_path: Path, pki: Pki) -> None:
+    """The identity netstackd derives from a certificate is the string QEMU (GnuTLS)
+    derives: QEMU 7.2 with the same authz-simple lets the same client in."""
+    port = 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
+         "-object", f"authz-simple,id=authz0,identity={CLIENT_DN.replace(',', ',,')}",
+         "-object", f"tls-creds-x509,id=tls0,dir={pki.server},endpoint=server",
+         "-chardev", f"socket,id=t0,host=127.0.0.1,port={port},server=on,wait=off,"
+                     "tls-creds=tls0,tls-authz=authz0",
+         "-mon", "chardev=t0,mode=control"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            if listening(port):
+                break
+            await asyncio.sleep(0.1)
+        argv = s_client(port, pki.client, cert=pki.client / "client-cert.pem",
+                        key=pki.client / "client-key.pem")  # fmt: skip
+        out = await asyncio.to_thread(run_client, argv, QMP_CMDS)
+        assert b'{"QMP": {"version"' in out, out  # QEMU let the client in
+    finally:
+        qemu.terminate()
+        qemu.wait(10)

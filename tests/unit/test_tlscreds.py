@@ -13,8 +13,8 @@ import pytest
 from netstack.chardev import ChardevTable
 from netstack.errors import GenericError
 from netstack.qapi import chardev_from_qmp, object_from_qmp, parse_object_cli
-from netstack.qapi.qom import TlsCredsX509Properties
-from netstack.tlscreds import TlsCredsX509
+from netstack.qapi.qom import AuthZSimpleProperties, TlsCredsX509Properties
+from netstack.tlscreds import AuthzSimple, TlsCredsX509, x509_dname
 from tests.interop.tls_pki import Pki, make_pki
 
 pytestmark = pytest.mark.skipif(
@@ -146,3 +146,17 @@ async def test_chardev_tls_option_rules(table: ChardevTable, pki: Pki, tmp_path:
         assert err.value.desc == f"Failed to add chardev 'c': {text}"
     await table.add(chardev_from_qmp("ok", sock(INET, **{"tls-creds": "srv"})))
     assert "ok" in table
+
+
+def test_authz_simple_and_dname() -> None:
+    spec = parse_object_cli("authz-simple,id=a0,identity=O=example,,CN=client")
+    assert spec.qom_type == "authz-simple"
+    assert isinstance(spec.props, AuthZSimpleProperties)
+    assert spec.props.identity == "O=example,CN=client"
+    authz = AuthzSimple("a0", spec.props.identity)
+    subject = ((("organizationName", "example"),), (("commonName", "client"),))
+    assert x509_dname(subject) == "O=example,CN=client"
+    assert authz.is_allowed(x509_dname(subject) or "")
+    assert not authz.is_allowed("CN=client,O=example")
+    assert x509_dname(((("commonName", "a,b"), ("userId", " x")),)) == "CN=a\\,b+UID=\\ x"
+    assert x509_dname(()) is None and x509_dname(None) is None
