@@ -37,9 +37,11 @@ happened; the adapter counts and logs it.
 Deviations from QEMU 7.2: text frames and fragmented text are accepted (QEMU closes with
 1003, which makes a browser's ``ws.send(string)`` useless); reserved bits and unknown
 opcodes are refused (QEMU ignores the former); a frame size limit exists (QEMU has none);
-a malformed request line answers ``400`` (QEMU closes without an answer); QEMU 7.2 sends
-the QMP greeting over a websocket chardev but never processes the client's input there:
-this machine does.
+a malformed request line answers ``400`` (QEMU closes without an answer); the ``400``
+answer ends with the blank line HTTP requires (QEMU's lacks it); QEMU 7.2 sends
+the QMP greeting over a websocket chardev but never processes the client's input there
+(and, not reading, never notices the client leave: the chardev accepts no other client);
+this machine processes input and ends connections properly.
 
 Invariants: :meth:`feed` never raises on any input; after :attr:`closed` it ignores input;
 control frames are handled only when complete; memory held is bounded by the handshake

@@ -29,6 +29,13 @@ async def chardev_port(daemon: Daemon, label: str) -> int:
     raise AssertionError(f"no chardev {label}")
 
 
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (/proc/net/tcp, state 0A)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return any(line.split()[1] == want and line.split()[3] == "0A" for line in list(table)[1:])
+
+
 @contextmanager
 def daemon_with(tmp: Path, args: Sequence[str]) -> Iterator[Daemon]:
     with running_daemon(tmp, list(args)) as daemon:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.chardev_peers import chardev_port, daemon_with
+from tests.interop.chardev_peers import chardev_port, daemon_with, listening
 from tests.interop.tls_pki import Pki, make_pki
 
 pytestmark = [
@@ -131,13 +131,6 @@ async def test_verify_peer_off_lets_anonymous_clients_in(tmp_path: Path, pki: Pk
         assert b'{"return": {}}' in out
 
 
-def listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port (/proc/net/tcp, state 0A)."""
-    want = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        return any(line.split()[1] == want and line.split()[3] == "0A" for line in list(table)[1:])
-
-
 @contextlib.contextmanager
 def s_server(pki: Pki, port: int) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
@@ -233,3 +226,30 @@ async def test_qemu_authorizes_the_same_dn_string(tmp_path: Path, pki: Pki) -> N
     finally:
         qemu.terminate()
         qemu.wait(10)
+
+
+async def test_websocket_over_tls_with_websockets_library(tmp_path: Path, pki: Pki) -> None:
+    """TLS and websocket stack (``wss://``), with a client certificate, as in QEMU."""
+    import json
+    import ssl
+
+    import websockets
+
+    args = server_args(pki)
+    args[3] += ",websocket=on"
+    with daemon_with(tmp_path, args) as daemon:
+        port = await chardev_port(daemon, "t0")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(str(pki.client / "ca-cert.pem"))
+        ctx.load_cert_chain(str(pki.client / "client-cert.pem"), str(pki.client / "client-key.pem"))
+        async with websockets.connect(f"wss://127.0.0.1:{port}/", ssl=ctx) as ws:
+            assert b"QMP" in await asyncio.wait_for(ws.recv(), 10)
+            await ws.send(json.dumps({"execute": "qmp_capabilities"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"return": {}}
+        # without a client certificate: no websocket at all
+        anon = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        anon.load_verify_locations(str(pki.client / "ca-cert.pem"))
+        with pytest.raises((OSError, ssl.SSLError, websockets.exceptions.WebSocketException)):
+            async with websockets.connect(f"wss://127.0.0.1:{port}/", ssl=anon,
+                                          open_timeout=10) as ws:  # fmt: skip
+                await asyncio.wait_for(ws.recv(), 10)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from tests.interop.chardev_peers import chardev_port, daemon_with
+from tests.interop.chardev_peers import chardev_port, daemon_with, listening
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -152,3 +154,82 @@ async def test_hostile_frames_drop_only_their_connection(tmp_path: Path) -> None
         log = daemon.output()
         assert "client websocket frames must be masked" in log
         assert "frame of 2097152 bytes exceeds 1048576" in log
+
+
+QEMU = shutil.which("qemu-system-x86_64")
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def _request(**drop_or_set: str | None) -> bytes:
+    headers = {"Host": "127.0.0.1", "Upgrade": "websocket", "Connection": "Upgrade",
+               "Sec-WebSocket-Key": KEY, "Sec-WebSocket-Version": "13"}  # fmt: skip
+    path = drop_or_set.pop("path", None) or "/"
+    for name, value in drop_or_set.items():
+        name = name.replace("_", "-")
+        if value is None:
+            headers.pop(name)
+        else:
+            headers[name] = value
+    text = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return (text + "\r\n").encode()
+
+
+def _answer(port: int, request: bytes) -> list[str]:
+    """The HTTP answer's lines, without the Date header (until the blank line, or until
+    the server closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    return [line for line in head.split("\r\n") if not line.startswith("Date: ")]
+
+
+@pytest.mark.qemu
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+async def test_handshake_answers_match_qemu(tmp_path: Path) -> None:
+    assert QEMU is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        qport = probe.getsockname()[1]
+    qemu = subprocess.Popen(
+        [QEMU, "-machine", "none", "-nodefaults", "-display", "none", "-chardev",
+         f"socket,id=ws0,host=127.0.0.1,port={qport},server=on,wait=off,websocket=on",
+         "-mon", "chardev=ws0,mode=control"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    # refusals first: after an accepted upgrade QEMU 7.2 never notices the client left
+    # (it does not read websocket input) and accepts no further client
+    requests = [
+        _request(Sec_WebSocket_Protocol="chat"),
+        _request(Sec_WebSocket_Key=None),
+        _request(Sec_WebSocket_Version="8"),
+        _request(Connection="keep-alive"),
+        _request(path="/other"),
+        _request(Sec_WebSocket_Protocol="binary"),
+    ]
+    try:
+        for _ in range(300):
+            if listening(qport):
+                break
+            await asyncio.sleep(0.1)
+        theirs = []
+        for req in requests:
+            theirs.append(await asyncio.to_thread(_answer, qport, req))
+            await asyncio.sleep(0.3)  # QEMU takes one client at a time
+    finally:
+        qemu.terminate()
+        qemu.wait(10)
+    with daemon_with(tmp_path, WS_ARGS) as daemon:
+        port = await chardev_port(daemon, "ws0")
+        ours = [await asyncio.to_thread(_answer, port, req) for req in requests]
+    # QEMU's 400 answer lacks the blank line that ends HTTP headers; ours has it
+    assert [[x for x in a if x] for a in ours] == [[x for x in a if x] for a in theirs]
+    assert theirs[0][0] == "HTTP/1.1 400 Bad Request"
+    assert theirs[4][0] == "HTTP/1.1 404 Not Found"
+    assert theirs[5][0] == "HTTP/1.1 101 Switching Protocols"
+    assert "Sec-WebSocket-Protocol: binary" in theirs[5]

@@ -114,3 +114,43 @@ async def test_websocket_handshake_timeout_is_counted(
     assert await asyncio.wait_for(reader.read(), 5) == b""
     assert dev.errors == 1 and dev.last_error == "handshake timed out"
     writer.close()
+
+
+class Upper(Sink):
+    async def serve(self, conn: Connection) -> None:
+        while data := await conn.read():
+            self.got += data
+            conn.write(data.upper())
+            await conn.drain()
+
+
+async def test_websocket_serves_any_front_end_and_counts_bad_clients(table: ChardevTable) -> None:
+    import websockets
+
+    await table.add(chardev_from_qmp("w", inet(websocket=True)))
+    dev = table.get("w")
+    assert isinstance(dev, chardev_sockets.SocketChardev)
+    front = Upper()
+    dev.attach(front)
+    port = int(dev.filename().split(":")[3].split(",")[0])
+    async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+        await ws.send(b"\x00\xffbinary")
+        assert await asyncio.wait_for(ws.recv(), 5) == b"\x00\xffBINARY"
+    assert front.got == b"\x00\xffbinary"
+    assert dev.errors == 0
+    # an unmasked frame after a good handshake: dropped, counted, the chardev serves on
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        b"\x82\x03abc"
+    )
+    data = await asyncio.wait_for(reader.read(), 5)
+    assert data.startswith(b"HTTP/1.1 101 ") and data.endswith(
+        b"\x88\x1e\x03\xeaclient frames must be masked"
+    )
+    assert dev.errors == 1 and dev.last_error == "client websocket frames must be masked"
+    writer.close()
+    async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+        await ws.send("text too")
+        assert await asyncio.wait_for(ws.recv(), 5) == b"TEXT TOO"
