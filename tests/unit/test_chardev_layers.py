@@ -154,3 +154,47 @@ async def test_websocket_serves_any_front_end_and_counts_bad_clients(table: Char
     async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
         await ws.send("text too")
         assert await asyncio.wait_for(ws.recv(), 5) == b"TEXT TOO"
+
+
+async def test_telnet_inside_websocket(table: ChardevTable) -> None:
+    """QEMU's stacking: the telnet negotiation travels inside the websocket."""
+    import websockets
+
+    await table.add(chardev_from_qmp("wt", inet(websocket=True, telnet=True)))
+    dev = table.get("wt")
+    assert dev is not None
+    front = Upper()
+    dev.attach(front)
+    port = int(dev.filename().split(":")[3].split(",")[0])
+    async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+        assert await asyncio.wait_for(ws.recv(), 5) == bytes.fromhex("fffb01fffb03fffb00fffd00")
+        await ws.send(b"\xff\xfd\x1fab\xff\xffc")  # DO NAWS (refused), data, escaped 0xFF
+        assert await asyncio.wait_for(ws.recv(), 5) == b"\xff\xfc\x1f"
+        assert await asyncio.wait_for(ws.recv(), 5) == b"AB\xff\xffC"
+    assert front.got == b"ab\xffc"
+
+
+async def test_tn3270_scripted_client(table: ChardevTable) -> None:
+    front, port = Sink(), 0
+    await table.add(chardev_from_qmp("t", inet(tn3270=True)))
+    dev = table.get("t")
+    assert dev is not None
+    dev.attach(front)
+    port = int(dev.filename().split(":")[3].split(",")[0])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    init = await asyncio.wait_for(reader.readexactly(21), 5)
+    assert init == bytes.fromhex("fffd19fffb19fffd00fffb00fffd18fffa1801fff0")
+    # a 3270 emulator's answers: WILL/DO EOR, WILL/DO BINARY, WILL TTYPE, the type, a record
+    answers = bytes.fromhex("fffb19fffd19fffb00fffd00fffb18")
+    ttype = bytes.fromhex("fffa1800") + b"IBM-3278-2-E" + bytes.fromhex("fff0")
+    record = b"\x7d\x40\x40" + bytes.fromhex("ffef")
+    writer.write(answers + ttype + record)
+    await writer.drain()
+    for _ in range(50):
+        if front.got.endswith(b"\xff\xef"):
+            break
+        await asyncio.sleep(0.05)
+    assert front.got == ttype + record  # QEMU hands SB/SE/EOR to the 3270 front end
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(1), 0.3)  # nothing refused: no answer
+    writer.close()
