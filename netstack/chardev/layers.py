@@ -17,7 +17,8 @@ A layer that ends the connection because of bad input reports it through ``on_er
 (the chardev counts and logs it); the connection then behaves as closed by the peer.
 
 Invariants: nothing here blocks the loop or raises on peer input; the application bytes
-buffered are at most what one wire read produced; :meth:`close` sends each layer's
+buffered are at most what one wire read produced; a layer's own answers are not queued
+beyond :data:`REPLY_HIGH_WATER`; :meth:`close` sends each layer's
 closing bytes (a WebSocket close frame) before closing the socket.
 """
 
@@ -31,6 +32,11 @@ from netstack.proto.layer import Layer
 from .base import Connection
 
 ErrorHook = Callable[[str], None]
+
+#: A layer's own answers (pongs, telnet refusals) are dropped while this much output is
+#: still unsent: a client that floods pings and reads nothing cannot grow our buffers
+#: (QEMU likewise drops a pong while the previous one is queued).
+REPLY_HIGH_WATER = 256 * 1024
 
 
 class LayeredConnection(Connection):
@@ -78,7 +84,7 @@ class LayeredConnection(Connection):
         data = raw
         for index, layer in enumerate(self.layers):
             step = layer.feed(data)
-            if step.reply:
+            if step.reply and (step.closed or self.inner.buffered() < REPLY_HIGH_WATER):
                 self._send_below(index, step.reply)
             if step.closed:
                 self._ended = True

@@ -198,3 +198,34 @@ async def test_tn3270_scripted_client(table: ChardevTable) -> None:
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(reader.read(1), 0.3)  # nothing refused: no answer
     writer.close()
+
+
+async def test_ping_flood_without_reading_stays_bounded(table: ChardevTable) -> None:
+    from netstack.chardev.layers import REPLY_HIGH_WATER
+
+    await table.add(chardev_from_qmp("p", inet(websocket=True)))
+    dev = table.get("p")
+    assert dev is not None
+    dev.attach(Sink())
+    port = int(dev.filename().split(":")[3].split(",")[0])
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    ping = b"\x89\xfd" + b"\x00\x00\x00\x00" + b"p" * 125  # masked with a zero key
+    sock.setblocking(False)
+    flood = memoryview(ping * 20000)  # ~2.6 MB of pings, never reading the pongs
+    deadline = asyncio.get_running_loop().time() + 20
+    while flood and asyncio.get_running_loop().time() < deadline:
+        try:
+            flood = flood[sock.send(flood) :]
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+    assert not flood
+    await asyncio.sleep(0.2)
+    (conn,) = dev.connections
+    assert isinstance(dev, chardev_sockets.SocketChardev) and dev.errors == 0
+    assert conn.buffered() <= REPLY_HIGH_WATER + 2 * len(ping)
+    sock.close()
