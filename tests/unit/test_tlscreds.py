@@ -160,3 +160,34 @@ def test_authz_simple_and_dname() -> None:
     assert not authz.is_allowed("CN=client,O=example")
     assert x509_dname(((("commonName", "a,b"), ("userId", " x")),)) == "CN=a\\,b+UID=\\ x"
     assert x509_dname(()) is None and x509_dname(None) is None
+
+
+async def test_object_add_and_del_in_the_daemon(pki: Pki, tmp_path: Path) -> None:
+    import drivers
+    from netstack.daemon import Netstack
+
+    ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
+    try:
+        props = {"qom-type": "tls-creds-x509", "id": "tls0", "dir": str(pki.server),
+                 "endpoint": "server"}  # fmt: skip
+        await ns.object_add(object_from_qmp(props))
+        assert isinstance(ns.objects["tls0"], TlsCredsX509)
+        with pytest.raises(GenericError) as err:
+            await ns.object_add(object_from_qmp(props))
+        assert err.value.desc == (
+            "attempt to add duplicate property 'tls0' to object (type 'container')"
+        )
+        await ns.chardev_add(chardev_from_qmp("c0", sock(INET, **{"tls-creds": "tls0"})))
+        # deleting the object leaves the chardev that holds it working, as in QEMU
+        ns.object_del("tls0")
+        assert "tls0" not in ns.objects and "c0" in ns.chardevs
+        bad = {"qom-type": "tls-creds-x509", "id": "tls1", "dir": str(tmp_path)}
+        with pytest.raises(GenericError) as err:
+            await ns.object_add(object_from_qmp(bad))
+        assert err.value.desc.startswith("Unable to access credentials ")
+        assert "tls1" not in ns.objects
+        await ns.object_add(object_from_qmp({"qom-type": "authz-simple", "id": "a0",
+                                             "identity": "O=x,CN=y"}))  # fmt: skip
+        ns.object_del("a0")
+    finally:
+        await ns.close()
