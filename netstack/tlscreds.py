@@ -215,10 +215,6 @@ class TlsCredsX509:
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self.context)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    def describe(self) -> dict[str, object]:
-        return {"id": self.id, "dir": self.dir, "endpoint": self.endpoint,
-                "verify-peer": self.verify_peer}  # fmt: skip
-
 
 def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> str | None:
     """A TLS handshake between two contexts over memory BIOs; the failure reason."""
