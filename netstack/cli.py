@@ -274,6 +274,11 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
     """Create everything the configuration names, in QEMU's order; errors name the option."""
     from netstack import qapi
 
+    early = [i for i, spec in enumerate(cfg.objects) if _early_object(spec)]
+    for index in early:  # TLS credentials: before the chardevs that use them, as QEMU does
+        spec = cfg.objects[index]
+        with _option("-object", spec, cfg.origins.get(("object", index))):
+            await ns.object_add(qapi.parse_object_cli(spec))
     for index, spec in enumerate(cfg.chardevs):
         with _option("-chardev", spec, cfg.origins.get(("chardev", index))):
             await ns.chardev_add(qapi.parse_chardev_cli(spec), from_cli=True)
@@ -284,12 +289,27 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
             qapi.check_id(netdev.id)
             await ns.netdev_add(netdev)
     for index, spec in enumerate(cfg.objects):
+        if index in early:
+            continue
         with _option("-object", spec, cfg.origins.get(("object", index))):
             await ns.object_add(qapi.parse_object_cli(spec))
     for index, (kind, spec, pretty) in enumerate(cfg.monitors):
         flag = "-qmp-pretty" if kind == "qmp" and pretty else f"-{kind}"
         with _option(flag, spec, cfg.origins.get(("mon", index))):
             await ns.monitor_add(kind, spec, pretty, index)
+
+
+def _early_object(spec: str) -> bool:
+    """``object_create_early``: created before chardevs (the ``qom-type`` is the first
+    key, or the JSON form's ``qom-type`` member)."""
+    from netstack.qapi.qom import EARLY_OBJECT_TYPES
+
+    head = spec.split(",", 1)[0]
+    if head.startswith("qom-type="):
+        head = head[len("qom-type=") :]
+    if spec.startswith("{"):
+        return any(f'"{t}"' in spec for t in EARLY_OBJECT_TYPES)
+    return head in EARLY_OBJECT_TYPES
 
 
 @contextlib.contextmanager

@@ -32,6 +32,10 @@ PACKAGES=(
     systemd           # systemd-socket-activate: socket activation and sd_notify tests
     curl              # scrapes the metrics endpoint (HTTP over TCP and unix sockets)
     libseccomp2       # -sandbox: the seccomp filter library pyseccomp loads
+    chromium          # headless browser: JavaScript WebSocket client of the websocket chardev
+    telnet            # telnet client of the telnet chardev
+    openssl           # s_client and certificate generation for the TLS chardev tests
+    gnutls-bin        # gnutls-cli: the second TLS client of the TLS chardev tests
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

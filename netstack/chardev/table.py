@@ -91,9 +91,11 @@ def create_backend(
     fd_lookup: FdLookup | None = None,
     lookup: Callable[[str], Chardev | None] | None = None,
     listen_fds: ListenFds | None = None,
+    objects: Callable[[str], Any] | None = None,
 ) -> Chardev:
     """A back end object for ``spec`` (nothing opened yet: call ``open_log`` and
-    ``start``). ``lookup`` finds a mux's base chardev by id."""
+    ``start``). ``lookup`` finds a mux's base chardev by id, ``objects`` a QOM object
+    (``tls-creds``) by id."""
     kind, opts, cid = spec.backend_type, spec.options, spec.id
     if kind in UNAVAILABLE:
         raise GenericError(
@@ -101,7 +103,14 @@ def create_backend(
         )
     dev: Chardev
     if kind == "socket" and isinstance(opts, ChardevSocket):
-        dev = SocketChardev(cid, opts, mode=socket_mode, fd_lookup=fd_lookup, listen_fds=listen_fds)
+        dev = SocketChardev(
+            cid,
+            opts,
+            mode=socket_mode,
+            fd_lookup=fd_lookup,
+            listen_fds=listen_fds,
+            objects=objects,
+        )
     elif kind == "udp" and isinstance(opts, ChardevUdp):
         dev = UdpChardev(cid, opts)
     elif kind == "file" and isinstance(opts, ChardevFile):
@@ -129,12 +138,19 @@ def create_backend(
 class ChardevTable:
     """Every chardev of the daemon, by id."""
 
-    def __init__(self, *, fd_lookup: FdLookup | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fd_lookup: FdLookup | None = None,
+        objects: Callable[[str], Any] | None = None,
+    ) -> None:
         self._devs: dict[str, Chardev] = {}
         self._opening: set[str] = set()
         self._fd_lookup = fd_lookup
         #: Listening sockets inherited through socket activation, while start-up lasts.
         self.listen_fds: ListenFds | None = None
+        #: Finds QOM objects (TLS credentials) by id; the daemon sets it.
+        self.objects = objects
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -203,6 +219,7 @@ class ChardevTable:
             fd_lookup=self._fd_lookup,
             lookup=self.get,
             listen_fds=self.listen_fds,
+            objects=self.objects,
         )
         try:
             dev.open_log(spec.options.logfile, spec.options.logappend)
