@@ -2,13 +2,15 @@
 
 Arguments follow QEMU's spelling (one or two leading dashes): ``-netdev``, ``-chardev``,
 ``-object``, ``-qmp``, ``-qmp-pretty``, ``-mon``, ``-daemonize``, ``-pidfile``, ``-D``,
-``-name``, ``-version``, ``-help``. Errors are printed as QEMU prints them,
+``-name``, ``-webview``, ``-version``, ``-help``. Errors are printed as QEMU prints them,
 ``netstackd: -netdev SPEC: TEXT``, and exit with status 1.
 
 With no arguments the daemon starts its embedded default: a ``user`` NAT and a
 vhost-user server socket joined on hub 0, plus a QMP socket, under a per-user runtime
 directory, and prints the QEMU command line that attaches a VM. Pieces whose driver this
-build lacks are named plainly and left out.
+build lacks are named plainly and left out. ``-webview tcp:HOST:PORT`` alone is the
+embedded default plus the live web view (:mod:`netstack.webview`), whose address is
+printed; with other options it adds the web view to what they create.
 
 This is the only core module that imports ``drivers``. One asyncio loop runs everything;
 SIGINT and SIGTERM (or QMP ``quit``) shut down cleanly: every netdev deleted (downscripts
@@ -26,15 +28,21 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netstack import __version__
 from netstack.daemon import Netstack
 from netstack.driver import DriverSpec
-from netstack.errors import NetstackError
+from netstack.errors import GenericError, NetstackError
+
+if TYPE_CHECKING:
+    from netstack.webview import WebView
 
 PROG = "netstackd"
 
-_WITH_ARG = {"netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile", "D", "name"}
+_WITH_ARG = {
+    "netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile", "D", "name", "webview",
+}  # fmt: skip
 _FLAGS = {"daemonize", "version", "help", "h"}
 
 
@@ -55,6 +63,7 @@ class Config:
     pidfile: str | None = None
     logfile: str | None = None
     name: str | None = None
+    webview: str | None = None
     embedded_default: bool = False
     show_help: bool = False
     show_version: bool = False
@@ -100,6 +109,12 @@ def parse_argv(argv: Sequence[str]) -> Config:
             cfg.logfile = value
         elif name == "name":
             cfg.name = value
+        elif name == "webview":
+            cfg.webview = value
+    if cfg.webview is not None and not (
+        cfg.netdevs or cfg.chardevs or cfg.objects or cfg.monitors or cfg.show_help
+    ):
+        cfg.embedded_default = True
     return cfg
 
 
@@ -177,6 +192,9 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
   -qmp-pretty DEV            the same with pretty-printed JSON
   -mon chardev=ID,mode=control[,pretty=on]
   -name NAME                 a name for this daemon
+  -webview tcp:HOST:PORT[,chardev=ID]
+                             serve the live web view over HTTP (off by default; alone:
+                             the embedded default plus the web view)
   -D FILE                    write the log to FILE
   -pidfile FILE              write the process id to FILE
   -daemonize                 detach once started
@@ -204,6 +222,19 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
             await ns.monitor_add(kind, spec, pretty, index)
 
 
+async def _start_webview(ns: Netstack, cfg: Config) -> WebView:
+    from netstack.webview import WebView, parse_spec
+
+    assert cfg.webview is not None
+    with _option("-webview", cfg.webview):
+        webview = WebView(ns, parse_spec(cfg.webview), monitor_index=len(cfg.monitors))
+        try:
+            await webview.start()
+        except OSError as exc:
+            raise GenericError(f"cannot listen: {exc.strerror or exc}") from exc
+    return webview
+
+
 @contextlib.contextmanager
 def _option(flag: str, spec: str) -> Iterator[None]:
     try:
@@ -221,6 +252,7 @@ async def serve(
 ) -> int:
     log = logging.getLogger("netstack")
     ns = Netstack(registry, runtime_dir=runtime_dir(), name=cfg.name, log=log)
+    webview: WebView | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ns.request_shutdown)
@@ -230,6 +262,14 @@ async def serve(
         except UsageError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return 1
+        if cfg.webview is not None:
+            try:
+                webview = await _start_webview(ns, cfg)
+            except UsageError as exc:
+                print(f"{PROG}: {exc}", file=sys.stderr)
+                return 1
+            line = f"  Web view:          {webview.url}"
+            banner = f"{banner}\n{line}" if banner else f"{PROG}: web view at {webview.url}"
         if banner:
             print(banner, flush=True)
         if ready is not None and not ready.done():
@@ -237,6 +277,8 @@ async def serve(
         await ns.wait_shutdown()
         return 0
     finally:
+        if webview is not None:
+            await webview.close()
         await ns.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -301,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     banner = None
     if cfg.embedded_default:
         plan = embedded_default(registry, runtime_dir())
+        plan.config.webview = cfg.webview
         cfg = plan.config
         banner = attach_instructions(plan)
 

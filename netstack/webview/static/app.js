@@ -1,0 +1,248 @@
+// The web view's main module: connects to the daemon's QMP websocket, polls it, and
+// renders. query-netdev every second (rates and plots); leases, connections, forwards
+// and `info network` (for filters) every two seconds; events as they come, which also
+// trigger an early refresh. On a lost connection it retries with a growing delay.
+
+import { CapturePanel } from './capture.js';
+import { byId, el, showMessage } from './dom.js';
+import { buildTopology, foldNetdevs, parseFilters, topologySignature } from './model.js';
+import { drawPlots, History } from './plots.js';
+import { Qmp } from './qmp.js';
+import { renderConnections, renderForwards, renderLeases, renderNetdevs } from './tables.js';
+import { drawTopology } from './topology.js';
+
+const POLL_MS = 1000;
+const MAX_EVENTS = 50;
+
+const state = {
+  qmp: null,
+  entries: new Map(),
+  filters: new Map(),
+  history: new History(),
+  signature: '',
+  width: 0,
+  selected: null,
+  unit: 'frames',
+  tick: 0,
+  busy: false,
+  timer: null,
+  retryMs: 1000,
+};
+
+let capture;
+
+function setConn(status, text) {
+  const node = byId('conn');
+  node.dataset.state = status;
+  node.textContent = text;
+}
+
+async function connect(url) {
+  setConn('connecting', 'connecting…');
+  const qmp = new Qmp(url);
+  qmp.onevent = onEvent;
+  qmp.onclose = () => {
+    if (state.qmp !== qmp) return;
+    state.qmp = null;
+    clearTimeout(state.timer);
+    setConn('down', 'disconnected: retrying');
+    setTimeout(() => connect(url), state.retryMs);
+    state.retryMs = Math.min(state.retryMs * 2, 10000);
+  };
+  try {
+    const greeting = await qmp.open();
+    state.qmp = qmp;
+    state.retryMs = 1000;
+    const v = greeting.version?.qemu;
+    setConn('up', `connected${v ? ` · QMP ${v.major}.${v.minor}.${v.micro}` : ''}`);
+    state.tick = 0;
+    poll();
+  } catch (err) {
+    setConn('down', `${err.message}: retrying`);
+    if (state.qmp === null) {
+      qmp.onclose = () => {};
+      qmp.close();
+      setTimeout(() => connect(url), state.retryMs);
+      state.retryMs = Math.min(state.retryMs * 2, 10000);
+    }
+  }
+}
+
+async function poll() {
+  const qmp = state.qmp;
+  if (!qmp) return;
+  clearTimeout(state.timer);
+  if (!state.busy) {
+    state.busy = true;
+    try {
+      await refresh(qmp, state.tick % 2 === 0);
+    } finally {
+      state.busy = false;
+    }
+    state.tick += 1;
+  }
+  if (state.qmp === qmp) state.timer = setTimeout(poll, POLL_MS);
+}
+
+async function refresh(qmp, full) {
+  const jobs = [qmp.execute('query-netdev')];
+  if (full) {
+    jobs.push(
+      qmp.execute('human-monitor-command', { 'command-line': 'info network' }),
+      qmp.execute('query-dhcp-leases'),
+      qmp.execute('query-user-connections'),
+      qmp.execute('query-user-forwards'),
+    );
+  }
+  const [netdevs, network, leases, conns, fwds] = await Promise.allSettled(jobs);
+  if (netdevs.status === 'fulfilled') {
+    state.entries = foldNetdevs(netdevs.value);
+    state.history.add(performance.now() / 1000, state.entries);
+  }
+  if (full && network.status === 'fulfilled') state.filters = parseFilters(network.value);
+  renderAll();
+  if (!full) return;
+  section(leases, byId('leases').tBodies[0], renderLeases, 'leases-msg');
+  section(conns, byId('connections').tBodies[0], renderConnections, 'connections-msg');
+  section(fwds, byId('forwards').tBodies[0], (tb, v) => renderForwards(tb, v, removeForward), 'forwards-msg', true);
+  updateForwardNetdevs();
+  byId('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+function section(result, tbody, render, msgId, keepMessage) {
+  if (result.status === 'fulfilled') {
+    render(tbody, result.value);
+    if (!keepMessage) showMessage(byId(msgId), '', false);
+  } else {
+    showMessage(byId(msgId), result.reason.message, true);
+  }
+}
+
+function renderAll() {
+  const wrap = byId('topology-wrap');
+  const width = wrap.clientWidth;
+  const sig = `${topologySignature(state.entries, state.filters)}#${width}#${state.selected}`;
+  if (sig !== state.signature) {
+    state.signature = sig;
+    drawTopology(byId('topology'), buildTopology(state.entries), state.filters, width, select, state.selected);
+  }
+  renderNetdevs(byId('netdevs').tBodies[0], state.entries, state.history, setLink, select, state.selected);
+  drawPlots(byId('plots'), state.entries, state.history, performance.now() / 1000, state.unit, state.selected);
+  capture.setNetdevs(state.entries);
+}
+
+function select(id) {
+  state.selected = state.selected === id ? null : id;
+  if (state.selected) capture.choose(state.selected);
+  renderAll();
+}
+
+async function setLink(entry, up) {
+  const msg = byId('netdevs-msg');
+  try {
+    await state.qmp.execute('set_link', { name: entry.id, up });
+    showMessage(msg, `set_link ${entry.id} ${up ? 'on' : 'off'}`, false);
+  } catch (err) {
+    showMessage(msg, `set_link ${entry.id}: ${err.message}`, true);
+  }
+  poll();
+}
+
+function onEvent(msg) {
+  const list = byId('events');
+  const when = new Date(msg.timestamp.seconds * 1000 + msg.timestamp.microseconds / 1000);
+  list.prepend(el('li', { dataset: { event: msg.event } },
+    el('time', { text: when.toLocaleTimeString() }),
+    el('strong', { text: msg.event }),
+    el('code', { text: msg.data ? JSON.stringify(msg.data) : '' })));
+  while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+  poll();
+}
+
+// -- forwards --------------------------------------------------------------------------
+
+function userNetdevs() {
+  return [...state.entries.values()].filter((e) => e.type === 'user' && e.netdev).map((e) => e.id);
+}
+
+function updateForwardNetdevs() {
+  const select = byId('fwd-netdev');
+  const want = userNetdevs();
+  if ([...select.options].map((o) => o.value).join('\n') === want.join('\n')) return;
+  const current = select.value;
+  select.replaceChildren(...want.map((id) => el('option', { value: id, text: id })));
+  if (want.includes(current)) select.value = current;
+  byId('fwd-add').disabled = want.length === 0;
+}
+
+function bracket(addr) {
+  return addr.includes(':') ? `[${addr}]` : addr;
+}
+
+async function addForward(ev) {
+  ev.preventDefault();
+  const f = ev.target.elements;
+  const rule = `${f.protocol.value}:${bracket(f.hostaddr.value.trim())}:${f.hostport.value.trim()}` +
+    `-${bracket(f.guestaddr.value.trim())}:${f.guestport.value.trim()}`;
+  const msg = byId('forwards-msg');
+  try {
+    const got = await state.qmp.execute('user-forward-add', { netdev: f.netdev.value, type: 'hostfwd', rule });
+    showMessage(msg, `added ${got.rule} (host port ${got['host-port']})`, false);
+  } catch (err) {
+    showMessage(msg, err.message, true);
+  }
+  state.tick = 0;
+  poll();
+}
+
+async function removeForward(fwd) {
+  const args = { netdev: fwd.netdev, type: fwd.type };
+  if (fwd.type === 'hostfwd') {
+    args.protocol = fwd.protocol;
+    if (fwd['host-addr'] !== undefined) args['host-addr'] = fwd['host-addr'];
+    args['host-port'] = fwd['host-port'];
+  } else {
+    args['guest-addr'] = fwd['guest-addr'];
+    args['guest-port'] = fwd['guest-port'];
+  }
+  const msg = byId('forwards-msg');
+  try {
+    await state.qmp.execute('user-forward-remove', args);
+    showMessage(msg, `removed ${fwd.rule}`, false);
+  } catch (err) {
+    showMessage(msg, err.message, true);
+  }
+  state.tick = 0;
+  poll();
+}
+
+// -- start -----------------------------------------------------------------------------
+
+async function main() {
+  capture = new CapturePanel();
+  byId('fwd-form').addEventListener('submit', addForward);
+  byId('plot-unit').addEventListener('change', (ev) => {
+    state.unit = ev.target.value;
+    renderAll();
+  });
+  window.addEventListener('resize', () => {
+    if (state.entries.size) renderAll();
+  });
+  let cfg;
+  try {
+    const res = await fetch('config.json', { cache: 'no-store' });
+    cfg = await res.json();
+  } catch (err) {
+    setConn('down', `no configuration: ${err.message}`);
+    return;
+  }
+  if (cfg.name) {
+    byId('daemon-name').textContent = cfg.name;
+    document.title = `${cfg.name} · netstack`;
+  }
+  byId('version').textContent = `netstack ${cfg.version}`;
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  connect(`${scheme}://${location.hostname}:${cfg.qmp.port}${cfg.qmp.path}`);
+}
+
+main();
