@@ -82,8 +82,8 @@ class Netstack:
         self._log = log or logging.getLogger("netstack")
         self.clients: list[NetClient] = []
         self.hubs: list[Hub] = []
-        self.chardevs = ChardevTable()
         self.objects: dict[str, Any] = {}
+        self.chardevs = ChardevTable(objects=self.objects.get)
         self.monitors: list[Any] = []
         self._listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None

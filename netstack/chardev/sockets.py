@@ -40,29 +40,92 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 from netstack.errors import GenericError
+from netstack.proto.layer import Layer
+from netstack.proto.telnet import TelnetServer
+from netstack.proto.websocket import WebSocketServer
 from netstack.qapi.chardev import ChardevSocket
-from netstack.qapi.sockets import FdSocketAddress, SocketAddressData, UnixSocketAddress
+from netstack.qapi.sockets import (
+    FdSocketAddress,
+    InetSocketAddress,
+    SocketAddressData,
+    UnixSocketAddress,
+    VsockSocketAddress,
+)
 
 from . import sockaddr
 from .base import Chardev, Connection, Frontend
+from .layers import LayeredConnection
 from .sockaddr import FdLookup
 
 log = logging.getLogger("netstack.chardev")
 
 #: Listen backlog. QEMU uses 1; a little more lets several monitor clients queue up.
 BACKLOG = 16
+#: Seconds a client has to complete the TLS, WebSocket and telnet handshakes (QEMU: no
+#: limit; a client that never completes them would hold a single-connection chardev).
+HANDSHAKE_TIMEOUT = 10.0
+
+ObjectLookup = Callable[[str], Any]
+
+
+@runtime_checkable
+class TlsCreds(Protocol):
+    """What a socket chardev needs of a ``tls-creds-*`` object (``netstack.tlscreds``)."""
+
+    def check_endpoint(self, endpoint: str) -> None: ...
+
+    async def wrap(
+        self, sock: socket.socket, *, server: bool, host: str | None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+
+class RateLimitedLog:
+    """At most ``burst`` messages per ``period`` seconds; the rest are counted and the
+    count is reported with the next message let through."""
+
+    def __init__(self, burst: int = 10, period: float = 60.0) -> None:
+        self.burst = burst
+        self.period = period
+        self._start = -period
+        self._sent = 0
+        self.suppressed = 0
+
+    def log(self, logger: logging.Logger, fmt: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._start >= self.period:
+            self._start, self._sent = now, 0
+        if self._sent >= self.burst:
+            self.suppressed += 1
+            return
+        self._sent += 1
+        if self.suppressed:
+            fmt += " (%d similar messages suppressed)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        logger.warning(fmt, *args)
 
 
 def validate(opts: ChardevSocket) -> None:
     """``qmp_chardev_validate_socket`` plus netstack's refusals, in QEMU's order."""
-    if opts.tls_creds is not None:
-        raise GenericError(f"No TLS credentials with id '{opts.tls_creds}'")
     addr = opts.addr.data
-    if isinstance(addr, FdSocketAddress) and opts.reconnect is not None:
-        raise GenericError("'reconnect' option is incompatible with 'fd' address type")
-    if opts.tls_authz is not None:
+    if isinstance(addr, FdSocketAddress):
+        if opts.reconnect is not None:
+            raise GenericError("'reconnect' option is incompatible with 'fd' address type")
+        if opts.tls_creds is not None and not opts.server:
+            raise GenericError(
+                "'tls_creds' option is incompatible with 'fd' address type as client"
+            )
+    elif isinstance(addr, UnixSocketAddress) and opts.tls_creds is not None:
+        raise GenericError("'tls_creds' option is incompatible with 'unix' address type")
+    elif isinstance(addr, VsockSocketAddress) and opts.tls_creds is not None:
+        raise GenericError("'tls_creds' option is incompatible with 'vsock' address type")
+    if opts.tls_authz is not None and opts.tls_creds is None:
         raise GenericError("'tls_authz' option requires 'tls_creds' option")
     if opts.server is None or opts.server:
         if opts.reconnect is not None:
@@ -76,13 +139,6 @@ def validate(opts: ChardevSocket) -> None:
             raise GenericError("'wait' option is incompatible with socket in client connect mode")
     if opts.reconnect_ms is not None and opts.reconnect is not None:
         raise GenericError("'reconnect' and 'reconnect-ms' are mutually exclusive")
-    for name, value in (
-        ("telnet", opts.telnet),
-        ("tn3270", opts.tn3270),
-        ("websocket", opts.websocket),
-    ):
-        if value:
-            raise GenericError(f"chardev socket option '{name}' is not supported by netstack")
 
 
 class SocketChardev(Chardev):
@@ -98,9 +154,16 @@ class SocketChardev(Chardev):
         *,
         mode: int | None = None,
         fd_lookup: FdLookup | None = None,
+        objects: ObjectLookup | None = None,
     ) -> None:
         super().__init__(chardev_id)
         self.options = options
+        self._objects = objects
+        self._tls: TlsCreds | None = None
+        #: Connections dropped for protocol errors (TLS, WebSocket, handshake timeouts).
+        self.errors = 0
+        self.last_error: str | None = None
+        self._error_log = RateLimitedLog()
         self.is_listen = options.server is None or options.server
         self.is_wait = bool(options.wait)
         self.nodelay = bool(options.nodelay)
@@ -123,6 +186,7 @@ class SocketChardev(Chardev):
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._tls = self._lookup_creds()
         validate(self.options)
         if self.is_listen:
             sock, created = await sockaddr.listen(
@@ -145,6 +209,26 @@ class SocketChardev(Chardev):
             self.fd_pass = sock.family == socket.AF_UNIX
             self._begin(sock)
 
+    def _lookup_creds(self) -> TlsCreds | None:
+        """``qmp_chardev_open_socket``'s ``tls-creds`` checks, with QEMU's texts."""
+        name = self.options.tls_creds
+        if name is None:
+            return None
+        obj = self._objects(name) if self._objects is not None else None
+        if obj is None:
+            raise GenericError(f"No TLS credentials with id '{name}'")
+        if not isinstance(obj, TlsCreds):
+            raise GenericError(f"Object with id '{name}' is not TLS credentials")
+        obj.check_endpoint("server" if self.is_listen else "client")
+        return obj
+
+    @property
+    def protocol(self) -> str:
+        """``qemu_chr_socket_protocol``: the scheme in ``query-chardev`` filenames."""
+        if self.options.telnet:
+            return "telnet"
+        return "websocket" if self.options.websocket else "tcp"
+
     async def close(self) -> None:
         await super().close()  # cancels the accept loop and the sessions first
         for sock in list(self._live):
@@ -159,7 +243,9 @@ class SocketChardev(Chardev):
     def filename(self) -> str:
         for name in self._live.values():
             return name
-        return sockaddr.address_text(self.addr, listen=self.is_listen, prefix="disconnected:")
+        return sockaddr.address_text(
+            self.addr, listen=self.is_listen, protocol=self.protocol, prefix="disconnected:"
+        )
 
     @property
     def connected(self) -> bool:
@@ -167,6 +253,19 @@ class SocketChardev(Chardev):
         return bool(self._live)
 
     # -- front ends ------------------------------------------------------------------------
+
+    def attach(self, frontend: Frontend) -> None:
+        if getattr(frontend, "raw_socket", False):
+            # A raw-socket front end (vhost-user) waits for the connection and does its
+            # own I/O: QEMU's tcp_chr_wait_connected refuses these options.
+            for name, on in (("telnet", self.options.telnet), ("tn3270", self.options.tn3270),
+                             ("websock", self.options.websocket),
+                             ("tls-creds", self.options.tls_creds is not None)):  # fmt: skip
+                if on:
+                    raise GenericError(
+                        f"'{name}' option is incompatible with waiting for connection completion"
+                    )
+        super().attach(frontend)
 
     def on_attach(self) -> None:
         self._fe_ready.set()
@@ -210,7 +309,9 @@ class SocketChardev(Chardev):
         if self.nodelay and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._live[sock] = sockaddr.connected_text(sock, listen=self.is_listen)
+        self._live[sock] = sockaddr.connected_text(
+            sock, listen=self.is_listen, protocol=self.protocol
+        )
         self._first.set()
         self._update_gate()
         return self.spawn(self._session(sock))
@@ -225,6 +326,8 @@ class SocketChardev(Chardev):
                     continue
                 conn = await self._connection(sock, fe)
                 handed_over = True
+                if conn is None:
+                    return
                 task = self.serve_connection(conn)
                 if task is None:
                     conn.close()
@@ -241,12 +344,62 @@ class SocketChardev(Chardev):
             self._live.pop(sock, None)
             self._update_gate()
 
-    async def _connection(self, sock: socket.socket, fe: Frontend) -> Connection:
+    async def _connection(self, sock: socket.socket, fe: Frontend) -> Connection | None:
+        """The connection the front end gets, once TLS and the layers' handshakes are
+        done (None: they failed, the socket is closed)."""
         peer = self._live.get(sock, "")
         if getattr(fe, "raw_socket", False):
             return Connection(None, None, sock=sock, peer=peer, on_write=self.log_hook)
-        reader, writer = await asyncio.open_connection(sock=sock)
-        return Connection(reader, writer, sock=sock, peer=peer, on_write=self.log_hook)
+        layers = self._make_layers()
+        conn: Connection | None = None
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                if self._tls is not None:
+                    reader, writer = await self._tls.wrap(sock, server=self.is_listen,
+                                                          host=self._tls_host())  # fmt: skip
+                else:
+                    reader, writer = await asyncio.open_connection(sock=sock)
+                log_hook = None if layers else self.log_hook
+                conn = Connection(reader, writer, sock=sock, peer=peer, on_write=log_hook)
+                if not layers:
+                    return conn
+                lconn = LayeredConnection(
+                    conn, layers, on_error=self._remote_error, on_write=self.log_hook
+                )
+                conn = lconn
+                if await lconn.open():
+                    return lconn
+        except TimeoutError:
+            self._remote_error("handshake timed out")
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            self._remote_error(f"TLS handshake failed: {exc.args[-1] if exc.args else exc}")
+        except (ConnectionError, OSError) as exc:
+            self._remote_error(f"connection failed during handshake: {exc}")
+        if conn is not None:
+            conn.close()
+        with contextlib.suppress(OSError):
+            sock.close()
+        return None
+
+    def _make_layers(self) -> list[Layer]:
+        """QEMU's stack above TLS: WebSocket (server only), then telnet (server only,
+        as in QEMU: a telnet client negotiates nothing)."""
+        layers: list[Layer] = []
+        if self.options.websocket:
+            layers.append(WebSocketServer())
+        if self.is_listen and (self.options.telnet or self.options.tn3270):
+            layers.append(TelnetServer(tn3270=bool(self.options.tn3270),
+                                       on_break=self.send_break))  # fmt: skip
+        return layers
+
+    def _tls_host(self) -> str | None:
+        return self.addr.host if isinstance(self.addr, InetSocketAddress) else None
+
+    def _remote_error(self, message: str) -> None:
+        """A peer broke a protocol: count it, log it (rate-limited), drop the connection."""
+        self.errors += 1
+        self.last_error = message
+        self._error_log.log(log, "chardev %s: %s", self.id, message)
 
     async def _client_loop(self) -> None:
         """``reconnect-ms``: connect now, and again ``reconnect_ms`` after each failure or

@@ -87,9 +87,11 @@ def create_backend(
     socket_mode: int | None = None,
     fd_lookup: FdLookup | None = None,
     lookup: Callable[[str], Chardev | None] | None = None,
+    objects: Callable[[str], Any] | None = None,
 ) -> Chardev:
     """A back end object for ``spec`` (nothing opened yet: call ``open_log`` and
-    ``start``). ``lookup`` finds a mux's base chardev by id."""
+    ``start``). ``lookup`` finds a mux's base chardev by id, ``objects`` a QOM object
+    (``tls-creds``) by id."""
     kind, opts, cid = spec.backend_type, spec.options, spec.id
     if kind in UNAVAILABLE:
         raise GenericError(
@@ -97,7 +99,7 @@ def create_backend(
         )
     dev: Chardev
     if kind == "socket" and isinstance(opts, ChardevSocket):
-        dev = SocketChardev(cid, opts, mode=socket_mode, fd_lookup=fd_lookup)
+        dev = SocketChardev(cid, opts, mode=socket_mode, fd_lookup=fd_lookup, objects=objects)
     elif kind == "udp" and isinstance(opts, ChardevUdp):
         dev = UdpChardev(cid, opts)
     elif kind == "file" and isinstance(opts, ChardevFile):
@@ -125,10 +127,17 @@ def create_backend(
 class ChardevTable:
     """Every chardev of the daemon, by id."""
 
-    def __init__(self, *, fd_lookup: FdLookup | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fd_lookup: FdLookup | None = None,
+        objects: Callable[[str], Any] | None = None,
+    ) -> None:
         self._devs: dict[str, Chardev] = {}
         self._opening: set[str] = set()
         self._fd_lookup = fd_lookup
+        #: Finds QOM objects (TLS credentials) by id; the daemon sets it.
+        self.objects = objects
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -191,7 +200,11 @@ class ChardevTable:
 
     async def _open(self, spec: ChardevSpec, socket_mode: int | None) -> Chardev:
         dev = create_backend(
-            spec, socket_mode=socket_mode, fd_lookup=self._fd_lookup, lookup=self.get
+            spec,
+            socket_mode=socket_mode,
+            fd_lookup=self._fd_lookup,
+            lookup=self.get,
+            objects=self.objects,
         )
         try:
             dev.open_log(spec.options.logfile, spec.options.logappend)
