@@ -27,7 +27,7 @@ export class Qmp {
   // Connect and negotiate; resolves with the greeting's "QMP" member.
   open(timeoutMs = 10000) {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url);
+      const ws = new WebSocket(this.url, ['binary']);
       ws.binaryType = 'arraybuffer';
       this.ws = ws;
       const decoder = new TextDecoder();

@@ -5,6 +5,8 @@
 import { el, human, setRows } from './dom.js';
 
 const td = (field, text, cls) => el('td', { dataset: field ? { field } : undefined, class: cls, text });
+// Columns hidden on a phone-width screen (the rest still scrolls sideways if need be).
+const WIDE = 'wide-only';
 
 export function renderNetdevs(tbody, entries, history, onLink, onSelect, selected) {
   const list = [...entries.values()].sort((a, b) => (a.type === 'hubport') - (b.type === 'hubport'));
@@ -26,16 +28,16 @@ export function renderNetdevs(tbody, entries, history, onLink, onSelect, selecte
       dataset: { netdev: e.id, type: e.type },
     },
       el('th', { scope: 'row' }, el('a', { href: '#', text: e.id, onclick: (ev) => { ev.preventDefault(); onSelect(e.id); } })),
-      td('type', e.type),
-      td('attached', where),
+      td('type', e.type, WIDE),
+      td('attached', where, WIDE),
       el('td', { dataset: { field: 'link-up' } }, button),
       td('rx-rate', human(rate.rf), 'num'),
       td('tx-rate', human(rate.tf), 'num'),
       td('rx-frames', String(e.stats['rx-frames']), 'num'),
       td('tx-frames', String(e.stats['tx-frames']), 'num'),
-      td('rx-bytes', human(e.stats['rx-bytes']), 'num'),
-      td('tx-bytes', human(e.stats['tx-bytes']), 'num'),
-      td('dropped', String(dropped), 'num'),
+      td('rx-bytes', human(e.stats['rx-bytes']), `num ${WIDE}`),
+      td('tx-bytes', human(e.stats['tx-bytes']), `num ${WIDE}`),
+      td('dropped', String(dropped), `num ${WIDE}`),
     );
   });
   setRows(tbody, rows, 'no netdevs', 11);
@@ -75,11 +77,11 @@ export function renderForwards(tbody, forwards, onRemove) {
     const host = f.type === 'hostfwd' ? endpoint(f['host-addr'] ?? '*', f['host-port']) : f.target ?? '';
     return el('tr', { dataset: { type: f.type, protocol: f.protocol, hostPort: f['host-port'] ?? '' } },
       td('netdev', f.netdev),
-      td('type', f.type),
+      td('type', f.type, WIDE),
       td('protocol', f.protocol),
       td('host', host, 'mono'),
       td('guest', endpoint(f['guest-addr'], f['guest-port']), 'mono'),
-      td('rule', f.rule, 'mono'),
+      td('rule', f.rule, `mono ${WIDE}`),
       el('td', {}, el('button', { type: 'button', class: 'danger', dataset: { action: 'remove-forward' }, text: 'remove', onclick: () => onRemove(f) })),
     );
   });

@@ -49,7 +49,7 @@ function nodeBox(entry, x, y, filters, onSelect, selected) {
     g.append(svg('text', {
       x: 14, y: BOX_H + 6 + i * FILTER_LINE, class: `filter${f.status === 'off' ? ' off' : ''}`,
       dataset: { filter: f.id },
-      text: clip(`⧩ ${f.id} ${f.type.replace(/^filter-/, '')} ${f.queue}`, 24),
+      text: clip(`◆ ${f.id} ${f.type.replace(/^filter-/, '')} ${f.queue}`, 24),
     }));
   });
   if (filters.length > MAX_FILTER_LINES) {
@@ -100,7 +100,7 @@ export function drawTopology(root, topo, filters, width, onSelect, selected) {
         }
         const pf = filtersOf(port);
         if (peer && pf.length) {
-          nodes.push(svg('text', { x: x + BOX_W / 2, y: rowY - 16, class: 'filter port-filter', 'text-anchor': 'middle', text: clip(`⧩ ${pf.map((f) => f.id).join(' ')}`, 24) }));
+          nodes.push(svg('text', { x: x + BOX_W / 2, y: rowY - 16, class: 'filter port-filter', 'text-anchor': 'middle', text: clip(`◆ ${pf.map((f) => f.id).join(' ')}`, 24) }));
         }
       });
       rowY += rowH + 46;
