@@ -59,6 +59,7 @@ class Capture:
     object_id: str
     started: float
     seconds: int | None
+    filename: str
     data: bytearray = field(default_factory=bytearray)
     running: bool = True
     truncated: bool = False
@@ -89,12 +90,6 @@ class Capture:
         if self.error is not None:
             out["error"] = self.error
         return out
-
-    @property
-    def filename(self) -> str:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time()))
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.netdev)
-        return f"netstack-{safe}-{self.id}-{stamp}.pcapng"
 
 
 class _FifoReader(asyncio.Protocol):
@@ -134,7 +129,7 @@ class CaptureManager:
         self._find = find_object
         self._ids = itertools.count(1)
         self.captures: dict[str, Capture] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Capture]] = set()
 
     def get(self, capture_id: str) -> Capture | None:
         return self.captures.get(capture_id)
@@ -148,12 +143,15 @@ class CaptureManager:
         if len(running) >= MAX_RUNNING:
             raise CaptureRefused(f"at most {MAX_RUNNING} captures may run at once")
         number = next(self._ids)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in netdev)
         cap = Capture(
             id=f"c{number}",
             netdev=netdev,
             object_id=f"webview-capture{os.getpid()}-{number}",
             started=time.monotonic(),
             seconds=seconds,
+            filename=f"netstack-{safe}-c{number}-{stamp}.pcapng",
         )
         cap.fifo_dir = tempfile.mkdtemp(prefix="netstack-webview-")
         fifo = os.path.join(cap.fifo_dir, "capture.pcapng")
@@ -181,9 +179,7 @@ class CaptureManager:
             os.close(keep)
         loop = asyncio.get_running_loop()
         pipe = os.fdopen(rfd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: _FifoReader(cap, self._stop_soon), pipe
-        )
+        transport, _ = await loop.connect_read_pipe(lambda: _FifoReader(cap, self._stop_soon), pipe)
         cap.transport = transport
         if seconds is not None:
             cap.timer = loop.call_later(seconds, self._stop_soon, cap)

@@ -61,7 +61,8 @@ export class CapturePanel {
 
   async stop(cap) {
     try {
-      await api('POST', `api/capture/${cap.id}/stop`);
+      const done = await api('POST', `api/capture/${cap.id}/stop`);
+      showMessage(this.msg, `${done.id}: ${done.frames} frames from ${done.netdev}, ready to download`, false);
     } catch (err) {
       showMessage(this.msg, `stop failed: ${err.message}`, true);
     }

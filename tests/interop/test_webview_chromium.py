@@ -1,0 +1,352 @@
+"""The live web view, end to end in Debian's headless chromium (:mod:`tests.chromium`).
+
+A real ``netstackd`` runs with ``-webview tcp:127.0.0.1:0``: a ``user`` NAT and a tap
+into a network namespace joined on hub 0 (a filter-dump on the tap, a spare hub port on
+hub 1 for the picture). The namespace's kernel takes a DHCP lease with busybox
+``udhcpc`` and pings the NAT's gateway while the page is open. The page talks QMP over
+the websocket chardev the web view created; the test drives it as a person would (real
+mouse clicks and typing through the DevTools protocol) and checks:
+
+* the topology picture names every client, the hubs and the filter; the link state shows;
+* the tap's rx frame counter on the page rises while the namespace pings, its plot shows
+  a non-zero rate, and the namespace's lease appears with its MAC and address;
+* ``set_link`` clicked on the page is what ``query-netdev`` (over the daemon's unix QMP
+  socket, an independent client: ``qemu.qmp``) reports, both ways;
+* a hostfwd added from the page's form carries a TCP connection from 127.0.0.1 to a
+  server in the namespace, shows in the NAT connections table while held, and the
+  remove button takes it away (``query-user-forwards`` empty, the port refused);
+* a capture started and stopped on the page downloads as a pcapng file that ``tshark``
+  reads: ICMP echo frames, on an interface named after the netdev;
+* at 1280x800 and at 390x844 (phone) the page has no horizontal overflow; screenshots of
+  both (viewport and full page) are kept under ``build/test-artifacts/webview/`` (or
+  ``$NETSTACK_ARTIFACTS/webview``) for a person to look at;
+* the page threw no exception, and the daemon logged no error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qemu.qmp import QMPClient
+
+from tests.chromium import Browser, Page
+from tests.conformance.case_tap import ip, netns, require_root, unique_name
+from tests.daemon_proc import Daemon, running_daemon
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAY = "10.0.2.2"
+GUEST_PORT = 8080
+BANNER = b"hello through the web view's hostfwd\n"
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "${router%% *}"
+    ;;
+esac
+exit 0
+"""
+#: A one-connection TCP server for the namespace: sends the banner, waits for EOF.
+SERVER = f"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {GUEST_PORT})); s.listen(1); s.settimeout(60)
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(60)
+c.sendall({BANNER!r})
+while c.recv(4096):
+    pass
+"""
+
+
+def artifact_dir() -> Path:
+    base = os.environ.get("NETSTACK_ARTIFACTS")
+    root = Path(base) if base else REPO / "build" / "test-artifacts"
+    path = root / "webview"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def web_view_url(daemon: Daemon, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(r"web view at (http://127\.0\.0\.1:\d+/)", daemon.output())
+        if m:
+            return m.group(1)
+        if daemon.proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"no web view address printed:\n{daemon.output()}")
+
+
+@contextlib.asynccontextmanager
+async def qmp_client(daemon: Daemon) -> AsyncIterator[QMPClient]:
+    client = QMPClient("webview-test")
+    await client.connect(str(daemon.qmp))
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+async def run(*cmd: str, timeout: float = 60) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}: {out.decode()}")
+    return out.decode(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def background(*cmd: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A bounded helper process (ping, the namespace's server), killed by pid on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+def count_of(page: Page, selector: str) -> str:
+    return f"Number((document.querySelector({json.dumps(selector)}) || {{}}).textContent || -1)"
+
+
+async def netdev_row(qmp: QMPClient, name: str) -> dict[str, Any]:
+    rows = await qmp.execute("query-netdev")
+    (row,) = [r for r in rows if r["id"] == name]
+    return dict(row)
+
+
+async def no_overflow(page: Page, width: int) -> None:
+    got = await page.eval("document.documentElement.scrollWidth")
+    assert got <= width, f"page is {got}px wide on a {width}px screen"
+
+
+async def shots(page: Page, name: str) -> None:
+    out = artifact_dir()
+    await page.eval("window.scrollTo(0, 0)")
+    await page.screenshot(out / f"{name}.png")
+    await page.screenshot(out / f"{name}-full.png", full_page=True)
+
+
+async def test_webview_in_chromium(tmp_path: Path) -> None:
+    require_root()
+    for tool in ("busybox", "tshark", "ping"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (tools/setup-deps.sh)")
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.skip("chromium not installed (tools/setup-deps.sh)")
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    ifname = unique_name("wvt")
+    with netns("wvns", ipv6=False) as ns:
+        args = [
+            "-name", "webview-test",
+            "-netdev", "user,id=nat0",
+            "-netdev", f"tap,id=t0,ifname={ifname},script=no,downscript=no,x-netns={ns}",
+            "-netdev", "hubport,id=h0,hubid=0,netdev=nat0",
+            "-netdev", "hubport,id=h1,hubid=0,netdev=t0",
+            "-netdev", "hubport,id=spare,hubid=1",
+            "-object", f"filter-dump,id=f0,netdev=t0,file={tmp_path / 't0.pcap'}",
+            "-webview", "tcp:127.0.0.1:0",
+        ]  # fmt: skip
+        with running_daemon(tmp_path, args) as daemon:
+            url = web_view_url(daemon)
+            ip("-n", ns, "link", "set", ifname, "up")
+            mac = json.loads(ip("-n", ns, "-j", "link", "show", ifname))[0]["address"]
+            async with (
+                qmp_client(daemon) as qmp,
+                Browser.launch(tmp_path) as browser,
+                contextlib.AsyncExitStack() as stack,
+            ):
+                downloads = tmp_path / "downloads"
+                await browser.allow_downloads(downloads)
+                page = await browser.new_page()
+                await page.viewport(1280, 800)
+                await page.goto(url)
+                await page.wait_for(
+                    "document.getElementById('conn').dataset.state === 'up'", what="connected"
+                )
+                await page.wait_for(
+                    "!!document.querySelector('#leases tr.empty')", what="no lease yet"
+                )
+                await run(
+                    "ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", ifname,
+                    "-q", "-n", "-t", "6", "-T", "2", "-s", str(script),
+                )  # fmt: skip
+                addr = json.loads(ip("-n", ns, "-j", "-4", "addr", "show", ifname))
+                guest_ip = addr[0]["addr_info"][0]["local"]
+                ping = ("ping", "-q", "-c", "300", "-i", "0.2", GATEWAY)
+                await stack.enter_async_context(background("ip", "netns", "exec", ns, *ping))
+                await desktop_checks(page, mac, guest_ip)
+                await set_link_checks(page, qmp)
+                await hostfwd_checks(page, qmp, ns, guest_ip)
+                await capture_checks(page, browser, downloads)
+                await page.viewport(1280, 800)
+                await asyncio.sleep(1.5)
+                await no_overflow(page, 1280)
+                await shots(page, "desktop-1280x800")
+                await page.viewport(390, 844, mobile=True)
+                await page.wait_for(
+                    "document.querySelector('#topology').getAttribute('width') <= 390",
+                    what="topology redrawn for the phone width",
+                )
+                await asyncio.sleep(1.5)
+                await no_overflow(page, 390)
+                await shots(page, "phone-390x844")
+                assert page.exceptions == []
+        log = daemon.output()
+        assert "Traceback" not in log and " ERROR " not in log, log
+
+
+async def desktop_checks(page: Page, mac: str, guest_ip: str) -> None:
+    for sel in (
+        '#topology [data-netdev="nat0"]',
+        '#topology [data-netdev="t0"]',
+        '#topology [data-netdev="spare"]',
+        '#topology [data-hub="0"]',
+        '#topology [data-hub="1"]',
+        '#topology [data-netdev="t0"] [data-filter="f0"]',
+    ):
+        await page.wait_for(f"!!document.querySelector({json.dumps(sel)})", what=sel)
+    t0_box = "document.querySelector('#topology [data-netdev=\"t0\"]')"
+    assert await page.eval(f"{t0_box}.dataset.link") == "up"
+    # Frames the tap receives (the NAT's echo replies) rise while the namespace pings.
+    rx = '#netdevs tr[data-netdev="t0"] [data-field="rx-frames"]'
+    first = await page.wait_for(count_of(page, rx), what="t0 rx frames")
+    await page.wait_for(f"{count_of(page, rx)} >= {first + 5}", what="t0 rx frames rising")
+    rate = '#plots [data-netdev="t0"] [data-field="rx-rate"]'
+    await page.wait_for(
+        f"!/^rx 0 /.test(document.querySelector({json.dumps(rate)}).textContent)",
+        what="a non-zero rx rate on t0's plot",
+    )
+    assert (
+        await page.eval(
+            "document.querySelector('#plots [data-netdev=\"t0\"] polyline.rx')"
+            ".getAttribute('points').split(' ').length"
+        )
+        >= 2
+    )
+    lease = f'#leases tr[data-mac="{mac}"] [data-field="ip-address"]'
+    got = await page.wait_for(
+        f"(document.querySelector({json.dumps(lease)}) || {{}}).textContent",
+        what="the namespace's lease",
+    )
+    assert got == guest_ip
+
+
+async def set_link_checks(page: Page, qmp: QMPClient) -> None:
+    button = '#netdevs tr[data-netdev="t0"] button[data-action="set-link"]'
+    await page.click(button)
+    await page.wait_for(
+        "document.querySelector('#topology [data-netdev=\"t0\"]').dataset.link === 'down'",
+        what="t0 drawn link-down",
+    )
+    assert (await netdev_row(qmp, "t0"))["link-up"] is False
+    assert await page.eval(f"document.querySelector({json.dumps(button)}).textContent") == "down"
+    await shots(page, "desktop-link-down")
+    await page.click(button)
+    await page.wait_for(
+        f"document.querySelector({json.dumps(button)}).textContent === 'up'", what="t0 up again"
+    )
+    assert (await netdev_row(qmp, "t0"))["link-up"] is True
+
+
+async def hostfwd_checks(page: Page, qmp: QMPClient, ns: str, guest_ip: str) -> None:
+    host_port = free_port()
+    async with background("ip", "netns", "exec", ns, "python3", "-c", SERVER) as server:
+        assert server.stdout is not None
+        assert await asyncio.wait_for(server.stdout.readline(), 30) == b"listening\n"
+        await page.select_option("#fwd-netdev", "nat0")
+        await page.type_into('#fwd-form input[name="hostport"]', str(host_port))
+        await page.type_into('#fwd-form input[name="guestaddr"]', guest_ip)
+        await page.type_into('#fwd-form input[name="guestport"]', str(GUEST_PORT))
+        await page.click("#fwd-add")
+        row = f'#forwards tr[data-host-port="{host_port}"]'
+        await page.wait_for(f"!!document.querySelector({json.dumps(row)})", what="the forward")
+        forwards = await qmp.execute("query-user-forwards")
+        assert [(f["host-port"], f["guest-addr"], f["guest-port"]) for f in forwards] == [
+            (host_port, guest_ip, GUEST_PORT)
+        ]
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", host_port), 20)
+        try:
+            assert await asyncio.wait_for(reader.readexactly(len(BANNER)), 20) == BANNER
+            held = '#connections tr[data-direction="hostfwd"] [data-field="guest"]'
+            got = await page.wait_for(
+                f"(document.querySelector({json.dumps(held)}) || {{}}).textContent",
+                what="the held connection in the NAT table",
+            )
+            assert got == f"{guest_ip}:{GUEST_PORT}"
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    await page.click(f'{row} button[data-action="remove-forward"]')
+    await page.wait_for(f"!document.querySelector({json.dumps(row)})", what="forward removed")
+    assert await qmp.execute("query-user-forwards") == []
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", host_port)
+
+
+async def capture_checks(page: Page, browser: Browser, downloads: Path) -> None:
+    await page.select_option("#capture-netdev", "t0")
+    await page.click("#capture-start")
+    running = '#captures tr[data-state="running"]'
+    await page.wait_for(f"!!document.querySelector({json.dumps(running)})", what="capture running")
+    frames = f'{running} [data-field="frames"]'
+    await page.wait_for(f"{count_of(page, frames)} >= 6", what="frames captured")
+    done = asyncio.ensure_future(
+        browser.wait_event("Browser.downloadProgress", lambda p: p["state"] == "completed")
+    )
+    try:
+        await page.click(f'{running} button[data-action="stop-capture"]')
+        link = '#captures tr[data-state="stopped"] a[data-action="download"]'
+        await page.wait_for(f"!!document.querySelector({json.dumps(link)})", what="download link")
+        await page.click(link)
+        await asyncio.wait_for(done, 30)
+    finally:
+        done.cancel()
+    (path,) = [p for p in downloads.iterdir() if p.suffix == ".pcapng"]
+    assert path.name.startswith("netstack-t0-")
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-T", "fields",
+         "-e", "frame.interface_name", "-e", "icmp.type"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    rows = [line.split("\t") for line in out.stdout.splitlines()]
+    assert rows and {r[0] for r in rows} == {"t0"}
+    types = {r[1] for r in rows}
+    assert {"8", "0"} <= types, rows[:10]
