@@ -1,11 +1,11 @@
 // The web view's main module: connects to the daemon's QMP websocket, polls it, and
-// renders. query-netdev every second (rates and plots); leases, connections, forwards
-// and `info network` (for filters) every two seconds; events as they come, which also
+// renders. query-netdev every second (topology, filters, rates and plots); leases,
+// connections and forwards every two seconds; events as they come, which also
 // trigger an early refresh. On a lost connection it retries with a growing delay.
 
 import { CapturePanel } from './capture.js';
 import { byId, el, showMessage } from './dom.js';
-import { buildTopology, foldNetdevs, parseFilters, topologySignature } from './model.js';
+import { buildTopology, filtersOf, foldNetdevs, topologySignature } from './model.js';
 import { drawPlots, History } from './plots.js';
 import { Qmp } from './qmp.js';
 import { renderConnections, renderForwards, renderLeases, renderNetdevs } from './tables.js';
@@ -88,18 +88,17 @@ async function refresh(qmp, full) {
   const jobs = [qmp.execute('query-netdev')];
   if (full) {
     jobs.push(
-      qmp.execute('human-monitor-command', { 'command-line': 'info network' }),
       qmp.execute('query-dhcp-leases'),
       qmp.execute('query-user-connections'),
       qmp.execute('query-user-forwards'),
     );
   }
-  const [netdevs, network, leases, conns, fwds] = await Promise.allSettled(jobs);
+  const [netdevs, leases, conns, fwds] = await Promise.allSettled(jobs);
   if (netdevs.status === 'fulfilled') {
     state.entries = foldNetdevs(netdevs.value);
+    state.filters = filtersOf(state.entries);
     state.history.add(performance.now() / 1000, state.entries);
   }
-  if (full && network.status === 'fulfilled') state.filters = parseFilters(network.value);
   renderAll();
   if (!full) return;
   section(leases, byId('leases').tBodies[0], renderLeases, 'leases-msg');

@@ -1,7 +1,7 @@
 // What the page knows about the daemon, derived from QMP answers:
 // query-netdev rows folded into one entry per client name (the queues of a multiqueue
-// netdev summed), filters parsed from `info network`, and the topology: hubs with their
-// ports, clients joined directly as peers, and clients with no peer.
+// netdev summed, their filters joined), and the topology: hubs with their ports, clients
+// joined directly as peers, and clients with no peer.
 
 const STAT_KEYS = ['rx-frames', 'tx-frames', 'rx-bytes', 'tx-bytes', 'rx-dropped', 'tx-dropped',
   'rx-filtered', 'malformed'];
@@ -30,10 +30,16 @@ export function foldNetdevs(rows) {
         stats: Object.fromEntries(STAT_KEYS.map((k) => [k, 0])),
         queues: 0,
         counters: row.counters,
+        filters: [],
       };
       out.set(key, entry);
     }
     entry.queues += 1;
+    for (const f of row.filters || []) {
+      if (!entry.filters.some((g) => g.id === f.id)) {
+        entry.filters.push({ id: f.id, type: f['qom-type'], queue: f.queue, status: f.status });
+      }
+    }
     for (const k of STAT_KEYS) entry.stats[k] += Number(row.statistics?.[k] || 0);
     if (row['queue-index'] === 0) {
       entry.linkUp = row['link-up'];
@@ -43,23 +49,12 @@ export function foldNetdevs(rows) {
   return out;
 }
 
-// `info network` filter lines: "  - ID: type=TYPE,prop=value,...,netdev=NAME,..."
-const FILTER_LINE = /^\s+- ([^:\s]+): type=([\w-]+),(.*)$/;
-
-export function parseFilters(text) {
+// query-netdev's `filters` (beyond QEMU: `info network` never shows a hub port's filters)
+// -> Map client id -> [{id, type, queue, status}], in chain order.
+export function filtersOf(entries) {
   const out = new Map();
-  for (const raw of String(text).replace(/\r/g, '').split('\n')) {
-    const m = FILTER_LINE.exec(raw);
-    if (!m) continue;
-    const props = {};
-    for (const item of m[3].split(',')) {
-      const eq = item.indexOf('=');
-      if (eq > 0) props[item.slice(0, eq)] = item.slice(eq + 1);
-    }
-    const netdev = props.netdev;
-    if (!netdev) continue;
-    if (!out.has(netdev)) out.set(netdev, []);
-    out.get(netdev).push({ id: m[1], type: m[2], queue: props.queue || 'all', status: props.status || 'on' });
+  for (const e of entries.values()) {
+    if (e.filters.length) out.set(e.id, e.filters);
   }
   return out;
 }
