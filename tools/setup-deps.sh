@@ -26,6 +26,8 @@ PACKAGES=(
     isc-dhcp-client   # dhclient -6: a real DHCPv6 client for the user netdev's IPv6 tests
     slirp4netns       # libslirp: the user netdev's reference peer
     passt             # pasta: the other user-mode stack benchmarked against
+    chromium          # headless browser: the web view's end-to-end tests (CDP over a pipe)
+    fonts-dejavu-core # a font for chromium's screenshots of the web view
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")
