@@ -8,6 +8,9 @@ the websocket chardev the web view created; the test drives it as a person would
 mouse clicks and typing through the DevTools protocol) and checks:
 
 * the topology picture names every client, the hubs and the filter; the link state shows;
+  a ``stream`` netdev added over another monitor is drawn (link down, then up once a
+  client connects), its ``NETDEV_STREAM_CONNECTED`` event is listed, and it goes when
+  deleted;
 * the tap's rx frame counter on the page rises while the namespace pings, its plot shows
   a non-zero rate, and the namespace's lease appears with its MAC and address;
 * ``set_link`` clicked on the page is what ``query-netdev`` (over the daemon's unix QMP
@@ -212,6 +215,7 @@ async def test_webview_in_chromium(tmp_path: Path) -> None:
                 ping = ("ping", "-q", "-c", "300", "-i", "0.2", GATEWAY)
                 await stack.enter_async_context(background("ip", "netns", "exec", ns, *ping))
                 await desktop_checks(page, mac, guest_ip)
+                await live_topology_checks(page, qmp)
                 await set_link_checks(page, qmp)
                 await hostfwd_checks(page, qmp, ns, guest_ip)
                 await capture_checks(page, browser, downloads)
@@ -253,12 +257,10 @@ async def desktop_checks(page: Page, mac: str, guest_ip: str) -> None:
         f"!/^rx 0 /.test(document.querySelector({json.dumps(rate)}).textContent)",
         what="a non-zero rx rate on t0's plot",
     )
-    assert (
-        await page.eval(
-            "document.querySelector('#plots [data-netdev=\"t0\"] polyline.rx')"
-            ".getAttribute('points').split(' ').length"
-        )
-        >= 2
+    await page.wait_for(
+        "document.querySelector('#plots [data-netdev=\"t0\"] polyline.rx')"
+        ".getAttribute('points').split(' ').length >= 3",
+        what="t0's rx plot line",
     )
     lease = f'#leases tr[data-mac="{mac}"] [data-field="ip-address"]'
     got = await page.wait_for(
@@ -266,6 +268,26 @@ async def desktop_checks(page: Page, mac: str, guest_ip: str) -> None:
         what="the namespace's lease",
     )
     assert got == guest_ip
+
+
+async def live_topology_checks(page: Page, qmp: QMPClient) -> None:
+    """A netdev added over another monitor appears; its event is listed; deleted, it goes."""
+    port = free_port()
+    addr = {"type": "inet", "host": "127.0.0.1", "port": str(port)}
+    await qmp.execute("netdev_add", {"id": "s0", "type": "stream", "server": True, "addr": addr})
+    box = "document.querySelector('#topology [data-netdev=\"s0\"]')"
+    assert await page.wait_for(f"{box} && {box}.dataset.link", what="s0 drawn") == "down"
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await page.wait_for(
+            "!!document.querySelector('#events li[data-event=\"NETDEV_STREAM_CONNECTED\"]')",
+            what="the NETDEV_STREAM_CONNECTED event listed",
+        )
+        await page.wait_for(f"{box}.dataset.link === 'up'", what="s0 drawn link-up")
+    finally:
+        writer.close()
+    await qmp.execute("netdev_del", {"id": "s0"})
+    await page.wait_for(f"!{box}", what="s0 gone from the picture")
 
 
 async def set_link_checks(page: Page, qmp: QMPClient) -> None:

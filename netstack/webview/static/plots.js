@@ -1,7 +1,9 @@
 // Per-netdev rate history and its plots. Each poll of query-netdev adds a sample of the
 // cumulative counters; rates are differences over elapsed time, so a missed poll only
 // widens one step, and a counter that went backwards (netdev deleted and re-added)
-// starts a new baseline instead of plotting a negative rate.
+// starts a new baseline instead of plotting a negative rate. Polls closer than
+// MIN_STEP_S to the last sample (an early refresh after an action or event) are not
+// sampled: a few frames over a tenth of a second would plot as a bogus spike.
 
 import { el, human, svg } from './dom.js';
 
@@ -10,6 +12,7 @@ const PW = 300;
 const PH = 96;
 const TOP = 14;
 const BOTTOM = 14;
+const MIN_STEP_S = 0.8;
 
 export class History {
   constructor(windowS = WINDOW_S) {
@@ -25,6 +28,7 @@ export class History {
       const s = e.stats;
       const cur = { t: timeS, rf: s['rx-frames'], tf: s['tx-frames'], rb: s['rx-bytes'], tb: s['tx-bytes'] };
       const prev = this.last.get(e.key);
+      if (prev && cur.t - prev.t < MIN_STEP_S && cur.rf >= prev.rf && cur.tf >= prev.tf) continue;
       this.last.set(e.key, cur);
       if (!this.series.has(e.key)) this.series.set(e.key, []);
       const list = this.series.get(e.key);
