@@ -1,7 +1,8 @@
-// Draws the topology as SVG: one band per hub (the hub, its ports, the client behind
-// each port), then clients joined directly to each other, then clients with no peer.
-// Boxes show the client's id, type and filters; a link that is down is drawn red and
-// dashed. The picture is laid out for the width it is given, so it reflows on a phone.
+// Draws the topology as SVG. Groups - a hub with the client behind each of its ports, two
+// clients joined directly as peers, a client with no peer - flow left to right and wrap
+// at the width given, so the picture reflows from a desktop to a phone. Boxes show the
+// client's id, type, link state and filters; a link that is down is drawn red and
+// dashed; a hub port with no peer is a dashed box.
 
 import { svg } from './dom.js';
 
@@ -62,95 +63,128 @@ function edge(x1, y1, x2, y2, up, label) {
   const g = svg('g', { class: `edge ${up ? 'up' : 'down'}` });
   g.append(svg('line', { x1, y1, x2, y2 }));
   if (label) {
-    g.append(svg('text', { x: (x1 + x2) / 2 + 4, y: (y1 + y2) / 2 - 3, class: 'port', text: clip(label, 14) }));
+    g.append(svg('text', { x: (x1 + x2) / 2 + 5, y: (y1 + y2) / 2 + 4, class: 'port', text: clip(label, 14) }));
   }
   return g;
 }
 
+const GROUP_GAP_X = 40;
+const GROUP_GAP_Y = 28;
+const PORT_DROP = 46;
+const RISER = 14;
+
+// One hub: the hub on top, a bus per row of clients (at most `cols` a row), a drop from
+// the bus to each port's client labelled with the port; later rows hang off a riser at
+// the left so that no line crosses a box.
+function hubGroup(hub, cols, filtersOf, onSelect, selected) {
+  const n = Math.max(1, Math.min(cols, hub.ports.length));
+  const inner = n * BOX_W + (n - 1) * GAP_X;
+  const rows = Math.ceil(hub.ports.length / n);
+  const off = rows > 1 ? RISER : 0;
+  const width = inner + off;
+  const hubX = off + inner / 2;
+  const wires = [];
+  const nodes = [];
+  let rowY = 2 * HUB_R + PORT_DROP;
+  let firstBus = null;
+  let lastBus = null;
+  for (let start = 0; start < hub.ports.length; start += n) {
+    const row = hub.ports.slice(start, start + n);
+    const x0 = off + (inner - (row.length * BOX_W + (row.length - 1) * GAP_X)) / 2;
+    const busY = rowY - PORT_DROP / 2;
+    let rowH = BOX_H;
+    const xs = [];
+    row.forEach(({ port, peer }, i) => {
+      const x = x0 + i * (BOX_W + GAP_X);
+      const cx = x + BOX_W / 2;
+      xs.push(cx);
+      const up = port.linkUp && (!peer || peer.linkUp);
+      wires.push(edge(cx, busY, cx, rowY, up, port.id));
+      const shown = peer || port;
+      const made = nodeBox(shown, x, rowY, filtersOf(shown), onSelect, selected === shown.id);
+      if (!peer) made.g.classList.add('dangling');
+      nodes.push(made.g);
+      rowH = Math.max(rowH, made.h);
+      const pf = peer ? filtersOf(port) : [];
+      if (pf.length) {
+        nodes.push(svg('text', {
+          x: cx - 4, y: rowY - 5, class: 'filter port-filter', 'text-anchor': 'end',
+          dataset: { filter: pf[0].id, port: port.id },
+          text: clip(`◆ ${pf.map((f) => f.id).join(' ')}`, 14),
+        }));
+      }
+    });
+    if (firstBus === null) {
+      firstBus = busY;
+      xs.push(hubX);
+    }
+    if (rows > 1) xs.push(off / 2);
+    wires.push(svg('line', { class: 'bus', x1: Math.min(...xs), x2: Math.max(...xs), y1: busY, y2: busY }));
+    lastBus = busY;
+    rowY += rowH + PORT_DROP;
+  }
+  wires.push(svg('line', { class: 'bus', x1: hubX, x2: hubX, y1: HUB_R, y2: firstBus }));
+  if (rows > 1) wires.push(svg('line', { class: 'bus', x1: off / 2, x2: off / 2, y1: firstBus, y2: lastBus }));
+  const hubG = svg('g', { class: 'hub', dataset: { hub: hub.id } },
+    svg('circle', { cx: hubX, cy: HUB_R, r: HUB_R }),
+    svg('text', { x: hubX, y: HUB_R + 4, 'text-anchor': 'middle', text: `hub ${hub.id}` }));
+  return { width, height: rowY - PORT_DROP, items: [...wires, hubG, ...nodes] };
+}
+
+// Two clients that are each other's peer, side by side.
+function pairGroup([a, b], filtersOf, onSelect, selected) {
+  const A = nodeBox(a, 0, 0, filtersOf(a), onSelect, selected === a.id);
+  const B = nodeBox(b, BOX_W + GAP_X, 0, filtersOf(b), onSelect, selected === b.id);
+  const link = edge(BOX_W, BOX_H / 2, BOX_W + GAP_X, BOX_H / 2, a.linkUp && b.linkUp, '');
+  return { width: 2 * BOX_W + GAP_X, height: Math.max(A.h, B.h), items: [link, A.g, B.g] };
+}
+
+function singleGroup(e, filtersOf, onSelect, selected) {
+  const n = nodeBox(e, 0, 0, filtersOf(e), onSelect, selected === e.id);
+  n.g.classList.add('single');
+  return { width: BOX_W, height: n.h, items: [n.g] };
+}
+
+// Lay the groups out like words in a paragraph: left to right, wrapping at the width,
+// each line centred. Hubs come first, then pairs, then clients with no peer.
 export function drawTopology(root, topo, filters, width, onSelect, selected) {
   const W = Math.max(300, Math.floor(width));
-  const cols = Math.max(1, Math.floor((W - 2 * PAD + GAP_X) / (BOX_W + GAP_X)));
-  const rowWidth = (n) => n * BOX_W + (n - 1) * GAP_X;
+  const cols = Math.max(1, Math.min(4, Math.floor((W - 2 * PAD + GAP_X) / (BOX_W + GAP_X))));
+  const filtersOf = (e) => (e ? filters.get(e.id) || [] : []);
+  const groups = [
+    ...topo.hubs.map((h) => hubGroup(h, cols, filtersOf, onSelect, selected)),
+    ...topo.pairs.map((p) => pairGroup(p, filtersOf, onSelect, selected)),
+    ...topo.singles.map((e) => singleGroup(e, filtersOf, onSelect, selected)),
+  ];
   const items = [];
   let y = PAD;
-  const filtersOf = (e) => (e ? filters.get(e.id) || [] : []);
-
-  for (const hub of topo.hubs) {
-    const hubX = W / 2;
-    const hubY = y + HUB_R;
-    const nodes = [];
-    const edges = [];
-    let rowY = y + 2 * HUB_R + 46;
-    for (let start = 0; start < hub.ports.length; start += cols) {
-      const row = hub.ports.slice(start, start + cols);
-      const x0 = (W - rowWidth(row.length)) / 2;
-      let rowH = BOX_H;
-      row.forEach(({ port, peer }, i) => {
-        const x = x0 + i * (BOX_W + GAP_X);
-        const up = port.linkUp && (!peer || peer.linkUp);
-        edges.push(edge(hubX, hubY, x + BOX_W / 2, rowY, up, port.id));
-        if (peer) {
-          const { g, h } = nodeBox(peer, x, rowY, filtersOf(peer), onSelect, selected === peer.id);
-          nodes.push(g);
-          rowH = Math.max(rowH, h);
-        } else {
-          const { g } = nodeBox({ ...port, id: port.id, type: 'hubport' }, x, rowY, filtersOf(port), onSelect, selected === port.id);
-          g.classList.add('dangling');
-          nodes.push(g);
-        }
-        const pf = filtersOf(port);
-        if (peer && pf.length) {
-          nodes.push(svg('text', { x: x + BOX_W / 2, y: rowY - 16, class: 'filter port-filter', 'text-anchor': 'middle', text: clip(`◆ ${pf.map((f) => f.id).join(' ')}`, 24) }));
-        }
-      });
-      rowY += rowH + 46;
+  let line = [];
+  let lineW = 0;
+  const flush = () => {
+    if (!line.length) return;
+    let x = (W - lineW) / 2;
+    let h = 0;
+    for (const g of line) {
+      items.push(svg('g', { transform: `translate(${x},${y})` }, ...g.items));
+      x += g.width + GROUP_GAP_X;
+      h = Math.max(h, g.height);
     }
-    const hubG = svg('g', { class: 'hub', dataset: { hub: hub.id } },
-      svg('circle', { cx: hubX, cy: hubY, r: HUB_R }),
-      svg('text', { x: hubX, y: hubY + 4, 'text-anchor': 'middle', text: `hub ${hub.id}` }));
-    items.push(...edges, hubG, ...nodes);
-    y = rowY - 18;
+    y += h + GROUP_GAP_Y;
+    line = [];
+    lineW = 0;
+  };
+  for (const g of groups) {
+    const need = line.length ? lineW + GROUP_GAP_X + g.width : g.width;
+    if (line.length && need > W - 2 * PAD) flush();
+    lineW = line.length ? lineW + GROUP_GAP_X + g.width : g.width;
+    line.push(g);
   }
-
-  if (topo.pairs.length) {
-    const perRow = Math.max(1, Math.floor(cols / 2));
-    for (let start = 0; start < topo.pairs.length; start += perRow) {
-      const row = topo.pairs.slice(start, start + perRow);
-      const x0 = (W - rowWidth(row.length * 2)) / 2;
-      let rowH = BOX_H;
-      row.forEach(([a, b], i) => {
-        const xa = x0 + i * 2 * (BOX_W + GAP_X);
-        const xb = xa + BOX_W + GAP_X;
-        items.push(edge(xa + BOX_W, y + BOX_H / 2, xb, y + BOX_H / 2, a.linkUp && b.linkUp, ''));
-        const A = nodeBox(a, xa, y, filtersOf(a), onSelect, selected === a.id);
-        const B = nodeBox(b, xb, y, filtersOf(b), onSelect, selected === b.id);
-        items.push(A.g, B.g);
-        rowH = Math.max(rowH, A.h, B.h);
-      });
-      y += rowH + 24;
-    }
-  }
-
-  if (topo.singles.length) {
-    for (let start = 0; start < topo.singles.length; start += cols) {
-      const row = topo.singles.slice(start, start + cols);
-      const x0 = (W - rowWidth(row.length)) / 2;
-      let rowH = BOX_H;
-      row.forEach((e, i) => {
-        const n = nodeBox(e, x0 + i * (BOX_W + GAP_X), y, filtersOf(e), onSelect, selected === e.id);
-        n.g.classList.add('single');
-        items.push(n.g);
-        rowH = Math.max(rowH, n.h);
-      });
-      y += rowH + 24;
-    }
-  }
-
+  flush();
   if (!items.length) {
     items.push(svg('text', { x: W / 2, y: 40, 'text-anchor': 'middle', class: 'none', text: 'no netdevs' }));
-    y = 60;
+    y = 60 + GROUP_GAP_Y;
   }
-  const H = Math.ceil(y + PAD);
+  const H = Math.ceil(y - GROUP_GAP_Y + PAD);
   root.setAttribute('viewBox', `0 0 ${W} ${H}`);
   root.setAttribute('width', W);
   root.setAttribute('height', H);
