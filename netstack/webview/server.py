@@ -159,9 +159,9 @@ class WebView:
     async def start(self) -> None:
         chardev_id = self.spec.chardev or CHARDEV_ID
         if self.spec.chardev is None:
-            host = f"[{self.spec.host}]" if ":" in self.spec.host else self.spec.host
             spec = qapi.parse_chardev_cli(
-                f"socket,id={chardev_id},host={host},port=0,server=on,wait=off,websocket=on"
+                f"socket,id={chardev_id},host={self.spec.host},port=0,server=on,wait=off,"
+                "websocket=on"
             )
             await self.ns.chardev_add(spec, from_cli=True)
             await self.ns.monitor_add(

@@ -262,6 +262,13 @@ async def desktop_checks(page: Page, mac: str, guest_ip: str) -> None:
         ".getAttribute('points').split(' ').length >= 3",
         what="t0's rx plot line",
     )
+    await page.select_option("#plot-unit", "bytes")
+    await page.wait_for(
+        "/^rx [1-9][0-9.]*[kM]? B\\/s$/"
+        f".test(document.querySelector({json.dumps(rate)}).textContent)",
+        what="t0's plot in bytes per second",
+    )
+    await page.select_option("#plot-unit", "frames")
     lease = f'#leases tr[data-mac="{mac}"] [data-field="ip-address"]'
     got = await page.wait_for(
         f"(document.querySelector({json.dumps(lease)}) || {{}}).textContent",
