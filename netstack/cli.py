@@ -206,6 +206,10 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
     """Create everything the configuration names, in QEMU's order; errors name the option."""
     from netstack import qapi
 
+    early = [spec for spec in cfg.objects if _early_object(spec)]
+    for spec in early:  # TLS credentials: before the chardevs that use them, as QEMU does
+        with _option("-object", spec):
+            await ns.object_add(qapi.parse_object_cli(spec))
     for spec in cfg.chardevs:
         with _option("-chardev", spec):
             await ns.chardev_add(qapi.parse_chardev_cli(spec), from_cli=True)
@@ -215,6 +219,8 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
             qapi.check_id(netdev.id)
             await ns.netdev_add(netdev)
     for spec in cfg.objects:
+        if spec in early:
+            continue
         with _option("-object", spec):
             await ns.object_add(qapi.parse_object_cli(spec))
     for index, (kind, spec, pretty) in enumerate(cfg.monitors):
@@ -233,6 +239,19 @@ async def _start_webview(ns: Netstack, cfg: Config) -> WebView:
         except OSError as exc:
             raise GenericError(f"cannot listen: {exc.strerror or exc}") from exc
     return webview
+
+
+def _early_object(spec: str) -> bool:
+    """``object_create_early``: created before chardevs (the ``qom-type`` is the first
+    key, or the JSON form's ``qom-type`` member)."""
+    from netstack.qapi.qom import EARLY_OBJECT_TYPES
+
+    head = spec.split(",", 1)[0]
+    if head.startswith("qom-type="):
+        head = head[len("qom-type=") :]
+    if spec.startswith("{"):
+        return any(f'"{t}"' in spec for t in EARLY_OBJECT_TYPES)
+    return head in EARLY_OBJECT_TYPES
 
 
 @contextlib.contextmanager

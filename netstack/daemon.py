@@ -234,8 +234,8 @@ class Netstack:
     def remove_filter(self, filter_id: str) -> None:
         """Detach and destroy a filter (``object-del``, or its netdev going away)."""
         nf = self.objects.pop(filter_id, None)
-        if nf is None:
-            return
+        if nf is None or not hasattr(nf, "netdev"):
+            return  # not a filter (TLS credentials): nothing to detach
         # QEMU cleans a filter up while it is still in the chain, so what it releases
         # (filter-buffer's held frames) still passes the filters after it.
         try:

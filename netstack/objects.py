@@ -1,4 +1,5 @@
-"""QOM objects from specs: ``object-add`` / ``-object`` / ``object-del`` for net filters.
+"""QOM objects from specs: ``object-add`` / ``-object`` / ``object-del`` for net filters
+and TLS credentials (``tls-creds-x509``: :mod:`netstack.tlscreds`).
 
 Follows QEMU's ``user_creatable_add_type`` and ``netfilter_complete`` (``net/filter.c``).
 The schema (:mod:`netstack.qapi.qom`) has already visited the options and run the
@@ -47,6 +48,8 @@ from netstack.qapi import (
     NetfilterProperties,
     ObjectSpec,
 )
+from netstack.qapi.qom import TlsCredsX509Properties
+from netstack.tlscreds import TlsCredsX509
 
 
 class ObjectHost(Protocol):
@@ -67,13 +70,26 @@ class ObjectHost(Protocol):
     def remove_filter(self, filter_id: str) -> None: ...
 
 
-async def create_object(host: ObjectHost, spec: ObjectSpec) -> NetFilter:
-    """Create the filter ``spec`` describes and put it in its netdev's chain."""
+async def create_object(host: ObjectHost, spec: ObjectSpec) -> NetFilter | TlsCredsX509:
+    """Create the object ``spec`` describes: TLS credentials go to the object table, a
+    filter also into its netdev's chain."""
     props = spec.props
     if spec.id in host.objects:
         raise GenericError(
             f"attempt to add duplicate property '{spec.id}' to object (type 'container')"
         )
+    if isinstance(props, TlsCredsX509Properties):
+        creds = TlsCredsX509(
+            spec.id,
+            dir=props.dir,
+            endpoint=props.endpoint or "client",
+            verify_peer=props.verify_peer is not False,
+            sanity_check=props.sanity_check is not False,
+            priority=props.priority,
+            passwordid=props.passwordid,
+        )
+        host.objects[spec.id] = creds
+        return creds
     netdev = _netdev(host, props.netdev)
     position = props.position if props.position is not None else "tail"
     anchor = _anchor(host, spec.id, position, netdev)
@@ -97,8 +113,13 @@ async def create_object(host: ObjectHost, spec: ObjectSpec) -> NetFilter:
 
 def delete_object(host: ObjectHost, object_id: str) -> None:
     """``object-del``: detach and destroy the object."""
-    if object_id not in host.objects:
+    obj = host.objects.get(object_id)
+    if obj is None:
         raise GenericError(f"object '{object_id}' not found")
+    if isinstance(obj, TlsCredsX509):
+        # Chardevs using the credentials keep their reference, as in QEMU.
+        del host.objects[object_id]
+        return
     host.remove_filter(object_id)
 
 
@@ -157,6 +178,7 @@ AnyFilter = FilterDump | FilterMirror | FilterRedirector | FilterBuffer
 def build_filter(spec: ObjectSpec, netdev: NetClient) -> AnyFilter:
     """The unattached, not yet set up filter object ``spec`` describes."""
     props = spec.props
+    assert isinstance(props, NetfilterProperties)
     common = _common(props)
     if isinstance(props, FilterDumpProperties):
         fmt = getattr(props, "format", None) or "pcap"

@@ -26,8 +26,11 @@ PACKAGES=(
     isc-dhcp-client   # dhclient -6: a real DHCPv6 client for the user netdev's IPv6 tests
     slirp4netns       # libslirp: the user netdev's reference peer
     passt             # pasta: the other user-mode stack benchmarked against
-    chromium          # headless browser: the web view's end-to-end tests (CDP over a pipe)
+    chromium          # headless browser: JavaScript WebSocket client of the websocket chardev
     fonts-dejavu-core # a font for chromium's screenshots of the web view
+    telnet            # telnet client of the telnet chardev
+    openssl           # s_client and certificate generation for the TLS chardev tests
+    gnutls-bin        # gnutls-cli: the second TLS client of the TLS chardev tests
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

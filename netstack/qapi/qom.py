@@ -1,8 +1,10 @@
-"""QOM objects the daemon creates with ``-object`` / ``object-add``: the net filters.
+"""QOM objects the daemon creates with ``-object`` / ``object-add``: the net filters and
+TLS credentials.
 
 Owns the ``ObjectOptions`` branches of ``qapi/qom.json`` (QEMU 10.0) for
 ``filter-buffer``, ``filter-dump``, ``filter-mirror`` and ``filter-redirector`` (all based on
-``NetfilterProperties``), the :class:`ObjectSpec` union record, and the two entry points.
+``NetfilterProperties``) and ``tls-creds-x509`` (``TlsCredsX509Properties``), the
+:class:`ObjectSpec` union record, and the two entry points.
 
 Validation happens in QEMU's order, as far as it needs no daemon state:
 
@@ -19,7 +21,7 @@ the netdev lookup (``Parameter 'netdev' expects a network backend id``), ``posit
 parsing and lookup, and the filters' setup checks (chardev existence, redirector
 ``indev``/``outdev`` rules).
 
-Deviation: only these four QOM types are known, so any other ``qom-type`` is rejected
+Deviation: only these five QOM types are known, so any other ``qom-type`` is rejected
 by the enum check (``Parameter 'qom-type' does not accept value 'X'``).
 """
 
@@ -39,7 +41,13 @@ from .visitor import Mode, visit
 
 NET_FILTER_DIRECTION: Final = QEnum("NetFilterDirection", ("all", "rx", "tx"))
 NETFILTER_INSERT: Final = QEnum("NetfilterInsert", ("before", "behind"))
-OBJECT_TYPES: Final = ("filter-buffer", "filter-dump", "filter-mirror", "filter-redirector")
+OBJECT_TYPES: Final = (
+    "filter-buffer",
+    "filter-dump",
+    "filter-mirror",
+    "filter-redirector",
+    "tls-creds-x509",
+)
 OBJECT_TYPE: Final = QEnum("ObjectType", OBJECT_TYPES)
 
 
@@ -97,12 +105,43 @@ class FilterRedirectorProperties(NetfilterProperties):
     vnet_hdr_support: bool | None = opt("bool", name="vnet_hdr_support")
 
 
-OBJECT_CLASSES: Final[dict[str, type[NetfilterProperties]]] = {
+TLS_CREDS_ENDPOINT: Final = QEnum("QCryptoTLSCredsEndpoint", ("client", "server"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsCredsProperties:
+    """``TlsCredsProperties``: ``verify-peer`` (default on), ``dir``, ``endpoint`` (default
+    client), ``priority`` (a GnuTLS priority string)."""
+
+    qapi_name: ClassVar[str] = "TlsCredsProperties"
+    verify_peer: bool | None = opt("bool")
+    dir: str | None = opt("str")
+    endpoint: str | None = opt(TLS_CREDS_ENDPOINT)
+    priority: str | None = opt("str")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsCredsX509Properties(TlsCredsProperties):
+    """``tls-creds-x509``: X.509 credentials from the files in ``dir``."""
+
+    qapi_name: ClassVar[str] = "TlsCredsX509Properties"
+    loaded: bool | None = opt("bool", features=("deprecated",))
+    sanity_check: bool | None = opt("bool")
+    passwordid: str | None = opt("str")
+
+
+ObjectProperties = NetfilterProperties | TlsCredsX509Properties
+
+OBJECT_CLASSES: Final[dict[str, type[ObjectProperties]]] = {
     "filter-buffer": FilterBufferProperties,
     "filter-dump": FilterDumpProperties,
     "filter-mirror": FilterMirrorProperties,
     "filter-redirector": FilterRedirectorProperties,
+    "tls-creds-x509": TlsCredsX509Properties,
 }
+#: Types QEMU creates before chardevs and netdevs (``object_create_early``); the
+#: net filters come after the netdevs.
+EARLY_OBJECT_TYPES: Final = frozenset({"tls-creds-x509"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,12 +152,14 @@ class ObjectSpec:
     qapi_union: ClassVar[UnionInfo] = UnionInfo("qom_type", "props", OBJECT_CLASSES)
     qom_type: str = req(OBJECT_TYPE)
     id: str = req("str")
-    props: NetfilterProperties = field()
+    props: ObjectProperties = field()
 
 
 def _check_setters(spec: ObjectSpec) -> None:
     """The property setters' own checks, in schema member order."""
     props = spec.props
+    if not isinstance(props, NetfilterProperties):
+        return
     if props.status is not None and props.status not in ("on", "off"):
         raise GenericError("Invalid value for netfilter status, should be 'on' or 'off'")
     if isinstance(props, FilterBufferProperties) and props.interval == 0:
