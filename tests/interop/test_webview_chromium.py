@@ -12,7 +12,9 @@ mouse clicks and typing through the DevTools protocol) and checks:
   client connects), its ``NETDEV_STREAM_CONNECTED`` event is listed, and it goes when
   deleted;
 * the tap's rx frame counter on the page rises while the namespace pings, its plot shows
-  a non-zero rate, and the namespace's lease appears with its MAC and address;
+  a non-zero rate (frames and bytes), and the namespace's lease appears with its MAC and
+  address, the ``DHCP_LEASE_GRANTED`` event is listed, and the host name the client chose
+  (markup) is shown as text;
 * ``set_link`` clicked on the page is what ``query-netdev`` (over the daemon's unix QMP
   socket, an independent client: ``qemu.qmp``) reports, both ways;
 * a hostfwd added from the page's form carries a TCP connection from 127.0.0.1 to a
@@ -54,6 +56,8 @@ REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "10.0.2.2"
 GUEST_PORT = 8080
 BANNER = b"hello through the web view's hostfwd\n"
+#: The guest picks its DHCP host name: the page must show it as text, never as markup.
+HOSTILE_NAME = "<img/src=x/onerror=window.pwned=1>"
 UDHCPC_SCRIPT = """#!/bin/sh
 case "$1" in
   bound|renew)
@@ -209,6 +213,7 @@ async def test_webview_in_chromium(tmp_path: Path) -> None:
                 await run(
                     "ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", ifname,
                     "-q", "-n", "-t", "6", "-T", "2", "-s", str(script),
+                    "-x", f"hostname:{HOSTILE_NAME}",
                 )  # fmt: skip
                 addr = json.loads(ip("-n", ns, "-j", "-4", "addr", "show", ifname))
                 guest_ip = addr[0]["addr_info"][0]["local"]
@@ -275,6 +280,15 @@ async def desktop_checks(page: Page, mac: str, guest_ip: str) -> None:
         what="the namespace's lease",
     )
     assert got == guest_ip
+    name = f'#leases tr[data-mac="{mac}"] [data-field="hostname"]'
+    assert await page.eval(f"document.querySelector({json.dumps(name)}).textContent") == (
+        HOSTILE_NAME
+    )
+    await page.wait_for(
+        "!!document.querySelector('#events li[data-event=\"DHCP_LEASE_GRANTED\"]')",
+        what="the DHCP_LEASE_GRANTED event listed",
+    )
+    assert await page.eval("document.querySelectorAll('img').length + (window.pwned || 0)") == 0
 
 
 async def live_topology_checks(page: Page, qmp: QMPClient) -> None:
