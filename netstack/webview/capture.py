@@ -14,8 +14,9 @@ the end).
 Bounds: at most :data:`MAX_RUNNING` captures at once and :data:`MAX_KEPT` finished ones
 (the oldest finished capture is forgotten first); a capture stops by itself after
 ``seconds`` (at most :data:`MAX_SECONDS`) or when its file reaches :data:`MAX_BYTES`
-(``truncated`` is then true); the daemon side drops records whole when the web view
-falls behind (``dropped``). Stopping deletes the filter, reads what it still flushed
+(``truncated`` is then true) or when the daemon closes the FIFO (the netdev was deleted:
+``error`` says so); the daemon side drops records whole when the web view falls behind
+(``dropped``). Stopping deletes the filter, reads what it still flushed
 (bounded wait) and removes the FIFO and its directory.
 """
 
@@ -93,6 +94,9 @@ class Capture:
 
 
 class _FifoReader(asyncio.Protocol):
+    """Reads the FIFO into the capture; a full buffer or the daemon closing the FIFO
+    (the netdev, and so the filter, deleted) stops the capture."""
+
     def __init__(self, capture: Capture, on_full: Callable[[Capture], None]) -> None:
         self.capture = capture
         self.on_full = on_full
@@ -111,11 +115,18 @@ class _FifoReader(asyncio.Protocol):
         cap.data += data
 
     def eof_received(self) -> bool | None:
-        self.capture.closed.set()
+        self._ended()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.capture.closed.set()
+        self._ended()
+
+    def _ended(self) -> None:
+        cap = self.capture
+        if not cap.closed.is_set():
+            cap.closed.set()
+            if cap.running:
+                self.on_full(cap)
 
 
 class CaptureManager:
@@ -208,7 +219,7 @@ class CaptureManager:
             cap.captured = int(getattr(nf, "captured", 0))
             cap.dropped = int(getattr(nf, "dropped", 0))
         else:
-            cap.error = f"the capture's filter is gone (netdev {cap.netdev} deleted?)"
+            cap.error = f"the capture ended: netdev {cap.netdev} was deleted"
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cap.closed.wait(), DRAIN_TIMEOUT)
         if cap.transport is not None:

@@ -152,6 +152,23 @@ async def test_capture_round_trip(view: WebView) -> None:
     assert [c["id"] for c in json.loads(body)] == [cap["id"]]
 
 
+async def test_capture_ends_when_its_netdev_is_deleted(view: WebView) -> None:
+    status, _, body = await request(view, post("/api/capture?netdev=p1"))
+    assert status == 200
+    assert isinstance(view.ns, Netstack)
+    view.ns.netdev_del("p1")
+    for _ in range(50):
+        status, _, body = await request(view, get("/api/capture/c1"))
+        if json.loads(body)["state"] == "stopped":
+            break
+        await asyncio.sleep(0.1)
+    got = json.loads(body)
+    assert got["state"] == "stopped"
+    assert got["error"] == "the capture ended: netdev p1 was deleted"
+    status, _, data = await request(view, get("/api/capture/c1.pcapng"))
+    assert status == 200 and blocks(data) == [BT_SHB, BT_IDB, BT_ISB]
+
+
 async def test_capture_refusals(view: WebView, monkeypatch: pytest.MonkeyPatch) -> None:
     status, _, body = await request(view, post("/api/capture?netdev=nope"))
     assert status == 409 and json.loads(body) == {"error": "no such netdev: nope"}
