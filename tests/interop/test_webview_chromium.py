@@ -393,3 +393,33 @@ async def capture_checks(page: Page, browser: Browser, downloads: Path) -> None:
     assert rows and {r[0] for r in rows} == {"t0"}
     types = {r[1] for r in rows}
     assert {"8", "0"} <= types, rows[:10]
+
+
+async def test_webview_reconnects_after_daemon_restart(tmp_path: Path) -> None:
+    """The page shows a lost daemon, and finds it again once it is back on its address
+    (with a new websocket port, read again from ``config.json``)."""
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.skip("chromium not installed (tools/setup-deps.sh)")
+    port = free_port()
+    args = ["-netdev", "hubport,id=first,hubid=0", "-webview", f"tcp:127.0.0.1:{port}"]
+    async with Browser.launch(tmp_path) as browser:
+        page = await browser.new_page()
+        with running_daemon(tmp_path, args) as daemon:
+            url = web_view_url(daemon)
+            assert url == f"http://127.0.0.1:{port}/"
+            await page.goto(url)
+            await page.wait_for("!!document.querySelector('#topology [data-netdev=\"first\"]')")
+        await page.wait_for(
+            "document.getElementById('conn').dataset.state === 'down'", what="shown as lost"
+        )
+        (tmp_path / "daemon.log").unlink()
+        args[1] = "hubport,id=second,hubid=0"
+        with running_daemon(tmp_path, args) as daemon:
+            web_view_url(daemon)
+            await page.wait_for(
+                "!!document.querySelector('#topology [data-netdev=\"second\"]')",
+                timeout=60,
+                what="reconnected to the new daemon",
+            )
+            assert await page.eval("document.getElementById('conn').dataset.state") == "up"
+        assert page.exceptions == []

@@ -37,6 +37,32 @@ function setConn(status, text) {
   node.textContent = text;
 }
 
+function retry() {
+  setTimeout(start, state.retryMs);
+  state.retryMs = Math.min(state.retryMs * 2, 10000);
+}
+
+// Read the configuration (where the QMP websocket is: it may have moved if the daemon
+// restarted) and connect; on failure or a lost connection, try again later.
+async function start() {
+  let cfg;
+  try {
+    const res = await fetch('config.json', { cache: 'no-store' });
+    cfg = await res.json();
+  } catch (err) {
+    setConn('down', `web view unreachable: retrying`);
+    retry();
+    return;
+  }
+  if (cfg.name) {
+    byId('daemon-name').textContent = cfg.name;
+    document.title = `${cfg.name} · netstack`;
+  }
+  byId('version').textContent = `netstack ${cfg.version}`;
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  connect(`${scheme}://${location.hostname}:${cfg.qmp.port}${cfg.qmp.path}`);
+}
+
 async function connect(url) {
   setConn('connecting', 'connecting…');
   const qmp = new Qmp(url);
@@ -46,8 +72,7 @@ async function connect(url) {
     state.qmp = null;
     clearTimeout(state.timer);
     setConn('down', 'disconnected: retrying');
-    setTimeout(() => connect(url), state.retryMs);
-    state.retryMs = Math.min(state.retryMs * 2, 10000);
+    retry();
   };
   try {
     const greeting = await qmp.open();
@@ -62,8 +87,7 @@ async function connect(url) {
     if (state.qmp === null) {
       qmp.onclose = () => {};
       qmp.close();
-      setTimeout(() => connect(url), state.retryMs);
-      state.retryMs = Math.min(state.retryMs * 2, 10000);
+      retry();
     }
   }
 }
@@ -217,7 +241,7 @@ async function removeForward(fwd) {
 
 // -- start -----------------------------------------------------------------------------
 
-async function main() {
+function main() {
   capture = new CapturePanel();
   byId('fwd-form').addEventListener('submit', addForward);
   byId('plot-unit').addEventListener('change', (ev) => {
@@ -227,21 +251,7 @@ async function main() {
   window.addEventListener('resize', () => {
     if (state.entries.size) renderAll();
   });
-  let cfg;
-  try {
-    const res = await fetch('config.json', { cache: 'no-store' });
-    cfg = await res.json();
-  } catch (err) {
-    setConn('down', `no configuration: ${err.message}`);
-    return;
-  }
-  if (cfg.name) {
-    byId('daemon-name').textContent = cfg.name;
-    document.title = `${cfg.name} · netstack`;
-  }
-  byId('version').textContent = `netstack ${cfg.version}`;
-  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  connect(`${scheme}://${location.hostname}:${cfg.qmp.port}${cfg.qmp.path}`);
+  start();
 }
 
 main();
