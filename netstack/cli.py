@@ -192,9 +192,9 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
   -qmp-pretty DEV            the same with pretty-printed JSON
   -mon chardev=ID,mode=control[,pretty=on]
   -name NAME                 a name for this daemon
-  -webview tcp:HOST:PORT[,chardev=ID]
-                             serve the live web view over HTTP (off by default; alone:
-                             the embedded default plus the web view)
+  -webview tcp:HOST:PORT[,chardev=ID][,tls-creds=ID]
+                             serve the live web view over HTTP(S) (off by default;
+                             alone: the embedded default plus the web view)
   -D FILE                    write the log to FILE
   -pidfile FILE              write the process id to FILE
   -daemonize                 detach once started

@@ -63,8 +63,9 @@ class Browser:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def launch(cls, workdir: Path) -> AsyncIterator[Browser]:
-        """Start chromium with a fresh profile under ``workdir``; kill it on exit."""
+    async def launch(cls, workdir: Path, *extra: str) -> AsyncIterator[Browser]:
+        """Start chromium with a fresh profile under ``workdir`` (and ``extra`` flags);
+        kill it on exit."""
         if not os.access(CHROMIUM, os.X_OK):
             raise BrowserError(f"{CHROMIUM} missing (tools/setup-deps.sh installs chromium)")
         profile = workdir / "chromium-profile"
@@ -78,7 +79,7 @@ class Browser:
 
         log = open(workdir / "chromium.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            [CHROMIUM, *FLAGS, *extra, f"--user-data-dir={profile}", "about:blank"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

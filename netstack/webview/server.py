@@ -7,6 +7,11 @@ talks QMP itself, over a ``socket`` chardev with ``websocket=on`` that carries a
 control-mode monitor: either one the web view creates (``webview-qmp``, on the HTTP
 host with a port the kernel picks) or an existing one named with ``chardev=ID``.
 
+``tls-creds=ID`` (a ``tls-creds-x509`` object with ``endpoint=server``) serves the page
+over HTTPS and gives the created websocket chardev the same credentials (``wss:``); with
+``verify-peer=on`` both demand a client certificate signed by the CA, so a browser
+without one never reaches the page or the monitor.
+
 Why a server of our own rather than only the websocket chardev: a browser needs the page
 from somewhere, and a capture's bytes need a way out that a browser can take (a
 filter-dump writes to a file or FIFO on the daemon's host, which the page cannot open);
@@ -41,6 +46,7 @@ import ipaddress
 import json
 import logging
 import re
+import ssl
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -74,6 +80,14 @@ CSP: Final = (
 _CAPTURE_PATH: Final = re.compile(r"^/api/capture/(c\d{1,9})(\.pcapng|/stop)?$")
 
 
+class TlsServerCreds(Protocol):
+    """What the web view needs of a ``tls-creds-x509`` object (``netstack.tlscreds``)."""
+
+    context: ssl.SSLContext
+
+    def check_endpoint(self, endpoint: str) -> None: ...
+
+
 class WebViewHost(Protocol):
     """What the web view needs of the daemon."""
 
@@ -95,23 +109,24 @@ class WebViewHost(Protocol):
 
 @dataclass(frozen=True)
 class WebViewSpec:
-    """``-webview tcp:HOST:PORT[,chardev=ID]``."""
+    """``-webview tcp:HOST:PORT[,chardev=ID][,tls-creds=ID]``."""
 
     host: str
     port: int
     chardev: str | None = None
+    tls_creds: str | None = None
 
 
 def parse_spec(text: str) -> WebViewSpec:
     """Parse ``-webview``'s argument (errors are :class:`GenericError` for the CLI)."""
     addr, *rest = text.split(",")
-    chardev: str | None = None
+    named: dict[str, str] = {}
     for item in rest:
         key, sep, value = item.partition("=")
-        if key != "chardev" or not sep or not value:
+        if key not in ("chardev", "tls-creds") or not sep or not value:
             raise GenericError(f"Invalid parameter '{key}'")
         qapi.check_id(value)
-        chardev = value
+        named[key] = value
     if not addr.startswith("tcp:"):
         raise GenericError("expected tcp:HOST:PORT")
     host, sep, port_text = addr[4:].rpartition(":")
@@ -121,7 +136,7 @@ def parse_spec(text: str) -> WebViewSpec:
         host = host[1:-1]
     if not host:
         raise GenericError("a host is required (e.g. tcp:127.0.0.1:8080)")
-    return WebViewSpec(host, int(port_text), chardev)
+    return WebViewSpec(host, int(port_text), named.get("chardev"), named.get("tls-creds"))
 
 
 def static_files() -> dict[str, tuple[bytes, str]]:
@@ -157,11 +172,13 @@ class WebView:
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        context = self._tls_context()
         chardev_id = self.spec.chardev or CHARDEV_ID
         if self.spec.chardev is None:
+            tls = f",tls-creds={self.spec.tls_creds}" if self.spec.tls_creds else ""
             spec = qapi.parse_chardev_cli(
                 f"socket,id={chardev_id},host={self.spec.host},port=0,server=on,wait=off,"
-                "websocket=on"
+                f"websocket=on{tls}"
             )
             await self.ns.chardev_add(spec, from_cli=True)
             await self.ns.monitor_add(
@@ -172,15 +189,37 @@ class WebView:
             raise GenericError(f"chardev '{chardev_id}' not found")
         self.qmp_port = _websocket_port(chardev)
         self._server = await asyncio.start_server(
-            self._serve, self.spec.host, self.spec.port, limit=MAX_HEAD + 2
+            self._serve,
+            self.spec.host,
+            self.spec.port,
+            limit=MAX_HEAD + 2,
+            ssl=context,
+            ssl_handshake_timeout=READ_TIMEOUT if context is not None else None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._allowed_hosts = {"localhost", self.spec.host.lower()}
 
+    def _tls_context(self) -> ssl.SSLContext | None:
+        name = self.spec.tls_creds
+        if name is None:
+            return None
+        creds = self.ns.objects.get(name)
+        if creds is None:
+            raise GenericError(f"No TLS credentials with id '{name}'")
+        if not isinstance(getattr(creds, "context", None), ssl.SSLContext):
+            raise GenericError(f"Object with id '{name}' is not TLS credentials")
+        tls: TlsServerCreds = creds
+        tls.check_endpoint("server")
+        return tls.context
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.spec.tls_creds else "http"
+
     @property
     def url(self) -> str:
         host = f"[{self.spec.host}]" if ":" in self.spec.host else self.spec.host
-        return f"http://{host}:{self.port}/"
+        return f"{self.scheme}://{host}:{self.port}/"
 
     async def close(self) -> None:
         if self._server is not None:
@@ -211,7 +250,7 @@ class WebView:
             reply = await self._exchange(reader)
             writer.write(reply)
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
             self._count("io-error", "connection failed or timed out")
         finally:
             self._conns.discard(task)
@@ -247,7 +286,7 @@ class WebView:
             if req.headers.get(POST_HEADER) != "1":
                 raise BadRequest(f"POST requests need the {POST_HEADER} header", 403)
             origin = req.headers.get("origin")
-            if origin is not None and origin != f"http://{host}":
+            if origin is not None and origin != f"{self.scheme}://{host}":
                 raise BadRequest("cross-origin request refused", 403)
 
     def _count(self, kind: str, text: str) -> None:

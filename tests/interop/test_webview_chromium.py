@@ -31,7 +31,9 @@ mouse clicks and typing through the DevTools protocol) and checks:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -49,6 +51,7 @@ from qemu.qmp import QMPClient
 from tests.chromium import Browser, Page
 from tests.conformance.case_tap import ip, netns, require_root, unique_name
 from tests.daemon_proc import Daemon, running_daemon
+from tests.interop.tls_pki import make_pki
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -95,10 +98,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def web_view_url(daemon: Daemon, timeout: float = 20) -> str:
+def web_view_url(daemon: Daemon, timeout: float = 20, scheme: str = "http") -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        m = re.search(r"web view at (http://127\.0\.0\.1:\d+/)", daemon.output())
+        m = re.search(rf"web view at ({scheme}://127\.0\.0\.1:\d+/)", daemon.output())
         if m:
             return m.group(1)
         if daemon.proc.poll() is not None:
@@ -423,3 +426,40 @@ async def test_webview_reconnects_after_daemon_restart(tmp_path: Path) -> None:
             )
             assert await page.eval("document.getElementById('conn').dataset.state") == "up"
         assert page.exceptions == []
+
+
+async def test_webview_over_https_and_wss(tmp_path: Path) -> None:
+    """``-webview ...,tls-creds=ID``: chromium, told to accept exactly the test server's
+    key (``--ignore-certificate-errors-spki-list``), loads the page over HTTPS and
+    drives QMP over ``wss:``."""
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.skip("chromium not installed (tools/setup-deps.sh)")
+    pki = make_pki(tmp_path)
+    spki = spki_hash(pki.server / "server-cert.pem")
+    args = [
+        "-object", f"tls-creds-x509,id=tls0,dir={pki.server},endpoint=server,verify-peer=off",
+        "-netdev", "hubport,id=secure,hubid=0",
+        "-webview", "tcp:127.0.0.1:0,tls-creds=tls0",
+    ]  # fmt: skip
+    with running_daemon(tmp_path, args) as daemon:
+        url = web_view_url(daemon, scheme="https")
+        async with Browser.launch(tmp_path, f"--ignore-certificate-errors-spki-list={spki}") as b:
+            page = await b.new_page()
+            await page.goto(url)
+            await page.wait_for("!!document.querySelector('#topology [data-netdev=\"secure\"]')")
+            assert await page.eval("location.protocol") == "https:"
+            assert page.exceptions == []
+    assert "Traceback" not in daemon.output() and " ERROR " not in daemon.output()
+
+
+def spki_hash(cert: Path) -> str:
+    """base64(sha256(SubjectPublicKeyInfo)) of a certificate, as chromium pins keys."""
+    pem = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-pubkey", "-noout"],
+        capture_output=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "der"],
+        input=pem, capture_output=True, check=True, timeout=30,
+    ).stdout  # fmt: skip
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import ssl
 import struct
 import subprocess
 import sys
@@ -24,12 +25,13 @@ from netstack import cli
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.nic import NicClient
-from netstack.qapi import parse_netdev_cli
+from netstack.qapi import parse_netdev_cli, parse_object_cli
 from netstack.webview import WebView, WebViewSpec, parse_spec
 from netstack.webview import capture as capture_mod
 from netstack.webview import server as server_mod
 from netstack.webview.http import BadRequest, parse_head
 from tests.daemon_proc import running_daemon
+from tests.interop.tls_pki import make_pki
 from tests.support import frame
 
 pytestmark = pytest.mark.timeout(60)
@@ -292,3 +294,59 @@ def test_bad_webview_option_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr == "netstackd: -webview udp:1: expected tcp:HOST:PORT\n"
+
+
+@pytest.mark.parametrize("verify_peer", [False, True])
+async def test_https_and_wss_with_tls_creds(tmp_path: Path, verify_peer: bool) -> None:
+    """``tls-creds=ID``: the page over HTTPS and QMP over wss, checked by clients that
+    trust only the test CA; with verify-peer=on, nothing without a client certificate."""
+    pki = make_pki(tmp_path)
+    ns = Netstack(drivers.registry(), runtime_dir=tmp_path, name="tls")
+    await ns.object_add(
+        parse_object_cli(
+            f"tls-creds-x509,id=tls0,dir={pki.server},endpoint=server,"
+            f"verify-peer={'on' if verify_peer else 'off'}"
+        )
+    )
+    await ns.netdev_add(parse_netdev_cli("hubport,id=p0,hubid=0"))
+    wv = WebView(ns, parse_spec("tcp:127.0.0.1:0,tls-creds=tls0"))
+    await wv.start()
+    try:
+        assert wv.url == f"https://127.0.0.1:{wv.port}/"
+        client = ssl.create_default_context(cafile=str(pki.ca_cert))
+        if verify_peer:
+            bare = ssl.create_default_context(cafile=str(pki.ca_cert))
+            try:  # TLS 1.3: the refusal comes after the client's side of the handshake
+                status, body = await fetch_tls(wv.port, bare, "/config.json")
+            except (ssl.SSLError, ConnectionError):
+                status, body = 0, b""
+            assert (status, body) == (0, b"")
+            client.load_cert_chain(pki.client / "client-cert.pem", pki.client / "client-key.pem")
+        status, body = await fetch_tls(wv.port, client, "/config.json")
+        assert status == 200 and json.loads(body)["qmp"]["port"] == wv.qmp_port
+        async with websockets.connect(
+            f"wss://127.0.0.1:{wv.qmp_port}/", subprotocols=["binary"], ssl=client
+        ) as ws:
+            assert "QMP" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+        # Plain HTTP to the HTTPS port gets no page.
+        reader, writer = await asyncio.open_connection("127.0.0.1", wv.port)
+        writer.write(get("/"))
+        data = await asyncio.wait_for(reader.read(), 15)
+        writer.close()
+        assert b"<!doctype html>" not in data
+    finally:
+        await wv.close()
+        await ns.close()
+
+
+async def fetch_tls(port: int, context: ssl.SSLContext, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"
+    )
+    writer.write(get(path))
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    if not data:
+        return 0, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
