@@ -1,10 +1,10 @@
 """The web view's HTTP/1.1 wire format: request heads in, responses out (sans-IO).
 
-Owns :func:`parse_head` (one request head, RFC 9112 §2-3: request line, header fields),
-:func:`response` (a complete response with ``Content-Length``) and :func:`chunk` (one
-chunk of a chunked body). The server reads one request per connection and closes it
-after the response (``Connection: close``): the page makes a handful of requests, so
-keep-alive buys nothing and the state machine stays trivial.
+Owns :func:`parse_head` (one request head, RFC 9112 §2-3: request line, header fields)
+and :func:`response` (a complete response with ``Content-Length``). The server reads one
+request per connection and closes it after the response (``Connection: close``): the
+page makes a handful of requests, so keep-alive buys nothing and the state machine stays
+trivial.
 
 Limits: a head of at most :data:`MAX_HEAD` bytes, at most :data:`MAX_FIELDS` fields, a
 body (for ``POST``) of at most :data:`MAX_BODY` bytes. Anything malformed raises
@@ -131,8 +131,3 @@ def head_bytes(status: int, fields: dict[str, str]) -> bytes:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}"]
     lines += [f"{k}: {v}" for k, v in fields.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def chunk(data: bytes) -> bytes:
-    """One chunk of a chunked body (an empty ``data`` is the last chunk)."""
-    return f"{len(data):x}\r\n".encode() + data + b"\r\n"

@@ -13,9 +13,11 @@ over HTTPS and gives the created websocket chardev the same credentials (``wss:`
 without one never reaches the page or the monitor.
 
 Why a server of our own rather than only the websocket chardev: a browser needs the page
-from somewhere, and a capture's bytes need a way out that a browser can take (a
-filter-dump writes to a file or FIFO on the daemon's host, which the page cannot open);
-an HTTP download is what browsers do best, on a phone too.
+from somewhere, and a capture's bytes need a way out that a browser can take. A
+filter-dump writes to a file or FIFO on the daemon's host, which the page cannot open; a
+second websocket chardev would not help, since filter-dump does not write to chardevs,
+and the page would have to assemble and save a file itself. An HTTP download of the
+finished pcapng is what browsers do best, on a phone too, and needs no JavaScript.
 
 Endpoints (one request per connection, see :mod:`.http`)::
 
@@ -35,7 +37,8 @@ a cross-origin page cannot send without a CORS preflight this server never grant
 an ``Origin``, when sent, must match ``Host``. Pages carry a Content-Security-Policy
 that allows only the server's own scripts and styles. Bad requests are answered with
 their status, counted in :attr:`WebView.stats` and logged at most once per
-:data:`LOG_INTERVAL` seconds per kind; they never disturb the daemon.
+:data:`LOG_INTERVAL` seconds per kind; they never disturb the daemon. Not covered
+here: the websocket chardev (like QEMU's) does not check a handshake's ``Origin``.
 """
 
 from __future__ import annotations
