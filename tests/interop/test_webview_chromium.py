@@ -368,7 +368,13 @@ async def hostfwd_checks(page: Page, qmp: QMPClient, ns: str, guest_ip: str) -> 
 
 
 async def capture_checks(page: Page, browser: Browser, downloads: Path) -> None:
-    await page.select_option("#capture-netdev", "t0")
+    # Picking the tap in the picture selects it everywhere, the capture form included.
+    await page.click('#topology [data-netdev="t0"]')
+    await page.wait_for(
+        "document.querySelector('#netdevs tr[data-netdev=\"t0\"]').classList.contains('selected')",
+        what="t0 selected",
+    )
+    assert await page.eval("document.getElementById('capture-netdev').value") == "t0"
     await page.click("#capture-start")
     running = '#captures tr[data-state="running"]'
     await page.wait_for(f"!!document.querySelector({json.dumps(running)})", what="capture running")
