@@ -78,12 +78,12 @@ export class CapturePanel {
       showMessage(this.msg, `captures unavailable: ${err.message}`, true);
     }
     const rows = list.slice().reverse().map((c) => el('tr', { dataset: { capture: c.id, state: c.state } },
-      td('id', c.id),
+      td('id', c.id, 'wide-only'),
       td('netdev', c.netdev),
       td('state', c.state + (c.truncated ? ' (truncated)' : '')),
       td('frames', String(c.frames), 'num'),
       td('bytes', human(c.bytes), 'num'),
-      td('elapsed', `${c.elapsed} s`, 'num'),
+      td('elapsed', `${c.elapsed} s`, 'num wide-only'),
       el('td', {}, c.state === 'running'
         ? el('button', { type: 'button', dataset: { action: 'stop-capture' }, text: 'stop', onclick: () => this.stop(c) })
         : el('a', { href: `api/capture/${c.id}.pcapng`, download: c.filename, class: 'button', dataset: { action: 'download' }, text: 'download .pcapng' })),

@@ -45,7 +45,7 @@ export function renderNetdevs(tbody, entries, history, onLink, onSelect, selecte
 
 export function renderLeases(tbody, leases) {
   const rows = leases.map((l) => el('tr', { dataset: { mac: l['mac-address'], ip: l['ip-address'] } },
-    td('netdev', l.netdev),
+    td('netdev', l.netdev, WIDE),
     td('mac-address', l['mac-address'], 'mono'),
     td('ip-address', l['ip-address'], 'mono'),
     td('state', l.state),
@@ -59,15 +59,15 @@ const endpoint = (addr, port) => (port === undefined ? addr : addr.includes(':')
 
 export function renderConnections(tbody, conns) {
   const rows = conns.map((c) => el('tr', { dataset: { protocol: c.protocol, direction: c.direction } },
-    td('netdev', c.netdev),
+    td('netdev', c.netdev, WIDE),
     td('protocol', c.protocol),
     td('state', c.state),
     td('direction', c.direction),
     td('guest', endpoint(c['guest-addr'], c['guest-port']), 'mono'),
     td('remote', endpoint(c['remote-addr'], c['remote-port']), 'mono'),
-    td('recv-q', String(c['recv-q']), 'num'),
-    td('send-q', String(c['send-q']), 'num'),
-    td('expires-in', c['expires-in'] === undefined ? '' : `${c['expires-in']} s`, 'num'),
+    td('recv-q', String(c['recv-q']), `num ${WIDE}`),
+    td('send-q', String(c['send-q']), `num ${WIDE}`),
+    td('expires-in', c['expires-in'] === undefined ? '' : `${c['expires-in']} s`, `num ${WIDE}`),
   ));
   setRows(tbody, rows, 'no connections', 9);
 }
