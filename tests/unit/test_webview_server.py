@@ -25,7 +25,7 @@ from netstack import cli
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.nic import NicClient
-from netstack.qapi import parse_netdev_cli, parse_object_cli
+from netstack.qapi import parse_chardev_cli, parse_netdev_cli, parse_object_cli
 from netstack.webview import WebView, WebViewSpec, parse_spec
 from netstack.webview import capture as capture_mod
 from netstack.webview import server as server_mod
@@ -350,3 +350,31 @@ async def fetch_tls(port: int, context: ssl.SSLContext, path: str) -> tuple[int,
         return 0, b""
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
+
+
+async def test_points_at_an_existing_websocket_monitor(tmp_path: Path) -> None:
+    ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
+    try:
+        spec = "socket,id=ws0,host=127.0.0.1,port=0,server=on,wait=off,websocket=on"
+        await ns.chardev_add(parse_chardev_cli(spec), from_cli=True)
+        await ns.monitor_add("mon", "chardev=ws0,mode=control", False, 0)
+        for text, error in [
+            ("tcp:127.0.0.1:0,chardev=nope", "chardev 'nope' not found"),
+            ("tcp:127.0.0.1:0,tls-creds=nope", "No TLS credentials with id 'nope'"),
+        ]:
+            with pytest.raises(GenericError, match=error):
+                await WebView(ns, parse_spec(text)).start()
+        wv = WebView(ns, parse_spec("tcp:127.0.0.1:0,chardev=ws0"))
+        await wv.start()
+        try:
+            assert ns.chardev("webview-qmp") is None
+            m = re.search(r":(\d+),server=on", ns.chardev("ws0").filename())
+            assert m is not None
+            port = int(m.group(1))
+            assert wv.qmp_port == port
+            async with websockets.connect(f"ws://127.0.0.1:{port}/", subprotocols=["binary"]) as ws:
+                assert "QMP" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+        finally:
+            await wv.close()
+    finally:
+        await ns.close()
