@@ -377,10 +377,11 @@ def _json(status: int, value: Any) -> bytes:
 
 
 def _websocket_port(chardev: Any) -> int:
-    """The TCP port a socket chardev listens on (from its ``query-chardev`` filename)."""
-    m = re.search(r":(\d+)(?:,|$)", str(chardev.filename()))
+    """The TCP port a websocket chardev listens on (from its ``query-chardev`` filename,
+    ``[disconnected:]websocket:HOST:PORT,server=on...``)."""
+    m = re.match(r"^(?:disconnected:)?websocket:.*:(\d+),server=on", str(chardev.filename()))
     if m is None:
-        raise GenericError(f"chardev '{chardev.id}' is not a TCP socket server")
+        raise GenericError(f"chardev '{chardev.id}' is not a websocket server (websocket=on)")
     return int(m.group(1))
 
 

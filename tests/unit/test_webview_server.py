@@ -358,8 +358,11 @@ async def test_points_at_an_existing_websocket_monitor(tmp_path: Path) -> None:
         spec = "socket,id=ws0,host=127.0.0.1,port=0,server=on,wait=off,websocket=on"
         await ns.chardev_add(parse_chardev_cli(spec), from_cli=True)
         await ns.monitor_add("mon", "chardev=ws0,mode=control", False, 0)
+        plain = "socket,id=plain,host=127.0.0.1,port=0,server=on,wait=off"
+        await ns.chardev_add(parse_chardev_cli(plain), from_cli=True)
         for text, error in [
             ("tcp:127.0.0.1:0,chardev=nope", "chardev 'nope' not found"),
+            ("tcp:127.0.0.1:0,chardev=plain", "chardev 'plain' is not a websocket server"),
             ("tcp:127.0.0.1:0,tls-creds=nope", "No TLS credentials with id 'nope'"),
         ]:
             with pytest.raises(GenericError, match=error):
