@@ -25,6 +25,8 @@ const state = {
   unit: 'frames',
   tick: 0,
   busy: false,
+  again: false,
+  full: false,
   timer: null,
   retryMs: 1000,
 };
@@ -81,7 +83,7 @@ async function connect(url) {
     const v = greeting.version?.qemu;
     setConn('up', `connected${v ? ` · QMP ${v.major}.${v.minor}.${v.micro}` : ''}`);
     state.tick = 0;
-    poll();
+    poll(true);
   } catch (err) {
     setConn('down', `${err.message}: retrying`);
     if (state.qmp === null) {
@@ -92,20 +94,30 @@ async function connect(url) {
   }
 }
 
-async function poll() {
+// One poll at a time: a refresh asked for while one runs (an event, an action) is done
+// right after it, once; `full` also refreshes the tables at once.
+function poll(full = false) {
   const qmp = state.qmp;
   if (!qmp) return;
-  clearTimeout(state.timer);
-  if (!state.busy) {
-    state.busy = true;
-    try {
-      await refresh(qmp, state.tick % 2 === 0);
-    } finally {
-      state.busy = false;
-    }
-    state.tick += 1;
+  if (full) state.full = true;
+  if (state.busy) {
+    state.again = true;
+    return;
   }
-  if (state.qmp === qmp) state.timer = setTimeout(poll, POLL_MS);
+  clearTimeout(state.timer);
+  state.busy = true;
+  const wantFull = state.full || state.tick % 2 === 0;
+  state.full = false;
+  refresh(qmp, wantFull)
+    .catch((err) => console.error('refresh failed', err))
+    .finally(() => {
+      state.busy = false;
+      state.tick += 1;
+      if (state.qmp !== qmp) return;
+      const again = state.again;
+      state.again = false;
+      state.timer = setTimeout(poll, again ? 0 : POLL_MS);
+    });
 }
 
 async function refresh(qmp, full) {
@@ -179,7 +191,7 @@ function onEvent(msg) {
     el('strong', { text: msg.event }),
     el('code', { text: msg.data ? JSON.stringify(msg.data) : '' })));
   while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
-  poll();
+  poll(true);
 }
 
 // -- forwards --------------------------------------------------------------------------
@@ -214,8 +226,7 @@ async function addForward(ev) {
   } catch (err) {
     showMessage(msg, err.message, true);
   }
-  state.tick = 0;
-  poll();
+  poll(true);
 }
 
 async function removeForward(fwd) {
@@ -235,8 +246,7 @@ async function removeForward(fwd) {
   } catch (err) {
     showMessage(msg, err.message, true);
   }
-  state.tick = 0;
-  poll();
+  poll(true);
 }
 
 // -- start -----------------------------------------------------------------------------
