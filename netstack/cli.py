@@ -4,17 +4,19 @@ Arguments follow QEMU's spelling (one or two leading dashes): ``-netdev``, ``-ch
 ``-object``, ``-qmp``, ``-qmp-pretty``, ``-mon``, ``-daemonize``, ``-pidfile``, ``-D``,
 ``-name``, ``-readconfig``, ``-writeconfig``, ``-run-with``/``-runas``, ``-sandbox``
 (:mod:`netstack.confine`), ``-version``, ``-help``; beyond QEMU ``-metrics`` (a Prometheus
-endpoint). Under systemd the daemon reports readiness and accepts activated sockets
-(:mod:`netstack.service`). Errors are printed as QEMU prints them, ``netstackd: -netdev
-SPEC: TEXT`` (``netstackd:FILE:LINE: TEXT`` for a config file), on one line, and exit with
-status 1; no input makes it print a traceback. Every ``help`` form is answered as QEMU
-answers it (:mod:`netstack.clihelp`); config files are :mod:`netstack.configfile`
-(``docs/config-files.md``).
+endpoint) and ``-webview`` (the live web view, :mod:`netstack.webview`). Under systemd the
+daemon reports readiness and accepts activated sockets (:mod:`netstack.service`). Errors
+are printed as QEMU prints them, ``netstackd: -netdev SPEC: TEXT`` (``netstackd:FILE:LINE:
+TEXT`` for a config file), on one line, and exit with status 1; no input makes it print a
+traceback. Every ``help`` form is answered as QEMU answers it (:mod:`netstack.clihelp`);
+config files are :mod:`netstack.configfile` (``docs/config-files.md``).
 
 With no arguments the daemon starts its embedded default: a ``user`` NAT and a
 vhost-user server socket joined on hub 0, plus a QMP socket, under a per-user runtime
 directory, and prints the QEMU command line that attaches a VM. Pieces whose driver this
-build lacks are named plainly and left out.
+build lacks are named plainly and left out. ``-webview tcp:HOST:PORT`` alone is the
+embedded default plus the live web view (:mod:`netstack.webview`), whose address is
+printed; with other options it adds the web view to what they create.
 
 This is the only core module that imports ``drivers``. One asyncio loop runs everything;
 SIGINT and SIGTERM (or QMP ``quit``) shut down cleanly: every netdev deleted (downscripts
@@ -33,18 +35,21 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netstack import __version__, confine, limits
 from netstack.daemon import Netstack
 from netstack.driver import DriverSpec
-from netstack.errors import NetstackError
+from netstack.errors import GenericError, NetstackError
 from netstack.qapi.helptext import HelpRequested
+
+if TYPE_CHECKING:
+    from netstack.webview import WebView
 
 PROG = "netstackd"
 
 _WITH_ARG = {"netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile", "D", "name",
-             "readconfig", "writeconfig", "metrics"}  # fmt: skip
+             "readconfig", "writeconfig", "metrics", "webview"}  # fmt: skip
 _FLAGS = {"daemonize", "version", "help", "h"}
 
 
@@ -77,6 +82,8 @@ class Config:
     name: str | None = None
     #: ``-metrics unix:PATH|tcp:HOST:PORT``: the Prometheus endpoint (off by default).
     metrics: str | None = None
+    #: ``-webview tcp:HOST:PORT[,...]``: the live web view (off by default).
+    webview: str | None = None
     embedded_default: bool = False
     show_help: bool = False
     show_version: bool = False
@@ -144,6 +151,12 @@ def parse_argv(argv: Sequence[str]) -> Config:
             cfg.writeconfig = value
         elif name == "metrics":
             cfg.metrics = value
+        elif name == "webview":
+            cfg.webview = value
+    if cfg.webview is not None and not (
+        cfg.netdevs or cfg.chardevs or cfg.objects or cfg.monitors or cfg.show_help
+    ):
+        cfg.embedded_default = True
     return cfg
 
 
@@ -261,6 +274,9 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
                              started; QMP write-config writes it again at any time
   -metrics unix:PATH|tcp:HOST:PORT
                              serve Prometheus metrics (GET /metrics) there
+  -webview tcp:HOST:PORT[,chardev=ID][,tls-creds=ID]
+                             serve the live web view over HTTP(S) (off by default;
+                             alone: the embedded default plus the web view)
   -D FILE                    write the log to FILE
   -pidfile FILE              write the process id to FILE
   -daemonize                 detach once started
@@ -297,6 +313,19 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
         flag = "-qmp-pretty" if kind == "qmp" and pretty else f"-{kind}"
         with _option(flag, spec, cfg.origins.get(("mon", index))):
             await ns.monitor_add(kind, spec, pretty, index)
+
+
+async def _start_webview(ns: Netstack, cfg: Config) -> WebView:
+    from netstack.webview import WebView, parse_spec
+
+    assert cfg.webview is not None
+    with _option("-webview", cfg.webview):
+        webview = WebView(ns, parse_spec(cfg.webview), monitor_index=len(cfg.monitors))
+        try:
+            await webview.start()
+        except OSError as exc:
+            raise GenericError(f"cannot listen: {exc.strerror or exc}") from exc
+    return webview
 
 
 def _early_object(spec: str) -> bool:
@@ -345,6 +374,7 @@ async def serve(
     ns.config_file = cfg.writeconfig
     service = ServiceHooks(metrics=cfg.metrics, daemonized=cfg.daemonize)
     service.attach(ns)
+    webview: WebView | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, ns.request_shutdown)
@@ -353,6 +383,8 @@ async def serve(
             await _setup(ns, cfg)
             if cfg.writeconfig is not None:
                 _write_config(ns, cfg.writeconfig)
+            if cfg.webview is not None:
+                webview = await _start_webview(ns, cfg)
             ours = [p for dev in ns.chardevs for p in dev.created_paths]
             cfg.confinement.apply(ns.runtime_dir, [*ours, *filter(None, [cfg.pidfile])], log)
             with _option("-metrics", cfg.metrics or ""):
@@ -365,6 +397,9 @@ async def serve(
             print(f"{PROG}: {exc}", file=sys.stderr)
             service.failed(str(exc))
             return 1
+        if webview is not None:
+            line = f"  Web view:          {webview.url}"
+            banner = f"{banner}\n{line}" if banner else f"{PROG}: web view at {webview.url}"
         if banner:
             print(banner, flush=True)
         if ready is not None and not ready.done():
@@ -373,6 +408,8 @@ async def serve(
         service.stopping()
         return 0
     finally:
+        if webview is not None:
+            await webview.close()
         await ns.close()
         await service.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -488,6 +525,7 @@ def _main(argv: Sequence[str] | None) -> int:
     banner = None
     if cfg.embedded_default:
         plan = embedded_default(registry, runtime_dir())
+        plan.config.webview = cfg.webview
         cfg = plan.config
         banner = attach_instructions(plan)
 

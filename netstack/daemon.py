@@ -415,6 +415,16 @@ class Netstack:
                 entry["mac"] = format_mac(nc.rx_filter.mac)
             if isinstance(nc, CountingClient):
                 entry["counters"] = nc.counters()
+            if nc.filters:
+                entry["filters"] = [
+                    {
+                        "id": nf.id,
+                        "qom-type": nf.qom_type,
+                        "queue": nf.queue,
+                        "status": "on" if nf.enabled else "off",
+                    }
+                    for nf in nc.filters
+                ]
             out.append(entry)
         if name is not None and not out:
             raise DeviceNotFound(f"Device '{name}' not found")

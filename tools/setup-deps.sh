@@ -33,6 +33,7 @@ PACKAGES=(
     curl              # scrapes the metrics endpoint (HTTP over TCP and unix sockets)
     libseccomp2       # -sandbox: the seccomp filter library pyseccomp loads
     chromium          # headless browser: JavaScript WebSocket client of the websocket chardev
+    fonts-dejavu-core # a font for chromium's screenshots of the web view
     telnet            # telnet client of the telnet chardev
     openssl           # s_client and certificate generation for the TLS chardev tests
     gnutls-bin        # gnutls-cli: the second TLS client of the TLS chardev tests

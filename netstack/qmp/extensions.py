@@ -13,7 +13,9 @@ CamelCase, enum values lower-case); optional members are absent, never null.
     options as given, QAPI ``any``), ``peer``, ``hub``, ``mac`` (NIC-class clients) and
     ``counters`` (the driver's own counters - drops by reason, sockets, sessions - as a
     JSON object of name -> integer; QAPI has no map type, so its type is ``any``; the
-    names are the driver's and may grow).
+    names are the driver's and may grow), ``filters`` (``[NetdevFilterInfo]``: the filter
+    objects on the client in chain order, ``id``, ``qom-type``, ``queue``, ``status`` -
+    ``info network`` shows them only for some clients, never for hub ports).
 
 User netdev forwards (``type`` is ``UserForwardType``: ``hostfwd`` | ``guestfwd``):
 
@@ -87,6 +89,17 @@ class NetClientStatistics:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NetdevFilterInfo:
+    """One filter object on a net client (``object-add`` of a ``filter-*`` type)."""
+
+    qapi_name: ClassVar[str] = "NetdevFilterInfo"
+    id: str = req("str")
+    qom_type: str = req("str")
+    queue: str = req("str")
+    status: str = req("str")
+
+
+@dataclass(frozen=True, kw_only=True)
 class NetdevInfo:
     """One net client, as ``query-netdev`` reports it."""
 
@@ -105,6 +118,7 @@ class NetdevInfo:
     hub: int | None = opt("int")
     mac: str | None = opt("str")
     counters: Any = opt("any")  # noqa: RUF009 - schema metadata
+    filters: list[NetdevFilterInfo] | None = opt(QList(NetdevFilterInfo))  # noqa: RUF009
 
 
 # -- query-rx-filter (QEMU's own types, qapi/net.json) and query-dhcp-leases ----------------
