@@ -22,6 +22,7 @@ def registry() -> dict[str, DriverSpec]:
         tap,
         user,
         vhost_user,
+        vxlan,
     )
 
     specs = [
@@ -34,5 +35,6 @@ def registry() -> dict[str, DriverSpec]:
         dgram.SPEC,
         l2tpv3.SPEC,
         vhost_user.SPEC,
+        vxlan.SPEC,
     ]
     return {spec.type: spec for spec in specs}

@@ -26,6 +26,7 @@ PACKAGES=(
     isc-dhcp-client   # dhclient -6: a real DHCPv6 client for the user netdev's IPv6 tests
     slirp4netns       # libslirp: the user netdev's reference peer
     passt             # pasta: the other user-mode stack benchmarked against
+    ethtool           # vxlan tests: checksum offload off on veth underlays (see test_vxlan_kernel)
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")
