@@ -104,20 +104,21 @@ class VxlanDecoder:
 
 
 def flow_hash(frame: bytes) -> int:
-    """A 32-bit hash of the inner frame's flow (addresses and ports)."""
+    """A 32-bit hash of the inner frame's flow (addresses, protocol and ports)."""
     etype = frame[12:14]
     if etype == b"\x08\x00" and len(frame) >= 34:
-        ihl = (frame[14] & 0x0F) * 4
         proto = frame[23]
+        h = zlib.crc32(frame[26:34], proto)
         if proto in (6, 17) and not (frame[20] & 0x3F or frame[21]):  # not a fragment
-            ports = 14 + ihl
-            return zlib.crc32(frame[ports : ports + 4], zlib.crc32(frame[23:34]))
-        return zlib.crc32(frame[23:34])
+            ports = 14 + (frame[14] & 0x0F) * 4
+            return zlib.crc32(frame[ports : ports + 4], h)
+        return h
     if etype == b"\x86\xdd" and len(frame) >= 54:
         proto = frame[20]
+        h = zlib.crc32(frame[22:54], proto)
         if proto in (6, 17):
-            return zlib.crc32(frame[54:58], zlib.crc32(frame[20:54]))
-        return zlib.crc32(frame[20:54])
+            return zlib.crc32(frame[54:58], h)
+        return h
     return zlib.crc32(frame[:14])
 
 
