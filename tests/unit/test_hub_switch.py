@@ -204,7 +204,7 @@ def test_nic_rx_filter_still_applies_behind_the_switch() -> None:
 
 
 def test_vnet_frames_are_switched_on_their_ethernet_header() -> None:
-    hub, (a, b, c), _ = switch(3)
+    hub, (_a, b, c), _ = switch(3)
     a_v = Recorder("av", accepts_vnet=True)
     b.send([eth(BCAST, mac(2))])
     port = hub.add_port("pv")
