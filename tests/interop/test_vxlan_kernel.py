@@ -90,18 +90,23 @@ def underlay(ns_k: str, ns_n: str, family: int, mtu: int = 1500) -> tuple[str, s
 
 
 @contextlib.asynccontextmanager
-async def rig(family: int = 4, extra: str = "", vx_mtu: int = 1450) -> AsyncIterator[Rig]:
+async def rig(
+    family: int = 4, extra: str = "", vx_mtu: int = 1450, group: str | None = None
+) -> AsyncIterator[Rig]:
+    """``group``: both VTEPs flood to that multicast group instead of naming each other."""
     require_root()
     with netns("vxk") as ns_k, netns("vxn") as ns_n, netns("vxg") as ns_g:
         a, b = underlay(ns_k, ns_n, family)
+        far = ["group", group, "dev", "eth0"] if group else ["remote", b]
         ip("-n", ns_k, "link", "add", "vx0", "type", "vxlan", "id", "42", "local", a,
-           "remote", b, "dstport", "4789")  # fmt: skip
+           *far, "dstport", "4789")  # fmt: skip
         ip("-n", ns_k, "link", "set", "vx0", "mtu", str(vx_mtu), "up")
         ip("-n", ns_k, "addr", "add", f"{INNER_K}/24", "dev", "vx0")
         daemon = Netstack({"tap": tap.SPEC, "hubport": hubport.SPEC, "vxlan": vxlan.SPEC})
         try:
             for spec in (
-                f"vxlan,id=vx,vni=42,local={b},remote={a},x-netns={ns_n}{extra}",
+                f"vxlan,id=vx,vni=42,local={b},{f'group={group}' if group else f'remote={a}'},"
+                f"x-netns={ns_n}{extra}",
                 "hubport,id=hvx,hubid=0,netdev=vx,x-learning=on",
                 f"tap,id=t,ifname=vxg,script=no,downscript=no,vnet_hdr=on,x-netns={ns_g}",
                 "hubport,id=ht,hubid=0,netdev=t",
@@ -168,6 +173,25 @@ async def test_ping_tcp_iperf3_and_learning_with_the_kernel(family: int) -> None
         # netdev_del flushes what the hub learned behind the tunnel
         r.daemon.netdev_del("vx")
         assert mac_k not in {row["mac"] for row in r.daemon.query_hub_fdb(0)}
+
+
+@pytest.mark.parametrize(("family", "group"), [(4, "239.1.1.42"), (6, "ff05::42")])
+async def test_multicast_group_with_the_kernel(family: int, group: str) -> None:
+    """Flooding through a multicast group (the kernel's ``group G dev eth0``): ARP finds
+    its way both ways, then unicast goes to the learned VTEP."""
+    async with rig(family, group=group, vx_mtu=1450 if family == 4 else 1430) as r:
+        await ping(r.ns_g, INNER_K)
+        await ping(r.ns_k, INNER_G)
+        assert await tcp_transfer(r.ns_k, r.ns_g, INNER_K, 1 << 20) == 1 << 20
+        rows = r.daemon.query_tunnel_fdb("vx")
+        assert ("00:00:00:00:00:00", group, True) in {
+            (x["mac"], x["remote"], x["static"]) for x in rows
+        }
+        assert (mac_of(r.ns_k, "vx0"), r.under_k) in {
+            (x["mac"], x["remote"]) for x in rows if not x["static"]
+        }
+        c = r.vx.counters()
+        assert c["own-looped"] == 0 and c["tx-errors"] == 0
 
 
 async def test_full_size_frames_cross_a_1500_underlay() -> None:
