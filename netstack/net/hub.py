@@ -135,45 +135,60 @@ class Hub:
         now = self.clock()
         fdb.maybe_sweep(now)
         off = vnet_hdr.HDR_LEN if vnet else 0
+        end, need = off + 12, off + 14
         isolated = source.isolated
-        flood_to = [p for p in self.ports if p is not source and not (isolated and p.isolated)]
         out: dict[HubPort, list[bytes]] = {}
         learn, lookup = fdb.learn, fdb.lookup
         floods: list[bytes] = []
+        # Consecutive frames of a batch mostly share their addresses (one flow): the
+        # decision is made once per run of equal (dst, src) and reused.
+        prev_key = b""
+        bucket = floods
+        filtered: list[bytes] = []  # to their own port: dropped, as a bridge filters them
+        horizon: list[bytes] = []  # overlay to overlay: dropped (split horizon)
+        malformed = 0
         for f in frames:
-            if len(f) < off + 14:
-                counters.malformed += 1
+            if len(f) < need:
+                malformed += 1
                 continue
-            learn(f[off + 6 : off + 12], source, now)
-            if f[off] & 1:
-                floods.append(f)
-                continue
-            port = lookup(f[off : off + 6], now)
-            if port is None:
-                floods.append(f)
-            elif port is source:
-                counters.filtered += 1
-            elif isolated and port.isolated:
-                counters.horizon += 1
-            else:
-                counters.unicast += 1
-                batch = out.get(port)
-                if batch is None:
-                    out[port] = [f]
+            key = f[off:end]
+            if key != prev_key:
+                prev_key = key
+                learn(key[6:], source, now)
+                if key[0] & 1:
+                    bucket = floods
                 else:
-                    batch.append(f)
+                    port = lookup(key[:6], now)
+                    if port is None:
+                        bucket = floods
+                    elif port is source:
+                        bucket = filtered
+                    elif isolated and port.isolated:
+                        bucket = horizon
+                    else:
+                        found = out.get(port)
+                        if found is None:
+                            found = out[port] = []
+                        bucket = found
+            bucket.append(f)
+        counters.malformed += malformed
+        counters.filtered += len(filtered)
+        counters.horizon += len(horizon)
+        counters.unicast += sum(map(len, out.values()))
         if floods:
             counters.flooded += len(floods)
+            flood_to = [p for p in self.ports if p is not source and not (isolated and p.isolated)]
             for port in flood_to:
                 batch = out.get(port)
-                if batch is None:
+                if not batch:
                     out[port] = floods
                 else:  # keep input order for this port
                     order = {id(f): i for i, f in enumerate(frames)}
                     out[port] = sorted(batch + floods, key=lambda x: order[id(x)])
         for port, batch in out.items():
-            counters.deliveries += len(batch)
-            port.send(batch, vnet)
+            if batch:
+                counters.deliveries += len(batch)
+                port.send(batch, vnet)
 
     def can_forward(self, source: HubPort) -> bool:
         return any(port is not source and port.can_send() for port in self.ports)
