@@ -11,6 +11,13 @@ it while it has no ports; absent means repeater); a port that asks for the other
 hub in use gets ``hub N is a repeater`` / ``hub N is a learning switch``. ``x-ageing=S``
 (seconds, learning hubs only) likewise. ``x-isolated=on|off`` sets the port's split
 horizon flag (default: follow the peer; tunnel netdevs such as vxlan are isolated).
+
+Why an option of ``hubport`` rather than a new object: a hub has no existence of its own
+in QEMU or here - it is created by the first ``hubport`` naming its id and listed with
+its ports - so the ports' options are the one place where an operator already describes
+a hub, over ``-netdev`` and ``netdev_add`` alike, and ``query-netdev`` shows the choice
+with each port's options. A learning hub is a hub in every other respect (``info
+network``, ``hub:N`` capture, queues, link state); the default stays QEMU's repeater.
 """
 
 from __future__ import annotations

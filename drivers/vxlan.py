@@ -223,6 +223,11 @@ class VxlanClient(NetClient):
             0,
         )
 
+    @property
+    def local_port(self) -> int:
+        """The UDP port datagrams are received on (``localport``, or the one bound)."""
+        return int(self._rx[0].getsockname()[1])
+
     def start(self) -> None:
         self._set_reading(True)
 

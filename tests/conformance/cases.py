@@ -11,6 +11,7 @@ from tests.conformance.case_sockets import (
 )
 from tests.conformance.case_tap import TapCase, TapPlainCase
 from tests.conformance.case_vhost_user import VhostUserCase
+from tests.conformance.case_vxlan import VxlanCase
 from tests.conformance.harness import DriverCase
 
 CASES: list[type[DriverCase]] = [
@@ -22,4 +23,5 @@ CASES: list[type[DriverCase]] = [
     TapCase,
     TapPlainCase,
     VhostUserCase,
+    VxlanCase,
 ]
