@@ -39,10 +39,16 @@ Data path: each wake-up reads up to :data:`RX_BATCH` datagrams per socket
 (``recvfrom_into`` into one buffer) and hands the inner frames that pass
 :class:`netstack.proto.vxlan.VxlanDecoder` to the peer as one batch; while the peer
 queues part of a batch reading pauses until the queue's callback (QEMU's contract, as in
-the l2tpv3 and socket drivers). Transmit is one ``sendto`` per frame and destination;
-EAGAIN/ENOBUFS on a frame's first destination leaves the rest of the batch queued in the
-core until the socket is writable; on further flood destinations the copy is dropped and
-counted (``tx-errors``), never re-sent twice to the earlier ones.
+the l2tpv3 and socket drivers). Transmit: a run of consecutive unicast frames that go
+from one source-port socket to one VTEP with equal datagram sizes (a TCP flow's
+segments; the last may be shorter) leaves in one ``sendmsg`` with ``UDP_SEGMENT``, and the
+kernel cuts it into datagrams (UDP GSO; ``gso-sends`` counts them); everything else is
+one ``sendto`` per frame and destination. A run the kernel refuses with EMSGSIZE (a
+segment above the path MTU: segmentation cannot fragment) is sent frame by frame, which
+can, and datagrams of that size are no longer batched; EIO/EINVAL turn batching off.
+EAGAIN/ENOBUFS on a frame's first destination (or on a run) leaves the rest of the batch
+queued in the core until the socket is writable; on further flood destinations the copy
+is dropped and counted (``tx-errors``), never re-sent twice to the earlier ones.
 
 Bad input (short datagrams, I flag clear, another VNI, our own multicast echoed back)
 is counted per reason (``counters()``, ``stats.malformed``) and logged rate-limited.
@@ -57,6 +63,7 @@ import errno
 import ipaddress
 import os
 import socket
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -102,6 +109,11 @@ _ZERO_MAC = b"\x00" * 6
 _IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _PMTUDISC_DONT = 0
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+_U16 = struct.Struct("=H")
+#: Largest UDP payload one segmentation-offload send may carry in total.
+_GSO_BYTES = 65000
 
 
 class VxlanConfig:
@@ -208,6 +220,10 @@ class VxlanClient(NetClient):
         self._in_send = False
         self._sent_cb_fired = False
         self._logged_at: dict[str, float] = {}
+        #: Send runs of equal-size datagrams with UDP_SEGMENT (off once the kernel refuses).
+        self._gso = True
+        #: Datagrams larger than this go one by one (a segment must fit the path MTU).
+        self._gso_limit = 65535
         self.c: dict[str, int] = dict.fromkeys(
             (
                 "tx-datagrams",
@@ -219,6 +235,7 @@ class VxlanClient(NetClient):
                 "oversize",
                 "no-destination",
                 "own-looped",
+                "gso-sends",
             ),
             0,
         )
@@ -318,35 +335,115 @@ class VxlanClient(NetClient):
         mtu = self.cfg.mtu
         c = self.c
         sent = 0
+        # a run: consecutive unicast datagrams of one size, one socket and one
+        # destination, sent with one UDP_SEGMENT sendmsg (the kernel cuts them)
+        run: list[bytes] = []
+        run_at = 0
+        run_sock: socket.socket | None = None
+        run_dest: tuple[str, int] | None = None
+        run_len = 0
         for i, frame in enumerate(frames):
             if len(frame) < ETH_HLEN:
                 self.stats.tx_dropped += 1
                 continue
             if mtu is not None and len(frame) - ETH_HLEN > mtu and not self._fits(frame, mtu):
                 continue
-            if frame[0] & 1:
-                dests = flood
-            else:
-                remote = lookup(frame[:6], now)
-                dests = [(remote, dstport)] if remote is not None else flood
-            if not dests:
-                c["no-destination"] += 1
-                self.stats.tx_dropped += 1
-                continue
+            remote = None if frame[0] & 1 else lookup(frame[:6], now)
             sock = tx[flow_hash(frame) % ntx] if ntx > 1 else tx[0]
             data = hdr + frame
+            if remote is not None:
+                dest = (remote, dstport)
+                if (
+                    run
+                    and sock is run_sock
+                    and dest == run_dest
+                    and len(data) <= run_len
+                    and (len(run) + 1) * run_len <= _GSO_BYTES
+                    and len(run) < 64
+                ):
+                    run.append(data)
+                    if len(data) < run_len:  # a shorter datagram ends a run
+                        err = self._send_run(run, run_len, run_sock, run_dest)
+                        if err:
+                            return self._stalled(run_at, sent, run_sock)
+                        sent += len(run)
+                        run = []
+                    continue
+                if run:
+                    assert run_sock is not None and run_dest is not None
+                    if self._send_run(run, run_len, run_sock, run_dest):
+                        return self._stalled(run_at, sent, run_sock)
+                    sent += len(run)
+                if self._gso and len(data) <= self._gso_limit:
+                    run, run_at, run_sock, run_dest, run_len = [data], i, sock, dest, len(data)
+                    continue
+                run = []
+                dests = [dest]
+            else:
+                if run:
+                    assert run_sock is not None and run_dest is not None
+                    if self._send_run(run, run_len, run_sock, run_dest):
+                        return self._stalled(run_at, sent, run_sock)
+                    sent += len(run)
+                    run = []
+                dests = flood
+                if not dests:
+                    c["no-destination"] += 1
+                    self.stats.tx_dropped += 1
+                    continue
             for k, dest in enumerate(dests):
                 try:
                     sock.sendto(data, dest)
                     sent += 1
                 except OSError as exc:
                     if exc.errno in _BACKPRESSURE and k == 0:
-                        c["tx-datagrams"] += sent
-                        self._wait_writable(sock)
-                        return i
+                        return self._stalled(i, sent, sock)
                     self._tx_error(exc)
+        if run:
+            assert run_sock is not None and run_dest is not None
+            if self._send_run(run, run_len, run_sock, run_dest):
+                return self._stalled(run_at, sent, run_sock)
+            sent += len(run)
         c["tx-datagrams"] += sent
         return len(frames)
+
+    def _stalled(self, index: int, sent: int, sock: socket.socket) -> int:
+        """The socket is full: frames from ``index`` on wait in the core's queue."""
+        self.c["tx-datagrams"] += sent
+        self._wait_writable(sock)
+        return index
+
+    def _send_run(
+        self, run: list[bytes], size: int, sock: socket.socket, dest: tuple[str, int]
+    ) -> bool:
+        """Send a run of datagrams; True when the socket is full (nothing of it sent)."""
+        try:
+            if len(run) == 1:
+                sock.sendto(run[0], dest)
+            else:
+                cmsg = [(_SOL_UDP, _UDP_SEGMENT, _U16.pack(size))]
+                sock.sendmsg([b"".join(run)], cmsg, 0, dest)
+                self.c["gso-sends"] += 1
+            return False
+        except OSError as exc:
+            if exc.errno in _BACKPRESSURE:
+                return True
+            if len(run) > 1 and exc.errno == errno.EMSGSIZE:
+                # a segment above the path MTU: segmentation offload cannot fragment, a
+                # plain send can (the host kernel fragments the outer packet)
+                self._gso_limit = min(self._gso_limit, size - 1)
+            elif len(run) > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+                self._gso = False  # no UDP GSO here (device or kernel): one by one
+                self._warn("gso", "UDP segmentation offload unavailable: %s", exc)
+            else:
+                self._tx_error(exc)
+                return False
+        for data in run:
+            try:
+                sock.sendto(data, dest)
+            except OSError as exc:
+                self._tx_error(exc)
+        return False
 
     def _fits(self, frame: bytes, mtu: int) -> bool:
         """Whether an inner packet above the overlay MTU may still go (IPv4 without DF,

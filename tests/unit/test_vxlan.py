@@ -196,6 +196,14 @@ async def test_driver_over_loopback() -> None:
     assert len({addr[1] for _data, addr in to_r2}) >= 3
     same = {addr[1] for _d, addr in to_r2 if _d[8:] == udp_frame(MAC_B, MAC_A, 1000)}
     assert len(same) == 1
+    # one flow's equal-size frames leave in one segmentation-offload send, and arrive as
+    # separate datagrams, byte-exact, the shorter last one included
+    run = [udp_frame(MAC_B, MAC_A, 7, size=1000)] * 20 + [udp_frame(MAC_B, MAC_A, 7, size=10)]
+    guest.send(run)
+    await settle(lambda: False, 0.2)
+    got = r2.drain()
+    assert [d[8:] for d, _a in got] == run
+    assert len({a for _d, a in got}) == 1 and vx.counters()["gso-sends"] >= 1
     # garbage is counted, never delivered
     for bad in (b"x", bytes(30), header(8) + bytes(14)):
         r1.sock.sendto(bad, ("127.0.0.1", port))
