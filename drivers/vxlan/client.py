@@ -1,184 +1,38 @@
-"""The ``vxlan`` netdev (beyond QEMU): an RFC 7348 VXLAN tunnel endpoint (VTEP).
-
-Interoperates with the Linux kernel's vxlan device (``ip link add vx0 type vxlan id N
-local A remote B dstport 4789``) and anything else that speaks RFC 7348. Options
-(:class:`netstack.qapi.NetdevVxlanOptions`)::
-
-    -netdev vxlan,id=ID,vni=N,local=ADDR,remote=ADDR[,remote=ADDR...][,group=MCAST]
-            [,dstport=4789][,localport=P][,srcports=8][,ttl=N][,learning=on]
-            [,ageing=300][,mtu=N][,x-netns=NS]
-
-* ``local``: the underlay address (IPv4 or IPv6 literal) whose ``localport`` (default
-  ``dstport``) receives VXLAN datagrams, like the kernel's ``local``/``dstport``.
-* ``remote`` (repeatable; a list in QMP) and ``group`` (a multicast group joined on the
-  ``local`` address, as the kernel's ``group``): where broadcast, multicast and unknown
-  unicast frames go - to every remote (head-end replication) and to the group. All
-  addresses share ``local``'s family.
-* Learning (``learning=on``, default): the source MAC of each received inner frame is
-  learned behind the datagram's outer source address, with ageing (``ageing`` seconds,
-  default 300, the kernel's); a unicast frame to a learned MAC goes to that VTEP only
-  (:mod:`netstack.net.fdb`). Entries are flushed when the link goes down.
-* Source ports: frames leave from one of ``srcports`` sockets (default 8, kernel-chosen
-  ephemeral ports) picked by the inner flow's hash (:func:`netstack.proto.vxlan.flow_hash`),
-  so a flow keeps one UDP source port and flows spread; ``srcports=0`` sends from the
-  receiving socket (source port = ``localport``, for firewalls that want one port).
-* ``x-netns``: the sockets live in that network namespace (as ``tap``'s ``x-netns``:
-  netstackd serves an underlay it is not in).
-* ``ttl``: outer TTL / hop limit (unicast and multicast; kernel default when absent,
-  multicast 1).
-* MTU: outer datagrams are sent with path-MTU discovery off, so an inner frame that
-  makes the outer packet exceed the underlay MTU is fragmented by the host kernel rather
-  than dropped (the kernel vxlan device drops such frames at its bridge port). With
-  ``mtu=N`` (the overlay MTU, like the kernel device's MTU) an inner IP packet above N
-  that must not be fragmented (IPv4 with DF, any IPv6) is refused with ICMP fragmentation
-  needed / packet too big sent back to its sender (``frag-needed`` counts them); IPv4
-  without DF is sent and fragmented underneath (``oversize`` counts them). A datagram the
-  kernel refuses outright (EMSGSIZE) is counted in ``tx-too-big`` and logged.
-
-Data path: each wake-up reads up to :data:`RX_BATCH` datagrams per socket
-(``recvfrom_into`` into one buffer) and hands the inner frames that pass
-:class:`netstack.proto.vxlan.VxlanDecoder` to the peer as one batch; while the peer
-queues part of a batch reading pauses until the queue's callback (QEMU's contract, as in
-the l2tpv3 and socket drivers). Transmit: a run of consecutive unicast frames that go
-from one source-port socket to one VTEP with equal datagram sizes (a TCP flow's
-segments; the last may be shorter) leaves in one ``sendmsg`` with ``UDP_SEGMENT``, and the
-kernel cuts it into datagrams (UDP GSO; ``gso-sends`` counts them); everything else is
-one ``sendto`` per frame and destination. A run the kernel refuses with EMSGSIZE (a
-segment above the path MTU: segmentation cannot fragment) is sent frame by frame, which
-can, and datagrams of that size are no longer batched; EIO/EINVAL turn batching off.
-EAGAIN/ENOBUFS on a frame's first destination (or on a run) leaves the rest of the batch
-queued in the core until the socket is writable; on further flood destinations the copy
-is dropped and counted (``tx-errors``), never re-sent twice to the earlier ones.
-
-Bad input (short datagrams, I flag clear, another VNI, our own multicast echoed back)
-is counted per reason (``counters()``, ``stats.malformed``) and logged rate-limited.
-A netdev of this type is an *overlay* port: on a learning hub its port is isolated by
-default (split horizon, :mod:`netstack.net.hub`).
-"""
+"""The vxlan netdev's net client: its data path (see :mod:`drivers.vxlan`), MAC table,
+counters and views."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import ipaddress
-import os
 import socket
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from drivers.socket.dgramsock import mcast_socket, udp_socket
-from drivers.tap.netns import open_netns, run_in_netns
-from netstack.driver import DriverHost, DriverSpec
-from netstack.errors import GenericError
+from drivers.vxlan.config import VxlanConfig
 from netstack.net.client import NetClient
-from netstack.net.fdb import DEFAULT_AGEING, MacTable
+from netstack.net.fdb import MacTable
 from netstack.net.rxfilter import format_mac
-from netstack.net.sockaddr import InetAddr
-from netstack.proto.vxlan import (
-    ETH_HLEN,
-    VNI_MAX,
-    VXLAN_PORT,
-    VxlanDecoder,
-    flow_hash,
-    header,
-    too_big_reply,
-)
-from netstack.qapi import NetdevVxlanOptions
+from netstack.proto.vxlan import ETH_HLEN, VxlanDecoder, flow_hash, header, too_big_reply
 
 if TYPE_CHECKING:
     import asyncio
     import logging
 
-    from netstack.qapi import Netdev
-
 #: Datagrams read per socket per wake-up.
 RX_BATCH = 64
 #: Receive buffer: the largest UDP payload.
 RX_BUFSIZE = 65536
-#: Receive socket buffer asked for (capped by ``net.core.rmem_max``).
-SOCKET_RCVBUF = 4 * 1024 * 1024
-#: Default number of source-port sockets.
-DEFAULT_SRCPORTS = 8
-MAX_SRCPORTS = 64
 #: Seconds between two log lines about the same kind of trouble.
 LOG_INTERVAL = 30.0
 
 _BACKPRESSURE = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 _ZERO_MAC = b"\x00" * 6
-_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
-_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
-_PMTUDISC_DONT = 0
 _SOL_UDP = 17
 _UDP_SEGMENT = 103
 _U16 = struct.Struct("=H")
 #: Largest UDP payload one segmentation-offload send may carry in total.
 _GSO_BYTES = 65000
-
-
-class VxlanConfig:
-    """Validated, defaulted options."""
-
-    def __init__(self, opts: NetdevVxlanOptions) -> None:
-        if not 0 <= opts.vni <= VNI_MAX:
-            raise GenericError(f"vxlan: vni must be in 0..{VNI_MAX}")
-        self.vni = opts.vni
-        local = _address(opts.local, "local")
-        if local.is_multicast or local.is_unspecified:
-            raise GenericError(f"vxlan: local '{opts.local}' must be a unicast address")
-        self.family = socket.AF_INET6 if local.version == 6 else socket.AF_INET
-        self.local = str(local)
-        self.remotes: list[str] = []
-        for text in opts.remote or ():
-            addr = _address(text, "remote")
-            if addr.version != local.version:
-                raise GenericError(f"vxlan: remote '{text}' and local are of different families")
-            if addr.is_multicast:
-                raise GenericError(f"vxlan: remote '{text}' is multicast (use group=)")
-            if str(addr) not in self.remotes:
-                self.remotes.append(str(addr))
-        self.group: str | None = None
-        if opts.group is not None:
-            group = _address(opts.group, "group")
-            if not group.is_multicast or group.version != local.version:
-                raise GenericError(
-                    f"vxlan: group '{opts.group}' must be a multicast address of local's family"
-                )
-            self.group = str(group)
-        self.dstport = opts.dstport if opts.dstport is not None else VXLAN_PORT
-        self.localport = opts.localport if opts.localport is not None else self.dstport
-        self.srcports = opts.srcports if opts.srcports is not None else DEFAULT_SRCPORTS
-        if self.srcports > MAX_SRCPORTS:
-            raise GenericError(f"vxlan: srcports must be at most {MAX_SRCPORTS}")
-        self.ttl = opts.ttl
-        self.learning = opts.learning if opts.learning is not None else True
-        self.ageing = float(opts.ageing) if opts.ageing is not None else DEFAULT_AGEING
-        self.mtu = opts.mtu
-        if self.mtu is not None and self.mtu < 68:
-            raise GenericError("vxlan: mtu must be at least 68")
-        self.netns: str | None = None
-
-    def info(self) -> str:
-        parts = [f"vxlan: vni={self.vni}", f"local={_join(self.local, self.localport)}"]
-        if self.remotes:
-            parts.append("remote=" + ",".join(self.remotes))
-        if self.group is not None:
-            parts.append(f"group={self.group}")
-        parts.append(f"dstport={self.dstport}")
-        if self.netns is not None:
-            parts.append(f"netns={self.netns}")
-        return " ".join(parts)
-
-
-def _address(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        raise GenericError(f"vxlan: {what} '{text}' is not an IP address") from None
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class VxlanClient(NetClient):
@@ -543,92 +397,3 @@ class VxlanClient(NetClient):
         self.fdb.flush()
         for sock in {id(s): s for s in (*self._rx, *self._tx)}.values():
             sock.close()
-
-
-def _tune(sock: socket.socket, cfg: VxlanConfig, tx: bool) -> None:
-    """Path-MTU discovery off (the kernel fragments), TTL, multicast interface and loop."""
-    v6 = cfg.family == socket.AF_INET6
-    with contextlib.suppress(OSError):
-        if v6:
-            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _PMTUDISC_DONT)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _PMTUDISC_DONT)
-    if not tx:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
-        return
-    if cfg.ttl is not None:
-        if v6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, cfg.ttl)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, cfg.ttl)
-    if cfg.group is not None:
-        ttl = cfg.ttl if cfg.ttl is not None else 1
-        if v6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(cfg.local))
-
-
-def open_sockets(cfg: VxlanConfig) -> tuple[list[socket.socket], list[socket.socket]]:
-    """The receiving sockets (``local:localport``, the group) and the sending ones."""
-    made: list[socket.socket] = []
-    try:
-        main = udp_socket(InetAddr(cfg.family, cfg.local, cfg.localport))
-        made.append(main)
-        _tune(main, cfg, tx=False)
-        if cfg.srcports == 0:
-            _tune(main, cfg, tx=True)
-        rx = [main]
-        if cfg.group is not None:
-            interface = cfg.local if cfg.family == socket.AF_INET else None
-            msock = mcast_socket(InetAddr(cfg.family, cfg.group, cfg.localport), interface)
-            made.append(msock)
-            _tune(msock, cfg, tx=False)
-            rx.append(msock)
-        tx = [main] if cfg.srcports == 0 else []
-        for _ in range(cfg.srcports):
-            sock = udp_socket(InetAddr(cfg.family, cfg.local, 0))
-            made.append(sock)
-            _tune(sock, cfg, tx=True)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            tx.append(sock)
-    except BaseException:
-        for sock in made:
-            sock.close()
-        raise
-    return rx, tx
-
-
-def _close_all(socks: tuple[list[socket.socket], list[socket.socket]]) -> None:
-    for sock in (*socks[0], *socks[1]):
-        sock.close()
-
-
-async def create(host: DriverHost, netdev: Netdev) -> list[NetClient]:
-    opts = netdev.options
-    assert isinstance(opts, NetdevVxlanOptions)
-    cfg = VxlanConfig(opts)
-    if opts.x_netns is None:
-        rx, tx = open_sockets(cfg)
-    else:
-        nsfd = open_netns(opts.x_netns)
-        try:
-            rx, tx = await run_in_netns(nsfd, lambda: open_sockets(cfg), _close_all)
-        finally:
-            os.close(nsfd)  # the sockets keep the namespace alive
-        cfg.netns = opts.x_netns
-    client = VxlanClient(netdev.id, cfg, rx, tx, host.loop, host.log)
-    client.start()
-    return [client]
-
-
-SPEC = DriverSpec(
-    "vxlan",
-    create,
-    "a VXLAN tunnel endpoint (vni=N,local=ADDR,remote=ADDR[,remote=...][,group=G][,dstport=4789])",
-)
