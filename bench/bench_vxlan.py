@@ -10,11 +10,13 @@ without fragmentation), iperf3 TCP for ``--seconds`` per case, overlay MTU 1500:
   measured: ``A->B`` (netstackd decapsulates) and ``B->A`` (netstackd encapsulates, the
   inner TCP segments are hashed to its source-port sockets).
 
-``offloads on``: kernel defaults (TSO/GSO/GRO, checksum offload) and, for netstackd, a tap
-with virtio-net headers; ``off``: ``ethtool -K ... tx off tso off gso off gro off`` on
-every vxlan and veth device, and a tap without headers. In the netstack cases A's veth
-always has checksum offload off (a veth hands encapsulated frames to a UDP socket with
-their inner checksums unfinished; a physical NIC would fill them in).
+``offloads on``: kernel defaults (TSO/GSO/GRO, checksum offload) plus GRO on the veths (as
+a NIC driver has it) and, for netstackd, a tap with virtio-net headers (netstackd then
+reads coalesced datagrams with UDP GRO and sends with UDP GSO); ``off``: ``ethtool -K ...
+tx off tso off gso off gro off`` on every vxlan and veth device, and a tap without
+headers. In the netstack cases A's veth always has checksum offload off (a veth hands
+encapsulated frames to a UDP socket with their inner checksums unfinished; a physical NIC
+would fill them in).
 
 Printed per case: Gbit/s (iperf3 receiver), netstackd's CPU (1.0 = one CPU, from
 /proc/PID/stat) and CPU-seconds per GB carried, and how busy the whole machine was. Rounds
@@ -49,12 +51,16 @@ def ethtool(ns: str, dev: str, *features: str) -> None:
     sh("ip", "netns", "exec", ns, "ethtool", "-K", dev, *features, check=False)
 
 
-def underlay(ns_a: str, ns_b: str) -> None:
+def underlay(ns_a: str, ns_b: str, offloads: bool) -> None:
+    """A veth pair; with offloads its ends do GRO as a NIC's driver would (a veth only does
+    when asked), so UDP GRO can hand netstackd coalesced datagrams."""
     sh("ip", "-n", ns_a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
        "netns", ns_b)  # fmt: skip
     for ns, addr in ((ns_a, UNDER_A), (ns_b, UNDER_B)):
         sh("ip", "-n", ns, "link", "set", "eth0", "mtu", "1550", "up")
         sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        if offloads:
+            ethtool(ns, "eth0", "gro", "on")
 
 
 def kernel_vtep(ns: str, local: str, remote: str, addr: str, offloads: bool) -> None:
@@ -106,7 +112,7 @@ Result = dict[str, float]
 def run_kernel(offloads: bool, seconds: float, reverse: bool) -> Result:
     a, b = f"{TAG}a", f"{TAG}b"
     with namespaces(a, b):
-        underlay(a, b)
+        underlay(a, b, offloads)
         kernel_vtep(a, UNDER_A, UNDER_B, ADDR_A, offloads)
         kernel_vtep(b, UNDER_B, UNDER_A, ADDR_B, offloads)
         gbps, busy = iperf(a, b, ADDR_B, seconds, reverse)
@@ -116,7 +122,7 @@ def run_kernel(offloads: bool, seconds: float, reverse: bool) -> Result:
 def run_netstack(offloads: bool, seconds: float, reverse: bool) -> Result:
     a, n, b = f"{TAG}a", f"{TAG}n", f"{TAG}b"
     with namespaces(a, n, b):
-        underlay(a, n)
+        underlay(a, n, offloads)
         kernel_vtep(a, UNDER_A, UNDER_B, ADDR_A, offloads)
         ethtool(a, "eth0", "tx", "off")
         ethtool(n, "eth0", "tx", "off")

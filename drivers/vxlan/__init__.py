@@ -35,8 +35,9 @@ local A remote B dstport 4789``) and anything else that speaks RFC 7348. Options
   without DF is sent and fragmented underneath (``oversize`` counts them). A datagram the
   kernel refuses outright (EMSGSIZE) is counted in ``tx-too-big`` and logged.
 
-Data path: each wake-up reads up to :data:`RX_BATCH` datagrams per socket
-(``recvfrom_into`` into one buffer) and hands the inner frames that pass
+Data path: each wake-up reads up to 64 datagrams per socket (``recvfrom_into`` into one
+buffer; with UDP GRO on the socket, one read may carry several datagrams of one sender,
+cut at the size the kernel reports) and hands the inner frames that pass
 :class:`netstack.proto.vxlan.VxlanDecoder` to the peer as one batch; while the peer
 queues part of a batch reading pauses until the queue's callback (QEMU's contract, as in
 the l2tpv3 and socket drivers). Transmit: a run of consecutive unicast frames that go

@@ -31,6 +31,19 @@ _ZERO_MAC = b"\x00" * 6
 _SOL_UDP = 17
 _UDP_SEGMENT = 103
 _U16 = struct.Struct("=H")
+_UDP_GRO = 104
+_GRO_ANCBUF = socket.CMSG_SPACE(4)
+_INT = struct.Struct("=i")
+
+
+def _gro_size(anc: list[tuple[int, int, bytes]]) -> int:
+    """The datagram size of a coalesced (UDP GRO) read, 0 when it holds one datagram."""
+    for level, kind, data in anc:
+        if level == _SOL_UDP and kind == _UDP_GRO and len(data) >= 4:
+            return int(_INT.unpack_from(data)[0])
+    return 0
+
+
 #: Largest UDP payload one segmentation-offload send may carry in total.
 _GSO_BYTES = 65000
 
@@ -76,6 +89,14 @@ class VxlanClient(NetClient):
         self._logged_at: dict[str, float] = {}
         #: Send runs of equal-size datagrams with UDP_SEGMENT (off once the kernel refuses).
         self._gso = True
+        #: Receiving sockets with UDP GRO on (coalesced reads of one sender's datagrams).
+        self._gro: set[int] = set()
+        for sock in rx_socks:
+            try:
+                sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+            except OSError:
+                continue
+            self._gro.add(sock.fileno())
         #: Datagrams larger than this go one by one (a segment must fit the path MTU).
         self._gso_limit = 65535
         self.c: dict[str, int] = dict.fromkeys(
@@ -90,6 +111,7 @@ class VxlanClient(NetClient):
                 "no-destination",
                 "own-looped",
                 "gso-sends",
+                "gro-reads",
             ),
             0,
         )
@@ -119,7 +141,8 @@ class VxlanClient(NetClient):
         inner_start = decoder.inner_start
         drops_before = decoder.drops.total
         buf, view = self._buf, self._view
-        recvfrom_into = sock.recvfrom_into
+        gro = sock.fileno() in self._gro
+        recvfrom_into, recvmsg_into = sock.recvfrom_into, sock.recvmsg_into
         learning = self.fdb.ageing > 0
         learn = self.fdb.learn
         now = self._loop.time()
@@ -129,24 +152,37 @@ class VxlanClient(NetClient):
         looped = 0
         for _ in range(RX_BATCH):
             try:
-                n, addr = recvfrom_into(buf)
+                if gro:
+                    n, anc, _flags, addr = recvmsg_into((buf,), _GRO_ANCBUF)
+                    seg = _gro_size(anc) or n
+                else:
+                    n, addr = recvfrom_into(buf)
+                    seg = n
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 self.c["rx-errors"] += 1
                 self._warn("rx", "receive error: %s", exc)
                 break
-            count += 1
-            start = inner_start(buf, n)
-            if start < 0:
-                continue
             if addr[1] in own and addr[0] == local:
                 looped += 1  # our own flood, back through the multicast group
+                count += 1
                 continue
-            frame = view[start:n].tobytes()
-            if learning:
-                learn(frame[6:12], addr[0], now)
-            frames.append(frame)
+            # with UDP GRO one read may hold several datagrams of one sender, each
+            # ``seg`` bytes (the last may be shorter)
+            if seg < n:
+                self.c["gro-reads"] += 1
+            for off in range(0, max(n, 1), seg or 1):
+                count += 1
+                size = min(seg, n - off)
+                one = view[off : off + size] if seg != n else buf
+                start = inner_start(one, size)
+                if start < 0:
+                    continue
+                frame = view[off + start : off + size].tobytes()
+                if learning:
+                    learn(frame[6:12], addr[0], now)
+                frames.append(frame)
         self.c["rx-datagrams"] += count
         bad = decoder.drops.total - drops_before + looped
         if bad:
