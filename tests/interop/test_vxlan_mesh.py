@@ -15,7 +15,9 @@ server on host A's loopback); a broadcast from GA reaches each other host exactl
 (no loop, no storm: split horizon keeps overlay frames off the overlay); daemon B is
 killed with SIGKILL (A and C keep talking meanwhile), restarted, and GB reaches GA and
 GC within :data:`RECOVERY_BOUND` of the daemon's start; afterwards the same exactly-once
-check holds. The daemons are real ``netstackd`` processes driven over QMP (qemu.qmp).
+check holds; then daemon A (the one with the NAT) is killed and restarted the same way,
+and the NAT serves all three guests again. The daemons are real ``netstackd`` processes
+driven over QMP (qemu.qmp).
 """
 
 from __future__ import annotations
@@ -321,6 +323,20 @@ async def mesh(ns: dict[str, str], tmp: Path) -> None:
         assert since_start < RECOVERY_BOUND + 0.5 * 3, since_start  # three pings' own cost
         assert took_a < RECOVERY_BOUND and took_c < RECOVERY_BOUND
         await broadcast_once(ns, daemons, "after-restart")
+
+        # kill A, which carries the NAT: B and C keep talking; after A's restart the NAT
+        # is reachable from the kernel's side again
+        await daemons["a"].kill()
+        await reach(ns["gb"], GUEST["c"], timeout=3)
+        t0 = loop.time()
+        await daemons["a"].start()
+        started = loop.time() - t0
+        guest_up(ns["ga"], "eth0", "a")
+        took = await reach(ns["gc"], GUEST["a"], timeout=5)
+        took_nat = await reach(ns["gc"], NAT_HOST, timeout=5)
+        print(f"restart of A: up in {started:.2f}s; GC->GA {took:.2f}s, GC->NAT {took_nat:.2f}s")
+        assert took < RECOVERY_BOUND and took_nat < RECOVERY_BOUND
+        await through_nat(ns)
         for h, d in daemons.items():
             c = await d.counters("vx")
             assert c["drop-vni"] == c["drop-flags"] == c["drop-short"] == 0, (h, c)
