@@ -18,6 +18,10 @@ Invariants: QAPI defaults are not applied (optional members are ``None``); only 
 into this binary"), duplicate ids and driver semantics are the daemon's. QMP callers run
 :func:`.ids.check_id` on ``Netdev.id`` after :func:`netdev_from_qmp`, which is QEMU's order.
 
+Beyond QEMU's union: ``vxlan`` (:class:`NetdevVxlanOptions`, an RFC 7348 tunnel endpoint)
+is a member of the type enum here; ``hubport`` has the ``x-learning``, ``x-ageing`` and
+``x-isolated`` options of learning hubs.
+
 QEMU 7.2 differences: ``NetdevStreamOptions`` had only ``addr`` and ``server``
 (``reconnect`` came in 8.0 and was deprecated in 9.2 for ``reconnect-ms``).
 """
