@@ -9,10 +9,13 @@ import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from drivers.tap.client import downstream_offloads
+from drivers.tap.tun import TUN_F_TSO4
 from drivers.vxlan.config import VxlanConfig
 from netstack.net.client import NetClient
 from netstack.net.fdb import MacTable
 from netstack.net.rxfilter import format_mac
+from netstack.proto.tcpcoalesce import coalesce
 from netstack.proto.vxlan import ETH_HLEN, VxlanDecoder, flow_hash, header, too_big_reply
 
 if TYPE_CHECKING:
@@ -89,6 +92,9 @@ class VxlanClient(NetClient):
         self._logged_at: dict[str, float] = {}
         #: Send runs of equal-size datagrams with UDP_SEGMENT (off once the kernel refuses).
         self._gso = True
+        #: Merge received TCP segments for receivers that take offloads (``coalesced``).
+        self._coalesce = False
+        self._offloads_checked = -1e9
         #: Receiving sockets with UDP GRO on (coalesced reads of one sender's datagrams).
         self._gro: set[int] = set()
         for sock in rx_socks:
@@ -112,6 +118,7 @@ class VxlanClient(NetClient):
                 "own-looped",
                 "gso-sends",
                 "gro-reads",
+                "coalesced",
             ),
             0,
         )
@@ -189,14 +196,27 @@ class VxlanClient(NetClient):
             self.c["own-looped"] += looped
             self.stats.malformed += bad
             self._warn("drop", "dropped datagrams: %s", decoder.drops.as_dict())
-        if frames:
-            self._send_up(frames)
+        if not frames:
+            return
+        if len(frames) > 1 and self._coalescing(now):
+            merged = coalesce(frames)
+            self.c["coalesced"] += len(frames) - len(merged)
+            self._send_up(merged, True)
+        else:
+            self._send_up(frames, False)
 
-    def _send_up(self, frames: list[bytes]) -> None:
+    def _coalescing(self, now: float) -> bool:
+        """Whether receivers behind the peer take TSO super-frames (checked each second)."""
+        if now >= self._offloads_checked + 1.0:
+            self._offloads_checked = now
+            self._coalesce = bool(downstream_offloads(self.peer) & TUN_F_TSO4)
+        return self._coalesce
+
+    def _send_up(self, frames: list[bytes], vnet: bool) -> None:
         self._in_send = True
         self._sent_cb_fired = False
         try:
-            sent = self.send(frames, False, self._on_sent)
+            sent = self.send(frames, vnet, self._on_sent)
         finally:
             self._in_send = False
         if sent < len(frames) and not self._sent_cb_fired:

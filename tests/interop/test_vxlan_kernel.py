@@ -6,8 +6,9 @@ Topology (in-process daemon; namespaces made and deleted here)::
     ns N: the daemon's vxlan netdev ``vx`` (sockets opened in N with x-netns)
     daemon: hub 0 (learning) = {vx, t}; tap t = ns G: vxg 10.42.0.2
 
-Covered: ping both ways and a SHA-256-checked TCP transfer plus iperf3 across (with UDP
-GSO sends and, GRO on the underlay veth, UDP GRO reads); each side
+Covered: ping both ways and SHA-256-checked TCP transfers both ways plus iperf3 across
+(with UDP GSO sends, UDP GRO reads - GRO on the underlay veth - and received segments
+merged into TSO super-frames for the tap); each side
 learned the other's MAC behind the other's underlay address (the kernel's ``bridge fdb``
 and our ``query-tunnel-fdb``); the learning hub knows both MACs; frames of the full MTU
 1500 cross although outer packets exceed the 1500-byte underlay (fragmented underneath,
@@ -123,14 +124,14 @@ async def rig(
 async def iperf3(server_ns: str, client_ns: str, addr: str, seconds: int = 2) -> float:
     """An iperf3 TCP run; returns the receiver's bits per second."""
     server = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", addr,
+        "ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", addr, "-p", "5211",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
         out = ""
         for _ in range(50):  # the server needs a moment to listen
             rc, out = await run_in(
-                client_ns, "iperf3", "-c", addr, "-t", str(seconds), "-J",
+                client_ns, "iperf3", "-c", addr, "-p", "5211", "-t", str(seconds), "-J",
                 timeout=seconds + 30,
             )  # fmt: skip
             if rc == 0:
@@ -157,10 +158,13 @@ async def test_ping_tcp_iperf3_and_learning_with_the_kernel(family: int) -> None
             capture_output=True, timeout=20, check=True,
         )  # fmt: skip
         assert await tcp_transfer(r.ns_k, r.ns_g, INNER_K, 4 << 20) == 4 << 20
+        assert await tcp_transfer(r.ns_g, r.ns_k, INNER_G, 4 << 20) == 4 << 20
         bps = await iperf3(r.ns_g, r.ns_k, INNER_G)
         assert bps > 10e6
-        # a TCP flow's datagrams left in UDP GSO sends and came in as coalesced reads
-        assert r.vx.counters()["gso-sends"] > 0 and r.vx.counters()["gro-reads"] > 0
+        # a TCP flow's datagrams left in UDP GSO sends, came in as coalesced reads, and
+        # reached the tap (which takes offloads) merged into TSO super-frames
+        c = r.vx.counters()
+        assert c["gso-sends"] > 0 and c["gro-reads"] > 0 and c["coalesced"] > 0, c
         # the kernel learned the guest's MAC behind our underlay address, and we its
         mac_g, mac_k = mac_of(r.ns_g, "vxg"), mac_of(r.ns_k, "vx0")
         fdb = bridge_fdb(r.ns_k, "vx0")
