@@ -6,7 +6,7 @@ local A remote B dstport 4789``) and anything else that speaks RFC 7348. Options
 
     -netdev vxlan,id=ID,vni=N,local=ADDR,remote=ADDR[,remote=ADDR...][,group=MCAST]
             [,dstport=4789][,localport=P][,srcports=8][,ttl=N][,learning=on]
-            [,ageing=300][,mtu=N][,x-netns=NS]
+            [,ageing=300][,mtu=N][,coalesce=off][,x-netns=NS]
 
 * ``local``: the underlay address (IPv4 or IPv6 literal) whose ``localport`` (default
   ``dstport``) receives VXLAN datagrams, like the kernel's ``local``/``dstport``.
@@ -38,10 +38,12 @@ local A remote B dstport 4789``) and anything else that speaks RFC 7348. Options
 Data path: each wake-up reads up to 64 datagrams per socket (``recvfrom_into`` into one
 buffer; with UDP GRO on the socket, one read may carry several datagrams of one sender,
 cut at the size the kernel reports) and hands the inner frames that pass
-:class:`netstack.proto.vxlan.VxlanDecoder` to the peer as one batch - when receivers
-behind the peer take TSO super-frames (a tap with headers, the user netdev), consecutive
-segments of a TCP flow are first merged into one (:mod:`netstack.proto.tcpcoalesce`,
-``coalesced`` counts the frames saved); while the peer
+:class:`netstack.proto.vxlan.VxlanDecoder` to the peer as one batch - with
+``coalesce=on``, and when receivers behind the peer take TSO super-frames (a tap with
+headers, the user netdev), consecutive segments of a TCP flow are first merged into one
+(:mod:`netstack.proto.tcpcoalesce`, ``coalesced`` counts the frames saved; off by
+default: in Python the merge costs more CPU than the receivers save, see
+docs/performance.md); while the peer
 queues part of a batch reading pauses until the queue's callback (QEMU's contract, as in
 the l2tpv3 and socket drivers). Transmit: a run of consecutive unicast frames that go
 from one source-port socket to one VTEP with equal datagram sizes (a TCP flow's

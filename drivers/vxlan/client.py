@@ -207,6 +207,8 @@ class VxlanClient(NetClient):
 
     def _coalescing(self, now: float) -> bool:
         """Whether receivers behind the peer take TSO super-frames (checked each second)."""
+        if not self.cfg.coalesce:
+            return False
         if now >= self._offloads_checked + 1.0:
             self._offloads_checked = now
             self._coalesce = bool(downstream_offloads(self.peer) & TUN_F_TSO4)

@@ -59,6 +59,7 @@ class VxlanConfig:
         self.mtu = opts.mtu
         if self.mtu is not None and self.mtu < 68:
             raise GenericError("vxlan: mtu must be at least 68")
+        self.coalesce = bool(opts.coalesce)
         self.netns: str | None = None
 
     def info(self) -> str:

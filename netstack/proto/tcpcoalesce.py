@@ -27,7 +27,7 @@ import struct
 from collections.abc import Sequence
 
 from netstack.proto.checksum import finish, fold, ones_sum, pseudo_v4
-from netstack.proto.vnet import GSO_TCPV4, NEEDS_CSUM, PLAIN_HDR, pack
+from netstack.proto.vnet import GSO_TCPV4, NEEDS_CSUM, PLAIN_HDR, _payload_sums, pack
 
 #: The largest merged IP packet.
 MAX_IP_LEN = 65535 - 14 - 40
@@ -55,12 +55,19 @@ def _segment(f: bytes) -> tuple[bytes, int, int, int] | None:
     return key, _U32.unpack_from(f, 38)[0], plen, hlen
 
 
-def _valid(f: bytes) -> bool:
-    """The IPv4 header and TCP checksums of a segment are right."""
-    if ones_sum(f[14:34]) != 0xFFFF:
-        return False
-    tcp = f[34:]
-    return fold(ones_sum(tcp) + pseudo_v4(f[26:30], f[30:34], 6, len(tcp))) == 0xFFFF
+def _valid(run: list[bytes], hlen: int, mss: int, payload: bytes) -> bool:
+    """Every segment's IPv4 header and TCP checksum is right. The payload sums come from
+    one numpy reduction over the joined payload (``mss``-byte slices, as the segments
+    are), so per segment only its header words are summed in Python."""
+    sums = _payload_sums(memoryview(payload), mss, len(run))
+    for f, payload_sum in zip(run, sums, strict=True):
+        if ones_sum(f[14:34]) != 0xFFFF:
+            return False
+        tcp_len = len(f) - 34
+        head = ones_sum(f[34:hlen], pseudo_v4(f[26:30], f[30:34], 6, tcp_len))
+        if fold(head + payload_sum) != 0xFFFF:
+            return False
+    return True
 
 
 def coalesce(frames: Sequence[bytes]) -> list[bytes]:
@@ -93,16 +100,19 @@ def coalesce(frames: Sequence[bytes]) -> list[bytes]:
             i += 1
             if seg[2] < mss or g[47] & _TCP_PSH:
                 break
-        if len(run) == 1 or not all(_valid(x) for x in run):
+        if len(run) == 1:
+            append(PLAIN_HDR + f)
+            continue
+        payload = b"".join(x[hlen:] for x in run)
+        if not _valid(run, hlen, mss, payload):
             out.extend(PLAIN_HDR + x for x in run)
             continue
-        out.append(_merge(run, hlen, mss))
+        out.append(_merge(run, hlen, mss, payload))
     return out
 
 
-def _merge(run: list[bytes], hlen: int, mss: int) -> bytes:
+def _merge(run: list[bytes], hlen: int, mss: int, payload: bytes) -> bytes:
     head = bytearray(run[0][:hlen])
-    payload = b"".join(x[hlen:] for x in run)
     ip_len = hlen - 14 + len(payload)
     _U16.pack_into(head, 16, ip_len)
     head[24:26] = b"\0\0"

@@ -254,7 +254,7 @@ class NetdevVxlanOptions:
 
     ``-netdev vxlan,id=ID,vni=N,local=ADDR,remote=ADDR[,remote=ADDR...][,group=MCAST]
     [,dstport=4789][,localport=P][,srcports=N][,ttl=N][,learning=on][,ageing=300][,mtu=N]
-    [,x-netns=NS]``;
+    [,coalesce=off][,x-netns=NS]``;
     on the CLI ``remote`` repeats, in QMP it is an array of strings.
     """
 
@@ -270,6 +270,7 @@ class NetdevVxlanOptions:
     learning: bool | None = opt("bool")
     ageing: int | None = opt("uint32")
     mtu: int | None = opt("uint16")
+    coalesce: bool | None = opt("bool")
     x_netns: str | None = opt("str", features=("unstable",))
 
 

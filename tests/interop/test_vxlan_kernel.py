@@ -149,7 +149,7 @@ async def iperf3(server_ns: str, client_ns: str, addr: str, seconds: int = 2) ->
 
 @pytest.mark.parametrize("family", [4, 6])
 async def test_ping_tcp_iperf3_and_learning_with_the_kernel(family: int) -> None:
-    async with rig(family) as r:
+    async with rig(family, extra=",coalesce=on") as r:
         await ping(r.ns_g, INNER_K)
         await ping(r.ns_k, INNER_G)
         # GRO on netstackd's underlay device, as a NIC driver has it: UDP GRO coalesces
