@@ -22,6 +22,10 @@ rx filters are untouched: frames the switch delivers still pass the receiver's f
 Counters (:class:`HubCounters`, both modes): frames in, deliveries out (so deliveries
 per input frame can be read off), and for switches the unicast/flood split and drops.
 
+Limits: one MAC table for all VLANs (shared learning: a station seen on two VLANs is
+learned behind the port it spoke from last); no static entries; no spanning tree (split
+horizon is what keeps a mesh of daemons loop-free).
+
 Deviation from QEMU: adding a port flushes the queues of the ports that could not
 forward before (a lone port's peer would otherwise wait until some receiver flushes; a
 netdev that starts reading before its hub has a second port stalled there).
