@@ -124,22 +124,27 @@ async def rig(
 async def iperf3(server_ns: str, client_ns: str, addr: str, seconds: int = 2) -> float:
     """An iperf3 TCP run; returns the receiver's bits per second."""
     server = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-B", addr, "-p", "5211",
+        "ip", "netns", "exec", server_ns, "iperf3", "-s", "-B", addr, "-p", "5211",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        out = ""
-        for _ in range(50):  # the server needs a moment to listen
+        for _ in range(100):  # until the server listens
+            _rc, listening = await run_in(server_ns, "ss", "-ltnH")
+            if f"{addr}:5211" in listening or f"[{addr}]:5211" in listening:
+                break
+            await asyncio.sleep(0.05)
+        outs = []
+        for _ in range(3):
             rc, out = await run_in(
                 client_ns, "iperf3", "-c", addr, "-p", "5211", "-t", str(seconds), "-J",
                 timeout=seconds + 30,
             )  # fmt: skip
             if rc == 0:
-                break
-            await asyncio.sleep(0.1)
-        result = json.loads(out)
-        assert "error" not in result, result["error"]
-        return float(result["end"]["sum_received"]["bits_per_second"])
+                result = json.loads(out)
+                return float(result["end"]["sum_received"]["bits_per_second"])
+            outs.append(out[-300:])
+            await asyncio.sleep(0.3)
+        raise AssertionError(f"iperf3 failed: {outs}")
     finally:
         if server.returncode is None:
             with contextlib.suppress(ProcessLookupError):
