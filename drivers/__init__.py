@@ -23,6 +23,7 @@ def registry() -> dict[str, DriverSpec]:
         user,
         vde,
         vhost_user,
+        vxlan,
     )
 
     specs = [
@@ -36,5 +37,6 @@ def registry() -> dict[str, DriverSpec]:
         l2tpv3.SPEC,
         vhost_user.SPEC,
         vde.SPEC,
+        vxlan.SPEC,
     ]
     return {spec.type: spec for spec in specs}

@@ -68,6 +68,15 @@ class CountingClient(Protocol):
     def counters(self) -> dict[str, int]: ...
 
 
+@runtime_checkable
+class FdbClient(Protocol):
+    """A net client with its own MAC forwarding table (a tunnel's remote endpoints)."""
+
+    def fdb_rows(self) -> list[dict[str, Any]]: ...
+
+    def fdb_text(self) -> str: ...
+
+
 class Netstack:
     """The daemon: its tables and control operations."""
 
@@ -232,6 +241,8 @@ class Netstack:
         nc.incoming.purge_all()
         if isinstance(nc, HubPort):
             nc.hub.remove_port(nc)
+        if isinstance(nc.peer, HubPort):
+            nc.peer.hub.forget(nc.peer)  # a learning switch unlearns what was behind nc
         if free and nc.peer is not None:
             nc.peer.peer = None
             nc.peer = None
@@ -285,6 +296,35 @@ class Netstack:
                 out.append(" \\ ")
                 out.append(_client_lines(peer))
         return "".join(out)
+
+    def info_fdb(self) -> str:
+        """Beyond QEMU: HMP ``info fdb``, the MAC tables of learning hubs and of netdevs
+        that keep one (vxlan), like ``bridge fdb show``."""
+        out = [hub.fdb_text() for hub in self.hubs]
+        out.extend(nc.fdb_text() for nc in self.clients if isinstance(nc, FdbClient))
+        return "".join(out)
+
+    def query_hub_fdb(self, hubid: int | None = None) -> list[dict[str, Any]]:
+        """Beyond QEMU: QMP ``query-hub-fdb``."""
+        hubs = [hub for hub in self.hubs if hubid is None or hub.id == hubid]
+        if hubid is not None and not hubs:
+            raise GenericError(f"hub {hubid} not found")
+        return [row for hub in hubs for row in hub.fdb_rows()]
+
+    def query_tunnel_fdb(self, netdev: str | None = None) -> list[dict[str, Any]]:
+        """Beyond QEMU: QMP ``query-tunnel-fdb`` (remote VTEPs and learned MACs)."""
+        if netdev is not None:
+            nc = self.find_netdev(netdev)
+            if nc is None:
+                raise DeviceNotFound(f"Device '{netdev}' not found")
+            if not isinstance(nc, FdbClient):
+                raise GenericError(f"Device '{netdev}' has no forwarding table")
+        return [
+            row
+            for nc in self.clients
+            if isinstance(nc, FdbClient) and (netdev is None or nc.name == netdev)
+            for row in nc.fdb_rows()
+        ]
 
     def query_rx_filter(self, name: str | None = None) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = []

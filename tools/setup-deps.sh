@@ -37,6 +37,7 @@ PACKAGES=(
     telnet            # telnet client of the telnet chardev
     openssl           # s_client and certificate generation for the TLS chardev tests
     gnutls-bin        # gnutls-cli: the second TLS client of the TLS chardev tests
+    ethtool           # vxlan tests: checksum offload off on veth underlays (see test_vxlan_kernel)
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

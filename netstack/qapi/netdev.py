@@ -18,6 +18,10 @@ Invariants: QAPI defaults are not applied (optional members are ``None``); only 
 into this binary"), duplicate ids and driver semantics are the daemon's. QMP callers run
 :func:`.ids.check_id` on ``Netdev.id`` after :func:`netdev_from_qmp`, which is QEMU's order.
 
+Beyond QEMU's union: ``vxlan`` (:class:`NetdevVxlanOptions`, an RFC 7348 tunnel endpoint)
+is a member of the type enum here; ``hubport`` has the ``x-learning``, ``x-ageing`` and
+``x-isolated`` options of learning hubs.
+
 QEMU 7.2 differences: ``NetdevStreamOptions`` had only ``addr`` and ``server``
 (``reconnect`` came in 8.0 and was deprecated in 9.2 for ``reconnect-ms``).
 """
@@ -33,7 +37,7 @@ from . import keyval, qemuopts
 from .helptext import HelpRequested
 from .jsonarg import parse_json_object
 from .scalars import I64_MAX, ConvError, strtou64
-from .schema import STRING_LIST, Empty, QEnum, UnionInfo, member, opt, optional, req
+from .schema import STRING_LIST, Empty, QEnum, QList, UnionInfo, member, opt, optional, req
 from .sockets import SocketAddress
 from .visitor import Mode, visit
 
@@ -52,6 +56,7 @@ NETDEV_TYPES: Final = (
     "netmap",
     "vhost-user",
     "vhost-vdpa",
+    "vxlan",  # beyond QEMU
 )
 NET_CLIENT_DRIVER: Final = QEnum("NetClientDriver", NETDEV_TYPES)
 
@@ -211,6 +216,12 @@ class NetdevHubPortOptions:
     qapi_name: ClassVar[str] = "NetdevHubPortOptions"
     hubid: int = req("int32")
     netdev: str | None = opt("str")
+    #: Beyond QEMU: the hub is a learning switch (on) or a repeater (off, QEMU's hub);
+    #: ``x-ageing`` is its MAC ageing time in seconds (default 300); ``x-isolated`` is
+    #: the port's split-horizon flag (default: on when the peer is a tunnel such as vxlan).
+    x_learning: bool | None = opt("bool", features=("unstable",))
+    x_ageing: int | None = opt("uint32", features=("unstable",))
+    x_isolated: bool | None = opt("bool", features=("unstable",))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +252,32 @@ class NetdevVhostVDPAOptions:
     x_svq: bool | None = opt("bool", features=("unstable",))
 
 
+@dataclass(frozen=True, kw_only=True)
+class NetdevVxlanOptions:
+    """Beyond QEMU: an RFC 7348 VXLAN tunnel endpoint (``drivers/vxlan.py``).
+
+    ``-netdev vxlan,id=ID,vni=N,local=ADDR,remote=ADDR[,remote=ADDR...][,group=MCAST]
+    [,dstport=4789][,localport=P][,srcports=N][,ttl=N][,learning=on][,ageing=300][,mtu=N]
+    [,coalesce=off][,x-netns=NS]``;
+    on the CLI ``remote`` repeats, in QMP it is an array of strings.
+    """
+
+    qapi_name: ClassVar[str] = "NetdevVxlanOptions"
+    vni: int = req("uint32")
+    local: str = req("str")
+    remote: tuple[str, ...] | None = opt(QList("str"))
+    group: str | None = opt("str")
+    dstport: int | None = opt("uint16")
+    localport: int | None = opt("uint16")
+    srcports: int | None = opt("uint8")
+    ttl: int | None = opt("uint8")
+    learning: bool | None = opt("bool")
+    ageing: int | None = opt("uint32")
+    mtu: int | None = opt("uint16")
+    coalesce: bool | None = opt("bool")
+    x_netns: str | None = opt("str", features=("unstable",))
+
+
 NetdevOptions = (
     Empty
     | NetLegacyNicOptions
@@ -256,6 +293,7 @@ NetdevOptions = (
     | NetdevNetmapOptions
     | NetdevVhostUserOptions
     | NetdevVhostVDPAOptions
+    | NetdevVxlanOptions
 )
 
 OPTIONS_CLASSES: Final[dict[str, type]] = {
@@ -273,6 +311,7 @@ OPTIONS_CLASSES: Final[dict[str, type]] = {
     "netmap": NetdevNetmapOptions,
     "vhost-user": NetdevVhostUserOptions,
     "vhost-vdpa": NetdevVhostVDPAOptions,
+    "vxlan": NetdevVxlanOptions,
 }
 
 

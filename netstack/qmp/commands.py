@@ -15,6 +15,8 @@ documented in ``query-qmp-schema`` too:
 * ``user-forward-add``, ``user-forward-remove``, ``query-user-forwards``: hostfwd and
   guestfwd rules of a running user netdev, and ``query-user-connections``: its connection
   table (the data of ``info usernet``) - their types are in :mod:`.extensions`;
+* ``query-hub-fdb`` and ``query-tunnel-fdb``: the MAC tables of learning hubs and of
+  vxlan netdevs (HMP ``info fdb``), types in :mod:`.extensions`;
 * ``set-rx-filter``: programs a NIC-class client's rx filter (rx modes, MAC, MAC table,
   VLANs), since no guest control queue reaches a vhost-user back end;
 * ``write-config`` {filename?}: writes the running configuration (netdevs, chardevs and
@@ -39,8 +41,10 @@ from netstack.qapi.visitor import Mode, visit
 from netstack.qmp.dispatch import CommandTable, QmpCommand
 from netstack.qmp.extensions import (
     DHCP_LEASE_INFO_LIST,
+    HUB_FDB_ENTRY_LIST,
     NETDEV_INFO_LIST,
     RX_FILTER_INFO_LIST,
+    TUNNEL_FDB_LIST,
     USER_CONNECTION_INFO_LIST,
     USER_FORWARD_INFO_LIST,
     UserForwardAddArgs,
@@ -93,6 +97,12 @@ class OptNameArgs:
 class NetdevNameArgs:
     qapi_name: ClassVar[str] = "q_obj_query-dhcp-leases-arg"
     netdev: str | None = opt("str")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubIdArgs:
+    qapi_name: ClassVar[str] = "q_obj_query-hub-fdb-arg"
+    hubid: int | None = opt("int")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,6 +238,8 @@ class Commands:
         fwd_list, conn_list = USER_FORWARD_INFO_LIST, USER_CONNECTION_INFO_LIST
         add("query-user-forwards", self.query_user_forwards, NetdevNameArgs, ret=fwd_list)
         add("query-user-connections", self.query_user_connections, NetdevNameArgs, ret=conn_list)
+        add("query-hub-fdb", self.query_hub_fdb, HubIdArgs, ret=HUB_FDB_ENTRY_LIST)
+        add("query-tunnel-fdb", self.query_tunnel_fdb, NetdevNameArgs, ret=TUNNEL_FDB_LIST)
         add("guest-sync", self.guest_sync, SyncArgs, ret="int")
         add("guest-sync-delimited", self.guest_sync_delimited, SyncArgs, ret="int")
         add("guest-ping", self.guest_ping)
@@ -295,6 +307,12 @@ class Commands:
 
     async def query_user_connections(self, args: dict[str, Any], session: Any) -> list[Any]:
         return self.ns.query_user_connections(args.get("netdev"))
+
+    async def query_hub_fdb(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
+        return self.ns.query_hub_fdb(args.get("hubid"))
+
+    async def query_tunnel_fdb(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
+        return self.ns.query_tunnel_fdb(args.get("netdev"))
 
     async def set_rx_filter(self, args: dict[str, Any], session: Any) -> None:
         modes = args.get("rx_modes")

@@ -46,6 +46,15 @@ User netdev forwards (``type`` is ``UserForwardType``: ``hostfwd`` | ``guestfwd`
     send-q (host bytes held for the guest), expires-in? (UDP, ICMP: seconds of silence
     left)}.
 
+``query-hub-fdb`` {hubid?} -> ``[HubFdbEntry]``
+    The MAC tables of learning hubs (``hubport,...,x-learning=on``): {hubid, mac, port
+    (the hubport id), peer? (the netdev behind it), isolated (split horizon), age-ms}.
+    ``hub N not found`` for an unknown hub; a repeater has no rows.
+``query-tunnel-fdb`` {netdev?} -> ``[TunnelFdbEntry]``
+    What a vxlan netdev forwards to: {netdev, mac, remote, port, vni, static, age-ms?};
+    static rows with mac 00:00:00:00:00:00 are the configured remotes and group, as
+    ``bridge fdb show dev vxlan0`` lists them.
+
 Errors for a ``netdev`` argument: ``DeviceNotFound`` ``Device 'X' not found`` as QEMU's
 netdev commands report it; a netdev of another type: ``GenericError`` ``Device 'X' is not
 a user netdev``.
@@ -243,7 +252,40 @@ class UserConnectionInfo:
     expires_in: int | None = opt("int")
 
 
+# -- MAC tables: learning hubs and tunnels --------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubFdbEntry:
+    """One learned address of a learning hub: behind which port, seen how long ago."""
+
+    qapi_name: ClassVar[str] = "HubFdbEntry"
+    hubid: int = req("int")
+    mac: str = req("str")
+    port: str = req("str")
+    peer: str | None = opt("str")
+    isolated: bool = req("bool")
+    age_ms: int = req("int")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunnelFdbEntry:
+    """One forwarding entry of a tunnel netdev: ``mac`` 00:00:00:00:00:00 with
+    ``static`` true is a default destination (flooding goes to all of them)."""
+
+    qapi_name: ClassVar[str] = "TunnelFdbEntry"
+    netdev: str = req("str")
+    mac: str = req("str")
+    remote: str = req("str")
+    port: int = req("int")
+    vni: int = req("int")
+    static: bool = req("bool")
+    age_ms: int | None = opt("int")
+
+
 NETDEV_INFO_LIST: Final = QList(NetdevInfo)
+HUB_FDB_ENTRY_LIST: Final = QList(HubFdbEntry)
+TUNNEL_FDB_LIST: Final = QList(TunnelFdbEntry)
 RX_FILTER_INFO_LIST: Final = QList(RxFilterInfo)
 DHCP_LEASE_INFO_LIST: Final = QList(DhcpLeaseInfo)
 USER_FORWARD_INFO_LIST: Final = QList(UserForwardInfo)

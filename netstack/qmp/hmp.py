@@ -2,8 +2,9 @@
 
 QEMU's HMP is a large command set; a network daemon answers the net ones: ``info network``
 (``net/net.c`` ``hmp_info_network``), ``info usernet`` (from user netdevs that provide it),
-``hostfwd_add`` / ``hostfwd_remove`` (user netdevs), ``netdev_del`` and ``set_link``. Output lines
-end with ``\\n`` here; the QMP layer turns them into CRLF as QEMU's monitor output layer does.
+``hostfwd_add`` / ``hostfwd_remove`` (user netdevs), ``netdev_del`` and ``set_link``; beyond
+QEMU ``info fdb`` (MAC tables of learning hubs and vxlan netdevs). Output lines end with
+``\\n`` here; the QMP layer turns them into CRLF as QEMU's monitor output layer does.
 Unknown commands answer ``unknown command: 'X'`` like QEMU.
 """
 
@@ -48,9 +49,12 @@ def _info(ns: Netstack, args: list[str]) -> str:
         return ns.info_network()
     if what == "usernet":
         return ns.info_usernet()
+    if what == "fdb":
+        return ns.info_fdb()
     if not what:
         return (
             "info network  -- show the network state\n"
             "info usernet  -- show user network stack connection states\n"
+            "info fdb      -- show the MAC tables of learning hubs and tunnels\n"
         )
     return f"unknown command: 'info {what}'\n"

@@ -12,6 +12,7 @@ from tests.conformance.case_sockets import (
 from tests.conformance.case_tap import TapCase, TapPlainCase
 from tests.conformance.case_vde import VdeCase
 from tests.conformance.case_vhost_user import VhostUserCase
+from tests.conformance.case_vxlan import VxlanCase
 from tests.conformance.harness import DriverCase
 
 CASES: list[type[DriverCase]] = [
@@ -24,4 +25,5 @@ CASES: list[type[DriverCase]] = [
     TapPlainCase,
     VhostUserCase,
     VdeCase,
+    VxlanCase,
 ]

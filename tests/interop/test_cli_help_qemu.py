@@ -27,10 +27,11 @@ pytestmark = [
 QEMU = ["qemu-system-x86_64", "-nodefaults", "-machine", "none", "-display", "none"]
 NETSTACKD = [sys.executable, "-m", "netstack"]
 
-#: Entries netstackd prints that QEMU 7.2 does not: filter-dump's pcapng ``format`` and
-#: wire-sized ``segment`` (beyond QEMU), QEMU 10.0's chardev ``input-path`` and
-#: ``reconnect-ms``.
+#: Entries netstackd prints that QEMU 7.2 does not: the vxlan netdev, filter-dump's pcapng
+#: ``format`` and wire-sized ``segment`` (beyond QEMU), QEMU 10.0's chardev ``input-path``
+#: and ``reconnect-ms``.
 EXTRA: dict[str, set[str]] = {
+    "Available netdev backend types:": {"vxlan"},
     "filter-dump options:": {"format=<string>", "segment=<bool>"},
     "chardev options:": {"input-path=<str>", "reconnect-ms=<num>"},
 }
