@@ -41,16 +41,17 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from . import memguard
+from .memguard import Backing, MemoryTableError
+
+__all__ = ["GuestMemory", "MemoryTableError", "Region", "RegionSpec", "Translated", "map_region"]
+
 log = logging.getLogger("netstack.vhost_user")
 
 #: ``GET_MAX_MEM_SLOTS``: regions one device may map (libvhost-user offers 509, DPDK 8).
 MAX_MEM_SLOTS = 32
 _U64 = (1 << 64) - 1
 _FAST_LIMIT = (1 << 64) - (1 << 33)
-
-
-class MemoryTableError(Exception):
-    """A memory table the back end refuses (overlap, bad fd, too many regions)."""
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,16 @@ class RegionSpec:
 class Region:
     """One mapped region. ``u8`` views the region's bytes (index 0 = ``gpa``)."""
 
-    __slots__ = ("mm", "refs", "spec", "u8", "whole")
+    __slots__ = ("backing", "mapping", "mm", "refs", "spec", "u8", "whole")
 
-    def __init__(self, spec: RegionSpec, mm: mmap.mmap) -> None:
+    def __init__(self, spec: RegionSpec, mapping: memguard.Mapping) -> None:
         self.spec = spec
-        self.mm = mm
+        self.mapping = mapping
+        self.backing: Backing = mapping.backing
+        self.mm = mapping.mm
         self.refs = 1
         #: The whole mapping (indexed like :attr:`mm`) and the region's bytes within it.
-        self.whole: NDArray[np.uint8] = np.frombuffer(mm, dtype=np.uint8)
+        self.whole: NDArray[np.uint8] = np.frombuffer(self.mm, dtype=np.uint8)
         self.u8 = self.whole[spec.mmap_offset : spec.mmap_offset + spec.size]
 
     @property
@@ -85,25 +88,32 @@ class Region:
         """Offset of the region's first byte within :attr:`mm`."""
         return self.spec.mmap_offset
 
+    def faulted(self) -> bool:
+        """Whether an access to it faulted (the front end truncated or broke its file)."""
+        return self.mapping.faulted() > 0
+
     def close(self) -> None:
         self.u8 = self.whole = np.empty(0, dtype=np.uint8)
-        try:
-            self.mm.close()
-        except BufferError:
+        if not self.mapping.close():
             # A view of it is still alive somewhere; the mapping goes with the last one.
             log.debug("vhost-user: region at gpa %#x still exported; unmapped later", self.spec.gpa)
 
 
 def map_region(spec: RegionSpec, fd: int) -> Region:
-    """Map ``fd`` for ``spec`` (closes ``fd`` in every case)."""
+    """Map ``fd`` for ``spec`` (closes ``fd`` in every case); see :mod:`.memguard` for
+    what is refused and how a fault in the mapping is contained."""
     try:
         _check_spec(spec)
         length = spec.size + spec.mmap_offset
         try:
-            mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            backing = memguard.inspect(fd, length)
+        except MemoryTableError as exc:
+            raise MemoryTableError(f"region at gpa {spec.gpa:#x}: {exc}") from None
+        try:
+            mapping = memguard.Mapping(fd, length, backing)
         except (OSError, ValueError, OverflowError) as exc:
             raise MemoryTableError(f"cannot map region at gpa {spec.gpa:#x}: {exc}") from None
-        return Region(spec, mm)
+        return Region(spec, mapping)
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -128,6 +138,8 @@ class GuestMemory:
         self._ends: NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
         #: Increases on every change; rings re-translate their addresses when it moves.
         self.generation = 0
+        #: :func:`.memguard.fault_count` when the regions were last looked at.
+        self.fault_mark = memguard.fault_count()
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -198,6 +210,22 @@ class GuestMemory:
         self._reindex()
         for region in old:
             region.close()
+
+    def faulted(self) -> Region | None:
+        """The first region an access faulted in, if any (after :meth:`poll_faults` or a
+        table change)."""
+        self.fault_mark = memguard.fault_count()
+        for region in self.regions:
+            if region.faulted():
+                return region
+        return None
+
+    def poll_faults(self) -> Region | None:
+        """Like :meth:`faulted`, but only looks at the regions when the process-wide fault
+        count moved since the last look (one C call otherwise: the per-batch check)."""
+        if memguard.fault_count() == self.fault_mark:
+            return None
+        return self.faulted()
 
     def _reindex(self) -> None:
         self._starts = np.array([r.spec.gpa for r in self.regions], dtype=np.uint64)
