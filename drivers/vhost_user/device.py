@@ -282,6 +282,7 @@ class NetDevice:
             return [], False, 0
         n = q.avail_count()
         if not n:
+            self.check_memory()
             return [], False, 0
         n = min(n, budget)
         heads = q.heads(n)
@@ -413,13 +414,13 @@ class NetDevice:
                 took, used = self._rx_simple(q, batch, rest, vnet)
             else:
                 took, used = self._rx_chains(q, rest, vnet, len(heads))
-            self.check_memory()
             done += took
             called = called or bool(used)
             if not took and not used:
                 if not self.mergeable or want >= avail:
                     break
                 spare = avail  # the next frame needs more buffers than were looked at
+        self.check_memory()
         if called and q.call_if_needed():
             self.counters["calls"] += 1
         return done
