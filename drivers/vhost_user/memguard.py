@@ -118,7 +118,8 @@ def inspect(fd: int, needed: int) -> Backing:
     page = fs_block if fs_type == HUGETLBFS_MAGIC else mmap.PAGESIZE
     memfd = _is_memfd(fd)
     shrink_sealed = seals >= 0 and bool(seals & fcntl.F_SEAL_SHRINK)
-    pinned = shrink_sealed and fs_type == TMPFS_MAGIC
+    # Only shmem and hugetlbfs files take seals; hugetlbfs reports its huge page size.
+    pinned = shrink_sealed and fs_type in (TMPFS_MAGIC, 0) and fs_block == mmap.PAGESIZE
     if fs_type == HUGETLBFS_MAGIC:
         kind = "hugetlbfs"
     elif pinned:
