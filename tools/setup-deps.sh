@@ -29,6 +29,8 @@ PACKAGES=(
     vde2              # vde_switch (and vdeplug: vde_plug): the vde netdev's real peers
     samba             # smbd: the user netdev's smb= server (started per netdev, inetd style)
     smbclient         # smbclient: the SMB client of the smb= tests
+    gcc               # builds drivers/vhost_user/_memguard.c (vhost-user SIGBUS guard)
+    python3-dev       # Python.h for that extension
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

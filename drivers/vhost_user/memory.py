@@ -16,7 +16,25 @@ What it owns
     (:meth:`GuestMemory.gpa`, :meth:`GuestMemory.uva`) or vectorised over numpy arrays of
     descriptor addresses and lengths (:meth:`GuestMemory.gpa_batch`).
 
+Memory the front end can break
+    The front end keeps its file and may truncate it, replace it or let its pages fail
+    (hugetlbfs) after ``SET_MEM_TABLE``; a plain mapping would then kill the whole daemon
+    with SIGBUS. :mod:`.memguard` decides what is taken and contains the rest: a regular
+    file shorter than ``mmap_offset + size`` is refused; a memfd sealed with
+    ``F_SEAL_SHRINK`` (QEMU's default ``memory-backend-memfd``) is *pinned* and can never
+    fault that way; anything else (``seal=off`` memfds, ``memory-backend-file`` on tmpfs,
+    hugetlbfs or any file system) is *guarded*. Every mapping - pinned or guarded - is
+    registered with the SIGBUS guard for its whole life, so an access past the file's end
+    reads zeros instead of faulting, and :meth:`GuestMemory.poll_faults` (one C call per
+    batch) tells the device, which stops all its queues; nothing else in the daemon is
+    touched. Both kinds use the same data path (views of the mapping, no system call per
+    access), so accepting unsealed memory costs nothing in speed. A file replaced by
+    rename behind our back changes nothing (the mapping keeps the old file); one shrunk
+    and grown again before we touched it reads as zeros (the front end only hurt itself).
+
 Invariants
+    * Every mapping is guarded from before its first view until it is unmapped: an access
+      to guest memory never ends the process.
     * Regions never overlap in guest-physical space, nor in user space; sizes are non-zero
       and ``address + size`` does not wrap.
     * A translation succeeds only if ``[addr, addr + length)`` lies inside one region, so
