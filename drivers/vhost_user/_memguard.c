@@ -38,6 +38,7 @@ static struct slot slots[SLOTS];
 static uint64_t total_faults;
 static struct sigaction previous;
 static int have_previous;
+static volatile sig_atomic_t chaining;
 
 static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 {
@@ -60,12 +61,22 @@ static void on_sigbus(int sig, siginfo_t *info, void *ctx)
             return;
         }
     }
-    /* Not a fault in guest memory: whatever was there before us decides. */
-    if (have_previous && (previous.sa_flags & SA_SIGINFO) && previous.sa_sigaction != NULL) {
+    /* Not a fault in guest memory: whatever was there before us decides.  A handler that
+     * was installed after us and chained back to us (faulthandler restores its previous
+     * handler - this one - and raises again) must not loop: a nested call takes the
+     * default action. */
+    if (chaining) {
+        signal(SIGBUS, SIG_DFL);
+    } else if (have_previous && (previous.sa_flags & SA_SIGINFO) &&
+               previous.sa_sigaction != NULL) {
+        chaining = 1;
         previous.sa_sigaction(sig, info, ctx);
+        chaining = 0;
     } else if (have_previous && previous.sa_handler != SIG_DFL &&
                previous.sa_handler != SIG_IGN) {
+        chaining = 1;
         previous.sa_handler(sig);
+        chaining = 0;
     } else {
         signal(SIGBUS, SIG_DFL); /* the instruction faults again and the default applies */
     }

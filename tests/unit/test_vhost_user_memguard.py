@@ -207,6 +207,15 @@ def test_guard_is_reinstalled_over_a_later_handler() -> None:
         os.ftruncate(fd, 0)
         assert first.mm[4096] == 0 and first.faulted() == 1
         print("survived", flush=True)
+        import mmap
+        other = os.memfd_create("unguarded")
+        os.ftruncate(other, 1 << 20)
+        mm = mmap.mmap(other, 1 << 20)
+        os.ftruncate(other, 0)
+        mm[8192]  # faulthandler reports it, then the default action: no loop between us
+        print("BAD", flush=True)
         """
     )
-    assert done.returncode == 0 and b"survived" in done.stdout, done
+    assert done.returncode == -signal.SIGBUS, done
+    assert b"survived" in done.stdout and b"BAD" not in done.stdout, done
+    assert done.stderr.count(b"Fatal Python error: Bus error") == 1, done
