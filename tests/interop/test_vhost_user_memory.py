@@ -33,6 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 fe_tool = pytest.importorskip("tools.vhost_user_frontend")
 
 SMALL_MEMORY = 2 << 20
+DESC_F_WRITE = 2
 STOP_LINE = "every vring stopped"
 
 
@@ -168,6 +169,53 @@ async def test_replaced_file_leaves_the_mapping_alone(rig: Rig, tmp_path: Path) 
         assert rig.client("bad").counters()["memory-faults"] == 0
     finally:
         bad.close()
+
+
+async def test_region_removed_under_running_rings(rig: Rig) -> None:
+    good = await fe_tool.VhostUserFrontend.connect(rig.path("good"))
+    bad = await fe_tool.VhostUserFrontend.connect(rig.path("bad"))
+    try:
+        await good.start()
+        await bad.start()
+        await exchange(rig, bad)
+        # REM_MEM_REG of the region every ring lives in, while the rings run
+        await bad.remove_region(bad.mem.regions[0])
+        bad.kick(1)
+        rig.rec.send([FRAME])
+        await asyncio.sleep(0.3)
+        counters = rig.client("bad").counters()
+        assert counters["rings-running"] == 0 and counters["memory-faults"] == 0, counters
+        assert not rig.client("bad").netdev.device.mem.regions
+        await rig.good_port_serves(good)
+    finally:
+        bad.close()
+        good.close()
+
+
+async def test_truncated_hot_added_region(rig: Rig) -> None:
+    """A region added later (ADD_MEM_REG) and truncated: the rings live elsewhere, the
+    fault comes from a receive buffer placed in it."""
+    good = await fe_tool.VhostUserFrontend.connect(rig.path("good"))
+    cfg = fe_tool.FrontendConfig(queue_size=64, spare_memory=SMALL_MEMORY, rx_reserve=63)
+    bad = await fe_tool.VhostUserFrontend.connect(rig.path("bad"), cfg)
+    try:
+        await good.start()
+        await bad.start()
+        extra = await bad.add_region(1 << 32, 1 << 20)
+        assert len(rig.client("bad").netdev.device.mem.regions) == 2
+        await exchange(rig, bad)
+        fe_tool.damage(extra, "truncate_zero")
+        rx_vq, spare = bad.vqs[0], bad.rx[0].reserved[0]
+        rx_vq.write_desc(spare, extra.gpa + 8192, 2048, DESC_F_WRITE)
+        rx_vq.push([spare])
+        rx_vq.publish()
+        rig.rec.send([FRAME, FRAME])  # the second one goes into the truncated region
+        await until(lambda: rig.client("bad").counters()["memory-faults"] == 1)
+        assert rig.client("bad").counters()["rings-running"] == 0
+        await rig.good_port_serves(good)
+    finally:
+        bad.close()
+        good.close()
 
 
 # -- netstackd as a process -----------------------------------------------------------------
