@@ -3,8 +3,9 @@ source trees: what the SIGBUS guard and the per-batch fault check cost.
 
 The device (:class:`drivers.vhost_user.device.NetDevice`) is driven directly, in this
 process, over a 256-entry split ring pair in guest memory (``tests/unit``'s raw driver
-side): transmit batches of 256 single-descriptor 64-byte frames (copied out) and receive
-batches of 256 64-byte frames into 2 KiB buffers. The figure is the thread's CPU time per
+side): transmit batches of ``--batch`` (256) single-descriptor 64-byte frames (copied out)
+and receive batches of as many 64-byte frames into 2 KiB buffers; ``--batch 1`` shows the
+per-call costs (the fault check is one per call). The figure is the thread's CPU time per
 frame (``time.thread_time_ns`` around the device calls only), median of the rounds; with
 wall-clock rates this machine's other load would drown the difference.
 
@@ -14,7 +15,7 @@ measurement with each source tree on ``PYTHONPATH`` in a subprocess, interleaved
 round (``A`` first in odd rounds, ``B`` first in even ones), and prints B/A ratios: e.g. the
 tree before and after a change, side by side in one run.
 
-    python bench/bench_vhost_user_memory.py [--rounds 5] [--batches 400]
+    python bench/bench_vhost_user_memory.py [--rounds 5] [--batches 400] [--batch 256]
                                             [--backings sealed-memfd,memfd,tmpfs]
                                             [--trees BEFORE_DIR,AFTER_DIR]
 """
@@ -62,8 +63,9 @@ def _make_ram(backing: str) -> Any:
     return Ram
 
 
-def measure(backing: str, batches: int) -> dict[str, float]:
-    """CPU ns per frame for transmit and receive with ``backing``."""
+def measure(backing: str, batches: int, batch: int) -> dict[str, float]:
+    """CPU ns per frame for transmit and receive with ``backing``, ``batch`` frames per
+    device call."""
     import struct
 
     from drivers.vhost_user import protocol as vp
@@ -88,7 +90,9 @@ def measure(backing: str, batches: int) -> dict[str, float]:
         tx_ring.add_chain([(addr, len(frame), 0)])
         rx_ring.add_chain([(setup.ram.alloc(2048, 64), 2048, DESC_F_WRITE)])
     heads = struct.pack(f"<{BATCH}H", *range(BATCH))
-    rx_frames = [frame[12:]] * BATCH
+    for ring in (tx_ring, rx_ring):
+        setup.ram.write(ring.avail + 4, heads)  # entry i names descriptor i, for good
+    rx_frames = [frame[12:]] * batch
     txq, rxq = dev.tx_queue(0), dev.rx_queue(0)
     for q in (txq, rxq):
         dev.start_queue(q)
@@ -96,27 +100,27 @@ def measure(backing: str, batches: int) -> dict[str, float]:
     idx = 0
     clock = time.thread_time_ns
     for _ in range(batches):
-        idx = (idx + BATCH) & 0xFFFF
+        idx = (idx + batch) & 0xFFFF
         for ring in (tx_ring, rx_ring):
-            setup.ram.write(ring.avail + 4, heads)
             setup.ram.write(ring.avail + 2, struct.pack("<H", idx))
         t0 = clock()
-        frames, _vnet, n = dev.transmit(txq, BATCH)
+        frames, _vnet, n = dev.transmit(txq, batch)
         t1 = clock()
         done = dev.receive(rxq, rx_frames, False)
         t2 = clock()
-        assert n == BATCH and len(frames) == BATCH and done == BATCH, (n, done)
+        assert n == batch and len(frames) == batch and done == batch, (n, done)
         tx_ns += t1 - t0
         rx_ns += t2 - t1
     dev.close()
     setup.close()
-    frames_total = batches * BATCH
+    frames_total = batches * batch
     return {"tx": tx_ns / frames_total, "rx": rx_ns / frames_total, "kind": ",".join(kinds)}  # type: ignore[dict-item]
 
 
-def child(tree: Path, backings: list[str], batches: int) -> dict[str, dict[str, float]]:
+def child(tree: Path, backings: list[str], batches: int, batch: int) -> dict[str, dict[str, float]]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", "--batches", str(batches)]
+    argv += ["--batch", str(batch)]
     argv += ["--backings", ",".join(backings)]
     out = subprocess.run(argv, env=env, cwd=tree, capture_output=True, timeout=600, check=True)
     return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
@@ -126,6 +130,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batches", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=BATCH, help=f"frames per call (1..{BATCH})")
     ap.add_argument("--backings", default=",".join(BACKINGS))
     ap.add_argument("--trees", default=str(REPO))
     ap.add_argument("--child", action="store_true")
@@ -133,7 +138,7 @@ def main() -> int:
     backings = args.backings.split(",")
     if args.child:
         sys.path.insert(0, os.getcwd())
-        print(json.dumps({b: measure(b, args.batches) for b in backings}))
+        print(json.dumps({b: measure(b, args.batches, args.batch) for b in backings}))
         return 0
     trees = [Path(t).resolve() for t in args.trees.split(",")]
     results: dict[tuple[str, str, str], list[float]] = {}
@@ -141,7 +146,7 @@ def main() -> int:
     for rnd in range(args.rounds):
         order = trees if rnd % 2 == 0 else trees[::-1]
         for tree in order:
-            got = child(tree, backings, args.batches)
+            got = child(tree, backings, args.batches, args.batch)
             for backing, fig in got.items():
                 kinds[(str(tree), backing)] = str(fig["kind"])
                 for way in ("tx", "rx"):
@@ -162,7 +167,7 @@ def main() -> int:
             kind = kinds[(str(tree), backing)]
             print(f"{name:<40} {backing:<13} {kind:<13} {row[0]:>12.0f} {row[1]:>12.0f}"
                   f" {ratios[0]:>9.3f} {ratios[1]:>9.3f}")  # fmt: skip
-    print(f"(rounds {args.rounds}, {args.batches} batches of {BATCH} x {SIZE}-byte frames each;"
+    print(f"(rounds {args.rounds}, {args.batches} batches of {args.batch} x {SIZE}-byte frames;"
           " medians; ratios to the first tree)")  # fmt: skip
     return 0
 

@@ -26,6 +26,7 @@ import drivers.vhost_user as vu
 from drivers import hubport
 from netstack.daemon import Netstack
 from tests.daemon_proc import Daemon, running_daemon
+from tests.interop.test_vhost_user_dpdk import DpdkTestpmd, virtio_user
 from tests.interop.test_vhost_user_hostile import FRAME, Rig, until
 
 pytestmark = pytest.mark.timeout(120)
@@ -216,6 +217,23 @@ async def test_truncated_hot_added_region(rig: Rig) -> None:
     finally:
         bad.close()
         good.close()
+
+
+async def test_dpdk_virtio_user_memory_attaches(rig: Rig, tmp_path: Path) -> None:
+    """DPDK testpmd's virtio-user (``--no-huge``: its memory is a memfd it cannot seal)
+    is a second, independent front end: its memory is guarded and frames flow."""
+    if not DpdkTestpmd.available():
+        pytest.skip("dpdk-testpmd not installed (Debian dpdk-dev)")
+    pmd = DpdkTestpmd([virtio_user(Path(rig.path("bad")))], "txonly", workdir=tmp_path)
+    await pmd.start()
+    try:
+        await until(lambda: len(rig.rec.got) >= 100, timeout=30)
+        device = rig.client("bad").netdev.device
+        kinds = {r.backing.kind for r in device.mem.regions}
+    finally:
+        await pmd.stop()
+    assert kinds and kinds <= {"memfd", "sealed-memfd", "tmpfs", "hugetlbfs"}, kinds
+    assert device.counters["memory-faults"] == 0 and device.counters["rings-broken"] == 0
 
 
 # -- netstackd as a process -----------------------------------------------------------------
