@@ -37,8 +37,10 @@ again at every registration (something that replaced it, e.g. ``faulthandler.ena
 later, is chained behind it); a mapping is registered before any view of it exists and
 unregistered only when it is unmapped (``mmap.close`` succeeded, or the last exported view
 went: ``weakref.finalize``). So every access to guest memory either succeeds or is turned
-into zeros by the handler; none can end the process. Without the compiled guard, only
-pinned memory is accepted (:class:`MemoryTableError` names the fix).
+into zeros by the handler; none can end the process. (Code of the same process that
+installs its own SIGBUS handler later takes precedence until the next mapping is made;
+nothing in netstackd does.) Without the compiled guard, only pinned memory is accepted
+(:class:`MemoryTableError` names the fix).
 
 Deviations: QEMU's own back ends (libvhost-user, DPDK's vhost library) map without any
 of this and die with the front end's file; we refuse nothing they accept except files

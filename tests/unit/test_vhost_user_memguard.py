@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import mmap
 import os
 import signal
@@ -118,6 +119,21 @@ def test_truncated_region_reads_zeros_and_is_reported(fds: list[int]) -> None:
     assert os.fstat(fd).st_size == 4096  # the front end's file is untouched
     mem.clear()
     other.clear()
+
+
+def test_mapping_stays_guarded_while_a_view_is_exported(fds: list[int]) -> None:
+    fd = memfd()
+    fds.append(fd)
+    mapping = memguard.Mapping(fd, MIB, memguard.inspect(fd, MIB))
+    view = memoryview(mapping.mm)
+    assert not mapping.close()  # exported: not unmapped yet
+    os.ftruncate(fd, 0)
+    before = memguard.fault_count()
+    assert view[MIB // 2] == 0  # still guarded: a zero page, not SIGBUS
+    assert memguard.fault_count() == before + 1
+    view.release()
+    del view, mapping
+    gc.collect()
 
 
 def test_device_stops_every_queue_when_memory_faults() -> None:
