@@ -76,6 +76,32 @@ def test_backing_kinds(fds: list[int], tmp_path: Path) -> None:
     assert memguard.inspect(r, 4096).kind == "other"
 
 
+def test_hugetlb_memfd_is_guarded_at_its_page_size(fds: list[int]) -> None:
+    huge = 2 * MIB
+    try:
+        fd = os.memfd_create("memguard-huge", os.MFD_CLOEXEC | os.MFD_HUGETLB)
+    except OSError as exc:
+        pytest.skip(f"no hugetlb memfd here: {exc}")
+    fds.append(fd)
+    os.ftruncate(fd, 2 * huge)
+    backing = memguard.inspect(fd, 2 * huge)
+    assert (backing.kind, backing.pinned) == ("hugetlbfs", False)
+    assert backing.page >= huge
+    mem = GuestMemory()
+    spec = RegionSpec(gpa=0, size=2 * huge, uaddr=1 << 40, mmap_offset=0)
+    try:
+        mem.replace([spec], [os.dup(fd)])
+    except MemoryTableError as exc:  # no free huge pages: refused cleanly
+        assert "cannot map region" in str(exc)
+        return
+    region = mem.regions[0]
+    region.mm[huge : huge + 4] = b"abcd"
+    os.ftruncate(fd, 0)
+    assert region.mm[huge : huge + 4] == bytes(4)  # a whole huge page replaced
+    assert mem.poll_faults() is region
+    mem.clear()
+
+
 def test_files_shorter_than_the_region_are_refused(fds: list[int]) -> None:
     mem = GuestMemory()
     spec = RegionSpec(gpa=0, size=2 * MIB, uaddr=1 << 40, mmap_offset=0)
