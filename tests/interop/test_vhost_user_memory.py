@@ -319,3 +319,4 @@ async def test_daemon_process_survives_truncated_memory(tmp_path: Path) -> None:
     log = daemon.output()
     assert log.count(STOP_LINE) == 1, log
     assert "faulted" in log and "bad" in log, log
+    assert "Traceback" not in log, log
