@@ -19,6 +19,7 @@ The chardev decides who connects: ``server=on`` (QEMU or testpmd connect, and re
 after a VM restart) or a client with ``reconnect``/``reconnect-ms`` (the daemon keeps
 reconnecting to a QEMU started with ``server=on``). Modules: :mod:`.protocol` (messages,
 descriptors, request handling), :mod:`.memory` (regions, mappings, translation),
+:mod:`.memguard` (what backs guest memory, and the SIGBUS guard: docs/vhost-user.md),
 :mod:`.virtqueue` (split rings), :mod:`.device` (virtio-net data path), :mod:`.client`
 (event loop, net clients).
 """

@@ -155,6 +155,7 @@ class VhostUserNetdev(SessionHooks):
         self._emit = emit
         self._throttle = _Throttle(log)
         self.device = NetDevice(pairs, on_broken=self._broken)
+        self.device.on_memory_fault = self._memory_fault
         self.clients = [VhostUserClient(self, name, i) for i in range(pairs)]
         self.mac_fixed = mac is not None
         self.rx_filter = RxFilter(mac if mac is not None else bytes(6))
@@ -417,6 +418,15 @@ class VhostUserNetdev(SessionHooks):
             "vhost-user %s: vring %d stopped, the device needs a reset: %s",
             self.name,
             q.index,
+            reason,
+        )
+
+    def _memory_fault(self, reason: str) -> None:
+        self.clients[0].stats.malformed += 1
+        self._throttle.warning(
+            "memory",
+            "vhost-user %s: every vring stopped until a new memory table or a reconnect: %s",
+            self.name,
             reason,
         )
 

@@ -42,6 +42,13 @@ Errors
     resets the device or reconnects. Short transmit chains (shorter than the header) break
     the queue as in QEMU ("virtio-net header incorrect"); runts without an Ethernet header
     and frames above ``NET_BUFSIZE`` are dropped and counted (``tx-malformed``).
+
+    A fault in guest memory (the front end truncated its file: :mod:`.memguard` turned the
+    SIGBUS into zero pages) is noticed after the batch that met it, or before a queue is
+    broken for what the zeros looked like: every queue of the device stops with that reason,
+    ``memory-faults`` counts it, ``on_memory_fault`` reports it once, and nothing read from
+    the faulted batch leaves the device. Queues refuse to start again until a new memory
+    table replaces the region (or the front end reconnects).
 """
 
 from __future__ import annotations
@@ -68,7 +75,8 @@ from .features import (
     F_PROTOCOL_FEATURES,
     F_VERSION_1,
 )
-from .memory import GuestMemory
+from .memguard import fault_count
+from .memory import GuestMemory, Region
 from .virtqueue import DESC_F_WRITE, RingError, Segment, SimpleBatch, SplitQueue
 
 _HOST_OFFLOADS = (1 << F_CSUM) | (1 << F_HOST_TSO4) | (1 << F_HOST_TSO6)
@@ -93,6 +101,7 @@ COUNTER_NAMES = (
     "rx-bad-buffers",
     "rx-offload-completed",
     "rings-broken",
+    "memory-faults",
     "calls",
 )
 
@@ -105,6 +114,10 @@ class NetDevice:
         self.mem = GuestMemory()
         self.queues = [SplitQueue(i) for i in range(2 * max_pairs)]
         self.on_broken = on_broken
+        #: Told (once per fault) why every queue stopped when guest memory faulted.
+        self.on_memory_fault: Callable[[str], None] | None = None
+        #: Why the device's memory is unusable, until a new table replaces it.
+        self.memory_fault: str | None = None
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self._init_state()
 
@@ -155,6 +168,8 @@ class NetDevice:
 
     def memory_changed(self) -> None:
         """After the memory table changed: re-translate every started queue."""
+        if self.memory_fault is not None and self.mem.faulted() is None:
+            self.memory_fault = None
         for q in self.queues:
             if q.started:
                 self.ensure_mapped(q)
@@ -166,6 +181,9 @@ class NetDevice:
 
     def ensure_mapped(self, q: SplitQueue) -> bool:
         if q.broken is not None:
+            return False
+        if self.memory_fault is not None:
+            q.broken = self.memory_fault
             return False
         try:
             q.map(self.mem)
@@ -181,6 +199,9 @@ class NetDevice:
         return self.ensure_mapped(q)
 
     def break_queue(self, q: SplitQueue, reason: str) -> None:
+        region = self.mem.poll_faults()
+        if region is not None:
+            self.memory_faulted(region)  # what the queue saw were zero pages
         if q.broken is not None:
             return
         q.broken = reason
@@ -189,6 +210,37 @@ class NetDevice:
         q.signal_error()
         if self.on_broken is not None:
             self.on_broken(q, reason)
+
+    def check_memory(self) -> None:
+        """After a batch touched guest memory: raise :class:`RingError` (every queue
+        stopped) if an access faulted."""
+        if fault_count() == self.mem.fault_mark:
+            return
+        region = self.mem.faulted()
+        if region is not None:
+            raise RingError(self.memory_faulted(region))
+
+    def memory_faulted(self, region: Region) -> str:
+        """Stop every queue: ``region``'s memory faulted. Returns the reason."""
+        if self.memory_fault is not None:
+            return self.memory_fault
+        spec = region.spec
+        reason = (
+            f"guest memory at gpa {spec.gpa:#x}+{spec.size:#x} ({region.backing.kind}) faulted:"
+            " the front end truncated or unmapped it"
+        )
+        self.memory_fault = reason
+        self.counters["memory-faults"] += 1
+        self.status |= STATUS_NEEDS_RESET
+        for q in self.queues:
+            if q.broken is None:
+                q.broken = reason
+                if q.started:
+                    self.counters["rings-broken"] += 1
+                    q.signal_error()
+        if self.on_memory_fault is not None:
+            self.on_memory_fault(reason)
+        return reason
 
     def reset(self) -> None:
         """``RESET_DEVICE``: every queue back to stopped and disabled; features forgotten.
@@ -202,6 +254,7 @@ class NetDevice:
         for q in self.queues:
             q.reset()
         self.mem.clear()
+        self.memory_fault = None
         self._init_state()
 
     def rx_queue(self, pair: int) -> SplitQueue:
@@ -232,6 +285,7 @@ class NetDevice:
             return [], False, 0
         n = q.avail_count()
         if not n:
+            self.check_memory()
             return [], False, 0
         n = min(n, budget)
         heads = q.heads(n)
@@ -241,6 +295,7 @@ class NetDevice:
             frames, vnet = self._tx_simple(batch, want)
         else:
             frames, vnet = self._tx_chains(q, heads, want)
+        self.check_memory()  # nothing read from a faulted batch goes out
         q.consume(n)
         q.push_used(heads, 0)
         self.counters["tx-chains"] += n
@@ -368,6 +423,7 @@ class NetDevice:
                 if not self.mergeable or want >= avail:
                     break
                 spare = avail  # the next frame needs more buffers than were looked at
+        self.check_memory()
         if called and q.call_if_needed():
             self.counters["calls"] += 1
         return done

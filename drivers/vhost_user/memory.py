@@ -16,7 +16,25 @@ What it owns
     (:meth:`GuestMemory.gpa`, :meth:`GuestMemory.uva`) or vectorised over numpy arrays of
     descriptor addresses and lengths (:meth:`GuestMemory.gpa_batch`).
 
+Memory the front end can break
+    The front end keeps its file and may truncate it, replace it or let its pages fail
+    (hugetlbfs) after ``SET_MEM_TABLE``; a plain mapping would then kill the whole daemon
+    with SIGBUS. :mod:`.memguard` decides what is taken and contains the rest: a regular
+    file shorter than ``mmap_offset + size`` is refused; a memfd sealed with
+    ``F_SEAL_SHRINK`` (QEMU's default ``memory-backend-memfd``) is *pinned* and can never
+    fault that way; anything else (``seal=off`` memfds, ``memory-backend-file`` on tmpfs,
+    hugetlbfs or any file system) is *guarded*. Every mapping - pinned or guarded - is
+    registered with the SIGBUS guard for its whole life, so an access past the file's end
+    reads zeros instead of faulting, and :meth:`GuestMemory.poll_faults` (one C call per
+    batch) tells the device, which stops all its queues; nothing else in the daemon is
+    touched. Both kinds use the same data path (views of the mapping, no system call per
+    access), so accepting unsealed memory costs nothing in speed. A file replaced by
+    rename behind our back changes nothing (the mapping keeps the old file); one shrunk
+    and grown again before we touched it reads as zeros (the front end only hurt itself).
+
 Invariants
+    * Every mapping is guarded from before its first view until it is unmapped: an access
+      to guest memory never ends the process.
     * Regions never overlap in guest-physical space, nor in user space; sizes are non-zero
       and ``address + size`` does not wrap.
     * A translation succeeds only if ``[addr, addr + length)`` lies inside one region, so
@@ -41,16 +59,17 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from . import memguard
+from .memguard import Backing, MemoryTableError
+
+__all__ = ["GuestMemory", "MemoryTableError", "Region", "RegionSpec", "Translated", "map_region"]
+
 log = logging.getLogger("netstack.vhost_user")
 
 #: ``GET_MAX_MEM_SLOTS``: regions one device may map (libvhost-user offers 509, DPDK 8).
 MAX_MEM_SLOTS = 32
 _U64 = (1 << 64) - 1
 _FAST_LIMIT = (1 << 64) - (1 << 33)
-
-
-class MemoryTableError(Exception):
-    """A memory table the back end refuses (overlap, bad fd, too many regions)."""
 
 
 @dataclass(frozen=True)
@@ -70,14 +89,16 @@ class RegionSpec:
 class Region:
     """One mapped region. ``u8`` views the region's bytes (index 0 = ``gpa``)."""
 
-    __slots__ = ("mm", "refs", "spec", "u8", "whole")
+    __slots__ = ("backing", "mapping", "mm", "refs", "spec", "u8", "whole")
 
-    def __init__(self, spec: RegionSpec, mm: mmap.mmap) -> None:
+    def __init__(self, spec: RegionSpec, mapping: memguard.Mapping) -> None:
         self.spec = spec
-        self.mm = mm
+        self.mapping = mapping
+        self.backing: Backing = mapping.backing
+        self.mm = mapping.mm
         self.refs = 1
         #: The whole mapping (indexed like :attr:`mm`) and the region's bytes within it.
-        self.whole: NDArray[np.uint8] = np.frombuffer(mm, dtype=np.uint8)
+        self.whole: NDArray[np.uint8] = np.frombuffer(self.mm, dtype=np.uint8)
         self.u8 = self.whole[spec.mmap_offset : spec.mmap_offset + spec.size]
 
     @property
@@ -85,25 +106,32 @@ class Region:
         """Offset of the region's first byte within :attr:`mm`."""
         return self.spec.mmap_offset
 
+    def faulted(self) -> bool:
+        """Whether an access to it faulted (the front end truncated or broke its file)."""
+        return self.mapping.faulted() > 0
+
     def close(self) -> None:
         self.u8 = self.whole = np.empty(0, dtype=np.uint8)
-        try:
-            self.mm.close()
-        except BufferError:
+        if not self.mapping.close():
             # A view of it is still alive somewhere; the mapping goes with the last one.
             log.debug("vhost-user: region at gpa %#x still exported; unmapped later", self.spec.gpa)
 
 
 def map_region(spec: RegionSpec, fd: int) -> Region:
-    """Map ``fd`` for ``spec`` (closes ``fd`` in every case)."""
+    """Map ``fd`` for ``spec`` (closes ``fd`` in every case); see :mod:`.memguard` for
+    what is refused and how a fault in the mapping is contained."""
     try:
         _check_spec(spec)
         length = spec.size + spec.mmap_offset
         try:
-            mm = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            backing = memguard.inspect(fd, length)
+        except MemoryTableError as exc:
+            raise MemoryTableError(f"region at gpa {spec.gpa:#x}: {exc}") from None
+        try:
+            mapping = memguard.Mapping(fd, length, backing)
         except (OSError, ValueError, OverflowError) as exc:
             raise MemoryTableError(f"cannot map region at gpa {spec.gpa:#x}: {exc}") from None
-        return Region(spec, mm)
+        return Region(spec, mapping)
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -128,6 +156,8 @@ class GuestMemory:
         self._ends: NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
         #: Increases on every change; rings re-translate their addresses when it moves.
         self.generation = 0
+        #: :func:`.memguard.fault_count` when the regions were last looked at.
+        self.fault_mark = memguard.fault_count()
 
     def __len__(self) -> int:
         return len(self.regions)
@@ -198,6 +228,22 @@ class GuestMemory:
         self._reindex()
         for region in old:
             region.close()
+
+    def faulted(self) -> Region | None:
+        """The first region an access faulted in, if any (after :meth:`poll_faults` or a
+        table change)."""
+        self.fault_mark = memguard.fault_count()
+        for region in self.regions:
+            if region.faulted():
+                return region
+        return None
+
+    def poll_faults(self) -> Region | None:
+        """Like :meth:`faulted`, but only looks at the regions when the process-wide fault
+        count moved since the last look (one C call otherwise: the per-batch check)."""
+        if memguard.fault_count() == self.fault_mark:
+            return None
+        return self.faulted()
 
     def _reindex(self) -> None:
         self._starts = np.array([r.spec.gpa for r in self.regions], dtype=np.uint64)

@@ -18,8 +18,9 @@ Layers (each module's docstring has the details and the spec it follows):
   offload header fields, a numpy fast path for benches;
 * :mod:`.frontend` -- :class:`VhostUserFrontend`, tying it together;
 * :mod:`.traffic` -- txonly / rxonly / io / ping modes (used by the CLI);
-* :mod:`.hostile_rings`, :mod:`.hostile_msgs` -- hostile mode: catalogues of broken
-  rings and malformed messages with the defence each expects;
+* :mod:`.hostile_rings`, :mod:`.hostile_msgs`, :mod:`.hostile_memory` -- hostile mode:
+  catalogues of broken rings, malformed messages and damaged guest-memory files with the
+  defence each expects;
 * :mod:`.testpmd` -- running ``dpdk-testpmd`` as a peer and parsing its statistics.
 
 Typical use::
@@ -40,6 +41,7 @@ acked), no in-band notifications; x86-64 hosts only (ring memory ordering relies
 
 from .channel import Channel, ChannelClosed, ReplyTimeout
 from .frontend import FrontendConfig, VhostUserFrontend
+from .hostile_memory import MEMORY_CASES, damage
 from .hostile_msgs import MSG_CASES, send_case
 from .hostile_rings import RING_CASES, Crafted, RingCrafter
 from .memory import AddressError, GuestMemory, Region
@@ -66,6 +68,7 @@ from .traffic import Report, run_mode, udp_frame
 from .virtqueue import Segment, SplitQueue, need_event
 
 __all__ = [
+    "MEMORY_CASES",
     "MSG_CASES",
     "RING_CASES",
     "SUPPORTED_FEATURES",
@@ -99,6 +102,7 @@ __all__ = [
     "TxQueue",
     "VhostUserFrontend",
     "VnetHeader",
+    "damage",
     "header_len",
     "need_event",
     "run_mode",

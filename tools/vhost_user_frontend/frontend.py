@@ -55,6 +55,8 @@ class FrontendConfig:
     #: guest-physical 0 sized for the queues plus ``spare_memory``.
     memory: tuple[tuple[int, ...], ...] | None = None
     spare_memory: int = 4 * _MIB
+    #: What guest memory lives in: ``memfd`` (unsealed), ``sealed-memfd`` or ``file:DIR``.
+    memory_backing: str = "memfd"
     tx_slot_size: int = 2048
     #: None: 2048 with MRG_RXBUF (or no guest GSO), 65562 without MRG_RXBUF but with GSO.
     rx_buf_size: int | None = None
@@ -222,7 +224,7 @@ class VhostUserFrontend:
         s = self.session
         acked = s.offered & s.wanted_features()
         rx_buf = self._rx_buf_size(acked)
-        self.mem = mem = GuestMemory(self._memory_layout(rx_buf))
+        self.mem = mem = GuestMemory(self._memory_layout(rx_buf), cfg.memory_backing)
         event_idx = has(acked, Feature.EVENT_IDX)
         hl = header_len(acked)
         sep = separate_header(acked) if cfg.separate_header is None else cfg.separate_header

@@ -1,7 +1,11 @@
 """Guest memory for a Python "VM": memfd-backed regions, mapped here, shared by fd.
 
-Each :class:`Region` is one memfd (``MFD_CLOEXEC``) of ``mmap_offset + size`` bytes,
-mapped whole; the guest-physical range ``[gpa, gpa + size)`` lives at file offset
+Each :class:`Region` is one file of ``mmap_offset + size`` bytes, mapped whole: by default
+an unsealed memfd (``MFD_CLOEXEC``, like QEMU's ``memory-backend-memfd,seal=off``);
+``backing="sealed-memfd"`` seals it against growing and shrinking as QEMU's default
+``seal=on`` does (``F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL``); ``backing="file:DIR"``
+makes it a file in DIR (``memory-backend-file,mem-path=DIR,share=on``), its path in
+:attr:`Region.path`; the guest-physical range ``[gpa, gpa + size)`` lives at file offset
 ``mmap_offset``. Its *user address* (what SET_MEM_TABLE and SET_VRING_ADDR carry) is our
 own virtual address of that byte, as in QEMU. A back end maps ``size + mmap_offset`` bytes
 of the fd and uses ``base + mmap_offset`` (vhost-user.rst, "Memory access").
@@ -20,8 +24,10 @@ the garbage collector unmap later (never a BufferError).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +60,8 @@ class Region:
     #: Our virtual address of guest-physical ``gpa``.
     uva: int = 0
     name: str = ""
+    #: The file's path (``file:`` backing), else "".
+    path: str = ""
     _next_free: int = field(default=0, repr=False)
 
     @property
@@ -78,7 +86,12 @@ class GuestMemory:
     ``(gpa, size)`` or ``(gpa, size, mmap_offset)``.
     """
 
-    def __init__(self, layout: Sequence[tuple[int, ...]] = ((0, 64 << 20),)) -> None:
+    def __init__(
+        self, layout: Sequence[tuple[int, ...]] = ((0, 64 << 20),), backing: str = "memfd"
+    ) -> None:
+        if backing not in ("memfd", "sealed-memfd") and not backing.startswith("file:"):
+            raise ValueError(f"unknown memory backing {backing!r}")
+        self.backing = backing
         self.regions: list[Region] = []
         try:
             for i, spec in enumerate(layout):
@@ -95,17 +108,31 @@ class GuestMemory:
         for r in self.regions:
             if gpa < r.end and r.gpa < gpa + size:
                 raise ValueError(f"region {gpa:#x}+{size:#x} overlaps {r.gpa:#x}+{r.size:#x}")
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        fd, path = self._create(name)
         try:
             os.ftruncate(fd, mmap_offset + size)
+            if self.backing == "sealed-memfd":
+                seals = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
             mm = mmap.mmap(fd, mmap_offset + size, mmap.MAP_SHARED)
         except BaseException:
             os.close(fd)
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             raise
         base = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
-        region = Region(gpa, size, fd, mm, mmap_offset, base + mmap_offset, name)
+        region = Region(gpa, size, fd, mm, mmap_offset, base + mmap_offset, name, path)
         self.regions.append(region)
         return region
+
+    def _create(self, name: str) -> tuple[int, str]:
+        if self.backing == "memfd":
+            return os.memfd_create(name, os.MFD_CLOEXEC), ""
+        if self.backing == "sealed-memfd":
+            return os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING), ""
+        fd, path = tempfile.mkstemp(prefix=name + "-", dir=self.backing.removeprefix("file:"))
+        return fd, path
 
     def add_region(self, gpa: int, size: int, mmap_offset: int = 0) -> Region:
         """Hot-add a region (announce it with ADD_MEM_REG or a new SET_MEM_TABLE)."""
@@ -114,9 +141,7 @@ class GuestMemory:
     def remove_region(self, region: Region) -> None:
         """Forget a region (after REM_MEM_REG); its memory stays mapped until collected."""
         self.regions.remove(region)
-        with contextlib.suppress(OSError):
-            os.close(region.fd)
-        region.fd = -1
+        _release(region)
 
     # -- translation -------------------------------------------------------------------
 
@@ -180,10 +205,7 @@ class GuestMemory:
 
     def close(self) -> None:
         for r in self.regions:
-            with contextlib.suppress(OSError):
-                if r.fd >= 0:
-                    os.close(r.fd)
-            r.fd = -1
+            _release(r)
             with contextlib.suppress(BufferError):
                 r.mm.close()
         self.regions = []
@@ -193,3 +215,15 @@ class GuestMemory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _release(region: Region) -> None:
+    """Close the region's fd and remove its file (the mapping stays)."""
+    with contextlib.suppress(OSError):
+        if region.fd >= 0:
+            os.close(region.fd)
+    region.fd = -1
+    if region.path:
+        with contextlib.suppress(OSError):
+            os.unlink(region.path)
+        region.path = ""
