@@ -1,8 +1,7 @@
 """The user netdev's option checks against QEMU 7.2's own: the same ``netdev_add`` arguments
 go to a QEMU (``-machine none``, QMP) and to netstack's option parser; the error texts must
-be equal, and where QEMU accepts, so must netstack - except for the documented part 1 gaps
-(valid hostfwd/guestfwd rules, IPv6-only), which must say "not supported" (``smb=`` has its
-own comparison: tests/interop/test_user_smb.py).
+be equal, and where QEMU accepts, so must netstack (``smb=`` has its own comparison:
+tests/interop/test_user_smb.py).
 """
 
 from __future__ import annotations
@@ -75,9 +74,6 @@ CASES: list[dict[str, Any]] = [
     {"guestfwd": [{"str": "tcp:10.0.2.100:80-cmd:true"}], "hostfwd": [{"str": "x"}]},
 ]
 
-#: QEMU accepts these; part 1 of netstack's user netdev rejects them, saying so.
-PART2 = ("hostfwd", "guestfwd")
-
 
 def ours(args: dict[str, Any]) -> str | None:
     try:
@@ -142,10 +138,6 @@ def test_option_errors_match_qemu(tmp_path: Path) -> None:
     mismatches = []
     for args, want in zip(CASES, expected, strict=True):
         got = ours(args)
-        if want is None and got is not None:
-            part2 = any(k in args for k in PART2) or args.get("ipv6") is True
-            if part2 and "not supported yet (user netdev part 2)" in got:
-                continue
         if got != want:
             mismatches.append((args, want, got))
     assert not mismatches, "\n".join(f"{a}: qemu {w!r} / ours {g!r}" for a, w, g in mismatches)
