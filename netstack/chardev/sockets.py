@@ -204,6 +204,9 @@ class SocketChardev(Chardev):
         self._mode = mode
         self._fd_lookup = fd_lookup
         self._listen_fds = listen_fds
+        #: For ``websocket=on``: which handshake ``Origin`` headers are accepted (None: any,
+        #: as QEMU). The web view sets it on the chardev it serves the page for.
+        self.websocket_origin_ok: Callable[[str], bool] | None = None
         self._listener: socket.socket | None = None
         self._live: dict[socket.socket, str] = {}  # connected sockets -> filename
         self._fe_ready = asyncio.Event()
@@ -432,7 +435,7 @@ class SocketChardev(Chardev):
         as in QEMU: a telnet client negotiates nothing)."""
         layers: list[Layer] = []
         if self.options.websocket:
-            layers.append(WebSocketServer())
+            layers.append(WebSocketServer(origin_ok=self.websocket_origin_ok))
         if self.is_listen and (self.options.telnet or self.options.tn3270):
             layers.append(TelnetServer(tn3270=bool(self.options.tn3270),
                                        on_break=self.send_break))  # fmt: skip

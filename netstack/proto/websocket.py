@@ -87,6 +87,7 @@ _BAD_REQUEST: Final = (
 _TOO_LARGE: Final = (
     "HTTP/1.1 403 Request Entity Too Large\r\n" + _COMMON + "Connection: close\r\n\r\n"
 )
+_FORBIDDEN: Final = "HTTP/1.1 403 Forbidden\r\n" + _COMMON + "Connection: close\r\n\r\n"
 
 
 def accept_key(key: str) -> str:
@@ -149,9 +150,14 @@ class WebSocketServer:
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
         date: Callable[[], str] = http_date,
+        origin_ok: Callable[[str], bool] | None = None,
     ) -> None:
         self.max_frame = max_frame
         self._date = date
+        #: Beyond QEMU, which checks no ``Origin``: when set, a handshake whose ``Origin``
+        #: header it rejects gets 403 (a page of another site in the user's browser must not
+        #: reach the monitor). Clients that send no ``Origin`` (not browsers) pass.
+        self.origin_ok = origin_ok
         self.opened = False
         self.closed = False
         #: Why the connection ended abnormally (None: it did not, or cleanly).
@@ -241,6 +247,9 @@ class WebSocketServer:
             if count >= MAX_HEADERS:
                 raise HandshakeError("Too many HTTP headers", bad)
             headers.setdefault(name.lower(), value.strip(" \t"))
+        origin = headers.get("origin")
+        if origin is not None and self.origin_ok is not None and not self.origin_ok(origin):
+            raise HandshakeError(f"Origin '{origin[:64]}' is not allowed", _FORBIDDEN)
         protocols = headers.get("sec-websocket-protocol")
         found: dict[str, str] = {}
         for header, what in (

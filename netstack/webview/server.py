@@ -37,8 +37,10 @@ a cross-origin page cannot send without a CORS preflight this server never grant
 an ``Origin``, when sent, must match ``Host``. Pages carry a Content-Security-Policy
 that allows only the server's own scripts and styles. Bad requests are answered with
 their status, counted in :attr:`WebView.stats` and logged at most once per
-:data:`LOG_INTERVAL` seconds per kind; they never disturb the daemon. Not covered
-here: the websocket chardev (like QEMU's) does not check a handshake's ``Origin``.
+:data:`LOG_INTERVAL` seconds per kind; they never disturb the daemon. The websocket
+chardev the page uses accepts a browser's handshake only with this server's ``Origin``
+(:meth:`WebView._page_origin`; QEMU's websocket chardev checks none), so another site
+open in the same browser cannot reach the monitor.
 """
 
 from __future__ import annotations
@@ -54,8 +56,10 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 from netstack import __version__, qapi
+from netstack.chardev.sockets import SocketChardev
 from netstack.errors import GenericError
 
 from .capture import CaptureManager, CaptureRefused
@@ -200,6 +204,8 @@ class WebView:
             ssl_handshake_timeout=READ_TIMEOUT if context is not None else None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
+        if isinstance(chardev, SocketChardev):
+            chardev.websocket_origin_ok = self._page_origin
         self._allowed_hosts = {"localhost", self.spec.host.lower()}
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -276,15 +282,34 @@ class WebView:
             self._count(f"http-{exc.status}", str(exc))
             return response(exc.status, f"{exc}\n".encode())
 
+    def _known_host(self, name: str) -> bool:
+        """A name the page may be reached by: the listening address, ``localhost`` or an IP
+        literal (not a DNS name an attacker's site could rebind to us)."""
+        if name in self._allowed_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    def _page_origin(self, origin: str) -> bool:
+        """Whether a websocket handshake's ``Origin`` is this server's page (the QMP
+        websocket refuses every other site's pages)."""
+        try:
+            url = urlsplit(origin)
+            port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError:
+            return False
+        name = (url.hostname or "").lower()
+        return url.scheme == self.scheme and port == self.port and self._known_host(name)
+
     def _check_origin(self, req: Request) -> None:
         host = req.headers.get("host", "")
         name = host.rpartition(":")[0] if not host.endswith("]") else host
         name = (name or host).strip("[]").lower()
-        if name not in self._allowed_hosts:
-            try:
-                ipaddress.ip_address(name)
-            except ValueError:
-                raise BadRequest(f"Host '{host[:64]}' is not this server", 421) from None
+        if not self._known_host(name):
+            raise BadRequest(f"Host '{host[:64]}' is not this server", 421)
         if req.method == "POST":
             if req.headers.get(POST_HEADER) != "1":
                 raise BadRequest(f"POST requests need the {POST_HEADER} header", 403)

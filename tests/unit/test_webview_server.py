@@ -118,6 +118,42 @@ async def test_qmp_over_the_created_websocket(view: WebView) -> None:
         assert [row["id"] for row in reply["return"]] == ["p0", "p1"]
 
 
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        (None, True),  # not a browser
+        ("page", True),
+        ("http://localhost:{port}", True),
+        ("http://evil.example", False),
+        ("http://evil.example:{port}", False),
+        ("https://127.0.0.1:{port}", False),
+        ("http://127.0.0.1:1", False),
+        ("null", False),
+        ("http://[::1", False),
+    ],
+)
+async def test_websocket_takes_only_the_pages_origin(
+    view: WebView, origin: str | None, accepted: bool
+) -> None:
+    """A page of another site open in the same browser cannot reach the QMP websocket."""
+    if origin == "page":
+        origin = f"http://127.0.0.1:{view.port}"
+    elif origin is not None:
+        origin = origin.format(port=view.port)
+    url = f"ws://127.0.0.1:{view.qmp_port}/"
+    headers = {} if origin is None else {"origin": origin}
+    if accepted:
+        async with websockets.connect(url, subprotocols=["binary"], **headers) as ws:
+            assert "QMP" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+        return
+    with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+        async with websockets.connect(url, subprotocols=["binary"], **headers):
+            pass
+    assert err.value.response.status_code == 403
+    async with websockets.connect(url, subprotocols=["binary"]) as ws:  # still serving
+        assert "QMP" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+
 async def test_capture_round_trip(view: WebView) -> None:
     ns = view.ns
     assert isinstance(ns, Netstack)
