@@ -84,6 +84,7 @@ async def create_object(
         )
     if isinstance(props, AuthZSimpleProperties):
         authz = AuthzSimple(spec.id, props.identity)
+        authz.spec = spec
         host.objects[spec.id] = authz
         return authz
     if isinstance(props, TlsCredsX509Properties):
@@ -96,6 +97,7 @@ async def create_object(
             priority=props.priority,
             passwordid=props.passwordid,
         )
+        creds.spec = spec
         host.objects[spec.id] = creds
         return creds
     netdev = _netdev(host, props.netdev)

@@ -51,9 +51,12 @@ import asyncio
 import os
 import socket
 import ssl
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from netstack.errors import GenericError
+
+if TYPE_CHECKING:
+    from netstack.qapi.qom import ObjectSpec
 
 CA_CERT: Final = "ca-cert.pem"
 CA_CRL: Final = "ca-crl.pem"
@@ -78,6 +81,8 @@ class TlsCredsX509:
     """One ``tls-creds-x509`` object."""
 
     qom_type = "tls-creds-x509"
+    #: The options it was created with (``-writeconfig`` writes them back).
+    spec: ObjectSpec | None = None
 
     def __init__(
         self,
@@ -246,6 +251,8 @@ class AuthzSimple:
     """One ``authz-simple`` object: ``identity`` is the only one allowed."""
 
     qom_type = "authz-simple"
+    #: The options it was created with (``-writeconfig`` writes them back).
+    spec: ObjectSpec | None = None
 
     def __init__(self, object_id: str, identity: str) -> None:
         self.id = object_id

@@ -1,7 +1,8 @@
 """``-writeconfig FILE`` and QMP ``write-config``: the running configuration as a file.
 
-Owns the rendering of a running daemon's netdevs, chardevs and net filter objects -
-whether they came from the command line, a config file or QMP at run time - in the format
+Owns the rendering of a running daemon's netdevs, chardevs and objects (net filters, TLS
+credentials, authorization) - whether they came from the command line, a config file or
+QMP at run time - in the format
 :mod:`.reader` reads (QEMU's INI format), and the atomic write of that file.
 
 QEMU 7.2 has no ``-writeconfig`` (removed in 6.0; it wrote only what the command line had

@@ -165,3 +165,33 @@ def test_writeconfig_dash_prints_the_configuration_once_started(tmp_path: Path) 
             time.sleep(0.05)
         assert daemon.stop() == 0
     assert '[netdev "h0"]\n  type = "hubport"\n  hubid = "0"\n' in daemon.output()
+
+
+def test_tls_objects_are_written_and_read_back(tmp_path: Path) -> None:
+    """A TLS chardev's credentials and authorization objects are part of the written
+    configuration, and the file starts a daemon that serves the same chardev (objects are
+    created before chardevs, whatever their order in the file)."""
+    from tests.interop.tls_pki import make_pki
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    cfg = tmp_path / "tls.cfg"
+    args = [
+        "-object", f"tls-creds-x509,id=tls0,dir={pki.server},endpoint=server,verify-peer=on",
+        "-object", "authz-simple,id=az0,identity=O=netstack,,CN=client",
+        "-chardev", "socket,id=t0,host=127.0.0.1,port=0,server=on,wait=off,"
+                    "tls-creds=tls0,tls-authz=az0",
+        "-writeconfig", str(cfg),
+    ]  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with running_daemon(tmp_path / "a", args) as daemon:
+        _wait_for(cfg)
+        assert daemon.stop() == 0
+    text = cfg.read_text()
+    assert '[object "tls0"]' in text and '[object "az0"]' in text, text
+    assert 'qom-type = "tls-creds-x509"' in text and 'tls-creds = "tls0"' in text, text
+    again = tmp_path / "again.cfg"
+    with running_daemon(tmp_path / "b", ["-readconfig", str(cfg), "-writeconfig", str(again)]):
+        _wait_for(again)
+    assert again.read_text() == text
