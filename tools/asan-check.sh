@@ -12,6 +12,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$here")
 py=${1:-$repo/.venv/bin/python}
+py="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")"  # absolute, not resolved
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
