@@ -71,7 +71,8 @@ async def test_guest_served_by_a_confined_daemon(image: GuestImage) -> None:
     pub.chmod(0o1777)  # nobody reads the TFTP root and removes its own sockets
     try:
         root = pub / "tftp"
-        root.mkdir(mode=0o755)
+        root.mkdir()
+        root.chmod(0o755)  # not mkdir's mode: the process umask may be narrower
         (root / "small.txt").write_bytes(b"hello from a confined daemon\n")
         (root / "small.txt").chmod(0o644)
         sock = pub / "vhost.sock"
