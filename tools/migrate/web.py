@@ -94,7 +94,9 @@ class Web:
             writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
             await writer.drain()
 
-    async def _send(self, writer: asyncio.StreamWriter, body: bytes, throttled: bool = False) -> None:
+    async def _send(
+        self, writer: asyncio.StreamWriter, body: bytes, throttled: bool = False
+    ) -> None:
         writer.write(
             b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
