@@ -36,7 +36,8 @@ pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(420)]
 MAC = "52:54:00:12:34:56"
 
 NAT_SCRIPT = """
-udhcpc -i eth0 -q -n -t 6 -T 2 -s {udhcpc} && echo "LEASE1 $(ip -4 -o addr show eth0 | grep -o 'inet [0-9.]*')"
+addr() {{ ip -4 -o addr show eth0 | grep -o 'inet [0-9.]*'; }}
+udhcpc -i eth0 -q -n -t 6 -T 2 -s {udhcpc} && echo "LEASE1 $(addr)"
 dd if=/dev/urandom bs=64k count=12 2>/dev/null | od -x > /tmp/up && echo "UPMD5 $(md5sum < /tmp/up)"
 (wget -q -O - http://10.0.2.2:{port}/big | md5sum | sed 's/^/BIG /') &
 (wget -q -O - --post-file /tmp/up http://10.0.2.2:{port}/up | sed 's/^/UPRESULT /') &
@@ -47,7 +48,7 @@ while [ $n -lt 600 ] && [ "$(wget -q -O - http://10.0.2.2:{port}/ctl)" != stop ]
   n=$((n+1))
 done
 wait
-udhcpc -i eth0 -q -n -t 6 -T 2 -s {udhcpc} && echo "LEASE2 $(ip -4 -o addr show eth0 | grep -o 'inet [0-9.]*')"
+udhcpc -i eth0 -q -n -t 6 -T 2 -s {udhcpc} && echo "LEASE2 $(addr)"
 echo MIG-DONE
 """
 
