@@ -110,3 +110,19 @@ class Web:
             writer.write(view[at : at + CHUNK])
             await writer.drain()
             await asyncio.sleep(CHUNK / self.rate)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -c 'from tools.migrate.web import main; main()' ADDR PORT BIG RATE``: serve
+    until killed (used inside a network namespace standing for a remote server)."""
+    import sys
+
+    addr, port, big, rate = (argv if argv is not None else sys.argv[1:])[:4]
+
+    async def serve() -> None:
+        web = Web(big=int(big), rate=float(rate))
+        web._server = await asyncio.start_server(web._client, addr, int(port))
+        print(f"serving {web.big_md5}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
