@@ -19,8 +19,9 @@ The chardev decides who connects: ``server=on`` (QEMU or testpmd connect, and re
 after a VM restart) or a client with ``reconnect``/``reconnect-ms`` (the daemon keeps
 reconnecting to a QEMU started with ``server=on``). Modules: :mod:`.protocol` (messages,
 descriptors, request handling), :mod:`.memory` (regions, mappings, translation),
-:mod:`.virtqueue` (split rings), :mod:`.device` (virtio-net data path), :mod:`.client`
-(event loop, net clients).
+:mod:`.virtqueue` (split rings), :mod:`.device` (virtio-net data path), :mod:`.dirtylog`
+(dirty-page logging for live migration, ``docs/migration.md``), :mod:`.client` (event
+loop, net clients).
 """
 
 from __future__ import annotations
