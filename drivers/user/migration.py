@@ -10,16 +10,22 @@ for a back end in another process.
 What moves
     * DHCP leases (bound and offered), with the time left;
     * hostfwd and guestfwd rules (re-bound on the destination host, which must allow it);
-    * established guest TCP connections: the host socket by TCP_REPAIR
+    * established guest TCP connections (IPv4): the host socket by TCP_REPAIR
       (:mod:`.tcp_repair`, needs CAP_NET_ADMIN on both sides; the connection's local address
       must exist at the destination) and the guest-side endpoint's sequence space, windows,
       options and queues. In-order guest data not yet written to the host and host data
       not yet acknowledged by the guest move along; out-of-order pieces do not (never
       acknowledged: the guest sends them again). Timers restart at the destination.
 
+    * IPv4 UDP NAT flows: the guest source, the last destination, the time left, and the
+      host port the flow's socket was bound to, bound again at the destination (the
+      flow's host address must move with the VM as for TCP). The export closes them on
+      the source, so the port is free.
+
 What does not
-    UDP and ICMP flows (re-created by the guest's next packet; a reply to the old source
-    port is lost), connections in other states (handshake, closing) and, without
+    ICMP echo flows and IPv6 UDP flows (re-created by the guest's next packet), DHCPv6
+    leases, IPv6 TCP connections, connections in other states (handshake, closing) and,
+    without
     CAP_NET_ADMIN, every TCP connection: the export then lists them under
     ``tcp-not-moved`` and leaves them untouched; at the destination the guest's next
     segment gets a RST.
@@ -46,11 +52,12 @@ from typing import TYPE_CHECKING, Any
 
 from netstack.errors import GenericError
 
-from . import tcp_repair
+from . import hostsock, tcp_repair
 from .dhcp import Slot
 from .options import GuestFwdRule, parse_guestfwd, parse_hostfwd
 from .tcp import State, TcpEndpoint, ethernet_header
 from .tcp_repair import RepairError, SocketState
+from .udp_nat import UdpFlow
 
 if TYPE_CHECKING:
     from .client import UserNetClient
@@ -107,12 +114,28 @@ def export_state(client: UserNetClient) -> tuple[str, dict[str, int]]:
             continue
         conns.append(_endpoint_state(m, sock_state))
         splicer.release(key)
+    udp = []
+    for ukey, flow in list(client.gw.udp.flows.items()):
+        bound = client.host4.udp_bound(ukey)
+        if bound is None or bound[1] == 0:
+            continue
+        udp.append(
+            {
+                "guest": [socket.inet_ntoa(ukey[0]), ukey[1]],
+                "dst": [socket.inet_ntoa(flow.dst[0]), flow.dst[1]],
+                "bound": list(bound),
+                "expires-in": max(0.0, flow.expires - now),
+            }
+        )
+        client.host4.udp_close(ukey)  # a move: the port is free for the destination
+        client.gw.udp.flows.pop(ukey, None)
     blob = {
         "version": VERSION,
         "net": [cfg.net, cfg.prefixlen, cfg.host, cfg.dhcp_start],
         "leases": leases,
         "forwards": forwards,
         "tcp": conns,
+        "udp": udp,
     }
     text = base64.b64encode(json.dumps(blob, separators=(",", ":")).encode()).decode()
     summary = {
@@ -120,6 +143,7 @@ def export_state(client: UserNetClient) -> tuple[str, dict[str, int]]:
         "forwards": len(forwards),
         "tcp": len(conns),
         "tcp-not-moved": not_moved,
+        "udp": len(udp),
     }
     return text, summary
 
@@ -170,11 +194,20 @@ class _Conn:
 
 
 @dataclass
+class _Udp:
+    guest: tuple[bytes, int]
+    dst: tuple[bytes, int]
+    bound: tuple[str, int]
+    expires_in: float
+
+
+@dataclass
 class _Parsed:
     leases: list[_Lease]
     hostfwd: list[str]
     guestfwd: list[GuestFwdRule]
     conns: list[_Conn]
+    udp: list[_Udp]
 
 
 def _parse(client: UserNetClient, blob: str) -> _Parsed:
@@ -215,13 +248,16 @@ def _parse(client: UserNetClient, blob: str) -> _Parsed:
         keys = [(c.guest, c.local) for c in conns]
         if len(set(keys)) != len(keys):
             raise ValueError("a connection appears twice")
+        udp = [_udp(item) for item in _list(data, "udp")]
+        if len({u.guest for u in udp}) != len(udp):
+            raise ValueError("a UDP flow appears twice")
     except StateError:
         raise
     except GenericError as exc:
         raise StateError(f"malformed state: {exc.desc}") from None
     except (KeyError, TypeError, ValueError, IndexError, OSError, binascii.Error) as exc:
         raise StateError(f"malformed state: {exc!r}") from None
-    return _Parsed(leases, hostfwd, guestfwd, conns)
+    return _Parsed(leases, hostfwd, guestfwd, conns, udp)
 
 
 def _list(data: dict[str, Any], key: str) -> list[Any]:
@@ -265,12 +301,23 @@ def _lease(client: UserNetClient, item: Any) -> _Lease:
     )
 
 
+def _endpoint4(v: Any) -> tuple[bytes, int]:
+    addr, port = v
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ValueError(f"port {port!r}")
+    if not isinstance(addr, str):
+        raise TypeError("address is not a string")
+    return socket.inet_aton(addr), port
+
+
+def _udp(item: Any) -> _Udp:
+    guest, dst, bound = _endpoint4(item["guest"]), _endpoint4(item["dst"]), item["bound"]
+    addr, port = _endpoint4(bound)
+    return _Udp(guest, dst, (socket.inet_ntoa(addr), port), _number(item["expires-in"], 0, 1e6))
+
+
 def _conn(item: Any) -> _Conn:
-    def endpoint(v: Any) -> tuple[bytes, int]:
-        addr, port = v
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port {port!r}")
-        return socket.inet_aton(addr), port
+    endpoint = _endpoint4
 
     fields = item["fields"]
     if not isinstance(fields, dict) or set(fields) != set(_INT_FIELDS + _BOOL_FIELDS):
@@ -328,6 +375,7 @@ def import_state(client: UserNetClient, blob: str) -> dict[str, int]:
     added_hostfwd: list[Any] = []
     added_guestfwd: list[GuestFwdRule] = []
     restored: list[socket.socket] = []
+    udp_socks: list[socket.socket] = []
     try:
         now = client._loop.time()
         for le in parsed.leases:
@@ -359,7 +407,14 @@ def import_state(client: UserNetClient, blob: str) -> dict[str, int]:
                 raise StateError(str(exc)) from None
             restored.append(sock)
             sockets.append(sock)
+        for flow in parsed.udp:
+            try:
+                udp_socks.append(_udp_socket(flow.bound))
+            except OSError as exc:
+                raise StateError(f"UDP flow port {flow.bound}: {exc.strerror}") from None
     except BaseException:
+        for sock in udp_socks:
+            sock.close()
         for sock in restored:
             _reset_close(sock)
         for grule in added_guestfwd:
@@ -372,12 +427,30 @@ def import_state(client: UserNetClient, blob: str) -> dict[str, int]:
         raise
     for conn, sock in zip(parsed.conns, sockets, strict=True):
         client.tcp.install(_endpoint(client, conn, now), sock)
+    nat = client.gw.udp
+    for flow, sock in zip(parsed.udp, udp_socks, strict=True):
+        entry = UdpFlow(flow.guest, now)
+        entry.dst = flow.dst
+        nat.flows[flow.guest] = entry
+        nat._touch(entry, now + flow.expires_in)
+        client.host4.udp_adopt(flow.guest, sock)
     client._schedule(now)
     return {
         "leases": len(parsed.leases),
         "forwards": len(parsed.hostfwd) + len(parsed.guestfwd),
         "tcp": len(parsed.conns),
+        "udp": len(parsed.udp),
     }
+
+
+def _udp_socket(bound: tuple[str, int]) -> socket.socket:
+    sock = hostsock.udp_flow_socket()
+    try:
+        sock.bind(bound)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _reset_close(sock: socket.socket) -> None:

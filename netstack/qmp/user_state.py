@@ -2,13 +2,14 @@
 migration (QEMU 7.2 has no vhost-user ``DEVICE_STATE`` channel to carry it).
 
 ``x-user-state-export`` {netdev} -> ``UserStateExport``
-    {data (opaque base64 blob), leases, forwards, tcp (connections moved), tcp-not-moved}.
+    {data (opaque base64 blob), leases, forwards, tcp (connections moved), tcp-not-moved,
+    udp (NAT flows moved)}.
     For TCP the export is a move: the exported host sockets are closed silently (TCP_REPAIR)
     and their flows forgotten, so call it once the source VM stopped (``migrate``
     completed). Connections that cannot move (not established, or no CAP_NET_ADMIN) stay
     and are counted in ``tcp-not-moved``.
 ``x-user-state-import`` {netdev, data} -> ``UserStateImport``
-    {leases, forwards, tcp}: applies a blob of ``x-user-state-export`` all or nothing; a
+    {leases, forwards, tcp, udp}: applies a blob of ``x-user-state-export`` all or nothing; a
     malformed or inapplicable blob is ``GenericError`` ``Cannot import user state: REASON``
     and nothing changed.
 
@@ -48,6 +49,7 @@ class UserStateImport:
     leases: int = req("int")
     forwards: int = req("int")
     tcp: int = req("int")
+    udp: int = req("int")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +60,7 @@ class UserStateExport:
     forwards: int = req("int")
     tcp: int = req("int")
     tcp_not_moved: int | None = opt("int")
+    udp: int = req("int")
 
 
 def export_state(ns: Netstack, args: dict[str, Any]) -> dict[str, Any]:

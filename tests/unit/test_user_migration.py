@@ -88,7 +88,7 @@ async def test_leases_and_forwards_move(pair: tuple[Netstack, Any, Netstack, Any
     assert (out["leases"], out["forwards"], out["tcp"]) == (1, 1, 0)
     su.fwd.remove(su.fwd.forwards[0])  # the source host gives the port up
     got = await qmp(dst, "x-user-state-import", {"netdev": "u0", "data": out["data"]})
-    assert got == {"leases": 1, "forwards": 1, "tcp": 0}
+    assert got == {"leases": 1, "forwards": 1, "tcp": 0, "udp": 0}
     (entry,) = du.leases()
     assert entry["mac-address"] == "52:54:00:12:34:56"
     assert entry["ip-address"] == "10.0.2.18" and entry["hostname"] == "vm"
@@ -147,6 +147,27 @@ HOSTILE = {
     "forward-bad-type": blob(forwards=[{"type": "portfwd", "rule": "tcp::1-:2"}]),
     "tcp-garbage": blob(tcp=[{"guest": ["10.0.2.15", 1]}]),
     "tcp-not-object": blob(tcp=[17]),
+    "udp-bad-port": blob(
+        udp=[
+            {
+                "guest": ["10.0.2.15", 0],
+                "dst": ["10.0.2.2", 53],
+                "bound": ["0.0.0.0", 1],
+                "expires-in": 1,
+            }
+        ]
+    ),
+    "udp-duplicate": blob(
+        udp=[
+            {
+                "guest": ["10.0.2.15", 9],
+                "dst": ["10.0.2.2", 53],
+                "bound": ["0.0.0.0", 0],
+                "expires-in": 1,
+            }
+        ]
+        * 2
+    ),
 }
 
 
@@ -200,3 +221,39 @@ async def test_unknown_netdev(pair: tuple[Netstack, Any, Netstack, Any]) -> None
     src, *_ = pair
     with pytest.raises(Exception, match="not found"):
         await qmp(src, "x-user-state-export", {"netdev": "nope"})
+
+
+async def test_udp_flow_moves_with_its_port(pair: tuple[Netstack, Any, Netstack, Any]) -> None:
+    """A guest UDP flow's host port is bound again at the destination, and an answer sent
+    to it afterwards reaches the destination's flow."""
+    import asyncio
+
+    from drivers.user.udp_nat import UdpSend
+
+    src, su, dst, du = pair
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    try:
+        now = su._loop.time()
+        guest = (bytes([10, 0, 2, 15]), 40000)
+        send = su.gw.udp.outbound(*guest, bytes([10, 0, 2, 2]), peer.getsockname()[1],
+                                  b"ping", 64, now)  # fmt: skip
+        assert isinstance(send, UdpSend)
+        su.host4.act(send, now)
+        data, addr = peer.recvfrom(100)
+        assert data == b"ping"
+        out = await qmp(src, "x-user-state-export", {"netdev": "u0"})
+        assert out["udp"] == 1 and not su.gw.udp.flows
+        su.fwd.remove(su.fwd.forwards[0])  # the source host gives its hostfwd port up
+        got = await qmp(dst, "x-user-state-import", {"netdev": "u0", "data": out["data"]})
+        assert got["udp"] == 1
+        assert du.host4.udp_bound(guest) == ("0.0.0.0", addr[1])
+        peer.sendto(b"pong", addr)
+        for _ in range(100):
+            if du.gw.udp.flows[guest].rx:
+                break
+            await asyncio.sleep(0.02)
+        assert du.gw.udp.flows[guest].rx == 1
+    finally:
+        peer.close()
