@@ -130,7 +130,8 @@ class Moves:
         try:
             await g2.wait_for(r"(SMALL|TICK) \d+", 60, since=len(g2.console))
         except Exception as exc:
-            raise AssertionError(f"{exc}: {g2._stderr.decode(errors='replace')}") from None
+            result = await g2.wait()
+            raise AssertionError(f"{exc}: {result.stderr}\n{g2.console[-3000:]}") from None
         return g2
 
     async def close(self) -> None:
