@@ -32,7 +32,10 @@ Why a bit is never lost
     and DPDK's ``__atomic_fetch_or``) and wakes nobody (count 0). No other process can
     interleave with it, and a bit is only ever ORed in, never stored as part of a stale
     value. A bit already set is left alone: being set *after* the page was written means a
-    later collection by QEMU will see it and send the page as it is now. Ordering: the
+    later collection by QEMU will see it and send the page as it is now. To know it was
+    read after the write, each batch first sets one bit unconditionally: that locked
+    operation is a full fence, so the guest-memory stores before it are visible before
+    the other bits are read. Ordering: the
     guest data is stored before its bit is set (program order; x86-64 keeps stores in
     order, and the system call is a full barrier anyway), so when QEMU sees the bit the data
     is there. The ring logs its used entries before it stores ``used->idx``, and the index
@@ -256,18 +259,24 @@ class DirtyLog:
         if np.any(outside):
             self.counters["log-out-of-range"] += int(np.count_nonzero(outside))
             pages = pages[~outside]
-        words, bits = _word_bit(pages)
-        clear = ((self._words[words.astype(np.intp)] >> bits.astype(np.uint32)) & 1) == 0
-        if not np.any(clear):
-            return
+            if not len(pages):
+                return
         atomic_or = self._or
         assert atomic_or is not None
         base = self._base
-        todo = zip(words[clear].tolist(), bits[clear].tolist(), strict=True)
-        count = 0
-        for word, bit in todo:
-            atomic_or(base + 4 * word, bit)
-            count += 1
+        words, bits = _word_bit(pages)
+        wl, bl = words.tolist(), bits.tolist()
+        # The first bit is always set: the locked operation is also the full fence that
+        # makes every guest-memory store before it visible before the bits are read below
+        # (x86-64 may otherwise satisfy those loads ahead of its buffered stores).
+        atomic_or(base + 4 * wl[0], bl[0])
+        count = 1
+        if len(wl) > 1:
+            rest_w, rest_b = words[1:], bits[1:]
+            clear = ((self._words[rest_w.astype(np.intp)] >> rest_b.astype(np.uint32)) & 1) == 0
+            for word, bit in zip(rest_w[clear].tolist(), rest_b[clear].tolist(), strict=True):
+                atomic_or(base + 4 * word, bit)
+                count += 1
         self.counters["log-bits-set"] += count
         if self.log_fd >= 0:
             with contextlib.suppress(OSError):

@@ -111,7 +111,7 @@ def test_receive_marks_buffers_and_used_ring_not_transmit(guest: GuestSetup) -> 
         got = bits(fd, size)
         assert got - before <= pages(tx.used, 4 + 8 * 64)  # only tx's used ring is new
         assert pages(tx.used + 2, 2) <= got
-        assert dev.dirty.counters["log-bits-set"] == len(got)
+        assert dev.dirty.counters["log-bits-set"] >= len(got)  # atomic ORs made
     finally:
         os.close(fd)
 
