@@ -212,8 +212,13 @@ async def test_migration_same_daemon_keeps_nat_and_lease(
         client = await qmp_connect(qmp)
         try:
             leases = await client.execute("query-dhcp-leases")
+            netdevs = {n["id"]: n for n in await client.execute("query-netdev")}  # type: ignore[union-attr]
         finally:
             await client.disconnect()
+        for port in ("vma", "vmb"):  # each was a source once: its log was used, all in range
+            c = netdevs[port]["counters"]
+            assert c["log-bases"] >= 1 and c["log-bits-set"] > 0, c
+            assert c["log-refused"] == 0 and c["log-out-of-range"] == 0, c
         mine = [le for le in leases if le["mac-address"] == MAC]  # type: ignore[union-attr]
         assert len(mine) == 1 and mine[0]["ip-address"] == lease1.group(1), leases
         for r in moves.results:
