@@ -31,11 +31,11 @@ Why a bit is never lost
     locked instruction on the word, the same guarantee as libvhost-user's ``qatomic_or``
     and DPDK's ``__atomic_fetch_or``) and wakes nobody (count 0). No other process can
     interleave with it, and a bit is only ever ORed in, never stored as part of a stale
-    value. A bit already set is left alone: being set *after* the page was written means a
-    later collection by QEMU will see it and send the page as it is now. To know it was
-    read after the write, each batch first sets one bit unconditionally: that locked
-    operation is a full fence, so the guest-memory stores before it are visible before
-    the other bits are read. Ordering: the
+    value. Every page of a burst gets its OR, even when its bit already reads as set
+    (skipping those would need a fence between the data stores and the read, and would
+    trust a read that QEMU's exchange may be overtaking); the locked operation itself
+    orders the data stores before the bit. The cost is one system call per page and
+    burst, only while logging. Ordering: the
     guest data is stored before its bit is set (program order; x86-64 keeps stores in
     order, and the system call is a full barrier anyway), so when QEMU sees the bit the data
     is there. The ring logs its used entries before it stores ``used->idx``, and the index
@@ -265,19 +265,12 @@ class DirtyLog:
         assert atomic_or is not None
         base = self._base
         words, bits = _word_bit(pages)
-        wl, bl = words.tolist(), bits.tolist()
-        # The first bit is always set: the locked operation is also the full fence that
-        # makes every guest-memory store before it visible before the bits are read below
-        # (x86-64 may otherwise satisfy those loads ahead of its buffered stores).
-        atomic_or(base + 4 * wl[0], bl[0])
-        count = 1
-        if len(wl) > 1:
-            rest_w, rest_b = words[1:], bits[1:]
-            clear = ((self._words[rest_w.astype(np.intp)] >> rest_b.astype(np.uint32)) & 1) == 0
-            for word, bit in zip(rest_w[clear].tolist(), rest_b[clear].tolist(), strict=True):
-                atomic_or(base + 4 * word, bit)
-                count += 1
-        self.counters["log-bits-set"] += count
+        # Every page's bit is ORed in, even one that reads as set: QEMU may be collecting
+        # that word right now, and only a store made after our data stores proves the
+        # page is marked after it was written.
+        for word, bit in zip(words.tolist(), bits.tolist(), strict=True):
+            atomic_or(base + 4 * word, bit)
+        self.counters["log-bits-set"] += len(pages)
         if self.log_fd >= 0:
             with contextlib.suppress(OSError):
                 os.eventfd_write(self.log_fd, 1)
