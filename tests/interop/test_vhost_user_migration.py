@@ -119,7 +119,11 @@ class Moves:
         first = await self.hop(0, 1)
         assert first.ok, (first, g0.console[-2000:])
         mark = len(g1.console)
-        await g1.wait_for(r"(SMALL|TICK) \d+", 60, since=mark)
+        try:
+            await g1.wait_for(r"(SMALL|TICK) \d+", 60, since=mark)
+        except Exception as exc:
+            result = await g1.wait()
+            raise AssertionError(f"{exc}: {result.stderr}\n{g1.console[-3000:]}") from None
         await asyncio.sleep(after_each)
         await g0.stop()  # frees socket A (the source stays paused after a migration)
         g2 = self.guest(2, a, True)
