@@ -20,7 +20,9 @@ router: NDP, RAs, ICMPv6, DHCPv6) with :mod:`.nat6` (its UDP/DNS NAT and TCP pol
 by both families), :mod:`.host4` (the IPv4 host sockets), :mod:`.host6` (the IPv6 router,
 NAT and host sockets), :mod:`.hostfwd`, :mod:`.guestfwd` with :mod:`.guestfwd_chardev`,
 :mod:`.smb` (``smb=``: a private smbd behind exec forwards);
-:mod:`.conntable` (the forward and connection tables of QMP and ``info usernet``); and
+:mod:`.conntable` (the forward and connection tables of QMP and ``info usernet``);
+:mod:`.migration` with :mod:`.tcp_repair` (the guest-facing state moved to another daemon
+with a live-migrated VM, ``docs/migration.md``); and
 :mod:`.client` (the net client composing them: fds, timer, monitor views). Importing has
 no side effects.
 """

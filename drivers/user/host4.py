@@ -172,6 +172,24 @@ class Ipv4Sockets:
             self._internal_error("UDP flow")
         self._flush(now)
 
+    def udp_bound(self, key: tuple[bytes, int]) -> tuple[str, int] | None:
+        """Where flow ``key``'s host socket is bound (None: no socket yet)."""
+        sock = self._udp.get(key)
+        if sock is None:
+            return None
+        addr = sock.getsockname()
+        return str(addr[0]), int(addr[1])
+
+    def udp_adopt(self, key: tuple[bytes, int], sock: socket.socket) -> None:
+        """Take a bound flow socket made elsewhere (live migration) for flow ``key``."""
+        self._close_udp(key)
+        self._udp[key] = sock
+        self._loop.add_reader(sock.fileno(), self._udp_readable, key, sock)
+
+    def udp_close(self, key: tuple[bytes, int]) -> None:
+        """Close flow ``key``'s socket (the flow moved away)."""
+        self._close_udp(key)
+
     def _close_udp(self, key: tuple[bytes, int]) -> None:
         sock = self._udp.pop(key, None)
         self._udp_ttl.pop(key, None)

@@ -20,8 +20,9 @@ after a VM restart) or a client with ``reconnect``/``reconnect-ms`` (the daemon 
 reconnecting to a QEMU started with ``server=on``). Modules: :mod:`.protocol` (messages,
 descriptors, request handling), :mod:`.memory` (regions, mappings, translation),
 :mod:`.memguard` (what backs guest memory, and the SIGBUS guard: docs/vhost-user.md),
-:mod:`.virtqueue` (split rings), :mod:`.device` (virtio-net data path), :mod:`.client`
-(event loop, net clients).
+:mod:`.virtqueue` (split rings), :mod:`.device` (virtio-net data path), :mod:`.dirtylog`
+(dirty-page logging for live migration, ``docs/migration.md``), :mod:`.client` (event
+loop, net clients).
 """
 
 from __future__ import annotations

@@ -598,6 +598,7 @@ class VhostUserNetdev(SessionHooks):
 
     def counters(self) -> dict[str, int]:
         out = dict(self.device.counters)
+        out.update(self.device.dirty.counters)
         out.update(self._extra)
         session = self.session
         out["connections"] = self.connections

@@ -62,6 +62,7 @@ from numpy.typing import NDArray
 from netstack.net.queue import NET_BUFSIZE
 from netstack.proto import vnet as vnet_hdr
 
+from .dirtylog import DirtyLog
 from .features import (
     F_CSUM,
     F_EVENT_IDX,
@@ -71,6 +72,7 @@ from .features import (
     F_HOST_TSO4,
     F_HOST_TSO6,
     F_INDIRECT_DESC,
+    F_LOG_ALL,
     F_MRG_RXBUF,
     F_PROTOCOL_FEATURES,
     F_VERSION_1,
@@ -112,6 +114,8 @@ class NetDevice:
     def __init__(self, max_pairs: int, on_broken: Callable[[SplitQueue, str], None] | None = None):
         self.max_pairs = max_pairs
         self.mem = GuestMemory()
+        #: Dirty-page log (live migration): every receive buffer written is marked in it.
+        self.dirty = DirtyLog()
         self.queues = [SplitQueue(i) for i in range(2 * max_pairs)]
         self.on_broken = on_broken
         #: Told (once per fault) why every queue stopped when guest memory faulted.
@@ -145,6 +149,7 @@ class NetDevice:
         self._guest_csum = has(F_GUEST_CSUM)
         self._guest_tso4 = self._guest_csum and has(F_GUEST_TSO4)
         self._guest_tso6 = self._guest_csum and has(F_GUEST_TSO6)
+        self.dirty.enabled = has(F_LOG_ALL)
         for q in self.queues:
             if q.event_idx != has(F_EVENT_IDX):
                 q.unmap()
@@ -247,12 +252,14 @@ class NetDevice:
         The memory table stays (the front end owns it and says when it changes)."""
         for q in self.queues:
             q.reset()
+        self.dirty.close()
         self._init_state()
 
     def close(self) -> None:
-        """The connection ended: queues reset, memory unmapped."""
+        """The connection ended: queues reset, memory and log unmapped."""
         for q in self.queues:
             q.reset()
+        self.dirty.close()
         self.mem.clear()
         self.memory_fault = None
         self._init_state()
@@ -468,6 +475,8 @@ class NetDevice:
         if j < len(frames) and j < len(ats):
             j, done = self._rx_rest(q, batch, frames, vnet, j, used)
         if j:
+            if self.dirty.active:
+                _log_batch(self.dirty, batch, used)
             q.consume(j)
             q.push_used(batch.heads[:j], np.array(used, dtype=np.uint32))
         return done, j
@@ -570,6 +579,9 @@ class NetDevice:
                 segments, cap = chains[idx]
                 cut = min(cap, size - off)
                 _scatter(data, off, cut, segments)
+                if self.dirty.active:
+                    for region, at, length in segments:
+                        self.dirty.mark_range(region.spec.gpa + at, length)
                 q.push_one(heads[idx], cut)
                 off += cut
             q.consume(len(picked))
@@ -577,6 +589,23 @@ class NetDevice:
             i += 1
             done += 1
         return done, pos
+
+
+def _log_batch(dirty: DirtyLog, batch: SimpleBatch, used: list[int]) -> None:
+    """Mark the guest pages of the first ``len(used)`` buffers of ``batch`` (``used[i]``
+    bytes written at the start of each)."""
+    n = len(used)
+    place = batch.place
+    at = place.at[:n]
+    if place.region is not None:
+        spec = place.region.spec
+        gpas = at - np.uint64(spec.mmap_offset) + np.uint64(spec.gpa)
+    else:
+        assert place.per_entry is not None
+        regs = place.per_entry[:n]
+        offs = np.array([r.spec.mmap_offset for r in regs], dtype=np.uint64)
+        gpas = at - offs + np.array([r.spec.gpa for r in regs], dtype=np.uint64)
+    dirty.mark(gpas, np.array(used, dtype=np.uint64))
 
 
 def _gather(segments: list[Segment]) -> bytes:

@@ -8,8 +8,11 @@ end offers among its vhost-user list; control features (``CTRL_VQ``,
 
 Offered: ``VERSION_1``, ``ANY_LAYOUT``, ``MRG_RXBUF``, ``CSUM``/``GUEST_CSUM``,
 ``HOST_TSO4/6``/``GUEST_TSO4/6``, ``EVENT_IDX``, ``INDIRECT_DESC``, ``IN_ORDER``, ``MQ``,
-``MTU``, ``STATUS``. Not offered: ``RING_PACKED`` (split rings only), UFO/USO and ECN,
-``LOG_ALL`` (no dirty logging: QEMU blocks migration), ``ACCESS_PLATFORM`` (no IOTLB).
+``MTU``, ``STATUS``, ``GUEST_ANNOUNCE`` (QEMU passes it to the guest, which then announces
+itself after a migration; QEMU sends ``SEND_RARP`` to the back end only when the guest did not
+take it), ``VHOST_F_LOG_ALL`` (bit 26: dirty logging for live migration, see
+:mod:`.dirtylog`). Not offered: ``RING_PACKED`` (split rings only), UFO/USO and ECN,
+``ACCESS_PLATFORM`` (no IOTLB).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ F_HOST_TSO4 = 11
 F_HOST_TSO6 = 12
 F_MRG_RXBUF = 15
 F_STATUS = 16
+F_GUEST_ANNOUNCE = 21
 F_MQ = 22
+F_LOG_ALL = 26
 F_ANY_LAYOUT = 27
 F_INDIRECT_DESC = 28
 F_EVENT_IDX = 29
@@ -43,7 +48,9 @@ DEVICE_FEATURES = sum(
         F_HOST_TSO6,
         F_MRG_RXBUF,
         F_STATUS,
+        F_GUEST_ANNOUNCE,
         F_MQ,
+        F_LOG_ALL,
         F_ANY_LAYOUT,
         F_INDIRECT_DESC,
         F_EVENT_IDX,

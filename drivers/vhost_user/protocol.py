@@ -18,7 +18,8 @@ Handling (:class:`Session`)
     :class:`~.device.NetDevice`, and what needs the event loop (watching kick eventfds,
     announcing a MAC) goes to a :class:`SessionHooks` object. Replies: the mandatory ones
     (``GET_FEATURES``, ``GET_PROTOCOL_FEATURES``, ``GET_QUEUE_NUM``, ``GET_VRING_BASE``,
-    ``GET_MAX_MEM_SLOTS``, ``GET_STATUS``, ``GET_CONFIG``, ``GET_INFLIGHT_FD``) always,
+    ``GET_MAX_MEM_SLOTS``, ``GET_STATUS``, ``GET_CONFIG``, ``GET_INFLIGHT_FD``, and
+    ``SET_LOG_BASE``: ``u64`` 0 mapped, 1 refused, see :mod:`.dirtylog`) always,
     with their payload; any other message with NEED_REPLY gets a ``u64`` 0 (done) or 1
     (refused) - whether or not REPLY_ACK was negotiated, as libvhost-user does.
 
@@ -29,6 +30,11 @@ already mapped (QEMU 7.2 sends it once per queue pair), a file descriptor with
 starts at the first kick instead). Refused requests are counted and reported through
 ``SessionHooks.error``; only framing errors (wrong version, oversized payload, too many
 descriptors) are fatal (:class:`ProtocolError`: close the connection).
+
+Migration: ``GET_VRING_BASE`` stops the ring and answers with the next avail index; the data
+path is synchronous, so every buffer taken before it is complete, in the used ring and in the
+dirty log when the answer goes out. ``SET_VRING_ADDR`` with ``VHOST_VRING_F_LOG`` makes the
+ring log its used-ring writes at ``log_guest_addr``.
 
 Invariants: every descriptor a message brings is either owned by the device afterwards or
 closed before :meth:`Session.handle` returns; a reply never goes out without a request.
@@ -43,6 +49,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .device import MAX_MTU, MIN_MTU, NetDevice
+from .dirtylog import LogError, used_logger
 from .features import DEVICE_FEATURES, F_PROTOCOL_FEATURES
 from .memory import MAX_MEM_SLOTS, MemoryTableError, RegionSpec
 from .virtqueue import RingError, SplitQueue
@@ -117,6 +124,7 @@ PROTOCOL_FEATURES = sum(
     1 << bit
     for bit in (
         PF_MQ,
+        PF_LOG_SHMFD,
         PF_RARP,
         PF_REPLY_ACK,
         PF_MTU,
@@ -134,6 +142,9 @@ _STATE = struct.Struct("=II")
 _ADDR = struct.Struct("=IIQQQQ")
 _REGION = struct.Struct("=QQQQ")
 _MEM_HDR = struct.Struct("=II")
+_LOG = struct.Struct("=QQ")
+#: ``VHOST_VRING_F_LOG`` in ``SET_VRING_ADDR``'s flags.
+VRING_F_LOG = 0x1
 #: Larger payloads are a framing error (QEMU's largest, a crypto session, is ~1.6 KiB).
 MAX_PAYLOAD = 4096
 #: Descriptors one message may carry (QEMU: VHOST_MEMORY_BASELINE_NREGIONS).
@@ -297,6 +308,8 @@ class Session:
             SET_OWNER: self._set_owner,
             RESET_OWNER: self._reset_owner,
             SET_MEM_TABLE: self._set_mem_table,
+            SET_LOG_BASE: self._set_log_base,
+            SET_LOG_FD: self._set_log_fd,
             SET_VRING_NUM: self._set_vring_num,
             SET_VRING_ADDR: self._set_vring_addr,
             SET_VRING_BASE: self._set_vring_base,
@@ -470,6 +483,29 @@ class Session:
         finally:
             self.device.memory_changed()
 
+    def _set_log_base(self, msg: Message) -> bytes:
+        # Always answered (QEMU waits for it with LOG_SHMFD): 0 mapped, 1 refused.
+        regions = self.device.mem.regions
+        end = max((r.spec.gpa + r.spec.size for r in regions), default=None)
+        try:
+            if len(msg.payload) < _LOG.size:
+                raise BadRequest(f"log payload of {len(msg.payload)} bytes")
+            size, offset = _LOG.unpack_from(msg.payload)
+            self.device.dirty.set_base(msg.take_fd(), size, offset, end)
+        except (LogError, BadRequest) as exc:
+            self.refused += 1
+            self.hooks.error(f"SET_LOG_BASE: {exc}")
+            return u64(1)
+        return u64(0)
+
+    def _set_log_fd(self, msg: Message) -> None:
+        # No payload; the eventfd rides alone (none: stop signalling).
+        fd = msg.take_fd() if msg.fds else -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, False)
+        self.device.dirty.set_fd(fd)
+
     def _get_max_mem_slots(self, msg: Message) -> bytes:
         return u64(MAX_MEM_SLOTS)
 
@@ -491,9 +527,10 @@ class Session:
     def _set_vring_addr(self, msg: Message) -> None:
         if len(msg.payload) < _ADDR.size:
             raise BadRequest(f"vring address payload of {len(msg.payload)} bytes")
-        index, _flags, desc, used, avail, _log = _ADDR.unpack_from(msg.payload)
+        index, flags, desc, used, avail, log = _ADDR.unpack_from(msg.payload)
         q = self._queue(index)
         q.set_addr(desc, used, avail)
+        q.log_used = used_logger(self.device.dirty, log) if flags & VRING_F_LOG else None
         self._reconfigure(q)
         if q.started and self.device.mem.regions:
             self.device.ensure_mapped(q)

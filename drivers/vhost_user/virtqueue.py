@@ -31,6 +31,9 @@ Invariants
       written before ``used.idx`` (plain stores in program order: the ordering virtio
       needs holds on x86-64's TSO memory model; weakly ordered CPUs would need a fence).
     * Views are dropped (:meth:`SplitQueue.unmap`) before the memory they view is unmapped.
+    * With :attr:`SplitQueue.log_used` set (dirty logging), every used-ring store is reported
+      after it is made: the used elements before ``used.idx`` is stored, ``used.idx`` right
+      after.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -114,6 +118,8 @@ class SplitQueue:
         self._used_h: memoryview | None = None
         self._used_pairs: NDArray[np.uint32] = np.empty((0, 2), dtype=np.uint32)
         self._avail_event: memoryview | None = None
+        #: ``VHOST_VRING_F_LOG``: told ``(offset, length)`` of every used-ring write.
+        self.log_used: Callable[[int, int], None] | None = None
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else "started" if self.started else "stopped"
@@ -346,16 +352,28 @@ class SplitQueue:
             rest = n - first
             pairs[:rest, 0] = ids[first:]
             pairs[:rest, 1] = lens if isinstance(lens, int) else lens[first:]
+        log = self.log_used
+        if log is not None:
+            log(4 + 8 * start, 8 * first)
+            if first < n:
+                log(4, 8 * (n - first))
         self.used_idx = (self.used_idx + n) & 0xFFFF
         self._used_h[1] = self.used_idx
+        if log is not None:
+            log(2, 2)
 
     def push_one(self, head: int, length: int) -> None:
         assert self._used_h is not None
         slot = self.used_idx & (self.num - 1)
         self._used_pairs[slot, 0] = head
         self._used_pairs[slot, 1] = length
+        log = self.log_used
+        if log is not None:
+            log(4 + 8 * slot, 8)
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         self._used_h[1] = self.used_idx
+        if log is not None:
+            log(2, 2)
 
     def needs_call(self) -> bool:
         """Whether the driver wants an interrupt for what was published since last asked."""
@@ -398,8 +416,12 @@ class SplitQueue:
         if self.event_idx:
             if enable and self._avail_event is not None:
                 self._avail_event[0] = self.last_avail
+                if self.log_used is not None:
+                    self.log_used(4 + 8 * self.num, 2)
         else:
             self._used_h[0] = 0 if enable else USED_F_NO_NOTIFY
+            if self.log_used is not None:
+                self.log_used(0, 2)
 
     def forget_signalled(self) -> None:
         """After a (re)start the next call check must signal (``signalled_used_valid``)."""

@@ -38,6 +38,7 @@ from netstack import __version__, qapi
 from netstack.errors import CommandNotFound, GenericError
 from netstack.qapi.schema import QEnum, QList, QType, members, opt, req, union_info
 from netstack.qapi.visitor import Mode, visit
+from netstack.qmp import user_state as us
 from netstack.qmp.dispatch import CommandTable, QmpCommand
 from netstack.qmp.extensions import (
     DHCP_LEASE_INFO_LIST,
@@ -240,6 +241,10 @@ class Commands:
         add("query-user-connections", self.query_user_connections, NetdevNameArgs, ret=conn_list)
         add("query-hub-fdb", self.query_hub_fdb, HubIdArgs, ret=HUB_FDB_ENTRY_LIST)
         add("query-tunnel-fdb", self.query_tunnel_fdb, NetdevNameArgs, ret=TUNNEL_FDB_LIST)
+        add("x-user-state-export", self.user_state_export, us.UserStateExportArgs,
+            ret=us.UserStateExport)  # fmt: skip
+        add("x-user-state-import", self.user_state_import, us.UserStateImportArgs,
+            ret=us.UserStateImport)  # fmt: skip
         add("guest-sync", self.guest_sync, SyncArgs, ret="int")
         add("guest-sync-delimited", self.guest_sync_delimited, SyncArgs, ret="int")
         add("guest-ping", self.guest_ping)
@@ -313,6 +318,12 @@ class Commands:
 
     async def query_tunnel_fdb(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
         return self.ns.query_tunnel_fdb(args.get("netdev"))
+
+    async def user_state_export(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
+        return us.export_state(self.ns, args)
+
+    async def user_state_import(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
+        return us.import_state(self.ns, args)
 
     async def set_rx_filter(self, args: dict[str, Any], session: Any) -> None:
         modes = args.get("rx_modes")

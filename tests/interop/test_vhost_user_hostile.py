@@ -140,6 +140,8 @@ async def test_hostile_message_case(rig: Rig, case: str) -> None:
             outcome = await fe_tool.send_case(channel, case)
             for reply in outcome.replies:
                 assert reply.flags == 0x5  # every answer is a well-formed reply
+            if case.startswith("log_base"):  # always answered (QEMU waits): 1, refused
+                assert [r.payload for r in outcome.replies] == [(1).to_bytes(8, "little")]
         finally:
             channel.close()
         await until(lambda: rig.client("bad").link_down)
@@ -147,3 +149,29 @@ async def test_hostile_message_case(rig: Rig, case: str) -> None:
         assert open_fds() <= before, f"{case}: descriptors leaked"
     finally:
         good.close()
+
+
+async def test_dirty_log_sized_against_the_memory_table(rig: Rig) -> None:
+    """After a real handshake: a log too small for the memory table is refused (1), one
+    that covers it is mapped (0); a pipe as the log is refused; the port keeps serving."""
+    from tools.vhost_user_frontend.hostile_msgs import LOG_BASE, CaseContext
+    from tools.vhost_user_frontend.protocol import Message, Request
+
+    fe = await fe_tool.VhostUserFrontend.connect(rig.path("good"))
+    ctx = CaseContext([], [])
+    try:
+        await fe.start()
+        assert fe.mem is not None
+        end = max(r.guest_phys_addr + r.memory_size for r in fe.mem.table())
+        need = -(-end // (4096 * 8))
+        need += -need % 8
+        answers = []
+        for size, fd in ((need // 2, ctx.sealed_memfd(need // 2)), (need, ctx.sealed_memfd(need)),
+                         (need, ctx.pipe_read())):  # fmt: skip
+            await fe.channel.send(Message(Request.SET_LOG_BASE, 1, LOG_BASE.pack(size, 0), (fd,)))
+            answers.append((await fe.channel.recv_reply(5)).u64())
+        assert answers == [1, 0, 1]
+        await rig.good_port_serves(fe)
+    finally:
+        ctx.close()
+        fe.close()

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -152,6 +154,13 @@ MSG_CASES: dict[str, tuple[str, str]] = {
         "reject; close every fd",
     ),
     "rarp_short": ("SEND_RARP with a 4-byte payload", "reject"),
+    "log_base_before_mem_table": (
+        "SET_LOG_BASE with a sealed 8 KiB memfd before any memory table",
+        "reply 1 (refused); close the fd",
+    ),
+    "log_base_not_memfd": ("SET_LOG_BASE with a pipe as the log", "reply 1; close the fd"),
+    "log_base_no_fd": ("SET_LOG_BASE without a descriptor", "reply 1"),
+    "log_base_short_payload": ("SET_LOG_BASE with a 4-byte payload", "reply 1; close the fd"),
     "truncated_header": (
         "6 bytes of a header, then nothing (sent last: the front end closes after it)",
         "wait or time out; no crash, no busy loop",
@@ -189,6 +198,14 @@ class CaseContext:
         os.ftruncate(fd, size)
         return fd
 
+    def sealed_memfd(self, size: int) -> int:
+        """A memfd sealed as QEMU seals its ``vhost-log`` (no shrinking or growing)."""
+        fd = os.memfd_create("vhu-hostile-log", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        self.made.append(fd)
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        return fd
+
     def close(self) -> None:
         for fd in self.made:
             with contextlib.suppress(OSError):
@@ -216,6 +233,8 @@ def _table(regions: list[MemRegion], fds: tuple[int, ...]) -> Message:
 
 
 Builder = Callable[[CaseContext], Message | bytes]
+#: ``SET_LOG_BASE``'s payload: ``u64 mmap_size, u64 mmap_offset``.
+LOG_BASE = struct.Struct("=QQ")
 MiB = 1 << 20
 
 BUILDERS: dict[str, Builder] = {
@@ -286,6 +305,16 @@ BUILDERS: dict[str, Builder] = {
     ),
     "too_many_fds": lambda c: msg_mem_table([_region(0, MiB)], [c.memfd(MiB) for _ in range(16)]),
     "rarp_short": lambda c: _m(Request.SEND_RARP, b"\x02\0\0\0"),
+    "log_base_before_mem_table": lambda c: _m(
+        Request.SET_LOG_BASE, LOG_BASE.pack(8192, 0), (c.sealed_memfd(8192),)
+    ),
+    "log_base_not_memfd": lambda c: _m(
+        Request.SET_LOG_BASE, LOG_BASE.pack(8192, 0), (c.pipe_read(),)
+    ),
+    "log_base_no_fd": lambda c: _m(Request.SET_LOG_BASE, LOG_BASE.pack(8192, 0)),
+    "log_base_short_payload": lambda c: _m(
+        Request.SET_LOG_BASE, b"\0" * 4, (c.sealed_memfd(8192),)
+    ),
     "truncated_header": lambda c: HEADER.pack(Request.GET_FEATURES, VERSION, 0)[:6],
 }
 

@@ -389,6 +389,25 @@ class TcpSplicer:
             sp.reading = sp.writing = False
             sp.sock.close()
 
+    def release(self, key: tuple[bytes, int, bytes, int]) -> None:
+        """Forget the flow ``key`` without a word to either side: its socket was handed
+        over (live migration: the socket is in repair mode, so closing it is silent)."""
+        sp = self.flows.get(key)
+        if sp is not None:
+            self._close(sp)
+
+    def install(self, m: TcpEndpoint, sock: socket.socket) -> None:
+        """Take a flow moved here (live migration): its machine and its connected,
+        non-blocking host socket."""
+        sp = Splice(m, sock)
+        old = self.flows.get(m.key)
+        if old is not None:
+            self._close(old)
+        self.flows[m.key] = sp
+        self.stats["installed"] += 1
+        self._sync(sp)
+        self.flush()
+
     def close(self) -> None:
         """Reset every connection (the port is going away) and close every socket."""
         now = self.loop.time()
