@@ -126,6 +126,14 @@ static PyObject *guard_add(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "bad guarded range");
         return NULL;
     }
+    /* A slot overlapping the new range is stale: the kernel just handed these addresses
+     * out, so whatever that slot described is no longer mapped there (its owner went
+     * without unregistering). Left in place it would take the new range's faults. */
+    for (int i = 0; i < SLOTS; i++) {
+        uintptr_t s = __atomic_load_n(&slots[i].start, __ATOMIC_ACQUIRE);
+        if (s != 0 && s < (uintptr_t)(start + len) && (uintptr_t)start < s + slots[i].len)
+            __atomic_store_n(&slots[i].start, 0, __ATOMIC_RELEASE);
+    }
     for (int i = 0; i < SLOTS; i++) {
         if (__atomic_load_n(&slots[i].start, __ATOMIC_ACQUIRE) != 0)
             continue;

@@ -58,16 +58,26 @@ def pages(gpa: int, length: int) -> set[int]:
     return set(range(gpa // LOG_PAGE, (gpa + length - 1) // LOG_PAGE + 1))
 
 
+#: Sessions :func:`started` opened in the running test, closed by the ``guest`` fixture (a
+#: device left to the garbage collector would close its descriptors' numbers later, by then
+#: reused by another test).
+_opened: list[tuple[vp.Session, NetDevice]] = []
+
+
 @pytest.fixture
 def guest():  # type: ignore[no-untyped-def]
     g = GuestSetup(num=64, features=GuestSetup().features | 1 << F_LOG_ALL)
     yield g
+    while _opened:
+        _session, dev = _opened.pop()
+        dev.close()
     g.close()
 
 
 def started(guest: GuestSetup) -> tuple[vp.Session, NetDevice]:
     dev = NetDevice(1)
     session = vp.Session(dev)
+    _opened.append((session, dev))
     for m in guest.start_messages():
         session.handle(m)
     return session, dev
