@@ -66,9 +66,11 @@ from .features import (
     F_INDIRECT_DESC,
     F_MRG_RXBUF,
     F_PROTOCOL_FEATURES,
+    F_RING_PACKED,
     F_VERSION_1,
 )
 from .memory import GuestMemory
+from .packed import relayout
 from .virtqueue import DESC_F_WRITE, RingError, Segment, SimpleBatch, SplitQueue
 
 _HOST_OFFLOADS = (1 << F_CSUM) | (1 << F_HOST_TSO4) | (1 << F_HOST_TSO6)
@@ -132,6 +134,7 @@ class NetDevice:
         self._guest_csum = has(F_GUEST_CSUM)
         self._guest_tso4 = self._guest_csum and has(F_GUEST_TSO4)
         self._guest_tso6 = self._guest_csum and has(F_GUEST_TSO6)
+        self.queues = [relayout(q, has(F_RING_PACKED)) for q in self.queues]
         for q in self.queues:
             if q.event_idx != has(F_EVENT_IDX):
                 q.unmap()

@@ -8,7 +8,7 @@ end offers among its vhost-user list; control features (``CTRL_VQ``,
 
 Offered: ``VERSION_1``, ``ANY_LAYOUT``, ``MRG_RXBUF``, ``CSUM``/``GUEST_CSUM``,
 ``HOST_TSO4/6``/``GUEST_TSO4/6``, ``EVENT_IDX``, ``INDIRECT_DESC``, ``IN_ORDER``, ``MQ``,
-``MTU``, ``STATUS``. Not offered: ``RING_PACKED`` (split rings only), UFO/USO and ECN,
+``MTU``, ``STATUS``, ``RING_PACKED`` (:mod:`.packed`). Not offered: UFO/USO and ECN,
 ``LOG_ALL`` (no dirty logging: QEMU blocks migration), ``ACCESS_PLATFORM`` (no IOTLB).
 """
 
@@ -29,6 +29,7 @@ F_INDIRECT_DESC = 28
 F_EVENT_IDX = 29
 F_PROTOCOL_FEATURES = 30
 F_VERSION_1 = 32
+F_RING_PACKED = 34
 F_IN_ORDER = 35
 
 DEVICE_FEATURES = sum(
@@ -48,6 +49,7 @@ DEVICE_FEATURES = sum(
         F_INDIRECT_DESC,
         F_EVENT_IDX,
         F_VERSION_1,
+        F_RING_PACKED,
         F_IN_ORDER,
     )
 )
