@@ -3,10 +3,10 @@ against netstack's vhost-user back end.
 
 Every broken-ring case (:data:`RING_CASES`, on split and on packed rings) and
 malformed-message case (:data:`MSG_CASES`) is played by one front end on one port while a
-second front end on another port of the same hub keeps exchanging frames with an in-process peer: the daemon must stay up, keep
-serving the other port, never touch memory outside what was shared (the tool's cases only
-*name* outside addresses) and leak no descriptors. Ring cases that break a queue must
-show up in the port's counters.
+second front end on another port of the same hub keeps exchanging frames with an
+in-process peer: the daemon must stay up, keep serving the other port, never touch memory
+outside what was shared (the tool's cases only *name* outside addresses) and leak no
+descriptors. Ring cases that break a queue must show up in the port's counters.
 """
 
 from __future__ import annotations
