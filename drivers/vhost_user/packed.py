@@ -29,7 +29,10 @@ Interface
     ring access is overridden. A "head" here is the ring slot where a buffer starts; what
     :meth:`PackedQueue.avail_count` found (buffer id and descriptor count per head) is
     copied into device-private tables, so a driver rewriting the ring meanwhile cannot
-    change what is completed. Buffers are processed and completed in the order they were
+    change what is completed. The common case is cheaper: when every buffer found is one
+    descriptor, nothing is copied; each used entry goes into the slot its buffer came in,
+    where the buffer id already is (a driver that rewrites an id it made available gets
+    its own rewrite back, which harms no one else). Buffers are processed and completed in the order they were
     made available, which is also what ``VIRTIO_F_IN_ORDER`` asks for (one used
     descriptor per buffer, never the batched form the spec allows).
 
@@ -85,6 +88,8 @@ _DESC = struct.Struct("<QIHH")
 #: Flags in a descriptor's second u64 (len | id << 32 | flags << 48), without AVAIL/USED.
 _FLAGS_NO_WRAP = np.uint64(0x7F7F << 48)
 _LEN_FIELD = np.uint64(0xFFFFFFFF)
+_WRAP_BITS = DESC_F_AVAIL | DESC_F_USED
+_NONE: NDArray[np.uint16] = np.empty(0, dtype=np.uint16)
 
 
 class PackedQueue(SplitQueue):
@@ -108,6 +113,12 @@ class PackedQueue(SplitQueue):
         self._slot_id = np.zeros(0, dtype=np.uint16)
         self._slot_n = np.zeros(0, dtype=np.uint16)
         self._found: NDArray[np.uint16] = np.empty(0, dtype=np.uint16)
+        # Every buffer found by the last scan is one descriptor (its slot_n/slot_id are
+        # then implied: 1, and the id still in its slot, where its used entry goes).
+        self._single = False
+        self._r16: NDArray[np.uint16] = np.empty((0, 8), dtype=np.uint16)
+        self._r32: NDArray[np.uint32] = np.empty((0, 4), dtype=np.uint32)
+        self._iota: NDArray[np.uint16] = np.empty(0, dtype=np.uint16)
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else "started" if self.started else "stopped"
@@ -162,6 +173,9 @@ class PackedQueue(SplitQueue):
         self._ring = raw.view(np.uint64).reshape(num, 2)
         self._ring16 = raw.view(np.uint16)
         self._ring32 = raw.view(np.uint32)
+        self._r16 = self._ring16.reshape(num, 8)
+        self._r32 = self._ring32.reshape(num, 4)
+        self._iota = (np.arange(2 * num) % num).astype(np.uint16)
         self._ring_region, self._ring_off = d_region, d_off
         self._driver_evt = memoryview(a_region.u8[a_off : a_off + 4]).cast("H")  # type: ignore[arg-type]
         self._device_evt = memoryview(u_region.u8[u_off : u_off + 4]).cast("H")  # type: ignore[arg-type]
@@ -177,6 +191,8 @@ class PackedQueue(SplitQueue):
         self._ring_region = None
         self._ring16 = np.empty(0, dtype=np.uint16)
         self._ring32 = np.empty(0, dtype=np.uint32)
+        self._r16 = np.empty((0, 8), dtype=np.uint16)
+        self._r32 = np.empty((0, 4), dtype=np.uint32)
         for mv in (self._driver_evt, self._device_evt):
             if mv is not None:
                 mv.release()
@@ -189,26 +205,56 @@ class PackedQueue(SplitQueue):
         assert self._ring is not None
         num = self.num
         start = self.avail_slot
-        order = np.arange(start, start + num) % num
-        flags = self._ring16[7::8][order]  # a copy
-        wrap = np.full(num, self.avail_wrap, dtype=np.uint16)
-        wrap[num - start :] ^= 1
-        avail = ((flags >> 7) & 1 == wrap) & ((flags >> 15) & 1 != wrap)
-        m = num if bool(avail.all()) else int(np.argmin(avail))
+        ring_flags = self._ring16[7::8]
+        want = DESC_F_AVAIL if self.avail_wrap else DESC_F_USED
+        self._single = False
+        if int(ring_flags[start]) & _WRAP_BITS != want:
+            self._found = _NONE
+            return 0
+        if start:
+            flags = np.concatenate((ring_flags[start:], ring_flags[:start]))
+        else:
+            flags = ring_flags.copy()
+        # Common case first: a run of available descriptors without NEXT.
+        x = flags & (_WRAP_BITS | DESC_F_NEXT)
+        if start:  # slots before the start are in the next lap
+            good = np.concatenate((x[: num - start] == want, x[num - start :] == want ^ _WRAP_BITS))
+        else:
+            good = x == want
+        m = num if bool(good.all()) else int(good.argmin())
+        lap = want if m < num - start else want ^ _WRAP_BITS
+        if m == num or int(x[m]) & _WRAP_BITS != lap:
+            self._single = True
+            self._found = self._iota[start : start + m]
+            return m
+        return self._scan_chains(flags, want)
+
+    def _scan_chains(self, flags: NDArray[np.uint16], want: int) -> int:
+        num = self.num
+        start = self.avail_slot
+        bits = flags & _WRAP_BITS
+        avail = bits == want
+        if start:
+            avail[num - start :] = bits[num - start :] == want ^ _WRAP_BITS
+        m = num if bool(avail.all()) else int(avail.argmin())
         ends = np.flatnonzero((flags[:m] & DESC_F_NEXT) == 0)
         if m == num and (not len(ends) or ends[-1] != num - 1):
             raise RingError(f"a descriptor chain runs over the whole ring of {num}")
-        if not len(ends):
-            self._found = np.empty(0, dtype=np.uint16)
+        count = len(ends)
+        if not count:
+            self._found = _NONE
             return 0
-        firsts = np.empty(len(ends), dtype=np.intp)
+        firsts = np.empty(count, dtype=np.intp)
         firsts[0] = 0
         firsts[1:] = ends[:-1] + 1
-        slots = order[firsts].astype(np.uint16)
+        slots = firsts + start
+        slots[slots >= num] -= num
+        last = ends + start
+        last[last >= num] -= num
         self._slot_n[slots] = ends - firsts + 1
-        self._slot_id[slots] = self._ring16[6::8][order[ends]]
-        self._found = slots
-        return len(ends)
+        self._slot_id[slots] = self._ring16[6::8][last]
+        self._found = slots.astype(np.uint16)
+        return count
 
     def heads(self, n: int) -> NDArray[np.uint16]:
         """Slots of the next ``n`` buffers found by :meth:`avail_count`."""
@@ -217,7 +263,7 @@ class PackedQueue(SplitQueue):
     def consume(self, n: int) -> None:
         if not n:
             return
-        step = int(self._slot_n[self._found[:n]].sum(dtype=np.int64))
+        step = n if self._single else int(self._slot_n[self._found[:n]].sum(dtype=np.int64))
         self._found = self._found[n:]
         slot = self.avail_slot + step
         if slot >= self.num:
@@ -229,7 +275,7 @@ class PackedQueue(SplitQueue):
         self, mem: GuestMemory, heads: NDArray[np.uint16], flags: int
     ) -> SimpleBatch | None:
         assert self._ring is not None
-        if np.any(self._slot_n[heads] != 1):
+        if not self._single and np.any(self._slot_n[heads] != 1):
             return None
         descs = self._ring[heads]  # a copy
         meta = descs[:, 1]
@@ -246,7 +292,7 @@ class PackedQueue(SplitQueue):
         region = self._ring_region
         assert region is not None
         num = self.num
-        count = int(self._slot_n[head])
+        count = 1 if self._single else int(self._slot_n[head])
         base = region.base + self._ring_off
         unpack = _DESC.unpack_from
         segments: list[Segment] = []
@@ -322,25 +368,62 @@ class PackedQueue(SplitQueue):
         n = len(ids)
         if not n:
             return
+        if self._single and int(ids[0]) == self.used_slot:
+            self._push_run(n, lens)
+            return
         num = self.num
         slots = ids.astype(np.intp)
-        counts = self._slot_n[slots].astype(np.intp)
+        if self._single:
+            counts = np.ones(n, dtype=np.intp)
+            buf_ids = self._r16[slots, 6]
+        else:
+            counts = self._slot_n[slots].astype(np.intp)
+            buf_ids = self._slot_id[slots]
         pos = np.cumsum(counts) - counts + self.used_slot
         wraps = pos >= num
         pos[wraps] -= num
         lens_arr = np.broadcast_to(np.asarray(lens, dtype=np.uint32), (n,))
-        on = np.uint16(DESC_F_AVAIL | DESC_F_USED) if self.used_wrap else np.uint16(0)
-        off = on ^ np.uint16(DESC_F_AVAIL | DESC_F_USED)
-        flags = np.where(wraps, off, on).astype(np.uint16)
+        on = np.uint16(_WRAP_BITS) if self.used_wrap else np.uint16(0)
+        flags = np.where(wraps, on ^ np.uint16(_WRAP_BITS), on).astype(np.uint16)
         flags[lens_arr > 0] |= np.uint16(DESC_F_WRITE)
-        self._ring16[8 * pos + 6] = self._slot_id[slots]
-        self._ring32[4 * pos + 2] = lens_arr
+        self._r16[pos, 6] = buf_ids
+        self._r32[pos, 2] = lens_arr
         # flags last, the first buffer's last of all: the driver sees the batch at once
-        self._ring16[8 * pos[1:] + 7] = flags[1:]
-        self._ring16[8 * pos[0] + 7] = flags[0]
-        end = self.used_slot + int(counts.sum())
-        if end >= num:
-            end -= num
+        self._r16[pos[1:], 7] = flags[1:]
+        self._r16[pos[0], 7] = flags[0]
+        self._advance_used(int(counts.sum()))
+
+    def _push_run(self, n: int, lens: NDArray[np.uint32] | int) -> None:
+        """Used entries for ``n`` one-descriptor buffers from the used slot on: each in the
+        slot its buffer came in, whose ``id`` is already the buffer's."""
+        num = self.num
+        start = self.used_slot
+        first = min(n, num - start)
+        r16, r32 = self._r16, self._r32
+        on = _WRAP_BITS if self.used_wrap else 0
+        if isinstance(lens, int):
+            r32[start : start + first, 2] = lens
+            if first < n:
+                r32[: n - first, 2] = lens
+            extra = DESC_F_WRITE if lens else 0
+            if first < n:
+                r16[: n - first, 7] = (on ^ _WRAP_BITS) | extra
+            r16[start + 1 : start + first, 7] = on | extra
+            r16[start, 7] = on | extra
+        else:
+            write = np.where(lens > 0, DESC_F_WRITE, 0).astype(np.uint16)
+            r32[start : start + first, 2] = lens[:first]
+            if first < n:
+                r32[: n - first, 2] = lens[first:]
+                r16[: n - first, 7] = write[first:] | (on ^ _WRAP_BITS)
+            r16[start + 1 : start + first, 7] = write[1:first] | on
+            r16[start, 7] = int(write[0]) | on
+        self._advance_used(n)
+
+    def _advance_used(self, step: int) -> None:
+        end = self.used_slot + step
+        if end >= self.num:
+            end -= self.num
             self.used_wrap ^= 1
         self.used_slot = end
 
