@@ -268,6 +268,12 @@ async def bench(cases: Sequence[str], kinds: Sequence[str], seconds: float, repe
                 print(f"{case:<11} {kind:<14} {figure(case, mpps):<30} {ratio}", flush=True)
 
 
+def per_frame(runs: list[dict[str, float]], seconds: float) -> float:
+    """Median back-end CPU seconds per frame over the runs that moved frames."""
+    values = [r["cpu"] / (r["mpps"] * 1e6 * seconds) for r in runs if r["mpps"] > 0]
+    return float(statistics.median(values)) if values else 0.0
+
+
 PACKED_KINDS = (("netstack", False), ("netstack", True), ("dpdk", False), ("dpdk", True))
 
 
@@ -285,15 +291,8 @@ async def bench_packed(cases: Sequence[str], seconds: float, rounds: int) -> Non
             for _ in range(rounds):
                 for kind, packed in PACKED_KINDS:
                     got[kind, packed].append(await run_case(case, kind, seconds, tmp, packed))
-            med = {
-                k: (
-                    median([int(r["mpps"] * 1e6) for r in v]) / 1e6,
-                    float(statistics.median(r["cpu"] / (r["mpps"] * 1e6 * seconds) for r in v))
-                    if all(r["mpps"] for r in v)
-                    else 0.0,
-                )
-                for k, v in got.items()
-            }
+            med = {k: (median([int(r["mpps"] * 1e6) for r in v]) / 1e6, per_frame(v, seconds))
+                   for k, v in got.items()}  # fmt: skip
             for kind, packed in PACKED_KINDS:
                 mpps, cpu = med[kind, packed]
                 ratios = ""
