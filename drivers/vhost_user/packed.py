@@ -32,9 +32,9 @@ Interface
     change what is completed. The common case is cheaper: when every buffer found is one
     descriptor, nothing is copied; each used entry goes into the slot its buffer came in,
     where the buffer id already is (a driver that rewrites an id it made available gets
-    its own rewrite back, which harms no one else). Buffers are processed and completed in the order they were
-    made available, which is also what ``VIRTIO_F_IN_ORDER`` asks for (one used
-    descriptor per buffer, never the batched form the spec allows).
+    its own rewrite back, which harms no one else). Buffers are processed and completed
+    in the order they were made available, which is also what ``VIRTIO_F_IN_ORDER`` asks
+    for (one used descriptor per buffer, never the batched form the spec allows).
 
 Driver errors (:class:`~.virtqueue.RingError`, the device breaks the queue)
     A chain of available descriptors running over the whole ring, unknown flag bits, an
@@ -274,10 +274,20 @@ class PackedQueue(SplitQueue):
     def simple_batch(
         self, mem: GuestMemory, heads: NDArray[np.uint16], flags: int
     ) -> SimpleBatch | None:
-        assert self._ring is not None
-        if not self._single and np.any(self._slot_n[heads] != 1):
+        ring = self._ring
+        assert ring is not None
+        n = len(heads)
+        if self._single and n:  # heads are consecutive slots: slices, not a gather
+            start = int(heads[0])
+            end = start + n
+            if end <= self.num:
+                descs = ring[start:end].copy()
+            else:
+                descs = np.concatenate((ring[start:], ring[: end - self.num]))
+        elif np.any(self._slot_n[heads] != 1):
             return None
-        descs = self._ring[heads]  # a copy
+        else:
+            descs = ring[heads]  # a copy
         meta = descs[:, 1]
         if np.any((meta & _FLAGS_NO_WRAP) != np.uint64(flags << 48)):
             return None
