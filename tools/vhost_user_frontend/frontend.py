@@ -238,6 +238,8 @@ class VhostUserFrontend:
                 indirect_max=cfg.indirect_max,
                 base=cfg.ring_base,
             )
+            if isinstance(vq, PackedQueue):
+                vq.in_order = has(acked, Feature.IN_ORDER)
             vq.set_interrupts(cfg.interrupts)
             self.vqs.append(vq)
             desc, used, avail = vq.user_addresses()

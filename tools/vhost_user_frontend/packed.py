@@ -27,6 +27,7 @@ the split queue (ordering by program order under TSO).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +95,10 @@ class PackedQueue:
         self.desc = np.zeros(num, dtype=DESC_DTYPE)  # shadow, by buffer id
         self.indirect_max = indirect_max
         self.indirect_base = mem.alloc(num * indirect_max * DESC_SIZE, 16) if indirect_max else 0
+        #: VIRTIO_F_IN_ORDER acked: a used entry may stand for every buffer made available
+        #: before it too (the device skips their slots), as DPDK's vhost library does.
+        self.in_order = False
+        self._order: deque[int] = deque()  # outstanding ids in the order made available
         self.kicks = 0
         self.bad_used = 0
         self.broken = False
@@ -126,6 +131,7 @@ class PackedQueue:
         self.kick_slot, self.kick_wrap = slot, 1
         self.added = 0
         self.outstanding[:] = False
+        self._order.clear()
         self._pending = []
         self.broken = False
         if not self._claimed:
@@ -212,6 +218,7 @@ class PackedQueue:
             self._pending.extend(zip(pos.tolist(), flags.tolist(), strict=True))
             self._slots[arr] = 1
             self.outstanding[arr] = True
+            self._order.extend(arr.tolist())
             return
         for head in arr.tolist():
             chain = [head]
@@ -230,6 +237,7 @@ class PackedQueue:
                     self.ring["flags"][slot] = bits
             self._slots[head] = len(chain)
             self.outstanding[head] = True
+            self._order.append(head)
 
     def post_raw(self, entries: Sequence[tuple[int, int, int, int]], *, avail: bool = True) -> int:
         """Hostile mode: write ``(addr, len, id, flags)`` descriptors into the next slots
@@ -241,9 +249,10 @@ class PackedQueue:
             self.ring[slot] = (addr, length, buf_id, 0)
             bits = flags | (avail_bits(wrap) if avail else 0)
             self._pending.append((slot, bits & 0xFFFF))
-            if 0 <= buf_id < self.num:
+            if 0 <= buf_id < self.num and not self.outstanding[buf_id]:
                 self.outstanding[buf_id] = True
                 self._slots[buf_id] = len(entries)
+                self._order.append(buf_id)
         return first
 
     def publish(self) -> bool:
@@ -313,6 +322,8 @@ class PackedQueue:
         m = budget if bool(used.all()) else int(np.argmin(used))
         if not m:
             return out
+        if self.in_order:
+            return self._reap_in_order(budget, strict)
         ids = self.ring["id"][pos[:m]].astype(np.intp)
         if (
             bool((ids < num).all())
@@ -340,6 +351,34 @@ class PackedQueue:
             self.outstanding[buf] = False
             got.append((buf, int(d["len"])))
             self._step(int(self._slots[buf]))
+        out = np.array(got, dtype=USED_DTYPE)
+        self._free_chains([b for b, _ in got])
+        return out
+
+    def _reap_in_order(self, budget: int, strict: bool) -> npt.NDArray[Any]:
+        """Used entries under IN_ORDER: each completes every buffer up to its id."""
+        got: list[tuple[int, int]] = []
+        order = self._order
+        while len(got) < budget and self._is_used(self.last_used, self.used_wrap):
+            d = self.ring[self.last_used]
+            last, length = int(d["id"]), int(d["len"])
+            if last >= self.num or not self.outstanding[last]:
+                self.bad_used += 1
+                self.broken = True
+                if strict:
+                    raise UsedRingError(f"used id {last} is not outstanding")
+                break
+            step = 0
+            while order:
+                buf = order.popleft()
+                if not self.outstanding[buf]:
+                    continue
+                self.outstanding[buf] = False
+                step += int(self._slots[buf])
+                got.append((buf, length if buf == last else 0))
+                if buf == last:
+                    break
+            self._step(step)
         out = np.array(got, dtype=USED_DTYPE)
         self._free_chains([b for b, _ in got])
         return out
