@@ -207,6 +207,16 @@ class PackedQueue(SplitQueue):
         start = self.avail_slot
         ring_flags = self._ring16[7::8]
         want = DESC_F_AVAIL if self.avail_wrap else DESC_F_USED
+        known = len(self._found)
+        if self._single and known:
+            # Found before and not consumed yet: look only past them (they stay available
+            # until the device uses them), usually one descriptor's flags.
+            if known == num:
+                return known
+            after = start + known
+            lap = want if after < num else want ^ _WRAP_BITS
+            if int(ring_flags[after % num]) & _WRAP_BITS != lap:
+                return known
         self._single = False
         if int(ring_flags[start]) & _WRAP_BITS != want:
             self._found = _NONE
