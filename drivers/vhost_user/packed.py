@@ -92,6 +92,13 @@ _WRAP_BITS = DESC_F_AVAIL | DESC_F_USED
 _NONE: NDArray[np.uint16] = np.empty(0, dtype=np.uint16)
 
 
+def _run(flags: NDArray[np.uint16], want: int) -> int:
+    """How many of ``flags`` from the first on are available (AVAIL/USED bits ``want``)
+    without NEXT."""
+    good = (flags & (_WRAP_BITS | DESC_F_NEXT)) == want
+    return len(good) if bool(good.all()) else int(good.argmin())
+
+
 class PackedQueue(SplitQueue):
     """One packed virtqueue of a vhost-user device."""
 
@@ -106,6 +113,7 @@ class PackedQueue(SplitQueue):
         self._ring16: NDArray[np.uint16] = np.empty(0, dtype=np.uint16)
         self._ring32: NDArray[np.uint32] = np.empty(0, dtype=np.uint32)
         self._driver_evt: memoryview | None = None
+        self._ring_h: memoryview | None = None  # the ring as u16s, for scalar reads
         self._device_evt: memoryview | None = None
         self._ring_region: Region | None = None
         self._ring_off = 0
@@ -175,6 +183,7 @@ class PackedQueue(SplitQueue):
         self._ring32 = raw.view(np.uint32)
         self._r16 = self._ring16.reshape(num, 8)
         self._r32 = self._ring32.reshape(num, 4)
+        self._ring_h = memoryview(raw).cast("H")  # type: ignore[arg-type]
         self._iota = (np.arange(2 * num) % num).astype(np.uint16)
         self._ring_region, self._ring_off = d_region, d_off
         self._driver_evt = memoryview(a_region.u8[a_off : a_off + 4]).cast("H")  # type: ignore[arg-type]
@@ -193,19 +202,19 @@ class PackedQueue(SplitQueue):
         self._ring32 = np.empty(0, dtype=np.uint32)
         self._r16 = np.empty((0, 8), dtype=np.uint16)
         self._r32 = np.empty((0, 4), dtype=np.uint32)
-        for mv in (self._driver_evt, self._device_evt):
+        for mv in (self._driver_evt, self._device_evt, self._ring_h):
             if mv is not None:
                 mv.release()
-        self._driver_evt = self._device_evt = None
+        self._driver_evt = self._device_evt = self._ring_h = None
 
     # -- driver -> device ------------------------------------------------------------------
 
     def avail_count(self) -> int:
         """Complete buffers the driver made available from the next avail slot on."""
-        assert self._ring is not None
+        ring_h = self._ring_h
+        assert ring_h is not None
         num = self.num
         start = self.avail_slot
-        ring_flags = self._ring16[7::8]
         want = DESC_F_AVAIL if self.avail_wrap else DESC_F_USED
         known = len(self._found)
         if self._single and known:
@@ -215,28 +224,24 @@ class PackedQueue(SplitQueue):
                 return known
             after = start + known
             lap = want if after < num else want ^ _WRAP_BITS
-            if int(ring_flags[after % num]) & _WRAP_BITS != lap:
+            if ring_h[8 * (after % num) + 7] & _WRAP_BITS != lap:
                 return known
         self._single = False
-        if int(ring_flags[start]) & _WRAP_BITS != want:
+        if ring_h[8 * start + 7] & _WRAP_BITS != want:
             self._found = _NONE
             return 0
-        if start:
-            flags = np.concatenate((ring_flags[start:], ring_flags[:start]))
-        else:
-            flags = ring_flags.copy()
+        ring_flags = self._ring16[7::8]
         # Common case first: a run of available descriptors without NEXT.
-        x = flags & (_WRAP_BITS | DESC_F_NEXT)
-        if start:  # slots before the start are in the next lap
-            good = np.concatenate((x[: num - start] == want, x[num - start :] == want ^ _WRAP_BITS))
-        else:
-            good = x == want
-        m = num if bool(good.all()) else int(good.argmin())
-        lap = want if m < num - start else want ^ _WRAP_BITS
-        if m == num or int(x[m]) & _WRAP_BITS != lap:
+        m = _run(ring_flags[start:], want)
+        if m == num - start and start:  # the slots before the start are in the next lap
+            m += _run(ring_flags[:start], want ^ _WRAP_BITS)
+        after = start + m
+        lap = want if after < num else want ^ _WRAP_BITS
+        if m == num or ring_h[8 * (after % num) + 7] & _WRAP_BITS != lap:
             self._single = True
-            self._found = self._iota[start : start + m]
+            self._found = self._iota[start:after]
             return m
+        flags = np.concatenate((ring_flags[start:], ring_flags[:start]))
         return self._scan_chains(flags, want)
 
     def _scan_chains(self, flags: NDArray[np.uint16], want: int) -> int:
