@@ -1,4 +1,4 @@
-"""Packed virtqueues (virtio 1.1+ §2.8, ``VIRTIO_F_RING_PACKED``) as a vhost-user back end
+"""Packed virtqueues (virtio 1.1 §2.7, 1.2 §2.8; ``VIRTIO_F_RING_PACKED``) as a vhost-user back end
 drives them, behind the interface the device uses for split rings.
 
 Layout (little-endian; ``include/standard-headers/linux/virtio_ring.h``): one ring of
@@ -41,11 +41,15 @@ Driver errors (:class:`~.virtqueue.RingError`, the device breaks the queue)
     indirect descriptor without ``VIRTIO_RING_F_INDIRECT_DESC`` or with NEXT, nested, empty
     or misaligned indirect tables, an indirect table of more than ``num`` entries, a
     descriptor of the wrong direction, addresses outside the shared memory, ring areas that
-    do not translate, a ``SET_VRING_BASE`` index past the ring.
+    do not translate, a ``SET_VRING_BASE`` index past the ring. Buffer ids are the
+    driver's: given back as they came, never used as an index (QEMU's
+    ``virtqueue_packed_pop`` does not check them either). A chain whose last available
+    descriptor still has NEXT is not taken until the rest is made available.
 
 Event suppression
     Device to driver (:meth:`PackedQueue.needs_call`): DISABLE never, ENABLE always, DESC
-    (only with ``EVENT_IDX``) when the used index crossed ``off_wrap``; an event offset
+    (only with ``EVENT_IDX``; without it DESC counts as ENABLE, as in DPDK) when the used
+    index crossed ``off_wrap``; an event offset
     whose wrap bit differs from the used wrap counter lies one lap back (``off - num``), as
     in DPDK's ``vhost_vring_call_packed``. Driver to device
     (:meth:`PackedQueue.set_notification`): ``off_wrap`` = next avail slot and wrap
