@@ -1,7 +1,9 @@
 """Packed virtqueues against a real QEMU 7.2 guest: ``-device virtio-net-pci,packed=on`` over
 vhost-user to netstackd's user NAT. The guest proves from ``/sys/bus/virtio/devices/*/
 features`` that VIRTIO_F_RING_PACKED (bit 34) was negotiated, then gets a lease, pings the
-gateway and fetches a 1 MiB file over TFTP (md5 checked) through the packed rings.
+gateway and fetches a 1 MiB file over TFTP (md5 checked) through the packed rings. A
+second guest unbinds and rebinds its virtio-net driver (device reset: QEMU stops and
+restarts the packed rings) and gets traffic through before and after.
 
 The scenario is first run with QEMU's own ``-netdev user`` (the reference: its virtio-net
 model negotiates packed rings by itself), so a failure with netstackd is netstackd's.
@@ -117,6 +119,57 @@ async def test_packed_guest_over_vhost_user_uses_the_nat(
             result = await g.wait()
         result.check()
         check(result.output, md5)
+        vm = ns.find_netdev("vm0")
+        assert isinstance(vm, drivers.vhost_user.VhostUserClient)
+        assert vm.counters()["rings-broken"] == 0
+    finally:
+        await ns.close()
+
+
+REBIND = f"""
+udhcpc -i eth0 -q -n -t 6 -T 2 -s {UDHCPC_SCRIPT_PATH} && echo DHCP1-OK
+ping -c 2 -W 3 10.0.2.2 && echo PING1-OK
+dev=$(basename $(readlink /sys/class/net/eth0/device))
+echo $dev > /sys/bus/virtio/drivers/virtio_net/unbind && echo UNBOUND
+echo $dev > /sys/bus/virtio/drivers/virtio_net/bind && echo BOUND
+sleep 1
+ip link set eth0 up
+udhcpc -i eth0 -q -n -t 6 -T 2 -s {UDHCPC_SCRIPT_PATH} && echo DHCP2-OK
+ping -c 2 -W 3 10.0.2.2 && echo PING2-OK
+"""
+
+
+async def test_packed_rings_restart_after_driver_rebind(image: GuestImage, tmp_path: Path) -> None:
+    """Unbinding and rebinding the guest's virtio-net driver resets the device: QEMU stops
+    the rings (GET_VRING_BASE) and starts them again (SET_FEATURES, SET_VRING_BASE with
+    the wrap counter); traffic flows before and after."""
+    sock = tmp_path / "vhost.sock"
+    ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
+    try:
+        await ns.chardev_add(
+            parse_chardev_cli(f"socket,id=c0,path={sock},server=on,wait=off"), from_cli=True
+        )
+        for spec in (
+            "user,id=nat0",
+            f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
+            "hubport,id=h0,hubid=0,netdev=nat0",
+            "hubport,id=h1,hubid=0,netdev=vm0",
+        ):
+            await ns.netdev_add(parse_netdev_cli(spec))
+        args = [
+            *shared_memory_args(256),
+            "-chardev",
+            f"socket,id=vhost0,path={sock}",
+            "-netdev",
+            "vhost-user,id=net0,chardev=vhost0",
+            *virtio_nic_args("net0", MAC, msix=False, extra="packed=on"),
+        ]
+        async with Guest(image, REBIND, args, name="pkrb", timeout=200) as g:
+            result = await g.wait()
+        result.check()
+        out = result.output
+        for mark in ("DHCP1-OK", "PING1-OK", "UNBOUND", "BOUND", "DHCP2-OK", "PING2-OK"):
+            assert mark in out, out
         vm = ns.find_netdev("vm0")
         assert isinstance(vm, drivers.vhost_user.VhostUserClient)
         assert vm.counters()["rings-broken"] == 0
