@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -218,7 +219,8 @@ class PackedQueue:
             self._pending.extend(zip(pos.tolist(), flags.tolist(), strict=True))
             self._slots[arr] = 1
             self.outstanding[arr] = True
-            self._order.extend(arr.tolist())
+            if self.in_order:
+                self._order.extend(arr.tolist())
             return
         for head in arr.tolist():
             chain = [head]
@@ -237,7 +239,8 @@ class PackedQueue:
                     self.ring["flags"][slot] = bits
             self._slots[head] = len(chain)
             self.outstanding[head] = True
-            self._order.append(head)
+            if self.in_order:
+                self._order.append(head)
 
     def post_raw(self, entries: Sequence[tuple[int, int, int, int]], *, avail: bool = True) -> int:
         """Hostile mode: write ``(addr, len, id, flags)`` descriptors into the next slots
@@ -252,7 +255,8 @@ class PackedQueue:
             if 0 <= buf_id < self.num and not self.outstanding[buf_id]:
                 self.outstanding[buf_id] = True
                 self._slots[buf_id] = len(entries)
-                self._order.append(buf_id)
+                if self.in_order:
+                    self._order.append(buf_id)
         return first
 
     def publish(self) -> bool:
@@ -322,15 +326,22 @@ class PackedQueue:
         m = budget if bool(used.all()) else int(np.argmin(used))
         if not m:
             return out
-        if self.in_order:
-            return self._reap_in_order(budget, strict)
         ids = self.ring["id"][pos[:m]].astype(np.intp)
-        if (
+        fast = (
             bool((ids < num).all())
             and bool(self.outstanding[ids].all())
             and bool((self._slots[ids] == 1).all())
             and len(np.unique(ids)) == m
-        ):
+        )
+        if fast and self.in_order:  # one used entry per buffer, in the order posted
+            order = self._order
+            fast = list(islice(order, m)) == ids.tolist()
+            if fast:
+                for _ in range(m):
+                    order.popleft()
+        if not fast and self.in_order:
+            return self._reap_in_order(budget, strict)
+        if fast:
             out = np.zeros(m, dtype=USED_DTYPE)
             out["id"] = ids
             out["len"] = self.ring["len"][pos[:m]]
