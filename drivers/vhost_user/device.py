@@ -198,12 +198,14 @@ class NetDevice:
         The memory table stays (the front end owns it and says when it changes)."""
         for q in self.queues:
             q.reset()
+        self.queues = [relayout(q, False) for q in self.queues]  # no features: split
         self._init_state()
 
     def close(self) -> None:
         """The connection ended: queues reset, memory unmapped."""
         for q in self.queues:
             q.reset()
+        self.queues = [relayout(q, False) for q in self.queues]
         self.mem.clear()
         self._init_state()
 

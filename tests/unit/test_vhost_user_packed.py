@@ -166,7 +166,12 @@ def test_layout_switch_keeps_fds_and_config() -> None:
     assert isinstance(q, PackedQueue) and q.call_fd == call
     session.handle(msg(vp.SET_FEATURES, u64(1 << F_VERSION_1)))
     assert not isinstance(dev.queues[0], PackedQueue) and dev.queues[0].call_fd == call
+    session.handle(msg(vp.SET_FEATURES, u64(FEATURES)))
+    session.handle(msg(vp.RESET_DEVICE))
+    assert not any(isinstance(q, PackedQueue) for q in dev.queues)  # features forgotten
+    session.handle(msg(vp.SET_FEATURES, u64(FEATURES)))
     dev.close()
+    assert not any(isinstance(q, PackedQueue) for q in dev.queues)
 
 
 def test_transmit_many_laps_and_chains(rig: Rig) -> None:
