@@ -30,6 +30,12 @@ netstack / DPDK from the same run. Other load on the machine skews every figure.
                                      [--cases g2b-64,g2b-1500,loop-64,switch-64]
                                      [--kinds dpdk,netstack,netstack-copy]
 
+Packed rings (``--packed``, cases ``loop-64`` and ``g2b-64``): the same front end with
+``packed_vq=1`` and without it, against netstackd and against DPDK's vhost PMD, all four
+interleaved in every round (``--rounds``, default 3); medians of the rounds, the ratios
+netstack packed/split and netstack/DPDK on packed rings, and the back end's CPU time per
+frame (``/proc/PID/stat`` utime + stime over the measured seconds).
+
 Every process is started and stopped here by PID; only unix sockets in a temporary
 directory are used.
 """
@@ -175,7 +181,15 @@ def median(values: list[int]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-async def run_case(case: str, kind: str, seconds: float, tmp: Path) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run_case(
+    case: str, kind: str, seconds: float, tmp: Path, packed: bool = False
+) -> dict[str, float]:
     front_cpu = (os.cpu_count() or 1) - 1
     sockdir = Path(tempfile.mkdtemp(dir=tmp))
     size = 1500 if case == "g2b-1500" else 64
@@ -201,14 +215,19 @@ async def run_case(case: str, kind: str, seconds: float, tmp: Path) -> dict[str,
             serve_case = "copy"
         back = NetstackProc(serve_case, sockdir, 0)
         await back.start()
+    ring = ",packed_vq=1" if packed else ""
     vdevs = [
-        f"net_virtio_user{i},path={sockdir / f'p{i}'}.sock,queues=1,queue_size=256"
+        f"net_virtio_user{i},path={sockdir / f'p{i}'}.sock,queues=1,queue_size=256{ring}"
         for i in range(ports)
     ]
     front = DpdkTestpmd(vdevs, mode, txpkts=size, tx_first=tx_first, cpu=front_cpu, workdir=sockdir)
     await front.start()
+    assert back.proc is not None
     try:
-        await asyncio.sleep(2.0 + seconds)
+        await asyncio.sleep(2.0)
+        cpu0 = cpu_seconds(back.proc.pid)
+        await asyncio.sleep(seconds)
+        cpu = cpu_seconds(back.proc.pid) - cpu0
     finally:
         await front.stop()
         await back.stop()
@@ -216,9 +235,9 @@ async def run_case(case: str, kind: str, seconds: float, tmp: Path) -> dict[str,
     if not per:
         raise RuntimeError(f"no testpmd statistics ({case}, {kind}):\n{front.output[-2000:]}")
     if mode == "txonly":
-        return {"mpps": median(per[0]["tx"]) / 1e6}
+        return {"mpps": median(per[0]["tx"]) / 1e6, "cpu": cpu}
     rx = [median(per[p]["rx"]) / 1e6 for p in sorted(per)]
-    return {"mpps": min(rx), "mpps_ports": sum(rx) / len(rx)}
+    return {"mpps": min(rx), "mpps_ports": sum(rx) / len(rx), "cpu": cpu}
 
 
 def figure(case: str, mpps: float) -> str:
@@ -249,12 +268,63 @@ async def bench(cases: Sequence[str], kinds: Sequence[str], seconds: float, repe
                 print(f"{case:<11} {kind:<14} {figure(case, mpps):<30} {ratio}", flush=True)
 
 
+def per_frame(runs: list[dict[str, float]], seconds: float) -> float:
+    """Median back-end CPU seconds per frame over the runs that moved frames."""
+    values = [r["cpu"] / (r["mpps"] * 1e6 * seconds) for r in runs if r["mpps"] > 0]
+    return float(statistics.median(values)) if values else 0.0
+
+
+PACKED_KINDS = (("netstack", False), ("netstack", True), ("dpdk", False), ("dpdk", True))
+
+
+async def bench_packed(cases: Sequence[str], seconds: float, rounds: int) -> None:
+    """Packed vs split rings, netstackd vs DPDK, interleaved per round; medians."""
+    if not DpdkTestpmd.available():
+        print("dpdk-testpmd not found (Debian dpdk-dev)", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-vhost-") as tmpname:
+        tmp = Path(tmpname)
+        print(f"{rounds} rounds of {seconds:g} s, medians; cpu: back end CPU time per frame")
+        print(f"{'case':<8} {'back end':<9} {'ring':<7} {'Mpps':>7} {'cpu ns/frame':>13}  ratios")
+        for case in cases:
+            got: dict[tuple[str, bool], list[dict[str, float]]] = {k: [] for k in PACKED_KINDS}
+            for _ in range(rounds):
+                for kind, packed in PACKED_KINDS:
+                    got[kind, packed].append(await run_case(case, kind, seconds, tmp, packed))
+            med = {k: (median([int(r["mpps"] * 1e6) for r in v]) / 1e6, per_frame(v, seconds))
+                   for k, v in got.items()}  # fmt: skip
+            for kind, packed in PACKED_KINDS:
+                mpps, cpu = med[kind, packed]
+                ratios = ""
+                if kind == "netstack" and packed:
+                    split = med["netstack", False][0]
+                    dpdk = med["dpdk", True][0]
+                    ratios = (f"packed/split {mpps / split:.3f}" if split else "") + (
+                        f", vs dpdk packed {mpps / dpdk:.3f}" if dpdk else ""
+                    )
+                elif kind == "dpdk" and packed:
+                    split = med["dpdk", False][0]
+                    ratios = f"packed/split {mpps / split:.3f}" if split else ""
+                ring = "packed" if packed else "split"
+                print(
+                    f"{case:<8} {kind:<9} {ring:<7} {mpps:7.3f} {cpu * 1e9:13.0f}  {ratios}",
+                    flush=True,
+                )
+            rounds_text = {
+                f"{k[0]}-{'packed' if k[1] else 'split'}": [round(r["mpps"], 3) for r in v]
+                for k, v in got.items()
+            }
+            print(f"{case:<8} per-round Mpps: {json.dumps(rounds_text)}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--repeat", type=int, default=1, help="runs per case and kind; best kept")
+    ap.add_argument("--packed", action="store_true", help="packed vs split rings (see above)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --packed (medians)")
     ap.add_argument("--serve", choices=("sink", "copy", "reflect", "switch"))
     ap.add_argument("--sockdir", type=Path)
     args = ap.parse_args()
@@ -265,6 +335,10 @@ def main() -> None:
     for c in cases:
         if c not in CASES:
             ap.error(f"unknown case {c}")
+    if args.packed:
+        packed_cases = [c for c in cases if c in ("loop-64", "g2b-64")]
+        asyncio.run(bench_packed(packed_cases, args.seconds, max(3, args.rounds)))
+        return
     asyncio.run(bench(cases, kinds, args.seconds, max(1, args.repeat)))
 
 

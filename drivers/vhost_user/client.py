@@ -344,7 +344,7 @@ class VhostUserNetdev(SessionHooks):
     def kick_attach(self, q: SplitQueue) -> None:
         if q.kick_fd >= 0:
             try:
-                self.loop.add_reader(q.kick_fd, self._on_kick, q)
+                self.loop.add_reader(q.kick_fd, self._on_kick, q.index)
             except (OSError, ValueError) as exc:  # not pollable (e.g. /dev/null): poll
                 self._kick_unusable(q, f"kick fd cannot be watched ({exc})")
                 return
@@ -432,7 +432,8 @@ class VhostUserNetdev(SessionHooks):
 
     # -- kicks ---------------------------------------------------------------------------
 
-    def _on_kick(self, q: SplitQueue) -> None:
+    def _on_kick(self, index: int) -> None:
+        q = self.device.queues[index]  # by index: SET_FEATURES may change the ring layout
         try:
             os.eventfd_read(q.kick_fd)
         except (BlockingIOError, InterruptedError):

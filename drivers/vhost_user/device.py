@@ -75,10 +75,12 @@ from .features import (
     F_LOG_ALL,
     F_MRG_RXBUF,
     F_PROTOCOL_FEATURES,
+    F_RING_PACKED,
     F_VERSION_1,
 )
 from .memguard import fault_count
 from .memory import GuestMemory, Region
+from .packed import PackedQueue, relayout
 from .virtqueue import DESC_F_WRITE, RingError, Segment, SimpleBatch, SplitQueue
 
 _HOST_OFFLOADS = (1 << F_CSUM) | (1 << F_HOST_TSO4) | (1 << F_HOST_TSO6)
@@ -150,6 +152,10 @@ class NetDevice:
         self._guest_tso4 = self._guest_csum and has(F_GUEST_TSO4)
         self._guest_tso6 = self._guest_csum and has(F_GUEST_TSO6)
         self.dirty.enabled = has(F_LOG_ALL)
+        self.queues = [relayout(q, has(F_RING_PACKED)) for q in self.queues]
+        for q in self.queues:
+            if isinstance(q, PackedQueue):
+                q.dirty = self.dirty
         for q in self.queues:
             if q.event_idx != has(F_EVENT_IDX):
                 q.unmap()
@@ -253,6 +259,7 @@ class NetDevice:
         for q in self.queues:
             q.reset()
         self.dirty.close()
+        self.queues = [relayout(q, False) for q in self.queues]  # no features: split
         self._init_state()
 
     def close(self) -> None:
@@ -260,6 +267,7 @@ class NetDevice:
         for q in self.queues:
             q.reset()
         self.dirty.close()
+        self.queues = [relayout(q, False) for q in self.queues]
         self.mem.clear()
         self.memory_fault = None
         self._init_state()

@@ -11,7 +11,7 @@ Offered: ``VERSION_1``, ``ANY_LAYOUT``, ``MRG_RXBUF``, ``CSUM``/``GUEST_CSUM``,
 ``MTU``, ``STATUS``, ``GUEST_ANNOUNCE`` (QEMU passes it to the guest, which then announces
 itself after a migration; QEMU sends ``SEND_RARP`` to the back end only when the guest did not
 take it), ``VHOST_F_LOG_ALL`` (bit 26: dirty logging for live migration, see
-:mod:`.dirtylog`). Not offered: ``RING_PACKED`` (split rings only), UFO/USO and ECN,
+:mod:`.dirtylog`), ``RING_PACKED`` (:mod:`.packed`). Not offered: UFO/USO and ECN,
 ``ACCESS_PLATFORM`` (no IOTLB).
 """
 
@@ -34,6 +34,7 @@ F_INDIRECT_DESC = 28
 F_EVENT_IDX = 29
 F_PROTOCOL_FEATURES = 30
 F_VERSION_1 = 32
+F_RING_PACKED = 34
 F_IN_ORDER = 35
 
 DEVICE_FEATURES = sum(
@@ -55,6 +56,7 @@ DEVICE_FEATURES = sum(
         F_INDIRECT_DESC,
         F_EVENT_IDX,
         F_VERSION_1,
+        F_RING_PACKED,
         F_IN_ORDER,
     )
 )

@@ -1,12 +1,12 @@
 """The hostile catalogues of ``tools/vhost_user_frontend`` (an independent Python front end)
 against netstack's vhost-user back end.
 
-Every broken-ring case (:data:`RING_CASES`) and malformed-message case (:data:`MSG_CASES`)
-is played by one front end on one port while a second front end on another port of the
-same hub keeps exchanging frames with an in-process peer: the daemon must stay up, keep
-serving the other port, never touch memory outside what was shared (the tool's cases only
-*name* outside addresses) and leak no descriptors. Ring cases that break a queue must
-show up in the port's counters.
+Every broken-ring case (:data:`RING_CASES`, on split and on packed rings) and
+malformed-message case (:data:`MSG_CASES`) is played by one front end on one port while a
+second front end on another port of the same hub keeps exchanging frames with an
+in-process peer: the daemon must stay up, keep serving the other port, never touch memory
+outside what was shared (the tool's cases only *name* outside addresses) and leak no
+descriptors. Ring cases that break a queue must show up in the port's counters.
 """
 
 from __future__ import annotations
@@ -99,21 +99,25 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await ns.close()
 
 
+@pytest.mark.parametrize("layout", ["split", "packed"])
 @pytest.mark.parametrize("case", sorted(fe_tool.RING_CASES))
-async def test_hostile_ring_case(rig: Rig, case: str) -> None:
-    cfg = fe_tool.FrontendConfig(rx_reserve=4, indirect_max=8, queue_size=64)
+async def test_hostile_ring_case(rig: Rig, case: str, layout: str) -> None:
+    features = fe_tool.PACKED_FEATURES if layout == "packed" else fe_tool.SUPPORTED_FEATURES
+    cfg = fe_tool.FrontendConfig(rx_reserve=4, indirect_max=8, queue_size=64, features=features)
     if case == "indirect_without_feature":
         cfg = fe_tool.FrontendConfig(
             rx_reserve=4,
             queue_size=64,
-            features=fe_tool.SUPPORTED_FEATURES & ~(1 << 28),  # no INDIRECT_DESC
+            features=features & ~(1 << 28),  # no INDIRECT_DESC
         )
-    good = await fe_tool.VhostUserFrontend.connect(rig.path("good"))
+    good_cfg = fe_tool.FrontendConfig(features=features)
+    good = await fe_tool.VhostUserFrontend.connect(rig.path("good"), good_cfg)
     bad = await fe_tool.VhostUserFrontend.connect(rig.path("bad"), cfg)
     try:
         await good.start()
         await bad.start()
         await rig.good_port_serves(good)
+        assert isinstance(bad.vqs[1], fe_tool.PackedQueue) == (layout == "packed")
         fe_tool.RingCrafter(bad).run(case)
         await asyncio.sleep(0.2)
         if case.startswith(("readonly_rx", "rx_")):

@@ -224,8 +224,8 @@ def test_legacy_header_is_10_bytes() -> None:
 
 def test_unoffered_features_are_masked_and_refused() -> None:
     session, dev, _hooks = make()
-    _, _, payload = reply_of(session.handle(msg(vp.SET_FEATURES, u64(1 << 34 | 1), flags=9)))
-    assert payload == u64(1) and dev.features == 1  # RING_PACKED not offered
+    _, _, payload = reply_of(session.handle(msg(vp.SET_FEATURES, u64(1 << 54 | 1), flags=9)))
+    assert payload == u64(1) and dev.features == 1  # GUEST_USO4 not offered
 
 
 def test_send_rarp_reports_the_mac() -> None:

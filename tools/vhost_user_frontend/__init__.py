@@ -34,9 +34,10 @@ Typical use::
 CLI: ``python -m tools.vhost_user_frontend --socket PATH [--server] --mode
 txonly|rxonly|io|ping --size 64 --seconds 5``.
 
-Limits: split rings only (no RING_PACKED, no IN_ORDER), no IOMMU/IOTLB, no dirty-page
-logging or migration messages, no back-end request channel (BACKEND_REQ is never
-acked), no in-band notifications; x86-64 hosts only (ring memory ordering relies on TSO).
+Rings: split, or packed (``FrontendConfig(features=PACKED_FEATURES)``). Limits: no
+IOMMU/IOTLB, no dirty-page logging or migration messages, no back-end request channel
+(BACKEND_REQ is never acked), no in-band notifications; x86-64 hosts only (ring memory
+ordering relies on TSO).
 """
 
 from .channel import Channel, ChannelClosed, ReplyTimeout
@@ -46,6 +47,7 @@ from .hostile_msgs import MSG_CASES, send_case
 from .hostile_rings import RING_CASES, Crafted, RingCrafter
 from .memory import AddressError, GuestMemory, Region
 from .net import RxFrame, RxQueue, TxQueue, VnetHeader, header_len
+from .packed import PackedQueue
 from .protocol import (
     BackendFailure,
     DeviceStatus,
@@ -58,6 +60,7 @@ from .protocol import (
     Request,
 )
 from .session import (
+    PACKED_FEATURES,
     SUPPORTED_FEATURES,
     SUPPORTED_PROTOCOL,
     NegotiationError,
@@ -70,6 +73,7 @@ from .virtqueue import Segment, SplitQueue, need_event
 __all__ = [
     "MEMORY_CASES",
     "MSG_CASES",
+    "PACKED_FEATURES",
     "RING_CASES",
     "SUPPORTED_FEATURES",
     "SUPPORTED_PROTOCOL",
@@ -85,6 +89,7 @@ __all__ = [
     "MemRegion",
     "Message",
     "NegotiationError",
+    "PackedQueue",
     "ProtocolFeature",
     "Region",
     "Reply",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from .channel import ChannelClosed, ReplyTimeout
 from .frontend import FrontendConfig, VhostUserFrontend
 from .protocol import BackendFailure, Feature, ReplyError, bit, feature_names
-from .session import SUPPORTED_FEATURES, NegotiationError
+from .session import PACKED_FEATURES, SUPPORTED_FEATURES, NegotiationError
 from .traffic import MODES, Report, parse_mac, run_mode
 
 PROG = "python -m tools.vhost_user_frontend"
@@ -40,6 +40,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--queue-size", type=int, default=256)
     p.add_argument("--interval", type=float, default=0.01, help="ping interval (s)")
     p.add_argument("--no-mrg-rxbuf", action="store_true", help="do not negotiate MRG_RXBUF")
+    p.add_argument("--packed", action="store_true", help="ask for packed virtqueues")
     p.add_argument("--no-event-idx", action="store_true", help="do not negotiate EVENT_IDX")
     p.add_argument("--timeout", type=float, default=10.0, help="connect/accept timeout (s)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -70,7 +71,7 @@ def _line(iv: Report, total: Report) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    features = SUPPORTED_FEATURES
+    features = PACKED_FEATURES if args.packed else SUPPORTED_FEATURES
     if args.no_mrg_rxbuf:
         features &= ~bit(Feature.MRG_RXBUF)
     if args.no_event_idx:

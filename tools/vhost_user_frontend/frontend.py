@@ -29,6 +29,7 @@ from typing import TypeVar
 from .channel import DEFAULT_TIMEOUT, Channel
 from .memory import GuestMemory, Region
 from .net import BIG_RX_BUF, RX_BUF, RxQueue, TxQueue, header_len, separate_header
+from .packed import PackedQueue
 from .protocol import Feature, ProtocolFeature, has
 from .session import (
     SUPPORTED_FEATURES,
@@ -128,7 +129,7 @@ class VhostUserFrontend:
             self.fds.close()
             raise
         self.mem: GuestMemory | None = None
-        self.vqs: list[SplitQueue] = []
+        self.vqs: list[SplitQueue | PackedQueue] = []
         self.tx: list[TxQueue] = []
         self.rx: list[RxQueue] = []
 
@@ -229,8 +230,9 @@ class VhostUserFrontend:
         hl = header_len(acked)
         sep = separate_header(acked) if cfg.separate_header is None else cfg.separate_header
         vrings: list[VringSetup] = []
+        layout = PackedQueue if has(acked, Feature.RING_PACKED) else SplitQueue
         for i in range(2 * cfg.queue_pairs):
-            vq = SplitQueue(
+            vq = layout(
                 mem,
                 cfg.queue_size,
                 i,
@@ -238,6 +240,8 @@ class VhostUserFrontend:
                 indirect_max=cfg.indirect_max,
                 base=cfg.ring_base,
             )
+            if isinstance(vq, PackedQueue):
+                vq.in_order = has(acked, Feature.IN_ORDER)
             vq.set_interrupts(cfg.interrupts)
             self.vqs.append(vq)
             desc, used, avail = vq.user_addresses()

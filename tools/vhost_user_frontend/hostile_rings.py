@@ -14,6 +14,9 @@ the ring as broken; use a fresh connection for further traffic on that queue. Th
 crafter keeps the front end's shadow state consistent where the case allows it (chains
 are adopted so that returned descriptors go back to the pool).
 
+On packed rings (:mod:`.packed`) the same names play the packed forms of the faults
+(:mod:`.hostile_packed`).
+
 Expected defences follow Linux vhost-net and QEMU's ``virtqueue_pop`` (the "virtio:
 ..." errors): bounded chain walks (at most ``num`` descriptors, ``num`` per indirect
 table), address ranges checked against the memory table, no device writes into
@@ -27,7 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .frontend import VhostUserFrontend
+from .hostile_packed import PackedCrafter
 from .net import RxQueue, TxQueue
+from .packed import PackedQueue
 from .protocol import Feature, has
 from .virtqueue import (
     DESC_DTYPE,
@@ -160,14 +165,25 @@ class RingCrafter:
         self.mem = fe.mem
         self.tx: TxQueue = fe.tx[pair]
         self.rx: RxQueue = fe.rx[pair]
-        self.tx_vq: SplitQueue = self.tx.vq
-        self.rx_vq: SplitQueue = self.rx.vq
+        self.packed = isinstance(self.tx.vq, PackedQueue)
         self.pair = pair
         self.indirect_acked = has(fe.session.acked, Feature.INDIRECT_DESC)
         self.hdr_len = fe.hdr_len
         # Scratch space for frames and indirect tables of crafted chains.
         self.scratch = self.mem.alloc(64 * 1024, 4096)
         self._scratch_used = 0
+
+    @property
+    def tx_vq(self) -> SplitQueue:
+        vq = self.tx.vq
+        assert isinstance(vq, SplitQueue)
+        return vq
+
+    @property
+    def rx_vq(self) -> SplitQueue:
+        vq = self.rx.vq
+        assert isinstance(vq, SplitQueue)
+        return vq
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -363,5 +379,7 @@ class RingCrafter:
     def run(self, case: str) -> Crafted:
         if case not in RING_CASES:
             raise KeyError(f"unknown ring case {case!r}")
+        if self.packed:
+            return PackedCrafter(self).run(case)
         result: Crafted = getattr(self, case)()
         return result

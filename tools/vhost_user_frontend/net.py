@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .packed import PackedQueue
 from .protocol import Feature, has
 from .virtqueue import DESC_F_NEXT, DESC_F_WRITE, Segment, SplitQueue
 
@@ -110,7 +111,7 @@ class TxQueue:
 
     def __init__(
         self,
-        vq: SplitQueue,
+        vq: SplitQueue | PackedQueue,
         *,
         hdr_len: int = 12,
         slot_size: int = 2048,
@@ -330,7 +331,7 @@ class RxQueue:
 
     def __init__(
         self,
-        vq: SplitQueue,
+        vq: SplitQueue | PackedQueue,
         *,
         hdr_len: int = 12,
         buf_size: int = RX_BUF,

@@ -98,6 +98,8 @@ SUPPORTED_FEATURES = (
     | bit(Feature.GUEST_USO6)
     | bit(Feature.HOST_USO)
 )
+#: The same over packed virtqueues (:mod:`.packed`); opt-in, split rings stay the default.
+PACKED_FEATURES = SUPPORTED_FEATURES | bit(Feature.RING_PACKED) | bit(Feature.IN_ORDER)
 #: Protocol features this front end implements.
 SUPPORTED_PROTOCOL = (
     bit(ProtocolFeature.MQ)
