@@ -20,23 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dpkt
 import pytest
 
-import drivers.socket as socket_driver
-from drivers import dgram, hubport, stream
 from netstack.daemon import Netstack
 from netstack.net.client import NetClient
 from netstack.proto.streamframe import FrameDecoder, encode_frames
 from netstack.qapi import parse_netdev_cli
-from tools.guest import Guest, GuestImage, HostUnavailable, build, ensure_qemu, virtio_nic_args
+from tools.guest import Guest, GuestImage, virtio_nic_args
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(240)]
 
-REGISTRY = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.SPEC)}
 MAC_A, MAC_B = "52:54:00:0a:00:01", "52:54:00:0a:00:02"
 GUEST_TIMEOUT = 120.0
 
@@ -54,22 +50,6 @@ ping -c 3 -W 2 {other} || exit 2
 echo PING-OK
 sleep {linger}
 """
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Netstack]:
-    daemon = Netstack(REGISTRY)
-    yield daemon
-    await daemon.close()
 
 
 async def add(ns: Netstack, text: str) -> NetClient:

@@ -26,7 +26,7 @@ from drivers import hubport, tap
 from drivers.tap.client import TapClient
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli
-from tests.conformance.case_tap import ip, link_exists, netns, require_root
+from tests.kit.netns import ip, link_exists, netns, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

@@ -517,7 +517,7 @@ async def test_a_namespace_served_by_the_user_netdev(echo: str) -> None:
     from drivers import registry
     from netstack.daemon import Netstack
     from netstack.qapi import parse_netdev_cli
-    from tests.conformance.case_tap import ip, netns, require_root
+    from tests.kit.netns import ip, netns, require_root
 
     require_root()
     loop = asyncio.get_running_loop()

@@ -35,9 +35,9 @@ import drivers
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.qapi import parse_netdev_cli
-from tests.conformance.case_tap import ip, netns, require_root
 from tests.daemon_proc import running_daemon
 from tests.interop.test_user_tap_netns import run_in
+from tests.kit.netns import ip, netns, require_root
 
 pytestmark = [pytest.mark.timeout(240)]
 

@@ -36,7 +36,7 @@ import drivers
 from drivers.tap.client import TapClient
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli
-from tests.conformance.case_tap import ip, netns, require_root
+from tests.kit.netns import ip, netns, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 

@@ -39,13 +39,11 @@ from netstack.daemon import Netstack
 from netstack.proto.streamframe import FrameDecoder, encode_frames
 from netstack.proto.vnet import HDR_LEN
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
+from tests.kit.polling import until
 from tests.support import Recorder
 from tools.guest import (
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
     shared_memory_args,
     virtio_nic_args,
 )
@@ -58,15 +56,6 @@ IP_A, IP_B = "10.9.1.1", "10.9.1.2"
 GUEST_TIMEOUT = 150.0
 MTU_B = 1500
 MEMORY_MB = 256
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
 
 
 class Rig:
@@ -260,11 +249,11 @@ async def test_vm_restarts_reattach_in_client_and_server_mode(rig: Rig) -> None:
             async with a:
                 await a.wait_for("PING-OK", timeout=GUEST_TIMEOUT)
                 assert not a_nc.link_down
-            await _until(lambda: a_nc.link_down)
+            await until(lambda: a_nc.link_down)
             assert rig.names("NETDEV_VHOST_USER_DISCONNECTED").count("a") == n
         assert rig.names("NETDEV_VHOST_USER_CONNECTED").count("a") == 2
     # QEMU server mode: B is killed; the daemon reconnects to its successor
-    await _until(lambda: b_nc.link_down)
+    await until(lambda: b_nc.link_down)
     assert "b" in rig.names("NETDEV_VHOST_USER_DISCONNECTED")
     b2 = rig.guest("b2", stay, server=True, mac=MAC_B)
     a3 = rig.guest("a3", pinger, server=False, mac=MAC_A)
@@ -274,14 +263,6 @@ async def test_vm_restarts_reattach_in_client_and_server_mode(rig: Rig) -> None:
     assert rig.names("NETDEV_VHOST_USER_CONNECTED").count("b") == 2
     assert isinstance(a_nc, vu.VhostUserClient)
     assert a_nc.counters()["connections"] == 3
-
-
-async def _until(cond: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 async def test_embedded_default_attaches_a_vm(

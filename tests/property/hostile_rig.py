@@ -39,6 +39,7 @@ from netstack.net.nic import NicClient
 from netstack.proto import vnet
 from netstack.proto.checksum import finish, ones_sum
 from netstack.qmp.dispatch import dispatch
+from tests.kit.polling import open_fds
 
 T = TypeVar("T")
 
@@ -109,10 +110,6 @@ class Sandbox:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # -- the guest NIC, the host's echo server, the rig ------------------------------------------
@@ -480,14 +477,6 @@ def our_zombies() -> list[int]:
 def gone(pids: Sequence[int]) -> bool:
     """Whether none of ``pids`` exists any more (a zombie still exists)."""
     return not any(os.path.exists(f"/proc/{pid}") for pid in pids)
-
-
-async def until(cond: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 # -- QMP -------------------------------------------------------------------------------------

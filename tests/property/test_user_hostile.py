@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 from netstack.proto import vnet
 from netstack.proto.checksum import finish, ones_sum
+from tests.kit.polling import open_fds, until
 from tests.property.hostile_input import (
     DOFF,
     FWD_ADD,
@@ -71,10 +72,8 @@ from tests.property.hostile_rig import (
     Rig,
     Sandbox,
     gone,
-    open_fds,
     our_zombies,
     rig_of,
-    until,
 )
 
 pytestmark = pytest.mark.timeout(300)

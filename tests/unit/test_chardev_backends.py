@@ -22,6 +22,7 @@ from netstack.chardev.memory import RingbufChardev, glib_base64_decode, qemu_utf
 from netstack.chardev.terminals import StdioChardev
 from netstack.errors import GenericError
 from netstack.qapi import chardev_from_qmp, parse_chardev_cli
+from tests.kit.polling import until
 
 
 class Recorder:
@@ -67,12 +68,6 @@ async def table() -> AsyncIterator[ChardevTable]:
         yield t
     finally:
         await t.close_all()
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def attached(table: ChardevTable, cid: str) -> Recorder:

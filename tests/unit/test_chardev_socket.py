@@ -18,6 +18,7 @@ from netstack.chardev import ChardevTable, Connection
 from netstack.chardev.sockets import SocketChardev
 from netstack.errors import GenericError
 from netstack.qapi import chardev_from_qmp, parse_chardev_cli
+from tests.kit.polling import until
 
 
 class Echo:
@@ -79,12 +80,6 @@ def filename(table: ChardevTable, cid: str) -> str:
     dev = table.get(cid)
     assert dev is not None
     return dev.filename()
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def roundtrip(

@@ -1,0 +1,139 @@
+"""The QEMU test guest (:mod:`tools.guest`) on a vhost-user port of a daemon, and the host
+side those tests talk to.
+
+The usual shape: the daemon has a vhost-user server chardev ``c0`` at ``SOCK``, a netdev
+``vm0`` on it and a user netdev ``nat0``, both on hub 0; QEMU gets guest RAM it can share,
+a client chardev on ``SOCK`` and a virtio-net NIC with ``MAC``.
+:func:`attach_user_over_vhost_user` builds the daemon half in process,
+:func:`user_over_vhost_user_argv` as a ``netstackd`` command line, and
+:func:`vhost_user_qemu_args` the QEMU half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import http.server
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from netstack.daemon import Netstack
+from netstack.qapi import parse_chardev_cli
+from tests.kit.daemon import add_netdevs
+from tools.guest import (
+    GuestImage,
+    HostUnavailable,
+    build,
+    ensure_qemu,
+    shared_memory_args,
+    virtio_nic_args,
+)
+
+#: The guest NIC's MAC address unless a test needs another.
+MAC = "52:54:00:12:34:56"
+#: Guest RAM in MiB (shared with the back end).
+MEMORY_MB = 256
+
+
+def guest_image_or_skip(extra_modules: Sequence[str] = ()) -> GuestImage:
+    """The built test guest (loading ``extra_modules`` too); skips when QEMU is absent (it
+    is never installed from here)."""
+    try:
+        ensure_qemu(install=False)
+    except HostUnavailable as exc:
+        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
+    return build(extra_modules=extra_modules)
+
+
+def _vhost_user_netdevs(user: str, mac: str) -> tuple[str, ...]:
+    return (
+        user,
+        f"vhost-user,id=vm0,chardev=c0,mac={mac}",
+        "hubport,id=h0,hubid=0,netdev=nat0",
+        "hubport,id=h1,hubid=0,netdev=vm0",
+    )
+
+
+async def attach_user_over_vhost_user(
+    ns: Netstack, sock: Path, user: str | None = "user,id=nat0", mac: str = MAC
+) -> None:
+    """Give ``ns`` the vhost-user server chardev ``c0`` at ``sock``, netdev ``vm0`` on it,
+    the user netdev ``user`` (``None``: the test added ``nat0`` itself) and hub 0 joining
+    them."""
+    await ns.chardev_add(
+        parse_chardev_cli(f"socket,id=c0,path={sock},server=on,wait=off"), from_cli=True
+    )
+    specs = _vhost_user_netdevs(user or "", mac)
+    await add_netdevs(ns, *(specs if user else specs[1:]))
+
+
+def user_over_vhost_user_argv(sock: Path, user: str = "user,id=nat0", mac: str = MAC) -> list[str]:
+    """The ``netstackd`` arguments for what :func:`attach_user_over_vhost_user` builds."""
+    argv = ["-chardev", f"socket,id=c0,path={sock},server=on,wait=off"]
+    for spec in _vhost_user_netdevs(user, mac):
+        argv += ["-netdev", spec]
+    return argv
+
+
+def vhost_user_qemu_args(
+    sock: Path, mac: str = MAC, *, memory: Sequence[str] | None = None
+) -> list[str]:
+    """QEMU's half: shareable guest RAM (``memory``, default a memfd of :data:`MEMORY_MB`),
+    a chardev on ``sock``, the vhost-user netdev and a virtio-net NIC without MSI-X."""
+    return [
+        *(shared_memory_args(MEMORY_MB) if memory is None else memory),
+        "-chardev",
+        f"socket,id=vhost0,path={sock}",
+        "-netdev",
+        "vhost-user,id=net0,chardev=vhost0",
+        *virtio_nic_args("net0", mac, msix=False),
+    ]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@contextlib.contextmanager
+def serve_directory(root: Path, host: str = "127.0.0.1") -> Iterator[int]:
+    """An HTTP server for the files under ``root`` on ``host`` (IPv4 or IPv6), on a thread;
+    yields its port and shuts it down on exit."""
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    cls = _Server6 if ":" in host else http.server.ThreadingHTTPServer
+    server = cls((host, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+async def http_get(port: int, timeout: float = 10.0, path: str = "/f") -> bytes:
+    """GET ``path`` from ``127.0.0.1:port`` over HTTP/1.0; the body of a 200 response."""
+
+    async def get() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], data
+        return body
+
+    return await asyncio.wait_for(get(), timeout)
