@@ -23,7 +23,8 @@ REG = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.
 class StreamOutside(Outside):
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        self.sock, self.dec, self.frames, self.paused = sock, FrameDecoder(), [], False
+        self.frames: list[bytes] = []
+        self.sock, self.dec, self.paused = sock, FrameDecoder(), False
 
     async def send(self, frame: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, encode_frames([frame]))
