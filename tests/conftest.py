@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from netstack.chardev import ChardevTable
 from netstack.daemon import Netstack
 from tests.kit.daemon import in_process
 from tests.kit.guests import guest_image_or_skip
@@ -24,3 +25,13 @@ async def ns(tmp_path: Path) -> AsyncIterator[Netstack]:
 def image() -> GuestImage:
     """The QEMU test guest, built once (skips without QEMU)."""
     return guest_image_or_skip()
+
+
+@pytest.fixture
+async def table() -> AsyncIterator[ChardevTable]:
+    """A chardev table of its own, every chardev closed afterwards."""
+    t = ChardevTable()
+    try:
+        yield t
+    finally:
+        await t.close_all()

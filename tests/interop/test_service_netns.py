@@ -51,9 +51,8 @@ from tests.interop.test_user_tap_netns import (
     free_port,
     iperf3,
     iperf3_server,
-    run_in,
 )
-from tests.kit.netns import ip, netns, require_root
+from tests.kit.netns import ip, netns, require_root, run_in
 
 pytestmark = [
     pytest.mark.root,

@@ -25,7 +25,6 @@ import shutil
 import socket
 import struct
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -35,6 +34,7 @@ from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.qapi import parse_chardev_cli
 from tests.kit.guests import attach_user_over_vhost_user, http_get, vhost_user_qemu_args
+from tests.kit.qemu import netdev_add_errors, qemu_monitor
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
@@ -217,42 +217,10 @@ DEVIATIONS = [
 
 
 async def qemu_errors(tmp: Path, cases: list[list[str]]) -> list[str | None]:
-    from qemu.qmp import ExecuteError, QMPClient
-
-    sock = tmp / "qmp.sock"
-    qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
-    proc = await asyncio.create_subprocess_exec(
-        qemu, "-machine", "none", "-nodefaults", "-display", "none", "-S",
-        "-chardev", "null,id=c0", "-qmp", f"unix:{sock},server=on,wait=off",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    qmp = QMPClient("guestfwd")
-    out: list[str | None] = []
-    try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.05)
-        await qmp.connect(str(sock))
-        for n, rules in enumerate(cases):
-            args: dict[str, Any] = {"id": f"u{n}", "type": "user",
-                                    "guestfwd": [{"str": r} for r in rules]}  # fmt: skip
-            try:
-                await qmp.execute("netdev_add", args)
-            except ExecuteError as exc:
-                received: Any = exc.received
-                out.append(str(received["error"]["desc"]))
-                continue
-            out.append(None)
-            await qmp.execute("netdev_del", {"id": f"u{n}"})
-    finally:
-        with contextlib.suppress(Exception):
-            await qmp.disconnect()
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-    return out
+    async with qemu_monitor(tmp, "-chardev", "null,id=c0", name="guestfwd") as qmp:
+        return await netdev_add_errors(
+            qmp, [{"type": "user", "guestfwd": [{"str": r} for r in rules]} for rules in cases]
+        )
 
 
 async def our_errors(cases: list[list[str]]) -> list[str | None]:

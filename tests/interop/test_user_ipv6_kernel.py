@@ -57,6 +57,7 @@ import pytest
 from drivers.user.ipv6 import Ipv6Config, Ipv6Router, Packet6, PingClose, icmp6
 from drivers.user.ipv6 import addr as a6
 from drivers.user.ipv6 import packet as pk
+from tests.kit.netns import run_in
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -246,17 +247,7 @@ class NsName:
 
 
 async def run(space: Named, *argv: str, timeout: float = 20) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", space.name, *argv,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out.decode(errors="replace")
+    return await run_in(space.name, *argv, timeout=timeout)
 
 
 async def addresses(space: Named) -> list[dict[str, object]]:

@@ -7,6 +7,7 @@ on one machine never collide, and a leftover is traceable to its process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -62,3 +63,21 @@ def require_root() -> None:
     """Skip unless root with ``/dev/net/tun`` (namespaces and taps need both)."""
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         pytest.skip("needs root and /dev/net/tun")
+
+
+async def run_in(ns: str, *cmd: str, timeout: float = 60) -> tuple[int, str]:
+    """Run ``cmd`` inside namespace ``ns`` without blocking the event loop (an in-process
+    daemon keeps running); its exit status and combined output. Killed if it outlives
+    ``timeout`` or the caller is cancelled."""
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", ns, *cmd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")

@@ -9,7 +9,6 @@ import errno
 import os
 import socket
 import termios
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +58,6 @@ class Greeter(Recorder):
 
 def spec(cid: str, kind: str, **data: Any) -> Any:
     return chardev_from_qmp(cid, {"type": kind, "data": data})
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
 
 
 async def attached(table: ChardevTable, cid: str) -> Recorder:

@@ -8,7 +8,6 @@ import os
 import socket
 import stat
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +64,6 @@ def inet(host: str, port: str, **data: Any) -> dict[str, Any]:
 
 def sock_spec(cid: str, addr: dict[str, Any], **data: Any) -> Any:
     return chardev_from_qmp(cid, {"type": "socket", "data": {"addr": addr, **data}})
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
 
 
 def filename(table: ChardevTable, cid: str) -> str:
