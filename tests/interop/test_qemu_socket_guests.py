@@ -27,8 +27,8 @@ import pytest
 
 from netstack.daemon import Netstack
 from netstack.net.client import NetClient
-from netstack.proto.streamframe import FrameDecoder, encode_frames
 from netstack.qapi import parse_netdev_cli
+from tests.kit.guests import stream_arp
 from tools.guest import Guest, GuestImage, virtio_nic_args
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -101,34 +101,8 @@ async def test_socket_connect_and_stream_unix_guests(
 
     async def crafted_arp() -> bytes:
         await a.wait_for("PING-OK", timeout=GUEST_TIMEOUT)
-        loop = asyncio.get_running_loop()
-        peer = socket.socket(socket.AF_UNIX)
-        peer.setblocking(False)
-        await loop.sock_connect(peer, str(peer_path))
         mine = bytes.fromhex("020000000099")
-        arp = dpkt.arp.ARP(
-            op=dpkt.arp.ARP_OP_REQUEST,
-            sha=mine,
-            spa=socket.inet_aton("10.9.0.99"),
-            tha=bytes(6),
-            tpa=socket.inet_aton("10.9.0.1"),
-        )
-        request = bytes(dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=mine, type=0x0806, data=arp))
-        dec = FrameDecoder()
-        try:
-            async with asyncio.timeout(15):
-                while True:
-                    await loop.sock_sendall(peer, encode_frames([request]))
-                    try:
-                        async with asyncio.timeout(1):
-                            while True:
-                                for frame in dec.feed(await loop.sock_recv(peer, 65536)):
-                                    if frame[:6] == mine:
-                                        return frame
-                    except TimeoutError:
-                        continue
-        finally:
-            peer.close()
+        return await stream_arp(peer_path, "10.9.0.1", 15, sender="10.9.0.99", mac=mine)
 
     async with a, b:
         reply_task = asyncio.create_task(crafted_arp())

@@ -36,9 +36,9 @@ import pytest
 import drivers.vhost_user as vu
 from drivers import hubport, stream
 from netstack.daemon import Netstack
-from netstack.proto.streamframe import FrameDecoder, encode_frames
 from netstack.proto.vnet import HDR_LEN
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
+from tests.kit.guests import stream_arp
 from tests.kit.polling import until
 from tests.support import Recorder
 from tools.guest import (
@@ -137,38 +137,6 @@ echo PING-OK
 
 def setup_ip(me: str) -> str:
     return f"ip link set eth0 up\nip addr add {me}/24 dev eth0\n"
-
-
-async def stream_arp(path: Path, target: str, timeout: float = 60) -> bytes:
-    """Send an ARP request for ``target`` from a Python peer on a stream port; the reply."""
-    loop = asyncio.get_running_loop()
-    peer = socket.socket(socket.AF_UNIX)
-    peer.setblocking(False)
-    await loop.sock_connect(peer, str(path))
-    mine = bytes.fromhex("020000000077")
-    arp = dpkt.arp.ARP(
-        op=dpkt.arp.ARP_OP_REQUEST,
-        sha=mine,
-        spa=socket.inet_aton("10.9.1.77"),
-        tha=bytes(6),
-        tpa=socket.inet_aton(target),
-    )
-    request = bytes(dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=mine, type=0x0806, data=arp))
-    dec = FrameDecoder()
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await loop.sock_sendall(peer, encode_frames([request]))
-                try:
-                    async with asyncio.timeout(1):
-                        while True:
-                            for frame in dec.feed(await loop.sock_recv(peer, 65536)):
-                                if frame[:6] == mine and frame[12:14] == b"\x08\x06":
-                                    return frame
-                except TimeoutError:
-                    continue
-    finally:
-        peer.close()
 
 
 async def test_two_guests_ping_and_tcp_with_offloads(rig: Rig) -> None:

@@ -20,9 +20,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import dpkt
 import pytest
 
 from netstack.daemon import Netstack
+from netstack.proto.streamframe import FrameDecoder, encode_frames
 from netstack.qapi import parse_chardev_cli
 from tests.kit.daemon import add_netdevs
 from tools.guest import (
@@ -137,3 +139,44 @@ async def http_get(port: int, timeout: float = 10.0, path: str = "/f") -> bytes:
         return body
 
     return await asyncio.wait_for(get(), timeout)
+
+
+async def stream_arp(
+    path: Path,
+    target: str,
+    timeout: float = 60,
+    *,
+    sender: str = "10.9.1.77",
+    mac: bytes = bytes.fromhex("020000000077"),
+) -> bytes:
+    """Connect to the stream netdev listening on unix socket ``path`` and send an ARP
+    request for ``target`` from ``sender``/``mac`` (once a second); the first ARP frame
+    back to ``mac``."""
+    loop = asyncio.get_running_loop()
+    peer = socket.socket(socket.AF_UNIX)
+    peer.setblocking(False)
+    await loop.sock_connect(peer, str(path))
+    mine = mac
+    arp = dpkt.arp.ARP(
+        op=dpkt.arp.ARP_OP_REQUEST,
+        sha=mine,
+        spa=socket.inet_aton(sender),
+        tha=bytes(6),
+        tpa=socket.inet_aton(target),
+    )
+    request = bytes(dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=mine, type=0x0806, data=arp))
+    dec = FrameDecoder()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                await loop.sock_sendall(peer, encode_frames([request]))
+                try:
+                    async with asyncio.timeout(1):
+                        while True:
+                            for frame in dec.feed(await loop.sock_recv(peer, 65536)):
+                                if frame[:6] == mine and frame[12:14] == b"\x08\x06":
+                                    return frame
+                except TimeoutError:
+                    continue
+    finally:
+        peer.close()
