@@ -2,6 +2,8 @@
 
 * :mod:`tests.kit.polling` -- :func:`~tests.kit.polling.until`, the one bounded wait for a
   condition; :func:`~tests.kit.polling.open_fds` for leak checks.
+* :mod:`tests.kit.clock` -- a manual clock (``time``/``call_at``) whose time moves only
+  when the test advances it.
 * :mod:`tests.kit.netns` -- named network namespaces (unique names, deleted on exit),
   ``ip`` and running a command inside a namespace.
 * :mod:`tests.kit.daemon` -- an in-process daemon with every driver, and adding
