@@ -46,7 +46,6 @@ import socket
 import struct
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +56,7 @@ import pytest
 from drivers.user.ipv6 import Ipv6Config, Ipv6Router, Packet6, PingClose, icmp6
 from drivers.user.ipv6 import addr as a6
 from drivers.user.ipv6 import packet as pk
-from tests.kit.netns import run_in
+from tests.kit.netns import run_in, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -73,7 +72,7 @@ class Namespace:
     """A network namespace with a tap device whose fd we hold."""
 
     def __init__(self) -> None:
-        self.name = f"nsv6-{uuid.uuid4().hex[:8]}"
+        self.name = unique_name("nsv6-")
         self.etc = Path("/etc/netns") / self.name
         self.fd = -1
 
