@@ -21,17 +21,20 @@ import asyncio
 import hashlib
 import os
 import re
-import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from drivers.user.client import UserNetClient
 from tests.kit.daemon import in_process
-from tests.kit.guests import attach_user_over_vhost_user, serve_directory, vhost_user_qemu_args
+from tests.kit.guests import (
+    Sink,
+    attach_user_over_vhost_user,
+    serve_directory,
+    tcp_sink,
+    vhost_user_qemu_args,
+)
 from tools.guest import (
     Guest,
     GuestImage,
@@ -55,45 +58,10 @@ def http_root(tmp_path: Path) -> Iterator[tuple[int, str]]:
         yield port, hashlib.md5(data).hexdigest()
 
 
-@dataclass
-class Sink:
-    """A one-connection TCP sink on ``::1``: reads to EOF, then answers ``UPLOAD <n> <md5>``."""
-
-    port: int = 0
-    received: int = -1
-    md5: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
-
-
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
-    listener.settimeout(150)
-    result = Sink(port=listener.getsockname()[1])
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(60)
-                digest, n = hashlib.md5(), 0
-                while data := conn.recv(1 << 16):
-                    digest.update(data)
-                    n += len(data)
-                result.received, result.md5 = n, digest.hexdigest()
-                conn.sendall(f"UPLOAD {n} {result.md5}\n".encode())
-        except OSError:
-            pass
-        finally:
-            result.done.set()
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
+    with tcp_sink("::1", accept_timeout=150, read_timeout=60) as result:
         yield result
-    finally:
-        listener.close()
-        thread.join(10)
 
 
 SCRIPT = """

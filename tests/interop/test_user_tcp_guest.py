@@ -15,20 +15,23 @@ The daemon's counters show every connection and no internal error.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
 import re
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.kit.daemon import in_process
-from tests.kit.guests import attach_user_over_vhost_user, serve_directory, vhost_user_qemu_args
+from tests.kit.guests import (
+    Sink,
+    attach_user_over_vhost_user,
+    serve_directory,
+    tcp_sink,
+    vhost_user_qemu_args,
+)
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
@@ -66,49 +69,10 @@ def http_root(tmp_path: Path) -> Iterator[tuple[int, str]]:
         yield port, md5
 
 
-@dataclass
-class Sink:
-    """A one-connection TCP sink on 127.0.0.1: reads to EOF hashing as it goes, then answers
-    ``UPLOAD <bytes> <md5>`` and closes."""
-
-    port: int = 0
-    received: int = -1
-    md5: str = ""
-    error: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
-
-
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(300)
-    result = Sink(port=listener.getsockname()[1])
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(120)
-                digest, n = hashlib.md5(), 0
-                while data := conn.recv(CHUNK):
-                    digest.update(data)
-                    n += len(data)
-                result.received, result.md5 = n, digest.hexdigest()
-                conn.sendall(f"UPLOAD {n} {result.md5}\n".encode())
-        except OSError as exc:
-            result.error = repr(exc)
-        finally:
-            result.done.set()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with tcp_sink() as result:
         yield result
-    finally:
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() if the guest never came
-        listener.close()
-        thread.join(10)
 
 
 def closed_port() -> int:

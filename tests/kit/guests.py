@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import http.server
 import socket
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dpkt
@@ -180,3 +182,53 @@ async def stream_arp(
                     continue
     finally:
         peer.close()
+
+
+@dataclass
+class Sink:
+    """What a :func:`tcp_sink` saw: its port, the bytes it read to EOF and their MD5, the
+    error that ended it early (if any); ``done`` is set when it has finished."""
+
+    port: int = 0
+    received: int = -1
+    md5: str = ""
+    error: str = ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@contextlib.contextmanager
+def tcp_sink(
+    host: str = "127.0.0.1", accept_timeout: float = 300, read_timeout: float = 120
+) -> Iterator[Sink]:
+    """A one-connection TCP sink on ``host`` (IPv4 or IPv6), on a thread: it reads to EOF
+    hashing as it goes, then answers ``UPLOAD <bytes> <md5>`` and closes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.create_server((host, 0), family=family)
+    listener.settimeout(accept_timeout)
+    result = Sink(port=listener.getsockname()[1])
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(read_timeout)
+                digest, n = hashlib.md5(), 0
+                while data := conn.recv(1 << 20):
+                    digest.update(data)
+                    n += len(data)
+                result.received, result.md5 = n, digest.hexdigest()
+                conn.sendall(f"UPLOAD {n} {result.md5}\n".encode())
+        except OSError as exc:
+            result.error = repr(exc)
+        finally:
+            result.done.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() if the peer never came
+        listener.close()
+        thread.join(10)
