@@ -28,7 +28,7 @@ import pytest
 from netstack.daemon import Netstack
 from netstack.net.client import NetClient
 from netstack.qapi import parse_netdev_cli
-from tests.kit.guests import stream_arp
+from tests.kit.guests import ping_until, stream_arp
 from tools.guest import Guest, GuestImage, virtio_nic_args
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -38,18 +38,8 @@ GUEST_TIMEOUT = 120.0
 
 
 def ping_script(me: str, other: str, linger: int = 5) -> str:
-    return f"""
-ip link set eth0 up
-ip addr add {me}/24 dev eth0
-i=0
-until ping -c 1 -W 1 {other} >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -ge 60 ] && {{ echo PING-FAILED; exit 1; }}
-done
-ping -c 3 -W 2 {other} || exit 2
-echo PING-OK
-sleep {linger}
-"""
+    setup = f"ip link set eth0 up\nip addr add {me}/24 dev eth0\n"
+    return setup + ping_until(other) + f"sleep {linger}\n"
 
 
 async def add(ns: Netstack, text: str) -> NetClient:

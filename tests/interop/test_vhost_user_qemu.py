@@ -38,7 +38,7 @@ from drivers import hubport, stream
 from netstack.daemon import Netstack
 from netstack.proto.vnet import HDR_LEN
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
-from tests.kit.guests import stream_arp
+from tests.kit.guests import ping_until, stream_arp
 from tests.kit.polling import until
 from tests.support import Recorder
 from tools.guest import (
@@ -121,18 +121,6 @@ async def rig(image: GuestImage, tmp_path: Path) -> AsyncIterator[Rig]:
         yield r
     finally:
         await ns.close()
-
-
-def ping_until(other: str) -> str:
-    return f"""
-i=0
-until ping -c 1 -W 1 {other} >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -ge 60 ] && {{ echo PING-FAILED; exit 1; }}
-done
-ping -c 3 -W 2 {other} || exit 2
-echo PING-OK
-"""
 
 
 def setup_ip(me: str) -> str:

@@ -99,6 +99,20 @@ def vhost_user_qemu_args(
     ]
 
 
+def ping_until(other: str) -> str:
+    """Guest shell lines: ping ``other`` once a second until it answers (60 tries, else
+    ``PING-FAILED``), then 3 more must pass; ``PING-OK``."""
+    return f"""
+i=0
+until ping -c 1 -W 1 {other} >/dev/null 2>&1; do
+    i=$((i + 1))
+    [ $i -ge 60 ] && {{ echo PING-FAILED; exit 1; }}
+done
+ping -c 3 -W 2 {other} || exit 2
+echo PING-OK
+"""
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
