@@ -202,7 +202,7 @@ class Rig:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.closed_port = s.getsockname()[1]
-        self.fd_base = open_fds()
+        self.fd_base = open_fds(collect=False)
         self.ns = Netstack(drivers.registry())
         spec = self.spec if self.box.netns else self.spec + ",restrict=on"
         await self.ns.netdev_add(qapi.parse_netdev_cli(spec))
@@ -252,7 +252,9 @@ class Rig:
             assert connection_row_ok(row), row
         client.usernet_info()
         live = len(rows) + len(client.guestfwd.children.live)
-        assert open_fds() <= self.fd_base + 2 * live + 32, "fds grow beyond the live flows"
+        assert open_fds(collect=False) <= self.fd_base + 2 * live + 32, (
+            "fds grow beyond the live flows"
+        )
 
 
 def connection_row_ok(row: dict[str, Any]) -> bool:
@@ -274,7 +276,7 @@ def rig_of(box: Sandbox, spec: str = SPEC) -> Iterator[Rig]:
     """A started :class:`Rig` for the block; on exit its Netstack closes and must leave
     no fd behind."""
     r = Rig(box, spec)
-    before = open_fds()
+    before = open_fds(collect=False)
     box.run(r.start())
     try:
         yield r
@@ -283,10 +285,10 @@ def rig_of(box: Sandbox, spec: str = SPEC) -> Iterator[Rig]:
 
     async def settle() -> int:
         for _ in range(50):
-            if open_fds() <= before:
+            if open_fds(collect=False) <= before:
                 break
             await asyncio.sleep(0.01)
-        return open_fds()
+        return open_fds(collect=False)
 
     assert box.run(settle()) <= before, "netdev_del left an fd behind"
 
