@@ -2,7 +2,7 @@
 source trees: what the SIGBUS guard and the per-batch fault check cost.
 
 The device (:class:`drivers.vhost_user.device.NetDevice`) is driven directly, in this
-process, over a 256-entry split ring pair in guest memory (``tests/unit``'s raw driver
+process, over a 256-entry split ring pair in guest memory (``tests/kit``'s raw driver
 side): transmit batches of ``--batch`` (256) single-descriptor 64-byte frames (copied out)
 and receive batches of as many 64-byte frames into 2 KiB buffers; ``--batch 1`` shows the
 per-call costs (the fault check is one per call). The figure is the thread's CPU time per
@@ -43,7 +43,7 @@ RAM = 8 << 20
 
 def _make_ram(backing: str) -> Any:
     """A GuestRam (tests/unit) whose file is ``backing``."""
-    from tests.unit import test_vhost_user_guest as guest
+    from tests.kit import vhost_user as guest
 
     class Ram(guest.GuestRam):
         def __init__(self, size: int = RAM, gpa: int = 0, uaddr: int = guest.UADDR_BASE):
@@ -71,7 +71,7 @@ def measure(backing: str, batches: int, batch: int) -> dict[str, float]:
     from drivers.vhost_user import protocol as vp
     from drivers.vhost_user.device import NetDevice
     from drivers.vhost_user.virtqueue import DESC_F_WRITE
-    from tests.unit import test_vhost_user_guest as guest
+    from tests.kit import vhost_user as guest
 
     guest.GuestRam = _make_ram(backing)  # type: ignore[misc]
     setup = guest.GuestSetup(pairs=1, num=BATCH, size=RAM)

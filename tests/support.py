@@ -21,8 +21,8 @@ class Recorder(NetClient):
         self.cleaned = False
         self._accepts_vnet = accepts_vnet
 
-    @property  # type: ignore[override]
-    def accepts_vnet(self) -> bool:
+    @property
+    def accepts_vnet(self) -> bool:  # type: ignore[override]
         return self._accepts_vnet
 
     def receive(self, frames: Sequence[bytes], vnet: bool) -> int:

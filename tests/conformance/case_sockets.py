@@ -15,6 +15,7 @@ from netstack.daemon import Netstack
 from netstack.proto.streamframe import FrameDecoder, encode_frames
 from netstack.qapi import parse_netdev_cli
 from tests.conformance.harness import DriverCase, Outside
+from tests.kit.polling import until
 
 REG = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.SPEC)}
 
@@ -22,7 +23,8 @@ REG = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.
 class StreamOutside(Outside):
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        self.sock, self.dec, self.frames, self.paused = sock, FrameDecoder(), [], False
+        self.frames: list[bytes] = []
+        self.sock, self.dec, self.paused = sock, FrameDecoder(), False
 
     async def send(self, frame: bytes) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, encode_frames([frame]))
@@ -64,14 +66,6 @@ class DgramOutside(Outside):
         self.sock.close()
 
 
-async def _until(cond) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(500):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timeout")
-
-
 class SocketListenCase(DriverCase):
     id = "socket-listen"
     type = "socket"
@@ -87,7 +81,7 @@ class SocketListenCase(DriverCase):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 17)  # before connect
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        await _until(lambda: not nc.link_down)
+        await until(lambda: not nc.link_down)
         yield StreamOutside(sock)
 
 
@@ -113,7 +107,7 @@ class StreamClientCase(DriverCase):
         conn, _ = await asyncio.get_running_loop().sock_accept(srv)
         srv.close()
         Path(path).unlink()
-        await _until(lambda: not nc.link_down)
+        await until(lambda: not nc.link_down)
         yield StreamOutside(conn)
 
 

@@ -5,70 +5,25 @@ outside is an ``AF_PACKET`` socket bound to the tap in that namespace (created o
 thread that entered it). Frames the outside sends leave the kernel through the tap into
 the daemon; frames the daemon writes to the tap are seen by the packet socket as incoming.
 IPv6 is disabled in the namespace so that the kernel sends nothing of its own.
-
-Also hosts the namespace helpers the tap interop tests and the benchmark share.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import os
 import socket
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-import pytest
 
 from drivers import hubport, tap
 from drivers.tap.netns import call_in_netns, open_netns
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli
 from tests.conformance.harness import DriverCase, Outside
+from tests.kit.netns import ip, netns, require_root
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
-_names = itertools.count()
-
-
-def ip(*args: str, check: bool = True) -> str:
-    """Run ``ip ARGS`` (tests may shell out; the daemon never does)."""
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def unique_name(prefix: str) -> str:
-    return f"{prefix}{os.getpid() % 10000}x{next(_names)}"
-
-
-@contextlib.contextmanager
-def netns(prefix: str = "nst", *, ipv6: bool = True) -> Iterator[str]:
-    """A fresh named network namespace (``lo`` up), deleted on exit."""
-    name = unique_name(prefix)
-    ip("netns", "add", name)
-    try:
-        ip("-n", name, "link", "set", "lo", "up")
-        if not ipv6:
-            subprocess.run(
-                [
-                    "ip", "netns", "exec", name, "sysctl", "-qw",
-                    "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
-                ],
-                check=True, timeout=20,
-            )  # fmt: skip
-        yield name
-    finally:
-        ip("netns", "del", name, check=False)
-
-
-def link_exists(ns: str | None, ifname: str) -> bool:
-    args = ["-n", ns] if ns else []
-    done = subprocess.run(["ip", *args, "link", "show", ifname], capture_output=True, timeout=20)
-    return done.returncode == 0
 
 
 def packet_socket(ns: str, ifname: str) -> socket.socket:
@@ -86,11 +41,6 @@ def packet_socket(ns: str, ifname: str) -> socket.socket:
         os.close(nsfd)
     sock.setblocking(False)
     return sock
-
-
-def require_root() -> None:
-    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
-        pytest.skip("needs root and /dev/net/tun")
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

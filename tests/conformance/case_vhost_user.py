@@ -20,7 +20,7 @@ from drivers.vhost_user.virtqueue import DESC_F_WRITE
 from netstack.daemon import Netstack
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
 from tests.conformance.harness import DriverCase, Outside
-from tests.unit.test_vhost_user_guest import DESC, GuestSetup, SocketFrontend
+from tests.kit.vhost_user import DESC, GuestSetup, SocketFrontend
 
 NUM = 256
 BUF = 2048

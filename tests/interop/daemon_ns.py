@@ -3,7 +3,7 @@ chosen descriptor limits, and the programs that load it (many concurrent connect
 a namespace, an echo server on host loopback).
 
 Used by the fd-limit, fairness and confinement tests. Every namespace is made (and
-deleted) by the caller through :func:`tests.conformance.case_tap.netns`; every process
+deleted) by the caller through :func:`tests.kit.netns.netns`; every process
 started here is ended by PID.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from tests.conformance.case_tap import ip
+from tests.kit.netns import ip
 
 GATEWAY = "10.0.2.2"
 

@@ -6,7 +6,6 @@ import asyncio
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,6 @@ class Echo:
         while data := await conn.read():
             conn.write(data.upper())
             await conn.drain()
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
 
 
 def spec(cid: str, **data: Any) -> Any:

@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +49,6 @@ class Upper:
             self.received += data
             conn.write(data.upper())
             await conn.drain()
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
 
 
 async def telnet_chardev(table: ChardevTable, **extra: Any) -> tuple[Upper, int]:

@@ -36,7 +36,6 @@ import pytest
 from qemu.qmp import ExecuteError
 
 from netstack.privileges import CAP_NET_ADMIN, CAP_NET_RAW
-from tests.conformance.case_tap import link_exists, netns, require_root, unique_name
 from tests.interop.daemon_ns import (
     configure_ns,
     connections,
@@ -46,6 +45,7 @@ from tests.interop.daemon_ns import (
     qmp_client,
     tap_args,
 )
+from tests.kit.netns import link_exists, netns, require_root, unique_name
 
 pytestmark = [pytest.mark.timeout(300)]
 

@@ -21,31 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.case_tap import require_root
 from tests.interop.daemon_ns import counters, daemon, qmp_client
 from tests.interop.test_vhost_user_nat import NAME, NAME_ADDR, DnsResponder
+from tests.kit.guests import user_over_vhost_user_argv, vhost_user_qemu_args
+from tests.kit.netns import require_root
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
-    shared_memory_args,
-    virtio_nic_args,
 )
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 MAC = "52:54:00:12:34:57"
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
 
 
 @asynccontextmanager
@@ -77,13 +64,12 @@ async def test_guest_served_by_a_confined_daemon(image: GuestImage) -> None:
         (root / "small.txt").chmod(0o644)
         sock = pub / "vhost.sock"
         dns_port = dns.get_extra_info("sockname")[1]
+        user = (
+            f"user,id=nat0,tftp={root},x-dns-upstream=127.0.0.1:{dns_port},"
+            "guestfwd=tcp:10.0.2.200:4000-cmd:cat"
+        )
         args = [
-            "-chardev", f"socket,id=c0,path={sock},server=on,wait=off",
-            "-netdev", f"user,id=nat0,tftp={root},x-dns-upstream=127.0.0.1:{dns_port},"
-                       "guestfwd=tcp:10.0.2.200:4000-cmd:cat",
-            "-netdev", f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
-            "-netdev", "hubport,id=h0,hubid=0,netdev=nat0",
-            "-netdev", "hubport,id=h1,hubid=0,netdev=vm0",
+            *user_over_vhost_user_argv(sock, user, MAC),
             "-run-with", "user=nobody",
             "-sandbox", "on,spawn=deny,elevateprivileges=deny",
         ]  # fmt: skip
@@ -100,12 +86,7 @@ echo through-the-nat | nc 10.0.2.2 {port}; echo "OUTBOUND $?"
 echo x | nc 10.0.2.200 4000 > /tmp/g; echo "GUESTFWD $? [$(cat /tmp/g)]"
 ping -c 1 -W 3 10.0.2.2 && echo PING2-OK
 """
-                qemu_args = [
-                    *shared_memory_args(256),
-                    "-chardev", f"socket,id=vhost0,path={sock}",
-                    "-netdev", "vhost-user,id=net0,chardev=vhost0",
-                    *virtio_nic_args("net0", MAC, msix=False),
-                ]  # fmt: skip
+                qemu_args = vhost_user_qemu_args(sock, MAC)
                 async with Guest(image, script, qemu_args, name="confined", timeout=200) as g:
                     result = await g.wait()
                 result.check()

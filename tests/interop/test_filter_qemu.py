@@ -27,8 +27,9 @@ from netstack.net.filters import FilterDump, FilterMirror
 from netstack.objects import create_object
 from netstack.qapi import chardev_add_from_qmp, object_from_qmp
 from tests.interop.test_filter_support import qemu
+from tests.kit.polling import until
 from tests.support import Recorder, frame
-from tests.unit.test_filter_support import SimpleHost, read_exactly, unix_chardev, until
+from tests.unit.test_filter_support import SimpleHost, read_exactly, unix_chardev
 
 pytestmark = [
     pytest.mark.qemu,

@@ -4,17 +4,16 @@ the netdev as interface name and the direction of each frame."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-import drivers
 from netstack.daemon import Netstack
 from netstack.net.filters import FilterDump
 from netstack.objects import create_object
-from netstack.qapi import check_id, object_from_qmp, parse_netdev_cli
+from netstack.qapi import object_from_qmp
 from tests.interop.test_filter_support import tshark_fields
+from tests.kit.daemon import add_netdevs
 from tests.support import Recorder, frame
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="no tshark")
@@ -24,14 +23,10 @@ MAC_B = bytes.fromhex("020000000bbb")
 
 
 @pytest.fixture
-async def ns(tmp_path: Path) -> AsyncIterator[Netstack]:
-    daemon = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    for text in ("hubport,id=n0,hubid=0", "hubport,id=n1,hubid=0"):
-        netdev = parse_netdev_cli(text)
-        check_id(netdev.id)
-        await daemon.netdev_add(netdev)
-    yield daemon
-    await daemon.close()
+async def ns(ns: Netstack) -> Netstack:
+    """The shared daemon with two ports on hub 0."""
+    await add_netdevs(ns, "hubport,id=n0,hubid=0", "hubport,id=n1,hubid=0")
+    return ns
 
 
 def plug(ns: Netstack, name: str) -> Recorder:

@@ -20,56 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dpkt
 import pytest
 
-import drivers.socket as socket_driver
-from drivers import dgram, hubport, stream
 from netstack.daemon import Netstack
 from netstack.net.client import NetClient
-from netstack.proto.streamframe import FrameDecoder, encode_frames
 from netstack.qapi import parse_netdev_cli
-from tools.guest import Guest, GuestImage, HostUnavailable, build, ensure_qemu, virtio_nic_args
+from tests.kit.guests import ping_until, stream_arp
+from tools.guest import Guest, GuestImage, virtio_nic_args
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(240)]
 
-REGISTRY = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.SPEC)}
 MAC_A, MAC_B = "52:54:00:0a:00:01", "52:54:00:0a:00:02"
 GUEST_TIMEOUT = 120.0
 
 
 def ping_script(me: str, other: str, linger: int = 5) -> str:
-    return f"""
-ip link set eth0 up
-ip addr add {me}/24 dev eth0
-i=0
-until ping -c 1 -W 1 {other} >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -ge 60 ] && {{ echo PING-FAILED; exit 1; }}
-done
-ping -c 3 -W 2 {other} || exit 2
-echo PING-OK
-sleep {linger}
-"""
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Netstack]:
-    daemon = Netstack(REGISTRY)
-    yield daemon
-    await daemon.close()
+    setup = f"ip link set eth0 up\nip addr add {me}/24 dev eth0\n"
+    return setup + ping_until(other) + f"sleep {linger}\n"
 
 
 async def add(ns: Netstack, text: str) -> NetClient:
@@ -121,34 +91,8 @@ async def test_socket_connect_and_stream_unix_guests(
 
     async def crafted_arp() -> bytes:
         await a.wait_for("PING-OK", timeout=GUEST_TIMEOUT)
-        loop = asyncio.get_running_loop()
-        peer = socket.socket(socket.AF_UNIX)
-        peer.setblocking(False)
-        await loop.sock_connect(peer, str(peer_path))
         mine = bytes.fromhex("020000000099")
-        arp = dpkt.arp.ARP(
-            op=dpkt.arp.ARP_OP_REQUEST,
-            sha=mine,
-            spa=socket.inet_aton("10.9.0.99"),
-            tha=bytes(6),
-            tpa=socket.inet_aton("10.9.0.1"),
-        )
-        request = bytes(dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=mine, type=0x0806, data=arp))
-        dec = FrameDecoder()
-        try:
-            async with asyncio.timeout(15):
-                while True:
-                    await loop.sock_sendall(peer, encode_frames([request]))
-                    try:
-                        async with asyncio.timeout(1):
-                            while True:
-                                for frame in dec.feed(await loop.sock_recv(peer, 65536)):
-                                    if frame[:6] == mine:
-                                        return frame
-                    except TimeoutError:
-                        continue
-        finally:
-            peer.close()
+        return await stream_arp(peer_path, "10.9.0.1", 15, sender="10.9.0.99", mac=mine)
 
     async with a, b:
         reply_task = asyncio.create_task(crafted_arp())

@@ -20,27 +20,26 @@ import asyncio
 import contextlib
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import drivers.socket as socket_driver
-from drivers import dgram, hubport, stream
+from drivers import stream
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.proto.streamframe import encode_frames
 from netstack.qapi import netdev_from_qmp, parse_netdev_cli
+from tests.kit.polling import until
 
 pytestmark = [
     pytest.mark.qemu,
     pytest.mark.timeout(90),
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="no QEMU"),
 ]
-
-REGISTRY = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.SPEC)}
 
 
 HEAD = bytes.fromhex("020000000002020000000001" + "88b5")
@@ -80,27 +79,11 @@ async def qemu(*netdevs: str, qmp: Path | None = None) -> AsyncIterator[asyncio.
                 await proc.wait()
 
 
-@pytest.fixture
-async def ns() -> AsyncIterator[Netstack]:
-    daemon = Netstack(REGISTRY)
-    yield daemon
-    await daemon.close()
-
-
 async def add(ns: Netstack, text: str, hub: int | None = None) -> NetClient:
     nc = (await ns.netdev_add(parse_netdev_cli(text)))[0]
     if hub is not None:
         await ns.netdev_add(parse_netdev_cli(f"hubport,id=h{nc.name},hubid={hub},netdev={nc.name}"))
     return nc
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def connect_retry(family: int, addr: Any, timeout: float = 10.0) -> socket.socket:

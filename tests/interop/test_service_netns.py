@@ -44,7 +44,6 @@ import drivers
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli, parse_object_cli
 from netstack.service.metrics_http import Endpoint, MetricsServer
-from tests.conformance.case_tap import ip, netns, require_root
 from tests.interop.test_user_tap_netns import (
     GATEWAY,
     GUEST_ADDR,
@@ -52,8 +51,8 @@ from tests.interop.test_user_tap_netns import (
     free_port,
     iperf3,
     iperf3_server,
-    run_in,
 )
+from tests.kit.netns import ip, netns, require_root, run_in
 
 pytestmark = [
     pytest.mark.root,

@@ -29,8 +29,8 @@ from drivers import bridge, hubport, tap
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.qapi import parse_netdev_cli
-from tests.conformance.case_tap import ip, netns, require_root
 from tests.interop.test_tap_netns import ADDR_A, ADDR_B, ping
+from tests.kit.netns import ip, netns, require_root
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

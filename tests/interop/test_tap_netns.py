@@ -26,7 +26,7 @@ from drivers import hubport, tap
 from drivers.tap.client import TapClient
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli
-from tests.conformance.case_tap import ip, link_exists, netns, require_root
+from tests.kit.netns import ip, link_exists, netns, require_root, run_in
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -47,22 +47,6 @@ class Pair:
 
     def tap(self, name: str) -> TapClient:
         return self.queues(name)[0]
-
-
-async def run_in(ns: str, *cmd: str, timeout: float = 30) -> tuple[int, str]:
-    """Run a command inside a namespace without blocking the in-process daemon."""
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", ns, *cmd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def ping(ns: str, addr: str, count: int = 3) -> None:

@@ -22,7 +22,6 @@ import pytest
 
 from drivers.user.budget import split
 from netstack.limits import FdLimits
-from tests.conformance.case_tap import netns, require_root, unique_name
 from tests.interop.daemon_ns import (
     configure_ns,
     connections,
@@ -32,6 +31,7 @@ from tests.interop.daemon_ns import (
     qmp_client,
     tap_args,
 )
+from tests.kit.netns import netns, require_root, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(600)]
 

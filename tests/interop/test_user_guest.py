@@ -40,7 +40,6 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any
 
 import pytest
 
+from tests.kit.netns import unique_name
 from tools.guest import Guest, GuestImage, virtio_nic_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,7 +202,7 @@ class Netns:
     with its own resolv.conf for ``ip netns exec``; removed on exit."""
 
     def __init__(self, resolv: str = "nameserver 127.0.0.1\n", ping: bool = True) -> None:
-        self.name = f"nsuser-{uuid.uuid4().hex[:8]}"
+        self.name = unique_name("nsuser-")
         self.etc = Path("/etc/netns") / self.name
         self.resolv = resolv
         self.ping = ping

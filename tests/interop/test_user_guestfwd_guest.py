@@ -25,7 +25,6 @@ import shutil
 import socket
 import struct
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,16 +32,13 @@ import drivers
 from netstack import qapi
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
-from netstack.qapi import check_id, parse_chardev_cli, parse_netdev_cli
+from netstack.qapi import parse_chardev_cli
+from tests.kit.guests import attach_user_over_vhost_user, http_get, vhost_user_qemu_args
+from tests.kit.qemu import netdev_add_errors, qemu_monitor
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
-    shared_memory_args,
-    virtio_nic_args,
 )
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -81,31 +77,6 @@ def udp_echo_elf(port: int) -> bytes:
                        1, 0, 0, 0)  # fmt: skip
     phdr = struct.pack("<IIQQQQQQ", 1, 7, 0, base, base, filesz, filesz + 48 + 2048, 0x1000)
     return ehdr + phdr + body
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
-
-
-async def http_get(port: int, timeout: float = 10.0) -> bytes:
-    async def get() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET /f HTTP/1.0\r\nHost: x\r\n\r\n")
-            await writer.drain()
-            data = await reader.read()
-        finally:
-            writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        assert b" 200 " in head.split(b"\r\n")[0], data
-        return body
-
-    return await asyncio.wait_for(get(), timeout)
 
 
 async def udp_echo(port: int, payload: bytes, tries: int = 20) -> bytes:
@@ -150,9 +121,6 @@ async def test_guestfwd_and_restrict_with_a_guest(image: GuestImage, tmp_path: P
     out_port = outbound.getsockname()[1]
     ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
     try:
-        await ns.chardev_add(
-            parse_chardev_cli(f"socket,id=c0,path={sock},server=on,wait=off"), from_cli=True
-        )
         await ns.netdev_add(qapi.netdev_from_qmp({
             "id": "nat0", "type": "user", "restrict": True,
             "hostfwd": [{"str": "tcp:127.0.0.1:0-:8080"}, {"str": "udp:127.0.0.1:0-:5353"}],
@@ -160,14 +128,7 @@ async def test_guestfwd_and_restrict_with_a_guest(image: GuestImage, tmp_path: P
                          {"str": "tcp:10.0.2.101:7-cmd:cat"},
                          {"str": f"tcp:10.0.2.101:80-cmd:{HTTP_RESPONDER}"}],
         }))  # fmt: skip
-        for spec in (
-            f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
-            "hubport,id=h0,hubid=0,netdev=nat0",
-            "hubport,id=h1,hubid=0,netdev=vm0",
-        ):
-            netdev = parse_netdev_cli(spec)
-            check_id(netdev.id)
-            await ns.netdev_add(netdev)
+        await attach_user_over_vhost_user(ns, sock, None, MAC)
         tcp_port, udp_port = port_of(ns, TCP_RE), port_of(ns, UDP_RE)
 
         script = f"""
@@ -182,14 +143,7 @@ echo out | nc 10.0.2.2 {out_port} 2>&1; echo "OUTBOUND $?"
 echo SCRIPT-DONE
 sleep 120
 """
-        args = [
-            *shared_memory_args(256),
-            "-chardev",
-            f"socket,id=vhost0,path={sock}",
-            "-netdev",
-            "vhost-user,id=net0,chardev=vhost0",
-            *virtio_nic_args("net0", MAC, msix=False),
-        ]
+        args = vhost_user_qemu_args(sock, MAC)
         files = {"udpecho": udp_echo_elf(5353)}
         async with Guest(image, script, args, name="guestfwd", files=files, timeout=150) as g:
             await g.wait_for("SCRIPT-DONE", 120)
@@ -263,42 +217,10 @@ DEVIATIONS = [
 
 
 async def qemu_errors(tmp: Path, cases: list[list[str]]) -> list[str | None]:
-    from qemu.qmp import ExecuteError, QMPClient
-
-    sock = tmp / "qmp.sock"
-    qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
-    proc = await asyncio.create_subprocess_exec(
-        qemu, "-machine", "none", "-nodefaults", "-display", "none", "-S",
-        "-chardev", "null,id=c0", "-qmp", f"unix:{sock},server=on,wait=off",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    qmp = QMPClient("guestfwd")
-    out: list[str | None] = []
-    try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.05)
-        await qmp.connect(str(sock))
-        for n, rules in enumerate(cases):
-            args: dict[str, Any] = {"id": f"u{n}", "type": "user",
-                                    "guestfwd": [{"str": r} for r in rules]}  # fmt: skip
-            try:
-                await qmp.execute("netdev_add", args)
-            except ExecuteError as exc:
-                received: Any = exc.received
-                out.append(str(received["error"]["desc"]))
-                continue
-            out.append(None)
-            await qmp.execute("netdev_del", {"id": f"u{n}"})
-    finally:
-        with contextlib.suppress(Exception):
-            await qmp.disconnect()
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-    return out
+    async with qemu_monitor(tmp, "-chardev", "null,id=c0", name="guestfwd") as qmp:
+        return await netdev_add_errors(
+            qmp, [{"type": "user", "guestfwd": [{"str": r} for r in rules]} for rules in cases]
+        )
 
 
 async def our_errors(cases: list[list[str]]) -> list[str | None]:

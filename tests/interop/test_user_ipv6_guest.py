@@ -18,31 +18,26 @@ one boot:
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
-import http.server
 import os
 import re
-import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-import drivers
 from drivers.user.client import UserNetClient
-from netstack.daemon import Netstack
-from netstack.qapi import check_id, parse_chardev_cli, parse_netdev_cli
+from tests.kit.daemon import in_process
+from tests.kit.guests import (
+    Sink,
+    attach_user_over_vhost_user,
+    serve_directory,
+    tcp_sink,
+    vhost_user_qemu_args,
+)
 from tools.guest import (
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
-    shared_memory_args,
-    virtio_nic_args,
 )
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -52,24 +47,6 @@ UPLOAD_KIB = 4096
 GREETING = "HELLO-OVER-IPV6"
 
 
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-class _Server6(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[int, str]]:
     """An HTTP server on ``::1`` serving ``file`` (random); yields (port, md5)."""
@@ -77,56 +54,14 @@ def http_root(tmp_path: Path) -> Iterator[tuple[int, str]]:
     root.mkdir()
     data = os.urandom(SIZE)
     (root / "file").write_bytes(data)
-    server = _Server6(("::1", 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
-        yield server.server_address[1], hashlib.md5(data).hexdigest()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-@dataclass
-class Sink:
-    """A one-connection TCP sink on ``::1``: reads to EOF, then answers ``UPLOAD <n> <md5>``."""
-
-    port: int = 0
-    received: int = -1
-    md5: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
+    with serve_directory(root, "::1") as port:
+        yield port, hashlib.md5(data).hexdigest()
 
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
-    listener.settimeout(150)
-    result = Sink(port=listener.getsockname()[1])
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(60)
-                digest, n = hashlib.md5(), 0
-                while data := conn.recv(1 << 16):
-                    digest.update(data)
-                    n += len(data)
-                result.received, result.md5 = n, digest.hexdigest()
-                conn.sendall(f"UPLOAD {n} {result.md5}\n".encode())
-        except OSError:
-            pass
-        finally:
-            result.done.set()
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
+    with tcp_sink("::1", accept_timeout=150, read_timeout=60) as result:
         yield result
-    finally:
-        listener.close()
-        thread.join(10)
 
 
 SCRIPT = """
@@ -179,31 +114,12 @@ async def test_guest_slaac_ping6_wget_and_hostfwd_over_ipv6(
 ) -> None:
     port, md5 = http_root
     sock = tmp_path / "vhost.sock"
-    ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    try:
-        await ns.chardev_add(
-            parse_chardev_cli(f"socket,id=c0,path={sock},server=on,wait=off"), from_cli=True
-        )
-        for spec in (
-            "user,id=nat0",
-            f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
-            "hubport,id=h0,hubid=0,netdev=nat0",
-            "hubport,id=h1,hubid=0,netdev=vm0",
-        ):
-            netdev = parse_netdev_cli(spec)
-            check_id(netdev.id)
-            await ns.netdev_add(netdev)
+    async with in_process(tmp_path) as ns:
+        await attach_user_over_vhost_user(ns, sock, mac=MAC)
         user = ns.find_netdev("nat0")
         assert isinstance(user, UserNetClient)
 
-        args = [
-            *shared_memory_args(256),
-            "-chardev",
-            f"socket,id=vhost0,path={sock}",
-            "-netdev",
-            "vhost-user,id=net0,chardev=vhost0",
-            *virtio_nic_args("net0", MAC, msix=False),
-        ]
+        args = vhost_user_qemu_args(sock, MAC)
         script = SCRIPT.format(port=port, greeting=GREETING, upload=UPLOAD_KIB, sink=sink.port)
         async with Guest(image, script, args, name="userv6", timeout=180) as g:
             found = await g.wait_for(r"ADDR (\S+)/64", timeout=120)
@@ -230,5 +146,3 @@ async def test_guest_slaac_ping6_wget_and_hostfwd_over_ipv6(
         assert counters["tcp-connects"] >= 1 and user.fwd.stats["hostfwd-tcp-forwarded"] >= 1
         assert counters.get("internal-error", 0) == 0, counters
         assert counters.get("ip6-too-big", 0) == 0 and counters.get("tcp-bad-checksum", 0) == 0
-    finally:
-        await ns.close()

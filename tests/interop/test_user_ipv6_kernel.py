@@ -46,7 +46,6 @@ import socket
 import struct
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ import pytest
 from drivers.user.ipv6 import Ipv6Config, Ipv6Router, Packet6, PingClose, icmp6
 from drivers.user.ipv6 import addr as a6
 from drivers.user.ipv6 import packet as pk
+from tests.kit.netns import run_in, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -72,7 +72,7 @@ class Namespace:
     """A network namespace with a tap device whose fd we hold."""
 
     def __init__(self) -> None:
-        self.name = f"nsv6-{uuid.uuid4().hex[:8]}"
+        self.name = unique_name("nsv6-")
         self.etc = Path("/etc/netns") / self.name
         self.fd = -1
 
@@ -246,17 +246,7 @@ class NsName:
 
 
 async def run(space: Named, *argv: str, timeout: float = 20) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", space.name, *argv,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out.decode(errors="replace")
+    return await run_in(space.name, *argv, timeout=timeout)
 
 
 async def addresses(space: Named) -> list[dict[str, object]]:
@@ -517,7 +507,7 @@ async def test_a_namespace_served_by_the_user_netdev(echo: str) -> None:
     from drivers import registry
     from netstack.daemon import Netstack
     from netstack.qapi import parse_netdev_cli
-    from tests.conformance.case_tap import ip, netns, require_root
+    from tests.kit.netns import ip, netns, require_root
 
     require_root()
     loop = asyncio.get_running_loop()

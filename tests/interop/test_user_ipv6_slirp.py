@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -60,6 +59,7 @@ from scapy.packet import Packet, raw
 
 from drivers.user.ipv6 import Ipv6Config, Ipv6Router
 from drivers.user.ipv6 import addr as a6
+from tests.kit.netns import unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -80,7 +80,7 @@ class Slirp:
     """slirp4netns -6 behind a tap in a fresh namespace, and a packet socket on that tap."""
 
     def __init__(self) -> None:
-        self.name = f"nsv6d-{uuid.uuid4().hex[:8]}"
+        self.name = unique_name("nsv6d-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
 

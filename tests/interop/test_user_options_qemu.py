@@ -7,7 +7,6 @@ tests/interop/test_user_smb.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from drivers.user.options import parse_options
 from netstack import qapi
 from netstack.errors import GenericError
+from tests.kit.qemu import netdev_add_errors, qemu_monitor
 
 CASES: list[dict[str, Any]] = [
     {},
@@ -86,47 +86,8 @@ def ours(args: dict[str, Any]) -> str | None:
 
 
 async def theirs(tmp: Path) -> list[str | None]:
-    from qemu.qmp import ExecuteError, QMPClient
-
-    sock = tmp / "qmp.sock"
-    proc = await asyncio.create_subprocess_exec(
-        shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
-        "-machine",
-        "none",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-S",
-        "-qmp",
-        f"unix:{sock},server=on,wait=off",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    qmp = QMPClient("options")
-    out: list[str | None] = []
-    try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.05)
-        await qmp.connect(str(sock))
-        for n, args in enumerate(CASES):
-            name = f"u{n}"
-            try:
-                await qmp.execute("netdev_add", {"id": name, "type": "user", **args})
-            except ExecuteError as exc:
-                out.append(str(exc.received["error"]["desc"]))
-                continue
-            out.append(None)
-            await qmp.execute("netdev_del", {"id": name})
-    finally:
-        with contextlib.suppress(Exception):
-            await qmp.disconnect()
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-    return out
+    async with qemu_monitor(tmp, name="options") as qmp:
+        return await netdev_add_errors(qmp, [{"type": "user", **args} for args in CASES])
 
 
 @pytest.mark.qemu

@@ -24,44 +24,15 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from tests.daemon_proc import running_daemon
+from tests.kit.guests import http_get, user_over_vhost_user_argv, vhost_user_qemu_args
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
-    shared_memory_args,
-    virtio_nic_args,
 )
 
 MAC = "52:54:00:12:34:56"
 BODY = b"hello from the guest via a QMP hostfwd\n"
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
-
-
-async def http_get(port: int, timeout: float = 10.0) -> bytes:
-    async def get() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET /f HTTP/1.0\r\nHost: x\r\n\r\n")
-            await writer.drain()
-            data = await reader.read()
-        finally:
-            writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        assert b" 200 " in head.split(b"\r\n")[0], data
-        return body
-
-    return await asyncio.wait_for(get(), timeout)
 
 
 async def poll(
@@ -88,13 +59,7 @@ async def test_runtime_hostfwd_and_connections_over_qmp(image: GuestImage, tmp_p
 
     host_server = await asyncio.start_server(hold, "127.0.0.1", 0)
     host_port = host_server.sockets[0].getsockname()[1]
-    args = [
-        "-chardev", f"socket,id=c0,path={vhost},server=on,wait=off",
-        "-netdev", "user,id=nat0",
-        "-netdev", f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
-        "-netdev", "hubport,id=h0,hubid=0,netdev=nat0",
-        "-netdev", "hubport,id=h1,hubid=0,netdev=vm0",
-    ]  # fmt: skip
+    args = user_over_vhost_user_argv(vhost, mac=MAC)
     script = f"""
 udhcpc -i eth0 -q -n -t 6 -T 2 -s {UDHCPC_SCRIPT_PATH} && echo DHCP-OK
 mkdir -p /www && printf '{BODY.decode().rstrip()}\\n' > /www/f
@@ -102,12 +67,7 @@ httpd -p 8080 -h /www && echo HTTPD-UP
 sleep 100 | nc 10.0.2.2 {host_port} &
 sleep 100
 """
-    qemu_args = [
-        *shared_memory_args(256),
-        "-chardev", f"socket,id=vhost0,path={vhost}",
-        "-netdev", "vhost-user,id=net0,chardev=vhost0",
-        *virtio_nic_args("net0", MAC, msix=False),
-    ]  # fmt: skip
+    qemu_args = vhost_user_qemu_args(vhost, MAC)
     try:
         with running_daemon(tmp_path, args) as daemon:
             client = QMPClient("forwards")

@@ -35,9 +35,9 @@ import drivers
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.qapi import parse_netdev_cli
-from tests.conformance.case_tap import ip, netns, require_root
 from tests.daemon_proc import running_daemon
-from tests.interop.test_user_tap_netns import run_in
+from tests.kit.netns import ip, netns, require_root, run_in
+from tests.kit.qemu import netdev_add_errors, qemu_monitor
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -322,38 +322,8 @@ def _cases(tmp: Path) -> list[dict[str, Any]]:
 
 
 async def _qemu_errors(tmp: Path, cases: list[dict[str, Any]]) -> list[str | None]:
-    from qemu.qmp import ExecuteError, QMPClient
-
-    sock = tmp / "qmp.sock"
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none", "-S",
-        "-qmp", f"unix:{sock},server=on,wait=off",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    qmp = QMPClient("smb-errors")
-    out: list[str | None] = []
-    try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            await asyncio.sleep(0.05)
-        await qmp.connect(str(sock))
-        for n, args in enumerate(cases):
-            try:
-                await qmp.execute("netdev_add", {"id": f"u{n}", "type": "user", **args})
-            except ExecuteError as exc:
-                out.append(str(exc.received["error"]["desc"]))
-                continue
-            out.append(None)
-            await qmp.execute("netdev_del", {"id": f"u{n}"})
-    finally:
-        with contextlib.suppress(Exception):
-            await qmp.disconnect()
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-    return out
+    async with qemu_monitor(tmp, name="smb-errors") as qmp:
+        return await netdev_add_errors(qmp, [{"type": "user", **args} for args in cases])
 
 
 async def _our_errors(cases: list[dict[str, Any]]) -> list[str | None]:

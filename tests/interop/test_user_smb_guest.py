@@ -22,17 +22,12 @@ from pathlib import Path
 
 import pytest
 
-import drivers
-from netstack.daemon import Netstack
-from netstack.qapi import parse_chardev_cli, parse_netdev_cli
+from tests.kit.daemon import in_process
+from tests.kit.guests import attach_user_over_vhost_user, guest_image_or_skip, vhost_user_qemu_args
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
-    shared_memory_args,
     virtio_nic_args,
 )
 
@@ -62,13 +57,9 @@ echo SCRIPT-DONE
 
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
     if not os.path.exists("/usr/sbin/smbd"):
         pytest.skip("smbd not installed (tools/setup-deps.sh: samba)")
-    return build(extra_modules=CIFS_MODULES)
+    return guest_image_or_skip(CIFS_MODULES)
 
 
 def make_share(path: Path) -> str:
@@ -92,24 +83,9 @@ async def test_guest_mounts_the_share(image: GuestImage, tmp_path: Path) -> None
     ours_dir, qemu_dir = tmp_path / "ours", tmp_path / "qemu"
     digests = {"ours": make_share(ours_dir), "qemu": make_share(qemu_dir)}
     sock = tmp_path / "vhost.sock"
-    ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    try:
-        await ns.chardev_add(
-            parse_chardev_cli(f"socket,id=c0,path={sock},server=on,wait=off"), from_cli=True
-        )
-        for spec in (
-            f"user,id=nat0,smb={ours_dir}",
-            f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
-            "hubport,id=h0,hubid=0,netdev=nat0",
-            "hubport,id=h1,hubid=0,netdev=vm0",
-        ):
-            await ns.netdev_add(parse_netdev_cli(spec))
-        ours_args = [
-            *shared_memory_args(256),
-            "-chardev", f"socket,id=vhost0,path={sock}",
-            "-netdev", "vhost-user,id=net0,chardev=vhost0",
-            *virtio_nic_args("net0", MAC, msix=False),
-        ]  # fmt: skip
+    async with in_process(tmp_path) as ns:
+        await attach_user_over_vhost_user(ns, sock, f"user,id=nat0,smb={ours_dir}", mac=MAC)
+        ours_args = vhost_user_qemu_args(sock, MAC)
         qemu_args = ["-netdev", f"user,id=net0,smb={qemu_dir}", *virtio_nic_args("net0", MAC)]
         async with (
             Guest(image, SCRIPT, ours_args, name="smb-ours", timeout=240) as ours,
@@ -134,6 +110,4 @@ async def test_guest_mounts_the_share(image: GuestImage, tmp_path: Path) -> None
         counters = user.counters()  # type: ignore[attr-defined]
         assert counters["guestfwd-children"] >= 1 and counters.get("internal-error", 0) == 0
         private = user.smb.private  # type: ignore[attr-defined]
-    finally:
-        await ns.close()
     assert not os.path.exists(private)

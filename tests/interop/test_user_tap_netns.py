@@ -36,7 +36,7 @@ import drivers
 from drivers.tap.client import TapClient
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli
-from tests.conformance.case_tap import ip, netns, require_root
+from tests.kit.netns import ip, netns, require_root, run_in
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -94,22 +94,6 @@ async def served_namespace(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Se
             assert not errors, [r.getMessage() for r in errors]
         finally:
             await daemon.close()
-
-
-async def run_in(ns: str, *cmd: str, timeout: float = 60) -> tuple[int, str]:
-    """Run a command inside the namespace without blocking the in-process daemon."""
-    proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", ns, *cmd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 def free_port(addr: str = "127.0.0.1") -> int:

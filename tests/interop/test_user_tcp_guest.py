@@ -15,32 +15,27 @@ The daemon's counters show every connection and no internal error.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import random
 import re
 import socket
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-import drivers
-from netstack.daemon import Netstack
-from netstack.qapi import check_id, parse_chardev_cli, parse_netdev_cli
+from tests.kit.daemon import in_process
+from tests.kit.guests import (
+    Sink,
+    attach_user_over_vhost_user,
+    serve_directory,
+    tcp_sink,
+    vhost_user_qemu_args,
+)
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
-    shared_memory_args,
-    virtio_nic_args,
 )
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -48,20 +43,6 @@ MAC = "52:54:00:12:34:56"
 DOWNLOAD = 100 * 1000 * 1000  # "100 MB"
 UPLOAD_MIB = 32
 CHUNK = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def write_random(path: Path, size: int, seed: int = 7) -> str:
@@ -84,61 +65,14 @@ def http_root(tmp_path: Path) -> Iterator[tuple[int, str]]:
     root = tmp_path / "www"
     root.mkdir()
     md5 = write_random(root / "file", DOWNLOAD)
-    handler = functools.partial(_Quiet, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
-    thread.start()
-    try:
-        yield server.server_address[1], md5
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
-@dataclass
-class Sink:
-    """A one-connection TCP sink on 127.0.0.1: reads to EOF hashing as it goes, then answers
-    ``UPLOAD <bytes> <md5>`` and closes."""
-
-    port: int = 0
-    received: int = -1
-    md5: str = ""
-    error: str = ""
-    done: threading.Event = field(default_factory=threading.Event)
+    with serve_directory(root) as port:
+        yield port, md5
 
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(300)
-    result = Sink(port=listener.getsockname()[1])
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-            with conn:
-                conn.settimeout(120)
-                digest, n = hashlib.md5(), 0
-                while data := conn.recv(CHUNK):
-                    digest.update(data)
-                    n += len(data)
-                result.received, result.md5 = n, digest.hexdigest()
-                conn.sendall(f"UPLOAD {n} {result.md5}\n".encode())
-        except OSError as exc:
-            result.error = repr(exc)
-        finally:
-            result.done.set()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with tcp_sink() as result:
         yield result
-    finally:
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() if the guest never came
-        listener.close()
-        thread.join(10)
 
 
 def closed_port() -> int:
@@ -160,20 +94,8 @@ async def test_guest_download_upload_refused_through_user_tcp(
     port, md5 = http_root
     closed = closed_port()
     sock = tmp_path / "vhost.sock"
-    ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    try:
-        await ns.chardev_add(
-            parse_chardev_cli(f"socket,id=c0,path={sock},server=on,wait=off"), from_cli=True
-        )
-        for spec in (
-            "user,id=nat0",
-            f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
-            "hubport,id=h0,hubid=0,netdev=nat0",
-            "hubport,id=h1,hubid=0,netdev=vm0",
-        ):
-            netdev = parse_netdev_cli(spec)
-            check_id(netdev.id)
-            await ns.netdev_add(netdev)
+    async with in_process(tmp_path) as ns:
+        await attach_user_over_vhost_user(ns, sock, mac=MAC)
 
         script = f"""
 set -o pipefail
@@ -190,14 +112,7 @@ t0=$(up)
 nc 10.0.2.2 {sink.port} < /tmp/up; echo "NC rc=$?"
 echo "NCTIME $t0 $(up)"
 """
-        args = [
-            *shared_memory_args(256),
-            "-chardev",
-            f"socket,id=vhost0,path={sock}",
-            "-netdev",
-            "vhost-user,id=net0,chardev=vhost0",
-            *virtio_nic_args("net0", MAC, msix=False),
-        ]
+        args = vhost_user_qemu_args(sock, MAC)
         async with Guest(image, script, args, name="usertcp", timeout=360) as g:
             result = await g.wait()
         result.check()
@@ -238,5 +153,3 @@ echo "NCTIME $t0 $(up)"
         assert counters["tcp-connects"] >= 3, counters
         assert counters.get("tcp-event-connect-failed", 0) >= 1, counters
         assert counters.get("internal-error", 0) == 0, counters
-    finally:
-        await ns.close()

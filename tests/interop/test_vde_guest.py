@@ -21,9 +21,6 @@ from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
     virtio_nic_args,
 )
 
@@ -33,15 +30,6 @@ MAC = "52:54:00:16:00:01"
 
 if (missing := have_vde()) is not None:
     pytest.skip(missing, allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
 
 
 async def test_guest_lease_and_ping_through_vde_switch(image: GuestImage, tmp_path: Path) -> None:

@@ -38,18 +38,18 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-import drivers
 import drivers.vde as vde_driver
 from drivers.vde.protocol import SOCKADDR_UN_LEN, decode_request, sockaddr_un
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.qapi import netdev_from_qmp, parse_netdev_cli
+from tests.kit.polling import until
 from tests.support import Recorder
 from tests.vde_peers import VdePlug, VdeSwitch, have_vde, plug_ports
 from tools.guest import HostUnavailable, ensure_qemu
@@ -61,25 +61,9 @@ if (missing := have_vde()) is not None:
 
 
 @pytest.fixture
-async def ns(tmp_path: Path) -> AsyncIterator[Netstack]:
-    daemon = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    yield daemon
-    await daemon.close()
-
-
-@pytest.fixture
 def switch(tmp_path: Path) -> Iterator[VdeSwitch]:
     with VdeSwitch(tmp_path / "sw") as sw:
         yield sw
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 async def plugged(directory: Path, count: int) -> None:

@@ -18,16 +18,16 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 import drivers.vhost_user as vu
-from drivers import hubport
 from netstack.daemon import Netstack
 from netstack.net.client import NetClient
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
+from tests.kit.polling import until
 from tests.support import Recorder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -152,12 +152,10 @@ def virtio_user(path: Path, index: int = 0, queues: int = 1, size: int = 256) ->
 
 
 @pytest.fixture
-async def ns(tmp_path: Path) -> AsyncIterator[Netstack]:
+def ns(ns: Netstack) -> Netstack:
     if not DpdkTestpmd.available():
         pytest.skip("dpdk-testpmd not installed (Debian dpdk-dev)")
-    daemon = Netstack({"vhost-user": vu.SPEC, "hubport": hubport.SPEC}, runtime_dir=tmp_path)
-    yield daemon
-    await daemon.close()
+    return ns
 
 
 async def port(ns: Netstack, name: str, tmp: Path, hub: int | None = 0) -> tuple[Path, NetClient]:
@@ -171,14 +169,6 @@ async def port(ns: Netstack, name: str, tmp: Path, hub: int | None = 0) -> tuple
     return path, nc
 
 
-async def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.05)
-
-
 async def test_txonly_frames_reach_the_hub(ns: Netstack, tmp_path: Path) -> None:
     path, nc = await port(ns, "t0", tmp_path)
     rec = Recorder("rec", capacity=2000)
@@ -186,7 +176,7 @@ async def test_txonly_frames_reach_the_hub(ns: Netstack, tmp_path: Path) -> None
     pmd = DpdkTestpmd([virtio_user(path)], "txonly", workdir=tmp_path)
     await pmd.start()
     try:
-        await until(lambda: len(rec.got) >= 2000)
+        await until(lambda: len(rec.got) >= 2000, timeout=20)
     finally:
         await pmd.stop()
     stats = pmd.forward_stats()
@@ -205,7 +195,7 @@ async def test_txonly_into_a_sink_copies_nothing(ns: Netstack, tmp_path: Path) -
     pmd = DpdkTestpmd([virtio_user(path)], "txonly", workdir=tmp_path)
     await pmd.start()
     try:
-        await until(lambda: nc.stats.tx_dropped > 50000)
+        await until(lambda: nc.stats.tx_dropped > 50000, timeout=20)
     finally:
         await pmd.stop()
     assert nc.stats.tx_frames == 0 and nc.stats.tx_dropped >= pmd.forward_stats()[0]["tx"] - 256
@@ -232,7 +222,7 @@ async def test_rxonly_receives_every_frame_sent(ns: Netstack, tmp_path: Path) ->
                 await done
             else:
                 await asyncio.sleep(0)
-        await until(lambda: nc.stats.rx_frames >= total)
+        await until(lambda: nc.stats.rx_frames >= total, timeout=20)
         await asyncio.sleep(1.5)  # one stats period
     finally:
         await pmd.stop()
@@ -246,7 +236,7 @@ async def test_io_loop_through_the_hub(ns: Netstack, tmp_path: Path) -> None:
     pmd = DpdkTestpmd([virtio_user(pa, 0), virtio_user(pb, 1)], "io", tx_first=4, workdir=tmp_path)
     await pmd.start()
     try:
-        await until(lambda: a.stats.tx_frames > 20000 and b.stats.tx_frames > 20000)
+        await until(lambda: a.stats.tx_frames > 20000 and b.stats.tx_frames > 20000, timeout=20)
     finally:
         await pmd.stop()
     stats = pmd.forward_stats()

@@ -12,8 +12,6 @@ descriptors. Ring cases that break a queue must show up in the port's counters.
 from __future__ import annotations
 
 import asyncio
-import gc
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import drivers.vhost_user as vu
 from drivers import hubport
 from netstack.daemon import Netstack
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
+from tests.kit.polling import open_fds, until
 from tests.support import Recorder
 
 pytestmark = pytest.mark.timeout(120)
@@ -73,19 +72,6 @@ class Rig:
         self.rec.send([FRAME])
         got: list[object] = []
         await until(lambda: got.extend(fe.rx[0].receive()) or bool(got))  # type: ignore[attr-defined]
-
-
-async def until(cond: object, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():  # type: ignore[operator]
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
-def open_fds() -> int:
-    gc.collect()
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from drivers import hubport
 from netstack.daemon import Netstack
 from tests.daemon_proc import Daemon, running_daemon
 from tests.interop.test_vhost_user_dpdk import DpdkTestpmd, virtio_user
-from tests.interop.test_vhost_user_hostile import FRAME, Rig, until
+from tests.interop.test_vhost_user_hostile import FRAME, Rig
+from tests.kit.polling import until
 
 pytestmark = pytest.mark.timeout(120)
 

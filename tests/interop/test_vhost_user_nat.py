@@ -17,30 +17,16 @@ from qemu.qmp import QMPClient
 
 import drivers
 from netstack.daemon import Netstack
-from netstack.qapi import check_id, parse_chardev_cli, parse_netdev_cli
+from tests.kit.guests import attach_user_over_vhost_user, vhost_user_qemu_args
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
-    shared_memory_args,
-    virtio_nic_args,
 )
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow, pytest.mark.timeout(300)]
 MAC = "52:54:00:12:34:56"
 NAME, NAME_ADDR = "vm.netstack.example", "192.0.2.77"
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
 
 
 class DnsResponder(asyncio.DatagramProtocol):
@@ -85,18 +71,8 @@ async def test_guest_over_vhost_user_uses_the_nat(image: GuestImage, tmp_path: P
     qmp = tmp_path / "qmp.sock"
     ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
     try:
-        await ns.chardev_add(
-            parse_chardev_cli(f"socket,id=c0,path={sock},server=on,wait=off"), from_cli=True
-        )
-        for spec in (
-            f"user,id=nat0,tftp={root},x-dns-upstream=127.0.0.1:{dns_port}",
-            f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
-            "hubport,id=h0,hubid=0,netdev=nat0",
-            "hubport,id=h1,hubid=0,netdev=vm0",
-        ):
-            netdev = parse_netdev_cli(spec)
-            check_id(netdev.id)
-            await ns.netdev_add(netdev)
+        user = f"user,id=nat0,tftp={root},x-dns-upstream=127.0.0.1:{dns_port}"
+        await attach_user_over_vhost_user(ns, sock, user, MAC)
         await ns.monitor_add("qmp", f"unix:{qmp},server=on,wait=off", False, 0)
 
         script = f"""
@@ -106,14 +82,7 @@ nslookup {NAME} 10.0.2.3 2>&1 | grep -q {NAME_ADDR} && echo DNS-OK
 tftp -g -r small.txt -l /tmp/s 10.0.2.2 && echo "SMALL $(md5sum < /tmp/s)"
 tftp -g -b 1468 -r random.bin -l /tmp/r 10.0.2.2 && echo "BIG $(md5sum < /tmp/r)"
 """
-        args = [
-            *shared_memory_args(256),
-            "-chardev",
-            f"socket,id=vhost0,path={sock}",
-            "-netdev",
-            "vhost-user,id=net0,chardev=vhost0",
-            *virtio_nic_args("net0", MAC, msix=False),
-        ]
+        args = vhost_user_qemu_args(sock, MAC)
         async with Guest(image, script, args, name="vunat", timeout=200) as g:
             result = await g.wait()
         result.check()

@@ -36,16 +36,14 @@ import pytest
 import drivers.vhost_user as vu
 from drivers import hubport, stream
 from netstack.daemon import Netstack
-from netstack.proto.streamframe import FrameDecoder, encode_frames
 from netstack.proto.vnet import HDR_LEN
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
+from tests.kit.guests import ping_until, stream_arp
+from tests.kit.polling import until
 from tests.support import Recorder
 from tools.guest import (
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
     shared_memory_args,
     virtio_nic_args,
 )
@@ -58,15 +56,6 @@ IP_A, IP_B = "10.9.1.1", "10.9.1.2"
 GUEST_TIMEOUT = 150.0
 MTU_B = 1500
 MEMORY_MB = 256
-
-
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
 
 
 class Rig:
@@ -134,52 +123,8 @@ async def rig(image: GuestImage, tmp_path: Path) -> AsyncIterator[Rig]:
         await ns.close()
 
 
-def ping_until(other: str) -> str:
-    return f"""
-i=0
-until ping -c 1 -W 1 {other} >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -ge 60 ] && {{ echo PING-FAILED; exit 1; }}
-done
-ping -c 3 -W 2 {other} || exit 2
-echo PING-OK
-"""
-
-
 def setup_ip(me: str) -> str:
     return f"ip link set eth0 up\nip addr add {me}/24 dev eth0\n"
-
-
-async def stream_arp(path: Path, target: str, timeout: float = 60) -> bytes:
-    """Send an ARP request for ``target`` from a Python peer on a stream port; the reply."""
-    loop = asyncio.get_running_loop()
-    peer = socket.socket(socket.AF_UNIX)
-    peer.setblocking(False)
-    await loop.sock_connect(peer, str(path))
-    mine = bytes.fromhex("020000000077")
-    arp = dpkt.arp.ARP(
-        op=dpkt.arp.ARP_OP_REQUEST,
-        sha=mine,
-        spa=socket.inet_aton("10.9.1.77"),
-        tha=bytes(6),
-        tpa=socket.inet_aton(target),
-    )
-    request = bytes(dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=mine, type=0x0806, data=arp))
-    dec = FrameDecoder()
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await loop.sock_sendall(peer, encode_frames([request]))
-                try:
-                    async with asyncio.timeout(1):
-                        while True:
-                            for frame in dec.feed(await loop.sock_recv(peer, 65536)):
-                                if frame[:6] == mine and frame[12:14] == b"\x08\x06":
-                                    return frame
-                except TimeoutError:
-                    continue
-    finally:
-        peer.close()
 
 
 async def test_two_guests_ping_and_tcp_with_offloads(rig: Rig) -> None:
@@ -260,11 +205,11 @@ async def test_vm_restarts_reattach_in_client_and_server_mode(rig: Rig) -> None:
             async with a:
                 await a.wait_for("PING-OK", timeout=GUEST_TIMEOUT)
                 assert not a_nc.link_down
-            await _until(lambda: a_nc.link_down)
+            await until(lambda: a_nc.link_down)
             assert rig.names("NETDEV_VHOST_USER_DISCONNECTED").count("a") == n
         assert rig.names("NETDEV_VHOST_USER_CONNECTED").count("a") == 2
     # QEMU server mode: B is killed; the daemon reconnects to its successor
-    await _until(lambda: b_nc.link_down)
+    await until(lambda: b_nc.link_down)
     assert "b" in rig.names("NETDEV_VHOST_USER_DISCONNECTED")
     b2 = rig.guest("b2", stay, server=True, mac=MAC_B)
     a3 = rig.guest("a3", pinger, server=False, mac=MAC_A)
@@ -274,14 +219,6 @@ async def test_vm_restarts_reattach_in_client_and_server_mode(rig: Rig) -> None:
     assert rig.names("NETDEV_VHOST_USER_CONNECTED").count("b") == 2
     assert isinstance(a_nc, vu.VhostUserClient)
     assert a_nc.counters()["connections"] == 3
-
-
-async def _until(cond: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 async def test_embedded_default_attaches_a_vm(

@@ -11,17 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import drivers
 import drivers.vhost_user as vu
-from netstack.daemon import Netstack
-from netstack.qapi import parse_chardev_cli, parse_netdev_cli
+from tests.kit.daemon import in_process
+from tests.kit.guests import attach_user_over_vhost_user
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
     Guest,
     GuestImage,
-    HostUnavailable,
-    build,
-    ensure_qemu,
     shared_memory_args,
     virtio_nic_args,
 )
@@ -53,15 +49,6 @@ BACKENDS = {
 }
 
 
-@pytest.fixture(scope="module")
-def image() -> GuestImage:
-    try:
-        ensure_qemu(install=False)
-    except HostUnavailable as exc:
-        pytest.skip(f"qemu-system-x86_64 unavailable: {exc}")
-    return build()
-
-
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 async def test_memory_backend_attaches_and_passes_traffic(
     image: GuestImage, tmp_path: Path, backend: str
@@ -70,18 +57,8 @@ async def test_memory_backend_attaches_and_passes_traffic(
     if "/dev/shm" in " ".join(memory_args) and not os.access("/dev/shm", os.W_OK):
         pytest.skip("no writable /dev/shm")
     sock = tmp_path / "vhost.sock"
-    ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    try:
-        await ns.chardev_add(
-            parse_chardev_cli(f"socket,id=c0,path={sock},server=on,wait=off"), from_cli=True
-        )
-        for spec in (
-            "user,id=nat0",
-            f"vhost-user,id=vm0,chardev=c0,mac={MAC}",
-            "hubport,id=h0,hubid=0,netdev=nat0",
-            "hubport,id=h1,hubid=0,netdev=vm0",
-        ):
-            await ns.netdev_add(parse_netdev_cli(spec))
+    async with in_process(tmp_path) as ns:
+        await attach_user_over_vhost_user(ns, sock, mac=MAC)
         script = f"""
 udhcpc -i eth0 -q -n -t 6 -T 2 -s {UDHCPC_SCRIPT_PATH} && echo DHCP-OK
 ping -c 3 -W 3 10.0.2.2 && echo PING-OK
@@ -114,5 +91,3 @@ ping -c 3 -W 3 10.0.2.2 && echo PING-OK
         assert kinds == {kind}, kinds
         counters = vm.counters()
         assert counters["memory-faults"] == 0 and counters["rings-broken"] == 0, counters
-    finally:
-        await ns.close()

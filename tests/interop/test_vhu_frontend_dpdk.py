@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from netstack.proto.checksum import finish, ones_sum, pseudo_v4
+from tests.kit.polling import until
 from tools.vhost_user_frontend import testpmd
 from tools.vhost_user_frontend.channel import ChannelClosed, ReplyTimeout
 from tools.vhost_user_frontend.frontend import FrontendConfig, VhostUserFrontend
@@ -58,17 +59,6 @@ def vhost(sock: Path, name: str = "net_vhost0", extra: str = "") -> str:
 @pytest.fixture
 async def workdir(tmp_path: Path) -> AsyncIterator[Path]:
     yield tmp_path
-
-
-async def wait_until(cond: object, timeout: float = 10.0) -> bool:
-    assert callable(cond)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if cond():
-            return True
-        await asyncio.sleep(0.005)
-    return bool(cond())
 
 
 @pytest.mark.parametrize(
@@ -101,7 +91,7 @@ async def test_tx_counted_by_testpmd(
                 sent += tx.send(plan[sent : sent + 64])
                 if sent < len(plan):
                     await asyncio.sleep(0)
-            assert await wait_until(lambda: tx.reclaim() >= 0 and tx.completed == len(plan))
+            await until(lambda: tx.reclaim() >= 0 and tx.completed == len(plan))
             bases = await fe.stop()
             assert bases[1] == (ring_base + len(plan)) & 0xFFFF  # DPDK's next avail index
             assert fe.vqs[1].bad_used == 0
@@ -243,9 +233,7 @@ async def test_tso_superframe_through_testpmd(workdir: Path) -> None:
             hdr = VnetHeader(NEEDS_CSUM, GSO_TCPV4, 54, 1448, 34, 16)
             assert a.tx[0].send([frame], [hdr]) == 1
             got: list[bytes] = []
-            assert await wait_until(
-                lambda: bool(got.extend(f.data for f in b.rx[0].receive())) or bool(got)
-            )
+            await until(lambda: bool(got.extend(f.data for f in b.rx[0].receive())) or bool(got))
     finally:
         await tp.stop()
         tp.cleanup()
@@ -260,7 +248,7 @@ async def test_tso_superframe_through_testpmd(workdir: Path) -> None:
 async def test_server_mode_ping(workdir: Path) -> None:
     sock = workdir / "fe.sock"
     listener = asyncio.ensure_future(VhostUserFrontend.listen(str(sock), timeout=30))
-    assert await wait_until(sock.exists, 5)
+    await until(sock.exists, 5)
     tp = Testpmd([vhost(sock, extra=",client=1")], "io", workdir=str(workdir))
     await tp.start()
     try:
@@ -294,9 +282,7 @@ async def test_two_queue_pairs_and_rarp(workdir: Path) -> None:
             await fe.send_rarp(b"\x02\0\0\0\0\x07")
             for q in (0, 1):
                 assert fe.tx[q].send([udp_frame(64)] * 100) == 100
-            assert await wait_until(
-                lambda: all(t.reclaim() >= 0 and t.completed == 100 for t in fe.tx)
-            )
+            await until(lambda: all(t.reclaim() >= 0 and t.completed == 100 for t in fe.tx))
     finally:
         stats = await tp.stop()
         tp.cleanup()
@@ -394,9 +380,7 @@ async def test_hostile_cases_leave_testpmd_serving(workdir: Path) -> None:
             async with await _connect_retry(str(sock), case) as ok:
                 await ok.start()
                 assert ok.tx[0].send([udp_frame(64)] * 10) == 10
-                assert await wait_until(
-                    lambda: ok.tx[0].reclaim() >= 0 and ok.tx[0].completed == 10, 5
-                )
+                await until(lambda: ok.tx[0].reclaim() >= 0 and ok.tx[0].completed == 10, 5)
                 good += 10
     finally:
         stats = await tp.stop()
@@ -463,7 +447,7 @@ async def test_hot_added_region(workdir: Path) -> None:
             await fe.start()
             tx = fe.tx[0]
             assert tx.send([udp_frame(64)] * 10) == 10
-            assert await wait_until(lambda: tx.reclaim() >= 0 and tx.completed == 10)
+            await until(lambda: tx.reclaim() >= 0 and tx.completed == 10)
             assert fe.mem is not None
             region = await fe.add_region(1 << 32, 2 * MiB)
             image = bytes(fe.hdr_len) + udp_frame(300, fill=0x5A)
@@ -472,7 +456,7 @@ async def test_hot_added_region(workdir: Path) -> None:
                 fe.mem.write(gpa, image)
                 tx.send_buffers([Segment(gpa, 100), Segment(gpa + 100, len(image) - 100)])
             assert tx.send([udp_frame(64)] * 10) == 10
-            assert await wait_until(lambda: tx.reclaim() >= 0 and tx.completed == 40)
+            await until(lambda: tx.reclaim() >= 0 and tx.completed == 40)
             assert fe.vqs[1].bad_used == 0
         nic = await tp.wait_stats(0, rx_packets=40)
     finally:

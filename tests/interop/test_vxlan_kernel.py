@@ -31,8 +31,8 @@ from drivers import hubport, tap, vxlan
 from drivers.vxlan import VxlanClient
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli
-from tests.conformance.case_tap import ip, netns, require_root
-from tests.interop.test_tap_netns import ping, run_in, tcp_transfer
+from tests.interop.test_tap_netns import ping, tcp_transfer
+from tests.kit.netns import ip, netns, require_root, run_in
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 

@@ -35,9 +35,8 @@ from typing import Any
 import pytest
 from qemu.qmp import QMPClient
 
-from tests.conformance.case_tap import ip, netns, require_root
-from tests.interop.test_tap_netns import run_in
 from tests.interop.test_vxlan_kernel import csum_off
+from tests.kit.netns import ip, netns, require_root, run_in
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -49,9 +49,9 @@ import pytest
 from qemu.qmp import QMPClient
 
 from tests.chromium import Browser, Page
-from tests.conformance.case_tap import ip, netns, require_root, unique_name
 from tests.daemon_proc import Daemon, running_daemon
 from tests.interop.tls_pki import make_pki
+from tests.kit.netns import ip, netns, require_root, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -39,6 +39,7 @@ from netstack.net.nic import NicClient
 from netstack.proto import vnet
 from netstack.proto.checksum import finish, ones_sum
 from netstack.qmp.dispatch import dispatch
+from tests.kit.polling import open_fds
 
 T = TypeVar("T")
 
@@ -109,10 +110,6 @@ class Sandbox:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # -- the guest NIC, the host's echo server, the rig ------------------------------------------
@@ -205,7 +202,7 @@ class Rig:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.closed_port = s.getsockname()[1]
-        self.fd_base = open_fds()
+        self.fd_base = open_fds(collect=False)
         self.ns = Netstack(drivers.registry())
         spec = self.spec if self.box.netns else self.spec + ",restrict=on"
         await self.ns.netdev_add(qapi.parse_netdev_cli(spec))
@@ -255,7 +252,9 @@ class Rig:
             assert connection_row_ok(row), row
         client.usernet_info()
         live = len(rows) + len(client.guestfwd.children.live)
-        assert open_fds() <= self.fd_base + 2 * live + 32, "fds grow beyond the live flows"
+        assert open_fds(collect=False) <= self.fd_base + 2 * live + 32, (
+            "fds grow beyond the live flows"
+        )
 
 
 def connection_row_ok(row: dict[str, Any]) -> bool:
@@ -277,7 +276,7 @@ def rig_of(box: Sandbox, spec: str = SPEC) -> Iterator[Rig]:
     """A started :class:`Rig` for the block; on exit its Netstack closes and must leave
     no fd behind."""
     r = Rig(box, spec)
-    before = open_fds()
+    before = open_fds(collect=False)
     box.run(r.start())
     try:
         yield r
@@ -286,10 +285,10 @@ def rig_of(box: Sandbox, spec: str = SPEC) -> Iterator[Rig]:
 
     async def settle() -> int:
         for _ in range(50):
-            if open_fds() <= before:
+            if open_fds(collect=False) <= before:
                 break
             await asyncio.sleep(0.01)
-        return open_fds()
+        return open_fds(collect=False)
 
     assert box.run(settle()) <= before, "netdev_del left an fd behind"
 
@@ -480,14 +479,6 @@ def our_zombies() -> list[int]:
 def gone(pids: Sequence[int]) -> bool:
     """Whether none of ``pids`` exists any more (a zombie still exists)."""
     return not any(os.path.exists(f"/proc/{pid}") for pid in pids)
-
-
-async def until(cond: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 # -- QMP -------------------------------------------------------------------------------------

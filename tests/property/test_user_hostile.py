@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 from netstack.proto import vnet
 from netstack.proto.checksum import finish, ones_sum
+from tests.kit.polling import open_fds, until
 from tests.property.hostile_input import (
     DOFF,
     FWD_ADD,
@@ -71,10 +72,8 @@ from tests.property.hostile_rig import (
     Rig,
     Sandbox,
     gone,
-    open_fds,
     our_zombies,
     rig_of,
-    until,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -534,7 +533,7 @@ def test_out_of_fds(sandbox: Sandbox) -> None:
                        "cmd": (False, FWD, 7), "chardev": (False, FWD, 9)}  # fmt: skip
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             answers: dict[str, str] = {}
-            resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds() + 30, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds(collect=False) + 30, hard))
             try:
                 for name, (v6, dst, dport) in targets.items():
                     flows = [Flow(rig, v6, dst, dport) for _ in range(40)]
@@ -567,9 +566,9 @@ def test_guestfwd_spawn_of_a_command_with_a_nul(sandbox: Sandbox) -> None:
 
     async def body() -> None:
         children = Children(asyncio.get_running_loop(), logging.getLogger(__name__))
-        before = open_fds()
+        before = open_fds(collect=False)
         assert isinstance(children.spawn("cat\x00rm"), int)
-        assert open_fds() == before and not children.live
+        assert open_fds(collect=False) == before and not children.live
         assert children.stats["guestfwd-spawn-failed"] == 1
 
     sandbox.run(body())
@@ -581,14 +580,14 @@ def test_guestfwd_spawn_of_a_command_with_a_nul(sandbox: Sandbox) -> None:
 @pytest.fixture(scope="module")
 def qmp(sandbox: Sandbox) -> Iterator[Qmp]:
     q = Qmp(sandbox)
-    before = open_fds()
+    before = open_fds(collect=False)
     sandbox.run(q.start())
     try:
         yield q
     finally:
         assert q.ns is not None
         sandbox.run(q.ns.close())
-    assert open_fds() <= before, "an fd was left behind"
+    assert open_fds(collect=False) <= before, "an fd was left behind"
 
 
 def test_qmp_hostile_arguments(qmp: Qmp) -> None:

@@ -27,7 +27,7 @@ from drivers.vhost_user.device import NetDevice
 from drivers.vhost_user.features import F_INDIRECT_DESC, F_MRG_RXBUF, F_VERSION_1
 from drivers.vhost_user.memory import GuestMemory, RegionSpec
 from drivers.vhost_user.virtqueue import RingError
-from tests.unit.test_vhost_user_guest import DriverRing, mem_table, msg, state, u64
+from tests.kit.vhost_user import DriverRing, mem_table, msg, state, u64
 
 # -- framing -----------------------------------------------------------------------------------
 

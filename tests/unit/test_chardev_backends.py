@@ -9,7 +9,6 @@ import errno
 import os
 import socket
 import termios
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from netstack.chardev.memory import RingbufChardev, glib_base64_decode, qemu_utf
 from netstack.chardev.terminals import StdioChardev
 from netstack.errors import GenericError
 from netstack.qapi import chardev_from_qmp, parse_chardev_cli
+from tests.kit.polling import until
 
 
 class Recorder:
@@ -58,21 +58,6 @@ class Greeter(Recorder):
 
 def spec(cid: str, kind: str, **data: Any) -> Any:
     return chardev_from_qmp(cid, {"type": kind, "data": data})
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def attached(table: ChardevTable, cid: str) -> Recorder:

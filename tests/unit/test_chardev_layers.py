@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,6 @@ class Sink:
 
 class Raw(Sink):
     raw_socket = True
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
 
 
 def inet(**extra: Any) -> Any:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,6 +12,7 @@ from netstack.chardev import ChardevTable, Connection
 from netstack.chardev.mux import MuxChardev
 from netstack.errors import GenericError
 from netstack.qapi import parse_chardev_cli
+from tests.kit.polling import until
 
 
 class Recorder:
@@ -36,21 +35,6 @@ class Recorder:
 
     def on_break(self) -> None:
         self.breaks += 1
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
 
 
 async def muxed(

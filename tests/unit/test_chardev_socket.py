@@ -8,7 +8,6 @@ import os
 import socket
 import stat
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from netstack.chardev import ChardevTable, Connection
 from netstack.chardev.sockets import SocketChardev
 from netstack.errors import GenericError
 from netstack.qapi import chardev_from_qmp, parse_chardev_cli
+from tests.kit.polling import until
 
 
 class Echo:
@@ -66,25 +66,10 @@ def sock_spec(cid: str, addr: dict[str, Any], **data: Any) -> Any:
     return chardev_from_qmp(cid, {"type": "socket", "data": {"addr": addr, **data}})
 
 
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
-
-
 def filename(table: ChardevTable, cid: str) -> str:
     dev = table.get(cid)
     assert dev is not None
     return dev.filename()
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def roundtrip(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +45,6 @@ def spec(cid: str, kind: str, **data: Any) -> Any:
 
 def unix_server(cid: str, path: Path) -> Any:
     return spec(cid, "socket", addr={"type": "unix", "data": {"path": str(path)}})
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
 
 
 def attach(table: ChardevTable, cid: str, fe: Any) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-import drivers
 from netstack.daemon import Netstack
 from netstack.errors import DeviceNotFound, GenericError
 from netstack.net.nic import NicClient
@@ -14,13 +11,6 @@ from netstack.qapi import check_id, netdev_from_qmp, parse_netdev_cli
 from tests.support import Recorder, frame
 
 MAC = bytes.fromhex("525400123456")
-
-
-@pytest.fixture
-async def ns(tmp_path: Path):  # type: ignore[no-untyped-def]
-    daemon = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    yield daemon
-    await daemon.close()
 
 
 async def add(ns: Netstack, text: str) -> None:

@@ -7,29 +7,19 @@ import asyncio
 import dataclasses
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 import drivers.socket as socket_driver
-from drivers import dgram, hubport, stream
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.proto.streamframe import FrameDecoder, encode_frames, frame_header
 from netstack.qapi import Netdev, NetdevSocketOptions, parse_netdev_cli
+from tests.kit.polling import until
 from tests.support import Recorder, frame
 
 pytestmark = pytest.mark.timeout(30)
-
-REGISTRY = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.SPEC)}
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Netstack]:
-    daemon = Netstack(REGISTRY)
-    yield daemon
-    await daemon.close()
 
 
 async def add(ns: Netstack, text: str) -> NetClient:
@@ -40,15 +30,6 @@ def recorder(nc: NetClient, capacity: int | None = None) -> Recorder:
     rec = Recorder("rec", capacity=capacity)
     rec.connect(nc)
     return rec
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 async def read_frames(sock: socket.socket, count: int, timeout: float = 5.0) -> list[bytes]:

@@ -7,31 +7,22 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import drivers.socket as socket_driver
-from drivers import dgram, hubport, stream
+from drivers import dgram
 from drivers.socket.transport import MAX_DATAGRAMS
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.qapi import netdev_from_qmp, parse_netdev_cli
+from tests.kit.polling import until
 from tests.support import Recorder, frame
 
 pytestmark = pytest.mark.timeout(30)
-
-REGISTRY = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.SPEC)}
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Netstack]:
-    daemon = Netstack(REGISTRY)
-    yield daemon
-    await daemon.close()
 
 
 async def add(ns: Netstack, text: str) -> NetClient:
@@ -54,15 +45,6 @@ def recorder(nc: NetClient, capacity: int | None = None) -> BatchRecorder:
     rec = BatchRecorder(capacity)
     rec.connect(nc)
     return rec
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 def udp_socket() -> socket.socket:

@@ -7,33 +7,25 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import drivers.socket as socket_driver
-from drivers import dgram, hubport, stream
+from drivers import stream
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.proto.streamframe import FrameDecoder, encode_frames, frame_header
 from netstack.qapi import netdev_from_qmp, parse_netdev_cli
+from tests.kit.polling import until
 from tests.support import Recorder, frame
 
 pytestmark = pytest.mark.timeout(30)
 
-REGISTRY = {s.type: s for s in (hubport.SPEC, socket_driver.SPEC, stream.SPEC, dgram.SPEC)}
 
 Event = tuple[str, Any]
-
-
-@pytest.fixture
-async def ns() -> AsyncIterator[Netstack]:
-    daemon = Netstack(REGISTRY)
-    yield daemon
-    await daemon.close()
 
 
 def record_events(ns: Netstack) -> list[Event]:
@@ -54,15 +46,6 @@ def recorder(nc: NetClient) -> Recorder:
     rec = Recorder("rec")
     rec.connect(nc)
     return rec
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 async def read_frames(sock: socket.socket, count: int) -> list[bytes]:

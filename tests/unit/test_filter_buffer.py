@@ -11,8 +11,9 @@ from netstack.net.filter import NetFilter
 from netstack.net.filters import FilterBuffer, FilterDump
 from netstack.net.queue import QUEUE_MAXLEN
 from netstack.objects import set_status
+from tests.kit.clock import ManualClock
 from tests.support import Recorder, frame
-from tests.unit.test_filter_support import ManualClock, SimpleHost
+from tests.unit.test_filter_support import SimpleHost
 
 
 def setup_buffer(

@@ -7,15 +7,13 @@ import asyncio
 import io
 import itertools
 import struct
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 import dpkt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import drivers
 from netstack.daemon import Netstack
 from netstack.errors import NetstackError
 from netstack.net.filters import FilterDump
@@ -28,9 +26,10 @@ from netstack.net.filters.pcap import (
     pcapng_statistics,
 )
 from netstack.objects import create_object, delete_object
-from netstack.qapi import FilterDumpProperties, check_id, object_from_qmp, parse_netdev_cli
+from netstack.qapi import FilterDumpProperties, object_from_qmp
+from tests.kit.daemon import add_netdevs
+from tests.kit.polling import until
 from tests.support import Recorder, frame
-from tests.unit.test_filter_support import until
 from tools.capture.bpf import BpfFilter, FilterSyntaxError
 from tools.capture.output import CaptureWriter, Interface
 from tools.capture.session import CaptureError, CapturePoint, CaptureSession, parse_info_network
@@ -144,14 +143,10 @@ def test_bpf_filter() -> None:
 
 
 @pytest.fixture
-async def ns(tmp_path: Path) -> AsyncIterator[Netstack]:
-    daemon = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    for text in ("hubport,id=p0,hubid=0", "hubport,id=p1,hubid=0"):
-        netdev = parse_netdev_cli(text)
-        check_id(netdev.id)
-        await daemon.netdev_add(netdev)
-    yield daemon
-    await daemon.close()
+async def ns(ns: Netstack) -> Netstack:
+    """The shared daemon with two ports on hub 0."""
+    await add_netdevs(ns, "hubport,id=p0,hubid=0", "hubport,id=p1,hubid=0")
+    return ns
 
 
 def executor(ns: Netstack, *, pcapng: bool = True):  # type: ignore[no-untyped-def]

@@ -18,8 +18,9 @@ from netstack.net.filter import NetFilter
 from netstack.net.filters.dump import STREAM_HIGH_WATER, FilterDump
 from netstack.net.filters.pcap import pcap_file_header
 from netstack.proto import vnet
+from tests.kit.polling import until
 from tests.support import Recorder, frame
-from tests.unit.test_filter_support import SimpleHost, until
+from tests.unit.test_filter_support import SimpleHost
 
 T0 = 1_700_000_000_123_456_789  # ns
 

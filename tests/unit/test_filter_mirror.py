@@ -17,8 +17,9 @@ from netstack.net.filters import FilterMirror, FilterRedirector
 from netstack.net.filters.framing import FrameReader, frame_header
 from netstack.proto import vnet
 from netstack.qapi import chardev_from_qmp
+from tests.kit.polling import until
 from tests.support import Recorder, frame
-from tests.unit.test_filter_support import SimpleHost, read_exactly, unix_chardev, until
+from tests.unit.test_filter_support import SimpleHost, read_exactly, unix_chardev
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

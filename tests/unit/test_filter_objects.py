@@ -3,33 +3,28 @@ texts, chain placement, info network lines, and the netdev's lifecycle."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import drivers
 from netstack.daemon import Netstack
 from netstack.errors import DeviceNotFound, GenericError, NetstackError
 from netstack.net.filters import FilterBuffer, FilterDump
 from netstack.net.nic import NicClient
 from netstack.objects import create_object, delete_object
-from netstack.qapi import chardev_add_from_qmp, check_id, object_from_qmp, parse_netdev_cli
+from netstack.qapi import chardev_add_from_qmp, object_from_qmp, parse_netdev_cli
+from tests.kit.daemon import add_netdevs
 from tests.support import Recorder, frame
 
 MAC = bytes.fromhex("525400123456")
 
 
 @pytest.fixture
-async def ns(tmp_path: Path) -> AsyncIterator[Netstack]:
-    daemon = Netstack(drivers.registry(), runtime_dir=tmp_path)
-    for text in ("hubport,id=h0,hubid=0", "hubport,id=h1,hubid=0"):
-        netdev = parse_netdev_cli(text)
-        check_id(netdev.id)
-        await daemon.netdev_add(netdev)
-    yield daemon
-    await daemon.close()
+async def ns(ns: Netstack) -> Netstack:
+    """The shared daemon with two ports on hub 0."""
+    await add_netdevs(ns, "hubport,id=h0,hubid=0", "hubport,id=h1,hubid=0")
+    return ns
 
 
 async def add(ns: Netstack, **args: Any) -> Any:

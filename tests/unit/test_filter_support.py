@@ -1,63 +1,14 @@
-"""Helpers for the net filter tests: a manual clock, a filter host, socket chardevs."""
+"""Helpers for the net filter tests: a filter host, socket chardevs (the manual clock is
+:class:`tests.kit.clock.ManualClock`)."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from netstack.chardev.sockets import SocketChardev
 from netstack.qapi import chardev_from_qmp
-
-
-class ManualTimer:
-    def __init__(self, clock: ManualClock, when: float) -> None:
-        self.clock = clock
-        self.when = when
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class ManualClock:
-    """A :class:`netstack.net.filters.host.Scheduler` whose time moves only when told."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-        self._heap: list[tuple[float, int, ManualTimer, Callable[[], None]]] = []
-        self._seq = itertools.count()
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> ManualTimer:
-        timer = ManualTimer(self, when)
-        heapq.heappush(self._heap, (when, next(self._seq), timer, callback))
-        return timer
-
-    @property
-    def pending(self) -> list[float]:
-        return sorted(t.when for _, _, t, _ in self._heap if not t.cancelled)
-
-    def advance(self, seconds: float) -> int:
-        """Move time forward, running due callbacks in order; returns how many ran."""
-        target = self.now + seconds
-        ran = 0
-        for _ in range(10_000):
-            if not self._heap or self._heap[0][0] > target:
-                break
-            when, _, timer, callback = heapq.heappop(self._heap)
-            if timer.cancelled:
-                continue
-            self.now = max(self.now, when)
-            callback()
-            ran += 1
-        self.now = target
-        return ran
 
 
 class SimpleHost:
@@ -87,12 +38,3 @@ async def unix_chardev(chardev_id: str, path: str) -> SocketChardev:
 
 async def read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
     return await asyncio.wait_for(reader.readexactly(n), 5)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the loop run until ``predicate()`` holds (bounded)."""
-    for _ in range(int(timeout / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached in time")

@@ -21,6 +21,7 @@ from netstack.net.client import NetClient
 from netstack.net.hub import Hub
 from netstack.proto.l2tpv3 import L2TPv3Params, L2TPv3Session
 from netstack.qapi import NetdevL2TPv3Options, parse_netdev_cli
+from tests.kit.polling import until
 from tests.support import Recorder, frame
 
 pytestmark = pytest.mark.timeout(60)
@@ -101,15 +102,6 @@ async def made(spec: str, batch_io: bool | None = None) -> AsyncIterator[l2tpv3.
         yield client
     finally:
         client.cleanup()
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -229,11 +221,11 @@ def test_udp_tunnel_both_ways(host: str, extra: str, batch_io: bool) -> None:
             b.connect(rb)
             sent = [frame(i, 60 + i) for i in range(10)]
             assert ra.send(sent) == 10
-            await wait_until(lambda: len(rb.got) == 10)
+            await until(lambda: len(rb.got) == 10)
             assert rb.got == sent
             back = [frame(100 + i, 1500) for i in range(3)]
             rb.send(back)
-            await wait_until(lambda: len(ra.got) == 3)
+            await until(lambda: len(ra.got) == 3)
             assert ra.got == back
             assert a.session.tx_frames == 10 and b.session.rx_frames == 10
             assert a.stats.malformed == 0 and b.stats.malformed == 0
@@ -265,7 +257,7 @@ def test_crafted_datagram_arrives_byte_exact_and_bad_ones_are_counted(
                 wrong_cookie = good[:8] + bytes(8) + good[16:] + payload
                 for dgram in (wrong_session, good + payload, wrong_cookie, good):
                     test.sendto(dgram, ("127.0.0.1", port))
-                await wait_until(lambda: t.session.drops.total == 3)
+                await until(lambda: t.session.drops.total == 3)
                 assert rec.got == [payload]
                 d = t.counters()
                 assert (d["drop-session-mismatch"], d["drop-unknown-cookie-id"]) == (1, 1)
@@ -309,7 +301,7 @@ def test_reader_drains_batches_of_at_most_64(batch_io: bool) -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for i in range(150):  # all queued in the socket before the loop looks
                     s.sendto(sender.encapsulate(frame(i)), ("127.0.0.1", pb))
-                await wait_until(lambda: len(rec.got) == 150)
+                await until(lambda: len(rec.got) == 150)
             assert rec.got == [frame(i) for i in range(150)]
             assert rec.batches[:3] == [64, 64, 22]
 
@@ -327,7 +319,7 @@ def test_receiver_backpressure_pauses_reading_until_flushed(batch_io: bool) -> N
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 for i in range(20):
                     s.sendto(sender.encapsulate(frame(i)), ("127.0.0.1", pb))
-                await wait_until(lambda: len(rec.got) == 5)
+                await until(lambda: len(rec.got) == 5)
                 await asyncio.sleep(0.1)
                 # the rest of the first batch waits in the queue; the socket is not read
                 assert len(rec.got) == 5 and len(rec.incoming) == 15
@@ -336,7 +328,7 @@ def test_receiver_backpressure_pauses_reading_until_flushed(batch_io: bool) -> N
                 await asyncio.sleep(0.1)
                 assert len(rec.incoming) == 15 and b.session.rx_frames == 20
                 rec.make_room(100)
-                await wait_until(lambda: len(rec.got) == 30)
+                await until(lambda: len(rec.got) == 30)
             assert rec.got == [frame(i) for i in range(30)]
 
     run(body)
@@ -400,7 +392,7 @@ def test_transmit_eagain_queues_and_writer_flushes() -> None:
             assert src.send(frames) == 3  # #2 failed hard, #4 hit EAGAIN
             assert client.receive_disabled and len(client.incoming) == 3
             assert client.tx_errors == 1 and client.stats.tx_dropped == 1
-            await wait_until(lambda: len(client.incoming) == 0)
+            await until(lambda: len(client.incoming) == 0)
             got = [await asyncio.to_thread(rx.recv, 2048) for _ in range(5)]
             assert [g[12:] for g in got] == [frames[i] for i in (0, 2, 3, 4, 5)]
             # counters: the dropped frame used one value, the EAGAIN one did not
@@ -446,9 +438,9 @@ def test_hub_joins_two_tunnels() -> None:
             far1.connect(r1)
             far2.connect(r2)
             r1.send([frame(1)])
-            await wait_until(lambda: len(r2.got) == 1)
+            await until(lambda: len(r2.got) == 1)
             r2.send([frame(2)])
-            await wait_until(lambda: len(r1.got) == 1)
+            await until(lambda: len(r1.got) == 1)
             assert r2.got == [frame(1)] and r1.got == [frame(2)]
         finally:
             for c in (x, y, far1, far2):
@@ -478,9 +470,9 @@ def test_raw_ip_tunnel(addr_a: str, addr_b: str, v6: str, batch_io: bool) -> Non
             b.connect(rb)
             sent = [frame(i, 200) for i in range(5)]
             ra.send(sent)
-            await wait_until(lambda: len(rb.got) == 5)
+            await until(lambda: len(rb.got) == 5)
             rb.send([frame(9)])
-            await wait_until(lambda: len(ra.got) == 1)
+            await until(lambda: len(ra.got) == 1)
             await asyncio.sleep(0.05)
             assert rb.got == sent and ra.got == [frame(9)]
             if v6:  # each saw its own transmissions and dropped them as foreign sessions
@@ -502,7 +494,7 @@ def test_raw_ipv4_with_ip_options_is_parsed_by_ihl(batch_io: bool) -> None:
                 # IP options: NOP NOP NOP EOL (4 bytes) -> IHL 6
                 s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"\x01\x01\x01\x00")
                 s.sendto((0x77).to_bytes(4, "big") + frame(5), ("127.0.0.3", 0))
-                await wait_until(lambda: len(rec.got) == 1)
+                await until(lambda: len(rec.got) == 1)
             assert rec.got == [frame(5)]
 
     run(body)
@@ -606,7 +598,7 @@ def test_garbage_datagrams_are_counted_and_the_tunnel_keeps_working(batch_io: bo
                     s.sendto(rng.randbytes(rng.randrange(0, 80)), ("127.0.0.1", pb))
                     if i % 20 == 0:
                         s.sendto(good.encapsulate(frame(i)), ("127.0.0.1", pb))
-                await wait_until(lambda: b.session.drops.total + len(rec.got) == 210)
+                await until(lambda: b.session.drops.total + len(rec.got) == 210)
             assert rec.got == [frame(i) for i in range(0, 200, 20)]
             assert b.stats.malformed == 200 and b.rx_errors == 0
 

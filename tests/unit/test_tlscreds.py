@@ -4,7 +4,6 @@ loading QEMU's files, QEMU's error texts, the sanity check, option rules."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +104,6 @@ def test_unsupported_properties(pki: Pki) -> None:
         TlsCredsX509("t", dir=str(pki.client), priority="NORMAL:-VERS-ALL:+VERS-TLS1.3")
     assert "not supported" in err.value.desc
     TlsCredsX509("t", dir=str(pki.client), priority="@SYSTEM")
-
-
-@pytest.fixture
-async def table() -> AsyncIterator[ChardevTable]:
-    t = ChardevTable()
-    try:
-        yield t
-    finally:
-        await t.close_all()
 
 
 def sock(addr: dict[str, Any], **extra: Any) -> Any:

@@ -42,7 +42,8 @@ from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.net.nic import NicClient
-from tests.unit.test_user_tcp_splice import GuestSide, until
+from tests.kit.polling import until
+from tests.unit.test_user_tcp_splice import GuestSide
 
 GW_MAC = bytes.fromhex("52550a000202")
 GUEST_MAC = bytes.fromhex("525400123456")

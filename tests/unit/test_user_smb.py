@@ -19,8 +19,8 @@ import pytest
 
 from drivers.user import smb
 from drivers.user.guestfwd import loopback_pair
+from tests.kit.polling import until
 from tests.unit.test_user_guestfwd import netdev, netdev_error, pid_alive
-from tests.unit.test_user_tcp_splice import until
 
 #: A stand-in for smbd: prints what it was given and the kind of socket on its stdin,
 #: then echoes (inetd style: the connection is stdin and stdout).
@@ -184,7 +184,7 @@ async def test_connections_run_smbd_on_a_loopback_tcp_pair(
         assert rows[0]["target"].endswith(f"{fake_smbd} -l {private} -s {private}/smb.conf")
 
         a, b = stack.open("10.0.2.4", 445), stack.open("10.0.2.4", 139)
-        await until(lambda: a.got.count(b"\n") >= 2 and b.got.count(b"\n") >= 2, seconds=20)
+        await until(lambda: a.got.count(b"\n") >= 2 and b.got.count(b"\n") >= 2, timeout=20)
         kind, args = a.got.decode().splitlines()[:2]
         assert kind.startswith("AF_INET SOCK_STREAM")  # smbd needs an inet peer
         assert args == f"args -l {private} -s {private}/smb.conf"
@@ -227,7 +227,7 @@ async def test_smb_passes_restrict(tmp_path: Path, tmpdir: Path, fake_smbd: Path
     spec = f"user,id=u0,restrict=on,smb={d},x-smbd={fake_smbd}"
     async with netdev(spec) as (_ns, client, stack):
         conn = stack.open("10.0.2.4", 445)
-        await until(lambda: conn.got.count(b"\n") >= 2, seconds=20)
+        await until(lambda: conn.got.count(b"\n") >= 2, timeout=20)
         assert conn.got.startswith(b"AF_INET")
         assert client.counters().get("restrict-refused", 0) == 0
 
@@ -248,8 +248,8 @@ async def test_guard_removes_the_directory_when_the_daemon_is_gone(
         # the daemon's end of the guard's pipe closes as it would when the daemon dies
         os.close(server._guard_pipe)
         server._guard_pipe = -1
-        await until(lambda: not private.exists(), seconds=20)
-        await until(lambda: not running(helper), seconds=10)
+        await until(lambda: not private.exists(), timeout=20)
+        await until(lambda: not running(helper), timeout=10)
         assert server._guard is not None
         assert server._guard.wait(10) == 0
 

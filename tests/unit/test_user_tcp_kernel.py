@@ -39,6 +39,7 @@ import pytest
 
 from drivers.user.tcp import Event, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header
 from drivers.user.tcp.wire import Segment
+from tests.kit.netns import unique_name
 
 GW_MAC = bytes.fromhex("52550a000202")
 GUEST_MAC = bytes.fromhex("020000000f0f")
@@ -101,7 +102,7 @@ class KernelGuest:
     """A namespace whose kernel is the guest, behind a tap whose fd we hold."""
 
     def __init__(self, vnet: bool, mtu: int = 1500) -> None:
-        self.ns = f"nstcp{os.getpid()}x{random.randrange(1 << 20)}"
+        self.ns = unique_name("nstcp")
         self.vnet = vnet
         self.mtu = mtu
         self.fd = -1

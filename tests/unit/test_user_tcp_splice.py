@@ -24,6 +24,7 @@ from drivers.user.tcp import (
     parse_frame,
 )
 from drivers.user.tcp.wire import ACK, RST
+from tests.kit.polling import until
 
 GUEST, FAR = bytes([10, 0, 2, 15]), bytes([10, 0, 2, 2])
 MAC_GW, MAC_GUEST = bytes.fromhex("52550a000202"), bytes.fromhex("525400123456")
@@ -90,14 +91,6 @@ class GuestSide:
 
 def to_loopback(seg: Segment) -> tuple[int, tuple[Any, ...]] | int:
     return socket.AF_INET, ("127.0.0.1", seg.dport)
-
-
-async def until(cond: Any, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 async def test_echo_through_the_splicer() -> None:

@@ -30,8 +30,8 @@ from drivers.vhost_user.virtqueue import (
     RingError,
 )
 from netstack.proto import vnet as vnet_hdr
+from tests.kit.vhost_user import DEFAULT_FEATURES, GuestSetup
 from tests.support import frame
-from tests.unit.test_vhost_user_guest import DEFAULT_FEATURES, GuestSetup
 
 
 class Rig:

@@ -23,9 +23,9 @@ from drivers.vhost_user import protocol as vp
 from drivers.vhost_user.device import STATUS_NEEDS_RESET
 from drivers.vhost_user.memory import GuestMemory, MemoryTableError, RegionSpec
 from drivers.vhost_user.virtqueue import RingError
+from tests.kit.vhost_user import mem_table, msg
 from tests.support import frame
 from tests.unit.test_vhost_user_device import Rig
-from tests.unit.test_vhost_user_guest import mem_table, msg
 
 pytestmark = pytest.mark.skipif(not memguard.available(), reason="_memguard not built")
 

@@ -5,11 +5,10 @@ errors (the daemon keeps serving every other port)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,11 @@ from drivers.vhost_user.virtqueue import DESC_F_NEXT
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.qapi import Netdev, NetdevVhostUserOptions, parse_chardev_cli, parse_netdev_cli
+from tests.kit.polling import until
+from tests.kit.vhost_user import GuestSetup, SocketFrontend, msg, state, u64
 from tests.support import Recorder, frame
-from tests.unit.test_vhost_user_guest import GuestSetup, SocketFrontend, msg, state, u64
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def until(cond: Callable[[], Any], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 class Daemon:

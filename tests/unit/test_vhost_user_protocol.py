@@ -20,12 +20,12 @@ from drivers.vhost_user.features import (
 from drivers.vhost_user.memory import MAX_MEM_SLOTS, RegionSpec
 from drivers.vhost_user.protocol import SessionHooks
 from drivers.vhost_user.virtqueue import SplitQueue
-from tests.unit.test_vhost_user_guest import (
+from tests.kit.polling import open_fds
+from tests.kit.vhost_user import (
     GuestRam,
     GuestSetup,
     mem_table,
     msg,
-    open_fds,
     region_payload,
     state,
     u64,

@@ -1,0 +1,37 @@
+"""Fixtures every test directory shares; the helpers behind them are in :mod:`tests.kit`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from netstack.chardev import ChardevTable
+from netstack.daemon import Netstack
+from tests.kit.daemon import in_process
+from tests.kit.guests import guest_image_or_skip
+from tools.guest import GuestImage
+
+
+@pytest.fixture
+async def ns(tmp_path: Path) -> AsyncIterator[Netstack]:
+    """An in-process daemon with every driver, its runtime directory ``tmp_path``."""
+    async with in_process(tmp_path) as daemon:
+        yield daemon
+
+
+@pytest.fixture(scope="session")
+def image() -> GuestImage:
+    """The QEMU test guest, built once (skips without QEMU)."""
+    return guest_image_or_skip()
+
+
+@pytest.fixture
+async def table() -> AsyncIterator[ChardevTable]:
+    """A chardev table of its own, every chardev closed afterwards."""
+    t = ChardevTable()
+    try:
+        yield t
+    finally:
+        await t.close_all()
