@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.test_vhu_frontend_dpdk import _exchange, _frames, vhost, wait_until
+from tests.interop.test_vhu_frontend_dpdk import _exchange, _frames, vhost
+from tests.kit.polling import until
 from tools.vhost_user_frontend import testpmd
 from tools.vhost_user_frontend.frontend import FrontendConfig, VhostUserFrontend
 from tools.vhost_user_frontend.packed import PackedQueue
@@ -62,7 +63,7 @@ async def test_packed_tx_counted_by_testpmd(tmp_path: Path, ring_base: int) -> N
             assert isinstance(vq, PackedQueue)
             state = (sent, vq.broken, vq.bad_used, vq.in_flight, vq.last_used, vq.used_wrap)
             assert sent == len(plan), (state, vq.ring[:8], tp.output[-1500:])
-            assert await wait_until(lambda: tx.reclaim() >= 0 and tx.completed == len(plan))
+            await until(lambda: tx.reclaim() >= 0 and tx.completed == len(plan))
             bases = await fe.stop()
             end = ring_base + len(plan)
             assert bases[1] & 0xFFFF == end % 256 | (1 ^ (end // 256) % 2) << 15

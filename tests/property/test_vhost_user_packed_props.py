@@ -28,8 +28,8 @@ from drivers.vhost_user.features import (
 )
 from drivers.vhost_user.packed import PackedQueue
 from drivers.vhost_user.virtqueue import DESC_F_WRITE, RingError
+from tests.kit.vhost_user import mem_table, msg, state, u64
 from tests.property.test_vhost_user_props import CANARY, DESC_ADDR, GUARD, RSIZE, GuardedRam
-from tests.unit.test_vhost_user_guest import mem_table, msg, state, u64
 from tests.unit.test_vhost_user_packed import ETH, PDESC, PackedDriver
 
 NUM = 8

@@ -22,7 +22,8 @@ from drivers.vhost_user.features import (
     F_GUEST_ANNOUNCE,
     F_LOG_ALL,
 )
-from tests.unit.test_vhost_user_guest import GuestSetup, msg, open_fds
+from tests.kit.polling import open_fds
+from tests.kit.vhost_user import GuestSetup, msg
 
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 

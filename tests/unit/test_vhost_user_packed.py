@@ -34,7 +34,7 @@ from drivers.vhost_user.packed import (
     PackedQueue,
 )
 from drivers.vhost_user.virtqueue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, RingError
-from tests.unit.test_vhost_user_guest import GuestRam, mem_table, msg, state, u64
+from tests.kit.vhost_user import GuestRam, mem_table, msg, state, u64
 
 PDESC = struct.Struct("<QIHH")
 FEATURES = 1 << F_VERSION_1 | 1 << F_RING_PACKED | 1 << F_INDIRECT_DESC | 1 << F_IN_ORDER
