@@ -47,7 +47,7 @@ async def test_packed_txonly_frames_reach_the_hub(ns: Netstack, tmp_path: Path) 
     pmd = DpdkTestpmd([packed(path)], "txonly", workdir=tmp_path)
     await pmd.start()
     try:
-        await until(lambda: len(rec.got) >= 2000)
+        await until(lambda: len(rec.got) >= 2000, 30)
         assert_packed(nc)
     finally:
         await pmd.stop()
@@ -76,7 +76,7 @@ async def test_packed_rxonly_receives_every_frame_sent(ns: Netstack, tmp_path: P
                 await done
             else:
                 await asyncio.sleep(0)
-        await until(lambda: nc.stats.rx_frames >= total)
+        await until(lambda: nc.stats.rx_frames >= total, 30)
         await asyncio.sleep(1.5)  # one stats period
         assert_packed(nc)
     finally:
@@ -92,7 +92,7 @@ async def test_packed_io_loop_through_the_hub(ns: Netstack, tmp_path: Path) -> N
     pmd = DpdkTestpmd(vdevs, "io", tx_first=4, workdir=tmp_path)
     await pmd.start()
     try:
-        await until(lambda: a.stats.tx_frames > 20000 and b.stats.tx_frames > 20000)
+        await until(lambda: a.stats.tx_frames > 20000 and b.stats.tx_frames > 20000, 30)
         assert_packed(a)
         assert_packed(b)
     finally:
@@ -126,7 +126,7 @@ async def test_packed_two_queue_pairs(ns: Netstack, tmp_path: Path) -> None:
         return isinstance(q, PackedQueue) and (q.avail_slot, q.avail_wrap) != (0, 1)
 
     try:
-        await until(lambda: len(rec.got) >= 5000 and moved(0) and moved(1))
+        await until(lambda: len(rec.got) >= 5000 and moved(0) and moved(1), 30)
         assert_packed(mq)
     finally:
         await pmd.stop()
