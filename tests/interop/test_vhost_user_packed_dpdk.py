@@ -103,6 +103,11 @@ async def test_packed_io_loop_through_the_hub(ns: Netstack, tmp_path: Path) -> N
     assert abs(b.stats.tx_frames - a.stats.rx_frames) <= 512
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="in full-suite CI runs one queue pair sometimes never moves within 30 s; passes "
+    "alone; open under #15",
+)
 async def test_packed_two_queue_pairs(ns: Netstack, tmp_path: Path) -> None:
     """Multiqueue: testpmd transmits on both pairs of a two-pair port (``queues=2``)."""
     path = tmp_path / "mq.sock"
