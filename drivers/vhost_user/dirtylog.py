@@ -254,6 +254,21 @@ class DirtyLog:
         last = (gpa + length - 1) >> _PAGE_SHIFT
         self._set(np.arange(first, last + 1, dtype=np.uint64))
 
+    @property
+    def words(self) -> NDArray[np.uint32]:
+        """The bitmap itself (writable; bit ``p % 8`` of byte ``p // 8`` is page ``p``), for
+        the compiled ring loops, which OR bits in with the same atomic guarantee."""
+        return self._words
+
+    def account(self, bits: int, out_of_range: int) -> None:
+        """Count what the compiled ring loops marked and signal the log eventfd."""
+        self.counters["log-out-of-range"] += out_of_range
+        if bits:
+            self.counters["log-bits-set"] += bits
+            if self.log_fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.eventfd_write(self.log_fd, 1)
+
     def _set(self, pages: NDArray[np.uint64]) -> None:
         outside = pages >= np.uint64(self.pages)
         if np.any(outside):
@@ -276,13 +291,24 @@ class DirtyLog:
                 os.eventfd_write(self.log_fd, 1)
 
 
-def used_logger(log: DirtyLog, log_guest_addr: int) -> Callable[[int, int], None]:
+class UsedLogger:
     """What a ring calls after writing ``length`` bytes at ``offset`` in its used ring
-    (``VHOST_VRING_F_LOG``): the range is logged at ``log_guest_addr + offset``, an address
-    the front end gives in guest-physical terms (not translated through the table)."""
+    (``VHOST_VRING_F_LOG``): the range is logged at ``addr + offset``, an address the front
+    end gives in guest-physical terms (not translated through the table). The compiled
+    ring loops read ``log`` and ``addr`` and mark the same pages themselves."""
 
-    def logged(offset: int, length: int) -> None:
-        if log.active:
-            log.mark_range(log_guest_addr + offset, length)
+    __slots__ = ("addr", "log")
 
-    return logged
+    def __init__(self, log: DirtyLog, addr: int) -> None:
+        self.log = log
+        self.addr = addr
+
+    def __call__(self, offset: int, length: int) -> None:
+        if self.log.active:
+            self.log.mark_range(self.addr + offset, length)
+
+
+def used_logger(log: DirtyLog, log_guest_addr: int) -> Callable[[int, int], None]:
+    """The :class:`UsedLogger` of a ring whose used ring the front end logs at
+    ``log_guest_addr``."""
+    return UsedLogger(log, log_guest_addr)

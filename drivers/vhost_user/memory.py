@@ -154,6 +154,9 @@ class GuestMemory:
         self.regions: list[Region] = []  # sorted by gpa
         self._starts: NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
         self._ends: NDArray[np.uint64] = np.empty(0, dtype=np.uint64)
+        #: ``(gpa, size, mapping, offset of the region in it)`` per region, sorted by gpa:
+        #: what the compiled ring loops (``_vring``) translate through.
+        self.table: tuple[tuple[int, int, mmap.mmap, int], ...] = ()
         #: Increases on every change; rings re-translate their addresses when it moves.
         self.generation = 0
         #: :func:`.memguard.fault_count` when the regions were last looked at.
@@ -248,6 +251,7 @@ class GuestMemory:
     def _reindex(self) -> None:
         self._starts = np.array([r.spec.gpa for r in self.regions], dtype=np.uint64)
         self._ends = np.array([r.spec.gpa + r.spec.size for r in self.regions], dtype=np.uint64)
+        self.table = tuple((r.spec.gpa, r.spec.size, r.mm, r.base) for r in self.regions)
         self.generation += 1
 
     # -- translation ---------------------------------------------------------------------

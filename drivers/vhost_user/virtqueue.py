@@ -118,6 +118,9 @@ class SplitQueue:
         self._used_h: memoryview | None = None
         self._used_pairs: NDArray[np.uint32] = np.empty((0, 2), dtype=np.uint32)
         self._avail_event: memoryview | None = None
+        #: The descriptor table, avail ring and used ring as byte views (mapped queues):
+        #: what the compiled ring loops (``_vring``) work on.
+        self.raw: tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]] | None = None
         #: ``VHOST_VRING_F_LOG``: told ``(offset, length)`` of every used-ring write.
         self.log_used: Callable[[int, int], None] | None = None
 
@@ -177,6 +180,11 @@ class SplitQueue:
         if extra:
             at = u_off + 4 + 8 * num
             self._avail_event = memoryview(u_region.u8[at : at + 2]).cast("H")  # type: ignore[arg-type]
+        self.raw = (
+            d_region.u8[d_off : d_off + 16 * num],
+            a_region.u8[a_off : a_off + 4 + 2 * num + extra],
+            u_region.u8[u_off : u_off + 4 + 8 * num + extra],
+        )
         self._generation = mem.generation
         # The used index the driver sees is the truth (libvhost-user does the same).
         self.used_idx = self._used_h[1]
@@ -201,6 +209,7 @@ class SplitQueue:
                 mv.release()
         self._avail_h = self._used_h = self._avail_event = None
         self._used_pairs = np.empty((0, 2), dtype=np.uint32)
+        self.raw = None
         self._generation = -1
 
     def set_fd(self, which: str, fd: int) -> None:

@@ -6,7 +6,8 @@ malformed-message case (:data:`MSG_CASES`) is played by one front end on one por
 second front end on another port of the same hub keeps exchanging frames with an
 in-process peer: the daemon must stay up, keep serving the other port, never touch memory
 outside what was shared (the tool's cases only *name* outside addresses) and leak no
-descriptors. Ring cases that break a queue must show up in the port's counters.
+descriptors. Ring cases that break a queue must show up in the port's counters. Split rings
+are played against the compiled ring loops and against the pure-Python ones.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from drivers import hubport
 from netstack.daemon import Netstack
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
 from tests.kit.polling import open_fds, until
+from tests.kit.vhost_user import use_ring_impl
 from tests.support import Recorder
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,7 +77,16 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The split-ring loops the daemon runs: as built, or one named by the test."""
+    impl = str(getattr(request, "param", "default"))
+    if impl != "default":
+        use_ring_impl(monkeypatch, impl)
+    return impl
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, ring_impl: str) -> AsyncIterator[Rig]:
     ns = Netstack({"vhost-user": vu.SPEC, "hubport": hubport.SPEC}, runtime_dir=tmp_path)
     r = Rig(ns, tmp_path)
     try:
@@ -85,7 +96,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await ns.close()
 
 
-@pytest.mark.parametrize("layout", ["split", "packed"])
+@pytest.mark.parametrize(
+    ("layout", "ring_impl"),
+    [("split", "compiled"), ("split", "python"), ("packed", "default")],
+    indirect=["ring_impl"],
+)
 @pytest.mark.parametrize("case", sorted(fe_tool.RING_CASES))
 async def test_hostile_ring_case(rig: Rig, case: str, layout: str) -> None:
     features = fe_tool.PACKED_FEATURES if layout == "packed" else fe_tool.SUPPORTED_FEATURES

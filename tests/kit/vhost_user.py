@@ -18,6 +18,8 @@ import socket
 import struct
 from collections.abc import Sequence
 
+import pytest
+
 from drivers.vhost_user import protocol as vp
 from drivers.vhost_user.features import (
     F_INDIRECT_DESC,
@@ -337,3 +339,19 @@ _REPLIES = {
     vp.GET_CONFIG,
     vp.GET_INFLIGHT_FD,
 }
+
+
+#: The two implementations of the split-ring loops: ``drivers/vhost_user/_vring.c`` through
+#: ``fastring``, and the pure-Python reference (``txpath``/``rxpath``).
+RING_IMPLS = ("compiled", "python")
+
+
+def use_ring_impl(monkeypatch: pytest.MonkeyPatch, impl: str) -> None:
+    """Make every ``NetDevice`` created from now on run the ``impl`` ring loops (skips the
+    test for ``compiled`` when the extension is not built or Python is forced)."""
+    from drivers.vhost_user import fastring
+
+    if impl == "python":
+        monkeypatch.setattr(fastring, "load", lambda: None)
+    elif fastring.load() is None:
+        pytest.skip("drivers.vhost_user._vring is not built (or NETSTACK_PURE_PYTHON is set)")

@@ -30,8 +30,15 @@ from drivers.vhost_user.virtqueue import (
     RingError,
 )
 from netstack.proto import vnet as vnet_hdr
-from tests.kit.vhost_user import DEFAULT_FEATURES, GuestSetup
+from tests.kit.vhost_user import DEFAULT_FEATURES, RING_IMPLS, GuestSetup, use_ring_impl
 from tests.support import frame
+
+
+@pytest.fixture(autouse=True, params=RING_IMPLS)
+def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the compiled split-ring loops and with the Python ones."""
+    use_ring_impl(monkeypatch, request.param)
+    return str(request.param)
 
 
 class Rig:

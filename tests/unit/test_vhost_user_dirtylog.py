@@ -23,9 +23,16 @@ from drivers.vhost_user.features import (
     F_LOG_ALL,
 )
 from tests.kit.polling import open_fds
-from tests.kit.vhost_user import GuestSetup, msg
+from tests.kit.vhost_user import RING_IMPLS, GuestSetup, msg, use_ring_impl
 
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+@pytest.fixture(autouse=True, params=RING_IMPLS)
+def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the compiled split-ring loops and with the Python ones."""
+    use_ring_impl(monkeypatch, request.param)
+    return str(request.param)
 
 
 def log_memfd(size: int, seals: int = SEALS) -> int:

@@ -23,7 +23,7 @@ from drivers.vhost_user import protocol as vp
 from drivers.vhost_user.device import STATUS_NEEDS_RESET
 from drivers.vhost_user.memory import GuestMemory, MemoryTableError, RegionSpec
 from drivers.vhost_user.virtqueue import RingError
-from tests.kit.vhost_user import mem_table, msg
+from tests.kit.vhost_user import RING_IMPLS, mem_table, msg, use_ring_impl
 from tests.support import frame
 from tests.unit.test_vhost_user_device import Rig
 
@@ -31,6 +31,13 @@ pytestmark = pytest.mark.skipif(not memguard.available(), reason="_memguard not 
 
 MIB = 1 << 20
 SEALS = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+
+
+@pytest.fixture(autouse=True, params=RING_IMPLS)
+def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the compiled split-ring loops and with the Python ones."""
+    use_ring_impl(monkeypatch, request.param)
+    return str(request.param)
 
 
 def memfd(size: int = MIB, seals: int | None = None) -> int:
