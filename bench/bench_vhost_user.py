@@ -36,6 +36,12 @@ interleaved in every round (``--rounds``, default 3); medians of the rounds, the
 netstack packed/split and netstack/DPDK on packed rings, and the back end's CPU time per
 frame (``/proc/PID/stat`` utime + stime over the measured seconds).
 
+Compiled vs pure-Python ring loops (``--compiled``, cases ``loop-64`` and ``switch-64``):
+DPDK's vhost PMD, netstackd as built (``netstack``: the C loops of
+``drivers/vhost_user/_vring.c`` on split rings) and netstackd with ``NETSTACK_PURE_PYTHON=1``
+(``netstack-py``), each on split and packed rings, all six interleaved in every round;
+medians, same-round ratios to DPDK, CPU per frame.
+
 Every process is started and stopped here by PID; only unix sockets in a temporary
 directory are used.
 """
@@ -62,7 +68,7 @@ if str(REPO) not in sys.path:
 from tests.interop.test_vhost_user_dpdk import DpdkTestpmd  # noqa: E402
 
 CASES = ("g2b-64", "g2b-1500", "loop-64", "switch-64")
-KINDS = ("dpdk", "netstack", "netstack-copy")
+KINDS = ("dpdk", "netstack", "netstack-copy", "netstack-py")
 _BLOCK = re.compile(r"NIC statistics for port (\d+).*?Rx-pps:\s*(\d+).*?Tx-pps:\s*(\d+)", re.DOTALL)
 
 
@@ -123,7 +129,8 @@ async def serve(case: str, sockdir: Path) -> int:
 
 
 class NetstackProc:
-    def __init__(self, case: str, sockdir: Path, cpu: int) -> None:
+    def __init__(self, case: str, sockdir: Path, cpu: int, pure: bool = False) -> None:
+        self.pure = pure
         self.argv = [
             "taskset", "-c", str(cpu), sys.executable, str(Path(__file__).resolve()),
             "--serve", case, "--sockdir", str(sockdir),
@@ -132,6 +139,7 @@ class NetstackProc:
 
     async def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO))
+        env["NETSTACK_PURE_PYTHON"] = "1" if self.pure else ""
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env
         )
@@ -213,7 +221,7 @@ async def run_case(
         )
         if kind == "netstack-copy":
             serve_case = "copy"
-        back = NetstackProc(serve_case, sockdir, 0)
+        back = NetstackProc(serve_case, sockdir, 0, pure=kind == "netstack-py")
         await back.start()
     ring = ",packed_vq=1" if packed else ""
     vdevs = [
@@ -317,14 +325,59 @@ async def bench_packed(cases: Sequence[str], seconds: float, rounds: int) -> Non
             print(f"{case:<8} per-round Mpps: {json.dumps(rounds_text)}", flush=True)
 
 
+COMPILED_KINDS = tuple(
+    (kind, packed) for packed in (False, True) for kind in ("dpdk", "netstack", "netstack-py")
+)
+
+
+async def bench_compiled(cases: Sequence[str], seconds: float, rounds: int) -> None:
+    """netstackd with the compiled ring loops (``netstack``) and with the pure-Python ones
+    (``netstack-py``, ``NETSTACK_PURE_PYTHON=1``) against DPDK's vhost PMD, split and packed
+    rings, all interleaved in every round; medians of the rounds, same-round ratios."""
+    if not DpdkTestpmd.available():
+        print("dpdk-testpmd not found (Debian dpdk-dev)", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-vhost-") as tmpname:
+        tmp = Path(tmpname)
+        print(f"{rounds} rounds of {seconds:g} s, medians; cpu: back end CPU time per frame")
+        print(f"{'case':<10} {'back end':<12} {'ring':<7} {'Mpps':>7} {'cpu ns/frame':>13}  ratios")
+        for case in cases:
+            got: dict[tuple[str, bool], list[dict[str, float]]] = {k: [] for k in COMPILED_KINDS}
+            ratios: dict[tuple[str, bool], list[float]] = {k: [] for k in COMPILED_KINDS}
+            for _ in range(rounds):
+                for key in COMPILED_KINDS:
+                    got[key].append(await run_case(case, key[0], seconds, tmp, key[1]))
+                for kind, packed in COMPILED_KINDS:
+                    ref = got["dpdk", packed][-1]["mpps"]
+                    if kind != "dpdk" and ref:
+                        ratios[kind, packed].append(got[kind, packed][-1]["mpps"] / ref)
+            for kind, packed in COMPILED_KINDS:
+                runs = got[kind, packed]
+                mpps = median([int(r["mpps"] * 1e6) for r in runs]) / 1e6
+                cpu = per_frame(runs, seconds)
+                text = ""
+                if ratios[kind, packed]:
+                    text = f"vs dpdk {statistics.median(ratios[kind, packed]):.3f} (same-round)"
+                ring = "packed" if packed else "split"
+                print(f"{case:<10} {kind:<12} {ring:<7} {mpps:7.3f} {cpu * 1e9:13.0f}  {text}")
+            rounds_text = {
+                f"{k[0]}-{'packed' if k[1] else 'split'}": [round(r["mpps"], 3) for r in v]
+                for k, v in got.items()
+            }
+            print(f"{case:<10} per-round Mpps: {json.dumps(rounds_text)}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--kinds", default="dpdk,netstack,netstack-copy")
     ap.add_argument("--repeat", type=int, default=1, help="runs per case and kind; best kept")
     ap.add_argument("--packed", action="store_true", help="packed vs split rings (see above)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of --packed (medians)")
+    ap.add_argument(
+        "--compiled", action="store_true", help="compiled vs pure-Python ring loops (see above)"
+    )
     ap.add_argument("--serve", choices=("sink", "copy", "reflect", "switch"))
     ap.add_argument("--sockdir", type=Path)
     args = ap.parse_args()
@@ -335,6 +388,10 @@ def main() -> None:
     for c in cases:
         if c not in CASES:
             ap.error(f"unknown case {c}")
+    if args.compiled:
+        todo = [c for c in cases if c in ("loop-64", "switch-64")]
+        asyncio.run(bench_compiled(todo, args.seconds, max(3, args.rounds)))
+        return
     if args.packed:
         packed_cases = [c for c in cases if c in ("loop-64", "g2b-64")]
         asyncio.run(bench_packed(packed_cases, args.seconds, max(3, args.rounds)))

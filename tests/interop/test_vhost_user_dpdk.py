@@ -6,6 +6,7 @@ MRG_RXBUF, IN_ORDER, INDIRECT_DESC, protocol MQ/REPLY_ACK/STATUS; no EVENT_IDX; 
 SET_VRING_CALL before SET_FEATURES and SET_VRING_ENABLE without protocol features) and
 runs its forwarding mode until SIGINT, then prints per-port forward statistics, which the
 test compares with the daemon's own counters. Runs without hugepages (``--no-huge``).
+Every test runs with the compiled split-ring loops and with the pure-Python ones.
 
 :class:`DpdkTestpmd` is also the traffic source and sink of ``bench/bench_vhost_user.py``.
 """
@@ -28,6 +29,7 @@ from netstack.daemon import Netstack
 from netstack.net.client import NetClient
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
 from tests.kit.polling import until
+from tests.kit.vhost_user import RING_IMPLS, use_ring_impl
 from tests.support import Recorder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -149,6 +151,13 @@ class DpdkTestpmd:
 
 def virtio_user(path: Path, index: int = 0, queues: int = 1, size: int = 256) -> str:
     return f"net_virtio_user{index},path={path},queues={queues},queue_size={size}"
+
+
+@pytest.fixture(autouse=True, params=RING_IMPLS)
+def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each exchange runs with the compiled split-ring loops and with the Python ones."""
+    use_ring_impl(monkeypatch, request.param)
+    return str(request.param)
 
 
 @pytest.fixture
