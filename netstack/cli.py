@@ -289,6 +289,7 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
 async def _setup(ns: Netstack, cfg: Config) -> None:
     """Create everything the configuration names, in QEMU's order; errors name the option."""
     from netstack import qapi
+    from netstack.qmp.server import monitor_add
 
     early = [i for i, spec in enumerate(cfg.objects) if _early_object(spec)]
     for index in early:  # TLS credentials: before the chardevs that use them, as QEMU does
@@ -312,7 +313,7 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
     for index, (kind, spec, pretty) in enumerate(cfg.monitors):
         flag = "-qmp-pretty" if kind == "qmp" and pretty else f"-{kind}"
         with _option(flag, spec, cfg.origins.get(("mon", index))):
-            await ns.monitor_add(kind, spec, pretty, index)
+            await monitor_add(ns, kind, spec, pretty, index)
 
 
 async def _start_webview(ns: Netstack, cfg: Config) -> WebView:
