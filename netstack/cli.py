@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from netstack import __version__, confine, limits
 from netstack.daemon import Netstack
 from netstack.driver import DriverSpec
-from netstack.errors import GenericError, NetstackError
+from netstack.errors import GenericError, NetstackError, StartupError
 from netstack.qapi.helptext import HelpRequested
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ _WITH_ARG = {"netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile
 _FLAGS = {"daemonize", "version", "help", "h"}
 
 
-class UsageError(Exception):
+class UsageError(StartupError):
     """A command-line error (printed with the program name, exit status 1); ``where`` is
     the ``FILE:LINE`` of a config file section the error is about."""
 

@@ -50,7 +50,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from netstack.errors import GenericError
+from netstack.errors import ControlError, GenericError
 
 from . import control, hostsock, tcp_repair
 from .dhcp import Slot
@@ -75,7 +75,7 @@ _INT_FIELDS = (
 _BOOL_FIELDS = ("sack_ok", "fin_queued", "fin_rcvd", "host_shut_wr", "_ws_ok")
 
 
-class StateError(Exception):
+class StateError(ControlError):
     """A state blob refused (nothing was changed) or an export that cannot be made."""
 
 

@@ -64,6 +64,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from netstack.errors import RemoteInputError
+
 #: ``VHOST_LOG_PAGE``.
 LOG_PAGE = 4096
 _PAGE_SHIFT = 12
@@ -80,7 +82,7 @@ _F_SEAL_SHRINK = 0x0002
 COUNTER_NAMES = ("log-bases", "log-refused", "log-bits-set", "log-out-of-range")
 
 
-class LogError(Exception):
+class LogError(RemoteInputError):
     """A ``SET_LOG_BASE`` the back end refuses."""
 
 
