@@ -66,7 +66,17 @@ class Counters:
         self.malformed = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name.replace("_", "-"): getattr(self, name) for name in self.__slots__}
+        """The counters by their QMP names (``NetClientStatistics``), in that order."""
+        return {
+            "malformed": self.malformed,
+            "rx-bytes": self.rx_bytes,
+            "rx-dropped": self.rx_dropped,
+            "rx-filtered": self.rx_filtered,
+            "rx-frames": self.rx_frames,
+            "tx-bytes": self.tx_bytes,
+            "tx-dropped": self.tx_dropped,
+            "tx-frames": self.tx_frames,
+        }
 
 
 class NetClient:
