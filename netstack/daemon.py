@@ -293,21 +293,6 @@ class Netstack:
             raise GenericError(f"hub {hubid} not found")
         return [row for hub in hubs for row in hub.fdb_rows()]
 
-    def query_tunnel_fdb(self, netdev: str | None = None) -> list[dict[str, Any]]:
-        """Beyond QEMU: QMP ``query-tunnel-fdb`` (remote VTEPs and learned MACs)."""
-        if netdev is not None:
-            nc = self.find_netdev(netdev)
-            if nc is None:
-                raise DeviceNotFound(f"Device '{netdev}' not found")
-            if not isinstance(nc, FdbClient):
-                raise GenericError(f"Device '{netdev}' has no forwarding table")
-        return [
-            row
-            for nc in self.clients
-            if isinstance(nc, FdbClient) and (netdev is None or nc.name == netdev)
-            for row in nc.fdb_rows()
-        ]
-
     def query_rx_filter(self, name: str | None = None) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = []
         for nc in self.clients:

@@ -243,17 +243,16 @@ def object_pairs(spec: ObjectSpec) -> Pairs:
 # -- the running configuration ---------------------------------------------------------------
 
 
-def _is_monitor(frontend: object) -> bool:
-    from netstack.qmp.monitor import QmpMonitor
-
-    return isinstance(frontend, QmpMonitor)
+def _is_monitor(ns: Netstack, frontend: object) -> bool:
+    """A QMP monitor's chardev (the monitors are the daemon's, attached at start)."""
+    return any(frontend is monitor for monitor in ns.monitors)
 
 
 def running_sections(ns: Netstack) -> Iterator[tuple[str, str, Pairs]]:
     """``(group, id, pairs)`` of everything the running daemon was configured with."""
     for dev in ns.chardevs:
         spec = getattr(dev, "spec", None)
-        if isinstance(spec, Chardev) and not _is_monitor(dev.frontend):
+        if isinstance(spec, Chardev) and not _is_monitor(ns, dev.frontend):
             yield _guard("chardev", spec.id, lambda s=spec: chardev_pairs(s))
     nats = {id(nc): tables for nc, tables in ns.nat_tables()}
     for nc in ns.clients:

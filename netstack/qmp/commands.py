@@ -7,7 +7,7 @@ qapi package builds; commands without arguments: None); introspection
 (``query-qmp-schema``) is derived from the same dataclasses. After the core's commands come
 those the drivers contribute (:class:`netstack.driver.DriverCommand`, e.g. the user
 netdev's ``query-dhcp-leases``, ``user-forward-*``, ``query-user-*``, ``x-user-state-*``,
-documented in ``drivers/user/control.py``).
+documented in ``drivers/user/control.py``, and the vxlan netdev's ``query-tunnel-fdb``).
 
 QEMU's commands (net, chardev, objects, monitor basics) behave as in QEMU 7.2/10.0 (``monitor/``,
 ``net/net.c``, ``hw/net/virtio-net.c``, ``net/filter*.c``, ``chardev/char.c``). Beyond QEMU,
@@ -15,8 +15,8 @@ documented in ``query-qmp-schema`` too:
 
 * ``query-netdev``: every net client with its type, options, peer, hub, link state and
   counters (QEMU never merged one);
-* ``query-hub-fdb`` and ``query-tunnel-fdb``: the MAC tables of learning hubs and of
-  vxlan netdevs (HMP ``info fdb``), types in :mod:`.extensions`;
+* ``query-hub-fdb``: the MAC tables of learning hubs (HMP ``info fdb``, which shows the
+  vxlan netdevs' too), types in :mod:`.extensions`;
 * ``set-rx-filter``: programs a NIC-class client's rx filter (rx modes, MAC, MAC table,
   VLANs), since no guest control queue reaches a vhost-user back end;
 * ``write-config`` {filename?}: writes the running configuration (netdevs, chardevs and
@@ -46,7 +46,6 @@ from netstack.qmp.extensions import (
     HUB_FDB_ENTRY_LIST,
     NETDEV_INFO_LIST,
     RX_FILTER_INFO_LIST,
-    TUNNEL_FDB_LIST,
 )
 
 T = TypeVar("T")
@@ -85,12 +84,6 @@ class SetLinkArgs:
 class OptNameArgs:
     qapi_name: ClassVar[str] = "q_obj_query-rx-filter-arg"
     name: str | None = opt("str")
-
-
-@dataclass(frozen=True, kw_only=True)
-class NetdevNameArgs:
-    qapi_name: ClassVar[str] = "q_obj_query-dhcp-leases-arg"
-    netdev: str | None = opt("str")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,7 +251,6 @@ class Commands:
         add("query-netdev", self.query_netdev, OptNameArgs, oob=True, ret=NETDEV_INFO_LIST)
         add("set-rx-filter", self.set_rx_filter, SetRxFilterArgs)
         add("query-hub-fdb", self.query_hub_fdb, HubIdArgs, ret=HUB_FDB_ENTRY_LIST)
-        add("query-tunnel-fdb", self.query_tunnel_fdb, NetdevNameArgs, ret=TUNNEL_FDB_LIST)
         add("guest-sync", self.guest_sync, SyncArgs, ret="int")
         add("guest-sync-delimited", self.guest_sync_delimited, SyncArgs, ret="int")
         add0("guest-ping", self.guest_ping)
@@ -312,11 +304,6 @@ class Commands:
 
     async def query_hub_fdb(self, args: HubIdArgs, session: Session) -> list[dict[str, Any]]:
         return self.ns.query_hub_fdb(args.hubid)
-
-    async def query_tunnel_fdb(
-        self, args: NetdevNameArgs, session: Session
-    ) -> list[dict[str, Any]]:
-        return self.ns.query_tunnel_fdb(args.netdev)
 
     async def set_rx_filter(self, args: SetRxFilterArgs, session: Session) -> None:
         modes = args.rx_modes

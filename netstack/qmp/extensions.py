@@ -21,15 +21,8 @@ CamelCase, enum values lower-case); optional members are absent, never null.
     The MAC tables of learning hubs (``hubport,...,x-learning=on``): {hubid, mac, port
     (the hubport id), peer? (the netdev behind it), isolated (split horizon), age-ms}.
     ``hub N not found`` for an unknown hub; a repeater has no rows.
-``query-tunnel-fdb`` {netdev?} -> ``[TunnelFdbEntry]``
-    What a vxlan netdev forwards to: {netdev, mac, remote, port, vni, static, age-ms?};
-    static rows with mac 00:00:00:00:00:00 are the configured remotes and group, as
-    ``bridge fdb show dev vxlan0`` lists them.
-
-Errors for a ``netdev`` argument: ``DeviceNotFound`` ``Device 'X' not found`` as QEMU's
-netdev commands report it; a netdev without a forwarding table: ``GenericError`` ``Device
-'X' has no forwarding table``. The user netdev's commands and their types are the driver's
-(``drivers/user/control.py``).
+Drivers' own commands and their types are the drivers' (``drivers/user/control.py``,
+``drivers/vxlan/control.py``).
 """
 
 from __future__ import annotations
@@ -115,7 +108,7 @@ class RxFilterInfo:
     multicast_table: list[str] = req(QList("str"))  # noqa: RUF009 - schema metadata
 
 
-# -- MAC tables: learning hubs and tunnels --------------------------------------------------
+# -- MAC tables: learning hubs ----------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,22 +124,6 @@ class HubFdbEntry:
     age_ms: int = req("int")
 
 
-@dataclass(frozen=True, kw_only=True)
-class TunnelFdbEntry:
-    """One forwarding entry of a tunnel netdev: ``mac`` 00:00:00:00:00:00 with
-    ``static`` true is a default destination (flooding goes to all of them)."""
-
-    qapi_name: ClassVar[str] = "TunnelFdbEntry"
-    netdev: str = req("str")
-    mac: str = req("str")
-    remote: str = req("str")
-    port: int = req("int")
-    vni: int = req("int")
-    static: bool = req("bool")
-    age_ms: int | None = opt("int")
-
-
 NETDEV_INFO_LIST: Final = QList(NetdevInfo)
 HUB_FDB_ENTRY_LIST: Final = QList(HubFdbEntry)
-TUNNEL_FDB_LIST: Final = QList(TunnelFdbEntry)
 RX_FILTER_INFO_LIST: Final = QList(RxFilterInfo)
