@@ -112,10 +112,6 @@ class Netstack:
                 return nc
         return None
 
-    def hub_of(self, nc: NetClient) -> int:
-        hub = _hub_of(nc)
-        return -1 if hub is None else hub.id
-
     def find_clients(self, name: str, *, except_nic: bool = False) -> list[NetClient]:
         return [nc for nc in self.clients if nc.name == name and not (except_nic and nc.is_nic)]
 

@@ -77,10 +77,6 @@ class ControlHost(Protocol):
         """The first non-NIC client with this name."""
         ...
 
-    def hub_of(self, nc: NetClient) -> int:
-        """The id of the hub ``nc`` is a port of or plugged into; -1 if none."""
-        ...
-
 
 A = TypeVar("A")
 

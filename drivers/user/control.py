@@ -219,10 +219,11 @@ class UserStateExport:
 # -- views of one client ---------------------------------------------------------------------
 
 
-def usernet_info(client: UserNetClient, hub_id: int = -1) -> str:
-    """HMP ``info usernet`` for one netdev (``hub_id``: the hub its peer is a port of),
+def usernet_info(client: UserNetClient) -> str:
+    """HMP ``info usernet`` for one netdev (headed by the hub its peer is a port of),
     rendered from the rows of :func:`connections` and :func:`forwards`."""
-    return conntable.render_usernet(hub_id, client.name, _conn_rows(client), _forward_rows(client))
+    hub = client.peer.hub_id if client.peer is not None else -1
+    return conntable.render_usernet(hub, client.name, _conn_rows(client), _forward_rows(client))
 
 
 def _conn_rows(client: UserNetClient) -> list[conntable.ConnRow]:
@@ -394,9 +395,7 @@ def user_netdevs(host: ControlHost, netdev: str | None) -> list[UserNetClient]:
 
 def info_usernet(host: ControlHost) -> str:
     """HMP ``info usernet``: every user netdev, in creation order."""
-    return "".join(
-        usernet_info(nc, host.hub_of(nc)) for nc in host.clients if isinstance(nc, UserNetClient)
-    )
+    return "".join(usernet_info(nc) for nc in host.clients if isinstance(nc, UserNetClient))
 
 
 def hmp_hostfwd(host: ControlHost, command: str, args: Sequence[str]) -> str:

@@ -134,6 +134,12 @@ class NetClient:
         """True for guest NIC devices (QEMU's ``NET_CLIENT_DRIVER_NIC``)."""
         return self.type == "nic"
 
+    @property
+    def hub_id(self) -> int:
+        """The id of the hub this client is a port of (QEMU's ``net_hub_id_for_client``
+        asks it of a client's peer); -1 for a client that is no hub port."""
+        return -1
+
     def info_line(self) -> str:
         """The client line of ``info network``."""
         return f"{self.name}: index={self.queue_index},type={self.type},{self.info_str}"

@@ -270,6 +270,10 @@ class HubPort(NetClient):
             return self.isolated_opt
         return bool(getattr(self.peer, "overlay", False))
 
+    @property
+    def hub_id(self) -> int:
+        return self.hub.id
+
     def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
         return self.hub.forward(self, frames, vnet)
 
