@@ -601,8 +601,8 @@ class VhostUserNetdev(SessionHooks):
     # -- introspection -------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        out = dict(self.device.counters)
-        out.update(self.device.dirty.counters)
+        out = by_name(self.device.counters)
+        out.update(by_name(self.device.dirty.counters))
         out.update(by_name(self._extra))
         session = self.session
         out["connections"] = self.connections

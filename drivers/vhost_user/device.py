@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -98,7 +99,8 @@ _NUM_BUFFERS = struct.Struct("<H")
 _ZERO_HDR_12 = vnet_hdr.PLAIN_HDR[:10] + _NUM_BUFFERS.pack(1)
 _ZERO_HDR_10 = bytes(10)
 
-COUNTER_NAMES = (
+#: The device's counters (``query-netdev``), in their order.
+DeviceCounter = Literal[
     "tx-chains",
     "tx-malformed",
     "rx-too-big",
@@ -107,7 +109,8 @@ COUNTER_NAMES = (
     "rings-broken",
     "memory-faults",
     "calls",
-)
+]
+COUNTER_NAMES: tuple[DeviceCounter, ...] = get_args(DeviceCounter)
 
 
 class NetDevice:
@@ -124,7 +127,7 @@ class NetDevice:
         self.on_memory_fault: Callable[[str], None] | None = None
         #: Why the device's memory is unusable, until a new table replaces it.
         self.memory_fault: str | None = None
-        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self.counters: dict[DeviceCounter, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._init_state()
 
     def _init_state(self) -> None:
