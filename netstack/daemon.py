@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from netstack.chardev.table import ChardevTable
 from netstack.driver import DriverSpec, NatTables
-from netstack.errors import DeviceNotFound, GenericError
+from netstack.errors import ControlError, DeviceNotFound, GenericError
 from netstack.net.client import NetClient
 from netstack.net.hub import Hub, HubPort
 from netstack.net.rxfilter import format_mac
@@ -172,9 +172,7 @@ class Netstack:
             raise GenericError(f"Duplicate ID '{netdev.id}'")
         try:
             made = await spec.create(self, netdev)
-        except GenericError:
-            raise
-        except DeviceNotFound:
+        except ControlError:
             raise
         except OSError as exc:
             raise GenericError(

@@ -61,11 +61,12 @@ from typing import Any, Literal, get_args
 
 from netstack.chardev.base import Chardev, Connection
 from netstack.counters import by_name
+from netstack.errors import RemoteInputError
 from netstack.net.client import NetClient
 from netstack.net.rxfilter import RxFilter
 
 from .device import TX_BUDGET, NetDevice, rarp_frame
-from .protocol import MAX_FDS, Message, MessageReader, ProtocolError, Session, SessionHooks
+from .protocol import MAX_FDS, Message, MessageReader, Session, SessionHooks
 from .virtqueue import RingError, SplitQueue
 
 #: Messages handled per wake-up of the socket reader.
@@ -292,7 +293,7 @@ class VhostUserNetdev(SessionHooks):
                 return
             try:
                 messages = self._reader.feed(data, fds)
-            except ProtocolError as exc:
+            except RemoteInputError as exc:  # garbage from the front end: counted here
                 self._protocol_error(str(exc))
                 return
             for msg in messages:
