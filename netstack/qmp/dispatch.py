@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from netstack.errors import CommandNotFound, GenericError, NetstackError
+from netstack.errors import CommandNotFound, ControlError, GenericError
 from netstack.qapi.schema import QType
 from netstack.qmp.qdict_order import ordered_keys
 
@@ -71,7 +71,7 @@ class CommandTable:
         return iter(self._commands.values())
 
 
-def error_reply(exc: NetstackError) -> dict[str, Any]:
+def error_reply(exc: ControlError) -> dict[str, Any]:
     return {"error": {"class": exc.qmp_class, "desc": exc.desc}}
 
 
@@ -138,7 +138,7 @@ async def dispatch(
         args = (cmd.visit_args or no_args)(req.arguments)
         ret = await cmd.handler(args, session)
         reply: dict[str, Any] = {"return": {} if ret is None else ret}
-    except NetstackError as exc:
+    except ControlError as exc:
         reply = error_reply(exc)
     if has_id:
         reply["id"] = req_id

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shlex
 
 from netstack.driver import HmpCommand, HmpInfo
-from netstack.errors import NetstackError
+from netstack.errors import ControlError
 from netstack.qmp.control import Control
 
 _NETWORK_HELP = "info network  -- show the network state\n"
@@ -42,7 +42,7 @@ async def run_hmp(ns: Control, line: str) -> str:
         for command in _driver_commands(ns):
             if command.name == cmd:
                 return command.run(ns, args)
-    except NetstackError as exc:
+    except ControlError as exc:
         return f"Error: {exc.desc}\n"
     return f"unknown command: '{cmd}'\n"
 
