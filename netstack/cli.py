@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from netstack import __version__, confine, limits
 from netstack.daemon import Netstack
 from netstack.driver import DriverSpec
-from netstack.errors import GenericError, NetstackError
+from netstack.errors import GenericError, NetstackError, StartupError
 from netstack.qapi.helptext import HelpRequested
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ _WITH_ARG = {"netdev", "chardev", "object", "qmp", "qmp-pretty", "mon", "pidfile
 _FLAGS = {"daemonize", "version", "help", "h"}
 
 
-class UsageError(Exception):
+class UsageError(StartupError):
     """A command-line error (printed with the program name, exit status 1); ``where`` is
     the ``FILE:LINE`` of a config file section the error is about."""
 
@@ -289,6 +289,7 @@ With no options: start the embedded default (user NAT + vhost-user socket + QMP 
 async def _setup(ns: Netstack, cfg: Config) -> None:
     """Create everything the configuration names, in QEMU's order; errors name the option."""
     from netstack import qapi
+    from netstack.qmp.server import monitor_add
 
     early = [i for i, spec in enumerate(cfg.objects) if _early_object(spec)]
     for index in early:  # TLS credentials: before the chardevs that use them, as QEMU does
@@ -312,7 +313,7 @@ async def _setup(ns: Netstack, cfg: Config) -> None:
     for index, (kind, spec, pretty) in enumerate(cfg.monitors):
         flag = "-qmp-pretty" if kind == "qmp" and pretty else f"-{kind}"
         with _option(flag, spec, cfg.origins.get(("mon", index))):
-            await ns.monitor_add(kind, spec, pretty, index)
+            await monitor_add(ns, kind, spec, pretty, index)
 
 
 async def _start_webview(ns: Netstack, cfg: Config) -> WebView:

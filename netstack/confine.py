@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from netstack import privileges, sandbox
-from netstack.errors import GenericError
+from netstack.errors import GenericError, StartupError
 
 #: The command-line options this module parses (without the leading dash).
 CLI_OPTIONS: Final = frozenset({"runas", "run-with", "sandbox"})
@@ -41,7 +41,7 @@ PIDFILE_MODE: Final = 0o644
 OptionHelp = privileges.RunWithHelp
 
 
-class ConfineError(Exception):
+class ConfineError(StartupError):
     """Confinement failed after start-up (printed as is; exit status 1)."""
 
 

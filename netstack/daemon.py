@@ -6,7 +6,10 @@ the control operations of ``net/net.c`` with QEMU's validation order and texts: 
 with its asymmetric netdev / NIC / hubport behaviour (``qmp_set_link``), ``info network``
 (``hmp_info_network``) and ``query-rx-filter`` (``hw/net/virtio-net.c``
 ``virtio_net_query_rxfilter``). It is driven from one asyncio loop and knows its drivers only
-through the registry it is given.
+through the registry it is given. It implements the control protocol the monitors talk to
+(``netstack.qmp.control.Control``) without importing the QMP layer: the composition root
+builds the command table and the monitors (``netstack.qmp.server``); what drivers add to the
+control plane (their commands, HMP lines, NAT tables) comes through their ``DriverSpec``.
 
 Invariants: ``clients`` is in creation order; every client in it is alive (``deleted`` is
 False); names of non-NIC clients are unique except among the queues of one multiqueue
@@ -17,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from netstack import qapi
 from netstack.chardev.table import ChardevTable
-from netstack.driver import DriverSpec
-from netstack.errors import DeviceNotFound, GenericError
+from netstack.driver import DriverSpec, NatTables
+from netstack.errors import ControlError, DeviceNotFound, GenericError
 from netstack.net.client import NetClient
 from netstack.net.hub import Hub, HubPort
 from netstack.net.rxfilter import format_mac
@@ -35,30 +37,6 @@ from netstack.qapi.output import to_qmp
 EventListener = Callable[[str, Mapping[str, Any] | None], None]
 #: The mode of every unix socket a chardev of the daemon listens on (QEMU: the umask's).
 PRIVATE_SOCKET_MODE = 0o600
-
-
-@runtime_checkable
-class UserNetClient(Protocol):
-    """What a ``user`` netdev offers the monitor (info usernet, hostfwd, DHCP leases,
-    forwards and connections; QMP wire forms, GenericError with QEMU's texts)."""
-
-    def usernet_info(self) -> str: ...
-
-    def hostfwd(self, command: str, args: Sequence[str]) -> str: ...
-
-    def leases_for(self, mac: bytes) -> list[tuple[str, int]]: ...
-
-    def leases(self) -> list[dict[str, Any]]: ...
-
-    def forwards(self) -> list[dict[str, Any]]: ...
-
-    def forward_add(self, kind: str, rule: str) -> dict[str, Any]: ...
-
-    def forward_remove(
-        self, kind: str, protocol: str | None, addr: str | None, port: int
-    ) -> None: ...
-
-    def connections(self) -> list[dict[str, Any]]: ...
 
 
 @runtime_checkable
@@ -96,11 +74,11 @@ class Netstack:
         self.hubs: list[Hub] = []
         self.objects: dict[str, Any] = {}
         self.chardevs = ChardevTable(objects=self.objects.get)
+        #: The monitors attached to chardevs (``netstack.qmp.server.monitor_add``).
         self.monitors: list[Any] = []
         self._listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
-        self._commands: Any = None
         #: Where QMP ``write-config`` writes by default (``-writeconfig FILE``).
         self.config_file: str | None = None
 
@@ -194,9 +172,7 @@ class Netstack:
             raise GenericError(f"Duplicate ID '{netdev.id}'")
         try:
             made = await spec.create(self, netdev)
-        except GenericError:
-            raise
-        except DeviceNotFound:
+        except ControlError:
             raise
         except OSError as exc:
             raise GenericError(
@@ -311,21 +287,6 @@ class Netstack:
             raise GenericError(f"hub {hubid} not found")
         return [row for hub in hubs for row in hub.fdb_rows()]
 
-    def query_tunnel_fdb(self, netdev: str | None = None) -> list[dict[str, Any]]:
-        """Beyond QEMU: QMP ``query-tunnel-fdb`` (remote VTEPs and learned MACs)."""
-        if netdev is not None:
-            nc = self.find_netdev(netdev)
-            if nc is None:
-                raise DeviceNotFound(f"Device '{netdev}' not found")
-            if not isinstance(nc, FdbClient):
-                raise GenericError(f"Device '{netdev}' has no forwarding table")
-        return [
-            row
-            for nc in self.clients
-            if isinstance(nc, FdbClient) and (netdev is None or nc.name == netdev)
-            for row in nc.fdb_rows()
-        ]
-
     def query_rx_filter(self, name: str | None = None) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = []
         for nc in self.clients:
@@ -363,7 +324,7 @@ class Netstack:
         self.monitors.clear()
         await self.chardevs.close_all()
 
-    # -- chardevs, objects, monitors ----------------------------------------------------------
+    # -- chardevs, objects ----------------------------------------------------------
 
     async def chardev_add(
         self, spec: ChardevSpec, *, socket_mode: int | None = None, from_cli: bool = False
@@ -382,48 +343,12 @@ class Netstack:
 
         delete_object(self, object_id)
 
-    def command_table(self) -> Any:
-        """The QMP command table (built once, shared by every monitor)."""
-        if self._commands is None:
-            from netstack.qmp.commands import Commands
+    def write_config(self, path: str) -> None:
+        """Write the running configuration as a ``-readconfig`` file (QMP
+        ``write-config``, ``-writeconfig``)."""
+        from netstack.configfile.writer import write_running_config
 
-            self._commands = Commands(self).table()
-        return self._commands
-
-    async def monitor_add(self, kind: str, text: str, pretty: bool, index: int) -> None:
-        """``-qmp DEV`` / ``-qmp-pretty DEV`` / ``-mon chardev=ID,mode=control[,pretty=on]``."""
-        from netstack.qapi.chardev_cli import parse_mon_cli
-        from netstack.qmp.commands import VERSION_INFO
-        from netstack.qmp.monitor import QmpMonitor
-
-        mode = "control"
-        if kind == "qmp":
-            if text.startswith("chardev:"):
-                chardev_id = text[len("chardev:") :]
-            else:
-                chardev_id = f"compat_monitor{index}"
-                spec = qapi.parse_qmp_shorthand(text, chardev_id)
-                await self.chardev_add(spec, socket_mode=0o600, from_cli=True)
-        else:
-            chardev_id, mode, pretty = parse_mon_cli(text)
-        chardev = self.chardevs.get(chardev_id)
-        if chardev is None:
-            raise GenericError(f'chardev "{chardev_id}" not found')
-        if mode != "control":
-            raise GenericError(
-                f"monitor mode '{mode}' is not supported: netstackd has QMP monitors "
-                "only (mode=control); HMP commands work through human-monitor-command"
-            )
-        monitor = QmpMonitor(
-            self.command_table(),
-            version=VERSION_INFO,
-            pretty=pretty,
-            oob=chardev.backend == "socket",
-            subscribe=self.add_listener,
-            unsubscribe=self.remove_listener,
-        )
-        chardev.attach(monitor)
-        self.monitors.append(monitor)
+        write_running_config(self, path)
 
     # -- beyond QEMU: introspection and rx-filter programming ---------------------------------
 
@@ -493,7 +418,7 @@ class Netstack:
         rx.program(**changes)
 
     def guest_network_interfaces(self) -> list[dict[str, Any]]:
-        users = [nc for nc in self.clients if isinstance(nc, UserNetClient)]
+        nats = [tables for _nc, tables in self.nat_tables()]
         out: list[dict[str, Any]] = []
         for nc in self.clients:
             if nc.rx_filter is None or nc.queue_index != 0:
@@ -505,8 +430,8 @@ class Netstack:
                     "ip-address": ip,
                     "prefix": prefix,
                 }
-                for user in users
-                for ip, prefix in user.leases_for(mac)
+                for tables in nats
+                for ip, prefix in tables.addresses_for(mac)
             ]
             st = nc.stats
             out.append(
@@ -528,66 +453,17 @@ class Netstack:
             )
         return out
 
-    def query_dhcp_leases(self, netdev: str | None = None) -> list[dict[str, Any]]:
-        """Beyond QEMU: the DHCP lease tables of the user netdevs (QMP
-        ``query-dhcp-leases``)."""
-        if netdev is not None and not any(
-            nc.name == netdev and isinstance(nc, UserNetClient) for nc in self.clients
-        ):
-            raise DeviceNotFound(f"Device '{netdev}' not found")
-        return [
-            lease
-            for nc in self.clients
-            if isinstance(nc, UserNetClient) and (netdev is None or nc.name == netdev)
-            for lease in nc.leases()
-        ]
-
-    def _user_netdevs(self, netdev: str | None) -> list[UserNetClient]:
-        """The user netdevs (all, or the one named: DeviceNotFound if there is no such
-        netdev, GenericError if it is of another type)."""
-        if netdev is None:
-            return [nc for nc in self.clients if isinstance(nc, UserNetClient)]
-        nc = self.find_netdev(netdev)
-        if nc is None:
-            raise DeviceNotFound(f"Device '{netdev}' not found")
-        if not isinstance(nc, UserNetClient):
-            raise GenericError(f"Device '{netdev}' is not a user netdev")
-        return [nc]
-
-    def user_forward_add(self, netdev: str, kind: str, rule: str) -> dict[str, Any]:
-        """Beyond QEMU: QMP ``user-forward-add`` (a hostfwd or guestfwd rule at run time)."""
-        return self._user_netdevs(netdev)[0].forward_add(kind, rule)
-
-    def user_forward_remove(
-        self, netdev: str, kind: str, protocol: str | None, addr: str | None, port: int
-    ) -> None:
-        """Beyond QEMU: QMP ``user-forward-remove``."""
-        self._user_netdevs(netdev)[0].forward_remove(kind, protocol, addr, port)
-
-    def query_user_forwards(self, netdev: str | None = None) -> list[dict[str, Any]]:
-        """Beyond QEMU: QMP ``query-user-forwards``."""
-        return [row for nc in self._user_netdevs(netdev) for row in nc.forwards()]
-
-    def query_user_connections(self, netdev: str | None = None) -> list[dict[str, Any]]:
-        """Beyond QEMU: QMP ``query-user-connections`` (``info usernet`` as data)."""
-        return [row for nc in self._user_netdevs(netdev) for row in nc.connections()]
-
-    def info_usernet(self) -> str:
-        return "".join(nc.usernet_info() for nc in self.clients if isinstance(nc, UserNetClient))
-
-    def hmp_hostfwd(self, command: str, args: Sequence[str]) -> str:
-        """HMP ``hostfwd_add [netdev] RULE`` / ``hostfwd_remove [netdev] RULE``."""
-        if len(args) >= 2:
-            nc = self.find_netdev(args[0])
-            if nc is None:
-                return f"unrecognized netdev id '{args[0]}'\n"
-            if not isinstance(nc, UserNetClient):
-                return "invalid device specified\n"
-            return nc.hostfwd(command, args[1:])
-        users = [nc for nc in self.clients if isinstance(nc, UserNetClient)]
-        if not users:
-            return "user mode network stack not in use\n"
-        return users[0].hostfwd(command, args)
+    def nat_tables(self) -> list[tuple[NetClient, NatTables]]:
+        """The NAT tables of the clients whose driver keeps them (user netdevs), in
+        creation order."""
+        out: list[tuple[NetClient, NatTables]] = []
+        for nc in self.clients:
+            spec = self.registry.get(nc.type)
+            view = spec.control.nat_tables if spec is not None else None
+            tables = view(nc) if view is not None else None
+            if tables is not None:
+                out.append((nc, tables))
+        return out
 
 
 def _hub_of(nc: NetClient) -> Hub | None:

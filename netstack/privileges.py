@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from netstack.errors import GenericError
+from netstack.errors import GenericError, StartupError
 from netstack.qapi import qemuopts
 
 CAP_NET_ADMIN: Final = 12
@@ -60,7 +60,7 @@ _RUN_WITH: Final = {
 }
 
 
-class PrivilegeError(Exception):
+class PrivilegeError(StartupError):
     """Dropping privileges failed (QEMU's text; the daemon exits with status 1)."""
 
 

@@ -53,7 +53,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Final
 
-from netstack.errors import GenericError
+from netstack.errors import GenericError, NetstackError
 
 if TYPE_CHECKING:
     from netstack.qapi.qom import ObjectSpec
@@ -194,9 +194,12 @@ class TlsCredsX509:
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client.check_hostname = False
         client.load_verify_locations(cafile=cacert)
-        err = _memory_handshake(client, server)
-        if err is not None:
-            raise GenericError(f"The certificate '{cert}' failed the sanity check: {err}")
+        try:
+            _memory_handshake(client, server)
+        except _HandshakeFailed as exc:
+            raise GenericError(
+                f"The certificate '{cert}' failed the sanity check: {exc.desc}"
+            ) from None
 
     # -- use -------------------------------------------------------------------------------
 
@@ -221,8 +224,13 @@ class TlsCredsX509:
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
-def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> str | None:
-    """A TLS handshake between two contexts over memory BIOs; the failure reason."""
+class _HandshakeFailed(NetstackError):
+    """The in-memory sanity handshake failed (the text says why)."""
+
+
+def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> None:
+    """A TLS handshake between two contexts over memory BIOs; raises
+    :class:`_HandshakeFailed` with the failure reason."""
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     cli = client.wrap_bio(c_in, c_out, server_side=False, server_hostname=None)
     srv = server.wrap_bio(s_in, s_out, server_side=True)
@@ -237,14 +245,14 @@ def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> str | N
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLCertVerificationError as exc:
-                return str(exc.verify_message)
+                raise _HandshakeFailed(str(exc.verify_message)) from None
             except ssl.SSLError as exc:
-                return _reason(exc)
+                raise _HandshakeFailed(_reason(exc)) from None
         s_in.write(c_out.read())
         c_in.write(s_out.read())
         if done["c"] and done["s"]:
-            return None
-    return "handshake did not complete"
+            return
+    raise _HandshakeFailed("handshake did not complete")
 
 
 class AuthzSimple:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from netstack.driver import DriverHost, DriverSpec
 from netstack.qapi import NetdevUserOptions
 
+from . import control
 from .client import UserNetClient
 from .options import UserConfig, parse_options
 
@@ -63,4 +64,5 @@ SPEC = DriverSpec(
     create,
     "user-mode networking: NAT gateway with DHCP, DNS, TFTP "
     "(net=,host=,dns=,dhcpstart=,tftp=,bootfile=,restrict=,smb=,...)",
+    control.CONTROL,
 )

@@ -28,14 +28,9 @@ inside the virtual network are refused (RST), routable ones connected to directl
 ``smb=`` (:mod:`.smb`): :meth:`start_smb` adds its exec forwards to the guestfwd rules;
 :meth:`cleanup` removes its private directory once the guestfwd children are reaped.
 
-Monitor views: the daemon's ``UserNetClient`` protocol - :meth:`usernet_info` (HMP ``info
-usernet``, QEMU's layout, rendered by :mod:`.conntable` from the same rows as
-:meth:`connections` and :meth:`forwards`), :meth:`hostfwd` (HMP ``hostfwd_add`` /
-``hostfwd_remove``), :meth:`forward_add` / :meth:`forward_remove` (QMP
-``user-forward-add`` / ``-remove``), :meth:`leases` / :meth:`leases_for` (DHCPv4 then
-IPv6) - plus :meth:`counters` (``query-netdev``: gateway, IPv6, sockets, TCP, hostfwd and
-guestfwd counters) and :meth:`guestfwd_add` / :meth:`guestfwd_remove` /
-:meth:`guestfwd_rules`.
+Monitor views (QMP rows, ``info usernet``, HMP ``hostfwd_*``, run-time forwarding rules)
+are :mod:`.control`'s, functions of this client; :meth:`counters` (``query-netdev``:
+gateway, IPv6, sockets, TCP, hostfwd and guestfwd counters) stays here.
 
 Flow budget (:mod:`.budget`, ``x-max-flows``): caps the splicer and the UDP and echo flow
 tables of both families; refusals are counted there and logged here at most every 30 s.
@@ -59,10 +54,9 @@ from typing import Any, Final
 
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
-from netstack.net.hub import HubPort
 from netstack.proto import vnet as vnet_hdr
 
-from . import budget, conntable, ipv4
+from . import budget, ipv4
 from .dns import RESOLV_CONF, ResolvConf
 from .guestfwd import GuestForwarder
 from .host4 import Ipv4Sockets
@@ -70,13 +64,9 @@ from .host6 import Ipv6Service
 from .hostfwd import HostForwarder
 from .ipv6 import Packet6
 from .options import (
-    GuestFwdRule,
     HostFwdRule,
     UserConfig,
     ip_text,
-    parse_guestfwd,
-    parse_hostfwd,
-    parse_hostfwd_remove,
 )
 from .router import DNS_PORT, Gateway, Packet
 from .smb import SmbServer
@@ -437,31 +427,6 @@ class UserNetClient(NetClient):
         if self.cfg.smb is not None and self.smb is None:
             self.smb = SmbServer.open(self.cfg, self.guestfwd, self._log)
 
-    # -- guestfwd --------------------------------------------------------------------------
-
-    def guestfwd_add(self, rule_text: str) -> str | None:
-        """Add a guestfwd rule at run time (QEMU's syntax; beyond QEMU, which has no
-        ``guestfwd_add``): None, or QEMU's error text. ``cmd:`` and ``chardev:ID`` rules
-        work on return; a chardev spec opens in the background (the rule is listed at
-        once; if the chardev fails to open the rule is removed and the failure logged)."""
-        try:
-            self.guestfwd.add(parse_guestfwd(rule_text, self.cfg), start=True)
-        except GenericError as exc:
-            return str(exc.desc)
-        return None
-
-    def guestfwd_remove(self, server: str, port: int) -> bool:
-        """Remove the rule for ``server:port``; False if there is none."""
-        fwd = self.guestfwd.find(server, port)
-        if fwd is None:
-            return False
-        self.guestfwd.remove(fwd)
-        return True
-
-    def guestfwd_rules(self) -> list[GuestFwdRule]:
-        """The guestfwd rules, in creation order."""
-        return [fwd.rule for fwd in self.guestfwd.forwards]
-
     # -- monitor views ---------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
@@ -476,101 +441,6 @@ class UserNetClient(NetClient):
             for key, value in part.items():
                 out[key] = out.get(key, 0) + value
         return out
-
-    def usernet_info(self) -> str:
-        """HMP ``info usernet``, rendered from the rows of :meth:`connections` and
-        :meth:`forwards` (:func:`.conntable.render_usernet`)."""
-        peer = self.peer
-        hub = peer.hub.id if isinstance(peer, HubPort) else -1
-        return conntable.render_usernet(hub, self.name, self._conn_rows(), self._forward_rows())
-
-    def _conn_rows(self) -> list[conntable.ConnRow]:
-        """Every connection and flow, newest first per table. Another table (IPv6 UDP,
-        ICMPv6) adds its rows here; ``info usernet`` groups them by protocol."""
-        now = self._loop.time()
-        guestfwd = conntable.guestfwd_targets(self.guestfwd_rules())
-        return [
-            *conntable.tcp_rows(self.tcp.flows.values(), guestfwd),
-            *self.host4.conn_rows(now),
-            *(self.v6.conn_rows(now) if self.v6 is not None else ()),
-        ]
-
-    def _forward_rows(self) -> list[conntable.ForwardRow]:
-        return conntable.forward_rows(self.fwd.forwards, self.guestfwd_rules())
-
-    def connections(self) -> list[dict[str, Any]]:
-        """The connection table (``query-user-connections``): the rows of ``info usernet``
-        without the forwarding listeners."""
-        return [row.to_qmp(self.name) for row in self._conn_rows()]
-
-    def forwards(self) -> list[dict[str, Any]]:
-        """The forwarding rules (``query-user-forwards``): hostfwd, then guestfwd, each in
-        creation order."""
-        return [row.to_qmp(self.name) for row in self._forward_rows()]
-
-    def forward_add(self, kind: str, rule: str) -> dict[str, Any]:
-        """``user-forward-add``: set up a hostfwd or guestfwd rule given in QEMU's syntax;
-        returns it as :meth:`forwards` lists it (a hostfwd with its bound port). Raises
-        GenericError with QEMU's texts."""
-        if kind == "guestfwd":
-            err = self.guestfwd_add(rule)
-            if err is not None:
-                raise GenericError(err)
-            row = [r for r in self._forward_rows() if r.type == kind and r.rule == rule][-1]
-            return row.to_qmp(self.name)
-        err = self._add_hostfwd(parse_hostfwd(rule))
-        if err is not None:
-            raise GenericError(err)
-        return conntable.hostfwd_row(self.fwd.forwards[-1]).to_qmp(self.name)
-
-    def forward_remove(self, kind: str, protocol: str | None, addr: str | None, port: int) -> None:
-        """``user-forward-remove``: hostfwd by protocol (tcp), bound host address (any) and
-        port; guestfwd by guest address (net + .4) and port. GenericError if none matches."""
-        if kind == "guestfwd":
-            server = conntable.guest_address(addr, self.cfg.net | 4)
-            if not self.guestfwd_remove(server, port):
-                raise GenericError(f"guest forwarding rule for tcp:{addr or ''}:{port} not found")
-            return
-        proto = protocol or "tcp"
-        fwd = self.fwd.find(proto == "udp", conntable.host_address(addr), port)
-        if fwd is None:
-            raise GenericError(f"host forwarding rule for {proto}:{addr or ''}:{port} not found")
-        self.fwd.remove(fwd)
-
-    def hostfwd(self, command: str, args: Sequence[str]) -> str:
-        if not args:
-            return "invalid format\n"
-        rule = args[0]
-        if command == "hostfwd_add":
-            try:
-                parsed = parse_hostfwd(rule)
-            except GenericError as exc:
-                return f"{exc.desc}\n"
-            err = self._add_hostfwd(parsed)
-            return "" if err is None else f"{err}\n"
-        # hostfwd_remove [tcp|udp]:[hostaddr]:hostport (the port as strict base-10 int)
-        parsed_remove = parse_hostfwd_remove(rule)
-        if parsed_remove is None:
-            return "invalid format\n"
-        fwd = self.fwd.find(*parsed_remove)
-        if fwd is None:
-            return f"host forwarding rule for {rule} not found\n"
-        self.fwd.remove(fwd)
-        return f"host forwarding rule for {rule} removed\n"
-
-    def leases_for(self, mac: bytes) -> list[tuple[str, int]]:
-        """The guest's addresses: DHCPv4 leases, then IPv6 (DHCPv6 leases and the addresses
-        it was seen using, e.g. SLAAC and link-local ones)."""
-        found = self.gw.dhcp.leases_for(bytes(mac))
-        if self.v6 is not None:
-            found += self.v6.addresses_for(bytes(mac))
-        return found
-
-    def leases(self) -> list[dict[str, Any]]:
-        """The DHCP lease tables, DHCPv4 then DHCPv6 (the data of ``query-dhcp-leases``)."""
-        now = self._loop.time()
-        entries = self.gw.dhcp.leases(now) + (self.v6.leases(now) if self.v6 is not None else [])
-        return [{"netdev": self.name, **entry} for entry in entries]
 
     # -- life ------------------------------------------------------------------------------
 

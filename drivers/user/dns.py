@@ -31,7 +31,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import dpkt
 
@@ -45,6 +45,21 @@ _ID = struct.Struct("!H")
 _DECODE_ERRORS = (dpkt.UnpackError, IndexError, ValueError, struct.error, UnicodeError)
 
 Upstreams = Sequence[tuple[int, str, int]]  # (family, address, port)
+
+
+#: The names this module counts under (``query-netdev`` counters).
+DnsCounter = Literal[
+    "dns-answers",
+    "dns-malformed",
+    "dns-no-upstream",
+    "dns-pending-full",
+    "dns-queries",
+    "dns-retry-next",
+    "dns-timeout",
+    "dns-upstream-malformed",
+    "dns-upstream-mismatch",
+    "dns-upstream-unexpected",
+]
 
 
 class Upstream(NamedTuple):
@@ -111,7 +126,7 @@ class DnsRelay:
         self.upstreams: list[tuple[int, str, int]] = list(upstreams)
         self.max_pending = max_pending
         self.try_timeout = try_timeout
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[DnsCounter] = Counter()
         self._pending: dict[int, _Pending] = {}
         self._wake: float | None = None
 

@@ -75,7 +75,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from netstack.chardev import Chardev, create_backend
 from netstack.errors import GenericError
@@ -100,6 +100,19 @@ PAIR_TIMEOUT: Final = 2.0
 
 Lookup = Callable[[str], Any]
 """The daemon's chardev lookup (``DriverHost.chardev``): id -> Chardev or None."""
+
+
+#: The names this module counts under (``query-netdev`` counters).
+GuestfwdCounter = Literal[
+    "guestfwd-children",
+    "guestfwd-children-killed",
+    "guestfwd-children-limit",
+    "guestfwd-children-reaped",
+    "guestfwd-connections",
+    "guestfwd-open-failed",
+    "guestfwd-socketpair-failed",
+    "guestfwd-spawn-failed",
+]
 
 
 def conflict_error(rule: GuestFwdRule) -> GenericError:
@@ -154,7 +167,7 @@ class Children:
         self.limit = limit
         self.shell = shell
         self.live: dict[int, tuple[subprocess.Popen[bytes], int]] = {}  # pid -> (proc, pidfd)
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[GuestfwdCounter] = Counter()
         self._poll: asyncio.TimerHandle | None = None
         self._warned_at = -SPAWN_LOG_INTERVAL
 
@@ -300,7 +313,7 @@ class GuestForwarder:
         self.forwards: list[GuestFwd] = []
         self.children = Children(loop, log, max_children, shell)
         self.lookup: Lookup | None = None
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[GuestfwdCounter] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()  # openings: cancelled by close()
         self._closing: set[asyncio.Task[None]] = set()  # chardev closes: left to finish
         self.closed = False

@@ -41,12 +41,22 @@ import logging
 import select
 import socket
 from collections import Counter
-from typing import Final
+from typing import Final, Literal
 
 from netstack.chardev import Connection
 
 READ_CHUNK: Final = 65536
 HIGH_WATER: Final = 256 * 1024
+
+
+#: The names this module counts under (``query-netdev`` counters).
+GuestfwdChardevCounter = Literal[
+    "guestfwd-chardev-bytes-dropped",
+    "guestfwd-chardev-bytes-in",
+    "guestfwd-chardev-bytes-out",
+    "guestfwd-chardev-connections",
+    "guestfwd-chardev-sessions",
+]
 
 
 class _Pipe:
@@ -75,7 +85,7 @@ class ChardevBridge:
         self.pipes: list[_Pipe] = []  # oldest first
         self.conn: Connection | None = None
         self.backlog = bytearray()  # chardev bytes no guest connection has taken yet
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[GuestfwdChardevCounter] = Counter()
         self._room = asyncio.Event()
         self._drain: asyncio.Task[None] | None = None
         self.closed = False

@@ -40,7 +40,7 @@ import logging
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 from netstack.proto.vnet import PLAIN_HDR
 
@@ -62,6 +62,20 @@ _V4_MAPPED: Final = bytes(10) + b"\xff\xff"
 
 #: (guest address, guest port, guest-side peer address, peer port)
 ReplyKey = tuple[bytes, int, bytes, int]
+
+
+#: The names this module counts under (``query-netdev`` counters).
+HostfwdCounter = Literal[
+    "hostfwd-accept-failed",
+    "hostfwd-accepted",
+    "hostfwd-guest-unreachable",
+    "hostfwd-internal-error",
+    "hostfwd-tcp-forwarded",
+    "hostfwd-udp-flow-evicted",
+    "hostfwd-udp-send-failed",
+    "hostfwd-udp-to-guest",
+    "hostfwd-udp-to-host",
+]
 
 
 def _aton(host: str) -> bytes | None:
@@ -121,7 +135,7 @@ class HostForwarder:
         self._flush = flush
         self._log = log
         self.forwards: list[Forward] = []
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[HostfwdCounter] = Counter()
         self._replies: OrderedDict[ReplyKey, tuple[Forward, tuple[str, int]]] = OrderedDict()
         self._pending: list[_Pending] = []
         self._timer: asyncio.TimerHandle | None = None

@@ -50,9 +50,9 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from netstack.errors import GenericError
+from netstack.errors import ControlError, GenericError
 
-from . import hostsock, tcp_repair
+from . import control, hostsock, tcp_repair
 from .dhcp import Slot
 from .options import GuestFwdRule, parse_guestfwd, parse_hostfwd
 from .tcp import State, TcpEndpoint, ethernet_header
@@ -75,7 +75,7 @@ _INT_FIELDS = (
 _BOOL_FIELDS = ("sack_ok", "fin_queued", "fin_rcvd", "host_shut_wr", "_ws_ok")
 
 
-class StateError(Exception):
+class StateError(ControlError):
     """A state blob refused (nothing was changed) or an export that cannot be made."""
 
 
@@ -98,7 +98,7 @@ def export_state(client: UserNetClient) -> tuple[str, dict[str, int]]:
         for slot in client.gw.dhcp.slots
         if slot.state in ("bound", "offered") and slot.mac is not None
     ]
-    forwards = [{"type": row["type"], "rule": row["rule"]} for row in client.forwards()]
+    forwards = [{"type": row["type"], "rule": row["rule"]} for row in control.forwards(client)]
     conns: list[dict[str, Any]] = []
     not_moved = 0
     splicer = client.tcp
@@ -232,7 +232,7 @@ def _parse(client: UserNetClient, blob: str) -> _Parsed:
             raise ValueError("a MAC or an address appears twice in the leases")
         hostfwd: list[str] = []
         guestfwd: list[GuestFwdRule] = []
-        present = {(row["type"], row["rule"]) for row in client.forwards()}
+        present = {(row["type"], row["rule"]) for row in control.forwards(client)}
         for item in _list(data, "forwards"):
             kind, rule = item["type"], item["rule"]
             if not isinstance(rule, str) or (kind, rule) in present:
@@ -390,14 +390,15 @@ def import_state(client: UserNetClient, blob: str) -> dict[str, int]:
                 dhcp._wake = slot.expires
         for rule in parsed.hostfwd:
             try:
-                client.forward_add("hostfwd", rule)
+                control.forward_add(client, "hostfwd", rule)
             except GenericError as exc:
                 raise StateError(str(exc.desc)) from None
             added_hostfwd.append(client.fwd.forwards[-1])
         for grule in parsed.guestfwd:
-            err = client.guestfwd_add(grule.text)
-            if err is not None:
-                raise StateError(err)
+            try:
+                control.guestfwd_add(client, grule.text)
+            except GenericError as exc:
+                raise StateError(str(exc.desc)) from None
             added_guestfwd.append(grule)
         sockets = []
         for conn in parsed.conns:
@@ -418,7 +419,7 @@ def import_state(client: UserNetClient, blob: str) -> dict[str, int]:
         for sock in restored:
             _reset_close(sock)
         for grule in added_guestfwd:
-            client.guestfwd_remove(grule.server, grule.port)
+            control.guestfwd_remove(client, grule.server, grule.port)
         for fwd in added_hostfwd:
             client.fwd.remove(fwd)
         for slot, old in zip(dhcp.slots, saved, strict=True):

@@ -16,12 +16,24 @@ the last carries a multiple of 8 bytes.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Final
+from typing import Final, Literal
 
 MAX_PAYLOAD: Final = 65535 - 20
 DEFAULT_TIMEOUT: Final = 30.0
 
 Key = tuple[bytes, bytes, int, int]  # src, dst, protocol, identification
+
+
+#: The names this module counts under (``query-netdev`` counters).
+ReassemblyCounter = Literal[
+    "frag-duplicate",
+    "frag-inconsistent",
+    "frag-malformed",
+    "frag-overflow",
+    "frag-overlap",
+    "frag-reassembled",
+    "frag-timeout",
+]
 
 
 class _Datagram:
@@ -48,7 +60,7 @@ class Reassembler:
         self.max_datagrams = max_datagrams
         self.max_bytes = max_bytes
         self.timeout = timeout
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[ReassemblyCounter] = Counter()
         self._pending: dict[Key, _Datagram] = {}
         self._held = 0
         self._wake: float | None = None

@@ -31,6 +31,8 @@ import termios
 from dataclasses import dataclass
 from typing import Any
 
+from netstack.errors import NetstackError
+
 TCP_REPAIR = 19
 TCP_REPAIR_QUEUE = 20
 TCP_QUEUE_SEQ = 21
@@ -53,7 +55,7 @@ _U32 = struct.Struct("=I")
 MAX_QUEUE = 64 << 20
 
 
-class RepairError(Exception):
+class RepairError(NetstackError):
     """The socket cannot be dumped or restored (text says why)."""
 
 

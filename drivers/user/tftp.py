@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import Counter
-from typing import Final
+from typing import Final, Literal
 
 from .tftproot import Denied, NotFound, TftpRoot
 
@@ -51,6 +51,28 @@ DEFAULT_MAX_SESSIONS: Final = 64
 _OP = struct.Struct("!H")
 _OP_BLOCK = struct.Struct("!HH")
 Client = tuple[bytes, int]  # guest address, guest port
+
+
+#: The names this module counts under (``query-netdev`` counters).
+TftpCounter = Literal[
+    "tftp-client-error",
+    "tftp-closed",
+    "tftp-completed",
+    "tftp-data-sent",
+    "tftp-denied",
+    "tftp-duplicate-ack",
+    "tftp-malformed",
+    "tftp-not-found",
+    "tftp-read-error",
+    "tftp-replaced",
+    "tftp-retransmit",
+    "tftp-rrq",
+    "tftp-sessions-full",
+    "tftp-stale-ack",
+    "tftp-timeout",
+    "tftp-unknown-session",
+    "tftp-wrq-refused",
+]
 
 
 def error_packet(code: int, message: str) -> bytes:
@@ -89,7 +111,7 @@ class TftpServer:
         self.root = root
         self.max_sessions = max_sessions
         self.sessions: dict[Client, Session] = {}
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[TftpCounter] = Counter()
         self._wake: float | None = None
 
     # -- input -----------------------------------------------------------------------------
@@ -232,7 +254,7 @@ class TftpServer:
         if self._wake is None or s.deadline < self._wake:
             self._wake = s.deadline
 
-    def _end(self, client: Client, reason: str) -> None:
+    def _end(self, client: Client, reason: TftpCounter) -> None:
         session = self.sessions.pop(client, None)
         if session is not None:
             session.close()

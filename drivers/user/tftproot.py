@@ -30,6 +30,8 @@ import stat
 import sys
 from typing import Any, Final
 
+from netstack.errors import NetstackError
+
 NAME_MAX: Final = 512
 _SYS_OPENAT2: Final = 437  # the same number on every Linux architecture (generic table)
 _RESOLVE_NO_MAGICLINKS: Final = 0x02
@@ -37,11 +39,11 @@ _RESOLVE_BENEATH: Final = 0x08
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 
 
-class Denied(Exception):
+class Denied(NetstackError):
     """The name is outside what the root may serve (TFTP error 2)."""
 
 
-class NotFound(Exception):
+class NotFound(NetstackError):
     """No such file below the root (TFTP error 1)."""
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 IDLE: Final = 240.0
 DNS_IDLE: Final = 10.0
@@ -38,6 +38,15 @@ LOOPBACK: Final = "127.0.0.1"
 FlowKey = tuple[bytes, int]  # guest address, guest port
 #: ``hook(src, sport, dst, dport, payload)`` -> True when the datagram was taken.
 ReplyHook = Callable[[bytes, int, bytes, int, bytes], bool]
+
+
+#: The names this module counts under (``query-netdev`` counters).
+UdpNatCounter = Literal[
+    "udp-flow-limit",
+    "udp-flows-expired",
+    "udp-flows-opened",
+    "udp-hostfwd-replies",
+]
 
 
 class UdpSend(NamedTuple):
@@ -87,7 +96,7 @@ class UdpNat:
         self.idle = idle
         self.dns_idle = dns_idle
         self.flows: dict[FlowKey, UdpFlow] = {}
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[UdpNatCounter] = Counter()
         self._wake: float | None = None
         self.reply_hook: ReplyHook | None = None
 

@@ -42,6 +42,8 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from netstack.errors import NetstackError
+
 SWITCH_MAGIC = 0xFEEDFACE
 VERSION = 3
 REQ_NEW_CONTROL = 0
@@ -64,7 +66,7 @@ FALLBACK_DIRS = ("/var/run/vde.ctl", "/tmp/vde.ctl")
 HOME_DEFAULTS = (".vdeplug/default", ".vde2/default.switch")
 
 
-class PlugError(Exception):
+class PlugError(NetstackError):
     """The plug could not be opened: an errno (QEMU reports ``strerror``) and/or a text."""
 
     def __init__(self, err: int, detail: str | None = None) -> None:

@@ -57,14 +57,16 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 from netstack.chardev.base import Chardev, Connection
+from netstack.counters import by_name
+from netstack.errors import RemoteInputError
 from netstack.net.client import NetClient
 from netstack.net.rxfilter import RxFilter
 
 from .device import TX_BUDGET, NetDevice, rarp_frame
-from .protocol import MAX_FDS, Message, MessageReader, ProtocolError, Session, SessionHooks
+from .protocol import MAX_FDS, Message, MessageReader, Session, SessionHooks
 from .virtqueue import RingError, SplitQueue
 
 #: Messages handled per wake-up of the socket reader.
@@ -79,6 +81,8 @@ LOG_INTERVAL = 30.0
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 
 EmitFn = Callable[[str, Mapping[str, Any] | None], None]
+#: The netdev's own counters (``query-netdev``), besides the device's and the dirty log's.
+NetdevCounter = Literal["rx-not-ready", "rx-dropped-no-room", "protocol-errors"]
 
 
 class _Throttle:
@@ -177,7 +181,7 @@ class VhostUserNetdev(SessionHooks):
         self._in_send = [False] * pairs
         self._cb_fired = [False] * pairs
         self._sent_cbs = [functools.partial(self._on_sent, p) for p in range(pairs)]
-        self._extra = dict.fromkeys(("rx-not-ready", "rx-dropped-no-room", "protocol-errors"), 0)
+        self._extra: dict[NetdevCounter, int] = dict.fromkeys(get_args(NetdevCounter), 0)
 
     # -- chardev front end ---------------------------------------------------------------
 
@@ -289,7 +293,7 @@ class VhostUserNetdev(SessionHooks):
                 return
             try:
                 messages = self._reader.feed(data, fds)
-            except ProtocolError as exc:
+            except RemoteInputError as exc:  # garbage from the front end: counted here
                 self._protocol_error(str(exc))
                 return
             for msg in messages:
@@ -598,9 +602,9 @@ class VhostUserNetdev(SessionHooks):
     # -- introspection -------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        out = dict(self.device.counters)
-        out.update(self.device.dirty.counters)
-        out.update(self._extra)
+        out = by_name(self.device.counters)
+        out.update(by_name(self.device.dirty.counters))
+        out.update(by_name(self._extra))
         session = self.session
         out["connections"] = self.connections
         out["requests"] = session.handled if session is not None else 0

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 from netstack.proto import vnet as vnet_hdr
 
@@ -76,7 +77,8 @@ MIN_MTU = 68
 MAX_MTU = 65535
 #: Chains taken from a transmit queue per call (one batch).
 TX_BUDGET = 256
-COUNTER_NAMES = (
+#: The device's counters (``query-netdev``), in their order.
+DeviceCounter = Literal[
     "tx-chains",
     "tx-malformed",
     "rx-too-big",
@@ -85,7 +87,8 @@ COUNTER_NAMES = (
     "rings-broken",
     "memory-faults",
     "calls",
-)
+]
+COUNTER_NAMES: tuple[DeviceCounter, ...] = get_args(DeviceCounter)
 
 
 class NetDevice:
@@ -102,7 +105,7 @@ class NetDevice:
         self.on_memory_fault: Callable[[str], None] | None = None
         #: Why the device's memory is unusable, until a new table replaces it.
         self.memory_fault: str | None = None
-        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self.counters: dict[DeviceCounter, int] = dict.fromkeys(COUNTER_NAMES, 0)
         #: The compiled ring loops (:mod:`.fastring`), or None: the pure-Python reference.
         self.vring = fastring.load()
         self._init_state()

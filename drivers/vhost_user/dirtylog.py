@@ -60,9 +60,12 @@ import os
 import platform
 import sys
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
+
+from netstack.errors import RemoteInputError
 
 #: ``VHOST_LOG_PAGE``.
 LOG_PAGE = 4096
@@ -77,10 +80,12 @@ _FUTEX_OP_OR = 2
 _FUTEX_OP_OPARG_SHIFT = 8
 _F_SEAL_SHRINK = 0x0002
 
-COUNTER_NAMES = ("log-bases", "log-refused", "log-bits-set", "log-out-of-range")
+#: The dirty log's counters (``query-netdev``), in their order.
+LogCounter = Literal["log-bases", "log-refused", "log-bits-set", "log-out-of-range"]
+COUNTER_NAMES: tuple[LogCounter, ...] = get_args(LogCounter)
 
 
-class LogError(Exception):
+class LogError(RemoteInputError):
     """A ``SET_LOG_BASE`` the back end refuses."""
 
 
@@ -137,7 +142,7 @@ class DirtyLog:
         self.pages = 0  # pages the log covers
         self.log_fd = -1
         self.enabled = False  # VHOST_F_LOG_ALL negotiated
-        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self.counters: dict[LogCounter, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._or: _AtomicOr | None = None
 
     @property

@@ -61,11 +61,13 @@ from types import ModuleType
 
 import numpy as np
 
+from netstack.errors import RemoteInputError
+
 TMPFS_MAGIC = 0x01021994
 HUGETLBFS_MAGIC = 0x958458F6
 
 
-class MemoryTableError(Exception):
+class MemoryTableError(RemoteInputError):
     """A memory table the back end refuses (overlap, bad fd, too many regions)."""
 
 

@@ -48,6 +48,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from netstack.errors import RemoteInputError
+
 from .device import MAX_MTU, MIN_MTU, NetDevice
 from .dirtylog import LogError, used_logger
 from .features import DEVICE_FEATURES, F_PROTOCOL_FEATURES
@@ -154,11 +156,11 @@ VRING_IDX_MASK = 0xFF
 VRING_NOFD = 0x100
 
 
-class ProtocolError(Exception):
+class ProtocolError(RemoteInputError):
     """The byte stream cannot be trusted any more: close the connection."""
 
 
-class BadRequest(Exception):
+class BadRequest(RemoteInputError):
     """One request is refused (NEED_REPLY gets 1); the session goes on."""
 
 

@@ -46,6 +46,8 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
+from netstack.errors import RemoteInputError
+
 from .memory import GuestMemory, Region, Translated
 
 DESC_F_NEXT = 1
@@ -65,7 +67,7 @@ _LEN_FIELD = np.uint64(0xFFFFFFFF)
 Segment = tuple[Region, int, int]
 
 
-class RingError(Exception):
+class RingError(RemoteInputError):
     """The driver broke the ring's rules; the queue must stop until it is reset."""
 
 

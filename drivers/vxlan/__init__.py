@@ -69,6 +69,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from drivers.tap.netns import open_netns, run_in_netns
+from drivers.vxlan import control
 from drivers.vxlan.client import VxlanClient
 from drivers.vxlan.config import VxlanConfig
 from drivers.vxlan.sockets import open_sockets
@@ -109,4 +110,5 @@ SPEC = DriverSpec(
     "vxlan",
     create,
     "a VXLAN tunnel endpoint (vni=N,local=ADDR,remote=ADDR[,remote=...][,group=G][,dstport=4789])",
+    control.CONTROL,
 )

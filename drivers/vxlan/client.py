@@ -7,11 +7,12 @@ import errno
 import socket
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from drivers.tap.client import downstream_offloads
 from drivers.tap.tun import TUN_F_TSO4
 from drivers.vxlan.config import VxlanConfig
+from netstack.counters import by_name
 from netstack.net.client import NetClient
 from netstack.net.fdb import MacTable
 from netstack.net.rxfilter import format_mac
@@ -37,6 +38,21 @@ _U16 = struct.Struct("=H")
 _UDP_GRO = 104
 _GRO_ANCBUF = socket.CMSG_SPACE(4)
 _INT = struct.Struct("=i")
+#: The driver's own counters (``query-netdev``), besides the decoder's and the FDB's.
+VxlanCounter = Literal[
+    "tx-datagrams",
+    "rx-datagrams",
+    "tx-errors",
+    "rx-errors",
+    "tx-too-big",
+    "frag-needed",
+    "oversize",
+    "no-destination",
+    "own-looped",
+    "gso-sends",
+    "gro-reads",
+    "coalesced",
+]
 
 
 def _gro_size(anc: list[tuple[int, int, bytes]]) -> int:
@@ -105,23 +121,7 @@ class VxlanClient(NetClient):
             self._gro.add(sock.fileno())
         #: Datagrams larger than this go one by one (a segment must fit the path MTU).
         self._gso_limit = 65535
-        self.c: dict[str, int] = dict.fromkeys(
-            (
-                "tx-datagrams",
-                "rx-datagrams",
-                "tx-errors",
-                "rx-errors",
-                "tx-too-big",
-                "frag-needed",
-                "oversize",
-                "no-destination",
-                "own-looped",
-                "gso-sends",
-                "gro-reads",
-                "coalesced",
-            ),
-            0,
-        )
+        self.c: dict[VxlanCounter, int] = dict.fromkeys(get_args(VxlanCounter), 0)
 
     @property
     def local_port(self) -> int:
@@ -404,7 +404,7 @@ class VxlanClient(NetClient):
     # -- views and life ------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        out = dict(self.c)
+        out = by_name(self.c)
         out.update(self.decoder.drops.as_dict())
         out["fdb-entries"] = len(self.fdb)
         out["fdb-learned"] = self.fdb.learned

@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from netstack.errors import GenericError
+from netstack.errors import GenericError, RemoteInputError
 from netstack.proto.layer import Layer
 from netstack.proto.telnet import TelnetServer
 from netstack.proto.websocket import WebSocketServer
@@ -107,7 +107,7 @@ class TlsCreds(Protocol):
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
 
 
-class _Refused(Exception):
+class _Refused(RemoteInputError):
     """A completed TLS handshake whose client is not authorized (``tls-authz``)."""
 
 
@@ -400,10 +400,11 @@ class SocketChardev(Chardev):
                 if self._tls is not None:
                     reader, writer = await self._tls.wrap(sock, server=self.is_listen,
                                                           host=self._tls_host())  # fmt: skip
-                    denied = self._authorize(writer)
-                    if denied is not None:
+                    try:
+                        self._authorize(writer)
+                    except _Refused:
                         writer.close()
-                        raise _Refused(denied)
+                        raise
                 else:
                     reader, writer = await asyncio.open_connection(sock=sock)
                 log_hook = None if layers else self.log_hook
@@ -441,24 +442,23 @@ class SocketChardev(Chardev):
                                        on_break=self.send_break))  # fmt: skip
         return layers
 
-    def _authorize(self, writer: asyncio.StreamWriter) -> str | None:
+    def _authorize(self, writer: asyncio.StreamWriter) -> None:
         """``tls-authz`` of a TLS server (``qcrypto_tls_session_check_certificate``):
-        why the client is refused, or None."""
+        raises :class:`_Refused` with why the client is refused."""
         name = self.options.tls_authz
         if name is None or not self.is_listen:
-            return None
+            return
         authz = self._objects(name) if self._objects is not None else None
         if authz is None:
-            return f"Cannot find QAuthZ object ID {name}"
+            raise _Refused(f"Cannot find QAuthZ object ID {name}")
         if not callable(getattr(authz, "is_allowed", None)):
-            return f"Object '{name}' is not a QAuthZ subclass"
+            raise _Refused(f"Object '{name}' is not a QAuthZ subclass")
         cert = writer.get_extra_info("peercert") or {}
         dname = x509_dname(cert.get("subject"))
         if dname is None:
-            return "TLS x509 authz check: the client presented no certificate"
+            raise _Refused("TLS x509 authz check: the client presented no certificate")
         if not authz.is_allowed(dname):
-            return f"TLS x509 authz check for {dname} is denied"
-        return None
+            raise _Refused(f"TLS x509 authz check for {dname} is denied")
 
     def _tls_host(self) -> str | None:
         return self.addr.host if isinstance(self.addr, InetSocketAddress) else None

@@ -67,6 +67,7 @@ from netstack.qapi.sockets import (
 
 if TYPE_CHECKING:
     from netstack.daemon import Netstack
+    from netstack.driver import NatTables
 
 Pairs = list[tuple[str, str]]
 
@@ -242,22 +243,22 @@ def object_pairs(spec: ObjectSpec) -> Pairs:
 # -- the running configuration ---------------------------------------------------------------
 
 
-def _is_monitor(frontend: object) -> bool:
-    from netstack.qmp.monitor import QmpMonitor
-
-    return isinstance(frontend, QmpMonitor)
+def _is_monitor(ns: Netstack, frontend: object) -> bool:
+    """A QMP monitor's chardev (the monitors are the daemon's, attached at start)."""
+    return any(frontend is monitor for monitor in ns.monitors)
 
 
 def running_sections(ns: Netstack) -> Iterator[tuple[str, str, Pairs]]:
     """``(group, id, pairs)`` of everything the running daemon was configured with."""
     for dev in ns.chardevs:
         spec = getattr(dev, "spec", None)
-        if isinstance(spec, Chardev) and not _is_monitor(dev.frontend):
+        if isinstance(spec, Chardev) and not _is_monitor(ns, dev.frontend):
             yield _guard("chardev", spec.id, lambda s=spec: chardev_pairs(s))
+    nats = {id(nc): tables for nc, tables in ns.nat_tables()}
     for nc in ns.clients:
         netdev = nc.netdev_spec
         if nc.is_netdev and nc.queue_index == 0 and netdev is not None:
-            netdev = _with_forwards(netdev, nc)
+            netdev = _with_forwards(netdev, nats.get(id(nc)))
             yield _guard("netdev", netdev.id, lambda n=netdev: netdev_pairs(n))
     for nf in ns.objects.values():
         obj = getattr(nf, "spec", None)
@@ -265,14 +266,12 @@ def running_sections(ns: Netstack) -> Iterator[tuple[str, str, Pairs]]:
             yield _guard("object", obj.id, lambda o=obj: object_pairs(o))
 
 
-def _with_forwards(spec: Netdev, nc: object) -> Netdev:
+def _with_forwards(spec: Netdev, tables: NatTables | None) -> Netdev:
     """A user netdev's forwarding rules as they are now (``user-forward-add``,
     ``hostfwd_add``, ``..._remove`` included), each as it was given."""
-    from netstack.daemon import UserNetClient
-
-    if not isinstance(spec.options, NetdevUserOptions) or not isinstance(nc, UserNetClient):
+    if not isinstance(spec.options, NetdevUserOptions) or tables is None:
         return spec
-    rows = nc.forwards()
+    rows = tables.forwards()
     host = _in_given_order(spec.options.hostfwd, [r for r in rows if r["type"] == "hostfwd"])
     guest = _in_given_order(spec.options.guestfwd, [r for r in rows if r["type"] == "guestfwd"])
     options = dataclasses.replace(spec.options, hostfwd=host, guestfwd=guest)

@@ -66,7 +66,17 @@ class Counters:
         self.malformed = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name.replace("_", "-"): getattr(self, name) for name in self.__slots__}
+        """The counters by their QMP names (``NetClientStatistics``), in that order."""
+        return {
+            "malformed": self.malformed,
+            "rx-bytes": self.rx_bytes,
+            "rx-dropped": self.rx_dropped,
+            "rx-filtered": self.rx_filtered,
+            "rx-frames": self.rx_frames,
+            "tx-bytes": self.tx_bytes,
+            "tx-dropped": self.tx_dropped,
+            "tx-frames": self.tx_frames,
+        }
 
 
 class NetClient:
@@ -123,6 +133,12 @@ class NetClient:
     def is_nic(self) -> bool:
         """True for guest NIC devices (QEMU's ``NET_CLIENT_DRIVER_NIC``)."""
         return self.type == "nic"
+
+    @property
+    def hub_id(self) -> int:
+        """The id of the hub this client is a port of (QEMU's ``net_hub_id_for_client``
+        asks it of a client's peer); -1 for a client that is no hub port."""
+        return -1
 
     def info_line(self) -> str:
         """The client line of ``info network``."""

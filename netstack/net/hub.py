@@ -69,7 +69,16 @@ class HubCounters:
         self.malformed = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name.replace("_", "-"): getattr(self, name) for name in self.__slots__}
+        """The counters by their QMP names, in that order."""
+        return {
+            "deliveries": self.deliveries,
+            "filtered": self.filtered,
+            "flooded": self.flooded,
+            "frames-in": self.frames_in,
+            "horizon": self.horizon,
+            "malformed": self.malformed,
+            "unicast": self.unicast,
+        }
 
 
 class Hub:
@@ -260,6 +269,10 @@ class HubPort(NetClient):
         if self.isolated_opt is not None:
             return self.isolated_opt
         return bool(getattr(self.peer, "overlay", False))
+
+    @property
+    def hub_id(self) -> int:
+        return self.hub.id
 
     def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
         return self.hub.forward(self, frames, vnet)

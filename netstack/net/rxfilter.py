@@ -51,7 +51,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
-from netstack.errors import GenericError, RemoteError
+from netstack.errors import GenericError, RemoteInputError
 
 __all__ = [
     "BROADCAST_MAC",
@@ -355,12 +355,12 @@ class RxFilter:
     def handle_ctrl_message(self, out: bytes | memoryview, *, little_endian: bool = True) -> int:
         """Handle a control-queue request: ``{u8 class, u8 cmd}`` then the payload.
 
-        A request shorter than the 2-byte header raises :class:`RemoteError`: QEMU treats it
+        A request shorter than the 2-byte header raises :class:`RemoteInputError`: QEMU treats it
         as a device error (``virtio-net ctrl missing headers``) and writes no ack. The device
         layer must equally check that the guest supplied at least one byte for the ack.
         """
         if len(out) < 2:
-            raise RemoteError("virtio-net ctrl missing headers")
+            raise RemoteInputError("virtio-net ctrl missing headers")
         return self.handle_ctrl(out[0], out[1], bytes(out[2:]), little_endian=little_endian)
 
     def handle_ctrl(self, cls: int, cmd: int, payload: bytes, *, little_endian: bool = True) -> int:

@@ -59,6 +59,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from netstack.errors import RemoteInputError
+
 from .layer import Step
 
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -124,7 +126,7 @@ def valid_close_code(code: int) -> bool:
     return 3000 <= code <= 4999
 
 
-class HandshakeError(Exception):
+class HandshakeError(RemoteInputError):
     """A refused opening handshake: ``response`` is the HTTP answer to send."""
 
     def __init__(self, message: str, response: str) -> None:
@@ -412,7 +414,7 @@ class WebSocketServer:
         return encode_frame(OP_CLOSE, close_payload(code, reason[:123]))
 
 
-class _Fail(Exception):
+class _Fail(RemoteInputError):
     def __init__(self, code: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.code = code

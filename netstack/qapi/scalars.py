@@ -24,6 +24,8 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Final
 
+from netstack.errors import NetstackError
+
 _SPACE: Final = " \t\n\v\f\r"
 _DIGITS: Final = {8: "01234567", 10: "0123456789", 16: "0123456789abcdefABCDEF"}
 U64_MAX: Final = (1 << 64) - 1
@@ -34,7 +36,7 @@ TRUE_WORDS: Final = ("on", "yes", "true", "y")
 FALSE_WORDS: Final = ("off", "no", "false", "n")
 
 
-class ConvError(Exception):
+class ConvError(NetstackError):
     """A failed conversion; ``kind`` is ``"EINVAL"`` or ``"ERANGE"``."""
 
     def __init__(self, kind: str) -> None:

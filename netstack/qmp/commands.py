@@ -1,8 +1,13 @@
-"""The QMP commands netstackd offers, bound to a daemon.
+"""The QMP commands netstackd offers, bound to a daemon's :class:`~.control.Control`.
 
 Each command's arguments are a schema dataclass visited with the QAPI visitor (QEMU's
-texts: ``Parameter 'X' is missing`` ...) before anything happens; introspection
-(``query-qmp-schema``) is derived from the same dataclasses.
+texts: ``Parameter 'X' is missing`` ...) before anything happens, and the handler receives
+that frozen dataclass (boxed commands: the ``Netdev`` / ``Chardev`` / ``ObjectSpec`` the
+qapi package builds; commands without arguments: None); introspection
+(``query-qmp-schema``) is derived from the same dataclasses. After the core's commands come
+those the drivers contribute (:class:`netstack.driver.DriverCommand`, e.g. the user
+netdev's ``query-dhcp-leases``, ``user-forward-*``, ``query-user-*``, ``x-user-state-*``,
+documented in ``drivers/user/control.py``, and the vxlan netdev's ``query-tunnel-fdb``).
 
 QEMU's commands (net, chardev, objects, monitor basics) behave as in QEMU 7.2/10.0 (``monitor/``,
 ``net/net.c``, ``hw/net/virtio-net.c``, ``net/filter*.c``, ``chardev/char.c``). Beyond QEMU,
@@ -10,13 +15,8 @@ documented in ``query-qmp-schema`` too:
 
 * ``query-netdev``: every net client with its type, options, peer, hub, link state and
   counters (QEMU never merged one);
-* ``query-dhcp-leases``: the DHCP lease tables of the user netdevs (also reported by the
-  ``DHCP_LEASE_GRANTED`` / ``DHCP_LEASE_RELEASED`` events);
-* ``user-forward-add``, ``user-forward-remove``, ``query-user-forwards``: hostfwd and
-  guestfwd rules of a running user netdev, and ``query-user-connections``: its connection
-  table (the data of ``info usernet``) - their types are in :mod:`.extensions`;
-* ``query-hub-fdb`` and ``query-tunnel-fdb``: the MAC tables of learning hubs and of
-  vxlan netdevs (HMP ``info fdb``), types in :mod:`.extensions`;
+* ``query-hub-fdb``: the MAC tables of learning hubs (HMP ``info fdb``, which shows the
+  vxlan netdevs' too), types in :mod:`.extensions`;
 * ``set-rx-filter``: programs a NIC-class client's rx filter (rx modes, MAC, MAC table,
   VLANs), since no guest control queue reaches a vhost-user back end;
 * ``write-config`` {filename?}: writes the running configuration (netdevs, chardevs and
@@ -31,30 +31,22 @@ documented in ``query-qmp-schema`` too:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from netstack import __version__, qapi
+from netstack.driver import DriverCommand
 from netstack.errors import CommandNotFound, GenericError
-from netstack.qapi.schema import QEnum, QList, QType, members, opt, req, union_info
+from netstack.qapi.schema import QEnum, QList, QType, opt, req
 from netstack.qapi.visitor import Mode, visit
-from netstack.qmp import user_state as us
-from netstack.qmp.dispatch import CommandTable, QmpCommand
+from netstack.qmp.control import Control
+from netstack.qmp.dispatch import CommandTable, QmpCommand, no_args
 from netstack.qmp.extensions import (
-    DHCP_LEASE_INFO_LIST,
     HUB_FDB_ENTRY_LIST,
     NETDEV_INFO_LIST,
     RX_FILTER_INFO_LIST,
-    TUNNEL_FDB_LIST,
-    USER_CONNECTION_INFO_LIST,
-    USER_FORWARD_INFO_LIST,
-    UserForwardAddArgs,
-    UserForwardInfo,
-    UserForwardSelector,
 )
-
-if TYPE_CHECKING:
-    from netstack.daemon import Netstack
 
 T = TypeVar("T")
 
@@ -92,12 +84,6 @@ class SetLinkArgs:
 class OptNameArgs:
     qapi_name: ClassVar[str] = "q_obj_query-rx-filter-arg"
     name: str | None = opt("str")
-
-
-@dataclass(frozen=True, kw_only=True)
-class NetdevNameArgs:
-    qapi_name: ClassVar[str] = "q_obj_query-dhcp-leases-arg"
-    netdev: str | None = opt("str")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,236 +156,225 @@ class SetRxFilterArgs:
     vlan_filtering: bool | None = opt("bool")
 
 
-def _visitor(cls: type[T]) -> Any:
-    union = union_info(cls)
-
-    def visit_args(raw: dict[str, Any]) -> dict[str, Any]:
-        obj = visit(cls, raw, Mode.QMP)
-        out = {spec.attr: getattr(obj, spec.attr) for spec in members(cls)}
-        if union is not None:  # a flat union: its variant's members too
-            variant = getattr(obj, union.payload)
-            out.update((spec.attr, getattr(variant, spec.attr)) for spec in members(type(variant)))
-        return out
+def _visitor(cls: type[T]) -> Callable[[dict[str, Any]], T]:
+    def visit_args(raw: dict[str, Any]) -> T:
+        return visit(cls, raw, Mode.QMP)
 
     return visit_args
+
+
+Session = Any
+"""The calling :class:`~netstack.qmp.monitor.QmpSession` (None outside a monitor)."""
 
 
 # -- the table -------------------------------------------------------------------------------
 
 
 class Commands:
-    """Builds the command table of one daemon."""
+    """Builds the command table of one daemon: the core's commands, then each driver's."""
 
-    def __init__(self, ns: Netstack) -> None:
+    def __init__(self, ns: Control) -> None:
         self.ns = ns
         self._oob_sem: asyncio.Semaphore | None = None
+        self._table = CommandTable()
+
+    def _add(
+        self,
+        name: str,
+        fn: Callable[[T, Session], Awaitable[Any]],
+        args: type[T],
+        *,
+        oob: bool = False,
+        ret: QType = "any",
+    ) -> None:
+        self._table.add(QmpCommand(name, fn, _visitor(args), oob, args, ret))
+
+    def _add0(
+        self,
+        name: str,
+        fn: Callable[[None, Session], Awaitable[Any]],
+        *,
+        oob: bool = False,
+        ret: QType = "any",
+    ) -> None:
+        self._table.add(QmpCommand(name, fn, no_args, oob, None, ret))
+
+    def _add_boxed(
+        self,
+        name: str,
+        fn: Callable[[T, Session], Awaitable[Any]],
+        visitor: Callable[[dict[str, Any]], T],
+        schema_name: str,
+        *,
+        ret: QType = "any",
+    ) -> None:
+        """A command whose arguments the qapi package visits itself (boxed or a union)."""
+        self._table.add(QmpCommand(name, fn, visitor, False, schema_name, ret))
+
+    def _add_driver(self, cmd: DriverCommand[Any]) -> None:
+        ns = self.ns
+        run = cmd.run
+
+        async def handler(args: Any, session: Session) -> Any:
+            return await run(ns, args)
+
+        visit_args = _visitor(cmd.args) if cmd.args is not None else no_args
+        self._table.add(
+            QmpCommand(cmd.name, handler, visit_args, cmd.allow_oob, cmd.args, cmd.returns)
+        )
 
     def table(self) -> CommandTable:
-        t = CommandTable()
-
-        def add(
-            name: str,
-            fn: Any,
-            args: type | None = None,
-            *,
-            oob: bool = False,
-            ret: QType = "any",
-            raw: str | None = None,
-        ) -> None:
-            visit_args = _raw if raw is not None else (_visitor(args) if args else None)
-            t.add(
-                QmpCommand(name, fn, visit_args, allow_oob=oob, arg_type=raw or args, ret_type=ret)
-            )
-
+        add, add0, boxed = self._add, self._add0, self._add_boxed
         add("qmp_capabilities", self.qmp_capabilities, CapabilitiesArgs)
-        add("query-version", self.query_version, oob=True, ret="VersionInfo")
-        add("query-commands", self.query_commands, oob=True, ret="[CommandInfo]")
-        add("query-qmp-schema", self.query_qmp_schema, ret="[SchemaInfo]")
-        add("quit", self.quit)
-        add("netdev_add", self.netdev_add, raw="Netdev")
+        add0("query-version", self.query_version, oob=True, ret="VersionInfo")
+        add0("query-commands", self.query_commands, oob=True, ret="[CommandInfo]")
+        add0("query-qmp-schema", self.query_qmp_schema, ret="[SchemaInfo]")
+        add0("quit", self.quit)
+        boxed("netdev_add", self.netdev_add, qapi.netdev_from_qmp, "Netdev")
         add("netdev_del", self.netdev_del, IdArgs)
         add("set_link", self.set_link, SetLinkArgs)
         add("query-rx-filter", self.query_rx_filter, OptNameArgs, ret=RX_FILTER_INFO_LIST)
         add("human-monitor-command", self.hmp, HmpArgs, ret="str")
-        add("chardev-add", self.chardev_add, raw="q_obj_chardev-add-arg", ret="ChardevReturn")
-        add("chardev-change", self.chardev_change, raw="q_obj_chardev-add-arg", ret="ChardevReturn")
+        chardev_arg = "q_obj_chardev-add-arg"
+        boxed("chardev-add", self.chardev_add, qapi.chardev_add_from_qmp, chardev_arg,
+              ret="ChardevReturn")  # fmt: skip
+        boxed("chardev-change", self.chardev_change, qapi.chardev_add_from_qmp, chardev_arg,
+              ret="ChardevReturn")  # fmt: skip
         add("chardev-remove", self.chardev_remove, IdArgs)
         add("chardev-send-break", self.chardev_send_break, IdArgs)
-        add("query-chardev", self.query_chardev, ret="[ChardevInfo]")
-        add("query-chardev-backends", self.query_chardev_backends, ret="[ChardevBackendInfo]")
+        add0("query-chardev", self.query_chardev, ret="[ChardevInfo]")
+        add0("query-chardev-backends", self.query_chardev_backends, ret="[ChardevBackendInfo]")
         add("ringbuf-write", self.ringbuf_write, RingbufWriteArgs)
         add("ringbuf-read", self.ringbuf_read, RingbufReadArgs, ret="str")
-        add("object-add", self.object_add, raw="ObjectOptions")
+        boxed("object-add", self.object_add, qapi.object_from_qmp, "ObjectOptions")
         add("object-del", self.object_del, IdArgs)
         add("query-netdev", self.query_netdev, OptNameArgs, oob=True, ret=NETDEV_INFO_LIST)
         add("set-rx-filter", self.set_rx_filter, SetRxFilterArgs)
-        add("query-dhcp-leases", self.query_dhcp_leases, NetdevNameArgs, ret=DHCP_LEASE_INFO_LIST)
-        add("user-forward-add", self.user_forward_add, UserForwardAddArgs, ret=UserForwardInfo)
-        add("user-forward-remove", self.user_forward_remove, UserForwardSelector)
-        fwd_list, conn_list = USER_FORWARD_INFO_LIST, USER_CONNECTION_INFO_LIST
-        add("query-user-forwards", self.query_user_forwards, NetdevNameArgs, ret=fwd_list)
-        add("query-user-connections", self.query_user_connections, NetdevNameArgs, ret=conn_list)
         add("query-hub-fdb", self.query_hub_fdb, HubIdArgs, ret=HUB_FDB_ENTRY_LIST)
-        add("query-tunnel-fdb", self.query_tunnel_fdb, NetdevNameArgs, ret=TUNNEL_FDB_LIST)
-        add("x-user-state-export", self.user_state_export, us.UserStateExportArgs,
-            ret=us.UserStateExport)  # fmt: skip
-        add("x-user-state-import", self.user_state_import, us.UserStateImportArgs,
-            ret=us.UserStateImport)  # fmt: skip
         add("guest-sync", self.guest_sync, SyncArgs, ret="int")
         add("guest-sync-delimited", self.guest_sync_delimited, SyncArgs, ret="int")
-        add("guest-ping", self.guest_ping)
-        add("guest-info", self.guest_info, ret="GuestAgentInfo")
-        add("guest-network-get-interfaces", self.guest_interfaces, ret="[GuestNetworkInterface]")
+        add0("guest-ping", self.guest_ping)
+        add0("guest-info", self.guest_info, ret="GuestAgentInfo")
+        add0("guest-network-get-interfaces", self.guest_interfaces,
+             ret="[GuestNetworkInterface]")  # fmt: skip
         add("write-config", self.write_config, WriteConfigArgs)
         add("x-oob-test", self.oob_test, OobTestArgs, oob=True)
-        self._table = t
-        return t
+        for spec in self.ns.registry.values():
+            for cmd in spec.control.commands:
+                self._add_driver(cmd)
+        return self._table
 
     # -- monitor basics --------------------------------------------------------------------
 
-    async def qmp_capabilities(self, args: dict[str, Any], session: Any) -> None:
+    async def qmp_capabilities(self, args: CapabilitiesArgs, session: Session) -> None:
         raise CommandNotFound("Capabilities negotiation is already complete, command ignored")
 
-    async def query_version(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
+    async def query_version(self, args: None, session: Session) -> dict[str, Any]:
         return {"qemu": dict(QEMU_COMPAT), "package": VERSION_INFO["package"]}
 
-    async def query_commands(self, args: dict[str, Any], session: Any) -> list[dict[str, str]]:
+    async def query_commands(self, args: None, session: Session) -> list[dict[str, str]]:
         return [{"name": name} for name in self._table.names()]
 
-    async def query_qmp_schema(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
+    async def query_qmp_schema(self, args: None, session: Session) -> list[dict[str, Any]]:
         from netstack.qmp.introspect import command_schema
 
         return command_schema(self._table)
 
-    async def quit(self, args: dict[str, Any], session: Any) -> None:
+    async def quit(self, args: None, session: Session) -> None:
         self.ns.emit_event("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
         asyncio.get_running_loop().call_soon(self.ns.request_shutdown)
 
     # -- net -----------------------------------------------------------------------------------
 
-    async def netdev_add(self, args: dict[str, Any], session: Any) -> None:
-        netdev = qapi.netdev_from_qmp(args)
+    async def netdev_add(self, netdev: qapi.Netdev, session: Session) -> None:
         qapi.check_id(netdev.id)
         await self.ns.netdev_add(netdev)
 
-    async def netdev_del(self, args: dict[str, Any], session: Any) -> None:
-        self.ns.netdev_del(args["id"])
+    async def netdev_del(self, args: IdArgs, session: Session) -> None:
+        self.ns.netdev_del(args.id)
 
-    async def set_link(self, args: dict[str, Any], session: Any) -> None:
-        self.ns.set_link(args["name"], args["up"])
+    async def set_link(self, args: SetLinkArgs, session: Session) -> None:
+        self.ns.set_link(args.name, args.up)
 
-    async def query_rx_filter(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
-        return self.ns.query_rx_filter(args.get("name"))
+    async def query_rx_filter(self, args: OptNameArgs, session: Session) -> list[dict[str, Any]]:
+        return self.ns.query_rx_filter(args.name)
 
-    async def query_netdev(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
-        return self.ns.query_netdev(args.get("name"))
+    async def query_netdev(self, args: OptNameArgs, session: Session) -> list[dict[str, Any]]:
+        return self.ns.query_netdev(args.name)
 
-    async def query_dhcp_leases(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
-        return self.ns.query_dhcp_leases(args.get("netdev"))
+    async def query_hub_fdb(self, args: HubIdArgs, session: Session) -> list[dict[str, Any]]:
+        return self.ns.query_hub_fdb(args.hubid)
 
-    async def user_forward_add(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
-        return self.ns.user_forward_add(args["netdev"], args["type"] or "hostfwd", args["rule"])
-
-    async def user_forward_remove(self, args: dict[str, Any], session: Any) -> None:
-        if args["type"] == "hostfwd":
-            addr, port = args["host_addr"], args["host_port"]
-        else:
-            addr, port = args["guest_addr"], args["guest_port"]
-        self.ns.user_forward_remove(args["netdev"], args["type"], args.get("protocol"), addr, port)
-
-    async def query_user_forwards(self, args: dict[str, Any], session: Any) -> list[Any]:
-        return self.ns.query_user_forwards(args.get("netdev"))
-
-    async def query_user_connections(self, args: dict[str, Any], session: Any) -> list[Any]:
-        return self.ns.query_user_connections(args.get("netdev"))
-
-    async def query_hub_fdb(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
-        return self.ns.query_hub_fdb(args.get("hubid"))
-
-    async def query_tunnel_fdb(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
-        return self.ns.query_tunnel_fdb(args.get("netdev"))
-
-    async def user_state_export(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
-        return us.export_state(self.ns, args)
-
-    async def user_state_import(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
-        return us.import_state(self.ns, args)
-
-    async def set_rx_filter(self, args: dict[str, Any], session: Any) -> None:
-        modes = args.get("rx_modes")
+    async def set_rx_filter(self, args: SetRxFilterArgs, session: Session) -> None:
+        modes = args.rx_modes
         self.ns.set_rx_filter(
-            args["name"],
+            args.name,
             rx_modes=(
                 {k: v for k, v in vars(modes).items() if v is not None}
                 if modes is not None
                 else None
             ),
-            mac=args.get("main_mac"),
-            unicast=args.get("unicast_table"),
-            multicast=args.get("multicast_table"),
-            vlans=args.get("vlan_table"),
-            vlan_filtering=args.get("vlan_filtering"),
+            mac=args.main_mac,
+            unicast=args.unicast_table,
+            multicast=args.multicast_table,
+            vlans=args.vlan_table,
+            vlan_filtering=args.vlan_filtering,
         )
 
-    async def hmp(self, args: dict[str, Any], session: Any) -> str:
+    async def hmp(self, args: HmpArgs, session: Session) -> str:
         from netstack.qmp.hmp import run_hmp
 
-        text = await run_hmp(self.ns, args["command_line"])
+        text = await run_hmp(self.ns, args.command_line)
         return text.replace("\n", "\r\n")
 
     # -- chardevs ----------------------------------------------------------------------------
 
-    async def chardev_add(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
-        spec = qapi.chardev_add_from_qmp(args)
+    async def chardev_add(self, spec: qapi.Chardev, session: Session) -> dict[str, Any]:
         return await self.ns.chardev_add(spec)
 
-    async def chardev_change(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
-        spec = qapi.chardev_add_from_qmp(args)
+    async def chardev_change(self, spec: qapi.Chardev, session: Session) -> dict[str, Any]:
         return await self.ns.chardevs.change(spec)
 
-    async def chardev_remove(self, args: dict[str, Any], session: Any) -> None:
-        await self.ns.chardevs.remove(args["id"])
+    async def chardev_remove(self, args: IdArgs, session: Session) -> None:
+        await self.ns.chardevs.remove(args.id)
 
-    async def chardev_send_break(self, args: dict[str, Any], session: Any) -> None:
-        self.ns.chardevs.send_break(args["id"])
+    async def chardev_send_break(self, args: IdArgs, session: Session) -> None:
+        self.ns.chardevs.send_break(args.id)
 
-    async def query_chardev(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
+    async def query_chardev(self, args: None, session: Session) -> list[dict[str, Any]]:
         return self.ns.chardevs.query()
 
-    async def query_chardev_backends(
-        self, args: dict[str, Any], session: Any
-    ) -> list[dict[str, Any]]:
+    async def query_chardev_backends(self, args: None, session: Session) -> list[dict[str, Any]]:
         return self.ns.chardevs.query_backends()
 
-    async def ringbuf_write(self, args: dict[str, Any], session: Any) -> None:
-        self.ns.chardevs.ringbuf_write(args["device"], args["data"], args.get("format"))
+    async def ringbuf_write(self, args: RingbufWriteArgs, session: Session) -> None:
+        self.ns.chardevs.ringbuf_write(args.device, args.data, args.format)
 
-    async def ringbuf_read(self, args: dict[str, Any], session: Any) -> str:
-        return self.ns.chardevs.ringbuf_read(args["device"], args["size"], args.get("format"))
+    async def ringbuf_read(self, args: RingbufReadArgs, session: Session) -> str:
+        return self.ns.chardevs.ringbuf_read(args.device, args.size, args.format)
 
     # -- objects ------------------------------------------------------------------------------
 
-    async def object_add(self, args: dict[str, Any], session: Any) -> None:
-        spec = qapi.object_from_qmp(args)
+    async def object_add(self, spec: qapi.ObjectSpec, session: Session) -> None:
         await self.ns.object_add(spec)
 
-    async def object_del(self, args: dict[str, Any], session: Any) -> None:
-        self.ns.object_del(args["id"])
+    async def object_del(self, args: IdArgs, session: Session) -> None:
+        self.ns.object_del(args.id)
 
     # -- agent-style resynchronisation --------------------------------------------------------
 
-    async def guest_sync(self, args: dict[str, Any], session: Any) -> int:
-        return int(args["id"])
+    async def guest_sync(self, args: SyncArgs, session: Session) -> int:
+        return int(args.id)
 
-    async def guest_sync_delimited(self, args: dict[str, Any], session: Any) -> int:
+    async def guest_sync_delimited(self, args: SyncArgs, session: Session) -> int:
         if session is not None:
             session.request_delimited_reply()
-        return int(args["id"])
+        return int(args.id)
 
-    async def guest_ping(self, args: dict[str, Any], session: Any) -> None:
+    async def guest_ping(self, args: None, session: Session) -> None:
         return None
 
-    async def guest_info(self, args: dict[str, Any], session: Any) -> dict[str, Any]:
+    async def guest_info(self, args: None, session: Session) -> dict[str, Any]:
         return {
             "version": __version__,
             "supported_commands": [
@@ -408,34 +383,27 @@ class Commands:
             ],
         }
 
-    async def guest_interfaces(self, args: dict[str, Any], session: Any) -> list[dict[str, Any]]:
+    async def guest_interfaces(self, args: None, session: Session) -> list[dict[str, Any]]:
         return self.ns.guest_network_interfaces()
 
-    async def write_config(self, args: dict[str, Any], session: Any) -> None:
-        from netstack.configfile.writer import write_running_config
-
-        path = self.ns.config_file if args["filename"] is None else args["filename"]
+    async def write_config(self, args: WriteConfigArgs, session: Session) -> None:
+        path = self.ns.config_file if args.filename is None else args.filename
         if not path or path == "-":
             raise GenericError(
                 "no file to write: give 'filename' (the command line's -writeconfig FILE"
                 " is the default; '-' is for the command line only)"
             )
-        write_running_config(self.ns, path)
+        self.ns.write_config(path)
 
-    async def oob_test(self, args: dict[str, Any], session: Any) -> None:
+    async def oob_test(self, args: OobTestArgs, session: Session) -> None:
         """QEMU's ``x-oob-test``: ``lock: true`` blocks in-band dispatch until an OOB
         ``x-oob-test`` with ``lock: false`` releases it (used by the OOB tests)."""
         if self._oob_sem is None:
             self._oob_sem = asyncio.Semaphore(0)
-        if args["lock"]:
+        if args.lock:
             try:
                 await asyncio.wait_for(self._oob_sem.acquire(), 30)
             except TimeoutError:
                 raise GenericError("x-oob-test: nobody unlocked within 30 s") from None
         else:
             self._oob_sem.release()
-
-
-def _raw(args: dict[str, Any]) -> dict[str, Any]:
-    """Commands whose arguments the qapi package visits itself (boxed or unions)."""
-    return args

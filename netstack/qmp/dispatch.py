@@ -13,23 +13,25 @@ Follows ``qapi/qmp-dispatch.c`` and ``monitor/qmp.c`` (QEMU 7.2+):
 6. arguments visited against the command's schema (QAPI visitor texts) before any side
    effect; then the handler runs; a command without a return value returns ``{}``.
 
-Commands are described by :class:`QmpCommand`; handlers are coroutines taking the
-visited arguments and the calling session, and return a JSON-able value or None.
+Commands are described by :class:`QmpCommand`; ``visit_args`` turns the request's
+``arguments`` object into the command's typed argument object (a frozen schema dataclass,
+or None for a command without arguments), raising QEMU's texts; handlers are coroutines
+taking that object and the calling session, and return a JSON-able value or None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from netstack.errors import CommandNotFound, GenericError, NetstackError
+from netstack.errors import CommandNotFound, ControlError, GenericError
 from netstack.qapi.schema import QType
 from netstack.qmp.qdict_order import ordered_keys
 
-Handler = Callable[[dict[str, Any], Any], Awaitable[Any]]
-"""``handler(arguments, session)``: the visited arguments and the calling session."""
-ArgsVisitor = Callable[[dict[str, Any]], dict[str, Any]]
+Handler = Callable[[Any, Any], Awaitable[Any]]
+"""``handler(arguments, session)``: the visited argument object and the calling session."""
+ArgsVisitor = Callable[[dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,11 @@ class CommandTable:
     def names(self) -> list[str]:
         return list(self._commands)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[QmpCommand]:
         return iter(self._commands.values())
 
 
-def error_reply(exc: NetstackError) -> dict[str, Any]:
+def error_reply(exc: ControlError) -> dict[str, Any]:
     return {"error": {"class": exc.qmp_class, "desc": exc.desc}}
 
 
@@ -133,17 +135,17 @@ async def dispatch(
             raise CommandNotFound(f"The command {req.command} has not been found")
         if req.oob and not cmd.allow_oob:
             raise GenericError(f"The command {req.command} does not support OOB")
-        args = cmd.visit_args(req.arguments) if cmd.visit_args else _no_args(req.arguments)
+        args = (cmd.visit_args or no_args)(req.arguments)
         ret = await cmd.handler(args, session)
         reply: dict[str, Any] = {"return": {} if ret is None else ret}
-    except NetstackError as exc:
+    except ControlError as exc:
         reply = error_reply(exc)
     if has_id:
         reply["id"] = req_id
     return reply
 
 
-def _no_args(arguments: dict[str, Any]) -> dict[str, Any]:
+def no_args(arguments: dict[str, Any]) -> None:
+    """The visitor of a command without arguments: any member is unexpected."""
     for key in ordered_keys(arguments):
         raise GenericError(f"Parameter '{key}' is unexpected")
-    return {}

@@ -1,9 +1,11 @@
 """The human monitor commands reachable through QMP ``human-monitor-command``.
 
 QEMU's HMP is a large command set; a network daemon answers the net ones: ``info network``
-(``net/net.c`` ``hmp_info_network``), ``info usernet`` (from user netdevs that provide it),
-``hostfwd_add`` / ``hostfwd_remove`` (user netdevs), ``netdev_del`` and ``set_link``; beyond
-QEMU ``info fdb`` (MAC tables of learning hubs and vxlan netdevs). Output lines end with
+(``net/net.c`` ``hmp_info_network``), ``netdev_del`` and ``set_link``; beyond QEMU ``info
+fdb`` (MAC tables of learning hubs and vxlan netdevs). Drivers add ``info`` topics and
+commands through :class:`netstack.driver.DriverControl` (the user netdev: ``info usernet``,
+``hostfwd_add`` / ``hostfwd_remove``); ``info`` alone lists the topics, the drivers' after
+``network``. Output lines end with
 ``\\n`` here; the QMP layer turns them into CRLF as QEMU's monitor output layer does.
 Unknown commands answer ``unknown command: 'X'`` like QEMU.
 """
@@ -11,15 +13,16 @@ Unknown commands answer ``unknown command: 'X'`` like QEMU.
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
 
-from netstack.errors import NetstackError
+from netstack.driver import HmpCommand, HmpInfo
+from netstack.errors import ControlError
+from netstack.qmp.control import Control
 
-if TYPE_CHECKING:
-    from netstack.daemon import Netstack
+_NETWORK_HELP = "info network  -- show the network state\n"
+_FDB_HELP = "info fdb      -- show the MAC tables of learning hubs and tunnels\n"
 
 
-async def run_hmp(ns: Netstack, line: str) -> str:
+async def run_hmp(ns: Control, line: str) -> str:
     try:
         words = shlex.split(line)
     except ValueError:
@@ -36,25 +39,33 @@ async def run_hmp(ns: Netstack, line: str) -> str:
         if cmd == "set_link" and len(args) == 2 and args[1] in ("on", "off"):
             ns.set_link(args[0], args[1] == "on")
             return ""
-        if cmd in ("hostfwd_add", "hostfwd_remove"):
-            return ns.hmp_hostfwd(cmd, args)
-    except NetstackError as exc:
+        for command in _driver_commands(ns):
+            if command.name == cmd:
+                return command.run(ns, args)
+    except ControlError as exc:
         return f"Error: {exc.desc}\n"
     return f"unknown command: '{cmd}'\n"
 
 
-def _info(ns: Netstack, args: list[str]) -> str:
+def _driver_infos(ns: Control) -> list[HmpInfo]:
+    return [info for spec in ns.registry.values() for info in spec.control.hmp_info]
+
+
+def _driver_commands(ns: Control) -> list[HmpCommand]:
+    return [cmd for spec in ns.registry.values() for cmd in spec.control.hmp_commands]
+
+
+def _info(ns: Control, args: list[str]) -> str:
     what = args[0] if args else ""
     if what == "network":
         return ns.info_network()
-    if what == "usernet":
-        return ns.info_usernet()
     if what == "fdb":
         return ns.info_fdb()
+    infos = _driver_infos(ns)
+    for info in infos:
+        if info.name == what:
+            return info.show(ns)
     if not what:
-        return (
-            "info network  -- show the network state\n"
-            "info usernet  -- show user network stack connection states\n"
-            "info fdb      -- show the MAC tables of learning hubs and tunnels\n"
-        )
+        lines = [f"info {info.name:<8} -- {info.help}\n" for info in infos]
+        return "".join([_NETWORK_HELP, *lines, _FDB_HELP])
     return f"unknown command: 'info {what}'\n"

@@ -39,6 +39,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeAlias, cast
 
+from netstack.errors import RemoteInputError
 from netstack.qmp.jsonout import mod_utf8_decode, valid_codepoint
 
 __all__ = [
@@ -59,12 +60,11 @@ MAX_TOKEN_COUNT = 2 << 20
 MAX_NESTING = 1 << 10
 
 
-class JSONParseError(Exception):
+class JSONParseError(RemoteInputError):
     """One bad message; ``desc`` is QEMU's text, e.g. ``JSON parse error, expecting value``."""
 
     def __init__(self, desc: str) -> None:
         super().__init__(desc)
-        self.desc = desc
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, JSONParseError) and other.desc == self.desc

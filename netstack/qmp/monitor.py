@@ -183,8 +183,8 @@ class QmpSession:
     def _capabilities_command(self) -> QmpCommand:
         base = self.monitor.commands.get("qmp_capabilities")
 
-        async def negotiate(args: dict[str, Any], session: Any) -> None:
-            enable = args.get("enable") or []
+        async def negotiate(args: Any, session: Any) -> None:
+            enable = args.enable or ()
             missing = [c for c in enable if c != "oob" or not self.monitor.oob_offered]
             if missing:
                 raise GenericError(f"Capability {', '.join(missing)} not available")

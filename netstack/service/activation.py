@@ -37,7 +37,7 @@ import socket
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
-from netstack.errors import GenericError
+from netstack.errors import GenericError, StartupError
 
 SD_LISTEN_FDS_START = 3
 #: More than any sane unit passes; a larger LISTEN_FDS is an error, not a loop.
@@ -46,7 +46,7 @@ MAX_FDS = 1024
 log = logging.getLogger("netstack.service")
 
 
-class ActivationError(ValueError):
+class ActivationError(StartupError, ValueError):
     """The environment's LISTEN_* variables are malformed."""
 
 

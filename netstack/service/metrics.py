@@ -200,8 +200,6 @@ class NetstackCollector:
         yield depth
 
     def _user(self, ns: Netstack) -> Iterator[Metric]:
-        from netstack.daemon import UserNetClient
-
         flows = GaugeMetricFamily(
             "netstack_nat_flows",
             "NAT flows and connections of a user netdev.",
@@ -211,13 +209,13 @@ class NetstackCollector:
             "netstack_nat_forwards", "hostfwd/guestfwd rules.", labels=["netdev", "type"]
         )
         leases = GaugeMetricFamily("netstack_dhcp_leases", "DHCP leases.", labels=["netdev"])
-        for nc in list(ns.clients):
-            if nc.type != "user" or not isinstance(nc, UserNetClient):
+        for nc, tables in ns.nat_tables():
+            if nc.type != "user":
                 continue
             try:
-                conns = nc.connections()
-                fwds = nc.forwards()
-                nleases = len(nc.leases())
+                conns = tables.connections()
+                fwds = tables.forwards()
+                nleases = len(tables.leases())
             except Exception:
                 self._failed(nc.name)
                 continue

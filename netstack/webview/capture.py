@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from netstack.errors import NetstackError
+from netstack.errors import ControlError, NetstackError
 
 MAX_RUNNING: Final = 4
 MAX_KEPT: Final = 8
@@ -47,7 +47,7 @@ DelObject = Callable[[str], None]
 FindObject = Callable[[str], Any]
 
 
-class CaptureRefused(Exception):
+class CaptureRefused(ControlError):
     """A capture that cannot start (the text is shown to the operator)."""
 
 

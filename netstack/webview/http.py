@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from netstack.errors import RemoteInputError
+
 MAX_HEAD: Final = 8192
 MAX_FIELDS: Final = 64
 MAX_BODY: Final = 4096
@@ -42,7 +44,7 @@ REASONS: Final = {
 }
 
 
-class BadRequest(Exception):
+class BadRequest(RemoteInputError):
     """A request that cannot be served; ``status`` is the answer."""
 
     def __init__(self, text: str, status: int = 400) -> None:

@@ -61,6 +61,8 @@ from urllib.parse import urlsplit
 from netstack import __version__, qapi
 from netstack.chardev.sockets import SocketChardev
 from netstack.errors import GenericError
+from netstack.qmp.control import Control
+from netstack.qmp.server import monitor_add
 
 from .capture import CaptureManager, CaptureRefused
 from .http import MAX_HEAD, BadRequest, Request, parse_head, response
@@ -95,21 +97,11 @@ class TlsServerCreds(Protocol):
     def check_endpoint(self, endpoint: str) -> None: ...
 
 
-class WebViewHost(Protocol):
-    """What the web view needs of the daemon."""
+class WebViewHost(Control, Protocol):
+    """What the web view needs of the daemon (beyond what its QMP monitor needs)."""
 
     name: str | None
     objects: dict[str, Any]
-
-    async def chardev_add(
-        self, spec: qapi.Chardev, *, socket_mode: int | None = None, from_cli: bool = False
-    ) -> dict[str, Any]: ...
-
-    async def monitor_add(self, kind: str, text: str, pretty: bool, index: int) -> None: ...
-
-    async def object_add(self, spec: qapi.ObjectSpec) -> None: ...
-
-    def object_del(self, object_id: str) -> None: ...
 
     def chardev(self, chardev_id: str) -> Any: ...
 
@@ -188,8 +180,8 @@ class WebView:
                 f"websocket=on{tls}"
             )
             await self.ns.chardev_add(spec, from_cli=True)
-            await self.ns.monitor_add(
-                "mon", f"chardev={chardev_id},mode=control", False, self.monitor_index
+            await monitor_add(
+                self.ns, "mon", f"chardev={chardev_id},mode=control", False, self.monitor_index
             )
         chardev = self.ns.chardev(chardev_id)
         if chardev is None:

@@ -16,6 +16,7 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient
 import drivers
 from netstack.daemon import Netstack
 from netstack.net.nic import NicClient
+from netstack.qmp.server import monitor_add
 
 pytestmark = pytest.mark.timeout(60)
 MAC = bytes.fromhex("525400123456")
@@ -26,7 +27,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Netstack, Path]]:
     ns = Netstack(drivers.registry(), runtime_dir=tmp_path)
     ns.add_client(NicClient("nic0", MAC))
     sock = tmp_path / "qmp.sock"
-    await ns.monitor_add("qmp", f"unix:{sock},server=on,wait=off", False, 0)
+    await monitor_add(ns, "qmp", f"unix:{sock},server=on,wait=off", False, 0)
     try:
         yield ns, sock
     finally:

@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import drivers
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli, parse_object_cli
+from netstack.qmp.server import monitor_add
 from netstack.service.metrics_http import Endpoint, MetricsServer
 from tests.interop.test_user_tap_netns import (
     GATEWAY,
@@ -91,7 +92,7 @@ async def rig(tmp: Path, vnet_hdr: str) -> AsyncIterator[Rig]:
             ):
                 await daemon.netdev_add(parse_netdev_cli(spec))
             qmp = tmp / "qmp.sock"
-            await daemon.monitor_add("qmp", f"unix:{qmp},server=on,wait=off", False, 0)
+            await monitor_add(daemon, "qmp", f"unix:{qmp},server=on,wait=off", False, 0)
             ip("-n", ns, "link", "set", IFNAME, "up")
             yield Rig(daemon, ns, tmp, qmp)
         finally:

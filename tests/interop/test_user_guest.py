@@ -94,9 +94,10 @@ async def main(specs):
                     out[nc.name] = entry
                 print("STATS " + json.dumps(out), flush=True)
             elif cmd == "usernet":
-                print("USERNET " + json.dumps(ns.info_usernet()), flush=True)
+                print("USERNET " + json.dumps(user.control.info_usernet(ns)), flush=True)
             elif cmd == "leases":
-                print("LEASES " + json.dumps([l for u in users() for l in u.leases()]), flush=True)
+                leases = [l for u in users() for l in user.control.leases(u)]
+                print("LEASES " + json.dumps(leases), flush=True)
         stop.set()
 
     try:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 import drivers
+from drivers.user import control as user_control
 from netstack import qapi
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
@@ -92,8 +93,8 @@ async def udp_echo(port: int, payload: bytes, tries: int = 20) -> bytes:
 
 
 def port_of(ns: Netstack, regex: re.Pattern[str]) -> int:
-    match = regex.search(ns.info_usernet())
-    assert match is not None, ns.info_usernet()
+    match = regex.search(user_control.info_usernet(ns))
+    assert match is not None, user_control.info_usernet(ns)
     return int(match.group(1))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.user import control as user_control
 from tests.kit.daemon import in_process
 from tests.kit.guests import attach_user_over_vhost_user, http_get, vhost_user_qemu_args
 from tools.guest import (
@@ -31,8 +32,8 @@ async def test_guest_httpd_through_hostfwd(image: GuestImage, tmp_path: Path) ->
         await attach_user_over_vhost_user(
             ns, sock, "user,id=nat0,hostfwd=tcp:127.0.0.1:0-:8080", mac=MAC
         )
-        match = QEMU_RE.search(ns.info_usernet())
-        assert match is not None, ns.info_usernet()
+        match = QEMU_RE.search(user_control.info_usernet(ns))
+        assert match is not None, user_control.info_usernet(ns)
         port = int(match.group(1))
         assert port > 0
 
@@ -48,13 +49,15 @@ sleep 90
             assert await http_get(port) == BODY
 
             # a rule added at run time (kernel-chosen port), then removed
-            assert ns.hmp_hostfwd("hostfwd_add", ["nat0", "tcp:127.0.0.1:0-:8080"]) == ""
-            ports = [int(p) for p in QEMU_RE.findall(ns.info_usernet())]
+            assert (
+                user_control.hmp_hostfwd(ns, "hostfwd_add", ["nat0", "tcp:127.0.0.1:0-:8080"]) == ""
+            )
+            ports = [int(p) for p in QEMU_RE.findall(user_control.info_usernet(ns))]
             (extra,) = [p for p in ports if p != port]
             assert await http_get(extra) == BODY
-            assert ns.hmp_hostfwd("hostfwd_remove", ["nat0", f"tcp:127.0.0.1:{extra}"]) == (
-                f"host forwarding rule for tcp:127.0.0.1:{extra} removed\n"
-            )
+            assert user_control.hmp_hostfwd(
+                ns, "hostfwd_remove", ["nat0", f"tcp:127.0.0.1:{extra}"]
+            ) == (f"host forwarding rule for tcp:127.0.0.1:{extra} removed\n")
             with pytest.raises(OSError):
                 await http_get(extra, timeout=3)
             assert await http_get(port) == BODY  # the creation-time rule still works

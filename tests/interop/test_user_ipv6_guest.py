@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.user import control as user_control
 from drivers.user.client import UserNetClient
 from tests.kit.daemon import in_process
 from tests.kit.guests import (
@@ -126,8 +127,8 @@ async def test_guest_slaac_ping6_wget_and_hostfwd_over_ipv6(
             address = found.group(1)
             await g.wait_for("LISTENING", timeout=120, since=found.end())
             rule = f"tcp:[::1]:0-[{address}]:5000"
-            assert user.hostfwd("hostfwd_add", [rule]) == ""
-            fwd_port = user.forwards()[-1]["host-port"]
+            assert user_control.hostfwd(user, "hostfwd_add", [rule]) == ""
+            fwd_port = user_control.forwards(user)[-1]["host-port"]
             greeting = await hostfwd_greeting(fwd_port)
             result = await g.wait()
         result.check()
@@ -140,7 +141,9 @@ async def test_guest_slaac_ping6_wget_and_hostfwd_over_ipv6(
         up = re.search(r"^UP ([0-9a-f]{32})", out, re.M)
         assert up is not None and (sink.received, sink.md5) == (UPLOAD_KIB << 10, up.group(1))
         assert f"UPLOAD {UPLOAD_KIB << 10} {sink.md5}" in out, out
-        assert (address, 64) in user.leases_for(bytes.fromhex(MAC.replace(":", "")))
+        assert (address, 64) in user_control.addresses_for(
+            user, bytes.fromhex(MAC.replace(":", ""))
+        )
         counters = user.counters()
         assert counters["icmp6-echo-local"] >= 2 and counters["ndp-ra-sent"] >= 1, counters
         assert counters["tcp-connects"] >= 1 and user.fwd.stats["hostfwd-tcp-forwarded"] >= 1

@@ -53,6 +53,7 @@ from typing import Protocol
 
 import pytest
 
+from drivers.user import control as user_control
 from drivers.user.ipv6 import Ipv6Config, Ipv6Router, Packet6, PingClose, icmp6
 from drivers.user.ipv6 import addr as a6
 from drivers.user.ipv6 import packet as pk
@@ -585,7 +586,8 @@ async def test_a_namespace_served_by_the_user_netdev(echo: str) -> None:
                 assert counters["tcp-connects"] == 2 and counters["dns6-answers"] == 1
                 assert counters.get("internal-error", 0) == 0
                 mac = bytes.fromhex("525400123456")
-                assert (address, 64) in user.leases_for(mac)  # type: ignore[attr-defined]
+                (nat0,) = user_control.user_netdevs(daemon, "nat0")
+                assert (address, 64) in user_control.addresses_for(nat0, mac)
             finally:
                 loop.remove_reader(udp.fileno())
                 loop.remove_reader(dns.fileno())

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 import drivers
+from drivers.user import control as user_control
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.qapi import parse_netdev_cli
@@ -131,7 +132,7 @@ async def test_smbclient_lists_gets_and_puts(
         assert client is not None
         private = private_dir(client)
         assert os.path.isdir(private) and os.path.isfile(os.path.join(private, "smb.conf"))
-        rows = [r for r in client.forwards() if r["rule"].startswith("smb=")]
+        rows = [r for r in user_control.forwards(client) if r["rule"].startswith("smb=")]
         assert [(r["type"], r["guest-addr"], r["guest-port"]) for r in rows] == [
             ("guestfwd", SMB_SERVER, 139), ("guestfwd", SMB_SERVER, 445),
         ]  # fmt: skip
@@ -155,7 +156,7 @@ async def test_smbclient_lists_gets_and_puts(
         counters = client.counters()
         assert counters["guestfwd-children"] >= 3, counters
         assert counters.get("guestfwd-spawn-failed", 0) == 0, counters
-        text = client.usernet_info()
+        text = user_control.usernet_info(client)
         assert text.startswith("Hub 0 (nat0):"), text
     assert not os.path.exists(private)
     assert not our_processes(private)
@@ -205,16 +206,16 @@ async def test_netdev_del_with_a_connection_open(
                 return any(
                     r["direction"] == "guestfwd" and r["remote-port"] == 445
                     and r["state"] == "ESTABLISHED"
-                    for r in client.connections()
+                    for r in user_control.connections(client)
                 )  # fmt: skip
 
-            assert await wait_for(established), client.connections()
+            assert await wait_for(established), user_control.connections(client)
 
             def serving() -> set[str]:
                 return {_comm(p) for p in smbds(private, guard)}
 
             assert await wait_for(lambda: {"smbd", "samba-dcerpcd"} <= serving()), serving()
-            assert "10.0.2.4" in client.usernet_info()
+            assert "10.0.2.4" in user_control.usernet_info(client)
             daemon.netdev_del("nat0")
             assert not os.path.exists(private)
             assert not our_processes(private)

@@ -27,6 +27,7 @@ import pytest
 import drivers
 from netstack.daemon import Netstack
 from netstack.qapi import check_id, parse_chardev_cli, parse_netdev_cli
+from netstack.qmp.server import monitor_add
 from tools.guest import UDHCPC_SCRIPT_PATH, Guest, GuestImage, HostUnavailable, build, ensure_qemu
 from tools.migrate.qemu import MigrationResult, migrate, qmp_connect, vm_args
 from tools.migrate.web import Web
@@ -207,7 +208,7 @@ async def test_migration_same_daemon_keeps_nat_and_lease(
             netdev = parse_netdev_cli(spec)
             check_id(netdev.id)
             await ns.netdev_add(netdev)
-        await ns.monitor_add("qmp", f"unix:{qmp},server=on,wait=off", False, 0)
+        await monitor_add(ns, "qmp", f"unix:{qmp},server=on,wait=off", False, 0)
         try:
             final = await moves.run()
             web.stop_flag = True

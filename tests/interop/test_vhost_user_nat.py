@@ -17,6 +17,7 @@ from qemu.qmp import QMPClient
 
 import drivers
 from netstack.daemon import Netstack
+from netstack.qmp.server import monitor_add
 from tests.kit.guests import attach_user_over_vhost_user, vhost_user_qemu_args
 from tools.guest import (
     UDHCPC_SCRIPT_PATH,
@@ -73,7 +74,7 @@ async def test_guest_over_vhost_user_uses_the_nat(image: GuestImage, tmp_path: P
     try:
         user = f"user,id=nat0,tftp={root},x-dns-upstream=127.0.0.1:{dns_port}"
         await attach_user_over_vhost_user(ns, sock, user, MAC)
-        await ns.monitor_add("qmp", f"unix:{qmp},server=on,wait=off", False, 0)
+        await monitor_add(ns, "qmp", f"unix:{qmp},server=on,wait=off", False, 0)
 
         script = f"""
 udhcpc -i eth0 -q -n -t 6 -T 2 -s {UDHCPC_SCRIPT_PATH} && echo DHCP-OK

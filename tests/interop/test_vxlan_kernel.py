@@ -29,6 +29,7 @@ import pytest
 
 from drivers import hubport, tap, vxlan
 from drivers.vxlan import VxlanClient
+from drivers.vxlan import control as vxlan_control
 from netstack.daemon import Netstack
 from netstack.qapi import parse_netdev_cli
 from tests.interop.test_tap_netns import ping, tcp_transfer
@@ -175,7 +176,9 @@ async def test_ping_tcp_iperf3_and_learning_with_the_kernel(family: int) -> None
         fdb = bridge_fdb(r.ns_k, "vx0")
         kernel = {(e["mac"], e.get("dst")) for e in json.loads(fdb)}
         assert (mac_g, r.under_n) in kernel, fdb
-        ours = {(row["mac"], row["remote"], row["static"]) for row in r.daemon.query_tunnel_fdb()}
+        ours = {
+            (row["mac"], row["remote"], row["static"]) for row in vxlan_control.tunnel_fdb(r.daemon)
+        }
         assert (mac_k, r.under_k, False) in ours
         assert ("00:00:00:00:00:00", r.under_k, True) in ours
         hub = {row["mac"]: row for row in r.daemon.query_hub_fdb(0)}
@@ -200,7 +203,7 @@ async def test_multicast_group_with_the_kernel(family: int, group: str) -> None:
         await ping(r.ns_g, INNER_K)
         await ping(r.ns_k, INNER_G)
         assert await tcp_transfer(r.ns_k, r.ns_g, INNER_K, 1 << 20) == 1 << 20
-        rows = r.daemon.query_tunnel_fdb("vx")
+        rows = vxlan_control.tunnel_fdb(r.daemon, "vx")
         assert ("00:00:00:00:00:00", group, True) in {
             (x["mac"], x["remote"], x["static"]) for x in rows
         }

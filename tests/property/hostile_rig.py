@@ -32,6 +32,7 @@ from functools import cache
 from typing import Any, Final, TypeVar
 
 import drivers
+from drivers.user import control as user_control
 from drivers.user.client import UserNetClient
 from netstack import qapi
 from netstack.daemon import Netstack
@@ -39,6 +40,7 @@ from netstack.net.nic import NicClient
 from netstack.proto import vnet
 from netstack.proto.checksum import finish, ones_sum
 from netstack.qmp.dispatch import dispatch
+from netstack.qmp.server import command_table
 from tests.kit.polling import open_fds
 
 T = TypeVar("T")
@@ -247,10 +249,10 @@ class Rig:
         missing = [name for name, ok in PROBE_ANSWERS if not any(map(ok, replies))]
         assert not missing, f"the netdev stopped answering: {missing}"
         self.nic.got.clear()
-        rows = client.connections()
+        rows = user_control.connections(client)
         for row in rows:  # the connection table stays valid QMP data
             assert connection_row_ok(row), row
-        client.usernet_info()
+        user_control.usernet_info(client)
         live = len(rows) + len(client.guestfwd.children.live)
         assert open_fds(collect=False) <= self.fd_base + 2 * live + 32, (
             "fds grow beyond the live flows"
@@ -507,7 +509,7 @@ class Qmp:
         request: dict[str, Any] = {"execute": command, "id": 1}
         if arguments is not None:
             request["arguments"] = arguments
-        reply = await dispatch(self.ns.command_table(), request, False)
+        reply = await dispatch(command_table(self.ns), request, False)
         assert reply.get("id") == 1 and ("return" in reply) != ("error" in reply), reply
         if "error" in reply:
             err = reply["error"]

@@ -41,6 +41,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from drivers.user import control as user_control
 from netstack.proto import vnet
 from netstack.proto.checksum import finish, ones_sum
 from tests.kit.polling import open_fds, until
@@ -258,7 +259,7 @@ def test_tcp_option_garbage(
 def test_syn_ack_option_garbage(rig: Rig, opts: bytes, doff: int | None, then: str) -> None:
     """A hostfwd connection: the guest's SYN-ACK to the netdev's SYN carries garbage."""
     needs_netns(rig.box)
-    (fwd,) = [f for f in rig.client.forwards() if f["type"] == "hostfwd"]
+    (fwd,) = [f for f in user_control.forwards(rig.client) if f["type"] == "hostfwd"]
 
     async def example() -> None:
         _reader, writer = await asyncio.open_connection("127.0.0.1", fwd["host-port"])
@@ -292,7 +293,7 @@ def gf_spec(*commands: str) -> str:
 
 
 def flow_row(rig: Rig, flow: Flow) -> dict[str, Any]:
-    (row,) = [c for c in rig.client.connections() if c.get("guest-port") == flow.sport]
+    (row,) = [c for c in user_control.connections(rig.client) if c.get("guest-port") == flow.sport]
     return row
 
 
@@ -481,7 +482,7 @@ def test_guestfwd_chardev_sharing(sandbox: Sandbox, ops: list[tuple[str, int]], 
                     elif op == "peer-close" and peer.writers:
                         peer.writers[-1].close()
                     elif op == "remove-rule":
-                        rig.client.guestfwd_remove(FWD, 9)
+                        user_control.guestfwd_remove(rig.client, FWD, 9)
                     elif flow is None:
                         continue
                     elif op == "data":
@@ -544,7 +545,7 @@ def test_out_of_fds(sandbox: Sandbox) -> None:
                         answers[name] += "R" if tcp[13] & 0x04 else "S"
                         f.synced(tcp)
                     await rig.send([f.frame("R") for f in flows])
-                    await until(lambda: not rig.client.connections())
+                    await until(lambda: not user_control.connections(rig.client))
             finally:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
                 lst4.close()
@@ -667,7 +668,7 @@ def test_hostfwd_to_guest_address_zero_means_the_dhcp_address(sandbox: Sandbox) 
 
         async def body() -> tuple[str, bytes]:
             await rig.check()  # the liveness probes come from GUEST4: its MAC is learnt
-            (fwd,) = rig.client.forwards()
+            (fwd,) = user_control.forwards(rig.client)
             _reader, writer = await asyncio.open_connection("127.0.0.1", fwd["host-port"])
             try:
                 syn = await rig.wait_for(

@@ -17,12 +17,14 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 import drivers
+from drivers.user import control as user_control
 from drivers.user.conntable import ConnRow, ForwardRow, render_usernet
 from netstack import qapi
 from netstack.daemon import Netstack
 from netstack.net.client import Counters
 from netstack.net.nic import NicClient
 from netstack.qmp.dispatch import dispatch
+from netstack.qmp.server import command_table
 
 MAC = bytes.fromhex("525400123456")
 MAC_TEXT = "52:54:00:12:34:56"
@@ -41,7 +43,7 @@ class Qmp:
         request: dict[str, Any] = {"execute": command}
         if arguments:
             request["arguments"] = {k.replace("_", "-"): v for k, v in arguments.items()}
-        reply = await dispatch(self.ns.command_table(), request, False)
+        reply = await dispatch(command_table(self.ns), request, False)
         if "error" in reply:
             raise QmpError(reply["error"]["class"], reply["error"]["desc"])
         return reply["return"]
@@ -198,7 +200,10 @@ async def test_hostfwd_add_list_remove(rig: Any) -> None:
     assert await qmp("query-user-forwards", netdev="u0") == [added, udp]
     assert await qmp("query-user-forwards") == [added, udp, other]
     # info usernet shows the very same listener (QEMU's test regex finds the port)
-    assert [int(p) for p in QEMU_RE.findall(ns.info_usernet())] == [port, other["host-port"]]
+    assert [int(p) for p in QEMU_RE.findall(user_control.info_usernet(ns))] == [
+        port,
+        other["host-port"],
+    ]
 
     await fails(
         qmp(
@@ -249,7 +254,7 @@ async def test_hostfwd_add_list_remove(rig: Any) -> None:
         == {}
     )  # inet_aton form
     assert await qmp("query-user-forwards", netdev="u0") == []
-    assert QEMU_RE.findall(ns.info_usernet()) == [str(other["host-port"])]
+    assert QEMU_RE.findall(user_control.info_usernet(ns)) == [str(other["host-port"])]
 
 
 async def test_hostfwd_errors(rig: Any) -> None:
@@ -473,7 +478,9 @@ async def test_connection_table_matches_info_usernet(rig: Any) -> None:
         assert udp["guest-port"] == 5555 and udp["remote-port"] == udp_host.getsockname()[1]
         assert 200 < udp["expires-in"] <= 240 and udp["direction"] == "outbound"
         assert await qmp("query-user-connections") == conns  # u1 has none
-        assert usernet_rows(ns.find_netdev("u0").usernet_info()) == [as_row(c) for c in conns]
+        assert usernet_rows(user_control.usernet_info(user_control.user_netdevs(ns, "u0")[0])) == [
+            as_row(c) for c in conns
+        ]
 
         # a hostfwd connection: the gateway opens it towards the guest
         fwd = await qmp("user-forward-add", netdev="u0", rule="tcp:127.0.0.1:0-:22")
@@ -510,7 +517,7 @@ async def test_connection_table_matches_info_usernet(rig: Any) -> None:
                 "0",
                 "0",
             ]
-            rows = usernet_rows(ns.find_netdev("u0").usernet_info())
+            rows = usernet_rows(user_control.usernet_info(user_control.user_netdevs(ns, "u0")[0]))
             assert (
                 [r[:1] + r[2:] for r in rows]
                 == [  # fd column aside

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from netstack.errors import RemoteError
+from netstack.errors import RemoteInputError
 from netstack.net.rxfilter import (
     MAX_VLAN,
     RX_MODES,
@@ -469,7 +469,7 @@ def test_handle_ctrl_message_parses_header() -> None:
     msg = bytes([VIRTIO_NET_CTRL_VLAN, VIRTIO_NET_CTRL_VLAN_ADD]) + vid_payload(3)
     assert f.handle_ctrl_message(memoryview(msg)) == VIRTIO_NET_OK
     assert f.handle_ctrl_message(bytes([VIRTIO_NET_CTRL_RX, NOBCAST])) == VIRTIO_NET_ERR
-    with pytest.raises(RemoteError):
+    with pytest.raises(RemoteInputError):
         f.handle_ctrl_message(b"\x00")
-    with pytest.raises(RemoteError):
+    with pytest.raises(RemoteInputError):
         f.handle_ctrl_message(b"")

@@ -22,6 +22,7 @@ from scapy.layers.l2 import Ether
 
 import drivers.user as user
 from drivers import hubport
+from drivers.user import control as user_control
 from drivers.user.client import UserNetClient
 from drivers.user.options import UserConfig
 from netstack import qapi
@@ -150,7 +151,9 @@ async def test_dhcp_lease_events_and_guest_interfaces(setup: Any) -> None:
     (iface,) = ns.guest_network_interfaces()
     assert iface["ip-addresses"] == [{"ip-address-type": "ipv4", "ip-address": GUEST, "prefix": 24}]
     (u0,) = [nc for nc in ns.clients if isinstance(nc, UserNetClient)]
-    assert [le["ip-address"] for le in u0.leases()] == [GUEST] and u0.leases()[0]["netdev"] == "u0"
+    assert [le["ip-address"] for le in user_control.leases(u0)] == [GUEST] and user_control.leases(
+        u0
+    )[0]["netdev"] == "u0"
 
 
 async def test_udp_nat_dns_and_usernet(setup: Any) -> None:
@@ -234,7 +237,7 @@ async def test_info_without_hub_and_icmp_unavailable() -> None:
     nic = NicClient("nic0", MAC)
     nic.connect(nc)
     try:
-        assert nc.usernet_info().startswith("Hub -1 (solo):\n")
+        assert user_control.usernet_info(nc).startswith("Hub -1 (solo):\n")
         nic.send(
             [bytes(Ether(dst=ROUTER_MAC, src=MAC_TEXT) / IP(src=GUEST, dst="192.0.2.1") / ICMP())]
         )

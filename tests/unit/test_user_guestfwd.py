@@ -26,6 +26,7 @@ from scapy.layers.l2 import ARP, Ether
 
 import drivers.user as user
 from drivers import hubport
+from drivers.user import control as user_control
 from drivers.user.client import UserNetClient
 from drivers.user.tcp import (
     Event,
@@ -431,17 +432,23 @@ def replies(stack: GuestStack, want: Callable[[Ether], bool]) -> list[Ether]:
 
 async def test_address_ownership_and_runtime_rules() -> None:
     async with netdev("user,id=u0") as (_ns, client, stack):
-        assert client.guestfwd_add("tcp:10.0.2.2:1-cmd:true") == (
+        with pytest.raises(GenericError) as info:
+            user_control.guestfwd_add(client, "tcp:10.0.2.2:1-cmd:true")
+        assert info.value.desc == (
             "Conflicting/invalid host:port in guest forwarding rule 'tcp:10.0.2.2:1-cmd:true'"
         )
-        assert client.guestfwd_add("udp:10.0.2.100:1-cmd:true") == (
-            "Invalid guest forwarding rule 'udp:10.0.2.100:1-cmd:true'"
-        )
-        assert client.guestfwd_add(f"tcp:{FWD}:7-cmd:exec cat") is None
-        assert client.guestfwd_add(f"tcp:{FWD}:7-null") == (
+        with pytest.raises(GenericError) as info:
+            user_control.guestfwd_add(client, "udp:10.0.2.100:1-cmd:true")
+        assert info.value.desc == ("Invalid guest forwarding rule 'udp:10.0.2.100:1-cmd:true'")
+        user_control.guestfwd_add(client, f"tcp:{FWD}:7-cmd:exec cat")
+        with pytest.raises(GenericError) as info:
+            user_control.guestfwd_add(client, f"tcp:{FWD}:7-null")
+        assert info.value.desc == (
             f"Conflicting/invalid host:port in guest forwarding rule 'tcp:{FWD}:7-null'"
         )
-        assert [r.text for r in client.guestfwd_rules()] == [f"tcp:{FWD}:7-cmd:exec cat"]
+        assert [r.text for r in user_control.guestfwd_rules(client)] == [
+            f"tcp:{FWD}:7-cmd:exec cat"
+        ]
         stack.send([arp_request(FWD), echo_request(FWD)])
         arp = replies(stack, lambda p: ARP in p and p[ARP].op == 2)
         assert [(p[ARP].psrc, p[ARP].hwsrc) for p in arp] == [(FWD, "52:55:0a:00:02:64")]
@@ -452,14 +459,14 @@ async def test_address_ownership_and_runtime_rules() -> None:
         await until(lambda: conn.got == b"x")
 
         # a chardev spec opens in the background; one that fails is removed again
-        assert client.guestfwd_add(f"tcp:{FWD}:8-tcp:127.0.0.1:{closed_port()}") is None
-        assert len(client.guestfwd_rules()) == 2
-        await until(lambda: len(client.guestfwd_rules()) == 1)
+        user_control.guestfwd_add(client, f"tcp:{FWD}:8-tcp:127.0.0.1:{closed_port()}")
+        assert len(user_control.guestfwd_rules(client)) == 2
+        await until(lambda: len(user_control.guestfwd_rules(client)) == 1)
         assert client.guestfwd.counters()["guestfwd-open-failed"] == 1
 
-        assert client.guestfwd_remove(FWD, 7) is True
-        assert client.guestfwd_remove(FWD, 7) is False
-        assert client.guestfwd_rules() == []
+        assert user_control.guestfwd_remove(client, FWD, 7) is True
+        assert user_control.guestfwd_remove(client, FWD, 7) is False
+        assert user_control.guestfwd_rules(client) == []
         # an established connection of a removed cmd: rule lives on
         conn.write(b"y")
         await until(lambda: conn.got == b"xy")
@@ -542,7 +549,7 @@ async def test_guest_events_never_escape() -> None:
     ):  # fmt: skip
         conns = [stack.open(FWD, 9) for _ in range(3)]
         await until(lambda: all(c.established for c in conns))
-        assert client.guestfwd_remove(FWD, 9)
+        assert user_control.guestfwd_remove(client, FWD, 9)
         await until(lambda: all(c.ep.fin_rcvd or c.ep.done for c in conns))
         quick = [stack.open(FWD, 7) for _ in range(5)]
         await until(lambda: all(c.ep.fin_rcvd or c.reset for c in quick))
@@ -559,7 +566,7 @@ async def test_runtime_chardev_rule_and_no_fd_left_behind() -> None:
         async with netdev(f"user,id=u0,guestfwd=tcp:{FWD}:7-cmd:exec cat") as (
             ns, client, stack,
         ):  # fmt: skip
-            assert client.guestfwd_add(f"tcp:{FWD}:8-tcp:127.0.0.1:{port}") is None
+            user_control.guestfwd_add(client, f"tcp:{FWD}:8-tcp:127.0.0.1:{port}")
             await until(lambda: len(peer.conns) == 1)  # opened in the background
             reader, writer = peer.conns[0]
             a, b = stack.open(FWD, 7), stack.open(FWD, 8)

@@ -21,6 +21,7 @@ from scapy.packet import Raw
 
 import drivers.user as user
 from drivers import hubport
+from drivers.user import control as user_control
 from netstack import qapi
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
@@ -75,8 +76,8 @@ def learn_guest(nic: NicClient) -> None:
 
 
 def port_of(ns: Netstack, regex: re.Pattern[str]) -> int:
-    match = regex.search(ns.info_usernet())
-    assert match is not None, ns.info_usernet()
+    match = regex.search(user_control.info_usernet(ns))
+    assert match is not None, user_control.info_usernet(ns)
     return int(match.group(1))
 
 
@@ -84,7 +85,7 @@ async def test_rows_with_kernel_chosen_ports(setup: Any) -> None:
     ns, _ = setup
     tcp_port, udp_port = port_of(ns, QEMU_RE), port_of(ns, UDP_RE)
     assert tcp_port > 0 and udp_port > 0
-    text = ns.info_usernet()
+    text = user_control.info_usernet(ns)
     assert re.search(rf"  TCP\[HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+{tcp_port}\s+10\.0\.2\.15"
                      r"\s+22\s+0\s+0", text)  # fmt: skip
 
@@ -195,7 +196,7 @@ async def test_hmp_add_and_remove() -> None:
         assert await run_hmp(ns, f"hostfwd_remove u0 tcp:127.0.0.1:{port}") == (
             f"host forwarding rule for tcp:127.0.0.1:{port} removed\n"
         )
-        assert QEMU_RE.search(ns.info_usernet()) is None
+        assert QEMU_RE.search(user_control.info_usernet(ns)) is None
         assert await run_hmp(ns, f"hostfwd_remove tcp:127.0.0.1:{port}") == (
             f"host forwarding rule for tcp:127.0.0.1:{port} not found\n"
         )
@@ -204,7 +205,7 @@ async def test_hmp_add_and_remove() -> None:
         assert await run_hmp(ns, f"hostfwd_remove udp:127.0.0.1:{uport}") == (
             f"host forwarding rule for udp:127.0.0.1:{uport} removed\n"
         )
-        assert "HOST_FORWARD" not in ns.info_usernet()
+        assert "HOST_FORWARD" not in user_control.info_usernet(ns)
     finally:
         await ns.close()
 

@@ -47,6 +47,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet, Raw
 
+from drivers.user import control as user_control
 from drivers.user import parse_options
 from drivers.user.client import UserNetClient
 from netstack import qapi
@@ -141,12 +142,12 @@ async def test_dhcpv6_lease_in_the_lease_views(peer: Peer) -> None:
               / DHCP6OptRapidCommit() / DHCP6OptIA_NA(iaid=1), "33:33:00:01:00:02")  # fmt: skip
     reply = await peer.wait(lambda p: DHCP6_Reply in p)
     address = reply[DHCP6OptIAAddress].addr
-    leases = peer.user.leases()
+    leases = user_control.leases(peer.user)
     assert [(x["ip-address"], x["state"], x["netdev"]) for x in leases] == [
         (address, "bound", "u0")
     ]
-    assert (address, 64) in peer.user.leases_for(GMAC_B)
-    assert (GUEST_LL, 64) in peer.user.leases_for(GMAC_B)  # seen in its traffic
+    assert (address, 64) in user_control.addresses_for(peer.user, GMAC_B)
+    assert (GUEST_LL, 64) in user_control.addresses_for(peer.user, GMAC_B)  # seen in its traffic
     granted = [d for n, d in peer.events if n == "DHCP_LEASE_GRANTED"]
     assert granted and granted[0]["ip-address"] == address and granted[0]["netdev"] == "u0"
 
@@ -164,10 +165,10 @@ async def test_udp_to_host_loopback_and_port_unreachable(peer: Peer) -> None:
         back = await peer.wait(lambda p: UDP in p and p[UDP].dport == 4000)
         assert back[IPv6].src == "fec0::2" and back[IPv6].dst == GUEST
         assert back[UDP].sport == port and back[Raw].load == b"and back"
-        info = peer.user.usernet_info()
+        info = user_control.usernet_info(peer.user)
         row = next(line for line in info.splitlines() if "UDP[" in line)
         assert row.split()[3:7] == [GUEST, "4000", "fec0::2", str(port)]
-        assert peer.user.connections()[0]["family"] == "ipv6"
+        assert user_control.connections(peer.user)[0]["family"] == "ipv6"
     # the server is gone: the host's port unreachable comes back as ICMPv6
     peer.send(v6() / UDP(sport=4000, dport=port) / b"anyone?")
     err = await peer.wait(lambda p: ICMPv6DestUnreach in p)
@@ -245,7 +246,9 @@ async def test_tcp_to_host_loopback(peer: Peer) -> None:
         data = await g.wait(lambda t: Raw in t)
         assert data[Raw].load == b"HELLO V6"
         g.ack += len(data[Raw].load)
-        row = next(x for x in peer.user.usernet_info().splitlines() if "TCP[ESTABLISHED]" in x)
+        row = next(
+            x for x in user_control.usernet_info(peer.user).splitlines() if "TCP[ESTABLISHED]" in x
+        )
         assert row.split()[2:6] == [GUEST, "40000", "fec0::2", str(port)]
         g.send("FA")
         await g.wait(lambda t: bool(t.flags.F))
@@ -269,12 +272,12 @@ def free_port6() -> int:
 async def test_hostfwd_ipv6_tcp_and_udp(peer: Peer) -> None:
     loop = asyncio.get_running_loop()
     user = peer.user
-    assert user.hostfwd("hostfwd_add", ["tcp:[::1]:0-[fec0::15]:22"]) == ""
-    assert user.hostfwd("hostfwd_add", ["udp:[::1]:0-[fec0::15]:53"]) == ""
-    rows = {f["protocol"]: f for f in user.forwards()}
+    assert user_control.hostfwd(user, "hostfwd_add", ["tcp:[::1]:0-[fec0::15]:22"]) == ""
+    assert user_control.hostfwd(user, "hostfwd_add", ["udp:[::1]:0-[fec0::15]:53"]) == ""
+    rows = {f["protocol"]: f for f in user_control.forwards(user)}
     assert rows["tcp"]["host-addr"] == "::1" and rows["tcp"]["guest-addr"] == "fec0::15"
     tcp_port, udp_port = rows["tcp"]["host-port"], rows["udp"]["host-port"]
-    assert f"::1 {tcp_port:5d}        fec0::15    22" in user.usernet_info()
+    assert f"::1 {tcp_port:5d}        fec0::15    22" in user_control.usernet_info(user)
 
     # TCP: the guest's MAC is unknown, so a Neighbor Solicitation goes out first
     client = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -308,17 +311,17 @@ async def test_hostfwd_ipv6_tcp_and_udp(peer: Peer) -> None:
         data, _ = await asyncio.wait_for(loop.sock_recvfrom(sender, 100), 3)
         assert data == b"answer"
 
-    assert user.hostfwd("hostfwd_remove", [f"tcp:[::1]:{tcp_port}"]) == (
+    assert user_control.hostfwd(user, "hostfwd_remove", [f"tcp:[::1]:{tcp_port}"]) == (
         f"host forwarding rule for tcp:[::1]:{tcp_port} removed\n"
     )
-    assert user.hostfwd("hostfwd_remove", ["tcp:[::1:]:1"]) == "invalid format\n"
+    assert user_control.hostfwd(user, "hostfwd_remove", ["tcp:[::1:]:1"]) == "invalid format\n"
     # an IPv6 host socket into the guest's IPv4 address is a rule too; [::] is IPv6 only,
     # so an IPv4 rule can take the same port
     port = free_port6()
-    assert user.hostfwd("hostfwd_add", [f"tcp:[::]:{port}-:22"]) == ""
-    assert user.forwards()[-1]["guest-addr"] == "10.0.2.15"
-    assert user.hostfwd("hostfwd_add", [f"tcp::{port}-[fec0::15]:22"]) == ""
-    assert [(f["host-addr"], f["host-port"]) for f in user.forwards()[-2:]] == [
+    assert user_control.hostfwd(user, "hostfwd_add", [f"tcp:[::]:{port}-:22"]) == ""
+    assert user_control.forwards(user)[-1]["guest-addr"] == "10.0.2.15"
+    assert user_control.hostfwd(user, "hostfwd_add", [f"tcp::{port}-[fec0::15]:22"]) == ""
+    assert [(f["host-addr"], f["host-port"]) for f in user_control.forwards(user)[-2:]] == [
         ("::", port), ("0.0.0.0", port)]  # fmt: skip
 
 
@@ -330,7 +333,9 @@ async def test_ipv6_off_and_ipv4_off() -> None:
         counters = p.user.counters()
         assert counters["ipv6-unsupported"] == 1 and counters["eth-not-for-us"] == 1
         assert p.take() == []
-        assert "Could not set up" in p.user.hostfwd("hostfwd_add", ["tcp:[::1]:0-[fec0::15]:22"])
+        assert "Could not set up" in user_control.hostfwd(
+            p.user, "hostfwd_add", ["tcp:[::1]:0-[fec0::15]:22"]
+        )
     finally:
         p.close()
     p = Peer("user,id=u0,ipv6=on")  # QEMU's quirk: ipv6=on alone disables IPv4
@@ -340,7 +345,7 @@ async def test_ipv6_off_and_ipv4_off() -> None:
         assert p.user.counters()["ipv4-disabled"] == 1
         p.send(v6() / ICMPv6EchoRequest(id=1), HOSTMAC)
         assert ICMPv6EchoReply in (await p.wait(lambda x: ICMPv6EchoReply in x))
-        assert "Could not set up" in p.user.hostfwd("hostfwd_add", ["tcp::0-:22"])
+        assert "Could not set up" in user_control.hostfwd(p.user, "hostfwd_add", ["tcp::0-:22"])
     finally:
         p.close()
 

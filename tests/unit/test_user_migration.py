@@ -15,10 +15,12 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 import drivers
+from drivers.user import control as user_control
 from drivers.user.migration import StateError, import_state
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.qapi import check_id, parse_netdev_cli
+from netstack.qmp.server import monitor_add
 
 MAC = bytes.fromhex("525400123456")
 
@@ -60,7 +62,7 @@ def lease(client: Any, index: int, mac: bytes) -> None:
 def snapshot(client: Any) -> tuple[Any, ...]:
     return (
         [vars(s).copy() for s in client.gw.dhcp.slots],
-        client.forwards(),
+        user_control.forwards(client),
         sorted(client.tcp.flows),
     )
 
@@ -69,7 +71,7 @@ async def qmp(ns: Netstack, name: str, args: dict[str, Any]) -> Any:
     """One command through a real QMP session (qemu.qmp's client)."""
     path = ns._runtime_dir / "qmp.sock"
     if not path.exists():
-        await ns.monitor_add("qmp", f"unix:{path},server=on,wait=off", False, 0)
+        await monitor_add(ns, "qmp", f"unix:{path},server=on,wait=off", False, 0)
     client = QMPClient("test")
     await client.connect(str(path))
     try:
@@ -83,17 +85,17 @@ async def qmp(ns: Netstack, name: str, args: dict[str, Any]) -> Any:
 async def test_leases_and_forwards_move(pair: tuple[Netstack, Any, Netstack, Any]) -> None:
     src, su, dst, du = pair
     lease(su, 3, MAC)
-    port = su.forwards()[0]["host-port"]
+    port = user_control.forwards(su)[0]["host-port"]
     out = await qmp(src, "x-user-state-export", {"netdev": "u0"})
     assert (out["leases"], out["forwards"], out["tcp"]) == (1, 1, 0)
     su.fwd.remove(su.fwd.forwards[0])  # the source host gives the port up
     got = await qmp(dst, "x-user-state-import", {"netdev": "u0", "data": out["data"]})
     assert got == {"leases": 1, "forwards": 1, "tcp": 0, "udp": 0}
-    (entry,) = du.leases()
+    (entry,) = user_control.leases(du)
     assert entry["mac-address"] == "52:54:00:12:34:56"
     assert entry["ip-address"] == "10.0.2.18" and entry["hostname"] == "vm"
     assert 3590 <= entry["expires-in"] <= 3600
-    assert [f["rule"] for f in du.forwards()] == [f"tcp:127.0.0.1:{port}-:22"]
+    assert [f["rule"] for f in user_control.forwards(du)] == [f"tcp:127.0.0.1:{port}-:22"]
 
 
 def blob(**changes: Any) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from drivers.user import control as user_control
 from drivers.user import smb
 from drivers.user.guestfwd import loopback_pair
 from tests.kit.polling import until
@@ -177,7 +178,7 @@ async def test_connections_run_smbd_on_a_loopback_tcp_pair(
         assert private.parent == tmpdir and private.name.startswith("netstack-smb.")
         assert stat.S_IMODE(private.stat().st_mode) == 0o700
         assert f"path={d}\n" in (private / "smb.conf").read_text()
-        rows = [r for r in client.forwards() if r["type"] == "guestfwd"]
+        rows = [r for r in user_control.forwards(client) if r["type"] == "guestfwd"]
         assert [(r["guest-addr"], r["guest-port"], r["rule"]) for r in rows] == [
             ("10.0.2.4", 139, f"smb={d}"), ("10.0.2.4", 445, f"smb={d}"),
         ]  # fmt: skip
@@ -193,7 +194,7 @@ async def test_connections_run_smbd_on_a_loopback_tcp_pair(
         pids = set(client.guestfwd.children.live)
         assert len(pids) == 2
         assert client.guestfwd.counters()["guestfwd-connections"] == 2
-        rows = [r for r in client.connections() if r["direction"] == "guestfwd"]
+        rows = [r for r in user_control.connections(client) if r["direction"] == "guestfwd"]
         assert sorted(r["remote-port"] for r in rows) == [139, 445], rows
         guard = server.guard_pid
         assert guard is not None and pid_alive(guard)
@@ -209,14 +210,14 @@ async def test_smbserver_moves_the_forwards(tmp_path: Path, tmpdir: Path, fake_s
     d = share(tmp_path)
     spec = f"user,id=u0,net=10.5.0.0/16,smb={d},smbserver=10.5.7.7,x-smbd={fake_smbd}"
     async with netdev(spec) as (_ns, client, _stack):
-        rows = client.forwards()
+        rows = user_control.forwards(client)
         assert {(r["guest-addr"], r["guest-port"]) for r in rows} == {
             ("10.5.7.7", 139), ("10.5.7.7", 445),
         }  # fmt: skip
         assert rows[0]["rule"] == f"smb={d},smbserver=10.5.7.7"
         # a removed forward stops answering; the directory lives until the netdev goes
-        client.forward_remove("guestfwd", None, "10.5.7.7", 139)
-        assert [r["guest-port"] for r in client.forwards()] == [445]
+        user_control.forward_remove(client, "guestfwd", None, "10.5.7.7", 139)
+        assert [r["guest-port"] for r in user_control.forwards(client)] == [445]
         assert client.smb is not None and os.path.isdir(client.smb.private)
     assert not list(tmpdir.iterdir())
 

@@ -19,6 +19,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 import drivers
+from drivers.user import control as user_control
 from drivers.user.client import UserNetClient
 from netstack import qapi
 from netstack.daemon import Netstack
@@ -148,7 +149,7 @@ async def test_handshake_data_close_and_usernet(echo: EchoServer) -> None:
         data = await g.wait(has_data)
         assert data[Raw].load == b"HELLO NETSTACK" and data.seq == g.ack
         g.ack += len(data[Raw].load)
-        info = ns.info_usernet()
+        info = user_control.info_usernet(ns)
         assert "TCP[ESTABLISHED]" in info
         row = next(line for line in info.splitlines() if "TCP[" in line)
         assert row.split()[2:6] == [GUEST, "40000", "10.0.2.2", str(echo.port)]
@@ -188,7 +189,7 @@ async def test_restrict_refuses(echo: EchoServer) -> None:
         rst = await g.send("S", want=is_rst)
         assert rst is not None and rst.ack == ISS + 1
         await asyncio.sleep(0.05)
-        assert echo.got == b"" and "TCP[" not in ns.info_usernet()
+        assert echo.got == b"" and "TCP[" not in user_control.info_usernet(ns)
     finally:
         await ns.close()
 

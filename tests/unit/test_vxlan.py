@@ -15,6 +15,7 @@ import pytest
 
 from drivers import hubport, vxlan
 from drivers.vxlan import VxlanClient
+from drivers.vxlan import control as vxlan_control
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.proto.vxlan import (
@@ -210,7 +211,7 @@ async def test_driver_over_loopback() -> None:
     await settle(lambda: vx.stats.malformed == 3)
     assert vx.counters()["drop-short"] == 1 and vx.counters()["drop-flags"] == 1
     assert vx.counters()["drop-vni"] == 1 and len(guest.got) == 1
-    rows = ns.query_tunnel_fdb("vx")
+    rows = vxlan_control.tunnel_fdb(ns, "vx")
     assert {(r["mac"], r["remote"], r["static"]) for r in rows} == {
         ("00:00:00:00:00:00", "127.0.0.1", True),
         ("00:00:00:00:00:00", "127.0.0.2", True),
@@ -226,11 +227,11 @@ async def test_driver_over_loopback() -> None:
     ]
     # link down flushes what was learned
     ns.set_link("vx", False)
-    assert [r["static"] for r in ns.query_tunnel_fdb("vx")] == [True, True]
+    assert [r["static"] for r in vxlan_control.tunnel_fdb(ns, "vx")] == [True, True]
     with pytest.raises(GenericError, match="has no forwarding table"):
         guest2 = Recorder("other")
         ns.add_client(guest2)
-        ns.query_tunnel_fdb("other")
+        vxlan_control.tunnel_fdb(ns, "other")
     await ns.close()
     r1.sock.close()
     r2.sock.close()

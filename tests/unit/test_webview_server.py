@@ -26,6 +26,7 @@ from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.nic import NicClient
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli, parse_object_cli
+from netstack.qmp.server import monitor_add
 from netstack.webview import WebView, WebViewSpec, parse_spec
 from netstack.webview import capture as capture_mod
 from netstack.webview import server as server_mod
@@ -393,7 +394,7 @@ async def test_points_at_an_existing_websocket_monitor(tmp_path: Path) -> None:
     try:
         spec = "socket,id=ws0,host=127.0.0.1,port=0,server=on,wait=off,websocket=on"
         await ns.chardev_add(parse_chardev_cli(spec), from_cli=True)
-        await ns.monitor_add("mon", "chardev=ws0,mode=control", False, 0)
+        await monitor_add(ns, "mon", "chardev=ws0,mode=control", False, 0)
         plain = "socket,id=plain,host=127.0.0.1,port=0,server=on,wait=off"
         await ns.chardev_add(parse_chardev_cli(plain), from_cli=True)
         for text, error in [

@@ -22,12 +22,23 @@ that the datagram is dropped: overlap checks stay cheap).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 MAX_FRAGMENTABLE: Final = 65535
 DEFAULT_TIMEOUT: Final = 60.0
 
 Key = tuple[bytes, bytes, int]  # src, dst, identification
+
+
+#: The names this module counts under (``query-netdev`` counters).
+FragmentsCounter = Literal[
+    "ip6-frag-duplicate",
+    "ip6-frag-inconsistent",
+    "ip6-frag-overflow",
+    "ip6-frag-overlap",
+    "ip6-frag-timeout",
+    "ip6-reassembled",
+]
 
 
 class Reassembled(NamedTuple):
@@ -65,7 +76,7 @@ class Reassembler:
         self.max_fragments = max_fragments
         self.max_bytes = max_bytes
         self.timeout = timeout
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[FragmentsCounter] = Counter()
         self._pending: dict[Key, _Datagram] = {}
         self._held = 0
         self._wake: float | None = None

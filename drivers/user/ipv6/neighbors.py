@@ -22,7 +22,7 @@ least recently learnt is replaced).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from . import addr as a6
 
@@ -30,6 +30,19 @@ DEFAULT_MAX_ENTRIES: Final = 1024
 RETRANS: Final = 1.0
 MAX_SOLICITS: Final = 3
 IDLE: Final = 3600.0
+
+
+#: The names this module counts under (``query-netdev`` counters).
+NeighborsCounter = Literal[
+    "ndp-expired",
+    "ndp-hold-dropped",
+    "ndp-learnt",
+    "ndp-mac-changed",
+    "ndp-resolved",
+    "ndp-table-evicted",
+    "ndp-unresolved",
+    "ndp-unresolved-dropped",
+]
 
 
 class _Entry:
@@ -65,7 +78,7 @@ class Neighbors:
         self.retrans = retrans
         self.max_solicits = max_solicits
         self.idle = idle
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[NeighborsCounter] = Counter()
         self._table: dict[bytes, _Entry] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._held_bytes = 0

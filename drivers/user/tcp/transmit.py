@@ -24,6 +24,7 @@ import abc
 import errno as errno_mod
 import random
 from collections import Counter
+from typing import Literal
 
 from .builder import FrameBuilder
 from .config import TRANSMITTING, Event, State, TcpConfig
@@ -46,6 +47,33 @@ M32 = 0xFFFFFFFF
 CHALLENGE_ACKS = 50
 
 
+#: The names a TCP machine counts under (``query-netdev`` counters, ``tcp-`` prefixed).
+TransmitCounter = Literal[
+    "ack-unsent",
+    "after-close",
+    "beyond-window",
+    "challenge-acks-suppressed",
+    "data-after-fin",
+    "dupacks",
+    "duplicate",
+    "fast-retransmits",
+    "host-data-over-room",
+    "no-ack",
+    "out-of-order",
+    "out-of-order-dropped",
+    "retransmits",
+    "rst-after-guest-fin",
+    "rst-challenged",
+    "segment-while-connecting",
+    "syn-challenged",
+    "syn-retransmit-held",
+    "timeouts",
+    "unacceptable",
+    "window-probes",
+    "window-updates",
+]
+
+
 class Transmitter(abc.ABC):
     """Connection state and the sending side of one guest TCP connection."""
 
@@ -58,7 +86,7 @@ class Transmitter(abc.ABC):
         self.b = FrameBuilder(local, guest, local_port, guest_port, l2=l2, vnet=config.vnet)
         self.out: list[bytes] = out if out is not None else []
         self.events: list[tuple[Event, int]] = []
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[TransmitCounter] = Counter()
         self.state = State.CLOSED
         self.done = False
         self.host_shut_wr = False

@@ -25,13 +25,14 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from netstack.errors import RemoteInputError
 from netstack.proto.streamframe import NET_BUFSIZE, OVERSIZED_MESSAGE
 
 _U32: Final = struct.Struct("!I")
 _U32X2: Final = struct.Struct("!II")
 
 
-class OversizedFrame(Exception):
+class OversizedFrame(RemoteInputError):
     """The stream announced a frame longer than ``NET_BUFSIZE``."""
 
 
