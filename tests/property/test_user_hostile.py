@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from drivers.user import control as user_control
+from netstack import limits
 from netstack.proto import vnet
 from netstack.proto.checksum import finish, ones_sum
 from tests.kit.polling import open_fds, until
@@ -517,11 +518,19 @@ def seen_end(flow: Flow, f: bytes) -> int:
 # -- out of file descriptors -----------------------------------------------------------------
 
 
-def test_out_of_fds(sandbox: Sandbox) -> None:
+def test_out_of_fds(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the process's fd limit nearly reached, a guest opening 40 connections each to
     the host (IPv4 and IPv6), a ``cmd:`` rule and a chardev rule gets RST for those the
-    daemon cannot open an fd for; nothing raises, nothing leaks, everyone is served."""
+    daemon cannot open an fd for; nothing raises, nothing leaks, everyone is served.
+
+    The descriptor reserve is sized from the capacity the daemon found at start (as
+    ``netstackd`` does through :func:`netstack.limits.raise_nofile`), not from the lowered
+    limit, so what refuses here is the kernel's ``EMFILE``, whatever ran before."""
     needs_netns(sandbox)
+    soft0, hard0 = resource.getrlimit(resource.RLIMIT_NOFILE)
+    monkeypatch.setattr(
+        limits, "_current", limits.FdLimits(soft=soft0, hard=hard0, initial_soft=soft0)
+    )
     spec = gf_spec("exec cat") + f",guestfwd=tcp:{FWD}:9-null"
     with rig_of(sandbox, spec) as rig:
 
