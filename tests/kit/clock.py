@@ -23,6 +23,8 @@ import contextvars
 import heapq
 import itertools
 import selectors
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, TypeVarTuple, Unpack
 
@@ -125,6 +127,12 @@ class ManualLoop(asyncio.SelectorEventLoop):
                 return
         raise RuntimeError("the loop never settled (a callback reschedules itself forever?)")
 
+    async def wait_io(self, seconds: float) -> None:
+        """Serve fds for up to ``seconds`` of real time without moving the loop's time
+        (a helper thread sleeps and wakes the loop), then :meth:`settle`."""
+        await self.run_in_executor(None, time.sleep, seconds)
+        await self.settle()
+
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, stopping at every due timer to run it and
         whatever it makes ready."""
@@ -142,19 +150,50 @@ class ManualLoop(asyncio.SelectorEventLoop):
         await self.settle()
 
 
-def run_manual(main: Callable[[ManualLoop], Awaitable[_T]], *, now: float = 1000.0) -> _T:
-    """Run ``main(loop)`` to completion on a fresh :class:`ManualLoop`, then close it."""
+def running() -> ManualLoop:
+    """The running loop, which must be a :class:`ManualLoop`."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, ManualLoop), "not running on a ManualLoop"
+    return loop
+
+
+def run_manual(
+    main: Callable[[ManualLoop], Awaitable[_T]], *, now: float = 1000.0, timeout: float = 60.0
+) -> _T:
+    """Run ``main(loop)`` to completion on a fresh :class:`ManualLoop`, then close it.
+
+    ``timeout`` is in real seconds (the loop's own time stands still): past it the body is
+    cancelled and :class:`TimeoutError` raised.
+    """
     loop = ManualLoop(now)
+    expired = threading.Event()
     try:
         asyncio.set_event_loop(loop)
+        task = loop.create_task(_call(main, loop))
 
-        async def wrapper() -> _T:
-            return await main(loop)
+        def expire() -> None:
+            expired.set()
+            loop.call_soon_threadsafe(task.cancel)
 
-        return loop.run_until_complete(wrapper())
+        watchdog = threading.Timer(timeout, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if expired.is_set():
+                raise TimeoutError(f"the test body ran for more than {timeout:g} s") from None
+            raise
+        finally:
+            watchdog.cancel()
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             asyncio.set_event_loop(None)
             loop.close()
+
+
+async def _call(main: Callable[[ManualLoop], Awaitable[_T]], loop: ManualLoop) -> _T:
+    return await main(loop)
