@@ -23,6 +23,7 @@ import contextvars
 import heapq
 import itertools
 import selectors
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -148,6 +149,25 @@ class ManualLoop(asyncio.SelectorEventLoop):
             await self.settle()
         self._now = target
         await self.settle()
+
+
+async def accept_after_retry(server: socket.socket, delay: float) -> socket.socket:
+    """The connection a client retries ``delay`` seconds of loop time from now, checking
+    that none comes before (``server`` is a listening non-blocking socket)."""
+    loop = running()
+    accept = loop.create_task(loop.sock_accept(server))
+    await loop.advance(delay * 0.9)
+    if accept.done():
+        raise AssertionError("retried before the delay")
+    await loop.advance(delay * 0.1)
+    end = time.monotonic() + 10
+    while not accept.done():
+        if time.monotonic() > end:
+            accept.cancel()
+            raise AssertionError("no connection within 10 s of the retry")
+        await loop.wait_io(0.01)
+    conn, _ = accept.result()
+    return conn
 
 
 def running() -> ManualLoop:
