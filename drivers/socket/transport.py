@@ -61,6 +61,7 @@ from netstack.proto.streamframe import (
     FrameDecoder,
     encode_frames,
 )
+from netstack.ratelog import RateLog
 
 #: Reads of a stream socket per wake-up (each fills up to the decoder's 256 KiB buffer).
 MAX_STREAM_READS = 4
@@ -78,6 +79,8 @@ class SocketClient(NetClient, abc.ABC):
         super().__init__(name)
         self.loop = host.loop
         self.log: logging.Logger = host.log
+        #: Trouble with the socket or its peer, logged at most once per topic per 30 s.
+        self.ratelog = RateLog(self.log, clock=self.loop.time)
         self.sock: socket.socket | None = None
         self._watch: FdWatch | None = None
         self._flow = PeerFlow(self._hold)
@@ -311,7 +314,9 @@ class DatagramTransport(SocketClient):
             except OSError as exc:
                 # e.g. ECONNREFUSED reported on a connected socket: nothing to read.
                 if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    self.log.warning("%s: receive failed: %s", self.name, exc.strerror)
+                    self.ratelog.warning(
+                        "receive", "%s: receive failed: %s", self.name, exc.strerror
+                    )
                 break
             if 0 < len(data) <= NET_BUFSIZE:
                 add(data)
