@@ -37,16 +37,7 @@ VLANS = (100, 200, 300)
 
 def make_filter() -> RxFilter:
     f = RxFilter(OWN, vlan_negotiated=True)
-    f.set_rx_mode(0, b"\x00")  # promiscuous off
-    table = (
-        struct.pack("<I", len(UNICAST))
-        + b"".join(UNICAST)
-        + struct.pack("<I", len(MULTICAST))
-        + b"".join(MULTICAST)
-    )
-    assert f.mac_table_set(table) == 0
-    for vid in VLANS:
-        assert f.vlan_add(struct.pack("<H", vid)) == 0
+    f.program(rx_modes={"promisc": False}, unicast=UNICAST, multicast=MULTICAST, vlans=VLANS)
     return f
 
 

@@ -68,14 +68,16 @@ from typing import TYPE_CHECKING, Any
 from netstack.driver import DriverHost, DriverSpec
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
+from netstack.net.fdio import FdWatch, PeerFlow
 from netstack.proto.l2tpv3 import (
     IPPROTO_L2TP,
     MAX_OFFSET,
-    DropReporter,
     L2TPv3Params,
     L2TPv3Session,
+    drop_summary,
 )
 from netstack.qapi import NetdevL2TPv3Options
+from netstack.ratelog import RateLog
 
 if TYPE_CHECKING:
     import asyncio
@@ -359,28 +361,17 @@ class L2TPv3Client(NetClient):
                     raise
         self._buf = bytearray(RX_BUFSIZE if self._io is None else 0)
         self._view = memoryview(self._buf)
-        self._reading = False
-        self._writing = False
         self._closed = False
-        self._in_send = False
-        self._sent_cb_fired = False
-        self._drop_reporter = DropReporter(LOG_INTERVAL)
-        self._tx_error_logged_at: float | None = None
+        self._watch = FdWatch(loop, self._fd, self._on_readable, self.flush_queued)
+        self._flow = PeerFlow(self._watch.hold)
+        self._ratelog = RateLog(log, interval=LOG_INTERVAL, clock=loop.time)
+        self._drops_reported = 0
 
     def start(self) -> None:
         """Begin reading the socket."""
-        self._set_reading(True)
+        self._watch.set_reading(True)
 
     # -- socket -> peer ------------------------------------------------------------------
-
-    def _set_reading(self, on: bool) -> None:
-        if on == self._reading or self._closed:
-            return
-        self._reading = on
-        if on:
-            self._loop.add_reader(self._fd, self._on_readable)
-        else:
-            self._loop.remove_reader(self._fd)
 
     def _on_readable(self) -> None:
         session = self.session
@@ -389,11 +380,20 @@ class L2TPv3Client(NetClient):
         dropped = session.drops.total - dropped_before
         if dropped:
             self.stats.malformed += dropped
-            line = self._drop_reporter.report(session, self._loop.time())
-            if line is not None:
-                self._log.warning("l2tpv3 %s: %s", self.name, line)
+            self._report_drops()
         if frames:
-            self._send_up(frames)
+            self._flow.send(self, frames)
+
+    def _report_drops(self) -> None:
+        """The first drop in QEMU's words at once, then a summary at most once per
+        :data:`LOG_INTERVAL`."""
+        if not self._ratelog.allow("drop"):
+            return
+        self._ratelog.take_suppressed("drop")
+        session = self.session
+        line = drop_summary(session, self._drops_reported)
+        self._drops_reported = session.drops.total
+        self._log.warning("l2tpv3 %s: %s", self.name, line)
 
     def _read_batch(self) -> list[bytes]:
         io = self._io
@@ -439,21 +439,6 @@ class L2TPv3Client(NetClient):
         self.rx_errors += 1
         self._log.debug("l2tpv3 %s: receive error: %s", self.name, exc)
 
-    def _send_up(self, frames: list[bytes]) -> None:
-        self._in_send = True
-        self._sent_cb_fired = False
-        try:
-            sent = self.send(frames, False, self._on_sent)
-        finally:
-            self._in_send = False
-        if sent < len(frames) and not self._sent_cb_fired:
-            self._set_reading(False)
-
-    def _on_sent(self, _delivered: int) -> None:
-        self._sent_cb_fired = True
-        if not self._in_send:
-            self._set_reading(True)
-
     # -- peer -> socket ------------------------------------------------------------------
 
     def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
@@ -467,7 +452,7 @@ class L2TPv3Client(NetClient):
             sent = self._write_plain(headers, frames)
         self.session.tx_commit(sent)
         if sent < count:
-            self._set_writing(True)
+            self._watch.wait_writable()
         return sent
 
     def _write_batch(self, headers: Sequence[bytes], frames: Sequence[bytes]) -> int:
@@ -509,26 +494,9 @@ class L2TPv3Client(NetClient):
     def _tx_error(self, exc: OSError) -> None:
         self.tx_errors += 1
         self.stats.tx_dropped += 1
-        now = self._loop.time()
-        last = self._tx_error_logged_at
-        if last is None or now - last >= LOG_INTERVAL:
-            self._tx_error_logged_at = now
-            self._log.warning(
-                "l2tpv3 %s: send failed (%d so far): %s", self.name, self.tx_errors, exc
-            )
-
-    def _set_writing(self, on: bool) -> None:
-        if on == self._writing or self._closed:
-            return
-        self._writing = on
-        if on:
-            self._loop.add_writer(self._fd, self._on_writable)
-        else:
-            self._loop.remove_writer(self._fd)
-
-    def _on_writable(self) -> None:
-        self._set_writing(False)
-        self.flush_queued()
+        self._ratelog.warning(
+            "send", "l2tpv3 %s: send failed (%d so far): %s", self.name, self.tx_errors, exc
+        )
 
     # -- life ----------------------------------------------------------------------------
 
@@ -544,8 +512,7 @@ class L2TPv3Client(NetClient):
     def cleanup(self) -> None:
         if self._closed:
             return
-        self._set_reading(False)
-        self._set_writing(False)
+        self._watch.close()
         self._closed = True
         self._sock.close()
         self._io = None

@@ -40,6 +40,7 @@ from drivers.socket.transport import StreamTransport
 from netstack.chardev.sockaddr import FdLookup, connect, listen
 from netstack.driver import DriverHost, DriverSpec
 from netstack.errors import GenericError
+from netstack.net.fdio import FdWatch
 from netstack.net.sockaddr import address_of, host_fd_lookup, socket_uri
 from netstack.qapi import NetdevStreamOptions
 from netstack.qapi.sockets import FdSocketAddress, SocketAddress
@@ -99,7 +100,7 @@ class StreamServer(StreamNetdev):
         self.info_str = "initializing"
         self.listener: socket.socket | None = None
         self.path: str | None = None
-        self._accepting = False
+        self._accepting: FdWatch | None = None
 
     async def open(self) -> None:
         try:
@@ -110,14 +111,14 @@ class StreamServer(StreamNetdev):
             self.log.warning("%s: %s", self.name, exc.desc)
             return
         self.listener, self.path = sock, path
+        self._accepting = FdWatch(self.loop, sock.fileno(), self._on_acceptable)
         self.link_down = True
         self.info_str = "listening"
         self._accept()
 
     def _accept(self) -> None:
-        if self.listener is not None and not self._accepting:
-            self.loop.add_reader(self.listener.fileno(), self._on_acceptable)
-            self._accepting = True
+        if self._accepting is not None:
+            self._accepting.set_reading(True)
 
     def _on_acceptable(self) -> None:
         if self.listener is None:
@@ -126,8 +127,8 @@ class StreamServer(StreamNetdev):
             conn, _peer = self.listener.accept()
         except OSError:
             return
-        self.loop.remove_reader(self.listener.fileno())
-        self._accepting = False
+        if self._accepting is not None:
+            self._accepting.set_reading(False)
         set_nodelay(conn)  # beyond QEMU (see drivers.socket): no Nagle stalls
         self._connected(conn, local=conn.family == socket.AF_UNIX)
 
@@ -139,10 +140,10 @@ class StreamServer(StreamNetdev):
     def cleanup(self) -> None:
         super().cleanup()
         listener = self.listener
+        if self._accepting is not None:
+            self._accepting.close()
+            self._accepting = None
         if listener is not None:
-            if self._accepting:
-                self.loop.remove_reader(listener.fileno())
-                self._accepting = False
             listener.close()
             self.listener = None
         if self.path is not None:

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import pytest
 
 from netstack.chardev import ChardevTable
 from netstack.daemon import Netstack
+from tests.kit.clock import ManualLoop
 from tests.kit.daemon import in_process
 from tests.kit.guests import guest_image_or_skip
 from tools.guest import GuestImage
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "manual_clock: run the test (and its async fixtures) on a tests.kit.clock.ManualLoop",
+    )
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """``@pytest.mark.manual_clock`` tests get a :class:`~tests.kit.clock.ManualLoop`; the
+    rest the default loop."""
+    if item.get_closest_marker("manual_clock") is not None:
+        return {"manual": ManualLoop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ from drivers.socket.dgramsock import mcast_socket, os_error, set_nodelay, tcp_so
 from drivers.socket.transport import DatagramTransport, StreamTransport
 from netstack.driver import DriverHost, DriverSpec
 from netstack.errors import GenericError
+from netstack.net.fdio import FdWatch
 from netstack.net.sockaddr import (
     InetAddr,
     address_type,
@@ -82,18 +83,14 @@ class SocketListen(SocketStream):
         super().__init__(name, host)
         self.listener: socket.socket | None = listener
         self.link_down = True
-        self._accepting = False
+        self._accepting = FdWatch(self.loop, listener.fileno(), self._on_acceptable)
         self._accept()
 
     def _accept(self) -> None:
-        if self.listener is not None and not self._accepting:
-            self.loop.add_reader(self.listener.fileno(), self._on_acceptable)
-            self._accepting = True
+        self._accepting.set_reading(True)
 
     def _stop_accepting(self) -> None:
-        if self._accepting and self.listener is not None:
-            self.loop.remove_reader(self.listener.fileno())
-        self._accepting = False
+        self._accepting.set_reading(False)
 
     def _on_acceptable(self) -> None:
         if self.listener is None:
@@ -113,7 +110,7 @@ class SocketListen(SocketStream):
         self._accept()
 
     def cleanup(self) -> None:
-        self._stop_accepting()
+        self._accepting.close()
         super().cleanup()
         if self.listener is not None:
             self.listener.close()

@@ -32,9 +32,14 @@ partial writes, pausing and the one-write-per-batch output.
 Subclasses (the drivers) decide what a connection's end means through
 :meth:`StreamTransport.connection_lost`, and set ``info_str`` / ``link_down``.
 
+Registrations and the input pause are :mod:`netstack.net.fdio`'s (one
+:class:`~netstack.net.fdio.FdWatch` per connected socket, one
+:class:`~netstack.net.fdio.PeerFlow` per client); writable waits are one-shot and re-armed
+while output remains.
+
 Invariants: at most one reader and one writer are registered per fd, and both are removed
 before the fd is closed; a ``sent_cb`` from an earlier connection never resumes reading
-on a later one (connections carry a generation number); output pending on a socket is
+on a later one (the flow is reset with every socket change); output pending on a socket is
 bounded by one batch; nothing here blocks or sleeps.
 """
 
@@ -42,7 +47,6 @@ from __future__ import annotations
 
 import abc
 import errno
-import functools
 import logging
 import socket
 from collections.abc import Sequence
@@ -50,12 +54,14 @@ from typing import Any
 
 from netstack.driver import DriverHost
 from netstack.net.client import NetClient
+from netstack.net.fdio import FdWatch, PeerFlow
 from netstack.proto.streamframe import (
     NET_BUFSIZE,
     OVERSIZED_MESSAGE,
     FrameDecoder,
     encode_frames,
 )
+from netstack.ratelog import RateLog
 
 #: Reads of a stream socket per wake-up (each fills up to the decoder's 256 KiB buffer).
 MAX_STREAM_READS = 4
@@ -73,11 +79,11 @@ class SocketClient(NetClient, abc.ABC):
         super().__init__(name)
         self.loop = host.loop
         self.log: logging.Logger = host.log
+        #: Trouble with the socket or its peer, logged at most once per topic per 30 s.
+        self.ratelog = RateLog(self.log, clock=self.loop.time)
         self.sock: socket.socket | None = None
-        self._fd = -1
-        self._reading = False
-        self._paused = False
-        self._writing = False
+        self._watch: FdWatch | None = None
+        self._flow = PeerFlow(self._hold)
         #: Incremented whenever the socket changes; stale callbacks compare it.
         self.generation = 0
 
@@ -86,41 +92,42 @@ class SocketClient(NetClient, abc.ABC):
     def _set_socket(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
-        self._fd = sock.fileno()
+        self._watch = FdWatch(self.loop, sock.fileno(), self._on_readable, self._on_writable)
         self.generation += 1
-        self._paused = False
+        self._flow.reset()
+
+    def _hold(self, on: bool) -> None:
+        if self._watch is not None:
+            self._watch.hold(on)
 
     def _start_reading(self) -> None:
-        if not self._reading and not self._paused and self._fd >= 0:
-            self.loop.add_reader(self._fd, self._on_readable)
-            self._reading = True
+        if self._watch is not None:
+            self._watch.set_reading(True)
 
     def _stop_reading(self) -> None:
-        if self._reading:
-            self.loop.remove_reader(self._fd)
-            self._reading = False
+        if self._watch is not None:
+            self._watch.set_reading(False)
 
     def _start_writing(self) -> None:
-        if not self._writing and self._fd >= 0:
-            self.loop.add_writer(self._fd, self._on_writable)
-            self._writing = True
+        """Call :meth:`_on_writable` once, when the socket can take data."""
+        if self._watch is not None:
+            self._watch.wait_writable()
 
     def _stop_writing(self) -> None:
-        if self._writing:
-            self.loop.remove_writer(self._fd)
-            self._writing = False
+        if self._watch is not None:
+            self._watch.stop_writing()
 
     def close_socket(self) -> None:
         """Unregister and close the socket (no-op without one)."""
         sock = self.sock
         if sock is None:
             return
-        self._stop_reading()
-        self._stop_writing()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         self.sock = None
-        self._fd = -1
-        self._paused = False
         self.generation += 1
+        self._flow.reset()
         sock.close()
 
     # -- input: one batch per wake-up -------------------------------------------------
@@ -132,26 +139,8 @@ class SocketClient(NetClient, abc.ABC):
     def _on_writable(self) -> None: ...
 
     def deliver_batch(self, frames: list[bytes]) -> None:
-        """Send what was read to the peer; pause reading while part of it is queued.
-
-        The queue may deliver the rest - and call back - before ``send`` returns (it
-        flushes older entries first), so the pause is armed before sending and the
-        callback disarms it.
-        """
-        generation = self.generation
-        self._paused = True
-        sent = self.send(frames, sent_cb=functools.partial(self._on_sent, generation))
-        if generation != self.generation:
-            return
-        if sent >= len(frames) or not self._paused:
-            self._paused = False
-            return
-        self._stop_reading()
-
-    def _on_sent(self, generation: int, _count: int) -> None:
-        if generation == self.generation and self._paused:
-            self._paused = False
-            self._start_reading()
+        """Send what was read to the peer; reading pauses while part of it is queued."""
+        self._flow.send(self, frames)
 
     def cleanup(self) -> None:
         self.close_socket()
@@ -268,21 +257,21 @@ class StreamTransport(SocketClient):
     def _on_writable(self) -> None:
         sock, out = self.sock, self._out
         if sock is None or out is None:
-            self._stop_writing()
             return
         try:
             sent = sock.send(out)
         except _RETRY:
+            self._start_writing()
             return
         except OSError as exc:
             self._lose(exc)
             return
         if sent < len(out):
             self._out = out[sent:]
+            self._start_writing()
             return
         self._out = None
         self.blocked = False
-        self._stop_writing()
         self.flush_queued()
 
 
@@ -304,6 +293,7 @@ class DatagramTransport(SocketClient):
         self.blocked = False
         self._peer_poll = sock.family == socket.AF_UNIX and dest is not None
         self._waiter: socket.socket | None = None
+        self._waiter_watch: FdWatch | None = None
         self._waited_on_peer = False
         self._set_socket(sock)
         self._start_reading()
@@ -324,7 +314,9 @@ class DatagramTransport(SocketClient):
             except OSError as exc:
                 # e.g. ECONNREFUSED reported on a connected socket: nothing to read.
                 if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    self.log.warning("%s: receive failed: %s", self.name, exc.strerror)
+                    self.ratelog.warning(
+                        "receive", "%s: receive failed: %s", self.name, exc.strerror
+                    )
                 break
             if 0 < len(data) <= NET_BUFSIZE:
                 add(data)
@@ -390,15 +382,18 @@ class DatagramTransport(SocketClient):
             else:
                 self._waiter = waiter
                 self._waited_on_peer = True
-                self.loop.add_writer(waiter.fileno(), self._on_writable)
+                self._waiter_watch = FdWatch(self.loop, waiter.fileno(), None, self._on_writable)
+                self._waiter_watch.wait_writable()
                 return
         self._waited_on_peer = False
         self._start_writing()
 
     def _drop_waiter(self) -> None:
         waiter, self._waiter = self._waiter, None
+        watch, self._waiter_watch = self._waiter_watch, None
+        if watch is not None:
+            watch.close()
         if waiter is not None:
-            self.loop.remove_writer(waiter.fileno())
             waiter.close()
 
     def _on_writable(self) -> None:

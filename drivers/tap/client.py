@@ -48,8 +48,10 @@ from typing import TYPE_CHECKING
 
 from drivers.tap import tun
 from netstack.net.client import NetClient
+from netstack.net.fdio import FdWatch, PeerFlow
 from netstack.net.hub import HubPort
 from netstack.proto import vnet as vnet_hdr
+from netstack.ratelog import RateLog
 
 if TYPE_CHECKING:
     import asyncio
@@ -154,18 +156,16 @@ class TapClient(NetClient):
         self._log = log
         self._min_len = ETH_ZLEN + vnet_hdr_len
         self._hdr_bytes = _ZERO_HDR[:vnet_hdr_len]
-        self._reading = False
-        self._writing = False
         self._closed = False
-        self._in_send = False
-        self._sent_cb_fired = False
+        self._watch = FdWatch(loop, fd, self._on_readable, self.flush_queued)
+        self._flow = PeerFlow(self._watch.hold)
         self._offload_peer: NetClient | None = None
         self._offload_due = 0.0
-        self._logged_at: dict[str, float] = {}
+        self._ratelog = RateLog(log, interval=LOG_INTERVAL, clock=loop.time)
 
     def start(self) -> None:
         """Begin reading the fd."""
-        self._set_reading(True)
+        self._watch.set_reading(True)
 
     # -- offloads --------------------------------------------------------------------------
 
@@ -186,15 +186,6 @@ class TapClient(NetClient):
             self.offloads = want
 
     # -- tap -> peer -----------------------------------------------------------------------
-
-    def _set_reading(self, on: bool) -> None:
-        if on == self._reading or self._closed:
-            return
-        self._reading = on
-        if on:
-            self._loop.add_reader(self.fd, self._on_readable)
-        else:
-            self._loop.remove_reader(self.fd)
 
     def _on_readable(self) -> None:
         fd = self.fd
@@ -238,26 +229,14 @@ class TapClient(NetClient):
             sender = primary
         if sender.peer is not sender._offload_peer or self._loop.time() >= sender._offload_due:
             sender.update_offloads()
-        self._in_send = True
-        self._sent_cb_fired = False
-        try:
-            sent = sender.send(frames, bool(hdr), self._on_sent)
-        finally:
-            self._in_send = False
-        if sent < len(frames) and not self._sent_cb_fired:
-            self._set_reading(False)
-
-    def _on_sent(self, _delivered: int) -> None:
-        self._sent_cb_fired = True
-        if not self._in_send:
-            self._set_reading(True)
+        self._flow.send(sender, frames, bool(hdr))
 
     def _read_failed(self, exc: OSError) -> None:
         self.read_errors += 1
-        self._log_limited("read", "tap %s: read failed: %s", self.name, exc)
-        if self._reading:
-            self._set_reading(False)
-            self._loop.call_later(READ_ERROR_BACKOFF, self._set_reading, True)
+        self._ratelog.warning("read", "tap %s: read failed: %s", self.name, exc)
+        if self._watch.reading:
+            self._watch.set_reading(False)
+            self._loop.call_later(READ_ERROR_BACKOFF, self._watch.set_reading, True)
 
     # -- peer -> tap -----------------------------------------------------------------------
 
@@ -303,7 +282,7 @@ class TapClient(NetClient):
             except BlockingIOError:
                 self.write_eagain += 1
                 self.frames_written += i
-                self._set_writing(True)
+                self._watch.wait_writable()
                 return i
             except InterruptedError:
                 continue
@@ -318,29 +297,9 @@ class TapClient(NetClient):
         self.write_errors += 1
         self.stats.tx_dropped += 1
         if exc.errno != errno.EIO:  # EIO: the interface is down; expected, not news
-            self._log_limited("write", "tap %s: write failed: %s", self.name, exc)
-
-    def _set_writing(self, on: bool) -> None:
-        if on == self._writing or self._closed:
-            return
-        self._writing = on
-        if on:
-            self._loop.add_writer(self.fd, self._on_writable)
-        else:
-            self._loop.remove_writer(self.fd)
-
-    def _on_writable(self) -> None:
-        self._set_writing(False)
-        self.flush_queued()
+            self._ratelog.warning("write", "tap %s: write failed: %s", self.name, exc)
 
     # -- life ------------------------------------------------------------------------------
-
-    def _log_limited(self, kind: str, msg: str, *args: object) -> None:
-        now = self._loop.time()
-        last = self._logged_at.get(kind)
-        if last is None or now - last >= LOG_INTERVAL:
-            self._logged_at[kind] = now
-            self._log.warning(msg, *args)
 
     def counters(self) -> dict[str, int]:
         """Driver counters (``query-netdev`` style names)."""
@@ -362,8 +321,7 @@ class TapClient(NetClient):
     def cleanup(self) -> None:
         if self._closed:
             return
-        self._set_reading(False)
-        self._set_writing(False)
+        self._watch.close()
         self._closed = True
         try:
             for hook in self.on_close:

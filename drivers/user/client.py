@@ -55,6 +55,7 @@ from typing import Any, Final
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.proto import vnet as vnet_hdr
+from netstack.ratelog import RateLog
 
 from . import budget, ipv4
 from .dns import RESOLV_CONF, ResolvConf
@@ -114,7 +115,7 @@ class UserNetClient(NetClient):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._closed = False
-        self._log_at: dict[str, float] = {}
+        self._ratelog = RateLog(log, interval=LOG_INTERVAL, clock=loop.time)
         self._reported_bad = 0
         self.host_errors = 0
         #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
@@ -393,12 +394,7 @@ class UserNetClient(NetClient):
             self._log.warning("user %s: %s failed: %s", self.name, what, exc)
 
     def _may_log(self, topic: str) -> bool:
-        now = self._loop.time()
-        last = self._log_at.get(topic)
-        if last is not None and now - last < LOG_INTERVAL:
-            return False
-        self._log_at[topic] = now
-        return True
+        return self._ratelog.allow(topic)
 
     def _log_budget(self) -> None:
         if self._may_log("flow-budget"):

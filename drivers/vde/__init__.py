@@ -46,13 +46,14 @@ import asyncio
 import errno
 import getpass
 import os
-import time
 from typing import TYPE_CHECKING
 
 from drivers.socket.transport import DatagramTransport
 from netstack.driver import DriverHost, DriverSpec
 from netstack.errors import GenericError
+from netstack.net.fdio import FdWatch
 from netstack.qapi import NetdevVdeOptions
+from netstack.ratelog import RateLog
 
 from .plug import DEFAULT_TIMEOUT, Plug, open_plug
 from .protocol import Backoff, PlugError, Target, description, target
@@ -78,6 +79,7 @@ class VdeNetdev(DatagramTransport):
         self.target = t
         self.descr = descr
         self.plug: Plug | None = None
+        self._ctl: FdWatch | None = None
         self.backoff = Backoff()
         self.admin_down = False
         self.connects = 0
@@ -87,7 +89,7 @@ class VdeNetdev(DatagramTransport):
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._last_failure_log = -LOG_INTERVAL
+        self._ratelog = RateLog(host.log, interval=LOG_INTERVAL, clock=host.loop.time)
         self._plugged(plug, first=True)
 
     # -- state -----------------------------------------------------------------------------
@@ -102,7 +104,8 @@ class VdeNetdev(DatagramTransport):
             self._start_reading()
         self.connects += 1
         self.backoff.reset()
-        self.loop.add_reader(plug.ctl.fileno(), self._on_ctl)
+        self._ctl = FdWatch(self.loop, plug.ctl.fileno(), self._on_ctl)
+        self._ctl.set_reading(True)
         # Re-plug into the same switch directory and port after a switch restart.
         t = self.target
         port = plug.port if plug.port is not None and t.port == 0 else t.port
@@ -119,8 +122,7 @@ class VdeNetdev(DatagramTransport):
         if plug is None:
             return
         self.disconnects += 1
-        self.loop.remove_reader(plug.ctl.fileno())
-        plug.ctl.close()
+        self._close_ctl(plug)
         self._drop_waiter()
         self.blocked = False
         self.close_socket()  # closes plug.data
@@ -164,10 +166,7 @@ class VdeNetdev(DatagramTransport):
         except PlugError as exc:
             self._task = None
             self.connect_failures += 1
-            now = time.monotonic()
-            if now - self._last_failure_log >= LOG_INTERVAL:
-                self._last_failure_log = now
-                self.log.warning("%s: Could not open vde: %s", self.name, exc.reason)
+            self._ratelog.warning("replug", "%s: Could not open vde: %s", self.name, exc.reason)
             self._arm()
             return
         self._task = None
@@ -175,7 +174,7 @@ class VdeNetdev(DatagramTransport):
             plug.close()
             return
         self.log.warning("%s: vde switch port %s plugged again", self.name, plug.port)
-        self._last_failure_log = -LOG_INTERVAL
+        self._ratelog.reset("replug")
         self._plugged(plug)
 
     # -- NetClient hooks ---------------------------------------------------------------------
@@ -205,9 +204,14 @@ class VdeNetdev(DatagramTransport):
             self._task = None
         plug, self.plug = self.plug, None
         if plug is not None:
-            self.loop.remove_reader(plug.ctl.fileno())
-            plug.ctl.close()
+            self._close_ctl(plug)
         super().cleanup()
+
+    def _close_ctl(self, plug: Plug) -> None:
+        if self._ctl is not None:
+            self._ctl.close()
+            self._ctl = None
+        plug.ctl.close()
 
 
 def _user() -> str:

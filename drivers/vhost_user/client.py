@@ -55,7 +55,6 @@ import functools
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, get_args
 
@@ -64,6 +63,7 @@ from netstack.counters import by_name
 from netstack.errors import RemoteInputError
 from netstack.net.client import NetClient
 from netstack.net.rxfilter import RxFilter
+from netstack.ratelog import RateLog
 
 from .device import TX_BUDGET, NetDevice, rarp_frame
 from .protocol import MAX_FDS, Message, MessageReader, Session, SessionHooks
@@ -83,26 +83,6 @@ _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * 4)
 EmitFn = Callable[[str, Mapping[str, Any] | None], None]
 #: The netdev's own counters (``query-netdev``), besides the device's and the dirty log's.
 NetdevCounter = Literal["rx-not-ready", "rx-dropped-no-room", "protocol-errors"]
-
-
-class _Throttle:
-    """At most one log line per kind per :data:`LOG_INTERVAL`, with a count of the rest."""
-
-    def __init__(self, log: logging.Logger) -> None:
-        self._log = log
-        self._last: dict[str, float] = {}
-        self._skipped: dict[str, int] = {}
-
-    def warning(self, kind: str, text: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < LOG_INTERVAL:
-            self._skipped[kind] = self._skipped.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        skipped = self._skipped.pop(kind, 0)
-        suffix = f" ({skipped} similar suppressed)" if skipped else ""
-        self._log.warning(text + suffix, *args)
 
 
 class VhostUserClient(NetClient):
@@ -157,7 +137,7 @@ class VhostUserNetdev(SessionHooks):
         self.loop = loop
         self.log = log
         self._emit = emit
-        self._throttle = _Throttle(log)
+        self._throttle = RateLog(log, interval=LOG_INTERVAL)
         self.device = NetDevice(pairs, on_broken=self._broken)
         self.device.on_memory_fault = self._memory_fault
         self.clients = [VhostUserClient(self, name, i) for i in range(pairs)]

@@ -4,6 +4,7 @@ counters and views."""
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import struct
 from collections.abc import Sequence
@@ -15,9 +16,11 @@ from drivers.vxlan.config import VxlanConfig
 from netstack.counters import by_name
 from netstack.net.client import NetClient
 from netstack.net.fdb import MacTable
+from netstack.net.fdio import FdWatch, PeerFlow
 from netstack.net.rxfilter import format_mac
 from netstack.proto.tcpcoalesce import coalesce
 from netstack.proto.vxlan import ETH_HLEN, VxlanDecoder, flow_hash, header, too_big_reply
+from netstack.ratelog import RateLog
 
 if TYPE_CHECKING:
     import asyncio
@@ -99,13 +102,17 @@ class VxlanClient(NetClient):
         self._own_ports = {s.getsockname()[1] for s in (*rx_socks, *tx_socks)}
         self._buf = bytearray(RX_BUFSIZE)
         self._view = memoryview(self._buf)
-        self._reading = False
-        self._paused = False
-        self._writing: socket.socket | None = None
         self._closed = False
-        self._in_send = False
-        self._sent_cb_fired = False
-        self._logged_at: dict[str, float] = {}
+        self._rx_watches = [
+            FdWatch(loop, s.fileno(), functools.partial(self._on_readable, s)) for s in rx_socks
+        ]
+        self._tx_watches = {
+            id(s): FdWatch(loop, s.fileno(), None, self._on_writable) for s in tx_socks
+        }
+        #: The transmit socket waited on while full (frames wait in the core's queue).
+        self._blocked: FdWatch | None = None
+        self._flow = PeerFlow(self._hold_reading)
+        self._ratelog = RateLog(log, interval=LOG_INTERVAL, clock=loop.time)
         #: Send runs of equal-size datagrams with UDP_SEGMENT (off once the kernel refuses).
         self._gso = True
         #: Merge received TCP segments for receivers that take offloads (``coalesced``).
@@ -129,19 +136,14 @@ class VxlanClient(NetClient):
         return int(self._rx[0].getsockname()[1])
 
     def start(self) -> None:
-        self._set_reading(True)
+        for watch in self._rx_watches:
+            watch.set_reading(True)
 
     # -- socket -> peer ------------------------------------------------------------------
 
-    def _set_reading(self, on: bool) -> None:
-        if on == self._reading or self._closed:
-            return
-        self._reading = on
-        for sock in self._rx:
-            if on:
-                self._loop.add_reader(sock.fileno(), self._on_readable, sock)
-            else:
-                self._loop.remove_reader(sock.fileno())
+    def _hold_reading(self, on: bool) -> None:
+        for watch in self._rx_watches:
+            watch.hold(on)
 
     def _on_readable(self, sock: socket.socket) -> None:
         decoder = self.decoder
@@ -201,9 +203,9 @@ class VxlanClient(NetClient):
         if len(frames) > 1 and self._coalescing(now):
             merged = coalesce(frames)
             self.c["coalesced"] += len(frames) - len(merged)
-            self._send_up(merged, True)
+            self._flow.send(self, merged, True)
         else:
-            self._send_up(frames, False)
+            self._flow.send(self, frames, False)
 
     def _coalescing(self, now: float) -> bool:
         """Whether receivers behind the peer take TSO super-frames (checked each second)."""
@@ -214,27 +216,10 @@ class VxlanClient(NetClient):
             self._coalesce = bool(downstream_offloads(self.peer) & TUN_F_TSO4)
         return self._coalesce
 
-    def _send_up(self, frames: list[bytes], vnet: bool) -> None:
-        self._in_send = True
-        self._sent_cb_fired = False
-        try:
-            sent = self.send(frames, vnet, self._on_sent)
-        finally:
-            self._in_send = False
-        if sent < len(frames) and not self._sent_cb_fired:
-            self._paused = True
-            self._set_reading(False)
-
-    def _on_sent(self, _delivered: int) -> None:
-        self._sent_cb_fired = True
-        if not self._in_send and self._paused:
-            self._paused = False
-            self._set_reading(True)
-
     # -- peer -> socket ------------------------------------------------------------------
 
     def receive(self, frames: Sequence[bytes], vnet: bool) -> int:
-        if self._closed or self._writing is not None:
+        if self._closed or self._blocked is not None:
             return len(frames) if self._closed else 0
         hdr = self._hdr
         tx = self._tx
@@ -385,21 +370,15 @@ class VxlanClient(NetClient):
     def _wait_writable(self, sock: socket.socket) -> None:
         if self._closed:
             return
-        self._writing = sock
-        self._loop.add_writer(sock.fileno(), self._on_writable)
+        self._blocked = self._tx_watches[id(sock)]
+        self._blocked.wait_writable()
 
     def _on_writable(self) -> None:
-        sock, self._writing = self._writing, None
-        if sock is not None:
-            self._loop.remove_writer(sock.fileno())
+        self._blocked = None
         self.flush_queued()
 
     def _warn(self, kind: str, fmt: str, *args: Any) -> None:
-        now = self._loop.time()
-        last = self._logged_at.get(kind)
-        if last is None or now - last >= LOG_INTERVAL:
-            self._logged_at[kind] = now
-            self._log.warning("vxlan %s: " + fmt, self.name, *args)
+        self._ratelog.warning(kind, "vxlan %s: " + fmt, self.name, *args)
 
     # -- views and life ------------------------------------------------------------------
 
@@ -447,10 +426,9 @@ class VxlanClient(NetClient):
     def cleanup(self) -> None:
         if self._closed:
             return
-        self._set_reading(False)
-        if self._writing is not None:
-            self._loop.remove_writer(self._writing.fileno())
-            self._writing = None
+        for watch in (*self._rx_watches, *self._tx_watches.values()):
+            watch.close()
+        self._blocked = None
         self._closed = True
         self.fdb.flush()
         for sock in {id(s): s for s in (*self._rx, *self._tx)}.values():

@@ -59,7 +59,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -75,6 +74,7 @@ from netstack.qapi.sockets import (
     UnixSocketAddress,
     VsockSocketAddress,
 )
+from netstack.ratelog import RateLog
 from netstack.tlscreds import x509_dname
 
 from . import sockaddr
@@ -109,32 +109,6 @@ class TlsCreds(Protocol):
 
 class _Refused(RemoteInputError):
     """A completed TLS handshake whose client is not authorized (``tls-authz``)."""
-
-
-class RateLimitedLog:
-    """At most ``burst`` messages per ``period`` seconds; the rest are counted and the
-    count is reported with the next message let through."""
-
-    def __init__(self, burst: int = 10, period: float = 60.0) -> None:
-        self.burst = burst
-        self.period = period
-        self._start = -period
-        self._sent = 0
-        self.suppressed = 0
-
-    def log(self, logger: logging.Logger, fmt: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._start >= self.period:
-            self._start, self._sent = now, 0
-        if self._sent >= self.burst:
-            self.suppressed += 1
-            return
-        self._sent += 1
-        if self.suppressed:
-            fmt += " (%d similar messages suppressed)"
-            args = (*args, self.suppressed)
-            self.suppressed = 0
-        logger.warning(fmt, *args)
 
 
 def validate(opts: ChardevSocket) -> None:
@@ -190,7 +164,8 @@ class SocketChardev(Chardev):
         #: Connections dropped for protocol errors (TLS, WebSocket, handshake timeouts).
         self.errors = 0
         self.last_error: str | None = None
-        self._error_log = RateLimitedLog()
+        #: Remote errors: at most 10 log lines a minute, the rest counted.
+        self._error_log = RateLog(log, interval=60.0, burst=10)
         self.is_listen = options.server is None or options.server
         self.is_wait = bool(options.wait)
         self.nodelay = bool(options.nodelay)
@@ -467,7 +442,7 @@ class SocketChardev(Chardev):
         """A peer broke a protocol: count it, log it (rate-limited), drop the connection."""
         self.errors += 1
         self.last_error = message
-        self._error_log.log(log, "chardev %s: %s", self.id, message)
+        self._error_log.warning("remote", "chardev %s: %s", self.id, message)
 
     async def _client_loop(self) -> None:
         """``reconnect-ms``: connect now, and again ``reconnect_ms`` after each failure or

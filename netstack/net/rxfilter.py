@@ -1,4 +1,4 @@
-"""The virtio-net receive filter of one NIC: state, control commands, verdicts, query.
+"""The virtio-net receive filter of one NIC: state, management programming, verdicts, query.
 
 What it owns
     The rx-filter state QEMU keeps in ``VirtIONet`` (``hw/net/virtio-net.c``): the six rx
@@ -11,14 +11,17 @@ Spec followed (``hw/net/virtio-net.c``)
       everything, even truncated frames; then length checks; then the 802.1Q check (TPID
       0x8100 only, and before the broadcast check, so a tagged broadcast on an unknown VLAN
       is dropped); then multicast/broadcast rules; then unicast rules.
-    * Control commands (``VIRTIO_NET_CTRL_RX``/``MAC``/``VLAN``) answer ``VIRTIO_NET_OK`` (0)
-      or ``VIRTIO_NET_ERR`` (1) with QEMU's payload rules. Like QEMU, commands are not gated
-      on the negotiated feature bits (``CTRL_RX``, ``CTRL_RX_EXTRA``, ``CTRL_VLAN``).
+    * The state is changed by :meth:`RxFilter.program` only: a vhost-user back end never
+      sees the guest's control queue (QEMU, the front end, handles ``VIRTIO_NET_CTRL_RX``/
+      ``MAC``/``VLAN`` in ``virtio_net_handle_ctrl`` and keeps its own filter), and no
+      front end here has a guest that issues those commands, so there is no control-queue
+      decoder. :meth:`RxFilter.program` applies the same table rules as
+      ``virtio_net_handle_mac`` (64 entries, unicast first, the two overflow flags).
     * :meth:`RxFilter.info` builds ``RxFilterInfo`` as ``query-rx-filter`` does: schema key
       order, tables in reverse table order, ``vlan-table`` in descending vid order.
-    * The ``NIC_RX_FILTER_CHANGED`` gate: enabled at creation; every successful RX-mode,
-      MAC_ADDR_SET, MAC_TABLE_SET, VLAN add/del (and :meth:`RxFilter.program`) calls
-      ``notify`` if the gate is open and closes it, even if no value changed;
+    * The ``NIC_RX_FILTER_CHANGED`` gate (``rxfilter_notify``): enabled at creation; every
+      successful :meth:`RxFilter.program` call (as every RX-mode, MAC or VLAN command in
+      QEMU) calls ``notify`` if the gate is open and closes it, even if no value changed;
       :meth:`RxFilter.info` re-opens it. The daemon turns ``notify`` into the QMP event.
 
 Deliberate choices
@@ -27,31 +30,25 @@ Deliberate choices
       field named "broadcast-allowed" wants to know whether broadcasts are allowed, and no
       known client depends on the inversion. :data:`QEMU_INVERTED_BROADCAST_ALLOWED` is the
       one switch; set it to ``True`` to reproduce QEMU's report byte for byte.
-    * MAC_TABLE_SET computes ``entries * 6`` in uint32 arithmetic as QEMU does, wrap-around
-      included, so a guest gets the same acks from us as from QEMU.
-    * :meth:`RxFilter.reset` is QEMU 8+'s ``virtio_net_reset``: modes, MAC and table go back
-      to their reset values; the VLAN bitmap and the negotiation flag are left alone (only
-      a change of the negotiated ``CTRL_VLAN`` bit rewrites the bitmap).
-    * :meth:`RxFilter.program` is the typed entry point for a QMP command: a vhost-user back
-      end never sees the guest's control queue, so management programs the filter instead.
+    * :meth:`RxFilter.program` is the typed entry point for a QMP command
+      (``set-rx-filter``); unlike the guest's commands it refuses entries that could never
+      match (a multicast address in the unicast half, and the reverse).
 
 Invariants
     * ``0 <= first_multi <= in_use <= 64``; the table holds exactly ``in_use`` 6-byte
       entries; an overflowed half stores no entries.
     * ``version`` increases on every state change (derived data such as the numpy plan of
       :mod:`netstack.net.rxbatch` caches on it); ``on_change`` runs after every change.
-    * Without ``CTRL_VLAN`` the bitmap is what the last flip left (all ones); guests may
-      still edit it, as in QEMU.
+    * Without VLAN filtering every vid is allowed (the bitmap is all ones).
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
-from netstack.errors import GenericError, RemoteInputError
+from netstack.errors import GenericError
 
 __all__ = [
     "BROADCAST_MAC",
@@ -59,15 +56,6 @@ __all__ = [
     "MAX_VLAN",
     "QEMU_INVERTED_BROADCAST_ALLOWED",
     "RX_MODES",
-    "VIRTIO_NET_CTRL_MAC",
-    "VIRTIO_NET_CTRL_MAC_ADDR_SET",
-    "VIRTIO_NET_CTRL_MAC_TABLE_SET",
-    "VIRTIO_NET_CTRL_RX",
-    "VIRTIO_NET_CTRL_VLAN",
-    "VIRTIO_NET_CTRL_VLAN_ADD",
-    "VIRTIO_NET_CTRL_VLAN_DEL",
-    "VIRTIO_NET_ERR",
-    "VIRTIO_NET_OK",
     "RxFilter",
     "format_mac",
     "parse_mac",
@@ -82,21 +70,10 @@ MAC_TABLE_ENTRIES: Final = 64
 MAX_VLAN: Final = 4096
 BROADCAST_MAC: Final = b"\xff" * ETH_ALEN
 
-VIRTIO_NET_OK: Final = 0
-VIRTIO_NET_ERR: Final = 1
-
-VIRTIO_NET_CTRL_RX: Final = 0
-VIRTIO_NET_CTRL_MAC: Final = 1
-VIRTIO_NET_CTRL_MAC_TABLE_SET: Final = 0
-VIRTIO_NET_CTRL_MAC_ADDR_SET: Final = 1
-VIRTIO_NET_CTRL_VLAN: Final = 2
-VIRTIO_NET_CTRL_VLAN_ADD: Final = 0
-VIRTIO_NET_CTRL_VLAN_DEL: Final = 1
-
-#: Rx modes in ``VIRTIO_NET_CTRL_RX`` command order: ``RX_MODES[cmd]`` is the mode ``cmd`` sets.
+#: Rx modes in ``VIRTIO_NET_CTRL_RX`` command order (``include/standard-headers/linux/
+#: virtio_net.h``): ``RX_MODES[cmd]`` is the mode that command number sets.
 RX_MODES: Final = ("promisc", "allmulti", "alluni", "nomulti", "nouni", "nobcast")
 
-_U32_MASK: Final = 0xFFFFFFFF
 _MAC_RE: Final = re.compile(r"[0-9A-Fa-f]{2}(?:([:-])[0-9A-Fa-f]{2})(?:\1[0-9A-Fa-f]{2}){4}")
 
 _Frame = TypeVar("_Frame", bytes, bytearray, memoryview)
@@ -126,9 +103,8 @@ def _mac_arg(value: bytes | str, what: str) -> bytes:
 class RxFilter:
     """virtio-net rx filter state of one NIC (queue 0), with QEMU's semantics.
 
-    ``mac`` is the configured MAC (restored by :meth:`reset`). ``on_change`` runs after every
-    state change (including :meth:`reset` and negotiation flips); ``notify`` runs when a
-    guest-visible change passes the ``NIC_RX_FILTER_CHANGED`` gate.
+    ``mac`` is the configured MAC. ``on_change`` runs after every state change; ``notify``
+    runs when a change passes the ``NIC_RX_FILTER_CHANGED`` gate.
     """
 
     __slots__ = (
@@ -172,9 +148,9 @@ class RxFilter:
         self._vlan_negotiated = vlan_negotiated
         # One byte per vid (0/1): all ones at realize, all zeros once CTRL_VLAN is negotiated.
         self._vlans = bytearray(b"\x00" if vlan_negotiated else b"\x01") * MAX_VLAN
-        self._init_reset_state()
+        self._init_state()
 
-    def _init_reset_state(self) -> None:
+    def _init_state(self) -> None:
         self._promisc = True
         self._allmulti = self._alluni = self._nomulti = self._nouni = self._nobcast = False
         self._mac = self._conf_mac
@@ -188,11 +164,11 @@ class RxFilter:
         self._uni_set = frozenset((*self._table[:fm], self._mac))
         self._multi_set = frozenset(self._table[fm:])
 
-    def _changed(self, *, guest_visible: bool) -> None:
+    def _changed(self) -> None:
         self._version += 1
         if self.on_change is not None:
             self.on_change()
-        if guest_visible and self._event_enabled:
+        if self._event_enabled:
             self._event_enabled = False
             if self.notify is not None:
                 self.notify()
@@ -240,7 +216,7 @@ class RxFilter:
 
     @property
     def mac(self) -> bytes:
-        """The current MAC (MAC_ADDR_SET changes it; :meth:`reset` restores the configured one)."""
+        """The current MAC (:meth:`program` changes it)."""
         return self._mac
 
     @property
@@ -327,155 +303,6 @@ class RxFilter:
         accepts = self.accepts
         return [f for f in frames if accepts(f, hdr_len)]
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def reset(self) -> None:
-        """Device reset: promisc on, other modes off, table empty, configured MAC back.
-
-        The VLAN bitmap, the negotiation flag and the event gate are untouched, and no event
-        is emitted (QEMU's ``virtio_net_reset`` does not call ``rxfilter_notify``).
-        """
-        self._init_reset_state()
-        self._changed(guest_visible=False)
-
-    def set_vlan_negotiated(self, negotiated: bool) -> None:
-        """Record the guest's ``VIRTIO_NET_F_CTRL_VLAN`` bit (from feature negotiation).
-
-        Only a flip rewrites the bitmap: all zeros when it becomes negotiated, all ones when
-        it stops being negotiated. No event (QEMU's ``set_features`` emits none).
-        """
-        if negotiated == self._vlan_negotiated:
-            return
-        self._vlan_negotiated = negotiated
-        self._vlans[:] = (b"\x00" if negotiated else b"\x01") * MAX_VLAN
-        self._changed(guest_visible=False)
-
-    # ------------------------------------------------------------------ control queue
-
-    def handle_ctrl_message(self, out: bytes | memoryview, *, little_endian: bool = True) -> int:
-        """Handle a control-queue request: ``{u8 class, u8 cmd}`` then the payload.
-
-        A request shorter than the 2-byte header raises :class:`RemoteInputError`: QEMU treats it
-        as a device error (``virtio-net ctrl missing headers``) and writes no ack. The device
-        layer must equally check that the guest supplied at least one byte for the ack.
-        """
-        if len(out) < 2:
-            raise RemoteInputError("virtio-net ctrl missing headers")
-        return self.handle_ctrl(out[0], out[1], bytes(out[2:]), little_endian=little_endian)
-
-    def handle_ctrl(self, cls: int, cmd: int, payload: bytes, *, little_endian: bool = True) -> int:
-        """Dispatch one control command of the RX, MAC or VLAN class; return the ack.
-
-        Any other class answers ``VIRTIO_NET_ERR`` (the device layer handles ANNOUNCE, MQ and
-        GUEST_OFFLOADS itself before calling this). ``little_endian`` is the guest's byte
-        order for multi-byte fields (virtio 1.x is always little-endian).
-        """
-        if cls == VIRTIO_NET_CTRL_RX:
-            return self.set_rx_mode(cmd, payload)
-        if cls == VIRTIO_NET_CTRL_MAC:
-            if cmd == VIRTIO_NET_CTRL_MAC_ADDR_SET:
-                return self.set_mac(payload)
-            if cmd == VIRTIO_NET_CTRL_MAC_TABLE_SET:
-                return self.mac_table_set(payload, little_endian=little_endian)
-            return VIRTIO_NET_ERR
-        if cls == VIRTIO_NET_CTRL_VLAN:
-            if cmd == VIRTIO_NET_CTRL_VLAN_ADD:
-                return self.vlan_add(payload, little_endian=little_endian)
-            if cmd == VIRTIO_NET_CTRL_VLAN_DEL:
-                return self.vlan_del(payload, little_endian=little_endian)
-            return VIRTIO_NET_ERR
-        return VIRTIO_NET_ERR
-
-    def set_rx_mode(self, cmd: int, payload: bytes) -> int:
-        """``VIRTIO_NET_CTRL_RX``: the first payload byte (non-zero = on) sets mode ``cmd``.
-
-        An empty payload is ERR; extra bytes are ignored (QEMU copies at most one byte and
-        checks only that it got one). An unknown ``cmd`` is ERR.
-        """
-        if len(payload) < 1 or not 0 <= cmd < len(RX_MODES):
-            return VIRTIO_NET_ERR
-        setattr(self, "_" + RX_MODES[cmd], payload[0] != 0)
-        self._changed(guest_visible=True)
-        return VIRTIO_NET_OK
-
-    def set_mac(self, payload: bytes) -> int:
-        """``VIRTIO_NET_CTRL_MAC_ADDR_SET``: the payload must be exactly 6 bytes."""
-        if len(payload) != ETH_ALEN:
-            return VIRTIO_NET_ERR
-        self._mac = bytes(payload)
-        self._rebuild_sets()
-        self._changed(guest_visible=True)
-        return VIRTIO_NET_OK
-
-    def mac_table_set(self, payload: bytes, little_endian: bool = True) -> int:
-        """``VIRTIO_NET_CTRL_MAC_TABLE_SET``: replace the table atomically
-        (``virtio_net_handle_mac``).
-
-        Layout: ``u32 entries1``, ``entries1 * 6`` unicast bytes, ``u32 entries2``,
-        ``entries2 * 6`` multicast bytes. ERR (table unchanged) if a count is missing, if
-        block 1 claims more bytes than remain, or if block 2 does not exactly fill the rest.
-        A block too large for the space left sets its overflow flag and stores nothing.
-        """
-        fmt = "<I" if little_endian else ">I"
-        data = bytes(payload)
-        if len(data) < 4:
-            return VIRTIO_NET_ERR
-        (entries,) = struct.unpack_from(fmt, data, 0)
-        pos = 4
-        nbytes = (entries * ETH_ALEN) & _U32_MASK  # QEMU multiplies in uint32_t
-        if nbytes > len(data) - pos:
-            return VIRTIO_NET_ERR
-        macs: list[bytes] = []
-        uni_overflow = False
-        if entries <= MAC_TABLE_ENTRIES:
-            macs.extend(data[pos + i * ETH_ALEN : pos + (i + 1) * ETH_ALEN] for i in range(entries))
-        else:
-            uni_overflow = True
-        pos += nbytes
-        first_multi = len(macs)
-        if len(data) - pos < 4:
-            return VIRTIO_NET_ERR
-        (entries,) = struct.unpack_from(fmt, data, pos)
-        pos += 4
-        nbytes = (entries * ETH_ALEN) & _U32_MASK
-        if nbytes != len(data) - pos:
-            return VIRTIO_NET_ERR
-        multi_overflow = False
-        if entries <= MAC_TABLE_ENTRIES - first_multi:
-            macs.extend(data[pos + i * ETH_ALEN : pos + (i + 1) * ETH_ALEN] for i in range(entries))
-        else:
-            multi_overflow = True
-        self._set_table(tuple(macs), first_multi, uni_overflow, multi_overflow)
-        self._changed(guest_visible=True)
-        return VIRTIO_NET_OK
-
-    def _set_table(
-        self, table: tuple[bytes, ...], first_multi: int, uni_overflow: bool, multi_overflow: bool
-    ) -> None:
-        self._table = table
-        self._first_multi = first_multi
-        self._uni_overflow = uni_overflow
-        self._multi_overflow = multi_overflow
-        self._rebuild_sets()
-
-    def vlan_add(self, payload: bytes, little_endian: bool = True) -> int:
-        """``VIRTIO_NET_CTRL_VLAN_ADD``: allow the u16 vid (ERR if < 2 bytes or >= 4096)."""
-        return self._vlan_cmd(payload, little_endian, allow=True)
-
-    def vlan_del(self, payload: bytes, little_endian: bool = True) -> int:
-        """``VIRTIO_NET_CTRL_VLAN_DEL``: disallow the u16 vid (ERR if < 2 bytes or >= 4096)."""
-        return self._vlan_cmd(payload, little_endian, allow=False)
-
-    def _vlan_cmd(self, payload: bytes, little_endian: bool, *, allow: bool) -> int:
-        if len(payload) < 2:
-            return VIRTIO_NET_ERR
-        vid = int.from_bytes(payload[:2], "little" if little_endian else "big")
-        if vid >= MAX_VLAN:
-            return VIRTIO_NET_ERR
-        self._vlans[vid] = 1 if allow else 0
-        self._changed(guest_visible=True)
-        return VIRTIO_NET_OK
-
     # ------------------------------------------------------------------ management API
 
     def program(
@@ -558,7 +385,16 @@ class RxFilter:
                 self._vlans[:] = bytes(MAX_VLAN)
                 for vid in vids:
                     self._vlans[vid] = 1
-        self._changed(guest_visible=True)
+        self._changed()
+
+    def _set_table(
+        self, table: tuple[bytes, ...], first_multi: int, uni_overflow: bool, multi_overflow: bool
+    ) -> None:
+        self._table = table
+        self._first_multi = first_multi
+        self._uni_overflow = uni_overflow
+        self._multi_overflow = multi_overflow
+        self._rebuild_sets()
 
     def _program_table(self, uni: list[bytes] | None, multi: list[bytes] | None) -> None:
         if uni is None:

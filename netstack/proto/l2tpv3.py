@@ -277,35 +277,14 @@ class L2TPv3Session:
         return bytes(datagram[start:]) if start >= 0 else None
 
 
-class DropReporter:
-    """Rate-limited reports of receive drops (the caller logs the returned text).
-
-    The first drop is reported at once with its reason, in QEMU's words (QEMU prints that
-    one line and then stays silent); later drops are summarised at most once per
-    ``interval`` seconds.
+def drop_summary(session: L2TPv3Session, reported: int) -> str:
+    """The log line about receive drops after the first ``reported`` ones: the first drop
+    in QEMU's words (QEMU prints that one line and then stays silent), later ones as a
+    summary with the totals per reason. The caller rate-limits (see ``drivers/l2tpv3.py``).
     """
-
-    __slots__ = ("_last_at", "_reported", "interval")
-
-    def __init__(self, interval: float = 30.0) -> None:
-        self.interval = interval
-        self._reported = 0
-        self._last_at: float | None = None
-
-    def report(self, session: L2TPv3Session, now: float) -> str | None:
-        """A line to log about drops not yet reported, or None (too soon or nothing new)."""
-        drops = session.drops
-        total = drops.total
-        new = total - self._reported
-        if new <= 0:
-            return None
-        if self._last_at is None:
-            self._last_at = now
-            self._reported = total
-            return session.first_drop
-        if now - self._last_at < self.interval:
-            return None
-        self._last_at = now
-        self._reported = total
-        detail = ", ".join(f"{k}: {v}" for k, v in drops.as_dict().items() if v)
-        return f"dropped {new} datagrams since the last report (totals: {detail})"
+    drops = session.drops
+    if reported == 0 and session.first_drop is not None:
+        return session.first_drop
+    detail = ", ".join(f"{k}: {v}" for k, v in drops.as_dict().items() if v)
+    new = drops.total - reported
+    return f"dropped {new} datagrams since the last report (totals: {detail})"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from netstack import __version__
+from netstack.ratelog import RateLog
 
 if TYPE_CHECKING:
     from netstack.daemon import Netstack
@@ -97,7 +97,7 @@ class NetstackCollector:
     def __init__(self, ns: Netstack, stats: EndpointStats | None = None) -> None:
         self.ns = ns
         self.stats = stats or EndpointStats()
-        self._logged: dict[str, float] = {}
+        self._ratelog = RateLog(log, interval=LOG_INTERVAL)
 
     def collect(self) -> Iterable[Metric]:
         ns = self.ns
@@ -252,7 +252,4 @@ class NetstackCollector:
     def _failed(self, name: str) -> None:
         """Count a netdev that could not be read; log it at most once a minute."""
         self.stats.collect_errors += 1
-        now = time.monotonic()
-        if now - self._logged.get(name, -LOG_INTERVAL) >= LOG_INTERVAL:
-            self._logged[name] = now
-            log.warning("metrics: reading %s failed", name, exc_info=True)
+        self._ratelog.emit(logging.WARNING, name, "metrics: reading %s failed", name, exc_info=True)

@@ -52,7 +52,6 @@ import json
 import logging
 import re
 import ssl
-import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, Protocol
@@ -63,6 +62,7 @@ from netstack.chardev.sockets import SocketChardev
 from netstack.errors import GenericError
 from netstack.qmp.control import Control
 from netstack.qmp.server import monitor_add
+from netstack.ratelog import RateLog
 
 from .capture import CaptureManager, CaptureRefused
 from .http import MAX_HEAD, BadRequest, Request, parse_head, response
@@ -165,7 +165,7 @@ class WebView:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
-        self._logged: dict[str, float] = {}
+        self._ratelog = RateLog(log, interval=LOG_INTERVAL)
         self._allowed_hosts: set[str] = set()
 
     # -- life ------------------------------------------------------------------------------
@@ -311,10 +311,7 @@ class WebView:
 
     def _count(self, kind: str, text: str) -> None:
         self.stats[kind] = self.stats.get(kind, 0) + 1
-        now = time.monotonic()
-        if now - self._logged.get(kind, -LOG_INTERVAL) >= LOG_INTERVAL:
-            self._logged[kind] = now
-            log.warning("web view: %s (%d so far)", text, self.stats[kind])
+        self._ratelog.warning(kind, "web view: %s (%d so far)", text, self.stats[kind])
 
     # -- routes ----------------------------------------------------------------------------
 

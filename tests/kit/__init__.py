@@ -2,8 +2,11 @@
 
 * :mod:`tests.kit.polling` -- :func:`~tests.kit.polling.until`, the one bounded wait for a
   condition; :func:`~tests.kit.polling.open_fds` for leak checks.
-* :mod:`tests.kit.clock` -- a manual clock (``time``/``call_at``) whose time moves only
-  when the test advances it.
+* :mod:`tests.kit.clock` -- manual clocks: ``ManualClock`` (``time``/``call_at``) for
+  sans-IO code, and ``ManualLoop``, a real event loop whose time moves only when the test
+  calls ``advance`` (``@pytest.mark.manual_clock`` runs a test and its async fixtures on
+  one; ``run_manual`` runs a body on one), so adapter tests of intervals, back-offs and
+  "nothing more happens" do not sleep.
 * :mod:`tests.kit.netns` -- named network namespaces (unique names, deleted on exit),
   ``ip`` and running a command inside a namespace.
 * :mod:`tests.kit.daemon` -- an in-process daemon with every driver, and adding

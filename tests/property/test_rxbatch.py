@@ -1,9 +1,9 @@
 """Differential property tests: the numpy batch classifier agrees with RxFilter.accepts.
 
-Random filter states (rx modes, MAC tables including both overflows, VLAN bitmaps with CTRL_VLAN
-negotiated or not, a changed MAC) and random frames (truncated, 802.1Q and 802.1ad tagged,
-broadcast, multicast, destinations taken from the table) must give the same verdict per frame
-through every entry point of netstack.net.rxbatch.
+Random filter states set through :meth:`RxFilter.program` (rx modes, MAC tables including both
+overflows, VLAN bitmaps with filtering on or off, a changed MAC) and random frames (truncated,
+802.1Q and 802.1ad tagged, broadcast, multicast, destinations taken from the table) must give
+the same verdict per frame through every entry point of netstack.net.rxbatch.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from netstack.net import rxbatch
 from netstack.net.rxbatch import RxBatchClassifier, pack_headers
-from netstack.net.rxfilter import RX_MODES, VIRTIO_NET_OK, RxFilter
+from netstack.net.rxfilter import RX_MODES, RxFilter
 
 OWN = bytes.fromhex("525400123456")
 POOL = [
@@ -52,30 +52,21 @@ def table_block(entries: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[byt
 def filters(draw: st.DrawFn) -> RxFilter:
     f = RxFilter(draw(unicast_macs), vlan_negotiated=draw(st.booleans()))
     # Every mode on hides the table (promiscuous hides everything), so keep them mostly off.
-    modes = [
-        draw(st.sampled_from([False, False, True] if i else [False, False, False, True]))
-        for i in range(6)
-    ]
-    for cmd, on in enumerate(modes):
-        assert f.set_rx_mode(cmd, bytes([on])) == VIRTIO_NET_OK
+    modes = {
+        name: draw(st.sampled_from([False, False, True] if i else [False, False, False, True]))
+        for i, name in enumerate(RX_MODES)
+    }
+    f.program(rx_modes=modes)
     if draw(st.booleans()):
-        assert f.set_mac(draw(any_macs)) == VIRTIO_NET_OK
-    uni = draw(table_block(any_macs))
-    multi = draw(table_block(any_macs))
-    payload = (
-        struct.pack("<I", len(uni))
-        + b"".join(uni)
-        + struct.pack("<I", len(multi))
-        + b"".join(multi)
-    )
-    assert f.mac_table_set(payload) == VIRTIO_NET_OK
+        f.program(mac=draw(unicast_macs))
+    f.program(unicast=draw(table_block(unicast_macs)), multicast=draw(table_block(multicast_macs)))
     if draw(st.booleans()):
-        f.set_vlan_negotiated(not f.vlan_negotiated)
-    for add, vid in draw(st.lists(st.tuples(st.booleans(), st.integers(0, 4095)), max_size=8)):
-        assert (f.vlan_add if add else f.vlan_del)(struct.pack("<H", vid)) == VIRTIO_NET_OK
-    if draw(st.integers(0, 9)) == 0:  # a dense bitmap
-        for vid in draw(st.sets(st.integers(0, 4095), min_size=100, max_size=400)):
-            f.vlan_add(struct.pack("<H", vid))
+        f.program(vlan_filtering=not f.vlan_negotiated)
+    if f.vlan_negotiated:
+        vids = draw(st.sets(st.integers(0, 4095), max_size=8))
+        if draw(st.integers(0, 9)) == 0:  # a dense bitmap
+            vids |= draw(st.sets(st.integers(0, 4095), min_size=100, max_size=400))
+        f.program(vlans=vids)
     return f
 
 
@@ -137,7 +128,8 @@ def test_plan_follows_state_changes(data: st.DataObject, f: RxFilter) -> None:
     frames = data.draw(frame_lists(f, 0))
     assert clf.classify(frames).tolist() == reference(f, frames, 0)
     cmd = data.draw(st.integers(0, len(RX_MODES) - 1))
-    f.set_rx_mode(cmd, bytes([not f.rx_modes[RX_MODES[cmd]]]))
+    name = RX_MODES[cmd]
+    f.program(rx_modes={name: not f.rx_modes[name]})
     f.program(unicast=data.draw(st.lists(unicast_macs, max_size=8)), vlans=[1, 2, 3])
     assert clf.classify(frames).tolist() == reference(f, frames, 0)
 
@@ -190,7 +182,7 @@ def test_large_batches_are_chunked_consistently() -> None:
 
 def test_empty_batch_and_validation() -> None:
     f = RxFilter(OWN)
-    f.set_rx_mode(0, b"\x00")
+    f.program(rx_modes={"promisc": False})
     clf = RxBatchClassifier(f)
     assert clf.classify([]).tolist() == []
     assert clf.accepted([]) == []

@@ -14,6 +14,7 @@ from netstack.chardev import ChardevTable, Connection
 from netstack.chardev import sockets as chardev_sockets
 from netstack.errors import GenericError
 from netstack.qapi import chardev_from_qmp
+from tests.kit.clock import running
 
 
 class Sink:
@@ -64,6 +65,7 @@ async def test_raw_socket_front_end_refused(table: ChardevTable, tmp_path: Path)
     )
 
 
+@pytest.mark.manual_clock
 async def test_telnet_client_negotiates_nothing(table: ChardevTable) -> None:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -81,7 +83,7 @@ async def test_telnet_client_negotiates_nothing(table: ChardevTable) -> None:
     dev.attach(Sink())
     peer, _ = await asyncio.wait_for(accept, 5)
     peer.setblocking(False)
-    await asyncio.sleep(0.3)
+    await running().advance(5)  # neither at once nor later
     with pytest.raises(BlockingIOError):
         peer.recv(100)  # QEMU's telnet client mode sends no negotiation
     assert dev.filename() == f"telnet:127.0.0.1:{peer.getpeername()[1]} <-> 127.0.0.1:{port}"

@@ -17,6 +17,7 @@ from netstack.chardev import ChardevTable, Connection
 from netstack.chardev.sockets import SocketChardev
 from netstack.errors import GenericError
 from netstack.qapi import chardev_from_qmp, parse_chardev_cli
+from tests.kit.clock import running
 from tests.kit.polling import until
 
 
@@ -200,13 +201,14 @@ async def test_connection_held_until_frontend_attaches(table: ChardevTable, tmp_
     writer.close()
 
 
+@pytest.mark.manual_clock
 async def test_wait_blocks_start_until_a_client_connects(
     table: ChardevTable, tmp_path: Path
 ) -> None:
     path = str(tmp_path / "w.sock")
     adding = asyncio.create_task(table.add(sock_spec("w", unix(path), wait=True)))
     await until(lambda: os.path.exists(path))
-    await asyncio.sleep(0.1)
+    await running().advance(60)  # waits for a client, however long
     assert not adding.done()
     assert table.get("w") is None
     _reader, writer = await asyncio.open_unix_connection(path)
@@ -216,12 +218,13 @@ async def test_wait_blocks_start_until_a_client_connects(
     writer.close()
 
 
+@pytest.mark.manual_clock
 async def test_cli_server_waits_by_default(table: ChardevTable, tmp_path: Path) -> None:
     path = str(tmp_path / "cli.sock")
     spec = parse_chardev_cli(f"socket,id=c,path={path},server=on")
     adding = asyncio.create_task(table.add(spec, from_cli=True))
     await until(lambda: os.path.exists(path))
-    await asyncio.sleep(0.05)
+    await running().advance(60)
     assert not adding.done()
     _reader, writer = await asyncio.open_unix_connection(path)
     async with asyncio.timeout(5):
@@ -258,6 +261,7 @@ async def test_client_connect_failure_text(table: ChardevTable, tmp_path: Path) 
     assert table.get("u3") is None
 
 
+@pytest.mark.manual_clock
 async def test_client_filenames_and_data(table: ChardevTable, tmp_path: Path) -> None:
     path = str(tmp_path / "peer.sock")
     peers: list[asyncio.StreamWriter] = []
@@ -279,7 +283,7 @@ async def test_client_filenames_and_data(table: ChardevTable, tmp_path: Path) ->
         await until(lambda: bool(fe.conns))
         peers[0].close()
         await until(lambda: filename(table, "c") == f"disconnected:unix:{path}")
-        await asyncio.sleep(0.1)  # no reconnect option: stays disconnected
+        await running().advance(60)  # no reconnect option: stays disconnected
         assert filename(table, "c") == f"disconnected:unix:{path}"
     finally:
         server.close()

@@ -19,6 +19,7 @@ from netstack.qapi import (
     parse_chardev_cli,
     parse_qmp_shorthand,
 )
+from tests.kit.polling import until
 
 
 class Frontend:
@@ -78,6 +79,7 @@ async def test_add_duplicate_and_odd_ids(table: ChardevTable) -> None:
     )
 
 
+@pytest.mark.manual_clock
 async def test_concurrent_add_of_one_id(table: ChardevTable, tmp_path: Path) -> None:
     path = tmp_path / "w.sock"
     waiting = asyncio.create_task(
@@ -85,7 +87,7 @@ async def test_concurrent_add_of_one_id(table: ChardevTable, tmp_path: Path) -> 
             spec("w", "socket", addr={"type": "unix", "data": {"path": str(path)}}, wait=True)
         )
     )
-    await asyncio.sleep(0.05)
+    await until(path.exists)  # listening, waiting for its client
     await expect(table.add(spec("w", "null")), "Chardev with id 'w' already exists")
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -249,9 +251,7 @@ async def test_change_moves_a_hotswap_frontend(table: ChardevTable, tmp_path: Pa
     assert new is not None and new is not old and new.frontend is fe and old.frontend is None
     assert path.exists()
     _reader, writer = await asyncio.open_unix_connection(str(path))
-    async with asyncio.timeout(5):
-        while not fe.conns:
-            await asyncio.sleep(0.01)
+    await until(lambda: fe.conns)
     writer.close()
     assert await table.change(spec("c", "ringbuf")) == {}
     assert not path.exists()

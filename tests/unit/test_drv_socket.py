@@ -16,10 +16,11 @@ from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.proto.streamframe import FrameDecoder, encode_frames, frame_header
 from netstack.qapi import Netdev, NetdevSocketOptions, parse_netdev_cli
+from tests.kit.clock import accept_after_retry, running
 from tests.kit.polling import until
 from tests.support import Recorder, frame
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.manual_clock]
 
 
 async def add(ns: Netstack, text: str) -> NetClient:
@@ -143,7 +144,7 @@ async def test_listen_serves_one_peer_at_a_time(ns: Netstack) -> None:
     assert rec.send([frame(3), frame(4, 100)]) == 2
     assert await read_frames(first, 2) == [frame(3), frame(4, 100)]
     await loop.sock_sendall(second, encode_frames([frame(9)]))
-    await asyncio.sleep(0.05)
+    await running().settle()
     assert len(rec.got) == 3  # the second peer waits
     first.close()
     await until(lambda: nc.info_str.endswith(str(second.getsockname()[1])))
@@ -237,14 +238,14 @@ async def test_reconnect_ms_extension(ns: Netstack) -> None:
     server.bind(("127.0.0.1", port))
     server.listen(1)
     server.setblocking(False)
-    loop = asyncio.get_running_loop()
-    conn, _ = await asyncio.wait_for(loop.sock_accept(server), 5)
+    conn = await accept_after_retry(server, 0.05)
     await until(lambda: not nc.link_down)
     assert nc.info_str == f"socket: connect to 127.0.0.1:{port}"
+    loop = asyncio.get_running_loop()
     await loop.sock_sendall(conn, encode_frames([frame(1)]))
     await until(lambda: rec.got == [frame(1)])
     conn.close()  # the end of the connection: retried
-    conn, _ = await asyncio.wait_for(loop.sock_accept(server), 5)
+    conn = await accept_after_retry(server, 0.05)
     await until(lambda: not nc.link_down)
     rec.send([frame(2)])
     assert await read_frames(conn, 1) == [frame(2)]
@@ -377,7 +378,7 @@ async def test_input_back_pressure_pauses_reading(ns: Netstack) -> None:
     await loop.sock_sendall(theirs, encode_frames(frames[:5]))
     await until(lambda: len(rec.got) == 3)
     await loop.sock_sendall(theirs, encode_frames(frames[5:]))
-    await asyncio.sleep(0.05)
+    await running().settle()
     assert len(rec.got) == 3 and len(rec.incoming) == 2  # the rest stays in the socket
     rec.make_room(100)
     await until(lambda: len(rec.got) == 10)

@@ -19,10 +19,11 @@ from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.qapi import netdev_from_qmp, parse_netdev_cli
+from tests.kit.clock import running
 from tests.kit.polling import until
 from tests.support import Recorder, frame
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.manual_clock]
 
 
 async def add(ns: Netstack, text: str) -> NetClient:
@@ -274,7 +275,7 @@ async def test_input_back_pressure(ns: Netstack) -> None:
     for i in range(6):
         theirs.send(frame(i))
     await until(lambda: len(rec.got) == 2)
-    await asyncio.sleep(0.05)
+    await running().settle()
     assert len(rec.got) == 2
     rec.make_room(10)
     await until(lambda: len(rec.got) == 6)
@@ -312,7 +313,7 @@ async def test_full_unix_destination_does_not_spin(ns: Netstack, tmp_path: Path)
     rec.send(frames)
     assert nc.receive_disabled
     cpu = time.process_time()
-    await asyncio.sleep(0.3)
+    await running().wait_io(0.3)  # real time, the loop serving fds
     assert time.process_time() - cpu < 0.1, "spinning while the peer's queue is full"
     loop = asyncio.get_running_loop()
     got = [await asyncio.wait_for(loop.sock_recv(peer, 2000), 5) for _ in frames]

@@ -19,10 +19,11 @@ from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.proto.streamframe import FrameDecoder, encode_frames, frame_header
 from netstack.qapi import netdev_from_qmp, parse_netdev_cli
+from tests.kit.clock import accept_after_retry, running
 from tests.kit.polling import until
 from tests.support import Recorder, frame
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.manual_clock]
 
 
 Event = tuple[str, Any]
@@ -288,7 +289,7 @@ async def test_client_reconnects(ns: Netstack, tmp_path: Path) -> None:
     server.setblocking(False)
     loop = asyncio.get_running_loop()
     for round_ in range(2):
-        conn, _ = await asyncio.wait_for(loop.sock_accept(server), 5)
+        conn = await accept_after_retry(server, 0.05)
         await until(lambda: not nc.link_down)
         assert nc.info_str == f"unix:{path}"
         await loop.sock_sendall(conn, encode_frames([frame(round_)]))
@@ -306,8 +307,9 @@ async def test_client_reconnects(ns: Netstack, tmp_path: Path) -> None:
     assert events[0][1] == {"netdev-id": "c0", "addr": {"type": "unix", "path": path}}
     assert rec.got == [frame(0), frame(1)]
     server.close()
+    assert running().pending  # the retry
     ns.netdev_del("c0")  # cancels the pending retry
-    await asyncio.sleep(0.1)
+    assert not running().pending
 
 
 async def test_fd_client(ns: Netstack) -> None:
@@ -338,6 +340,6 @@ async def test_delete_while_connecting(ns: Netstack) -> None:
     port = server.getsockname()[1]
     await add(ns, f"stream,id=c0,addr.type=inet,addr.host=127.0.0.1,addr.port={port}")
     ns.netdev_del("c0")
-    await asyncio.sleep(0.05)
+    await running().settle()
     assert ns.find_netdev("c0") is None
     server.close()

@@ -21,6 +21,7 @@ from netstack.net.client import NetClient
 from netstack.net.hub import Hub
 from netstack.proto.l2tpv3 import L2TPv3Params, L2TPv3Session
 from netstack.qapi import NetdevL2TPv3Options, parse_netdev_cli
+from tests.kit.clock import run_manual, running
 from tests.kit.polling import until
 from tests.support import Recorder, frame
 
@@ -63,10 +64,8 @@ class FakeHost:
 
 
 def run(coro: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(coro(), timeout)
-
-    asyncio.run(bounded())
+    """Run a test body on a manual-clock loop (:func:`tests.kit.clock.run_manual`)."""
+    run_manual(lambda _loop: coro(), timeout=timeout)
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
@@ -264,6 +263,18 @@ def test_crafted_datagram_arrives_byte_exact_and_bad_ones_are_counted(
                 assert d["drop-short-datagram"] == 1 and t.stats.malformed == 3
                 assert "l2tpv3 t: session mismatch" in caplog.text  # the first drop, once
                 assert "unknown cookie id" not in caplog.text
+                # later drops: one summary per LOG_INTERVAL, the first after it has passed
+                test.sendto(wrong_cookie, ("127.0.0.1", port))
+                await until(lambda: t.session.drops.total == 4)
+                assert "since the last report" not in caplog.text
+                await running().advance(l2tpv3.LOG_INTERVAL)
+                test.sendto(wrong_session, ("127.0.0.1", port))
+                await until(lambda: t.session.drops.total == 5)
+                assert caplog.text.count("since the last report") == 1
+                assert (
+                    "(totals: unknown cookie id: 2, session mismatch: 2, short datagram: 1)"
+                    in caplog.text
+                )
                 rec.send([payload, payload])
                 for seq in (1, 2):
                     data = await asyncio.to_thread(test.recv, 65536)
@@ -320,12 +331,12 @@ def test_receiver_backpressure_pauses_reading_until_flushed(batch_io: bool) -> N
                 for i in range(20):
                     s.sendto(sender.encapsulate(frame(i)), ("127.0.0.1", pb))
                 await until(lambda: len(rec.got) == 5)
-                await asyncio.sleep(0.1)
+                await running().settle()
                 # the rest of the first batch waits in the queue; the socket is not read
                 assert len(rec.got) == 5 and len(rec.incoming) == 15
                 for i in range(20, 30):
                     s.sendto(sender.encapsulate(frame(i)), ("127.0.0.1", pb))
-                await asyncio.sleep(0.1)
+                await running().settle()
                 assert len(rec.incoming) == 15 and b.session.rx_frames == 20
                 rec.make_room(100)
                 await until(lambda: len(rec.got) == 30)
@@ -473,7 +484,7 @@ def test_raw_ip_tunnel(addr_a: str, addr_b: str, v6: str, batch_io: bool) -> Non
             await until(lambda: len(rb.got) == 5)
             rb.send([frame(9)])
             await until(lambda: len(ra.got) == 1)
-            await asyncio.sleep(0.05)
+            await running().settle()
             assert rb.got == sent and ra.got == [frame(9)]
             if v6:  # each saw its own transmissions and dropped them as foreign sessions
                 assert a.session.drops.bad_session >= 5 and b.session.drops.bad_session >= 1
@@ -535,10 +546,11 @@ def test_mmsg_transmit_backpressure_on_a_full_peer_queue() -> None:
                     while True:
                         got.append(theirs.recv(4096))
 
-            deadline = loop.time() + 10
-            while len(got) < 300 and loop.time() < deadline:
+            def drained() -> bool:
                 drain()
-                await asyncio.sleep(0.001)
+                return len(got) >= 300
+
+            await until(drained)
             assert [g[12:] for g in got] == frames
             assert [int.from_bytes(g[8:12], "big") for g in got] == list(range(1, 301))
             assert not client.receive_disabled and session.tx_frames == 300

@@ -26,6 +26,7 @@ from netstack.qapi import parse_netdev_cli
 from netstack.service.activation import ActivationError, ListenFds, parse_environ
 from netstack.service.metrics_http import MAX_HEAD, Endpoint, MetricsServer, parse_endpoint
 from netstack.service.notify import Notifier, message, socket_address, watchdog_interval
+from tests.kit.clock import ManualLoop, run_manual
 
 # -- activation ------------------------------------------------------------------------------
 
@@ -96,7 +97,11 @@ def test_notify_formats() -> None:
     assert watchdog_interval({}, 5) is None
 
 
-async def test_notifier_abstract_socket_and_watchdog() -> None:
+def test_notifier_abstract_socket_and_watchdog() -> None:
+    run_manual(notifier_abstract_socket_and_watchdog)
+
+
+async def notifier_abstract_socket_and_watchdog(loop: ManualLoop) -> None:
     name = f"netstack-test-{os.getpid()}"
     manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     manager.bind(b"\0" + name.encode())
@@ -106,8 +111,10 @@ async def test_notifier_abstract_socket_and_watchdog() -> None:
     assert env == {}  # children never see it
     try:
         notifier.ready("running")
-        await asyncio.sleep(0.17)
+        await loop.advance(0.17)
+        assert loop.pending == pytest.approx([loop.time() + 0.03])  # 50 ms after the last ping
         notifier.stopping()
+        assert loop.pending == []
         got = []
         while True:
             try:
@@ -118,7 +125,7 @@ async def test_notifier_abstract_socket_and_watchdog() -> None:
         notifier.close()
         manager.close()
     assert got[0] == b"READY=1\nSTATUS=running"
-    assert got[1:-1].count(b"WATCHDOG=1") >= 3  # at once, then every 50 ms
+    assert got[1:-1] == [b"WATCHDOG=1"] * 4  # at once, then every 50 ms
     assert got[-1] == b"STOPPING=1\nSTATUS=stopping"
 
 

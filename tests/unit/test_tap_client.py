@@ -12,12 +12,13 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
 from drivers.tap import tun
 from drivers.tap.client import (
+    LOG_INTERVAL,
     RX_BATCH,
     TapClient,
     VnetTapClient,
@@ -27,9 +28,13 @@ from drivers.tap.client import (
 )
 from netstack.net.hub import Hub
 from netstack.proto import vnet
+from tests.kit.clock import running
+from tests.kit.polling import until
 from tests.support import Recorder, frame
 
 LOG = logging.getLogger("test")
+
+pytestmark = pytest.mark.manual_clock
 
 
 class BatchRecorder(Recorder):
@@ -65,13 +70,13 @@ def client(sock: socket.socket, hdr: int = 0, **kw: object) -> TapClient:
     return c
 
 
-async def settle(cond: object = None, timeout: float = 2.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        await asyncio.sleep(0.01)
-        if callable(cond) and cond():
-            return
+async def settle(cond: Callable[[], object] | None = None) -> None:
+    """Until ``cond()`` holds (I/O served, time standing still); without one, until
+    the loop has nothing left to do."""
+    if cond is None:
+        await running().settle()
+    else:
+        await until(cond)
 
 
 def drain(sock: socket.socket) -> list[bytes]:
@@ -171,11 +176,12 @@ async def test_eagain_queues_in_order_then_flushes(pair) -> None:  # type: ignor
     assert c.write_eagain > 0
     assert len(c.incoming) > 0 and c.receive_disabled
     got: list[bytes] = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 5
-    while len(got) < len(frames) and loop.time() < end:
+
+    def drained() -> bool:
         got.extend(drain(theirs))
-        await asyncio.sleep(0.001)
+        return len(got) >= len(frames)
+
+    await until(drained, interval=0.001)
     assert got == frames
     assert len(c.incoming) == 0 and not c.receive_disabled
     c.cleanup()
@@ -192,7 +198,7 @@ async def test_reading_pauses_while_the_peer_queues(pair) -> None:  # type: igno
     await settle(lambda: c.frames_read >= 10)
     for f in frames[10:]:
         theirs.send(f)
-    await settle(timeout=0.2)
+    await settle()
     assert c.frames_read == 10  # paused: the rest waits in the socket
     rec.make_room(len(frames))
     await settle(lambda: len(rec.got) == 200)
@@ -268,14 +274,22 @@ async def test_cleanup_runs_hooks_then_closes(pair) -> None:  # type: ignore[no-
     c.cleanup()  # idempotent
 
 
-async def test_write_errors_are_counted_and_skipped(pair) -> None:  # type: ignore[no-untyped-def]
+async def test_write_errors_are_counted_and_skipped(  # type: ignore[no-untyped-def]
+    pair, caplog: pytest.LogCaptureFixture
+) -> None:
     ours, theirs = pair
     c = client(ours)
     src = Recorder("src")
     c.connect(src)
     theirs.close()  # writes now fail with ECONNREFUSED
-    assert src.send([frame(1), frame(2)]) == 2
-    assert c.write_errors == 2 and c.stats.tx_dropped == 2 and c.frames_written == 0
+    with caplog.at_level(logging.WARNING, logger="test"):
+        assert src.send([frame(1), frame(2)]) == 2
+        assert c.write_errors == 2 and c.stats.tx_dropped == 2 and c.frames_written == 0
+        assert caplog.text.count("write failed") == 1  # one line per LOG_INTERVAL
+        await running().advance(LOG_INTERVAL)
+        src.send([frame(3)])
+    assert caplog.text.count("write failed") == 2
+    assert "(1 similar suppressed)" in caplog.text
     c.cleanup()
 
 

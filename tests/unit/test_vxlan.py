@@ -4,7 +4,6 @@ the outer source, per-flow source ports, bad datagrams counted, netdev views."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import struct
@@ -27,7 +26,11 @@ from netstack.proto.vxlan import (
 )
 from netstack.qapi import netdev_from_qmp, parse_netdev_cli
 from netstack.qmp.hmp import run_hmp
+from tests.kit.clock import running
+from tests.kit.polling import until
 from tests.support import Recorder
+
+pytestmark = pytest.mark.manual_clock
 
 BCAST = b"\xff" * 6
 MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
@@ -154,11 +157,13 @@ class Wire:
                 return out
 
 
-async def settle(cond: Any, timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond() and loop.time() < end:
-        await asyncio.sleep(0.01)
+async def settle(cond: Any = None) -> None:
+    """Until ``cond()`` holds (I/O served, time standing still); without one, until the
+    loop has nothing left to do (sends are synchronous, so what was sent has arrived)."""
+    if cond is None:
+        await running().settle()
+    else:
+        await until(cond)
 
 
 async def test_driver_over_loopback() -> None:
@@ -181,7 +186,7 @@ async def test_driver_over_loopback() -> None:
     guest.connect(vx)
     # flood: one copy to each remote
     guest.send([udp_frame(BCAST, MAC_A, 1)])
-    await settle(lambda: False, 0.1)
+    await settle()
     got1, got2 = r1.drain(), r2.drain()
     assert len(got1) == len(got2) == 1
     assert got1[0][0][:8] == header(7) and got1[0][0][8:] == udp_frame(BCAST, MAC_A, 1)
@@ -191,7 +196,7 @@ async def test_driver_over_loopback() -> None:
     assert guest.got == [udp_frame(MAC_A, MAC_B, 5)]
     # unicast to the learned MAC goes to r2 only; many flows use several source ports
     guest.send([udp_frame(MAC_B, MAC_A, p) for p in range(1000, 1032)])
-    await settle(lambda: False, 0.1)
+    await settle()
     to_r2 = r2.drain()
     assert r1.drain() == [] and len(to_r2) == 32
     assert len({addr[1] for _data, addr in to_r2}) >= 3
@@ -201,7 +206,7 @@ async def test_driver_over_loopback() -> None:
     # separate datagrams, byte-exact, the shorter last one included
     run = [udp_frame(MAC_B, MAC_A, 7, size=1000)] * 20 + [udp_frame(MAC_B, MAC_A, 7, size=10)]
     guest.send(run)
-    await settle(lambda: False, 0.2)
+    await settle()
     got = r2.drain()
     assert [d[8:] for d, _a in got] == run
     assert len({a for _d, a in got}) == 1 and vx.counters()["gso-sends"] >= 1
@@ -225,6 +230,16 @@ async def test_driver_over_loopback() -> None:
         "127.0.0.1",
         "127.0.0.2",
     ]
+    # the learned entry ages out after ``ageing`` seconds: unicast floods again
+    await running().advance(30)
+    assert len(vxlan_control.tunnel_fdb(ns, "vx")) == 3
+    await running().advance(30.5)
+    assert len(vxlan_control.tunnel_fdb(ns, "vx")) == 2
+    guest.send([udp_frame(MAC_B, MAC_A, 9)])
+    await settle()
+    assert len(r1.drain()) == 1 and len(r2.drain()) == 1
+    r2.sock.sendto(header(7) + udp_frame(MAC_A, MAC_B, 5), ("127.0.0.1", port))
+    await settle(lambda: len(guest.got) == 2)
     # link down flushes what was learned
     ns.set_link("vx", False)
     assert [r["static"] for r in vxlan_control.tunnel_fdb(ns, "vx")] == [True, True]
@@ -255,7 +270,7 @@ async def test_mtu_refuses_df_packets_with_icmp_and_sends_the_rest() -> None:
     assert (icmp.type, icmp.code) == (3, 4)
     assert vx.counters()["frag-needed"] == 1 and r1.drain() == []
     guest.send([udp_frame(MAC_B, MAC_A, 1, size=1400)])  # no DF: goes, fragmented below
-    await settle(lambda: False, 0.1)
+    await settle()
     assert len(r1.drain()) == 1 and vx.counters()["oversize"] == 1
     await ns.close()
     r1.sock.close()

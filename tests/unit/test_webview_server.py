@@ -6,6 +6,7 @@ and never disturbing the next client. Plus ``-webview``'s argument and the HTTP 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from netstack.webview import server as server_mod
 from netstack.webview.http import BadRequest, parse_head
 from tests.daemon_proc import running_daemon
 from tests.interop.tls_pki import make_pki
+from tests.kit.clock import ManualLoop, run_manual
 from tests.support import frame
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,8 +42,8 @@ pytestmark = pytest.mark.timeout(60)
 BT_SHB, BT_IDB, BT_EPB, BT_ISB = 0x0A0D0D0A, 1, 6, 5
 
 
-@pytest.fixture
-async def view(tmp_path: Path) -> AsyncIterator[WebView]:
+@contextlib.asynccontextmanager
+async def open_view(tmp_path: Path) -> AsyncIterator[WebView]:
     ns = Netstack(drivers.registry(), runtime_dir=tmp_path, name="unit")
     for spec in ("hubport,id=p0,hubid=0", "hubport,id=p1,hubid=0"):
         await ns.netdev_add(parse_netdev_cli(spec))
@@ -52,6 +54,12 @@ async def view(tmp_path: Path) -> AsyncIterator[WebView]:
     finally:
         await wv.close()
         await ns.close()
+
+
+@pytest.fixture
+async def view(tmp_path: Path) -> AsyncIterator[WebView]:
+    async with open_view(tmp_path) as wv:
+        yield wv
 
 
 async def request(wv: WebView, raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -208,7 +216,20 @@ async def test_capture_ends_when_its_netdev_is_deleted(view: WebView) -> None:
     assert status == 200 and blocks(data) == [BT_SHB, BT_IDB, BT_ISB]
 
 
-async def test_capture_refusals(view: WebView, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_capture_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_manual(lambda loop: capture_refusals(loop, tmp_path, monkeypatch))
+
+
+async def capture_refusals(
+    loop: ManualLoop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_view(tmp_path) as view:
+        await _capture_refusals(loop, view, monkeypatch)
+
+
+async def _capture_refusals(
+    loop: ManualLoop, view: WebView, monkeypatch: pytest.MonkeyPatch
+) -> None:
     status, _, body = await request(view, post("/api/capture?netdev=nope"))
     assert status == 409 and json.loads(body) == {"error": "no such netdev: nope"}
     status, _, body = await request(view, post("/api/capture?netdev=p0%2Cfile%3D%2Fetc%2Fx"))
@@ -224,7 +245,7 @@ async def test_capture_refusals(view: WebView, monkeypatch: pytest.MonkeyPatch) 
     assert status == 200
     status, _, body = await request(view, post("/api/capture?netdev=p0"))
     assert status == 409 and "at most 1" in json.loads(body)["error"]
-    await asyncio.sleep(1.5)  # the first capture stops by itself
+    await loop.advance(1.0)  # the first capture stops by itself
     status, _, body = await request(view, get("/api/captures"))
     assert [c["state"] for c in json.loads(body)] == ["stopped"]
 
