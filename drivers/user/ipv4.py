@@ -1,4 +1,4 @@
-"""Hot-path codecs of the user netdev's guest side: Ethernet, IPv4, UDP and ICMP headers.
+"""Hot-path IPv4 codecs: Ethernet, IPv4, UDP, ICMP and ARP headers (the user netdev's).
 
 Owns building guest-bound frames - the IPv4 header with its checksum, UDP with its
 pseudo-header checksum, fragmentation of datagrams larger than the guest MTU (RFC 791:

@@ -10,8 +10,8 @@ other protocol gets ICMP "protocol unreachable" for a unicast datagram); local I
 for the gateway's addresses; the UDP services (DHCP on 67 at the host address or
 broadcast, TFTP on 69 at the host address, DNS on 53 at the DNS address) and the UDP NAT
 and ICMP echo relay for everything else; ``restrict=on`` (UDP other than DHCP/TFTP and
-relayed ICMP dropped); and building guest-bound frames (:mod:`.ipv4`: fragmented to the
-MTU, padded to 60 bytes).
+relayed ICMP dropped); and building guest-bound frames
+(:mod:`.ipv4`: fragmented to the MTU, padded to 60 bytes).
 
 Sans-IO: frames and host events go in with ``now``; frames for the guest accumulate in
 :attr:`Gateway.out`, work for the host sockets in :attr:`Gateway.actions`
