@@ -19,7 +19,14 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
-from netstack.proto.checksum import addr_sum, finish, finish_udp, fold, ones_sum, verify
+from netstack.proto.checksum import (
+    addr_sum,
+    finish,
+    finish_udp,
+    ipv4_header_checksum,
+    ipv4_header_ok,
+    ones_sum,
+)
 
 ETH_P_IP: Final = 0x0800
 ETH_P_ARP: Final = 0x0806
@@ -55,7 +62,6 @@ ZERO_IP: Final = b"\0" * 4
 
 ETH = struct.Struct("!6s6sH")
 IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV4_WORDS = struct.Struct("!10H")
 UDP = struct.Struct("!HHHH")
 ICMP_HDR = struct.Struct("!BBHHH")  # type, code, checksum, id, seq (echo) / unused
 ARP = struct.Struct("!HHBBH6s4s6s4s")
@@ -74,15 +80,12 @@ def ipv4_header(
 ) -> bytes:  # fmt: skip
     """A 20-byte IPv4 header with its checksum."""
     hdr = IPV4.pack(0x45, tos, total, ident, frag, ttl, proto, 0, src, dst)
-    csum = ~fold(sum(_IPV4_WORDS.unpack(hdr))) & 0xFFFF
+    csum = ipv4_header_checksum(hdr)
     return IPV4.pack(0x45, tos, total, ident, frag, ttl, proto, csum, src, dst)
 
 
-def header_ok(frame: bytes, start: int, ihl: int) -> bool:
-    """Whether the IPv4 header at ``frame[start:start + ihl]`` sums to 0xFFFF."""
-    if ihl == IP_HLEN:
-        return fold(sum(_IPV4_WORDS.unpack_from(frame, start))) == 0xFFFF
-    return verify(frame[start : start + ihl])
+#: Whether the IPv4 header at ``frame[start:start + ihl]`` checks out.
+header_ok = ipv4_header_ok
 
 
 def udp_segment(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:

@@ -42,6 +42,7 @@ _ADDR4: Final = struct.Struct("!2H")
 _ADDR6: Final = struct.Struct("!8H")
 _ADDRS4: Final = struct.Struct("!4H")
 _ADDRS6: Final = struct.Struct("!16H")
+_IPV4_WORDS: Final = struct.Struct("!10H")
 
 
 def fold(total: int) -> int:
@@ -85,6 +86,19 @@ def finish_udp(total: int) -> int:
 def verify(data: bytes | bytearray | memoryview, initial: int = 0) -> bool:
     """Whether ``data`` (checksum field included) plus ``initial`` sums to 0xFFFF."""
     return ones_sum(data, initial) == 0xFFFF
+
+
+def ipv4_header_ok(buf: bytes | bytearray | memoryview, start: int, ihl: int) -> bool:
+    """Whether the IPv4 header of ``ihl`` bytes at ``buf[start:]`` checks out (RFC 791;
+    the common 20-byte header is summed as ten words, without a slice)."""
+    if ihl == 20:
+        return fold(sum(_IPV4_WORDS.unpack_from(buf, start))) == 0xFFFF
+    return verify(buf[start : start + ihl])
+
+
+def ipv4_header_checksum(header: bytes | bytearray | memoryview) -> int:
+    """The checksum field of a 20-byte IPv4 header whose own field is zero."""
+    return ~fold(sum(_IPV4_WORDS.unpack_from(header))) & 0xFFFF
 
 
 def addr_sum(addr: bytes) -> int:

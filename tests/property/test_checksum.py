@@ -224,3 +224,14 @@ def test_ipv6_with_checksum_bytes(src: bytes, dst: bytes, proto: int, body: byte
     if proto == 17:
         assert ck.udp6_ok(src, dst, got)
         assert not ck.udp6_ok(src, dst, got[:6] + b"\0\0" + got[8:])
+
+
+@SETTINGS
+@given(st.binary(min_size=20, max_size=20))
+def test_ipv4_header_checksum(hdr: bytes) -> None:
+    zeroed = hdr[:10] + b"\0\0" + hdr[12:]
+    field = ck.ipv4_header_checksum(zeroed)
+    assert field == ~naive_sum(zeroed) & 0xFFFF
+    filled = zeroed[:10] + field.to_bytes(2, "big") + zeroed[12:]
+    assert ck.ipv4_header_ok(filled, 0, 20) and ck.ipv4_header_ok(b"\0" * 3 + filled, 3, 20)
+    assert ck.ipv4_header_ok(filled, 0, 20) == ck.verify(filled)

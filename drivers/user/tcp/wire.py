@@ -19,7 +19,7 @@ import struct
 from typing import Final, NamedTuple
 
 from netstack.proto import vnet as vnet_hdr
-from netstack.proto.checksum import addrs_sum, fold, ones_sum
+from netstack.proto.checksum import addrs_sum, fold, ipv4_header_ok, ones_sum
 
 FIN: Final = 0x01
 SYN: Final = 0x02
@@ -53,7 +53,6 @@ TCP: Final = struct.Struct("!HHIIBBHHH")  # sport dport seq ack off flags wnd cs
 _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
 _U32X2: Final = struct.Struct("!II")
-_IPV4_WORDS: Final = struct.Struct("!10H")
 _IPV6_EXT: Final = (0, 43, 60)  # Hop-by-Hop, Routing, Destination Options
 _IPV6_FRAG: Final = 44
 
@@ -242,10 +241,7 @@ def parse_frame(frame: bytes, vnet: bool = False) -> Segment | str:
             total = n - ETH_HLEN
         if ihl < 20 or total < ihl or ETH_HLEN + total > n:
             return "ip-malformed"
-        if ihl == 20:
-            if fold(sum(_IPV4_WORDS.unpack_from(view, 14))) != 0xFFFF:
-                return "ip-bad-checksum"
-        elif ones_sum(view[14 : 14 + ihl]) != 0xFFFF:
+        if not ipv4_header_ok(view, 14, ihl):
             return "ip-bad-checksum"
         if ((view[20] << 8) | view[21]) & 0x3FFF:
             return "ip-fragment"
