@@ -1,9 +1,9 @@
 """The IPv4 host sockets of the user netdev: the fds behind the gateway's host actions.
 
 Owns, for one user netdev, every host fd the IPv4 gateway (:class:`~.router.Gateway`) asks
-for through its :attr:`~.router.Gateway.actions`: the UDP flow sockets (one per guest
-source, opened on the first :class:`~.udp_nat.UdpSend`, closed on
-:class:`~.udp_nat.UdpClose`; ``IP_RECVERR`` errors come back to the guest as ICMP errors),
+for through its :attr:`~.router.Gateway.actions`: the UDP flow sockets
+(:class:`.udpflows.UdpFlowSockets` with :data:`.udpflows.UDP4`, shared with :mod:`.host6`;
+``IP_RECVERR`` errors come back to the guest as ICMP errors),
 one socket per address family for the DNS relay's upstreams (:class:`~.dns.Upstream`), and
 the ICMP echo sockets (:class:`.hostecho.EchoSockets` with :data:`ECHO4`: a ping socket per
 echo flow, or one raw socket, or none - :func:`.hostsock.icmp_mode`). It is the IPv4
@@ -23,7 +23,6 @@ through ``internal_error`` and the netdev keeps serving).
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import struct
@@ -34,12 +33,13 @@ from . import conntable, hostsock, ipv4
 from .conntable import ConnRow
 from .dns import Upstream
 from .hostecho import EchoFamily, EchoReply, EchoSockets, ErrorSink
+from .hostsock import HostError
 from .icmp_relay import PingClose, PingSend
 from .router import Action, Gateway
 from .udp_nat import UdpClose, UdpSend
+from .udpflows import UDP4, FlowKey, UdpFlowSockets
 
 _ECHO: Final = struct.Struct("!BBHHH")
-_SOFT_ERRORS: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
 
 def _echo_request(host_id: int, seq: int, payload: bytes, raw: bool) -> bytes:
@@ -77,8 +77,12 @@ class Ipv4Sockets:
         self._flush = flush
         self._host_error = host_error
         self._internal_error = internal_error
-        self._udp: dict[tuple[bytes, int], socket.socket] = {}
-        self._udp_ttl: dict[tuple[bytes, int], int] = {}
+        self.udp = UdpFlowSockets(
+            UDP4, loop, gw.stats, open_failed=gw.udp.close, send_failed=self._udp_send_failed,
+            host_error_in=self._udp_host_error, datagram_in=self._udp_datagram,
+            after_input=lambda now: None, flush=flush, host_error=host_error,
+            internal_error=internal_error,
+        )  # fmt: skip
         self._dns = hostsock.UpstreamSockets(loop, self._dns_answer, host_error)
         self.closed = False
         mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode()
@@ -103,11 +107,11 @@ class Ipv4Sockets:
         if self.closed:
             return
         if isinstance(action, UdpSend):
-            self._udp_send(action, now)
+            self.udp.send(action, now)
         elif isinstance(action, Upstream):
             self._dns_send(action)
         elif isinstance(action, UdpClose):
-            self._close_udp(action.key)
+            self.udp.close_flow(action.key)
         elif isinstance(action, PingSend):
             a = action
             self.echo.send(a.key, a.host_id, a.host, a.seq, a.payload, a.ttl)
@@ -116,86 +120,29 @@ class Ipv4Sockets:
 
     # -- UDP flows -------------------------------------------------------------------------
 
-    def _udp_send(self, a: UdpSend, now: float) -> None:
-        sock = self._udp.get(a.key)
-        if sock is None:
-            try:
-                sock = hostsock.udp_flow_socket()
-            except OSError as exc:
-                self._host_error("UDP socket", exc)
-                self._gw.udp.close(a.key)
-                return
-            self._udp[a.key] = sock
-            self._loop.add_reader(sock.fileno(), self._udp_readable, a.key, sock)
-        if self._udp_ttl.get(a.key) != a.ttl:
-            try:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(1, min(a.ttl, 255)))
-                self._udp_ttl[a.key] = a.ttl
-            except OSError:
-                pass
-        for _attempt in range(2):
-            try:
-                sock.sendto(a.payload, (a.host, a.port))
-                return
-            except OSError as exc:
-                if exc.errno == errno.ECONNREFUSED:
-                    continue  # an earlier datagram's error, reported late: send again
-                if exc.errno in _SOFT_ERRORS:
-                    self._gw.stats["udp-send-dropped"] += 1
-                    return
-                # libslirp answers a failed send with "network unreachable"
-                self._gw.udp_host_error(a.key, a.host, a.port, ipv4.ICMP_UNREACH,
-                                        ipv4.UNREACH_NET, None, a.payload)  # fmt: skip
-                self._host_error("UDP send", exc)
-                return
+    def _udp_send_failed(self, a: UdpSend, now: float) -> None:
+        # libslirp answers a failed send with "network unreachable"
+        self._gw.udp_host_error(a.key, a.host, a.port, ipv4.ICMP_UNREACH, ipv4.UNREACH_NET,
+                                None, a.payload)  # fmt: skip
 
-    def _udp_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
-        if self.closed or self._udp.get(key) is not sock:
-            return
-        now = self._loop.time()
-        gw = self._gw
-        try:
-            for err in hostsock.read_errors(sock):
-                gw.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
-                                  err.offender, err.head)  # fmt: skip
-            for _ in range(hostsock.RX_BATCH):
-                try:
-                    data, addr = sock.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.ECONNREFUSED:  # reported through the error queue
-                        self._host_error("UDP receive", exc)
-                    break
-                gw.udp_from_host(key, addr[0], addr[1], data, now)
-        except Exception:
-            self._internal_error("UDP flow")
-        self._flush(now)
+    def _udp_host_error(self, key: FlowKey, err: HostError, now: float) -> None:
+        self._gw.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
+                                err.offender, err.head)  # fmt: skip
 
-    def udp_bound(self, key: tuple[bytes, int]) -> tuple[str, int] | None:
+    def _udp_datagram(self, key: FlowKey, host: str, port: int, data: bytes, now: float) -> None:
+        self._gw.udp_from_host(key, host, port, data, now)
+
+    def udp_bound(self, key: FlowKey) -> tuple[str, int] | None:
         """Where flow ``key``'s host socket is bound (None: no socket yet)."""
-        sock = self._udp.get(key)
-        if sock is None:
-            return None
-        addr = sock.getsockname()
-        return str(addr[0]), int(addr[1])
+        return self.udp.bound(key)
 
-    def udp_adopt(self, key: tuple[bytes, int], sock: socket.socket) -> None:
+    def udp_adopt(self, key: FlowKey, sock: socket.socket) -> None:
         """Take a bound flow socket made elsewhere (live migration) for flow ``key``."""
-        self._close_udp(key)
-        self._udp[key] = sock
-        self._loop.add_reader(sock.fileno(), self._udp_readable, key, sock)
+        self.udp.adopt(key, sock)
 
-    def udp_close(self, key: tuple[bytes, int]) -> None:
+    def udp_close(self, key: FlowKey) -> None:
         """Close flow ``key``'s socket (the flow moved away)."""
-        self._close_udp(key)
-
-    def _close_udp(self, key: tuple[bytes, int]) -> None:
-        sock = self._udp.pop(key, None)
-        self._udp_ttl.pop(key, None)
-        if sock is not None:
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
+        self.udp.close_flow(key)
 
     # -- DNS upstreams ---------------------------------------------------------------------
 
@@ -216,14 +163,14 @@ class Ipv4Sockets:
     # -- views and life --------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
-        return {"udp-sockets": len(self._udp)}
+        return self.udp.counters()
 
     def conn_rows(self, now: float) -> list[ConnRow]:
         """Connection-table rows of the UDP flows and the ICMP echo flows, newest first per
         table."""
         gw = self._gw
         return [
-            *conntable.udp_rows(gw.udp.flows, self._udp, now),
+            *conntable.udp_rows(gw.udp.flows, self.udp.socks, now),
             *conntable.icmp_rows(gw.icmp.flows, self.echo.ping, self.echo.raw, now),
         ]
 
@@ -232,7 +179,6 @@ class Ipv4Sockets:
         if self.closed:
             return
         self.closed = True
-        for key in list(self._udp):
-            self._close_udp(key)
+        self.udp.close()
         self.echo.close()
         self._dns.close()

@@ -4,7 +4,8 @@ and the host sockets they need.
 Owns, for one user netdev with IPv6 enabled (``ipv6=``, QEMU's quirk kept in
 :func:`.ipv6.families_enabled`): the :class:`~.ipv6.Ipv6Router` (NDP, RAs with prefix and
 RDNSS, ICMPv6 echo, DHCPv6), the :class:`~.nat6.Nat6` (UDP NAT, DNS relay, TCP policy) and
-every host fd they use - UDP flow sockets (``AF_INET6``, ``IPV6_RECVERR``), DNS upstream
+every host fd they use - UDP flow sockets (:class:`.udpflows.UdpFlowSockets` with
+:data:`.udpflows.UDP6`, shared with :mod:`.host4`: ``AF_INET6``, ``IPV6_RECVERR``), DNS upstream
 sockets for the IPv6 relay (one per upstream family), and the ICMPv6 echo sockets
 (:class:`.hostecho.EchoSockets` with :data:`ECHO6`, shared with :mod:`.host4`: a ping socket
 per echo flow, or one raw ICMPv6 socket, or none - :func:`.hostsock.icmp_mode`).
@@ -30,7 +31,6 @@ reported through ``internal_error`` and the netdev keeps serving).
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -47,10 +47,10 @@ from .options import UserConfig
 from .router import Gateway
 from .tcp import Segment, ethernet_header
 from .udp_nat import UdpClose, UdpSend
+from .udpflows import UDP6, FlowKey, UdpFlowSockets
 
 ETH_P_IPV6: Final = 0x86DD
 _PUMP_ROUNDS: Final = 4
-_SOFT_ERRORS: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
 
 def _echo_request(host_id: int, seq: int, payload: bytes, raw: bool) -> bytes:
@@ -90,10 +90,14 @@ class Ipv6Service:
         self.router = Ipv6Router(self.cfg, now=loop.time(), echo_max_flows=icmp_max_flows)
         self.nat = Nat6(self.router, gw.dns, udp_max_flows=udp_max_flows)
         self.router.ip_handlers[pk.IPPROTO_UDP] = self.nat.udp_in
-        self._udp: dict[tuple[bytes, int], socket.socket] = {}
-        self._hops: dict[int, int] = {}  # fd -> hop limit set on it
         self._dns = hostsock.UpstreamSockets(loop, self._dns_answer, host_error)
         self.stats: Counter[str] = Counter()
+        self.udp = UdpFlowSockets(
+            UDP6, loop, self.stats, open_failed=self.nat.close_flow,
+            send_failed=self.nat.udp_send_failed, host_error_in=self._udp_host_error,
+            datagram_in=self.nat.udp_from_host, after_input=self.pump, flush=flush,
+            host_error=host_error, internal_error=internal_error,
+        )  # fmt: skip
         self.closed = False
         mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode(socket.AF_INET6)
         self.echo = EchoSockets(
@@ -147,11 +151,11 @@ class Ipv6Service:
 
     def _act(self, action: Any, now: float) -> None:
         if isinstance(action, UdpSend):
-            self._udp_send(action, now)
+            self.udp.send(action, now)
         elif isinstance(action, Upstream):
             self._dns_send(action)
         elif isinstance(action, UdpClose):
-            self._close_udp(action.key)
+            self.udp.close_flow(action.key)
         elif isinstance(action, PingSend):
             a = action
             self.echo.send(a.key, a.host_id, a.host, a.seq, a.payload, a.hop_limit)
@@ -197,71 +201,9 @@ class Ipv6Service:
 
     # -- UDP flows -------------------------------------------------------------------------
 
-    def _set_hops(self, sock: socket.socket, hops: int) -> None:
-        hops = max(1, min(hops, 255))
-        if self._hops.get(sock.fileno()) != hops:
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
-                self._hops[sock.fileno()] = hops
-            except OSError:
-                pass
-
-    def _udp_send(self, a: UdpSend, now: float) -> None:
-        sock = self._udp.get(a.key)
-        if sock is None:
-            try:
-                sock = hostsock.udp6_flow_socket()
-            except OSError as exc:
-                self._host_error("UDP6 socket", exc)
-                self.nat.close_flow(a.key)
-                return
-            self._udp[a.key] = sock
-            self._loop.add_reader(sock.fileno(), self._udp_readable, a.key, sock)
-        self._set_hops(sock, a.ttl)
-        for _attempt in range(2):
-            try:
-                sock.sendto(a.payload, (a.host, a.port))
-                return
-            except OSError as exc:
-                if exc.errno == errno.ECONNREFUSED:
-                    continue  # an earlier datagram's error, reported late: send again
-                if exc.errno in _SOFT_ERRORS:
-                    self.stats["udp6-send-dropped"] += 1
-                    return
-                self.nat.udp_send_failed(a, now)
-                self._host_error("UDP6 send", exc)
-                return
-
-    def _udp_readable(self, key: tuple[bytes, int], sock: socket.socket) -> None:
-        if self.closed or self._udp.get(key) is not sock:
-            return
-        now = self._loop.time()
-        nat = self.nat
-        try:
-            for err in hostsock.read_errors(sock):
-                nat.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
-                                   err.offender, err.head, now)  # fmt: skip
-            for _ in range(hostsock.RX_BATCH):
-                try:
-                    data, addr = sock.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.ECONNREFUSED:  # reported through the error queue
-                        self._host_error("UDP6 receive", exc)
-                    break
-                nat.udp_from_host(key, str(addr[0]), int(addr[1]), data, now)
-            self.pump(now)
-        except Exception:
-            self._internal_error("UDP6 flow")
-        self._flush(now)
-
-    def _close_udp(self, key: tuple[bytes, int]) -> None:
-        sock = self._udp.pop(key, None)
-        if sock is not None:
-            self._hops.pop(sock.fileno(), None)
-            self._loop.remove_reader(sock.fileno())
-            sock.close()
+    def _udp_host_error(self, key: FlowKey, err: hostsock.HostError, now: float) -> None:
+        self.nat.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
+                                err.offender, err.head, now)  # fmt: skip
 
     # -- DNS upstreams of the IPv6 relay ---------------------------------------------------
 
@@ -286,14 +228,14 @@ class Ipv6Service:
         total: Counter[str] = Counter(self.stats)
         total.update(self.router.counters())
         total.update(self.nat.counters())
-        total["udp6-sockets"] = len(self._udp)
+        total.update(self.udp.counters())
         return dict(total)
 
     def conn_rows(self, now: float) -> list[ConnRow]:
         """Connection-table rows (``info usernet``, ``query-user-connections``) of the IPv6
         UDP flows and ICMPv6 echo flows, newest first per table."""
         return [
-            *conntable.udp_rows(self.nat.udp.flows, self._udp, now),
+            *conntable.udp_rows(self.nat.udp.flows, self.udp.socks, now),
             *conntable.icmp_rows(self.router.echo.flows, self.echo.ping, self.echo.raw, now),
         ]
 
@@ -311,8 +253,7 @@ class Ipv6Service:
         if self.closed:
             return []
         self.closed = True
-        for key in list(self._udp):
-            self._close_udp(key)
+        self.udp.close()
         self.echo.close()
         self._dns.close()
         if self in self._gw.timers:

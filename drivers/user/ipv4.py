@@ -1,4 +1,4 @@
-"""Hot-path codecs of the user netdev's guest side: Ethernet, IPv4, UDP and ICMP headers.
+"""Hot-path IPv4 codecs: Ethernet, IPv4, UDP, ICMP and ARP headers (the user netdev's).
 
 Owns building guest-bound frames - the IPv4 header with its checksum, UDP with its
 pseudo-header checksum, fragmentation of datagrams larger than the guest MTU (RFC 791:
@@ -19,7 +19,14 @@ import struct
 from collections.abc import Sequence
 from typing import Final
 
-from netstack.proto.checksum import fold, ones_sum
+from netstack.proto.checksum import (
+    addr_sum,
+    finish,
+    finish_udp,
+    ipv4_header_checksum,
+    ipv4_header_ok,
+    ones_sum,
+)
 
 ETH_P_IP: Final = 0x0800
 ETH_P_ARP: Final = 0x0806
@@ -55,38 +62,16 @@ ZERO_IP: Final = b"\0" * 4
 
 ETH = struct.Struct("!6s6sH")
 IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV4_WORDS = struct.Struct("!10H")
 UDP = struct.Struct("!HHHH")
 ICMP_HDR = struct.Struct("!BBHHH")  # type, code, checksum, id, seq (echo) / unused
 ARP = struct.Struct("!HHBBH6s4s6s4s")
-_U32 = struct.Struct("!I")
 _ETH_TYPE_IP = b"\x08\x00"
 _PAD = bytes(ETH_ZLEN)
-#: Up to this size checksums are summed as one big integer; numpy beyond.
-_BIGINT_MAX = 512
 
 
 def virtual_mac(addr: bytes) -> bytes:
     """The MAC slirp gives a virtual address: ``52:55`` followed by the 4 address bytes."""
     return b"\x52\x55" + addr
-
-
-def csum(data: bytes | memoryview, initial: int = 0) -> int:
-    """The folded ones'-complement sum of ``data`` plus ``initial`` (for inputs that are not
-    all zero, which checksummed packets never are). Small buffers use the identity
-    ``sum of 16-bit words = value mod 0xFFFF`` on one big integer (2**16 = 1 mod 0xFFFF);
-    large ones numpy (:func:`netstack.proto.checksum.ones_sum`)."""
-    if len(data) > _BIGINT_MAX:
-        return ones_sum(data, fold(initial))
-    if len(data) & 1:
-        data = bytes(data) + b"\0"
-    return (int.from_bytes(data, "big") + initial) % 0xFFFF or 0xFFFF
-
-
-def addr_sum(addr: bytes) -> int:
-    """The ones'-complement sum of a 4-byte address as two 16-bit words (unfolded)."""
-    value: int = _U32.unpack(addr)[0]
-    return (value >> 16) + (value & 0xFFFF)
 
 
 def ipv4_header(
@@ -95,37 +80,25 @@ def ipv4_header(
 ) -> bytes:  # fmt: skip
     """A 20-byte IPv4 header with its checksum."""
     hdr = IPV4.pack(0x45, tos, total, ident, frag, ttl, proto, 0, src, dst)
-    csum = ~fold(sum(_IPV4_WORDS.unpack(hdr))) & 0xFFFF
+    csum = ipv4_header_checksum(hdr)
     return IPV4.pack(0x45, tos, total, ident, frag, ttl, proto, csum, src, dst)
 
 
-def header_ok(frame: bytes, start: int, ihl: int) -> bool:
-    """Whether the IPv4 header at ``frame[start:start + ihl]`` sums to 0xFFFF."""
-    if ihl == IP_HLEN:
-        return fold(sum(_IPV4_WORDS.unpack_from(frame, start))) == 0xFFFF
-    return csum(frame[start : start + ihl]) == 0xFFFF
+#: Whether the IPv4 header at ``frame[start:start + ihl]`` checks out.
+header_ok = ipv4_header_ok
 
 
 def udp_segment(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
     """UDP header (with the pseudo-header checksum) followed by ``payload``."""
     ulen = UDP_HLEN + len(payload)
     initial = addr_sum(src) + addr_sum(dst) + IPPROTO_UDP + ulen + sport + dport + ulen
-    value = ~csum(payload, initial) & 0xFFFF
-    return UDP.pack(sport, dport, ulen, value or 0xFFFF) + payload
-
-
-def udp_checksum_ok(src: bytes, dst: bytes, segment: bytes | memoryview) -> bool:
-    """Whether a received UDP segment's checksum holds (a zero checksum means none)."""
-    if segment[6] == 0 and segment[7] == 0:
-        return True
-    initial = addr_sum(src) + addr_sum(dst) + IPPROTO_UDP + len(segment)
-    return csum(segment, initial) == 0xFFFF
+    return UDP.pack(sport, dport, ulen, finish_udp(ones_sum(payload, initial))) + payload
 
 
 def icmp_message(icmp_type: int, code: int, rest: bytes, body: bytes | memoryview) -> bytes:
     """An ICMP message: type, code, checksum, 4 bytes ``rest`` and ``body``."""
     msg = bytes([icmp_type, code, 0, 0]) + rest + body
-    value = ~csum(msg) & 0xFFFF
+    value = finish(ones_sum(msg))
     return msg[:2] + value.to_bytes(2, "big") + msg[4:]
 
 

@@ -10,8 +10,8 @@ other protocol gets ICMP "protocol unreachable" for a unicast datagram); local I
 for the gateway's addresses; the UDP services (DHCP on 67 at the host address or
 broadcast, TFTP on 69 at the host address, DNS on 53 at the DNS address) and the UDP NAT
 and ICMP echo relay for everything else; ``restrict=on`` (UDP other than DHCP/TFTP and
-relayed ICMP dropped); and building guest-bound frames (:mod:`.ipv4`: fragmented to the
-MTU, padded to 60 bytes).
+relayed ICMP dropped); and building guest-bound frames
+(:mod:`.ipv4`: fragmented to the MTU, padded to 60 bytes).
 
 Sans-IO: frames and host events go in with ``now``; frames for the guest accumulate in
 :attr:`Gateway.out`, work for the host sockets in :attr:`Gateway.actions`
@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, Final, NamedTuple, Protocol
 
 from netstack.proto import vnet as vnet_hdr
+from netstack.proto.checksum import udp4_ok, verify
 
 from . import ipv4
 from .dhcp import BOOTP_CLIENT, BOOTP_SERVER, DhcpServer
@@ -304,7 +305,7 @@ class Gateway:
             return
         if ulen < len(p):
             p = p[:ulen]
-        if csum and not ipv4.udp_checksum_ok(pkt.src, pkt.dst, p):
+        if csum and not udp4_ok(pkt.src, pkt.dst, p):
             self.stats["udp-bad-checksum"] += 1
             return
         data = p[8:]
@@ -366,7 +367,7 @@ class Gateway:
 
     def _icmp_in(self, pkt: Packet, now: float) -> None:
         p = pkt.payload
-        if len(p) < 8 or ipv4.csum(p) != 0xFFFF:
+        if len(p) < 8 or not verify(p):
             self.stats["icmp-malformed"] += 1
             return
         if p[0] != ipv4.ICMP_ECHO:

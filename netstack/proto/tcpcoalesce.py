@@ -26,8 +26,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from netstack.proto.checksum import finish, fold, ones_sum, pseudo_v4
-from netstack.proto.vnet import GSO_TCPV4, NEEDS_CSUM, PLAIN_HDR, _payload_sums, pack
+from netstack.proto.checksum import finish, fold, ones_sum, pseudo_v4, slice_sums
+from netstack.proto.vnet import GSO_TCPV4, NEEDS_CSUM, PLAIN_HDR, pack
 
 #: The largest merged IP packet.
 MAX_IP_LEN = 65535 - 14 - 40
@@ -59,7 +59,7 @@ def _valid(run: list[bytes], hlen: int, mss: int, payload: bytes) -> bool:
     """Every segment's IPv4 header and TCP checksum is right. The payload sums come from
     one numpy reduction over the joined payload (``mss``-byte slices, as the segments
     are), so per segment only its header words are summed in Python."""
-    sums = _payload_sums(memoryview(payload), mss, len(run))
+    sums = slice_sums(memoryview(payload), mss, len(run))
     for f, payload_sum in zip(run, sums, strict=True):
         if ones_sum(f[14:34]) != 0xFFFF:
             return False

@@ -36,9 +36,7 @@ import itertools
 import struct
 from collections.abc import Sequence
 
-import numpy as np
-
-from netstack.proto.checksum import finish, fold, ones_sum
+from netstack.proto.checksum import finish, finish_udp, ones_sum, slice_sums
 
 HDR_LEN = 12
 HDR_LEN_LEGACY = 10
@@ -188,13 +186,6 @@ def _locate(data: memoryview) -> _Net:
     raise ValueError("gso on a frame that is not IP")
 
 
-def _csum(total: int) -> int:
-    """``finish`` for sums below 2**32 (two folds), inlined cost."""
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _ip_end(data: memoryview, net: _Net) -> int:
     """Where the IP packet ends: Ethernet padding behind it is not payload. (A length that
     does not fit, or IPv6's 0 for jumbograms, means the frame's end.)"""
@@ -204,27 +195,6 @@ def _ip_end(data: memoryview, net: _Net) -> int:
         plen = _U16.unpack_from(data, net.l3 + 4)[0]
         end = net.l3 + 40 + plen if plen else len(data)
     return end if net.l4 <= end <= len(data) else len(data)
-
-
-def _be_from_le(total: int) -> int:
-    le = fold(total)
-    return ((le & 0xFF) << 8) | (le >> 8)
-
-
-def _payload_sums(payload: memoryview, mss: int, count: int) -> list[int]:
-    """The ones'-complement sum of each ``mss``-byte slice of ``payload`` (``count`` of
-    them, the last possibly short), summed in one numpy reduction where the slices align
-    on 16-bit words."""
-    full = len(payload) // mss
-    sums: list[int] = []
-    if full and mss % 2 == 0 and mss >= 64:
-        words = np.frombuffer(payload[: full * mss], dtype="<u2").reshape(full, mss // 2)
-        sums = [_be_from_le(int(s)) for s in words.sum(axis=1, dtype=np.uint64)]
-    else:
-        full = 0
-    for i in range(full, count):
-        sums.append(ones_sum(payload[i * mss : (i + 1) * mss]))
-    return sums
 
 
 def _addr_sum(data: memoryview, net: _Net) -> int:
@@ -265,7 +235,7 @@ def _segment_tcp(data: memoryview, net: _Net, mss: int) -> list[bytes]:
     else:
         ip_base = ip_id = 0
         ext_len = l4 - l3 - 40
-    sums = _payload_sums(payload, mss, count) if total else [0]
+    sums = slice_sums(payload, mss, count) if total else [0]
     pack16 = _U16.pack_into
     out: list[bytes] = []
     append = out.append
@@ -279,7 +249,7 @@ def _segment_tcp(data: memoryview, net: _Net, mss: int) -> list[bytes]:
             ident = (ip_id + i) & 0xFFFF
             pack16(seg, l3 + 2, tot)
             pack16(seg, l3 + 4, ident)
-            pack16(seg, l3 + 10, _csum(ip_base + tot + ident))
+            pack16(seg, l3 + 10, finish(ip_base + tot + ident))
         else:
             pack16(seg, l3 + 4, ext_len + l4_len)
         seq = (seq0 + start) & 0xFFFFFFFF
@@ -291,7 +261,7 @@ def _segment_tcp(data: memoryview, net: _Net, mss: int) -> list[bytes]:
             flags &= ~_TCP_CWR
         seg[l4 + 13] = flags
         csum = fixed + (seq >> 16) + (seq & 0xFFFF) + ((word12 & 0xFF00) | flags)
-        pack16(seg, l4 + 16, _csum(csum + l4_len + sums[i]))
+        pack16(seg, l4 + 16, finish(csum + l4_len + sums[i]))
         append(bytes(seg) + chunk)
     return out
 
@@ -311,7 +281,7 @@ def _segment_udp(data: memoryview, net: _Net, mss: int) -> list[bytes]:
     else:
         ip_base = ip_id = 0
         ext_len = l4 - l3 - 40
-    sums = _payload_sums(payload, mss, count) if total else [0]
+    sums = slice_sums(payload, mss, count) if total else [0]
     pack16 = _U16.pack_into
     out: list[bytes] = []
     for i in range(count):
@@ -323,11 +293,11 @@ def _segment_udp(data: memoryview, net: _Net, mss: int) -> list[bytes]:
             ident = (ip_id + i) & 0xFFFF
             pack16(seg, l3 + 2, tot)
             pack16(seg, l3 + 4, ident)
-            pack16(seg, l3 + 10, _csum(ip_base + tot + ident))
+            pack16(seg, l3 + 10, finish(ip_base + tot + ident))
         else:
             pack16(seg, l3 + 4, ext_len + udp_len)
         pack16(seg, l4 + 4, udp_len)
-        csum = _csum(fixed + 2 * udp_len + sums[i]) or 0xFFFF
+        csum = finish_udp(fixed + 2 * udp_len + sums[i])
         pack16(seg, l4 + 6, csum)
         out.append(bytes(seg) + chunk)
     return out

@@ -15,7 +15,6 @@ from drivers.user.ipv6 import dhcpv6_codec as d6
 from drivers.user.ipv6 import packet as pk
 from drivers.user.ipv6.dhcpv6 import Dhcpv6Server
 from drivers.user.ipv6.fragments import Reassembler
-from netstack.proto.checksum import ones_sum
 
 SETTINGS = settings(max_examples=400, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
@@ -113,12 +112,6 @@ def test_walk_is_total(data: bytes, nh: int, multicast: bool) -> None:
     assert ndp.parse_options(data, 0) is None or True
     d6.parse_message(data)
     d6.parse_ia_na(data)
-
-
-@SETTINGS
-@given(st.binary(max_size=1500), st.integers(0, 0xFFFF))
-def test_fast_checksum_is_the_ones_complement_sum(data: bytes, initial: int) -> None:
-    assert pk.csum(data, initial) == ones_sum(data, initial)
 
 
 @SETTINGS

@@ -16,29 +16,26 @@ fragmentable part once complete; :meth:`Reassembler.expire` returns the first fr
 (whole packets) of the datagrams that timed out. Invariants (bounds): at most
 ``max_datagrams`` datagrams and ``max_bytes`` fragment bytes held (a new datagram past either
 bound is refused and counted) and at most ``max_fragments`` fragments per datagram (past
-that the datagram is dropped: overlap checks stay cheap).
+that the datagram is dropped: overlap checks stay cheap). The bookkeeping (holes,
+overlaps, bounds, age) is the shared core's (:mod:`..fragments`); this module keeps what
+the first fragment says and names the counters ``ip6-*``.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
+
+from ..fragments import CounterNames, Reassembly
 
 MAX_FRAGMENTABLE: Final = 65535
 DEFAULT_TIMEOUT: Final = 60.0
 
 Key = tuple[bytes, bytes, int]  # src, dst, identification
 
-
-#: The names this module counts under (``query-netdev`` counters).
-FragmentsCounter = Literal[
-    "ip6-frag-duplicate",
-    "ip6-frag-inconsistent",
-    "ip6-frag-overflow",
-    "ip6-frag-overlap",
-    "ip6-frag-timeout",
-    "ip6-reassembled",
-]
+NAMES: Final = CounterNames(
+    "ip6-frag-overflow", "ip6-frag-inconsistent", "ip6-frag-duplicate", "ip6-frag-overlap",
+    "ip6-reassembled", "ip6-frag-timeout",
+)  # fmt: skip
 
 
 class Reassembled(NamedTuple):
@@ -52,41 +49,21 @@ class Reassembled(NamedTuple):
     first_len: int
 
 
-class _Datagram:
-    __slots__ = ("deadline", "first", "first_len", "held", "next_header", "pieces", "total")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.pieces: dict[int, bytes] = {}
-        self.total = -1  # known once the last fragment arrived
-        self.held = 0
-        self.next_header = -1
-        self.first: bytes | None = None
-        self.first_len = 0
+class _First(NamedTuple):
+    next_header: int
+    packet: bytes
+    size: int
 
 
-class Reassembler:
+class Reassembler(Reassembly[Key, _First]):
     """IPv6 datagrams in reassembly, bounded in number, bytes and age."""
 
     def __init__(
         self, *, max_datagrams: int = 64, max_bytes: int = 4 << 20,
         max_fragments: int = 128, timeout: float = DEFAULT_TIMEOUT,
     ) -> None:  # fmt: skip
-        self.max_datagrams = max_datagrams
-        self.max_fragments = max_fragments
-        self.max_bytes = max_bytes
-        self.timeout = timeout
-        self.counters: Counter[FragmentsCounter] = Counter()
-        self._pending: dict[Key, _Datagram] = {}
-        self._held = 0
-        self._wake: float | None = None
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    @property
-    def held_bytes(self) -> int:
-        return self._held
+        super().__init__(NAMES, max_datagrams=max_datagrams, max_bytes=max_bytes,
+                         timeout=timeout, max_fragments=max_fragments)  # fmt: skip
 
     def add(
         self, key: Key, offset: int, more: bool, next_header: int, data: bytes,
@@ -95,73 +72,12 @@ class Reassembler:
         """Take one fragment (``offset`` in bytes, ``packet`` the whole fragment as
         received); the datagram once complete, else None. Length checks (multiple of 8,
         the 65535 limit) are the caller's, done before (they need a Parameter Problem)."""
-        size = len(data)
-        end = offset + size
-        dg = self._pending.get(key)
-        if dg is None:
-            if len(self._pending) >= self.max_datagrams or self._held + size > self.max_bytes:
-                self.counters["ip6-frag-overflow"] += 1
-                return None
-            dg = _Datagram(now + self.timeout)
-            self._pending[key] = dg
-            if self._wake is None or dg.deadline < self._wake:
-                self._wake = dg.deadline
-        elif self._held + size > self.max_bytes or len(dg.pieces) >= self.max_fragments:
-            self.counters["ip6-frag-overflow"] += 1
-            self._drop(key)
+        done = self.take(key, offset, more, data, _First(next_header, packet, len(data)), now)
+        if done is None:
             return None
-        if not more:
-            if (dg.total >= 0 and dg.total != end) or any(o + len(p) > end for o, p in
-                                                          dg.pieces.items()):  # fmt: skip
-                self.counters["ip6-frag-inconsistent"] += 1
-                self._drop(key)
-                return None
-            dg.total = end
-        elif dg.total >= 0 and end > dg.total:
-            self.counters["ip6-frag-inconsistent"] += 1
-            self._drop(key)
-            return None
-        for o, piece in dg.pieces.items():
-            if o < end and offset < o + len(piece):  # overlap
-                if o == offset and piece == data:
-                    self.counters["ip6-frag-duplicate"] += 1
-                    return None
-                self.counters["ip6-frag-overlap"] += 1
-                self._drop(key)
-                return None
-        dg.pieces[offset] = data
-        dg.held += size
-        self._held += size
-        if offset == 0:
-            dg.next_header = next_header
-            dg.first = packet
-            dg.first_len = size
-        if dg.total < 0 or dg.first is None or dg.held != dg.total:
-            return None
-        whole = b"".join(dg.pieces[o] for o in sorted(dg.pieces))
-        first = dg.first
-        self._drop(key)
-        self.counters["ip6-reassembled"] += 1
-        return Reassembled(dg.next_header, whole, first, dg.first_len)
-
-    def _drop(self, key: Key) -> None:
-        dg = self._pending.pop(key, None)
-        if dg is not None:
-            self._held -= dg.held
+        first, whole = done
+        return Reassembled(first.next_header, whole, first.packet, first.size)
 
     def expire(self, now: float) -> list[bytes]:
         """Drop datagrams past their deadline; the first fragments of those that had one."""
-        if self._wake is None or now < self._wake:
-            return []
-        firsts: list[bytes] = []
-        for key in [k for k, d in self._pending.items() if d.deadline <= now]:
-            dg = self._pending[key]
-            if dg.first is not None:
-                firsts.append(dg.first)
-            self._drop(key)
-            self.counters["ip6-frag-timeout"] += 1
-        self._wake = min((d.deadline for d in self._pending.values()), default=None)
-        return firsts
-
-    def next_deadline(self) -> float | None:
-        return self._wake
+        return [first.packet for first in self.take_expired(now) if first is not None]

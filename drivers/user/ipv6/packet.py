@@ -25,9 +25,7 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple
 
-from netstack.proto.checksum import fold, ones_sum
-
-from . import addr as a6
+from netstack.proto.checksum import finish, finish_udp, ones_sum, pseudo_v6
 
 ETH_P_IPV6: Final = 0x86DD
 ETH_HLEN: Final = 14
@@ -208,39 +206,16 @@ def _options(
 
 # -- checksums -----------------------------------------------------------------------------
 
-#: Below this size a buffer is summed as one integer modulo 0xFFFF (2**16 = 1 mod 0xFFFF, so
-#: that is the ones'-complement sum of its 16-bit words): ~10x faster than the word loop for
-#: NDP/DHCPv6-sized messages; larger buffers use the core's numpy path.
-_SMALL_SUM: Final = 1024
-
-
-def csum(data: bytes | memoryview, initial: int = 0) -> int:
-    """The folded ones'-complement sum of ``data`` plus ``initial`` (like
-    :func:`netstack.proto.checksum.ones_sum`, faster for small buffers)."""
-    if len(data) >= _SMALL_SUM:
-        return ones_sum(data, initial)
-    if len(data) & 1:
-        data = bytes(data) + b"\0"
-    value = int.from_bytes(data, "big")
-    total = (value % 0xFFFF + initial) % 0xFFFF
-    return 0xFFFF if total == 0 and (value or initial) else total
-
-
-def pseudo_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
-    """The folded ones'-complement sum of the IPv6 pseudo-header (RFC 8200 §8.1)."""
-    return csum(src + dst, fold(length + proto))
-
 
 def checksum_ok(src: bytes, dst: bytes, proto: int, segment: bytes | memoryview) -> bool:
     """Whether an upper-layer segment's checksum holds (for UDP, zero never does)."""
-    return csum(segment, pseudo_sum(src, dst, proto, len(segment))) == 0xFFFF
+    return ones_sum(segment, pseudo_v6(src, dst, proto, len(segment))) == 0xFFFF
 
 
 def with_checksum(src: bytes, dst: bytes, proto: int, segment: bytes, at: int) -> bytes:
     """``segment`` (checksum field at ``at`` zero) with its checksum filled in."""
-    value = ~csum(segment, pseudo_sum(src, dst, proto, len(segment))) & 0xFFFF
-    if proto == IPPROTO_UDP and value == 0:
-        value = 0xFFFF
+    total = ones_sum(segment, pseudo_v6(src, dst, proto, len(segment)))
+    value = finish_udp(total) if proto == IPPROTO_UDP else finish(total)
     return segment[:at] + value.to_bytes(2, "big") + segment[at + 2 :]
 
 
@@ -309,4 +284,4 @@ def destination_of(packet: bytes) -> bytes:
 
 
 def multicast_destination(packet: bytes) -> bool:
-    return a6.is_multicast(packet[24:40])
+    return packet[24] == 0xFF

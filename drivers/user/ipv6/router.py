@@ -544,8 +544,9 @@ class Ipv6Router:
         self, guest: bytes, icmp_type: int, code: int, param: int, quote: bytes, *,
         src: bytes | None = None, now: float, mac: bytes | None = None,
     ) -> None:  # fmt: skip
-        """An ICMPv6 error to ``guest`` quoting ``quote`` (e.g. :func:`.packet.quote_udp`
-        for an error the host reported on a NAT socket); only rate-limited here."""
+        """An ICMPv6 error to ``guest`` quoting ``quote`` (e.g.
+        :func:`.packet.quote_udp` for an error the host reported on a NAT socket); only
+        rate-limited here."""
         if not self.error_limit.allow(now):
             self.stats["icmp6-error-rate-limited"] += 1
             return

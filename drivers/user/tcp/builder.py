@@ -32,10 +32,8 @@ import errno as errno_mod
 import struct
 from typing import Final
 
-import numpy as np
-
 from netstack.proto import vnet as vnet_hdr
-from netstack.proto.checksum import finish, fold, ones_sum
+from netstack.proto.checksum import addr_sum, finish, fold, ones_sum, slice_sums
 from netstack.proto.vnet import PLAIN_HDR
 
 from .wire import ACK, ETH_P_IP, ETH_P_IPV6, FIN, IPPROTO_TCP, PSH, RST, SYN, TCP, Segment
@@ -60,28 +58,6 @@ _NOT_LAST: Final = ~(FIN | PSH)
 def ethernet_header(dst_mac: bytes, src_mac: bytes, v6: bool) -> bytes:
     """The 14-byte Ethernet header in front of every frame of a connection."""
     return dst_mac + src_mac + (b"\x86\xdd" if v6 else b"\x08\x00")
-
-
-def _addr_words(addr: bytes) -> int:
-    return sum(struct.unpack(f"!{len(addr) // 2}H", addr))
-
-
-def payload_sums(data: memoryview, mss: int, count: int) -> list[int]:
-    """Folded ones'-complement sums of each ``mss``-byte slice of ``data`` (``count``
-    slices, the last possibly short), the full slices in one numpy reduction."""
-    full = len(data) // mss
-    if full >= 2 and mss % 2 == 0:
-        words = np.frombuffer(data[: full * mss], dtype="<u2").reshape(full, mss // 2)
-        sums = []
-        for s in words.sum(axis=1, dtype=np.uint64).tolist():
-            le = fold(s)
-            sums.append(((le & 0xFF) << 8) | (le >> 8))
-    else:
-        full = 0
-        sums = []
-    for i in range(full, count):
-        sums.append(ones_sum(data[i * mss : (i + 1) * mss]))
-    return sums
 
 
 class FrameBuilder:
@@ -129,9 +105,9 @@ class FrameBuilder:
             self._ip_base = 0
         else:
             ip = _IPV4.pack(0x45, 0, 0, 0, IP_DF, TTL, IPPROTO_TCP, 0, src, dst)
-            self._ip_base = _addr_words(src) + _addr_words(dst) + 0x4500 + IP_DF
+            self._ip_base = addr_sum(src) + addr_sum(dst) + 0x4500 + IP_DF
             self._ip_base += (TTL << 8) | IPPROTO_TCP
-        self._pseudo = _addr_words(src) + _addr_words(dst) + IPPROTO_TCP
+        self._pseudo = addr_sum(src) + addr_sum(dst) + IPPROTO_TCP
         self._fixed = self._pseudo + sport + dport
         tcp = TCP.pack(sport, dport, 0, 0, 0x50, 0, 0, 0, 0)
         self._tpl = bytearray(vlen) + l2 + ip + tcp
@@ -193,7 +169,7 @@ class FrameBuilder:
         if self.vnet:
             return [self._gso_frame(seq, ack, flags, wnd, data, mss)]
         count = -(-n // mss)
-        sums = payload_sums(data, mss, count)
+        sums = slice_sums(data, mss, count)
         tpl = self._tpl
         tcp_off4 = self._tcp_off + 4
         pack = _TCP_TAIL.pack_into
@@ -307,7 +283,6 @@ __all__ = [
     "ETH_P_IPV6",
     "FrameBuilder",
     "ethernet_header",
-    "payload_sums",
     "quoted_packet",
     "rejection",
     "reset_for",

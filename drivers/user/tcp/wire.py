@@ -19,7 +19,7 @@ import struct
 from typing import Final, NamedTuple
 
 from netstack.proto import vnet as vnet_hdr
-from netstack.proto.checksum import ones_sum
+from netstack.proto.checksum import addrs_sum, fold, ipv4_header_ok, ones_sum
 
 FIN: Final = 0x01
 SYN: Final = 0x02
@@ -53,9 +53,6 @@ TCP: Final = struct.Struct("!HHIIBBHHH")  # sport dport seq ack off flags wnd cs
 _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
 _U32X2: Final = struct.Struct("!II")
-_IPV4_WORDS: Final = struct.Struct("!10H")
-_ADDRS4: Final = struct.Struct("!4H")
-_ADDRS6: Final = struct.Struct("!16H")
 _IPV6_EXT: Final = (0, 43, 60)  # Hop-by-Hop, Routing, Destination Options
 _IPV6_FRAG: Final = 44
 
@@ -193,14 +190,7 @@ def sack_option(blocks: list[tuple[int, int]]) -> bytes:
 
 def pseudo_sum(src: bytes, dst: bytes, length: int) -> int:
     """Unfolded ones'-complement sum of the TCP pseudo-header (IPv4 or IPv6)."""
-    words: tuple[int, ...] = (_ADDRS4 if len(src) == 4 else _ADDRS6).unpack(src + dst)
-    return sum(words) + IPPROTO_TCP + length
-
-
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
+    return addrs_sum(src, dst) + IPPROTO_TCP + length
 
 
 def parse_l4(
@@ -215,7 +205,7 @@ def parse_l4(
     doff = (off >> 4) * 4
     if doff < TCP_HLEN or doff > n:
         return "tcp-bad-offset"
-    if verify and ones_sum(l4, _fold(pseudo_sum(src, dst, n))) != 0xFFFF:
+    if verify and ones_sum(l4, fold(pseudo_sum(src, dst, n))) != 0xFFFF:
         return "tcp-bad-checksum"
     view = l4 if isinstance(l4, memoryview) else memoryview(l4)
     options = bytes(view[TCP_HLEN:doff]) if doff > TCP_HLEN else b""
@@ -251,10 +241,7 @@ def parse_frame(frame: bytes, vnet: bool = False) -> Segment | str:
             total = n - ETH_HLEN
         if ihl < 20 or total < ihl or ETH_HLEN + total > n:
             return "ip-malformed"
-        if ihl == 20:
-            if _fold(sum(_IPV4_WORDS.unpack_from(view, 14))) != 0xFFFF:
-                return "ip-bad-checksum"
-        elif ones_sum(view[14 : 14 + ihl]) != 0xFFFF:
+        if not ipv4_header_ok(view, 14, ihl):
             return "ip-bad-checksum"
         if ((view[20] << 8) | view[21]) & 0x3FFF:
             return "ip-fragment"
