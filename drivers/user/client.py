@@ -7,11 +7,14 @@ upstreams, ICMP echo), unless ``ipv6=off`` an :class:`~.host6.Ipv6Service` (rout
 host fds of IPv6, behind the gateway's Ethernet type 0x86DD), a :class:`~.tcp.TcpSplicer`
 for guest TCP of both families, a :class:`~.hostfwd.HostForwarder` and a
 :class:`~.guestfwd.GuestForwarder`; ``ipv4=off`` unregisters ARP and IPv4 (their frames are
-counted as ``ipv4-disabled``). Frames from the peer go through the gateway in one pass per
-batch; what it produced leaves as one batch (``send``), its host actions run
-(:meth:`.host4.Ipv4Sockets.act`), its events go to QMP with the netdev name added, and the
-one ``loop.call_at`` (running :meth:`.router.Gateway.tick`, which ticks the IPv6 side too)
-is moved if needed.
+counted as ``ipv4-disabled``). The netdev's contract is :mod:`.endpoint`: every machine writes
+into the one :class:`~.endpoint.Outbox` and keeps its timers in the one
+:class:`~.endpoint.Deadlines` (a heap; one ``loop.call_at``, :class:`~.endpoint.NetdevTimer`).
+Frames from the peer go through the gateway in one pass per batch, then the held-back TCP
+ACKs; then :meth:`UserNetClient._pump` - the one pump, also run after every host socket
+wake-up and timer - drains the outbox: host actions run (:meth:`.host4.Ipv4Sockets.act`,
+:meth:`.hostfwd.HostForwarder.udp_reply`), frames leave as one batch per kind (``send``),
+events go to QMP with the netdev name added.
 
 Offloads: :attr:`UserNetClient.accepts_vnet` is True; :meth:`UserNetClient._receive_vnet`
 passes checksum-partial and TSO guest TCP to the gateway whole (not verified, not
@@ -64,6 +67,7 @@ from netstack.proto import vnet as vnet_hdr
 
 from . import budget, conntable, ipv4
 from .dns import RESOLV_CONF, ResolvConf
+from .endpoint import NetdevTimer, Outbox
 from .guestfwd import GuestForwarder
 from .host4 import Ipv4Sockets
 from .host6 import Ipv6Service
@@ -82,8 +86,11 @@ from .router import DNS_PORT, Gateway, Packet
 from .smb import SmbServer
 from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
 from .tftproot import TftpRoot
+from .udp_nat import UdpReply
 
 LOG_INTERVAL: Final = 30.0
+#: Drain rounds per pump (a host action may produce output, e.g. an ICMP error).
+PUMP_ROUNDS: Final = 4
 
 EventSink = Callable[[str, Mapping[str, Any]], None]
 
@@ -116,13 +123,16 @@ class UserNetClient(NetClient):
         #: Guest flows refused for the budget, as last logged (:meth:`_log_budget`).
         self._reported_refused = 0
         self.info_str = f"net={ip_text(cfg.net)},restrict={'on' if cfg.restrict else 'off'}"
-        self.gw = Gateway(cfg, tftp_root=TftpRoot(cfg.tftp) if cfg.tftp else None, **limits)
+        #: The netdev's output and timers (:mod:`.endpoint`).
+        self.outbox = Outbox()
+        self._timer = NetdevTimer(loop, self._on_timer)
+        self.deadlines = self._timer.deadlines
+        self.gw = Gateway(cfg, tftp_root=TftpRoot(cfg.tftp) if cfg.tftp else None,
+                          outbox=self.outbox, deadlines=self.deadlines, **limits)  # fmt: skip
         self._loop = loop
         self._log = log
         self._emit = emit_event
         self._resolv = None if cfg.dns_upstreams else ResolvConf(resolv_conf)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
         self._closed = False
         self._log_at: dict[str, float] = {}
         self._reported_bad = 0
@@ -134,14 +144,14 @@ class UserNetClient(NetClient):
         self._net_bcast = cfg.broadcast.to_bytes(4, "big")
         #: The IPv4 side's host sockets (UDP flows, DNS upstreams, ICMP echo: :mod:`.host4`).
         self.host4 = Ipv4Sockets(
-            name, self.gw, loop, log, flush=self._flush, host_error=self._host_error,
+            name, self.gw, loop, log, flush=self._pump, host_error=self._host_error,
             internal_error=self._internal_error, icmp_mode=icmp_mode,
         )  # fmt: skip
         #: The IPv6 side (router, NAT, host sockets: :mod:`.host6`); None with ipv6=off.
         self.v6: Ipv6Service | None = None
         if cfg.ipv6:
             self.v6 = Ipv6Service(
-                name, cfg, self.gw, loop, flush=self._flush, host_error=self._host_error,
+                name, cfg, self.gw, loop, flush=self._pump, host_error=self._host_error,
                 internal_error=self._internal_error, icmp_mode=icmp_mode,
                 offloaded=lambda: self._csum_trusted, udp_max_flows=limits.get("udp_max_flows"),
                 icmp_max_flows=limits.get("icmp_max_flows"),
@@ -153,11 +163,12 @@ class UserNetClient(NetClient):
         self.tcp = TcpSplicer(
             loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
             resolve=self._tcp_resolve, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
-            max_flows=tcp_max_flows,
+            max_flows=tcp_max_flows, outbox=self.outbox, deadlines=self.deadlines,
+            pump=self._pump_now,
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
-        self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
-                                 log=log, v6=self.v6)  # fmt: skip
+        self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._pump,
+                                 log=log, v6=self.v6, deadlines=self.deadlines)  # fmt: skip
         self.guestfwd = GuestForwarder(loop, self.gw, log)
         #: The ``smb=`` server (:mod:`.smb`), started by :meth:`start_smb`.
         self.smb: SmbServer | None = None
@@ -201,10 +212,10 @@ class UserNetClient(NetClient):
                 except Exception:
                     self._internal_error("guest frame")
         try:
-            self.tcp.flush()
+            self.tcp.flush_acks()
         except Exception:
             self._internal_error("guest TCP")
-        self._flush(now)
+        self._pump(now)
         if budget.refused(self.tcp, self.gw, self.v6) > self._reported_refused:
             self._log_budget()
         return len(frames)
@@ -308,25 +319,36 @@ class UserNetClient(NetClient):
 
     # -- gateway -> peer, host, QMP --------------------------------------------------------
 
-    def _flush(self, now: float) -> None:
-        gw = self.gw
-        if gw.actions:
-            actions, gw.actions = gw.actions, []
-            act = self.host4.act
+    def _pump_now(self) -> None:
+        self._pump(self._loop.time())
+
+    def _pump(self, now: float) -> None:
+        """The one pump: drain the outbox - host actions first (their output joins the
+        next round), then frames in one batch per kind, then events."""
+        outbox = self.outbox
+        for _ in range(PUMP_ROUNDS):
+            if not outbox:
+                return
+            frames, vnet_frames, actions, events = outbox.drain()
             for action in actions:
                 try:
-                    act(action, now)
+                    self._act(action, now)
                 except Exception:
                     self._internal_error("host action")
-        if gw.out:
-            out, gw.out = gw.out, []
-            self.send(out)
-        if gw.events:
-            events, gw.events = gw.events, []
-            if self._emit is not None:
+            if frames:
+                self.send(frames)
+            if vnet_frames:
+                self.send(vnet_frames, True)  # after cleanup (no peer): tx_dropped
+            if events and self._emit is not None:
                 for name, data in events:
                     self._emit(name, {"netdev": self.name, **data})
-        self._schedule(now)
+
+    def _act(self, action: object, now: float) -> None:
+        """Run one host action (the adapters own the fds)."""
+        if action.__class__ is UdpReply:
+            self.fwd.udp_reply(action)
+        else:
+            self.host4.act(action, now)  # type: ignore[arg-type]
 
     # -- IPv6 ------------------------------------------------------------------------------
 
@@ -363,32 +385,29 @@ class UserNetClient(NetClient):
         if self.v6 is not None and not self.link_down and not self._closed:
             now = self._loop.time()
             self.v6.link_up(now)
-            self._flush(now)
+            self.deadlines.changed(self.v6)
+            self._pump(now)
 
     # -- timer -----------------------------------------------------------------------------
 
-    def _schedule(self, now: float) -> None:
-        when = self.gw.next_deadline()
-        if self._closed or when is None:
-            return
-        if self._timer is not None:
-            if when >= self._timer_at - 0.001:
-                return
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._on_timer)
+    def deadlines_changed(self) -> None:
+        """State was put into the machines from outside (live migration): ask every
+        timed part of the gateway and the IPv6 side for its deadline again."""
+        for part in self.gw.parts:
+            self.deadlines.changed(part)
+        if self.v6 is not None:
+            self.deadlines.changed(self.v6)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        if self._closed:
-            return
+        """The netdev's one timer: every machine due runs, then the pump."""
         now = self._loop.time()
         try:
-            self.gw.tick(now)
+            self.deadlines.run(now)
         except Exception:
             self._internal_error("timer")
         self._sync_bad(now)
-        self._flush(now)
+        self._pump(now)
+        self._timer.rearm()
 
     # -- errors and logging ----------------------------------------------------------------
 
@@ -578,9 +597,7 @@ class UserNetClient(NetClient):
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.close()
         if self.v6 is not None:  # the final RA (router lifetime 0) while the peer is there
             try:
                 self.send(self.v6.close())
@@ -601,6 +618,9 @@ class UserNetClient(NetClient):
             self.tcp.close()
         except Exception:
             self._internal_error("TCP close")
+        _, vnet_frames, _, _ = self.outbox.drain()  # the RSTs of the connections
+        if vnet_frames:
+            self._tcp_send(vnet_frames)
         self.gw.close()
 
 
