@@ -169,7 +169,7 @@ class UserNetClient(NetClient):
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._pump,
                                  log=log, v6=self.v6, deadlines=self.deadlines)  # fmt: skip
-        self.guestfwd = GuestForwarder(loop, self.gw, log)
+        self.guestfwd = GuestForwarder(loop, self.gw, log, deadlines=self.deadlines)
         #: The ``smb=`` server (:mod:`.smb`), started by :meth:`start_smb`.
         self.smb: SmbServer | None = None
         # The rules: hostfwd binds, then guestfwd conflicts (chardevs open in create(),

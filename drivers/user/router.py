@@ -510,7 +510,8 @@ class Gateway:
         held.packets.append((src, proto, l4))
 
     def _arp_request(self, dst: bytes) -> None:
-        self._frames.append(ipv4.arp_packet(1, self.mac, self.host_ip, bytes(6), dst, BROADCAST_MAC))
+        arp = ipv4.arp_packet(1, self.mac, self.host_ip, bytes(6), dst, BROADCAST_MAC)
+        self._frames.append(arp)
 
     # -- timers ----------------------------------------------------------------------------
 
