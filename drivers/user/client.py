@@ -21,12 +21,8 @@ passes checksum-partial and TSO guest TCP to the gateway whole (not verified, no
 segmented), completes other offloaded frames, and the splicer sends guest-bound TCP as
 checksum-partial TSO super-frames.
 
-NAT policy for guest TCP (:meth:`UserNetClient._tcp_resolve`, libslirp's
-``sotranslate_out``): a guestfwd target first (it passes ``restrict=on``); then
-``restrict=on`` refuses; the host address maps to 127.0.0.1, the DNS address to the first
-DNS upstream (port 53 to its configured port, other ports unchanged); other addresses
-inside the virtual network are refused (RST), routable ones connected to directly. IPv6 asks
-:meth:`.nat6.Nat6.tcp_target`.
+NAT policy for guest TCP: :class:`.nat_policy.TcpPolicy` (libslirp's
+``sotranslate_out``). Log throttling and error accounting: :class:`.reporting.Reporter`.
 
 ``smb=`` (:mod:`.smb`): :meth:`start_smb` adds its exec forwards to the guestfwd rules;
 :meth:`cleanup` removes its private directory once the guestfwd children are reaped.
@@ -41,7 +37,7 @@ guestfwd counters) and :meth:`guestfwd_add` / :meth:`guestfwd_remove` /
 :meth:`guestfwd_rules`.
 
 Flow budget (:mod:`.budget`, ``x-max-flows``): caps the splicer and the UDP and echo flow
-tables of both families; refusals are counted there and logged here at most every 30 s.
+tables of both families; refusals are counted there and logged at most every 30 s.
 
 Invariants: :meth:`cleanup` is the one release path (netdev_del, and a netdev whose
 hostfwd or guestfwd rules fail at creation): every fd, timer and child is released and the
@@ -53,10 +49,8 @@ host input reaches the loop - an unexpected one is counted (``internal-error``) 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -73,6 +67,7 @@ from .host4 import Ipv4Sockets
 from .host6 import Ipv6Service
 from .hostfwd import HostForwarder
 from .ipv6 import Packet6
+from .nat_policy import Target, TcpPolicy
 from .options import (
     GuestFwdRule,
     HostFwdRule,
@@ -82,13 +77,13 @@ from .options import (
     parse_hostfwd,
     parse_hostfwd_remove,
 )
-from .router import DNS_PORT, Gateway, Packet
+from .reporting import Reporter
+from .router import Gateway, Packet
 from .smb import SmbServer
 from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
 from .tftproot import TftpRoot
 from .udp_nat import UdpReply
 
-LOG_INTERVAL: Final = 30.0
 #: Drain rounds per pump (a host action may produce output, e.g. an ICMP error).
 PUMP_ROUNDS: Final = 4
 
@@ -120,8 +115,6 @@ class UserNetClient(NetClient):
         self.cfg = cfg
         limits = {**budget.flow_limits(cfg.max_flows), **limits}
         tcp_max_flows = limits.pop("tcp_max_flows")
-        #: Guest flows refused for the budget, as last logged (:meth:`_log_budget`).
-        self._reported_refused = 0
         self.info_str = f"net={ip_text(cfg.net)},restrict={'on' if cfg.restrict else 'off'}"
         #: The netdev's output and timers (:mod:`.endpoint`).
         self.outbox = Outbox()
@@ -134,14 +127,11 @@ class UserNetClient(NetClient):
         self._emit = emit_event
         self._resolv = None if cfg.dns_upstreams else ResolvConf(resolv_conf)
         self._closed = False
-        self._log_at: dict[str, float] = {}
-        self._reported_bad = 0
-        self.host_errors = 0
+        self.report = Reporter(name, log, loop.time, self.gw.stats)
         #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
         self._csum_trusted = False
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
-        self._net_bcast = cfg.broadcast.to_bytes(4, "big")
         #: The IPv4 side's host sockets (UDP flows, DNS upstreams, ICMP echo: :mod:`.host4`).
         self.host4 = Ipv4Sockets(
             name, self.gw, loop, log, flush=self._pump, host_error=self._host_error,
@@ -162,7 +152,7 @@ class UserNetClient(NetClient):
             self.gw.eth_handlers[ipv4.ETH_P_ARP] = self._ipv4_off
         self.tcp = TcpSplicer(
             loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
-            resolve=self._tcp_resolve, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
+            resolve=self._resolve_tcp, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
             max_flows=tcp_max_flows, outbox=self.outbox, deadlines=self.deadlines,
             pump=self._pump_now,
         )  # fmt: skip
@@ -170,6 +160,7 @@ class UserNetClient(NetClient):
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._pump,
                                  log=log, v6=self.v6, deadlines=self.deadlines)  # fmt: skip
         self.guestfwd = GuestForwarder(loop, self.gw, log, deadlines=self.deadlines)
+        self.policy = TcpPolicy(cfg, self.gw, self.guestfwd, self.v6)
         #: The ``smb=`` server (:mod:`.smb`), started by :meth:`start_smb`.
         self.smb: SmbServer | None = None
         # The rules: hostfwd binds, then guestfwd conflicts (chardevs open in create(),
@@ -216,8 +207,10 @@ class UserNetClient(NetClient):
         except Exception:
             self._internal_error("guest TCP")
         self._pump(now)
-        if budget.refused(self.tcp, self.gw, self.v6) > self._reported_refused:
-            self._log_budget()
+        refused = budget.refused(self.tcp, self.gw, self.v6)
+        if refused > self.report.reported_refused:
+            self.report.flow_budget(refused, self.tcp.max_flows, self.gw.udp.max_flows,
+                                    self.gw.icmp.max_flows)  # fmt: skip
         return len(frames)
 
     def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
@@ -241,7 +234,7 @@ class UserNetClient(NetClient):
                     seg = self.gw.offloaded_tcp(frame)
                     if isinstance(seg, str):
                         self.gw.stats[seg] += 1
-                    elif self._tcp_routable(seg.dst):
+                    elif self.policy.routable(seg.dst):
                         self.tcp.guest_segment(seg, now)
                 elif family:
                     self._csum_trusted = True
@@ -266,7 +259,7 @@ class UserNetClient(NetClient):
     def _tcp_in(self, pkt: Packet, now: float) -> None:
         gw = self.gw
         dst = pkt.dst
-        if not self._tcp_routable(dst):
+        if not self.policy.routable(dst):
             return
         seg = parse_l4(pkt.src, dst, pkt.payload, verify=not self._csum_trusted, mac=pkt.src_mac)
         if isinstance(seg, str):
@@ -274,36 +267,8 @@ class UserNetClient(NetClient):
             return
         self.tcp.guest_segment(seg, now)
 
-    def _tcp_routable(self, dst: bytes) -> bool:
-        """Whether guest TCP to IPv4 ``dst`` may be NATed: not multicast, broadcast,
-        loopback or 0/8 (counted when not)."""
-        if dst[0] >= 224 or dst[0] in (0, 127) or dst == self._net_bcast:
-            self.gw.stats["tcp-not-routed"] += 1
-            return False
-        return True
-
-    def _tcp_resolve(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int | socket.socket:
-        target = self.guestfwd.resolve(seg)  # guestfwd targets pass restrict=on too
-        if target is not None:
-            return target
-        gw = self.gw
-        if self.cfg.restrict:
-            gw.stats["restrict-refused"] += 1
-            return errno.ECONNREFUSED
-        if seg.v6:
-            return self._tcp_resolve6(seg)
-        dst = seg.dst
-        if dst == gw.host_ip:
-            return socket.AF_INET, ("127.0.0.1", seg.dport)
-        if dst == gw.dns_ip:
-            if not gw.dns.upstreams:
-                return errno.ECONNREFUSED
-            family, host, port = gw.dns.upstreams[0]
-            return family, (host, port if seg.dport == DNS_PORT else seg.dport)
-        if dst in gw.local or self.cfg.in_net(int.from_bytes(dst, "big")):
-            gw.stats["tcp-not-routed"] += 1
-            return errno.ECONNREFUSED
-        return socket.AF_INET, (socket.inet_ntoa(dst), seg.dport)
+    def _resolve_tcp(self, seg: Segment) -> Target:
+        return self.policy.resolve(seg)  # bound late: the policy is made after the splicer
 
     def _tcp_l2(self, seg: Segment) -> bytes:
         if seg.v6 and self.v6 is not None:
@@ -314,7 +279,7 @@ class UserNetClient(NetClient):
         self.send(frames, True)  # after cleanup (no peer): counted as tx_dropped
 
     def _tcp_event(self, m: TcpEndpoint, event: Event, detail: int) -> None:
-        if event is Event.HOST_ERROR and detail and self._may_log("TCP host socket"):
+        if event is Event.HOST_ERROR and detail and self.report.may_log("TCP host socket"):
             self._log.info("user %s: TCP host socket error: %s", self.name, os.strerror(detail))
 
     # -- gateway -> peer, host, QMP --------------------------------------------------------
@@ -361,14 +326,6 @@ class UserNetClient(NetClient):
             return
         self.tcp.guest_segment(seg, now)
 
-    def _tcp_resolve6(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int:
-        """The NAT policy for IPv6 (:meth:`.nat6.Nat6.tcp_target`): the host address to
-        ::1, the DNS address to the first upstream, other in-prefix addresses refused,
-        global ones connected to directly."""
-        if self.v6 is None:
-            return errno.ECONNREFUSED
-        return self.v6.nat.tcp_target(seg.dst, seg.dport)
-
     def _input_counters(self) -> dict[str, int]:
         """The gateway's counters with the IPv6 side's added (a name both use is summed)."""
         out = self.gw.counters()
@@ -412,43 +369,19 @@ class UserNetClient(NetClient):
     # -- errors and logging ----------------------------------------------------------------
 
     def _internal_error(self, where: str) -> None:
-        self.gw.stats["internal-error"] += 1
-        if self._may_log("internal"):
-            self._log.exception("user %s: unexpected error handling %s", self.name, where)
+        self.report.internal_error(where)
 
     def _host_error(self, what: str, exc: OSError) -> None:
-        self.host_errors += 1
-        if self._may_log(what):
-            self._log.warning("user %s: %s failed: %s", self.name, what, exc)
+        self.report.host_error(what, exc)
 
-    def _may_log(self, topic: str) -> bool:
-        now = self._loop.time()
-        last = self._log_at.get(topic)
-        if last is not None and now - last < LOG_INTERVAL:
-            return False
-        self._log_at[topic] = now
-        return True
-
-    def _log_budget(self) -> None:
-        if self._may_log("flow-budget"):
-            refused = budget.refused(self.tcp, self.gw, self.v6)
-            self._log.warning(
-                "user %s: flow budget reached (tcp %d, udp %d, icmp %d per family; "
-                "x-max-flows) or descriptor reserve: %d new guest flows refused so far",
-                self.name, self.tcp.max_flows, self.gw.udp.max_flows, self.gw.icmp.max_flows,
-                refused,
-            )  # fmt: skip
-            self._reported_refused = refused
+    @property
+    def host_errors(self) -> int:
+        """Host socket failures (``host-errors``)."""
+        return self.report.host_errors
 
     def _sync_bad(self, now: float) -> None:
         """Fold malformed-input counters into ``stats.malformed`` and log new ones."""
-        counters = self._input_counters()
-        bad = sum(v for k, v in counters.items() if _is_bad(k))
-        self.stats.malformed = bad
-        if bad > self._reported_bad and self._may_log("bad-input"):
-            detail = ", ".join(f"{k}: {v}" for k, v in sorted(counters.items()) if _is_bad(k) and v)
-            self._log.warning("user %s: dropped bad input (totals: %s)", self.name, detail)
-            self._reported_bad = bad
+        self.stats.malformed = self.report.bad_input(self._input_counters())
 
     def start_smb(self) -> None:
         """``smb=``: the private smbd and its exec forwards (after the guestfwd rules, as in
@@ -639,7 +572,3 @@ def _is_tcp(frame: bytes) -> int:
     if etype == 0x86DD:
         return 6 if len(frame) > at + 8 and frame[at + 8] == _IPPROTO_TCP else 0
     return 0
-
-
-def _is_bad(name: str) -> bool:
-    return any(word in name for word in ("malformed", "bad-", "short", "mismatch", "unexpected"))

@@ -2,7 +2,7 @@
 IPv6 DNS address, and where guest TCP over IPv6 connects to.
 
 Follows libslirp's ``udp6.c`` and ``sotranslate_out`` with the IPv4 side's
-choices (:mod:`.udp_nat`, :mod:`.dns`, ``UserNetClient._tcp_resolve``), so a guest sees the
+choices (:mod:`.udp_nat`, :mod:`.dns`, :class:`.nat_policy.TcpPolicy`), so a guest sees the
 same network over either family:
 
 * the host address (``ipv6-host``, fec0::2, and its fe80:: form fe80::2, which libslirp's
