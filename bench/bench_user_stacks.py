@@ -229,7 +229,7 @@ class Stack:
             )  # fmt: skip
         try:
             if self.kind == "netstackd":
-                wait_until("netstackd's tap", self._tap_exists)
+                wait_until("netstackd's tap", self._tap_exists, timeout=60)
                 ns = self.ns
                 sh("ip", "-n", ns, "link", "set", "ns0", "mtu", m)
                 sh("ip", "-n", ns, "addr", "add", f"{GUEST_ADDR}/24", "dev", "ns0")
