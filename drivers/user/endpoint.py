@@ -109,18 +109,21 @@ class Outbox:
 class Deadlines:
     """The timers of one netdev: each :class:`Timed` machine's next deadline, in a heap.
 
-    :meth:`set` records a machine's deadline and pushes a heap entry only when it moved
-    earlier (or appeared); an entry whose deadline moved later is pushed again at the
-    recorded time when it surfaces; one whose machine was dropped or went idle is
-    skipped. The heap is rebuilt when stale entries outnumber live ones.
+    Each machine has at most one entry that counts (its *queued* time; entries it left
+    behind are skipped when they surface). :meth:`set` records the machine's deadline and
+    pushes an entry only when the deadline is earlier than the queued one (or none is
+    queued); a deadline that moved later is pushed again at the recorded time when the
+    queued entry surfaces; a machine that was dropped or has no deadline is forgotten
+    then. The heap is rebuilt when left-behind entries outnumber the queued ones.
 
     ``rearm(when)`` is called when the earliest deadline may have moved earlier (the
     adapter moves its one ``loop.call_at``)."""
 
-    __slots__ = ("_heap", "_rearm", "_seq", "_when")
+    __slots__ = ("_heap", "_queued", "_rearm", "_seq", "_when")
 
     def __init__(self, rearm: Callable[[float], None] | None = None) -> None:
         self._when: dict[Timed, float] = {}
+        self._queued: dict[Timed, float] = {}
         self._heap: list[tuple[float, int, Timed]] = []
         self._seq = itertools.count()
         self._rearm = rearm
@@ -130,19 +133,17 @@ class Deadlines:
 
     def set(self, machine: Timed, when: float | None) -> None:
         """``machine``'s next deadline is now ``when`` (None: no timer)."""
-        old = self._when.get(machine)
         if when is None:
-            if old is not None:
-                del self._when[machine]
-            return
-        if old is not None and old <= when:
-            if old != when:
-                self._when[machine] = when  # later: the old entry re-pushes it
+            self._when.pop(machine, None)
             return
         self._when[machine] = when
+        queued = self._queued.get(machine)
+        if queued is not None and queued <= when:
+            return  # the queued entry surfaces first and re-pushes
+        self._queued[machine] = when
         heap = self._heap
         heapq.heappush(heap, (when, next(self._seq), machine))
-        if len(heap) > _COMPACT_MIN and len(heap) > 4 * len(self._when):
+        if len(heap) > _COMPACT_MIN and len(heap) > 4 * len(self._queued):
             self._compact()
         if self._rearm is not None and heap[0][2] is machine:
             self._rearm(when)
@@ -152,31 +153,37 @@ class Deadlines:
         self.set(machine, machine.next_deadline())
 
     def drop(self, machine: Timed) -> None:
-        """Forget ``machine`` (closed); its heap entries become stale."""
+        """Forget ``machine`` (closed); its entry is skipped when it surfaces."""
         self._when.pop(machine, None)
 
     def earliest(self) -> float | None:
-        """The time of the earliest heap entry (perhaps stale, never later than the
-        earliest live deadline); None when there is none."""
-        heap, when = self._heap, self._when
+        """The time of the earliest queued entry (never later than the earliest
+        deadline); None when there is none."""
+        heap, queued, when = self._heap, self._queued, self._when
         while heap:
             at, _, machine = heap[0]
-            if when.get(machine) is not None:
-                return at
+            if queued.get(machine) == at:
+                if machine in when:
+                    return at
+                del queued[machine]
             heapq.heappop(heap)
         return None
 
     def run(self, now: float) -> None:
         """Give every machine due at ``now`` its :meth:`Timed.on_deadline`, then record
         its next deadline."""
-        heap, recorded = self._heap, self._when
+        heap, queued, recorded = self._heap, self._queued, self._when
         due: list[Timed] = []
         while heap and heap[0][0] <= now:
             at, _, machine = heapq.heappop(heap)
+            if queued.get(machine) != at:
+                continue  # left behind by an earlier deadline
+            del queued[machine]
             when = recorded.get(machine)
-            if when is None or when < at:
-                continue  # stale: dropped, or a newer entry exists
+            if when is None:
+                continue  # dropped, or no deadline any more
             if when > at:  # moved later since this entry was pushed
+                queued[machine] = when
                 heapq.heappush(heap, (when, next(self._seq), machine))
                 continue
             del recorded[machine]
@@ -187,7 +194,7 @@ class Deadlines:
 
     def _compact(self) -> None:
         seq = self._seq
-        self._heap = [(at, next(seq), m) for m, at in self._when.items()]
+        self._heap = [(at, next(seq), m) for m, at in self._queued.items()]
         heapq.heapify(self._heap)
 
 

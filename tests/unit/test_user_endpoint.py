@@ -93,6 +93,23 @@ def test_deadline_heap_stays_bounded_under_churn() -> None:
     assert len(d._heap) <= 4 * len(d) + 64
 
 
+def test_request_response_pattern_pushes_once_per_timeout() -> None:
+    """A connection arms its retransmission timer with every answer and clears it with
+    every ACK: the heap keeps one entry, pushed again only when it surfaces."""
+    armed: list[float] = []
+    d = Deadlines(armed.append)
+    m = Machine("tcp")
+    now = 0.0
+    for _ in range(1000):
+        m.when = now + 0.2  # the answer went out: retransmission timer
+        d.changed(m)
+        m.when = now + 7200.0  # its ACK came: idle timeout only
+        d.changed(m)
+        now += 0.0001
+        d.run(now)
+    assert len(d._heap) == 1 and len(armed) == 1 and m.fired == []
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
