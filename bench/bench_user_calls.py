@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import sys
 import threading
@@ -74,7 +75,7 @@ def echo_server() -> int:
     def serve() -> None:
         conn, _ = ls.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with conn:
+        with conn, contextlib.suppress(ConnectionResetError):  # the bench ends with a RST
             while data := conn.recv(65536):
                 conn.sendall(data)
         ls.close()
