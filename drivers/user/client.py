@@ -292,8 +292,8 @@ class UserNetClient(NetClient):
         next round), then frames in one batch per kind, then events."""
         outbox = self.outbox
         for _ in range(PUMP_ROUNDS):
-            if not outbox:
-                return
+            if not (outbox.frames or outbox.vnet_frames or outbox.actions or outbox.events):
+                return  # (Outbox.__bool__ spelt out: this runs after every wake-up)
             frames, vnet_frames, actions, events = outbox.drain()
             for action in actions:
                 try:
