@@ -380,8 +380,9 @@ class TcpSplicer:
 
     def _events(self, sp: Splice) -> None:
         m = sp.m
-        events, m.events = m.events, []
-        for event, detail in events:
+        events = m.events  # the machine's list: read, then the handled ones removed
+        count = len(events)
+        for event, detail in events[:count]:
             self.stats[f"event-{event.value}"] += 1
             if self._on_event is not None:
                 self._on_event(m, event, detail)
@@ -389,6 +390,7 @@ class TcpSplicer:
                 self._reject(m, self.loop.time(), detail)
             elif event in _RESET_EVENTS:
                 self._linger_rst(sp)
+        del events[:count]  # any event raised while handling these waits for the next sync
 
     def _reject(self, m: TcpEndpoint, now: float, err: int = errno.ECONNREFUSED) -> None:
         m.reject(err, now)
