@@ -441,6 +441,8 @@ class Gateway:
         if src is None:
             self.stats["udp-flow-gone"] += 1
             return
+        if port == 53:  # an answer shortens the flow's life (DNS_IDLE): maybe earlier
+            self.deadlines.changed(self._t_udp)
         self._udp_to_guest(src, port, key[0], key[1], payload)
 
     def udp_host_error(

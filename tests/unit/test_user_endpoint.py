@@ -15,6 +15,8 @@ from scapy.layers.l2 import Ether
 import drivers
 from drivers.user.client import UserNetClient
 from drivers.user.endpoint import Deadlines, NetdevTimer, Outbox
+from drivers.user.options import UserConfig
+from drivers.user.router import Gateway
 from netstack import qapi
 from netstack.daemon import Netstack
 from netstack.net.nic import NicClient
@@ -137,6 +139,25 @@ def test_deadlines_match_a_reference_model(ops: list[tuple[int, float | None, fl
         assert (earliest is None) == (not pending)
         if pending:
             assert earliest is not None and earliest <= min(pending)
+
+
+def test_gateway_pushes_only_the_parts_it_touched() -> None:
+    """A guest datagram opens a UDP flow (one push: the NAT's expiry); a DNS answer on
+    another flow moves the NAT's deadline earlier (pushed again); host datagrams on
+    other ports leave the heap alone."""
+    g = Gateway(UserConfig())
+    guest, remote = socket.inet_aton("10.0.2.15"), socket.inet_aton("192.0.2.1")
+    g.arp[guest] = bytes.fromhex("525400123456")  # no ARP hold for the answers
+    g.udp.outbound(guest, 1000, remote, 9, b"x", 64, 0.0)
+    g.deadlines.changed(g.parts[4])
+    assert g.deadlines.earliest() == 240.0
+    g.udp.outbound(guest, 1001, remote, 53, b"q", 64, 100.0)
+    g.udp_from_host((guest, 1000), "192.0.2.1", 9, b"r", 150.0)
+    assert g.deadlines.earliest() == 240.0  # later moves are not pushed
+    g.udp_from_host((guest, 1001), "192.0.2.1", 53, b"a", 150.0)
+    assert g.deadlines.earliest() == 160.0  # the DNS flow's 10 s
+    g.deadlines.run(160.0)
+    assert (guest, 1001) not in g.udp.flows and (guest, 1000) in g.udp.flows
 
 
 async def test_netdev_timer_fires_once_for_the_earliest() -> None:
