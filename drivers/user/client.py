@@ -60,7 +60,7 @@ from netstack.net.hub import HubPort
 from netstack.proto import vnet as vnet_hdr
 
 from . import budget, conntable, ipv4
-from .dns import RESOLV_CONF, ResolvConf
+from .dns import RESOLV_CONF, RESOLV_RECHECK, ResolvConf
 from .endpoint import NetdevTimer, Outbox
 from .guestfwd import GuestForwarder
 from .host4 import Ipv4Sockets
@@ -126,6 +126,8 @@ class UserNetClient(NetClient):
         self._log = log
         self._emit = emit_event
         self._resolv = None if cfg.dns_upstreams else ResolvConf(resolv_conf)
+        #: When resolv.conf may be looked at again (:data:`.dns.RESOLV_RECHECK`).
+        self._resolv_due = 0.0
         self._closed = False
         self.report = Reporter(name, log, loop.time, self.gw.stats)
         #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
@@ -191,7 +193,7 @@ class UserNetClient(NetClient):
         if self._closed:
             return len(frames)
         now = self._loop.time()
-        if self._resolv is not None:
+        if self._resolv is not None and now >= self._resolv_due:
             self._refresh_upstreams(now)
         gw_input = self.gw.input
         if vnet:
@@ -250,6 +252,7 @@ class UserNetClient(NetClient):
 
     def _refresh_upstreams(self, now: float) -> None:
         assert self._resolv is not None
+        self._resolv_due = now + RESOLV_RECHECK
         if self._resolv.refresh(now):
             self.gw.dns.upstreams = list(self._resolv.servers)
             self._log.info("user %s: DNS upstreams %s", self.name, self._resolv.servers)
