@@ -33,6 +33,7 @@ namespaces made here are used; every process is stopped by PID and every namespa
 
     python bench/bench_user_stacks.py [--mtu 1500,65520] [--duration 3] [--repeat 1]
                                       [--stacks slirp4netns,pasta,netstackd] [--rr-size 1]
+                                      [--rr-only]
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ class Stack:
             )  # fmt: skip
         try:
             if self.kind == "netstackd":
-                wait_until("netstackd's tap", self._tap_exists)
+                wait_until("netstackd's tap", self._tap_exists, timeout=60)
                 ns = self.ns
                 sh("ip", "-n", ns, "link", "set", "ns0", "mtu", m)
                 sh("ip", "-n", ns, "addr", "add", f"{GUEST_ADDR}/24", "dev", "ns0")
@@ -406,10 +407,12 @@ def run_case(
                         f"#   then: ip -n NS link set ns0 mtu {mtu} up; ip -n NS addr add "
                         f"{GUEST_ADDR}/24 dev ns0; ip -n NS route add default via {GATEWAY}"
                     )
-            servers.check()
-            up = iperf(stack, servers.iperf_port, args.duration, reverse=False)
-            servers.check()
-            down = iperf(stack, servers.iperf_port, args.duration, reverse=True)
+            up = down = Sample(0.0, 0.0, 0.0)
+            if not args.rr_only:
+                servers.check()
+                up = iperf(stack, servers.iperf_port, args.duration, reverse=False)
+                servers.check()
+                down = iperf(stack, servers.iperf_port, args.duration, reverse=True)
             rr, rr_cpu = request_response(stack, servers.echo_port, args.rr_size, args.duration)
             if stack.proc is not None and stack.proc.poll() is not None:
                 raise RuntimeError(f"{kind} died:\n{stack.output()[-2000:]}")
@@ -443,7 +446,7 @@ def print_table(results: dict[tuple[str, int], Result], stacks: Sequence[str],
     print(
         f"\n{'stack':<24} {'MTU':>5} {'up Gbit/s':>10} {'down Gbit/s':>12} "
         f"{f'RR/s ({size} B)':>13} {'us/RR':>7} {'CPU up':>7} {'CPU down':>9} {'CPU RR':>7} "
-        f"{'busy':>5}"
+        f"{'busy':>5} {'CPU us/RR':>9}"
     )
     for mtu in mtus:
         for kind in stacks:
@@ -454,7 +457,7 @@ def print_table(results: dict[tuple[str, int], Result], stacks: Sequence[str],
             print(
                 f"{kind:<24} {mtu:>5} {r.up.gbps:10.2f} {r.down.gbps:12.2f} {r.rr:13.0f} "
                 f"{1e6 / r.rr:7.0f} {r.up.cpu:7.2f} {r.down.cpu:9.2f} {r.rr_cpu:7.2f} "
-                f"{max(r.up.busy, r.down.busy):5.0%}"
+                f"{max(r.up.busy, r.down.busy):5.0%} {1e6 * r.rr_cpu / r.rr:9.1f}"
             )
         ours = results.get(("netstackd", mtu))
         for peer in ("slirp4netns", "pasta"):
@@ -462,9 +465,14 @@ def print_table(results: dict[tuple[str, int], Result], stacks: Sequence[str],
             if ours is None or ref is None:
                 continue
             print(
-                f"{'  netstackd/' + peer:<24} {mtu:>5} {ours.up.gbps / ref.up.gbps:9.2f}x "
-                f"{ours.down.gbps / ref.down.gbps:11.2f}x {ours.rr / ref.rr:12.2f}x"
+                f"{'  netstackd/' + peer:<24} {mtu:>5} {_ratio(ours.up.gbps, ref.up.gbps):9.2f}x "
+                f"{_ratio(ours.down.gbps, ref.down.gbps):11.2f}x {ours.rr / ref.rr:12.2f}x "
+                f"CPU per RR {ours.rr_cpu * ref.rr / (ref.rr_cpu * ours.rr):.2f}x"
             )
+
+
+def _ratio(ours: float, ref: float) -> float:
+    return ours / ref if ref else 0.0
 
 
 def interrupted(signum: int, frame: object) -> None:
@@ -479,6 +487,7 @@ def main() -> int:
     parser.add_argument("--stacks", default=",".join(STACKS), help="comma-separated stacks")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; the median is shown")
     parser.add_argument("--rr-size", type=int, default=1, help="RR message size (bytes)")
+    parser.add_argument("--rr-only", action="store_true", help="request/response only")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, taps)", file=sys.stderr)

@@ -7,23 +7,22 @@ upstreams, ICMP echo), unless ``ipv6=off`` an :class:`~.host6.Ipv6Service` (rout
 host fds of IPv6, behind the gateway's Ethernet type 0x86DD), a :class:`~.tcp.TcpSplicer`
 for guest TCP of both families, a :class:`~.hostfwd.HostForwarder` and a
 :class:`~.guestfwd.GuestForwarder`; ``ipv4=off`` unregisters ARP and IPv4 (their frames are
-counted as ``ipv4-disabled``). Frames from the peer go through the gateway in one pass per
-batch; what it produced leaves as one batch (``send``), its host actions run
-(:meth:`.host4.Ipv4Sockets.act`), its events go to QMP with the netdev name added, and the
-one ``loop.call_at`` (running :meth:`.router.Gateway.tick`, which ticks the IPv6 side too)
-is moved if needed.
+counted as ``ipv4-disabled``). The netdev's contract is :mod:`.endpoint`: every machine writes
+into the one :class:`~.endpoint.Outbox` and keeps its timers in the one
+:class:`~.endpoint.Deadlines` (a heap; one ``loop.call_at``, :class:`~.endpoint.NetdevTimer`).
+Frames from the peer go through the gateway in one pass per batch, then the held-back TCP
+ACKs; then :meth:`UserNetClient._pump` - the one pump, also run after every host socket
+wake-up and timer - drains the outbox: host actions run (:meth:`.host4.Ipv4Sockets.act`,
+:meth:`.hostfwd.HostForwarder.udp_reply`), frames leave as one batch per kind (``send``),
+events go to QMP with the netdev name added.
 
 Offloads: :attr:`UserNetClient.accepts_vnet` is True; :meth:`UserNetClient._receive_vnet`
 passes checksum-partial and TSO guest TCP to the gateway whole (not verified, not
 segmented), completes other offloaded frames, and the splicer sends guest-bound TCP as
 checksum-partial TSO super-frames.
 
-NAT policy for guest TCP (:meth:`UserNetClient._tcp_resolve`, libslirp's
-``sotranslate_out``): a guestfwd target first (it passes ``restrict=on``); then
-``restrict=on`` refuses; the host address maps to 127.0.0.1, the DNS address to the first
-DNS upstream (port 53 to its configured port, other ports unchanged); other addresses
-inside the virtual network are refused (RST), routable ones connected to directly. IPv6 asks
-:meth:`.nat6.Nat6.tcp_target`.
+NAT policy for guest TCP: :class:`.nat_policy.TcpPolicy` (libslirp's
+``sotranslate_out``). Log throttling and error accounting: :class:`.reporting.Reporter`.
 
 ``smb=`` (:mod:`.smb`): :meth:`start_smb` adds its exec forwards to the guestfwd rules;
 :meth:`cleanup` removes its private directory once the guestfwd children are reaped.
@@ -33,7 +32,7 @@ are :mod:`.control`'s, functions of this client; :meth:`counters` (``query-netde
 gateway, IPv6, sockets, TCP, hostfwd and guestfwd counters) stays here.
 
 Flow budget (:mod:`.budget`, ``x-max-flows``): caps the splicer and the UDP and echo flow
-tables of both families; refusals are counted there and logged here at most every 30 s.
+tables of both families; refusals are counted there and logged at most every 30 s.
 
 Invariants: :meth:`cleanup` is the one release path (netdev_del, and a netdev whose
 hostfwd or guestfwd rules fail at creation): every fd, timer and child is released and the
@@ -45,36 +44,38 @@ host input reaches the loop - an unexpected one is counted (``internal-error``) 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.proto import vnet as vnet_hdr
-from netstack.ratelog import RateLog
 
 from . import budget, ipv4
-from .dns import RESOLV_CONF, ResolvConf
+from .dns import RESOLV_CONF, RESOLV_RECHECK, ResolvConf
+from .endpoint import NetdevTimer, Outbox
 from .guestfwd import GuestForwarder
 from .host4 import Ipv4Sockets
 from .host6 import Ipv6Service
 from .hostfwd import HostForwarder
 from .ipv6 import Packet6
+from .nat_policy import Target, TcpPolicy
 from .options import (
     HostFwdRule,
     UserConfig,
     ip_text,
 )
-from .router import DNS_PORT, Gateway, Packet
+from .reporting import Reporter
+from .router import Gateway, Packet
 from .smb import SmbServer
 from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
 from .tftproot import TftpRoot
+from .udp_nat import UdpReply
 
-LOG_INTERVAL: Final = 30.0
+#: Drain rounds per pump (a host action may produce output, e.g. an ICMP error).
+PUMP_ROUNDS: Final = 4
 
 EventSink = Callable[[str, Mapping[str, Any]], None]
 
@@ -104,35 +105,35 @@ class UserNetClient(NetClient):
         self.cfg = cfg
         limits = {**budget.flow_limits(cfg.max_flows), **limits}
         tcp_max_flows = limits.pop("tcp_max_flows")
-        #: Guest flows refused for the budget, as last logged (:meth:`_log_budget`).
-        self._reported_refused = 0
         self.info_str = f"net={ip_text(cfg.net)},restrict={'on' if cfg.restrict else 'off'}"
-        self.gw = Gateway(cfg, tftp_root=TftpRoot(cfg.tftp) if cfg.tftp else None, **limits)
+        #: The netdev's output and timers (:mod:`.endpoint`).
+        self.outbox = Outbox()
+        self._timer = NetdevTimer(loop, self._on_timer)
+        self.deadlines = self._timer.deadlines
+        self.gw = Gateway(cfg, tftp_root=TftpRoot(cfg.tftp) if cfg.tftp else None,
+                          outbox=self.outbox, deadlines=self.deadlines, **limits)  # fmt: skip
         self._loop = loop
         self._log = log
         self._emit = emit_event
         self._resolv = None if cfg.dns_upstreams else ResolvConf(resolv_conf)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
+        #: When resolv.conf may be looked at again (:data:`.dns.RESOLV_RECHECK`).
+        self._resolv_due = 0.0
         self._closed = False
-        self._ratelog = RateLog(log, interval=LOG_INTERVAL, clock=loop.time)
-        self._reported_bad = 0
-        self.host_errors = 0
+        self.report = Reporter(name, log, loop.time, self.gw.stats)
         #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
         self._csum_trusted = False
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
-        self._net_bcast = cfg.broadcast.to_bytes(4, "big")
         #: The IPv4 side's host sockets (UDP flows, DNS upstreams, ICMP echo: :mod:`.host4`).
         self.host4 = Ipv4Sockets(
-            name, self.gw, loop, log, flush=self._flush, host_error=self._host_error,
+            name, self.gw, loop, log, flush=self._pump, host_error=self._host_error,
             internal_error=self._internal_error, icmp_mode=icmp_mode,
         )  # fmt: skip
         #: The IPv6 side (router, NAT, host sockets: :mod:`.host6`); None with ipv6=off.
         self.v6: Ipv6Service | None = None
         if cfg.ipv6:
             self.v6 = Ipv6Service(
-                name, cfg, self.gw, loop, flush=self._flush, host_error=self._host_error,
+                name, cfg, self.gw, loop, flush=self._pump, host_error=self._host_error,
                 internal_error=self._internal_error, icmp_mode=icmp_mode,
                 offloaded=lambda: self._csum_trusted, udp_max_flows=limits.get("udp_max_flows"),
                 icmp_max_flows=limits.get("icmp_max_flows"),
@@ -143,13 +144,15 @@ class UserNetClient(NetClient):
             self.gw.eth_handlers[ipv4.ETH_P_ARP] = self._ipv4_off
         self.tcp = TcpSplicer(
             loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
-            resolve=self._tcp_resolve, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
-            max_flows=tcp_max_flows,
+            resolve=self._resolve_tcp, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
+            max_flows=tcp_max_flows, outbox=self.outbox, deadlines=self.deadlines,
+            pump=self._pump_now,
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
-        self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._flush,
-                                 log=log, v6=self.v6)  # fmt: skip
-        self.guestfwd = GuestForwarder(loop, self.gw, log)
+        self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._pump,
+                                 log=log, v6=self.v6, deadlines=self.deadlines)  # fmt: skip
+        self.guestfwd = GuestForwarder(loop, self.gw, log, deadlines=self.deadlines)
+        self.policy = TcpPolicy(cfg, self.gw, self.guestfwd, self.v6)
         #: The ``smb=`` server (:mod:`.smb`), started by :meth:`start_smb`.
         self.smb: SmbServer | None = None
         # The rules: hostfwd binds, then guestfwd conflicts (chardevs open in create(),
@@ -180,7 +183,7 @@ class UserNetClient(NetClient):
         if self._closed:
             return len(frames)
         now = self._loop.time()
-        if self._resolv is not None:
+        if self._resolv is not None and now >= self._resolv_due:
             self._refresh_upstreams(now)
         gw_input = self.gw.input
         if vnet:
@@ -192,12 +195,14 @@ class UserNetClient(NetClient):
                 except Exception:
                     self._internal_error("guest frame")
         try:
-            self.tcp.flush()
+            self.tcp.flush_acks()
         except Exception:
             self._internal_error("guest TCP")
-        self._flush(now)
-        if budget.refused(self.tcp, self.gw, self.v6) > self._reported_refused:
-            self._log_budget()
+        self._pump(now)
+        refused = budget.refused(self.tcp, self.gw, self.v6)
+        if refused > self.report.reported_refused:
+            self.report.flow_budget(refused, self.tcp.max_flows, self.gw.udp.max_flows,
+                                    self.gw.icmp.max_flows)  # fmt: skip
         return len(frames)
 
     def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
@@ -221,7 +226,7 @@ class UserNetClient(NetClient):
                     seg = self.gw.offloaded_tcp(frame)
                     if isinstance(seg, str):
                         self.gw.stats[seg] += 1
-                    elif self._tcp_routable(seg.dst):
+                    elif self.policy.routable(seg.dst):
                         self.tcp.guest_segment(seg, now)
                 elif family:
                     self._csum_trusted = True
@@ -237,6 +242,7 @@ class UserNetClient(NetClient):
 
     def _refresh_upstreams(self, now: float) -> None:
         assert self._resolv is not None
+        self._resolv_due = now + RESOLV_RECHECK
         if self._resolv.refresh(now):
             self.gw.dns.upstreams = list(self._resolv.servers)
             self._log.info("user %s: DNS upstreams %s", self.name, self._resolv.servers)
@@ -246,7 +252,7 @@ class UserNetClient(NetClient):
     def _tcp_in(self, pkt: Packet, now: float) -> None:
         gw = self.gw
         dst = pkt.dst
-        if not self._tcp_routable(dst):
+        if not self.policy.routable(dst):
             return
         seg = parse_l4(pkt.src, dst, pkt.payload, verify=not self._csum_trusted, mac=pkt.src_mac)
         if isinstance(seg, str):
@@ -254,36 +260,8 @@ class UserNetClient(NetClient):
             return
         self.tcp.guest_segment(seg, now)
 
-    def _tcp_routable(self, dst: bytes) -> bool:
-        """Whether guest TCP to IPv4 ``dst`` may be NATed: not multicast, broadcast,
-        loopback or 0/8 (counted when not)."""
-        if dst[0] >= 224 or dst[0] in (0, 127) or dst == self._net_bcast:
-            self.gw.stats["tcp-not-routed"] += 1
-            return False
-        return True
-
-    def _tcp_resolve(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int | socket.socket:
-        target = self.guestfwd.resolve(seg)  # guestfwd targets pass restrict=on too
-        if target is not None:
-            return target
-        gw = self.gw
-        if self.cfg.restrict:
-            gw.stats["restrict-refused"] += 1
-            return errno.ECONNREFUSED
-        if seg.v6:
-            return self._tcp_resolve6(seg)
-        dst = seg.dst
-        if dst == gw.host_ip:
-            return socket.AF_INET, ("127.0.0.1", seg.dport)
-        if dst == gw.dns_ip:
-            if not gw.dns.upstreams:
-                return errno.ECONNREFUSED
-            family, host, port = gw.dns.upstreams[0]
-            return family, (host, port if seg.dport == DNS_PORT else seg.dport)
-        if dst in gw.local or self.cfg.in_net(int.from_bytes(dst, "big")):
-            gw.stats["tcp-not-routed"] += 1
-            return errno.ECONNREFUSED
-        return socket.AF_INET, (socket.inet_ntoa(dst), seg.dport)
+    def _resolve_tcp(self, seg: Segment) -> Target:
+        return self.policy.resolve(seg)  # bound late: the policy is made after the splicer
 
     def _tcp_l2(self, seg: Segment) -> bytes:
         if seg.v6 and self.v6 is not None:
@@ -294,30 +272,41 @@ class UserNetClient(NetClient):
         self.send(frames, True)  # after cleanup (no peer): counted as tx_dropped
 
     def _tcp_event(self, m: TcpEndpoint, event: Event, detail: int) -> None:
-        if event is Event.HOST_ERROR and detail and self._may_log("TCP host socket"):
+        if event is Event.HOST_ERROR and detail and self.report.may_log("TCP host socket"):
             self._log.info("user %s: TCP host socket error: %s", self.name, os.strerror(detail))
 
     # -- gateway -> peer, host, QMP --------------------------------------------------------
 
-    def _flush(self, now: float) -> None:
-        gw = self.gw
-        if gw.actions:
-            actions, gw.actions = gw.actions, []
-            act = self.host4.act
+    def _pump_now(self) -> None:
+        self._pump(self._loop.time())
+
+    def _pump(self, now: float) -> None:
+        """The one pump: drain the outbox - host actions first (their output joins the
+        next round), then frames in one batch per kind, then events."""
+        outbox = self.outbox
+        for _ in range(PUMP_ROUNDS):
+            if not (outbox.frames or outbox.vnet_frames or outbox.actions or outbox.events):
+                return  # (Outbox.__bool__ spelt out: this runs after every wake-up)
+            frames, vnet_frames, actions, events = outbox.drain()
             for action in actions:
                 try:
-                    act(action, now)
+                    self._act(action, now)
                 except Exception:
                     self._internal_error("host action")
-        if gw.out:
-            out, gw.out = gw.out, []
-            self.send(out)
-        if gw.events:
-            events, gw.events = gw.events, []
-            if self._emit is not None:
+            if frames:
+                self.send(frames)
+            if vnet_frames:
+                self.send(vnet_frames, True)  # after cleanup (no peer): tx_dropped
+            if events and self._emit is not None:
                 for name, data in events:
                     self._emit(name, {"netdev": self.name, **data})
-        self._schedule(now)
+
+    def _act(self, action: object, now: float) -> None:
+        """Run one host action (the adapters own the fds)."""
+        if action.__class__ is UdpReply:
+            self.fwd.udp_reply(action)
+        else:
+            self.host4.act(action, now)  # type: ignore[arg-type]
 
     # -- IPv6 ------------------------------------------------------------------------------
 
@@ -329,14 +318,6 @@ class UserNetClient(NetClient):
             self.gw.stats[seg] += 1
             return
         self.tcp.guest_segment(seg, now)
-
-    def _tcp_resolve6(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int:
-        """The NAT policy for IPv6 (:meth:`.nat6.Nat6.tcp_target`): the host address to
-        ::1, the DNS address to the first upstream, other in-prefix addresses refused,
-        global ones connected to directly."""
-        if self.v6 is None:
-            return errno.ECONNREFUSED
-        return self.v6.nat.tcp_target(seg.dst, seg.dport)
 
     def _input_counters(self) -> dict[str, int]:
         """The gateway's counters with the IPv6 side's added (a name both use is summed)."""
@@ -354,68 +335,46 @@ class UserNetClient(NetClient):
         if self.v6 is not None and not self.link_down and not self._closed:
             now = self._loop.time()
             self.v6.link_up(now)
-            self._flush(now)
+            self.deadlines.changed(self.v6)
+            self._pump(now)
 
     # -- timer -----------------------------------------------------------------------------
 
-    def _schedule(self, now: float) -> None:
-        when = self.gw.next_deadline()
-        if self._closed or when is None:
-            return
-        if self._timer is not None:
-            if when >= self._timer_at - 0.001:
-                return
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._on_timer)
+    def deadlines_changed(self) -> None:
+        """State was put into the machines from outside (live migration): ask every
+        timed part of the gateway and the IPv6 side for its deadline again."""
+        for part in self.gw.parts:
+            self.deadlines.changed(part)
+        if self.v6 is not None:
+            self.deadlines.changed(self.v6)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        if self._closed:
-            return
+        """The netdev's one timer: every machine due runs, then the pump."""
         now = self._loop.time()
         try:
-            self.gw.tick(now)
+            self.deadlines.run(now)
         except Exception:
             self._internal_error("timer")
         self._sync_bad(now)
-        self._flush(now)
+        self._pump(now)
+        self._timer.rearm()
 
     # -- errors and logging ----------------------------------------------------------------
 
     def _internal_error(self, where: str) -> None:
-        self.gw.stats["internal-error"] += 1
-        if self._may_log("internal"):
-            self._log.exception("user %s: unexpected error handling %s", self.name, where)
+        self.report.internal_error(where)
 
     def _host_error(self, what: str, exc: OSError) -> None:
-        self.host_errors += 1
-        if self._may_log(what):
-            self._log.warning("user %s: %s failed: %s", self.name, what, exc)
+        self.report.host_error(what, exc)
 
-    def _may_log(self, topic: str) -> bool:
-        return self._ratelog.allow(topic)
-
-    def _log_budget(self) -> None:
-        if self._may_log("flow-budget"):
-            refused = budget.refused(self.tcp, self.gw, self.v6)
-            self._log.warning(
-                "user %s: flow budget reached (tcp %d, udp %d, icmp %d per family; "
-                "x-max-flows) or descriptor reserve: %d new guest flows refused so far",
-                self.name, self.tcp.max_flows, self.gw.udp.max_flows, self.gw.icmp.max_flows,
-                refused,
-            )  # fmt: skip
-            self._reported_refused = refused
+    @property
+    def host_errors(self) -> int:
+        """Host socket failures (``host-errors``)."""
+        return self.report.host_errors
 
     def _sync_bad(self, now: float) -> None:
         """Fold malformed-input counters into ``stats.malformed`` and log new ones."""
-        counters = self._input_counters()
-        bad = sum(v for k, v in counters.items() if _is_bad(k))
-        self.stats.malformed = bad
-        if bad > self._reported_bad and self._may_log("bad-input"):
-            detail = ", ".join(f"{k}: {v}" for k, v in sorted(counters.items()) if _is_bad(k) and v)
-            self._log.warning("user %s: dropped bad input (totals: %s)", self.name, detail)
-            self._reported_bad = bad
+        self.stats.malformed = self.report.bad_input(self._input_counters())
 
     def start_smb(self) -> None:
         """``smb=``: the private smbd and its exec forwards (after the guestfwd rules, as in
@@ -444,9 +403,7 @@ class UserNetClient(NetClient):
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.close()
         if self.v6 is not None:  # the final RA (router lifetime 0) while the peer is there
             try:
                 self.send(self.v6.close())
@@ -467,6 +424,9 @@ class UserNetClient(NetClient):
             self.tcp.close()
         except Exception:
             self._internal_error("TCP close")
+        _, vnet_frames, _, _ = self.outbox.drain()  # the RSTs of the connections
+        if vnet_frames:
+            self._tcp_send(vnet_frames)
         self.gw.close()
 
 
@@ -485,7 +445,3 @@ def _is_tcp(frame: bytes) -> int:
     if etype == 0x86DD:
         return 6 if len(frame) > at + 8 and frame[at + 8] == _IPPROTO_TCP else 0
     return 0
-
-
-def _is_bad(name: str) -> bool:
-    return any(word in name for word in ("malformed", "bad-", "short", "mismatch", "unexpected"))

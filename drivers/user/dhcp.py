@@ -132,6 +132,7 @@ class DhcpServer:
         lease_time: int = LEASE_TIME,
         pool_size: int = DHCP_POOL_SIZE,
         siaddr: int | None = None,
+        events: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.lease_time = lease_time
@@ -141,7 +142,8 @@ class DhcpServer:
         self.siaddr = siaddr.to_bytes(4, "big")
         self.slots = [Slot(cfg.dhcp_start + i) for i in range(pool_size)]
         self.counters: Counter[str] = Counter()
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        #: Lease events (QMP); the netdev's outbox list when given (``events``).
+        self.events: list[tuple[str, dict[str, Any]]] = events if events is not None else []
         self._wake: float | None = None
         self._config = self._config_options()
 

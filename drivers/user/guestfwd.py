@@ -10,7 +10,9 @@ connection targets:
 * ``cmd:COMMAND``: each guest connection gets a child ``/bin/sh -c COMMAND`` in its own
   session (``setsid``, as libslirp) whose stdin, stdout and stderr are one end of a unix
   socketpair; the other end goes to the TCP splicer as an already-connected host socket.
-  Children are watched with a pidfd and reaped as they exit; at most :data:`MAX_CHILDREN`
+  Children are watched with a pidfd on the loop and reaped as they exit (polled every
+  :data:`POLL_INTERVAL` s, as one entry of the netdev's deadlines, only when the pidfd
+  could not be opened); at most :data:`MAX_CHILDREN`
   live at once per netdev (beyond: RST); :meth:`GuestForwarder.close` (netdev_del)
   terminates the rest (SIGTERM to the session, :data:`KILL_GRACE` s, then SIGKILL) and
   reaps them, so none is left behind and no zombie remains.
@@ -82,6 +84,7 @@ from netstack.errors import GenericError
 from netstack.qapi import Chardev as ChardevSpec
 from netstack.qapi import parse_qmp_shorthand
 
+from .endpoint import Deadlines, NetdevTimer
 from .guestfwd_chardev import ChardevBridge
 from .options import GuestFwdRule, inet_aton
 from .router import Gateway
@@ -160,7 +163,7 @@ class Children:
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, log: logging.Logger, limit: int = MAX_CHILDREN,
-        shell: str = SHELL,
+        shell: str = SHELL, deadlines: Deadlines | None = None,
     ) -> None:  # fmt: skip
         self._loop = loop
         self._log = log
@@ -168,7 +171,15 @@ class Children:
         self.shell = shell
         self.live: dict[int, tuple[subprocess.Popen[bytes], int]] = {}  # pid -> (proc, pidfd)
         self.stats: Counter[GuestfwdCounter] = Counter()
-        self._poll: asyncio.TimerHandle | None = None
+        #: Children are reaped through a pidfd on the loop; only a child whose pidfd could
+        #: not be opened (descriptors exhausted) is polled, as an entry of the netdev's
+        #: deadlines (or of our own timer when used alone).
+        self._timer: NetdevTimer | None = None
+        if deadlines is None:
+            self._timer = NetdevTimer(loop, self._on_own_timer)
+            deadlines = self._timer.deadlines
+        self._deadlines = deadlines
+        self._poll_at: float | None = None
         self._warned_at = -SPAWN_LOG_INTERVAL
 
     def spawn(self, command: str) -> socket.socket | int:
@@ -220,8 +231,9 @@ class Children:
         self.live[proc.pid] = (proc, pidfd)
         if pidfd >= 0:
             self._loop.add_reader(pidfd, self._reap, proc.pid)
-        elif self._poll is None:
-            self._poll = self._loop.call_later(POLL_INTERVAL, self._poll_all)
+        elif self._poll_at is None:
+            self._poll_at = self._loop.time() + POLL_INTERVAL
+            self._deadlines.changed(self)
         return ours
 
     def _reap(self, pid: int) -> None:
@@ -229,12 +241,23 @@ class Children:
         if entry is not None and entry[0].poll() is not None:
             self._forget(pid)
 
-    def _poll_all(self) -> None:
-        self._poll = None
+    def next_deadline(self) -> float | None:
+        return self._poll_at
+
+    def on_deadline(self, now: float) -> None:
+        """Poll the children without a pidfd."""
+        if self._poll_at is None or now < self._poll_at:
+            return
+        self._poll_at = None
         for pid in list(self.live):
             self._reap(pid)
         if any(pidfd < 0 for _proc, pidfd in self.live.values()):
-            self._poll = self._loop.call_later(POLL_INTERVAL, self._poll_all)
+            self._poll_at = now + POLL_INTERVAL
+
+    def _on_own_timer(self) -> None:
+        assert self._timer is not None
+        self._timer.deadlines.run(self._loop.time())
+        self._timer.rearm()
 
     def _forget(self, pid: int) -> None:
         proc, pidfd = self.live.pop(pid)
@@ -247,9 +270,10 @@ class Children:
     def close(self) -> None:
         """Terminate every live child's session, wait :data:`KILL_GRACE` s, kill the rest,
         reap all (blocking at most that long plus the kills)."""
-        if self._poll is not None:
-            self._poll.cancel()
-            self._poll = None
+        self._poll_at = None
+        self._deadlines.drop(self)
+        if self._timer is not None:
+            self._timer.close()
         for pid in self.live:
             _signal_session(pid, signal.SIGTERM)
         deadline = time.monotonic() + KILL_GRACE
@@ -306,12 +330,13 @@ class GuestForwarder:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, gw: Gateway, log: logging.Logger, *,
         max_children: int = MAX_CHILDREN, shell: str = SHELL,
+        deadlines: Deadlines | None = None,
     ) -> None:  # fmt: skip
         self._loop = loop
         self._gw = gw
         self._log = log
         self.forwards: list[GuestFwd] = []
-        self.children = Children(loop, log, max_children, shell)
+        self.children = Children(loop, log, max_children, shell, deadlines=deadlines)
         self.lookup: Lookup | None = None
         self.stats: Counter[GuestfwdCounter] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()  # openings: cancelled by close()

@@ -10,18 +10,19 @@ sockets for the IPv6 relay (one per upstream family), and the ICMPv6 echo socket
 (:class:`.hostecho.EchoSockets` with :data:`ECHO6`, shared with :mod:`.host4`: a ping socket
 per echo flow, or one raw ICMPv6 socket, or none - :func:`.hostsock.icmp_mode`).
 
-Wiring into the gateway (:class:`~.router.Gateway`, which owns the port's one input pass,
-output lists and timer): Ethernet type 0x86DD is registered in ``eth_handlers``
-(:meth:`Ipv6Service.input`), the router's MACs (``52:56:xx``) are accepted by the gateway's
-MAC filter (:meth:`~.router.Gateway.accept_mac`; the router filters again: multicast, or
-one of its MACs), and this object is one of the gateway's ``timers`` (its
-:meth:`~Ipv6Service.tick` runs the router's and the NAT's timers). After every entry -
-a guest frame, a tick, a host socket event, a call from hostfwd - :meth:`Ipv6Service.pump`
-runs the host work the machines asked for and moves their frames and events into the
-gateway's ``out`` and ``events``, which the client sends and emits as usual; host socket
-events end with the client's ``flush`` (given at construction). Guest TCP over IPv6 is the
-client's (its splicer is shared by both families): it registers the router's TCP handler
-and asks :meth:`Nat6.tcp_target` and :meth:`Ipv6Service.l2_for`.
+Wiring into the gateway (:class:`~.router.Gateway`, which owns the port's one input pass)
+and the netdev's contract (:mod:`.endpoint`): Ethernet type 0x86DD is registered in
+``eth_handlers`` (:meth:`Ipv6Service.input`), the router's MACs (``52:56:xx``) are
+accepted by the gateway's MAC filter (:meth:`~.router.Gateway.accept_mac`; the router
+filters again: multicast, or one of its MACs); the router writes its frames and events
+straight into the netdev's outbox, and this object is one entry of the netdev's
+deadlines (:meth:`~Ipv6Service.on_deadline` runs the router's and the NAT's timers).
+After every entry - a guest frame, a timer, a host socket event, a call from hostfwd -
+:meth:`Ipv6Service.pump` runs the IPv6 host work the machines asked for (their action
+lists name IPv6 flows; a :class:`~.udp_nat.UdpReply` for hostfwd goes on to the netdev's
+outbox); host socket events end with the client's ``flush`` (given at construction).
+Guest TCP over IPv6 is the client's (its splicer is shared by both families): it
+registers the router's TCP handler and asks :meth:`Nat6.tcp_target` and :meth:`Ipv6Service.l2_for`.
 
 Invariant: every fd opened here is closed by :meth:`Ipv6Service.close` (or when its flow
 ends); no guest or host input raises out of a loop callback (an unexpected exception is
@@ -46,7 +47,7 @@ from .nat6 import Nat6
 from .options import UserConfig
 from .router import Gateway
 from .tcp import Segment, ethernet_header
-from .udp_nat import UdpClose, UdpSend
+from .udp_nat import UdpClose, UdpReply, UdpSend
 from .udpflows import UDP6, FlowKey, UdpFlowSockets
 
 ETH_P_IPV6: Final = 0x86DD
@@ -87,7 +88,8 @@ class Ipv6Service:
         self._internal_error = internal_error
         #: Whether the frame being input came with checksum offload / TSO (the client's).
         self._offloaded = offloaded
-        self.router = Ipv6Router(self.cfg, now=loop.time(), echo_max_flows=icmp_max_flows)
+        self.router = Ipv6Router(self.cfg, now=loop.time(), echo_max_flows=icmp_max_flows,
+                                 out=gw.out, events=gw.events)  # fmt: skip
         self.nat = Nat6(self.router, gw.dns, udp_max_flows=udp_max_flows)
         self.router.ip_handlers[pk.IPPROTO_UDP] = self.nat.udp_in
         self._dns = hostsock.UpstreamSockets(loop, self._dns_answer, host_error)
@@ -107,7 +109,7 @@ class Ipv6Service:
         gw.eth_handlers[ETH_P_IPV6] = self.input
         for mac in self.router.macs:
             gw.accept_mac(mac)
-        gw.timers.append(self)
+        gw.deadlines.changed(self)
 
     # -- the gateway's view ----------------------------------------------------------------
 
@@ -116,10 +118,12 @@ class Ipv6Service:
         self.router.input(frame, now, offloaded=self._offloaded())
         self.pump(now)
 
-    def tick(self, now: float) -> None:
+    def on_deadline(self, now: float) -> None:
         self.router.tick(now)
         self.nat.tick(now)
         self.pump(now)
+
+    tick = on_deadline
 
     def next_deadline(self) -> float | None:
         when = self.router.next_deadline()
@@ -127,8 +131,8 @@ class Ipv6Service:
         return when if nat is None or (when is not None and when < nat) else nat
 
     def pump(self, now: float) -> None:
-        """Run the host work the machines asked for; move their frames and events into the
-        gateway's lists (the client sends and emits them on its next flush)."""
+        """Run the IPv6 host work the machines asked for (their frames and events are in
+        the netdev's outbox already)."""
         r, nat = self.router, self.nat
         for _ in range(_PUMP_ROUNDS):
             if not (r.actions or nat.actions) or self.closed:
@@ -141,13 +145,8 @@ class Ipv6Service:
                     self._act(action, now)
                 except Exception:
                     self._internal_error("IPv6 host action")
-        gw = self._gw
-        if r.out:
-            gw.out.extend(r.out)
-            r.out.clear()
-        if r.events:
-            gw.events.extend(r.events)
-            r.events.clear()
+        if not self.closed:
+            self._gw.deadlines.changed(self)
 
     def _act(self, action: Any, now: float) -> None:
         if isinstance(action, UdpSend):
@@ -161,6 +160,8 @@ class Ipv6Service:
             self.echo.send(a.key, a.host_id, a.host, a.seq, a.payload, a.hop_limit)
         elif isinstance(action, PingClose):
             self.echo.close_flow(action.key)
+        elif isinstance(action, UdpReply):
+            self._gw.actions.append(action)  # hostfwd's socket: the client runs it
 
     @property
     def icmp_mode(self) -> str:
@@ -256,6 +257,5 @@ class Ipv6Service:
         self.udp.close()
         self.echo.close()
         self._dns.close()
-        if self in self._gw.timers:
-            self._gw.timers.remove(self)
+        self._gw.deadlines.drop(self)
         return self.router.final_advertisement()

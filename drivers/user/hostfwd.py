@@ -13,9 +13,11 @@ libslirp's ``slirp_add_hostfwd``. Owns, per rule, one bound host socket:
   then the host connection is closed and counted).
 * UDP: a bound datagram socket; each datagram goes to ``guest:guest_port`` from the
   sender's guest-side address and port (a per-source flow), and the guest's datagrams
-  back to that address and port leave from the bound socket to the sender (the hook
-  :attr:`~.udp_nat.UdpNat.reply_hook`). At most :data:`UDP_FLOWS` flows per netdev are
-  remembered (least recently used forgotten first).
+  back to that address and port leave from the bound socket to the sender (the NAT asks
+  :meth:`HostForwarder.reply_target`, a table lookup, and hands the datagram back as a
+  :class:`~.udp_nat.UdpReply` action that :meth:`HostForwarder.udp_reply` performs). At
+  most :data:`UDP_FLOWS` flows per netdev are remembered (least recently used forgotten
+  first).
 
 IPv6 (netstack's extension of the rule syntax, :func:`.options.parse_hostfwd`): a rule's
 host side is an ``AF_INET6`` socket (``IPV6_V6ONLY``) when its host address is bracketed,
@@ -40,14 +42,16 @@ import logging
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
 from netstack.proto.vnet import PLAIN_HDR
 
 from . import ipv4
+from .endpoint import Deadlines
 from .options import HostFwdRule, ip_text
 from .router import Gateway
 from .tcp import TcpSplicer, ethernet_header
+from .udp_nat import UdpReply
 
 if TYPE_CHECKING:
     from .host6 import Ipv6Service
@@ -126,8 +130,10 @@ class HostForwarder:
         self, loop: asyncio.AbstractEventLoop, gw: Gateway, tcp: TcpSplicer, *,
         send: Callable[[list[bytes]], None], flush: Callable[[float], None],
         log: logging.Logger, v6: Ipv6Service | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:  # fmt: skip
         self._loop = loop
+        self._deadlines = deadlines if deadlines is not None else Deadlines()
         self._gw = gw
         self._v6 = v6
         self._tcp = tcp
@@ -138,10 +144,12 @@ class HostForwarder:
         self.stats: Counter[HostfwdCounter] = Counter()
         self._replies: OrderedDict[ReplyKey, tuple[Forward, tuple[str, int]]] = OrderedDict()
         self._pending: list[_Pending] = []
-        self._timer: asyncio.TimerHandle | None = None
-        gw.udp.reply_hook = self._udp_reply
+        #: When waiting connections next retry finding the guest's MAC (a deadline of the
+        #: netdev's :class:`~.endpoint.Deadlines`).
+        self._retry_at: float | None = None
+        gw.udp.forward_lookup = self.reply_target
         if v6 is not None:
-            v6.nat.udp.reply_hook = self._udp_reply
+            v6.nat.udp.forward_lookup = self.reply_target
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -199,13 +207,12 @@ class HostForwarder:
     def close(self) -> None:
         for fwd in list(self.forwards):
             self.remove(fwd)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._retry_at = None
+        self._deadlines.drop(self)
         udps = [self._gw.udp] + ([self._v6.nat.udp] if self._v6 is not None else [])
         for udp in udps:
-            if udp.reply_hook == self._udp_reply:
-                udp.reply_hook = None
+            if udp.forward_lookup == self.reply_target:
+                udp.forward_lookup = None
 
     def _guest_side(self, host: str, guest: bytes) -> bytes:
         """The guest-side address of host peer ``host`` talking to ``guest``: loopback and
@@ -271,8 +278,9 @@ class HostForwarder:
                 arp = ipv4.arp_packet(1, gw.mac, gw.host_ip, bytes(6), guest,
                                       ipv4.BROADCAST_MAC)  # fmt: skip
                 self._send([PLAIN_HDR + arp if self._tcp.cfg.vnet else arp])  # the TCP form
-            if self._timer is None:
-                self._timer = self._loop.call_later(MAC_RETRY, self._retry)
+            if self._retry_at is None:
+                self._retry_at = self._loop.time() + MAC_RETRY
+                self._deadlines.changed(self)
             return False
         src_mac = v6.src_mac(p.local) if v6 is not None else self._gw.mac
         l2 = ethernet_header(mac, src_mac, v6 is not None)
@@ -280,8 +288,15 @@ class HostForwarder:
         self.stats["hostfwd-tcp-forwarded"] += 1
         return True
 
+    def next_deadline(self) -> float | None:
+        return self._retry_at
+
+    def on_deadline(self, now: float) -> None:
+        if self._retry_at is not None and now >= self._retry_at:
+            self._retry_at = None
+            self._retry()
+
     def _retry(self) -> None:
-        self._timer = None
         pending, self._pending = self._pending, []
         for p in pending:
             p.tries += 1
@@ -327,16 +342,19 @@ class HostForwarder:
                                ipv4.udp_segment(src, guest, sport, gport, data))  # fmt: skip
         self._flush(now)
 
-    def _udp_reply(self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> bool:
-        """A guest datagram: True when it answers a forwarded flow (then it was sent)."""
-        entry = self._replies.get((src, sport, dst, dport))
-        if entry is None:
-            return False
-        fwd, peer = entry
-        self._replies.move_to_end((src, sport, dst, dport))
+    def reply_target(self, key: ReplyKey) -> tuple[Forward, tuple[str, int]] | None:
+        """The forwarded flow a guest datagram (guest address and port, guest-side peer
+        address and port) answers, or None; a lookup, no I/O."""
+        entry = self._replies.get(key)
+        if entry is not None:
+            self._replies.move_to_end(key)
+        return entry
+
+    def udp_reply(self, action: UdpReply) -> None:
+        """Send a guest's answer to a forwarded flow from the forward's socket."""
+        fwd, peer = cast("tuple[Forward, tuple[str, int]]", action.target)
         try:
-            fwd.sock.sendto(payload, peer)
+            fwd.sock.sendto(action.payload, peer)
             self.stats["hostfwd-udp-to-host"] += 1
         except OSError:
             self.stats["hostfwd-udp-send-failed"] += 1
-        return True

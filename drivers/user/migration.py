@@ -435,7 +435,7 @@ def import_state(client: UserNetClient, blob: str) -> dict[str, int]:
         nat.flows[flow.guest] = entry
         nat._touch(entry, now + flow.expires_in)
         client.host4.udp_adopt(flow.guest, sock)
-    client._schedule(now)
+    client.deadlines_changed()
     return {
         "leases": len(parsed.leases),
         "forwards": len(parsed.hostfwd) + len(parsed.guestfwd),

@@ -2,7 +2,7 @@
 IPv6 DNS address, and where guest TCP over IPv6 connects to.
 
 Follows libslirp's ``udp6.c`` and ``sotranslate_out`` with the IPv4 side's
-choices (:mod:`.udp_nat`, :mod:`.dns`, ``UserNetClient._tcp_resolve``), so a guest sees the
+choices (:mod:`.udp_nat`, :mod:`.dns`, :class:`.nat_policy.TcpPolicy`), so a guest sees the
 same network over either family:
 
 * the host address (``ipv6-host``, fec0::2, and its fe80:: form fe80::2, which libslirp's
@@ -25,7 +25,7 @@ same network over either family:
 
 One UDP host socket per guest (address, port), as on IPv4 (:class:`UdpNat6` is
 :class:`~.udp_nat.UdpNat` with IPv6 address mapping); hostfwd answers are claimed by the
-same :attr:`~.udp_nat.UdpNat.reply_hook` mechanism.
+same :attr:`~.udp_nat.UdpNat.forward_lookup` mechanism.
 
 Sans-IO: guest datagrams come from the router (:meth:`Nat6.udp_in` is its UDP handler) and
 host events through :meth:`Nat6.udp_from_host`, :meth:`Nat6.udp_host_error`,
@@ -45,12 +45,12 @@ from .dns import DnsRelay, ToGuest, Upstream
 from .ipv6 import Ipv6Router, Packet6, icmp6
 from .ipv6 import addr as a6
 from .ipv6 import packet as pk
-from .udp_nat import UdpClose, UdpNat, UdpSend
+from .udp_nat import UdpClose, UdpNat, UdpReply, UdpSend
 
 DNS_PORT: Final = 53
 HOST_LOOPBACK: Final = "::1"
 
-Action6 = UdpSend | UdpClose | Upstream
+Action6 = UdpSend | UdpClose | UdpReply | Upstream
 #: (family, sockaddr) to connect to, or an errno to refuse with.
 TcpTarget = tuple[int, tuple[Any, ...]] | int
 
@@ -103,9 +103,11 @@ class Nat6:
         sport, dport = (m[0] << 8) | m[1], (m[2] << 8) | m[3]
         data = bytes(m[pk.UDP_HLEN :])
         if self.cfg.restrict:  # only answers to UDP hostfwd flows pass (as on IPv4)
-            hook = self.udp.reply_hook
-            if hook is None or not hook(p.src, sport, p.dst, dport, data):
+            reply = self.udp.reply_to_forward(p.src, sport, p.dst, dport, data)
+            if reply is None:
                 self.stats["restrict-dropped"] += 1
+            else:
+                self.actions.append(reply)
             return
         if p.dst in self.dns_forms:
             if dport == DNS_PORT:

@@ -13,13 +13,16 @@ and ICMP echo relay for everything else; ``restrict=on`` (UDP other than DHCP/TF
 relayed ICMP dropped); and building guest-bound frames
 (:mod:`.ipv4`: fragmented to the MTU, padded to 60 bytes).
 
-Sans-IO: frames and host events go in with ``now``; frames for the guest accumulate in
-:attr:`Gateway.out`, work for the host sockets in :attr:`Gateway.actions`
+Sans-IO, on the netdev's contract (:mod:`.endpoint`): frames and host events go in with
+``now``; frames for the guest go into the netdev's :class:`~.endpoint.Outbox`
+(:attr:`Gateway.out` is its frame list), work for the host sockets into its action list
 (:class:`~.udp_nat.UdpSend`/:class:`~.udp_nat.UdpClose`, :class:`~.dns.Upstream`,
-:class:`~.icmp_relay.PingSend`/:class:`~.icmp_relay.PingClose`) and QMP events in
-:attr:`Gateway.events`; the adapter drains all three. :meth:`Gateway.tick` runs every
-timer; :meth:`Gateway.next_deadline` says when it is next due. Bad input never raises: it is
-counted (:meth:`Gateway.counters`) and dropped.
+:class:`~.icmp_relay.PingSend`/:class:`~.icmp_relay.PingClose`,
+:class:`~.udp_nat.UdpReply`) and QMP events into its event list; the adapter drains it.
+Each timed service is one entry of the netdev's :class:`~.endpoint.Deadlines`
+(:attr:`Gateway.parts`), told when input touched it; :meth:`Gateway.tick` and
+:meth:`Gateway.next_deadline` run and ask all of them at once (standalone use). Bad input
+never raises: it is counted (:meth:`Gateway.counters`) and dropped.
 
 Deviation from libslirp: guest UDP to broadcast or multicast addresses is dropped (libslirp
 relays limited broadcast to host loopback), and only the guest's own unicast sources are
@@ -31,7 +34,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple
 
 from netstack.proto import vnet as vnet_hdr
 from netstack.proto.checksum import udp4_ok, verify
@@ -39,6 +42,7 @@ from netstack.proto.checksum import udp4_ok, verify
 from . import ipv4
 from .dhcp import BOOTP_CLIENT, BOOTP_SERVER, DhcpServer
 from .dns import DnsRelay, ToGuest, Upstream
+from .endpoint import Deadlines, Outbox, Part
 from .icmp_relay import IcmpRelay, PingClose, PingSend
 from .ipv4 import (
     ARP,
@@ -59,7 +63,7 @@ from .reassembly import Reassembler
 from .tcp.wire import Segment, parse_frame
 from .tftp import TftpServer
 from .tftproot import TftpRoot
-from .udp_nat import UdpClose, UdpNat, UdpSend
+from .udp_nat import UdpClose, UdpNat, UdpReply, UdpSend
 
 ARP_TABLE_MAX: Final = 1024
 ARP_HOLD: Final = 3.0
@@ -67,20 +71,8 @@ ARP_HOLD_PACKETS: Final = 16
 TFTP_PORT: Final = 69
 DNS_PORT: Final = 53
 
-Action = UdpSend | UdpClose | Upstream | PingSend | PingClose
-"""Work for the adapter (the adapter adds its own kinds to :attr:`Gateway.actions`)."""
-
-
-class _HasDeadline(Protocol):
-    def next_deadline(self) -> float | None: ...
-
-
-class Timed(Protocol):
-    """A machine with timers that the gateway runs from :meth:`Gateway.tick`."""
-
-    def tick(self, now: float) -> None: ...
-
-    def next_deadline(self) -> float | None: ...
+Action = UdpSend | UdpClose | UdpReply | Upstream | PingSend | PingClose
+"""Work for the adapter (other machines of the netdev add their own kinds)."""
 
 
 class Packet(NamedTuple):
@@ -115,8 +107,16 @@ class Gateway:
         udp_max_flows: int | None = None,
         icmp_max_flows: int | None = None,
         tftp_max_sessions: int | None = None,
+        outbox: Outbox | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.cfg = cfg
+        #: The netdev's output (:mod:`.endpoint`); its own when used alone.
+        self.outbox = outbox if outbox is not None else Outbox()
+        #: The netdev's timers; its own when used alone (then :meth:`tick` runs them).
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
+        self._frames = self.outbox.frames
+        self._actions = self.outbox.actions
         self.host_ip = cfg.host.to_bytes(4, "big")
         self.dns_ip = cfg.dns.to_bytes(4, "big")
         self.mac = ipv4.virtual_mac(self.host_ip)
@@ -129,7 +129,7 @@ class Gateway:
         self.arp: dict[bytes, bytes] = {}
         self._held: dict[bytes, _Held] = {}
         self.reassembly = Reassembler()
-        self.dhcp = DhcpServer(cfg)
+        self.dhcp = DhcpServer(cfg, events=self.outbox.events)
         self.tftp = TftpServer(tftp_root, **_kw(max_sessions=tftp_max_sessions))
         self.dns = DnsRelay(cfg.dns_upstreams)
         self.udp = UdpNat(self.host_ip, **_kw(max_flows=udp_max_flows))
@@ -144,15 +144,37 @@ class Gateway:
             ETH_P_IP: self._ipv4_in,
             ETH_P_ARP: self._arp_in,
         }
-        #: Further timed machines (guest TCP, forwarding): ticked with the rest.
-        self.timers: list[Timed] = []
-        self.out: list[bytes] = []
-        self.actions: list[Any] = []
-        self.events: list[tuple[str, dict[str, Any]]] = []
         self.stats: Counter[str] = Counter()
         self._ident = random.getrandbits(16)
         self._hold_wake: float | None = None
         self._now = 0.0
+        self._t_reassembly = Part(self.reassembly.next_deadline, self._reassembly_tick)
+        self._t_dhcp = Part(self.dhcp.next_deadline, self.dhcp.expire)
+        self._t_tftp = Part(self.tftp.next_deadline, self._tftp_tick)
+        self._t_dns = Part(self.dns.next_deadline, self._dns_tick)
+        self._t_udp = Part(self.udp.next_deadline, self._udp_tick)
+        self._t_icmp = Part(self.icmp.next_deadline, self._icmp_tick)
+        self._t_held = Part(self._held_deadline, self._expire_held)
+        #: The timed services, each one entry of :attr:`deadlines`.
+        self.parts: tuple[Part, ...] = (
+            self._t_reassembly, self._t_dhcp, self._t_tftp, self._t_dns, self._t_udp,
+            self._t_icmp, self._t_held,
+        )  # fmt: skip
+
+    @property
+    def out(self) -> list[bytes]:
+        """Guest-bound frames not yet drained (the outbox's list)."""
+        return self.outbox.frames
+
+    @property
+    def actions(self) -> list[Action]:
+        """Host actions not yet drained (the outbox's list)."""
+        return self.outbox.actions
+
+    @property
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        """QMP events not yet drained (the outbox's list)."""
+        return self.outbox.events
 
     def add_local(self, addr: bytes) -> None:
         """Make the gateway own ``addr`` (ARP with its virtual MAC, ICMP echo)."""
@@ -221,7 +243,7 @@ class Gateway:
         if self._unicast_source(spa):
             self._learn(spa, sha)
         if op == 1 and tpa in self.local:
-            self.out.append(ipv4.arp_packet(2, self.local[tpa], tpa, sha, spa, sha))
+            self._frames.append(ipv4.arp_packet(2, self.local[tpa], tpa, sha, spa, sha))
             self.stats["arp-replies"] += 1
 
     def _unicast_source(self, addr: bytes) -> bool:
@@ -274,6 +296,7 @@ class Gateway:
             done = self.reassembly.add(
                 key, header, (frag & IP_OFFMASK) * 8, bool(frag & IP_MF), payload, now
             )
+            self.deadlines.changed(self._t_reassembly)
             if done is None:
                 return
             header, payload = done
@@ -316,9 +339,7 @@ class Gateway:
                     self.host_ip, reply.dst_ip, BOOTP_SERVER, BOOTP_CLIENT, reply.payload
                 )
                 self.ip_to_guest(self.host_ip, reply.dst_ip, IPPROTO_UDP, seg, reply.dst_mac)
-            if self.dhcp.events:
-                self.events.extend(self.dhcp.events)
-                self.dhcp.events.clear()
+            self.deadlines.changed(self._t_dhcp)
             return
         if pkt.src == ZERO_IP:
             self.stats["ip-bad-source"] += 1
@@ -328,15 +349,19 @@ class Gateway:
             for reply_payload in self.tftp.handle((src, sport), data, now):
                 seg = ipv4.udp_segment(host_ip, src, TFTP_PORT, sport, reply_payload)
                 self.ip_to_guest(host_ip, src, IPPROTO_UDP, seg, mac)
+            self.deadlines.changed(self._t_tftp)
             return
         if self.cfg.restrict:  # only answers to UDP hostfwd flows pass (libslirp: none)
-            hook = self.udp.reply_hook
-            if hook is None or not hook(pkt.src, sport, dst, dport, data):
+            answer = self.udp.reply_to_forward(pkt.src, sport, dst, dport, data)
+            if answer is None:
                 self.stats["restrict-dropped"] += 1
+            else:
+                self._actions.append(answer)
             return
         if dst == self.dns_ip:
             if dport == DNS_PORT:
                 self._dns_results(self.dns.query(pkt.src, sport, data, now))
+                self.deadlines.changed(self._t_dns)
             else:
                 self.stats["udp-dns-other-port"] += 1
             return
@@ -348,7 +373,9 @@ class Gateway:
             return
         send = self.udp.outbound(pkt.src, sport, dst, dport, data, pkt.ttl - 1, now)
         if send is not None:
-            self.actions.append(send)
+            self._actions.append(send)
+            if send.__class__ is UdpSend:
+                self.deadlines.changed(self._t_udp)
 
     def _dns_results(self, results: list[Upstream | ToGuest]) -> None:
         for item in results:
@@ -357,7 +384,7 @@ class Gateway:
                     self.dns_ip, DNS_PORT, item.client_ip, item.client_port, item.payload
                 )
             else:
-                self.actions.append(item)
+                self._actions.append(item)
 
     def _udp_to_guest(self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> None:
         seg = ipv4.udp_segment(src, dst, sport, dport, payload)
@@ -387,7 +414,8 @@ class Gateway:
         ident, seq = (p[4] << 8) | p[5], (p[6] << 8) | p[7]
         send = self.icmp.outbound(pkt.src, pkt.dst, ident, seq, p[8:], pkt.ttl - 1, now)
         if send is not None:
-            self.actions.append(send)
+            self._actions.append(send)
+            self.deadlines.changed(self._t_icmp)
 
     def icmp_error(self, pkt: Packet, icmp_type: int, code: int, src: bytes | None = None) -> None:
         """An ICMP error about a guest datagram, from ``src`` (default: the host address)."""
@@ -414,6 +442,8 @@ class Gateway:
         if src is None:
             self.stats["udp-flow-gone"] += 1
             return
+        if port == 53:  # an answer shortens the flow's life (DNS_IDLE): maybe earlier
+            self.deadlines.changed(self._t_udp)
         self._udp_to_guest(src, port, key[0], key[1], payload)
 
     def udp_host_error(
@@ -464,7 +494,7 @@ class Gateway:
                     self._hold(src, dst, proto, l4)
                     return
         self._ident = ident = (self._ident + 1) & 0xFFFF
-        self.out.extend(ipv4.frames(mac, self.mac, src, dst, proto, l4, ident, self.cfg.mtu))
+        self._frames.extend(ipv4.frames(mac, self.mac, src, dst, proto, l4, ident, self.cfg.mtu))
 
     def _hold(self, src: bytes, dst: bytes, proto: int, l4: bytes) -> None:
         held = self._held.get(dst)
@@ -475,6 +505,7 @@ class Gateway:
             held = self._held[dst] = _Held(self._now + ARP_HOLD)
             if self._hold_wake is None or held.deadline < self._hold_wake:
                 self._hold_wake = held.deadline
+                self.deadlines.changed(self._t_held)
             self._arp_request(dst)
         if len(held.packets) >= ARP_HOLD_PACKETS:
             self.stats["arp-hold-dropped"] += 1
@@ -482,27 +513,38 @@ class Gateway:
         held.packets.append((src, proto, l4))
 
     def _arp_request(self, dst: bytes) -> None:
-        self.out.append(ipv4.arp_packet(1, self.mac, self.host_ip, bytes(6), dst, BROADCAST_MAC))
+        arp = ipv4.arp_packet(1, self.mac, self.host_ip, bytes(6), dst, BROADCAST_MAC)
+        self._frames.append(arp)
 
     # -- timers ----------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Run every timer due at ``now``."""
-        self._now = now
+        """Run every timer of the gateway due at ``now`` (standalone use; the netdev runs
+        :attr:`parts` from its :class:`~.endpoint.Deadlines`)."""
+        for part in self.parts:
+            part.on_deadline(now)
+
+    def _reassembly_tick(self, now: float) -> None:
         self.reassembly.expire(now)
-        self.dhcp.expire(now)
-        if self.dhcp.events:
-            self.events.extend(self.dhcp.events)
-            self.dhcp.events.clear()
+
+    def _tftp_tick(self, now: float) -> None:
+        self._now = now
         for client_ip, client_port, payload in self.tftp.tick(now):
             seg = ipv4.udp_segment(self.host_ip, client_ip, TFTP_PORT, client_port, payload)
             self.ip_to_guest(self.host_ip, client_ip, IPPROTO_UDP, seg)
+
+    def _dns_tick(self, now: float) -> None:
+        self._now = now
         self._dns_results(self.dns.tick(now))
-        self.actions.extend(self.udp.expire(now))
-        self.actions.extend(self.icmp.expire(now))
-        self._expire_held(now)
-        for timed in self.timers:
-            timed.tick(now)
+
+    def _udp_tick(self, now: float) -> None:
+        self._actions.extend(self.udp.expire(now))
+
+    def _icmp_tick(self, now: float) -> None:
+        self._actions.extend(self.icmp.expire(now))
+
+    def _held_deadline(self) -> float | None:
+        return self._hold_wake
 
     def _expire_held(self, now: float) -> None:
         if self._hold_wake is None or now < self._hold_wake:
@@ -515,11 +557,8 @@ class Gateway:
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` is next due (None: no timer)."""
-        best = self._hold_wake
-        parts: tuple[_HasDeadline, ...] = (
-            self.reassembly, self.dhcp, self.tftp, self.dns, self.udp, self.icmp, *self.timers,
-        )  # fmt: skip
-        for part in parts:
+        best = None
+        for part in self.parts:
             t = part.next_deadline()
             if t is not None and (best is None or t < best):
                 best = t

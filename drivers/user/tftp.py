@@ -23,20 +23,23 @@ Beyond libslirp:
 * confinement to the root is :mod:`.tftproot`'s (openat2 ``RESOLVE_BENEATH`` or realpath
   + ``O_NOFOLLOW``).
 
-Sans-IO (the file reads aside): :meth:`TftpServer.handle` takes one datagram from a client
-and ``now`` and returns the datagrams to send back to it; :meth:`TftpServer.tick` returns
-retransmissions as ``(address, port, payload)``. The data path uses precompiled structs and
-one ``pread`` per window. Malformed datagrams are counted and dropped.
+Sans-IO: :meth:`TftpServer.handle` takes one datagram from a client and ``now`` and
+returns the datagrams to send back to it; :meth:`TftpServer.tick` returns retransmissions
+as ``(address, port, payload)``. Files come from an injected :class:`FileSource` - a
+synchronous source of blocks (open a name, read bytes at an offset, close), which the
+adapter implements with ``openat2``/``pread`` below the root (:class:`.tftproot.TftpRoot`,
+which owns confinement); the machine itself performs no system call. The data path uses
+precompiled structs and one source read per window. Malformed datagrams are counted and
+dropped.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import Counter
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
-from .tftproot import Denied, NotFound, TftpRoot
+from .tftproot import Denied, NotFound
 
 RRQ, WRQ, DATA, ACK, ERROR, OACK = 1, 2, 3, 4, 5, 6
 DEFAULT_BLKSIZE: Final = 512
@@ -75,6 +78,20 @@ TftpCounter = Literal[
 ]
 
 
+class FileSource(Protocol):
+    """Where a TFTP server's files come from (confinement is the source's)."""
+
+    def open(self, name: bytes) -> tuple[int, int]:
+        """(handle, size) of the file a guest named; raises :class:`.tftproot.Denied` or
+        :class:`.tftproot.NotFound`."""
+
+    def read(self, handle: int, count: int, offset: int) -> bytes:
+        """Up to ``count`` bytes at ``offset``; raises OSError."""
+
+    def close(self, handle: int) -> None:
+        """Release ``handle``."""
+
+
 def error_packet(code: int, message: str) -> bytes:
     return _OP_BLOCK.pack(ERROR, code) + message.encode() + b"\0"
 
@@ -98,16 +115,13 @@ class Session:
         self.deadline = 0.0
         self.retries = 0
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
 
 class TftpServer:
     """TFTP sessions of one user netdev."""
 
-    def __init__(self, root: TftpRoot | None, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+    def __init__(
+        self, root: FileSource | None, *, max_sessions: int = DEFAULT_MAX_SESSIONS
+    ) -> None:
         self.root = root
         self.max_sessions = max_sessions
         self.sessions: dict[Client, Session] = {}
@@ -235,7 +249,9 @@ class TftpServer:
         count = min(s.window, s.last - first + 1)
         bs = s.blksize
         try:
-            data = os.pread(s.fd, count * bs, (first - 1) * bs)
+            if self.root is None:  # sessions exist only with a root
+                raise OSError("no root")
+            data = self.root.read(s.fd, count * bs, (first - 1) * bs)
         except OSError:
             self.counters["tftp-read-error"] += 1
             return [error_packet(1, "File not found")]
@@ -257,7 +273,9 @@ class TftpServer:
     def _end(self, client: Client, reason: TftpCounter) -> None:
         session = self.sessions.pop(client, None)
         if session is not None:
-            session.close()
+            if session.fd >= 0 and self.root is not None:
+                self.root.close(session.fd)
+                session.fd = -1
             self.counters[reason] += 1
 
     # -- timers ----------------------------------------------------------------------------

@@ -16,8 +16,10 @@ guest asked for becomes an open file descriptor. The rules, in order:
 3. the result must be a regular file (``fstat``): FIFOs, devices and directories are
    refused; files are opened ``O_NONBLOCK`` so a FIFO cannot stall the loop.
 
-Symlinks that stay inside the root are followed. Outcomes are :class:`Denied` (TFTP error 2,
-"Access violation") or :class:`NotFound` (error 1, "File not found").
+The TFTP machine reads through this object (:class:`.tftp.FileSource`: ``open``, ``read``
+with ``pread``, ``close``). Symlinks that stay inside the root are followed. Outcomes are
+:class:`Denied` (TFTP error 2, "Access violation") or :class:`NotFound` (error 1, "File
+not found").
 """
 
 from __future__ import annotations
@@ -133,3 +135,11 @@ class TftpRoot:
             os.close(fd)
             raise NotFound if stat.S_ISDIR(st.st_mode) else Denied
         return fd, st.st_size
+
+    def read(self, fd: int, count: int, offset: int) -> bytes:
+        """Up to ``count`` bytes of an opened file at ``offset`` (``pread``)."""
+        return os.pread(fd, count, offset)
+
+    def close(self, fd: int) -> None:
+        """Close a file :meth:`open` returned."""
+        os.close(fd)

@@ -14,9 +14,10 @@ reports on a flow's socket (``IP_RECVERR``: port unreachable when the host refus
 the other destination-unreachable and time-exceeded codes) go back to the guest as ICMP
 errors quoting a reconstruction of the guest's datagram (:meth:`UdpNat.icmp_error`).
 
-hostfwd (UDP) answers: :attr:`UdpNat.reply_hook`, when set by the adapter, sees every guest
-datagram first and claims the ones that answer a forwarded flow (it sends them itself);
-those open no flow here.
+hostfwd (UDP) answers: :attr:`UdpNat.forward_lookup`, when set by the adapter, is asked
+first about every guest datagram (a lookup in the forwarder's table, no I/O); one that
+answers a forwarded flow becomes a :class:`UdpReply` action (the adapter sends it from
+the forward's socket) and opens no flow here.
 
 Sans-IO: :meth:`UdpNat.outbound` returns the :class:`UdpSend` the adapter performs (the
 adapter opens the socket the first time it sees a key and closes it on :class:`UdpClose`);
@@ -36,8 +37,16 @@ DEFAULT_MAX_FLOWS: Final = 1024
 LOOPBACK: Final = "127.0.0.1"
 
 FlowKey = tuple[bytes, int]  # guest address, guest port
-#: ``hook(src, sport, dst, dport, payload)`` -> True when the datagram was taken.
-ReplyHook = Callable[[bytes, int, bytes, int, bytes], bool]
+#: ``lookup((src, sport, dst, dport))`` -> the forwarded flow a guest datagram answers
+#: (the adapter's token), or None. A table lookup: it performs no I/O.
+ForwardLookup = Callable[[tuple[bytes, int, bytes, int]], object]
+
+
+class UdpReply(NamedTuple):
+    """Send ``payload`` to the host peer of a forwarded (hostfwd) flow ``target``."""
+
+    target: object
+    payload: bytes
 
 
 #: The names this module counts under (``query-netdev`` counters).
@@ -98,7 +107,7 @@ class UdpNat:
         self.flows: dict[FlowKey, UdpFlow] = {}
         self.counters: Counter[UdpNatCounter] = Counter()
         self._wake: float | None = None
-        self.reply_hook: ReplyHook | None = None
+        self.forward_lookup: ForwardLookup | None = None
 
     def host_destination(self, dst: bytes) -> str:
         """Where a guest destination is on the host side."""
@@ -116,13 +125,12 @@ class UdpNat:
     def outbound(
         self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes, ttl: int,
         now: float,
-    ) -> UdpSend | None:  # fmt: skip
-        """A guest datagram to NAT; None when it is dropped (flow table full) or the
-        :attr:`reply_hook` took it."""
-        hook = self.reply_hook
-        if hook is not None and hook(src, sport, dst, dport, payload):
-            self.counters["udp-hostfwd-replies"] += 1
-            return None
+    ) -> UdpSend | UdpReply | None:  # fmt: skip
+        """A guest datagram to NAT (or the answer to a forwarded flow); None when it is
+        dropped (flow table full)."""
+        reply = self.reply_to_forward(src, sport, dst, dport, payload)
+        if reply is not None:
+            return reply
         key = (src, sport)
         flow = self.flows.get(key)
         if flow is None:
@@ -136,6 +144,19 @@ class UdpNat:
         flow.tx += 1
         self._touch(flow, now + self.idle)
         return UdpSend(key, self.host_destination(dst), dport, payload, ttl)
+
+    def reply_to_forward(
+        self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes
+    ) -> UdpReply | None:
+        """The :class:`UdpReply` for a guest datagram that answers a forwarded flow."""
+        lookup = self.forward_lookup
+        if lookup is None:
+            return None
+        target = lookup((src, sport, dst, dport))
+        if target is None:
+            return None
+        self.counters["udp-hostfwd-replies"] += 1
+        return UdpReply(target, payload)
 
     def inbound(self, key: FlowKey, host: str, port: int, now: float) -> bytes | None:
         """A datagram from ``host:port`` on flow ``key``: its guest-side source address

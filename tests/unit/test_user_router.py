@@ -41,7 +41,8 @@ def udp_frame(
 
 
 def out(g: Gateway) -> list[Ether]:
-    frames, g.out = g.out, []
+    frames = g.out[:]
+    g.out.clear()
     for f in frames:
         assert len(f) >= 60
     return [Ether(f) for f in frames]

@@ -86,7 +86,7 @@ class Dhcpv6Server:
 
     def __init__(
         self, cfg: Ipv6Config, server_mac: bytes, *, max_leases: int = DEFAULT_MAX_LEASES,
-        in_use: InUse | None = None,
+        in_use: InUse | None = None, events: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
         self.duid = d6.duid_ll(server_mac)
@@ -95,7 +95,8 @@ class Dhcpv6Server:
         self.preferred = PREFERRED
         self.valid = VALID
         self.counters: Counter[str] = Counter()
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        #: Lease events (QMP); the netdev's outbox list when given (``events``).
+        self.events: list[tuple[str, dict[str, Any]]] = events if events is not None else []
         self._leases: dict[tuple[bytes, int], Lease] = {}
         self._by_addr: dict[bytes, Lease] = {}
         self._declined: dict[bytes, float] = {}

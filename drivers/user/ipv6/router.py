@@ -86,8 +86,11 @@ class Ipv6Router:
         out: list[bytes] | None = None, neighbors: Neighbors | None = None,
         reassembly: Reassembler | None = None, dhcp_max_leases: int | None = None,
         echo_max_flows: int | None = None,
+        events: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
+        #: Lease events (QMP); the netdev's outbox list when given (:mod:`..endpoint`).
+        self.events: list[tuple[str, dict[str, Any]]] = events if events is not None else []
         self.rng = rng if rng is not None else random.Random()
         #: Addresses the router owns (NDP, echo), with their MACs.
         self.local = cfg.local_addresses()
@@ -100,7 +103,7 @@ class Ipv6Router:
         self.reassembly = reassembly if reassembly is not None else Reassembler()
         self.advertiser = Advertiser(now, self.rng)
         self.dhcp = Dhcpv6Server(
-            cfg, self.mac, in_use=self._used_by_other,
+            cfg, self.mac, in_use=self._used_by_other, events=self.events,
             **({} if dhcp_max_leases is None else {"max_leases": dhcp_max_leases}),
         )  # fmt: skip
         self.echo = EchoRelay(
@@ -113,7 +116,6 @@ class Ipv6Router:
         self.ip_handlers: dict[int, Handler] = {}
         self.out: list[bytes] = out if out is not None else []
         self.actions: list[Action] = []
-        self.events: list[tuple[str, dict[str, Any]]] = []
         self.stats: Counter[str] = Counter()
         self._ident = self.rng.getrandbits(32)
         self._ra_params = self._advert_params()
@@ -458,9 +460,6 @@ class Ipv6Router:
             src = reply.src or self.cfg.router_link_local
             self.udp_to_guest(src, SERVER_PORT, reply.dst, reply.dport, reply.payload, now,
                               mac=p.src_mac)  # fmt: skip
-        if self.dhcp.events:
-            self.events.extend(self.dhcp.events)
-            self.dhcp.events.clear()
 
     def _other_in(self, p: Packet6, proto_at: int, now: float) -> None:
         if a6.is_multicast(p.dst):
@@ -588,9 +587,6 @@ class Ipv6Router:
                 self.icmp_error_to(guest, icmp6.TIME_EXCEEDED, icmp6.TIME_EXCEEDED_REASSEMBLY,
                                    0, first, src=src, now=now)  # fmt: skip
         self.dhcp.expire(now)
-        if self.dhcp.events:
-            self.events.extend(self.dhcp.events)
-            self.dhcp.events.clear()
         self.actions.extend(self.echo.expire(now))
 
     def next_deadline(self) -> float | None:

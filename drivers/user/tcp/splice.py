@@ -8,16 +8,21 @@ segments no flow owns (RFC 9293 §3.10.7.1); non-blocking connects; reads gated 
 machine's ``host_read_room`` (reader removed while it is 0: host->guest backpressure),
 writes from ``host_chunks`` with ``sendmsg`` (writer added only while the socket is
 full: guest->host backpressure is the machine's shrinking window); ``shutdown(SHUT_WR)``
-when the guest half-closes; one lazily re-armed ``loop.call_at`` per connection; and
-closing (with ``SO_LINGER`` 0, i.e. a RST to the host peer, when the guest reset or the
+when the guest half-closes; each connection one entry of the netdev's
+:class:`~..endpoint.Deadlines` (pushed after every call into its machine); and closing
+(with ``SO_LINGER`` 0, i.e. a RST to the host peer, when the guest reset or the
 connection was aborted). hostfwd connections come in through :meth:`TcpSplicer.forward`
 with a socket the caller accepted; a resolver may also answer a SYN with a socket that is
 already connected (guestfwd: one end of a socketpair), which is adopted without a connect.
 
-Frames for the guest from every machine go into one list and leave through ``send`` once
-per wake-up (a guest batch, a host read, a timer), so a batch of guest frames costs at
-most one ACK per connection (the machines' ``flush``). Errors from host sockets become
-machine input; nothing a guest or host peer does raises out of a callback.
+Frames for the guest from every machine go into one list - the netdev's
+:class:`~..endpoint.Outbox` (its virtio-net frame list) when one is given, then the
+netdev's ``pump`` drains it after each host wake-up; else a list of the splicer's own that
+leaves through ``send`` - once per wake-up (a guest batch, a host read, a timer), so a
+batch of guest frames costs at most one ACK per connection (the machines' ``flush``).
+Without the netdev's deadlines the splicer keeps its own (:class:`~..endpoint.NetdevTimer`).
+Errors from host sockets become machine input; nothing a guest or host peer does raises
+out of a callback.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 from netstack.limits import check_flow_fd
 
+from ..endpoint import Deadlines, NetdevTimer, Outbox
 from .builder import rejection, reset_for
 from .config import Event, State, TcpConfig
 from .machine import TcpEndpoint
@@ -50,18 +56,23 @@ _RESET_EVENTS = frozenset({Event.GUEST_RESET, Event.TIMEOUT, Event.IDLE, Event.R
 
 
 class Splice:
-    """One guest connection: its machine, its host socket and its timer."""
+    """One guest connection: its machine and its host socket; an entry of the deadlines."""
 
-    __slots__ = ("m", "reading", "shut", "sock", "timer", "timer_at", "writing")
+    __slots__ = ("m", "owner", "reading", "shut", "sock", "writing")
 
-    def __init__(self, m: TcpEndpoint, sock: socket.socket) -> None:
+    def __init__(self, m: TcpEndpoint, sock: socket.socket, owner: TcpSplicer) -> None:
         self.m = m
         self.sock = sock
+        self.owner = owner
         self.reading = False
         self.writing = False
         self.shut = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
+
+    def next_deadline(self) -> float | None:
+        return None if self.m.done else self.m.next_deadline
+
+    def on_deadline(self, now: float) -> None:
+        self.owner.on_deadline(self, now)
 
 
 class TcpSplicer:
@@ -73,6 +84,8 @@ class TcpSplicer:
         l2_for: Callable[[Segment], bytes] | None = None,
         on_event: Callable[[TcpEndpoint, Event, int], None] | None = None,
         max_flows: int = 4096, log: logging.Logger | None = None,
+        outbox: Outbox | None = None, deadlines: Deadlines | None = None,
+        pump: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         self.loop = loop
         self.cfg = config
@@ -83,7 +96,14 @@ class TcpSplicer:
         self.max_flows = max_flows
         self.log = log if log is not None else logging.getLogger(__name__)
         self.flows: dict[tuple[bytes, int, bytes, int], Splice] = {}
-        self.out: list[bytes] = []
+        #: Guest-bound frames: the netdev's outbox list, drained by ``pump``; else ours.
+        self.out: list[bytes] = outbox.vnet_frames if outbox is not None else []
+        self._pump = pump if outbox is not None else None
+        self._timer: NetdevTimer | None = None
+        if deadlines is None:
+            self._timer = NetdevTimer(loop, self._on_own_timer)
+            deadlines = self._timer.deadlines
+        self._deadlines = deadlines
         self.stats: Counter[str] = Counter()
         self._touched: set[Splice] = set()
         self._buf = bytearray(READ_MAX)
@@ -136,10 +156,22 @@ class TcpSplicer:
             for sp in touched:
                 sp.m.flush(now)
                 self._sync(sp)
-        if self.out:
+        if self._pump is not None:
+            self._pump()
+        elif self.out:
             out = self.out[:]  # machines append to this very list
             self.out.clear()
             self._send(out)
+
+    def flush_acks(self) -> None:
+        """Send held-back ACKs of the connections a guest batch touched (their frames
+        stay in the outbox for the netdev's pump)."""
+        if self._touched:
+            now = self.loop.time()
+            touched, self._touched = self._touched, set()
+            for sp in touched:
+                sp.m.flush(now)
+                self._sync(sp)
 
     def _new_flow(self, key: tuple[bytes, int, bytes, int], seg: Segment, now: float) -> None:
         l2 = self._l2_for(seg)
@@ -173,7 +205,7 @@ class TcpSplicer:
             m.host_error(exc.errno or errno.EMFILE, now)
             self._reject(m, now)
             return
-        sp = Splice(m, sock)
+        sp = Splice(m, sock, self)
         self.flows[key] = sp
         self.stats["connects"] += 1
         try:
@@ -193,7 +225,7 @@ class TcpSplicer:
         now: float,
     ) -> None:  # fmt: skip
         """A socket the resolver connected already (guestfwd): answer the SYN now."""
-        sp = Splice(m, sock)
+        sp = Splice(m, sock, self)
         self.flows[key] = sp
         self.stats["adopted"] += 1
         try:
@@ -207,7 +239,10 @@ class TcpSplicer:
     def _run(self, sp: Splice, work: Callable[[Splice, float], None]) -> None:
         """One host-side wake-up of ``sp``: the work, the adapter's invariant, the frames.
         A failure (a bug) resets that connection only."""
-        now = self.loop.time()
+        self._work(sp, work, self.loop.time())
+        self.flush()
+
+    def _work(self, sp: Splice, work: Callable[[Splice, float], None], now: float) -> None:
         try:
             work(sp, now)
             self._sync(sp)
@@ -215,7 +250,6 @@ class TcpSplicer:
             self.stats["internal-error"] += 1
             self.log.exception("tcp splice failed")
             self._abort(sp, now)
-        self.flush()
 
     def _connected(self, sp: Splice) -> None:
         self._run(sp, self._finish_connect)
@@ -239,7 +273,7 @@ class TcpSplicer:
         now = self.loop.time()
         m = TcpEndpoint.connect(local, guest, local_port, guest_port, now, config=self.cfg,
                                 l2=l2, out=self.out)  # fmt: skip
-        sp = Splice(m, sock)
+        sp = Splice(m, sock, self)
         key = (guest, guest_port, local, local_port)
         old = self.flows.get(key)
         if old is not None:
@@ -291,13 +325,19 @@ class TcpSplicer:
             if m.done:
                 return
 
-    def _on_timer(self, sp: Splice) -> None:
-        sp.timer = None
-        if not sp.m.done:
-            self._run(sp, self._timer)
+    def on_deadline(self, sp: Splice, now: float) -> None:
+        """``sp``'s deadline came (from the deadlines' run; the caller pumps after)."""
+        if not sp.m.done and self.flows.get(sp.m.key) is sp:
+            self._work(sp, self._fire, now)
 
-    def _timer(self, sp: Splice, now: float) -> None:
+    def _fire(self, sp: Splice, now: float) -> None:
         sp.m.timer(now)
+
+    def _on_own_timer(self) -> None:
+        assert self._timer is not None
+        self._timer.deadlines.run(self.loop.time())
+        self.flush()
+        self._timer.rearm()
 
     # -- the adapter's invariant: socket interest, shutdown, timer, end ------------------
 
@@ -333,20 +373,16 @@ class TcpSplicer:
                 self.loop.add_reader(sock.fileno(), self._readable, sp)
             else:
                 self.loop.remove_reader(sock.fileno())
-        when = m.next_deadline
-        if when is not None and (sp.timer is None or when < sp.timer_at):
-            if sp.timer is not None:
-                sp.timer.cancel()
-            sp.timer_at = when
-            sp.timer = self.loop.call_at(when, self._on_timer, sp)
+        self._deadlines.set(sp, m.next_deadline)
 
     def _connecting(self, sp: Splice) -> bool:
         return sp.m.state is State.CONNECTING
 
     def _events(self, sp: Splice) -> None:
         m = sp.m
-        events, m.events = m.events, []
-        for event, detail in events:
+        events = m.events  # the machine's list: read, then the handled ones removed
+        count = len(events)
+        for event, detail in events[:count]:
             self.stats[f"event-{event.value}"] += 1
             if self._on_event is not None:
                 self._on_event(m, event, detail)
@@ -354,6 +390,7 @@ class TcpSplicer:
                 self._reject(m, self.loop.time(), detail)
             elif event in _RESET_EVENTS:
                 self._linger_rst(sp)
+        del events[:count]  # any event raised while handling these waits for the next sync
 
     def _reject(self, m: TcpEndpoint, now: float, err: int = errno.ECONNREFUSED) -> None:
         m.reject(err, now)
@@ -377,9 +414,7 @@ class TcpSplicer:
             del self.flows[key]
             self.stats.update(sp.m.stats)
         self._touched.discard(sp)
-        if sp.timer is not None:
-            sp.timer.cancel()
-            sp.timer = None
+        self._deadlines.drop(sp)
         fd = sp.sock.fileno()
         if fd >= 0:
             if sp.reading:
@@ -399,7 +434,7 @@ class TcpSplicer:
     def install(self, m: TcpEndpoint, sock: socket.socket) -> None:
         """Take a flow moved here (live migration): its machine and its connected,
         non-blocking host socket."""
-        sp = Splice(m, sock)
+        sp = Splice(m, sock, self)
         old = self.flows.get(m.key)
         if old is not None:
             self._close(old)
@@ -414,7 +449,9 @@ class TcpSplicer:
         for sp in list(self.flows.values()):
             self._abort(sp, now)
         self.closed = True
-        if self.out:
+        if self._timer is not None:
+            self._timer.close()
+        if self._pump is None and self.out:
             out = self.out[:]
             self.out.clear()
             self._send(out)
