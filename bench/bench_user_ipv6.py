@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from drivers.user.ipv6 import Ipv6Config
+from drivers.user.v6 import Ipv6Config
 from tests.interop.test_user_ipv6_kernel import TAP, Namespace, running
 
 COUNT = 2000

@@ -10,14 +10,14 @@ and UDP, either family), guestfwd (a chardev or ``cmd:``), ``smb=`` (a private S
 smbd), IPv6 (NDP, RAs with RDNSS, ICMPv6 echo, DHCPv6, UDP and TCP NAT), run-time forwards
 over HMP and QMP, and a connection table.
 
-Modules: :mod:`.options` (QEMU's options, defaults and errors), :mod:`.router` (the
-sans-IO IPv4 gateway) with :mod:`.ipv4` (hot-path codecs, fragmentation),
-:mod:`.reassembly`, :mod:`.dhcp`, :mod:`.dns`, :mod:`.tftp` with :mod:`.tftproot`
-(confinement), :mod:`.udp_nat` and :mod:`.icmp_relay`; :mod:`.ipv6` (the sans-IO IPv6
-router: NDP, RAs, ICMPv6, DHCPv6) with :mod:`.nat6` (its UDP/DNS NAT and TCP policy);
+Modules: :mod:`.options` (QEMU's options, defaults and errors), :mod:`.v4.router` (the
+sans-IO IPv4 gateway) with :mod:`netstack.proto.ipv4` (hot-path codecs, fragmentation),
+:mod:`.v4.fragments`, :mod:`.v4.dhcp`, :mod:`.dns`, :mod:`.tftp` with :mod:`.tftproot`
+(confinement), :mod:`.udp_nat` and :mod:`.icmp_relay`; :mod:`.v6` (the sans-IO IPv6
+router: NDP, RAs, ICMPv6, DHCPv6) with :mod:`.v6.nat` (its UDP/DNS NAT and TCP policy);
 :mod:`.tcp` (guest TCP endpoints spliced to host sockets); the host sides -
 :mod:`.hostsock` (Linux socket specifics), :mod:`.hostecho` (ping/raw echo sockets, shared
-by both families), :mod:`.host4` (the IPv4 host sockets), :mod:`.host6` (the IPv6 router,
+by both families), :mod:`.v4.host` (the IPv4 host sockets), :mod:`.v6.host` (the IPv6 router,
 NAT and host sockets), :mod:`.hostfwd`, :mod:`.guestfwd` with :mod:`.guestfwd_chardev`,
 :mod:`.smb` (``smb=``: a private smbd behind exec forwards);
 :mod:`.conntable` (the forward and connection tables of QMP and ``info usernet``);

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Final
 from netstack import limits
 
 if TYPE_CHECKING:
-    from .host6 import Ipv6Service
-    from .router import Gateway
     from .tcp import TcpSplicer
+    from .v4.router import Gateway
+    from .v6.host import Ipv6Service
 
 #: The smallest ``x-max-flows`` accepted (one flow of each kind per family, and TCP).
 MIN_FLOWS: Final = 8

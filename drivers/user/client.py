@@ -1,9 +1,9 @@
 """The user netdev's net client: the adapter that composes the sans-IO machines and their
 host sides, and owns the netdev's one timer.
 
-:class:`UserNetClient` holds the :class:`~.router.Gateway` (ARP, IPv4, DHCP, DNS relay,
-TFTP, UDP NAT, ICMP relay), :class:`~.host4.Ipv4Sockets` (the IPv4 host fds: UDP flows, DNS
-upstreams, ICMP echo), unless ``ipv6=off`` an :class:`~.host6.Ipv6Service` (router, NAT and
+:class:`UserNetClient` holds the :class:`~.v4.router.Gateway` (ARP, IPv4, DHCP, DNS relay,
+TFTP, UDP NAT, ICMP relay), :class:`~.v4.host.Ipv4Sockets` (the IPv4 host fds: UDP flows, DNS
+upstreams, ICMP echo), unless ``ipv6=off`` an :class:`~.v6.host.Ipv6Service` (router, NAT and
 host fds of IPv6, behind the gateway's Ethernet type 0x86DD), a :class:`~.tcp.TcpSplicer`
 for guest TCP of both families, a :class:`~.hostfwd.HostForwarder` and a
 :class:`~.guestfwd.GuestForwarder`; ``ipv4=off`` unregisters ARP and IPv4 (their frames are
@@ -12,7 +12,7 @@ into the one :class:`~.endpoint.Outbox` and keeps its timers in the one
 :class:`~.endpoint.Deadlines` (a heap; one ``loop.call_at``, :class:`~.endpoint.NetdevTimer`).
 Frames from the peer go through the gateway in one pass per batch, then the held-back TCP
 ACKs; then :meth:`UserNetClient._pump` - the one pump, also run after every host socket
-wake-up and timer - drains the outbox: host actions run (:meth:`.host4.Ipv4Sockets.act`,
+wake-up and timer - drains the outbox: host actions run (:meth:`.v4.host.Ipv4Sockets.act`,
 :meth:`.hostfwd.HostForwarder.udp_reply`), frames leave as one batch per kind (``send``),
 events go to QMP with the netdev name added.
 
@@ -51,16 +51,14 @@ from typing import Any, Final
 
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
+from netstack.proto import ipv4
 from netstack.proto import vnet as vnet_hdr
 
-from . import budget, ipv4
+from . import budget
 from .dns import RESOLV_CONF, RESOLV_RECHECK, ResolvConf
 from .endpoint import NetdevTimer, Outbox
 from .guestfwd import GuestForwarder
-from .host4 import Ipv4Sockets
-from .host6 import Ipv6Service
 from .hostfwd import HostForwarder
-from .ipv6 import Packet6
 from .nat_policy import Target, TcpPolicy
 from .options import (
     HostFwdRule,
@@ -68,11 +66,14 @@ from .options import (
     ip_text,
 )
 from .reporting import Reporter
-from .router import Gateway, Packet
 from .smb import SmbServer
 from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
 from .tftproot import TftpRoot
 from .udp_nat import UdpReply
+from .v4.host import Ipv4Sockets
+from .v4.router import Gateway, Packet
+from .v6 import Packet6
+from .v6.host import Ipv6Service
 
 #: Drain rounds per pump (a host action may produce output, e.g. an ICMP error).
 PUMP_ROUNDS: Final = 4
@@ -124,12 +125,12 @@ class UserNetClient(NetClient):
         self._csum_trusted = False
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
-        #: The IPv4 side's host sockets (UDP flows, DNS upstreams, ICMP echo: :mod:`.host4`).
+        #: The IPv4 side's host sockets (UDP flows, DNS upstreams, ICMP echo: :mod:`.v4.host`).
         self.host4 = Ipv4Sockets(
             name, self.gw, loop, log, flush=self._pump, host_error=self._host_error,
             internal_error=self._internal_error, icmp_mode=icmp_mode,
         )  # fmt: skip
-        #: The IPv6 side (router, NAT, host sockets: :mod:`.host6`); None with ipv6=off.
+        #: The IPv6 side (router, NAT, host sockets: :mod:`.v6.host`); None with ipv6=off.
         self.v6: Ipv6Service | None = None
         if cfg.ipv6:
             self.v6 = Ipv6Service(
@@ -208,7 +209,7 @@ class UserNetClient(NetClient):
     def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
         """Frames behind virtio-net headers. A TCP frame asking for checksum offload or
         TSO has a partial checksum, which is not verified: over IPv4 it is checked in place
-        (:meth:`.router.Gateway.offloaded_tcp`) and its payload reaches the splicer
+        (:meth:`.v4.router.Gateway.offloaded_tcp`) and its payload reaches the splicer
         uncopied; over IPv6 it goes through the gateway whole (:attr:`_csum_trusted`).
         Any other offloaded frame is completed or segmented first (rare: UDP from a guest
         with checksum offload, UFO/USO); the rest lose the header."""

@@ -6,7 +6,7 @@ files one fragment's data at its byte offset under a key the family chooses (RFC
 identification) and returns the whole payload once every byte from 0 to the end the last
 fragment named has arrived and the first fragment has been seen; :meth:`Reassembly.
 take_expired` drops the datagrams older than ``timeout`` and returns what their first
-fragments left. The family modules (:mod:`.reassembly` for IPv4, :mod:`.ipv6.fragments`)
+fragments left. The family modules (:mod:`.v4.fragments` for IPv4, :mod:`.v6.fragments`)
 only read and check their header fields, choose the counter names and shape the result.
 
 Policy (RFC 5722, written for IPv6 and applied to both): a fragment that overlaps another

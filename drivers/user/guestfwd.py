@@ -4,7 +4,7 @@
 Follows QEMU's ``net/slirp.c`` (``slirp_guestfwd``, ``guestfwd_can_read``/``guestfwd_read``) and
 libslirp (``check_guestfwd``, ``tcp_ctl``, ``fork_exec``, ``slirp_find_ctl_socket``). Owns, per
 rule, the virtual address (the gateway answers ARP for it with ``52:55:`` + the address, and ICMP
-echo: :meth:`~.router.Gateway.add_local`, released when no rule names it any more), and the
+echo: :meth:`~.v4.router.Gateway.add_local`, released when no rule names it any more), and the
 connection targets:
 
 * ``cmd:COMMAND``: each guest connection gets a child ``/bin/sh -c COMMAND`` in its own
@@ -87,8 +87,8 @@ from netstack.qapi import parse_qmp_shorthand
 from .endpoint import Deadlines, NetdevTimer
 from .guestfwd_chardev import ChardevBridge
 from .options import GuestFwdRule, inet_aton
-from .router import Gateway
 from .tcp import Segment
+from .v4.router import Gateway
 
 SHELL: Final = "/bin/sh"
 MAX_CHILDREN: Final = 64

@@ -10,7 +10,7 @@ matched back by it); ``none`` - no socket: requests are counted
 (``PREFIX-relay-unavailable``) and dropped. The flows are the family's sans-IO
 :class:`.icmp_relay.EchoFlows` (the gateway's ``icmp``, the IPv6 router's ``echo``); what
 differs between the families - socket openers, message codecs, whether the guest's hop
-limit is applied - is an :class:`EchoFamily` (:mod:`.host4` and :mod:`.host6` define theirs).
+limit is applied - is an :class:`EchoFamily` (:mod:`.v4.host` and :mod:`.v6.host` define theirs).
 
 A reader takes at most :data:`.hostsock.RX_BATCH` datagrams per wake-up, hands each echo
 reply to ``reply`` (the machine's ``ping_reply``), runs ``pump`` if given (the IPv6 side's

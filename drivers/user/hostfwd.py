@@ -22,7 +22,7 @@ libslirp's ``slirp_add_hostfwd``. Owns, per rule, one bound host socket:
 IPv6 (netstack's extension of the rule syntax, :func:`.options.parse_hostfwd`): a rule's
 host side is an ``AF_INET6`` socket (``IPV6_V6ONLY``) when its host address is bracketed,
 and its guest side the guest's IPv6 address when that is; any mix works. Connections and
-datagrams towards an IPv6 guest go through the netdev's IPv6 side (:mod:`.host6`: the
+datagrams towards an IPv6 guest go through the netdev's IPv6 side (:mod:`.v6.host`: the
 guest's MAC from its neighbor table - a Neighbor Solicitation asks while it is unknown -
 UDP through its router). The guest-side source of a host peer: host loopback (127.0.0.1,
 ::1) and any peer of the other family appear as the host address of the guest's family
@@ -44,17 +44,17 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Literal, cast
 
+from netstack.proto import ipv4
 from netstack.proto.vnet import PLAIN_HDR
 
-from . import ipv4
 from .endpoint import Deadlines
 from .options import HostFwdRule, ip_text
-from .router import Gateway
 from .tcp import TcpSplicer, ethernet_header
 from .udp_nat import UdpReply
+from .v4.router import Gateway
 
 if TYPE_CHECKING:
-    from .host6 import Ipv6Service
+    from .v6.host import Ipv6Service
 
 ACCEPT_BATCH: Final = 16
 RECV_BATCH: Final = 64

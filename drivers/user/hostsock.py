@@ -16,7 +16,7 @@ Owns the Linux specifics the adapter needs:
   host, replies are matched by identifier and source). ``none``: neither is allowed;
   echo requests beyond the gateway are dropped and counted.
 
-The IPv6 counterparts (the user netdev's IPv6 NAT, :mod:`.host6`): :func:`udp6_flow_socket`
+The IPv6 counterparts (the user netdev's IPv6 NAT, :mod:`.v6.host`): :func:`udp6_flow_socket`
 (``IPV6_RECVERR``; :func:`read_errors` reads both families' queues - ICMPv6 errors arrive
 with origin ``SO_EE_ORIGIN_ICMP6`` and a ``sockaddr_in6`` offender), :func:`ping6_socket`,
 :func:`raw_icmp6_socket` (an ``ICMP6_FILTER`` lets only Echo Replies through; the kernel

@@ -19,7 +19,7 @@ back, :meth:`EchoFlows.expire` returns close actions for idle flows.
 
 :class:`EchoFlows` is that table for either family; a family supplies its address text
 and its action types (:class:`IcmpRelay` here for IPv4 with :class:`PingSend` /
-:class:`PingClose`; :class:`.ipv6.icmp6.EchoRelay` for ICMPv6 with its own pair, so an
+:class:`PingClose`; :class:`.v6.icmp6.EchoRelay` for ICMPv6 with its own pair, so an
 adapter tells them apart by type).
 """
 

@@ -53,11 +53,11 @@ from typing import TYPE_CHECKING, Any
 from netstack.errors import ControlError, GenericError
 
 from . import control, hostsock, tcp_repair
-from .dhcp import Slot
 from .options import GuestFwdRule, parse_guestfwd, parse_hostfwd
 from .tcp import State, TcpEndpoint, ethernet_header
 from .tcp_repair import RepairError, SocketState
 from .udp_nat import UdpFlow
+from .v4.dhcp import Slot
 
 if TYPE_CHECKING:
     from .client import UserNetClient

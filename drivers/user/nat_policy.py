@@ -7,7 +7,7 @@ with, in this order - a guestfwd target (an already-connected socket: guestfwd p
 address maps to 127.0.0.1; the DNS address to the first DNS upstream (port 53 to the
 upstream's configured port, other ports unchanged; none: refused); other addresses inside
 the virtual network are refused (counted ``tcp-not-routed``, answered with RST); routable
-ones are connected to directly. IPv6 asks :meth:`.nat6.Nat6.tcp_target`.
+ones are connected to directly. IPv6 asks :meth:`.v6.nat.Nat6.tcp_target`.
 
 :meth:`TcpPolicy.routable` is the check before a guest segment reaches the splicer:
 multicast, broadcast, loopback and 0/8 destinations are not NATed (counted).
@@ -23,12 +23,12 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .options import UserConfig
-from .router import DNS_PORT, Gateway
 from .tcp import Segment
+from .v4.router import DNS_PORT, Gateway
 
 if TYPE_CHECKING:
     from .guestfwd import GuestForwarder
-    from .host6 import Ipv6Service
+    from .v6.host import Ipv6Service
 
 Target = tuple[int, tuple[Any, ...]] | int | socket.socket
 
@@ -80,7 +80,7 @@ class TcpPolicy:
         return socket.AF_INET, (socket.inet_ntoa(dst), seg.dport)
 
     def _resolve6(self, seg: Segment) -> tuple[int, tuple[Any, ...]] | int:
-        """IPv6 (:meth:`.nat6.Nat6.tcp_target`): the host address to ::1, the DNS address
+        """IPv6 (:meth:`.v6.nat.Nat6.tcp_target`): the host address to ::1, the DNS address
         to the first upstream, other in-prefix addresses refused, global ones connected
         to directly."""
         if self._v6 is None:

@@ -7,15 +7,15 @@ Follows ``net/slirp.c`` (``net_init_slirp``, ``net_slirp_init``, ``slirp_hostfwd
 checks run in QEMU's order, so the first error QEMU reports is the one reported here:
 
 1. the ``ipv4``/``ipv6`` quirk (``ipv6=on`` alone disables IPv4 and ``ipv4=on`` alone
-   disables IPv6; kept, in one place: :func:`.ipv6.config.families_enabled`), then "IPv4
+   disables IPv6; kept, in one place: :func:`.v6.config.families_enabled`), then "IPv4
    disabled but netmask/host/dns provided", "IPv6 disabled but prefix/host6/dns6
-   provided", "IPv4 and IPv6 disabled" (:func:`.ipv6.config.check_families`);
+   provided", "IPv4 and IPv6 disabled" (:func:`.v6.config.check_families`);
 2. ``net`` (``ip=A`` means ``net=A/24``): ``A/N`` (N 4..32, read like ``strtol``), ``A/M``
    (dotted mask) or ``A`` with a classful mask - QEMU's quirk included: its "class C" test
    matches 224.0.0.0 and up, so 192.0.0.0-223.255.255.255 (outside 192.168/16 and
    198.18/15) get a /28; host, DHCP start and DNS default to net + .2, .15 and .3;
 3. ``host``, ``dns``, ``dhcpstart``, ``smbserver``, the IPv6 prefix, length (0 means 64),
-   host and DNS (:func:`.ipv6.config.parse_ipv6_options`), ``domainname``, ``hostname``,
+   host and DNS (:func:`.v6.config.parse_ipv6_options`), ``domainname``, ``hostname``,
    ``tftp-server-name``;
 4. the forwarding rules, guestfwd rules last-to-first and then hostfwd rules last-to-first
    (QEMU pushes them on a list head), with QEMU's syntax errors.
@@ -26,8 +26,8 @@ Valid ``hostfwd`` rules are kept in :attr:`UserConfig.hostfwd` in QEMU's order (
 them, and its "Could not set up host forwarding rule" error, is the client's job:
 :mod:`.hostfwd`); valid ``guestfwd`` rules likewise in :attr:`UserConfig.guestfwd`
 (conflicts between rules and opening their chardevs are :mod:`.guestfwd`'s); IPv6 options are
-validated and kept (the IPv6 side, :mod:`.host6`, builds its configuration from them with
-:func:`.ipv6.ipv6_config`); ``ipv4=off`` (or QEMU's quirk, ``ipv6=on`` alone) leaves an
+validated and kept (the IPv6 side, :mod:`.v6.host`, builds its configuration from them with
+:func:`.v6.ipv6_config`); ``ipv4=off`` (or QEMU's quirk, ``ipv6=on`` alone) leaves an
 IPv6-only network, ``ipv6=off`` an IPv4-only one; ``smb`` and ``smbserver`` are kept
 (the directory, smbd and address checks are :mod:`.smb`'s, run when the netdev is made).
 
@@ -59,7 +59,7 @@ from netstack.net.sockaddr import qemu_strtol
 from netstack.qapi import NetdevUserOptions
 
 from .budget import MIN_FLOWS
-from .ipv6.config import check_families, families_enabled, parse_ipv6_options
+from .v6.config import check_families, families_enabled, parse_ipv6_options
 
 #: Leases the DHCP server hands out from ``dhcpstart`` on (libslirp's ``NB_BOOTP_CLIENTS``).
 DHCP_POOL_SIZE = 16

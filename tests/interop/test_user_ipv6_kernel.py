@@ -2,7 +2,7 @@
 
 Each test creates a network namespace with a tap device whose fd this process holds (the
 tap is created inside the namespace: ``/dev/net/tun`` opened there); a tiny adapter feeds
-the frames the kernel sends out of the tap to :class:`~drivers.user.ipv6.Ipv6Router` and
+the frames the kernel sends out of the tap to :class:`~drivers.user.v6.Ipv6Router` and
 writes the router's frames back, with one ``loop.call_at`` timer at the router's deadline.
 Then the kernel's own IPv6 does the talking:
 
@@ -54,9 +54,9 @@ from typing import Protocol
 import pytest
 
 from drivers.user import control as user_control
-from drivers.user.ipv6 import Ipv6Config, Ipv6Router, Packet6, PingClose, icmp6
-from drivers.user.ipv6 import addr as a6
-from drivers.user.ipv6 import packet as pk
+from drivers.user.v6 import Ipv6Config, Ipv6Router, Packet6, PingClose, icmp6
+from drivers.user.v6 import addr as a6
+from netstack.proto import ipv6 as pk
 from tests.kit.netns import run_in, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]

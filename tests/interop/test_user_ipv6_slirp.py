@@ -57,8 +57,8 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, raw
 
-from drivers.user.ipv6 import Ipv6Config, Ipv6Router
-from drivers.user.ipv6 import addr as a6
+from drivers.user.v6 import Ipv6Config, Ipv6Router
+from drivers.user.v6 import addr as a6
 from tests.kit.netns import unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]

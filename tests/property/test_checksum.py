@@ -21,9 +21,9 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from drivers.user import ipv4
-from drivers.user.ipv6 import packet as pk
 from netstack.proto import checksum as ck
+from netstack.proto import ipv4
+from netstack.proto import ipv6 as pk
 
 SETTINGS = settings(max_examples=300, deadline=None)
 ADDR4 = st.binary(min_size=4, max_size=4)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.user.ipv6.fragments import Reassembler as Reassembler6
-from drivers.user.reassembly import Reassembler as Reassembler4
+from drivers.user.v4.fragments import Reassembler as Reassembler4
+from drivers.user.v6.fragments import Reassembler as Reassembler6
 
 SETTINGS = settings(max_examples=200, deadline=None)
 Frag = tuple[int, bytes, bool]  # offset, data, more fragments follow

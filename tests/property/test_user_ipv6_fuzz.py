@@ -9,12 +9,12 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.user.ipv6 import Ipv6Config, Ipv6Router, ndp
-from drivers.user.ipv6 import addr as a6
-from drivers.user.ipv6 import dhcpv6_codec as d6
-from drivers.user.ipv6 import packet as pk
-from drivers.user.ipv6.dhcpv6 import Dhcpv6Server
-from drivers.user.ipv6.fragments import Reassembler
+from drivers.user.v6 import Ipv6Config, Ipv6Router, ndp
+from drivers.user.v6 import addr as a6
+from drivers.user.v6 import dhcpv6_codec as d6
+from drivers.user.v6.dhcpv6 import Dhcpv6Server
+from drivers.user.v6.fragments import Reassembler
+from netstack.proto import ipv6 as pk
 
 SETTINGS = settings(max_examples=400, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])  # fmt: skip

@@ -36,7 +36,7 @@ from drivers.user.tcp import (
     parse_frame,
     reset_for,
 )
-from drivers.user.tcp.wire import ACK, RST, SYN
+from netstack.proto.tcp import ACK, RST, SYN
 
 IP_A4, IP_B4 = bytes([10, 0, 2, 2]), bytes([10, 0, 2, 15])
 IP_A6, IP_B6 = bytes.fromhex("fec0" + "00" * 13 + "02"), bytes.fromhex("fec0" + "00" * 13 + "15")

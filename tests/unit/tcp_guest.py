@@ -13,12 +13,7 @@ from drivers.user.tcp import (
     ethernet_header,
     parse_frame,
 )
-from drivers.user.tcp.wire import (
-    ACK,
-    FIN,
-    SYN,
-    syn_options,
-)
+from netstack.proto.tcp import ACK, FIN, SYN, syn_options
 
 M = 0xFFFFFFFF
 US4, GUEST4 = bytes([93, 184, 216, 34]), bytes([10, 0, 2, 15])

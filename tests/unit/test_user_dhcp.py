@@ -11,9 +11,9 @@ from typing import Any
 import dpkt
 import pytest
 
-from drivers.user import dhcp
-from drivers.user.dhcp import DhcpServer, encode_search
 from drivers.user.options import UserConfig
+from drivers.user.v4 import dhcp
+from drivers.user.v4.dhcp import DhcpServer, encode_search
 
 MAC_A = bytes.fromhex("525400123456")
 MAC_B = bytes.fromhex("525400abcdef")

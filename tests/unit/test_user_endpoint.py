@@ -16,7 +16,7 @@ import drivers
 from drivers.user.client import UserNetClient
 from drivers.user.endpoint import Deadlines, NetdevTimer, Outbox
 from drivers.user.options import UserConfig
-from drivers.user.router import Gateway
+from drivers.user.v4.router import Gateway
 from netstack import qapi
 from netstack.daemon import Netstack
 from netstack.net.nic import NicClient

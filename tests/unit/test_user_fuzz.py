@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.user.dhcp import DhcpServer
 from drivers.user.dns import DnsRelay
 from drivers.user.options import UserConfig
-from drivers.user.router import Gateway
 from drivers.user.tftp import TftpServer
 from drivers.user.tftproot import TftpRoot
+from drivers.user.v4.dhcp import DhcpServer
+from drivers.user.v4.router import Gateway
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROUTER = bytes.fromhex("52550a000202")

@@ -37,12 +37,12 @@ from drivers.user.tcp import (
     ethernet_header,
     parse_frame,
 )
-from drivers.user.tcp.wire import RST, SYN
 from netstack import qapi
 from netstack.daemon import Netstack
 from netstack.errors import GenericError
 from netstack.net.client import NetClient
 from netstack.net.nic import NicClient
+from netstack.proto.tcp import RST, SYN
 from tests.kit.polling import until
 from tests.unit.test_user_tcp_splice import GuestSide
 

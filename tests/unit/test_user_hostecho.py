@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from drivers.user import hostsock
-from drivers.user.host4 import ECHO4
-from drivers.user.host6 import ECHO6
 from drivers.user.hostecho import EchoFamily, EchoSockets
 from drivers.user.icmp_relay import EchoFlows, IcmpRelay
-from drivers.user.ipv6.icmp6 import EchoRelay
+from drivers.user.v4.host import ECHO4
+from drivers.user.v6.host import ECHO6
+from drivers.user.v6.icmp6 import EchoRelay
 
 OPENERS = {
     ("ipv4", "ping"): hostsock.ping_socket,

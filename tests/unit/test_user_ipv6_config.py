@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from drivers.user.ipv6 import addr as a6
-from drivers.user.ipv6 import config as c6
+from drivers.user.v6 import addr as a6
+from drivers.user.v6 import config as c6
 from netstack.errors import GenericError
 
 

@@ -35,10 +35,10 @@ from scapy.layers.dhcp6 import (
 )
 from scapy.packet import Packet, raw
 
-from drivers.user.ipv6 import addr as a6
-from drivers.user.ipv6 import dhcpv6_codec as d6
-from drivers.user.ipv6.config import Ipv6Config
-from drivers.user.ipv6.dhcpv6 import Dhcpv6Server
+from drivers.user.v6 import addr as a6
+from drivers.user.v6 import dhcpv6_codec as d6
+from drivers.user.v6.config import Ipv6Config
+from drivers.user.v6.dhcpv6 import Dhcpv6Server
 
 ROUTER_MAC = bytes.fromhex("525600000002")
 MAC = bytes.fromhex("525400123456")

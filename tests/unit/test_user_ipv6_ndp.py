@@ -20,10 +20,10 @@ from scapy.layers.inet6 import (
 )
 from scapy.packet import raw
 
-from drivers.user.ipv6 import addr as a6
-from drivers.user.ipv6 import ndp
-from drivers.user.ipv6.advert import Advertiser
-from drivers.user.ipv6.neighbors import Neighbors
+from drivers.user.v6 import addr as a6
+from drivers.user.v6 import ndp
+from drivers.user.v6.advert import Advertiser
+from drivers.user.v6.neighbors import Neighbors
 
 GUEST = "fec0::5054:ff:fe12:3456"
 GMAC = "52:54:00:12:34:56"

@@ -23,9 +23,9 @@ from scapy.layers.inet6 import (
 from scapy.layers.ipsec import AH
 from scapy.packet import Raw, raw
 
-from drivers.user.ipv6 import addr as a6
-from drivers.user.ipv6 import packet as pk
-from drivers.user.ipv6.fragments import Reassembler
+from drivers.user.v6 import addr as a6
+from drivers.user.v6.fragments import Reassembler
+from netstack.proto import ipv6 as pk
 
 SRC = "fec0::5054:ff:fe12:3456"
 DST = "fec0::2"

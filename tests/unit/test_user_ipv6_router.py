@@ -33,9 +33,9 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw, raw
 
-from drivers.user.ipv6 import Ipv6Config, Ipv6Router, Packet6, PingClose, PingSend
-from drivers.user.ipv6 import addr as a6
-from drivers.user.ipv6 import packet as pk
+from drivers.user.v6 import Ipv6Config, Ipv6Router, Packet6, PingClose, PingSend
+from drivers.user.v6 import addr as a6
+from netstack.proto import ipv6 as pk
 
 GMAC = "52:54:00:12:34:56"
 GMAC_B = bytes.fromhex("525400123456")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import socket
 
 from drivers.user.icmp_relay import IcmpRelay, PingClose
-from drivers.user.reassembly import Reassembler
 from drivers.user.udp_nat import UdpClose, UdpNat, UdpSend
+from drivers.user.v4.fragments import Reassembler
 
 HOST = socket.inet_aton("10.0.2.2")
 G1 = socket.inet_aton("10.0.2.15")

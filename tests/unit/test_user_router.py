@@ -16,8 +16,8 @@ from scapy.layers.l2 import ARP, Ether
 from drivers.user.dns import Upstream
 from drivers.user.icmp_relay import PingClose, PingSend
 from drivers.user.options import UserConfig
-from drivers.user.router import Gateway
 from drivers.user.udp_nat import UdpClose, UdpSend
+from drivers.user.v4.router import Gateway
 
 GUEST_MAC = "52:54:00:12:34:56"
 GUEST = "10.0.2.15"

@@ -14,14 +14,8 @@ from drivers.user.tcp import (
     TcpEndpoint,
     parse_frame,
 )
-from drivers.user.tcp.wire import (
-    ACK,
-    FIN,
-    PSH,
-    RST,
-    SYN,
-)
 from netstack.proto import vnet as vnet_hdr
+from netstack.proto.tcp import ACK, FIN, PSH, RST, SYN
 from tests.unit.tcp_guest import GUEST4, GUEST_OPTS, US4, Guest, M, events
 
 # -- closing ----------------------------------------------------------------------------------

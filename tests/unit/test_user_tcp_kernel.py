@@ -38,7 +38,7 @@ from typing import Any
 import pytest
 
 from drivers.user.tcp import Event, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header
-from drivers.user.tcp.wire import Segment
+from netstack.proto.tcp import Segment
 from tests.kit.netns import unique_name
 
 GW_MAC = bytes.fromhex("52550a000202")

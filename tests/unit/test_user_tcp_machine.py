@@ -12,7 +12,7 @@ from drivers.user.tcp import (
     State,
     TcpEndpoint,
 )
-from drivers.user.tcp.wire import (
+from netstack.proto.tcp import (
     ACK,
     PSH,
     RST,

@@ -23,7 +23,7 @@ from drivers.user.tcp import (
     ethernet_header,
     parse_frame,
 )
-from drivers.user.tcp.wire import ACK, RST
+from netstack.proto.tcp import ACK, RST
 from tests.kit.polling import until
 
 GUEST, FAR = bytes([10, 0, 2, 15]), bytes([10, 0, 2, 2])

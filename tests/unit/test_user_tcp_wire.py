@@ -19,7 +19,9 @@ from drivers.user.tcp import (
     unreachable_for,
 )
 from drivers.user.tcp.rto import RtoEstimator
-from drivers.user.tcp.wire import (
+from netstack.proto import vnet
+from netstack.proto.checksum import ones_sum, slice_sums
+from netstack.proto.tcp import (
     ACK,
     FIN,
     PSH,
@@ -32,8 +34,6 @@ from drivers.user.tcp.wire import (
     seq_diff,
     syn_options,
 )
-from netstack.proto import vnet
-from netstack.proto.checksum import ones_sum, slice_sums
 
 US4, GUEST4 = bytes([93, 184, 216, 34]), bytes([10, 0, 2, 15])
 US6, GUEST6 = bytes.fromhex("20010db8" + "00" * 11 + "01"), bytes.fromhex("fec0" + "00" * 13 + "15")

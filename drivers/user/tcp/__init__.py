@@ -4,7 +4,7 @@ The user netdev (like libslirp, passt, gvisor-tap-vsock) terminates every guest 
 connection in the daemon and splices its byte stream to a host socket. This package is
 that endpoint, sans-IO, plus the flow bookkeeping that ties it to host sockets:
 
-* :mod:`.wire` - parsing guest frames / L4 bytes into :class:`Segment` (IPv4 and IPv6,
+* :mod:`netstack.proto.tcp` - parsing guest frames / L4 bytes into :class:`Segment` (IPv4 and IPv6,
   virtio-net headers: checksum-partial frames are not verified, TSO super-frames are one
   big segment), TCP options;
 * :mod:`.builder` - guest-bound frames from precomputed header templates (IPv4/IPv6,
@@ -52,6 +52,8 @@ Importing has no side effects.
 
 from __future__ import annotations
 
+from netstack.proto.tcp import Segment, parse_frame, parse_l4
+
 from .builder import (
     FrameBuilder,
     ethernet_header,
@@ -63,7 +65,6 @@ from .builder import (
 from .config import Event, State, TcpConfig
 from .machine import TcpEndpoint
 from .splice import Splice, TcpSplicer
-from .wire import Segment, parse_frame, parse_l4
 
 __all__ = [
     "Event",

@@ -34,9 +34,19 @@ from typing import Final
 
 from netstack.proto import vnet as vnet_hdr
 from netstack.proto.checksum import addr_sum, finish, fold, ones_sum, slice_sums
+from netstack.proto.tcp import (
+    ACK,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    FIN,
+    IPPROTO_TCP,
+    PSH,
+    RST,
+    SYN,
+    TCP,
+    Segment,
+)
 from netstack.proto.vnet import PLAIN_HDR
-
-from .wire import ACK, ETH_P_IP, ETH_P_IPV6, FIN, IPPROTO_TCP, PSH, RST, SYN, TCP, Segment
 
 TTL: Final = 64
 ETH_ZLEN: Final = 60

@@ -38,11 +38,12 @@ from __future__ import annotations
 
 import errno as errno_mod
 
+from netstack.proto.tcp import ACK, FIN, RST, SYN, Segment, parse_syn_options, seq_diff, syn_options
+
 from .builder import rejection, unreachable_frame
 from .config import RECEIVING, SENDING, Event, State, TcpConfig
 from .queues import Chunk
 from .transmit import M32, Transmitter
-from .wire import ACK, FIN, RST, SYN, Segment, parse_syn_options, seq_diff, syn_options
 
 
 class TcpEndpoint(Transmitter):

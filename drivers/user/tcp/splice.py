@@ -38,12 +38,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from netstack.limits import check_flow_fd
+from netstack.proto.tcp import SYN, Segment, parse_frame
 
 from ..endpoint import Deadlines, NetdevTimer, Outbox
 from .builder import rejection, reset_for
 from .config import Event, State, TcpConfig
 from .machine import TcpEndpoint
-from .wire import SYN, Segment, parse_frame
 
 #: ``resolve(seg)`` -> (family, sockaddr) to connect to, an errno to reject the SYN, or a
 #: socket already connected to the far end (adopted: the SYN is answered at once).

@@ -26,11 +26,7 @@ import random
 from collections import Counter
 from typing import Literal
 
-from .builder import FrameBuilder
-from .config import TRANSMITTING, Event, State, TcpConfig
-from .queues import FromHost, ToHost
-from .rto import RtoEstimator
-from .wire import (
+from netstack.proto.tcp import (
     ACK,
     DEFAULT_MSS_V4,
     DEFAULT_MSS_V6,
@@ -41,6 +37,11 @@ from .wire import (
     sack_option,
     seq_diff,
 )
+
+from .builder import FrameBuilder
+from .config import TRANSMITTING, Event, State, TcpConfig
+from .queues import FromHost, ToHost
+from .rto import RtoEstimator
 
 M32 = 0xFFFFFFFF
 #: Answers to unacceptable segments per connection and second.

@@ -5,7 +5,7 @@ Owns what a guest sees of IPv6 on the link (libslirp's ``ip6_input.c``,
 local_addresses`: fe80::2, host, DNS and their fe80:: forms) with libslirp's virtual MACs;
 input checks (version, lengths, a multicast/own/loopback source is refused, the
 unspecified source only for NDP; the link MTU is enforced with Packet Too Big, as libslirp
-does); the extension-header walk and fragment reassembly (:mod:`.packet`,
+does); the extension-header walk and fragment reassembly (:mod:`netstack.proto.ipv6`,
 :mod:`.fragments`); NDP (answers for our addresses, DAD probes for our addresses defended
 with an NA to all-nodes, DAD probes of guests never answered, guests learnt into
 :class:`.neighbors.Neighbors`, packets held while we solicit); RAs (:mod:`.advert`,
@@ -42,9 +42,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from netstack.proto import ipv6 as pk
+
 from . import addr as a6
 from . import icmp6, ndp
-from . import packet as pk
 from .advert import Advertiser
 from .config import Ipv6Config
 from .dhcpv6 import Dhcpv6Server
@@ -544,7 +545,7 @@ class Ipv6Router:
         src: bytes | None = None, now: float, mac: bytes | None = None,
     ) -> None:  # fmt: skip
         """An ICMPv6 error to ``guest`` quoting ``quote`` (e.g.
-        :func:`.packet.quote_udp` for an error the host reported on a NAT socket); only
+        :func:`netstack.proto.ipv6.quote_udp` for an error the host reported on a NAT socket); only
         rate-limited here."""
         if not self.error_limit.allow(now):
             self.stats["icmp6-error-rate-limited"] += 1

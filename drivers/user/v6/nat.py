@@ -2,14 +2,14 @@
 IPv6 DNS address, and where guest TCP over IPv6 connects to.
 
 Follows libslirp's ``udp6.c`` and ``sotranslate_out`` with the IPv4 side's
-choices (:mod:`.udp_nat`, :mod:`.dns`, :class:`.nat_policy.TcpPolicy`), so a guest sees the
+choices (:mod:`..udp_nat`, :mod:`..dns`, :class:`..nat_policy.TcpPolicy`), so a guest sees the
 same network over either family:
 
 * the host address (``ipv6-host``, fec0::2, and its fe80:: form fe80::2, which libslirp's
   ``in6_equal_host`` matches too) reaches host loopback ``::1``, and answers from ``::1``
   come back from the address the guest used;
 * the DNS address (``ipv6-dns``, fec0::3, and fe80::3): UDP port 53 goes to a
-  :class:`~.dns.DnsRelay` of its own (its upstream list is the IPv4 relay's, re-read at
+  :class:`~..dns.DnsRelay` of its own (its upstream list is the IPv4 relay's, re-read at
   every use, so ``/etc/resolv.conf`` changes reach both), other ports are dropped; TCP goes
   to the first upstream (port 53 to the upstream's port), like IPv4's DNS over TCP;
 * every other routable destination (global unicast: what the router hands over as beyond
@@ -24,14 +24,14 @@ same network over either family:
   "no route to destination".
 
 One UDP host socket per guest (address, port), as on IPv4 (:class:`UdpNat6` is
-:class:`~.udp_nat.UdpNat` with IPv6 address mapping); hostfwd answers are claimed by the
-same :attr:`~.udp_nat.UdpNat.forward_lookup` mechanism.
+:class:`~..udp_nat.UdpNat` with IPv6 address mapping); hostfwd answers are claimed by the
+same :attr:`~..udp_nat.UdpNat.forward_lookup` mechanism.
 
 Sans-IO: guest datagrams come from the router (:meth:`Nat6.udp_in` is its UDP handler) and
 host events through :meth:`Nat6.udp_from_host`, :meth:`Nat6.udp_host_error`,
 :meth:`Nat6.udp_send_failed` and :meth:`Nat6.dns_from_upstream`; work for the host
-accumulates in :attr:`Nat6.actions` (:class:`~.udp_nat.UdpSend`, :class:`~.udp_nat.UdpClose`,
-:class:`~.dns.Upstream`), frames in the router's ``out``. Nothing here raises on input.
+accumulates in :attr:`Nat6.actions` (:class:`~..udp_nat.UdpSend`, :class:`~..udp_nat.UdpClose`,
+:class:`~..dns.Upstream`), frames in the router's ``out``. Nothing here raises on input.
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ import socket
 from collections import Counter
 from typing import Any, Final
 
-from .dns import DnsRelay, ToGuest, Upstream
-from .ipv6 import Ipv6Router, Packet6, icmp6
-from .ipv6 import addr as a6
-from .ipv6 import packet as pk
-from .udp_nat import UdpClose, UdpNat, UdpReply, UdpSend
+from netstack.proto import ipv6 as pk
+
+from ..dns import DnsRelay, ToGuest, Upstream
+from ..udp_nat import UdpClose, UdpNat, UdpReply, UdpSend
+from . import Ipv6Router, Packet6, icmp6
+from . import addr as a6
 
 DNS_PORT: Final = 53
 HOST_LOOPBACK: Final = "::1"

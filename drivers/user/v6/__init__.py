@@ -7,7 +7,7 @@ composition is :class:`.router.Ipv6Router`; its parts are usable alone:
 * :mod:`.config` - QEMU's ``ipv6-*`` options, defaults, checks and texts
   (:func:`~.config.parse_ipv6_options`, :func:`~.config.families_enabled` with QEMU's
   ``ipv4``/``ipv6`` quirk, :func:`~.config.check_families`), :class:`~.config.Ipv6Config`;
-* :mod:`.addr` (address classes, multicast and virtual MACs), :mod:`.packet` (IPv6
+* :mod:`.addr` (address classes, multicast and virtual MACs), :mod:`netstack.proto.ipv6` (IPv6
   header, extension-header walk, checksums, frames and fragments), :mod:`.fragments`
   (reassembly);
 * :mod:`.ndp` (NDP codec), :mod:`.neighbors` (the neighbor table and resolution queue),
@@ -16,8 +16,8 @@ composition is :class:`.router.Ipv6Router`; its parts are usable alone:
 * :mod:`.dhcpv6_codec` and :mod:`.dhcpv6` (stateless and stateful DHCPv6 server),
   :mod:`.dnsname` (DNS names in wire format).
 
-Wiring (see :mod:`.router`; the user netdev's adapter is :mod:`drivers.user.host6`, its
-NAT :mod:`drivers.user.nat6`): Ethernet frames of type 0x86DD go to
+Wiring (see :mod:`.router`; the user netdev's adapter is :mod:`drivers.user.v6.host`, its
+NAT :mod:`drivers.user.v6.nat`): Ethernet frames of type 0x86DD go to
 :meth:`Ipv6Router.input` (its :meth:`~Ipv6Router.accepts` is the MAC filter: IPv6 needs
 33:33:xx multicast and the router's 52:56:xx MACs); UDP and TCP beyond NDP/DHCPv6 arrive at
 the handlers registered in :attr:`Ipv6Router.ip_handlers`; the NAT answers through

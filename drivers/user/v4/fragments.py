@@ -6,7 +6,7 @@ a fragment that overlaps an earlier one with different bytes discards the whole 
 an exact duplicate is ignored. Sans-IO: :meth:`Reassembler.add` takes one fragment and
 ``now`` and returns the whole payload once complete; :meth:`Reassembler.expire` drops
 datagrams older than ``timeout`` (30 s, Linux's ``ipfrag_time``). The bookkeeping (holes,
-overlaps, bounds, age) is the shared core's (:mod:`.fragments`); this module checks the
+overlaps, bounds, age) is the shared core's (:mod:`..fragments`); this module checks the
 IPv4 lengths and names the counters ``frag-*``.
 
 Invariants (bounds): at most ``max_datagrams`` datagrams in progress and ``max_bytes``
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .fragments import CounterNames, Reassembly
+from ..fragments import CounterNames, Reassembly
 
 MAX_PAYLOAD: Final = 65535 - 20
 DEFAULT_TIMEOUT: Final = 30.0

@@ -4,22 +4,22 @@ Owns what the guest sees of the virtual network: ARP answers for the gateway's a
 (host, DNS and guestfwd addresses: :attr:`Gateway.local`) with libslirp's MACs
 ``52:55:a:b:c:d``; an ARP table learnt from guest frames (bounded), with guest-bound packets
 held while an ARP request for an unknown guest address is out; IPv4 header checks and
-fragment reassembly (:mod:`.reassembly`); dispatch by IP protocol (:attr:`Gateway.ip_handlers`:
+fragment reassembly (:mod:`.fragments`); dispatch by IP protocol (:attr:`Gateway.ip_handlers`:
 ICMP and UDP here, TCP registered by the adapter, which owns the guest TCP splicer - any
 other protocol gets ICMP "protocol unreachable" for a unicast datagram); local ICMP echo
 for the gateway's addresses; the UDP services (DHCP on 67 at the host address or
 broadcast, TFTP on 69 at the host address, DNS on 53 at the DNS address) and the UDP NAT
 and ICMP echo relay for everything else; ``restrict=on`` (UDP other than DHCP/TFTP and
 relayed ICMP dropped); and building guest-bound frames
-(:mod:`.ipv4`: fragmented to the MTU, padded to 60 bytes).
+(:mod:`netstack.proto.ipv4`: fragmented to the MTU, padded to 60 bytes).
 
-Sans-IO, on the netdev's contract (:mod:`.endpoint`): frames and host events go in with
-``now``; frames for the guest go into the netdev's :class:`~.endpoint.Outbox`
+Sans-IO, on the netdev's contract (:mod:`..endpoint`): frames and host events go in with
+``now``; frames for the guest go into the netdev's :class:`~..endpoint.Outbox`
 (:attr:`Gateway.out` is its frame list), work for the host sockets into its action list
-(:class:`~.udp_nat.UdpSend`/:class:`~.udp_nat.UdpClose`, :class:`~.dns.Upstream`,
-:class:`~.icmp_relay.PingSend`/:class:`~.icmp_relay.PingClose`,
-:class:`~.udp_nat.UdpReply`) and QMP events into its event list; the adapter drains it.
-Each timed service is one entry of the netdev's :class:`~.endpoint.Deadlines`
+(:class:`~..udp_nat.UdpSend`/:class:`~..udp_nat.UdpClose`, :class:`~..dns.Upstream`,
+:class:`~..icmp_relay.PingSend`/:class:`~..icmp_relay.PingClose`,
+:class:`~..udp_nat.UdpReply`) and QMP events into its event list; the adapter drains it.
+Each timed service is one entry of the netdev's :class:`~..endpoint.Deadlines`
 (:attr:`Gateway.parts`), told when input touched it; :meth:`Gateway.tick` and
 :meth:`Gateway.next_deadline` run and ask all of them at once (standalone use). Bad input
 never raises: it is counted (:meth:`Gateway.counters`) and dropped.
@@ -36,15 +36,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
+from netstack.proto import ipv4
 from netstack.proto import vnet as vnet_hdr
 from netstack.proto.checksum import udp4_ok, verify
-
-from . import ipv4
-from .dhcp import BOOTP_CLIENT, BOOTP_SERVER, DhcpServer
-from .dns import DnsRelay, ToGuest, Upstream
-from .endpoint import Deadlines, Outbox, Part
-from .icmp_relay import IcmpRelay, PingClose, PingSend
-from .ipv4 import (
+from netstack.proto.ipv4 import (
     ARP,
     BROADCAST_IP,
     BROADCAST_MAC,
@@ -58,12 +53,17 @@ from .ipv4 import (
     UDP,
     ZERO_IP,
 )
-from .options import UserConfig
-from .reassembly import Reassembler
-from .tcp.wire import Segment, parse_frame
-from .tftp import TftpServer
-from .tftproot import TftpRoot
-from .udp_nat import UdpClose, UdpNat, UdpReply, UdpSend
+from netstack.proto.tcp import Segment, parse_frame
+
+from ..dns import DnsRelay, ToGuest, Upstream
+from ..endpoint import Deadlines, Outbox, Part
+from ..icmp_relay import IcmpRelay, PingClose, PingSend
+from ..options import UserConfig
+from ..tftp import TftpServer
+from ..tftproot import TftpRoot
+from ..udp_nat import UdpClose, UdpNat, UdpReply, UdpSend
+from .dhcp import BOOTP_CLIENT, BOOTP_SERVER, DhcpServer
+from .fragments import Reassembler
 
 ARP_TABLE_MAX: Final = 1024
 ARP_HOLD: Final = 3.0
@@ -111,7 +111,7 @@ class Gateway:
         deadlines: Deadlines | None = None,
     ) -> None:
         self.cfg = cfg
-        #: The netdev's output (:mod:`.endpoint`); its own when used alone.
+        #: The netdev's output (:mod:`..endpoint`); its own when used alone.
         self.outbox = outbox if outbox is not None else Outbox()
         #: The netdev's timers; its own when used alone (then :meth:`tick` runs them).
         self.deadlines = deadlines if deadlines is not None else Deadlines()
@@ -139,7 +139,7 @@ class Gateway:
             IPPROTO_ICMP: self._icmp_in,
             IPPROTO_UDP: self._udp_in,
         }
-        #: Ethertype -> handler (the IPv6 side registers 0x86DD here: :mod:`.host6`).
+        #: Ethertype -> handler (the IPv6 side registers 0x86DD here: :mod:`..v6.host`).
         self.eth_handlers: dict[int, Callable[[bytes, float], None]] = {
             ETH_P_IP: self._ipv4_in,
             ETH_P_ARP: self._arp_in,
@@ -520,7 +520,7 @@ class Gateway:
 
     def tick(self, now: float) -> None:
         """Run every timer of the gateway due at ``now`` (standalone use; the netdev runs
-        :attr:`parts` from its :class:`~.endpoint.Deadlines`)."""
+        :attr:`parts` from its :class:`~..endpoint.Deadlines`)."""
         for part in self.parts:
             part.on_deadline(now)
 

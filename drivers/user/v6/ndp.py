@@ -5,7 +5,7 @@ Follows RFC 4861 (message formats §4, option formats §4.6, validation §6.1.1,
 options). Parsers take the whole ICMPv6 message (checksum already verified by the caller)
 plus the IPv6 facts validation needs, and return a typed message or a reason string (the
 counter name) - never raise. Builders return ICMPv6 messages with a zero checksum field
-(:func:`.packet.with_checksum` fills it once source and destination are known).
+(:func:`netstack.proto.ipv6.with_checksum` fills it once source and destination are known).
 
 dpkt is not used: ``dpkt.icmp6`` knows no NDP message bodies or options.
 

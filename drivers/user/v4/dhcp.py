@@ -48,8 +48,9 @@ from typing import Any, Final, NamedTuple
 
 import dpkt
 
-from .ipv4 import BROADCAST_IP, BROADCAST_MAC
-from .options import DHCP_POOL_SIZE, UserConfig
+from netstack.proto.ipv4 import BROADCAST_IP, BROADCAST_MAC
+
+from ..options import DHCP_POOL_SIZE, UserConfig
 
 LEASE_TIME: Final = 24 * 3600
 OFFER_HOLD: Final = 60.0

@@ -2,24 +2,24 @@
 and the host sockets they need.
 
 Owns, for one user netdev with IPv6 enabled (``ipv6=``, QEMU's quirk kept in
-:func:`.ipv6.families_enabled`): the :class:`~.ipv6.Ipv6Router` (NDP, RAs with prefix and
-RDNSS, ICMPv6 echo, DHCPv6), the :class:`~.nat6.Nat6` (UDP NAT, DNS relay, TCP policy) and
-every host fd they use - UDP flow sockets (:class:`.udpflows.UdpFlowSockets` with
-:data:`.udpflows.UDP6`, shared with :mod:`.host4`: ``AF_INET6``, ``IPV6_RECVERR``), DNS upstream
+:func:`.families_enabled`): the :class:`~.Ipv6Router` (NDP, RAs with prefix and
+RDNSS, ICMPv6 echo, DHCPv6), the :class:`~.nat.Nat6` (UDP NAT, DNS relay, TCP policy) and
+every host fd they use - UDP flow sockets (:class:`..udpflows.UdpFlowSockets` with
+:data:`..udpflows.UDP6`, shared with :mod:`..v4.host`: ``AF_INET6``, ``IPV6_RECVERR``), DNS upstream
 sockets for the IPv6 relay (one per upstream family), and the ICMPv6 echo sockets
-(:class:`.hostecho.EchoSockets` with :data:`ECHO6`, shared with :mod:`.host4`: a ping socket
-per echo flow, or one raw ICMPv6 socket, or none - :func:`.hostsock.icmp_mode`).
+(:class:`..hostecho.EchoSockets` with :data:`ECHO6`, shared with :mod:`..v4.host`: a ping socket
+per echo flow, or one raw ICMPv6 socket, or none - :func:`..hostsock.icmp_mode`).
 
-Wiring into the gateway (:class:`~.router.Gateway`, which owns the port's one input pass)
-and the netdev's contract (:mod:`.endpoint`): Ethernet type 0x86DD is registered in
+Wiring into the gateway (:class:`~..v4.router.Gateway`, which owns the port's one input pass)
+and the netdev's contract (:mod:`..endpoint`): Ethernet type 0x86DD is registered in
 ``eth_handlers`` (:meth:`Ipv6Service.input`), the router's MACs (``52:56:xx``) are
-accepted by the gateway's MAC filter (:meth:`~.router.Gateway.accept_mac`; the router
+accepted by the gateway's MAC filter (:meth:`~..v4.router.Gateway.accept_mac`; the router
 filters again: multicast, or one of its MACs); the router writes its frames and events
 straight into the netdev's outbox, and this object is one entry of the netdev's
 deadlines (:meth:`~Ipv6Service.on_deadline` runs the router's and the NAT's timers).
 After every entry - a guest frame, a timer, a host socket event, a call from hostfwd -
 :meth:`Ipv6Service.pump` runs the IPv6 host work the machines asked for (their action
-lists name IPv6 flows; a :class:`~.udp_nat.UdpReply` for hostfwd goes on to the netdev's
+lists name IPv6 flows; a :class:`~..udp_nat.UdpReply` for hostfwd goes on to the netdev's
 outbox); host socket events end with the client's ``flush`` (given at construction).
 Guest TCP over IPv6 is the client's (its splicer is shared by both families): it
 registers the router's TCP handler and asks :meth:`Nat6.tcp_target` and :meth:`Ipv6Service.l2_for`.
@@ -37,18 +37,19 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Final
 
-from . import conntable, hostsock
-from .conntable import ConnRow
-from .dns import Upstream
-from .hostecho import EchoFamily, EchoReply, EchoSockets, ErrorSink
-from .ipv6 import Ipv6Router, PingClose, PingSend, icmp6, ipv6_config
-from .ipv6 import packet as pk
-from .nat6 import Nat6
-from .options import UserConfig
-from .router import Gateway
-from .tcp import Segment, ethernet_header
-from .udp_nat import UdpClose, UdpReply, UdpSend
-from .udpflows import UDP6, FlowKey, UdpFlowSockets
+from netstack.proto import ipv6 as pk
+
+from .. import conntable, hostsock
+from ..conntable import ConnRow
+from ..dns import Upstream
+from ..hostecho import EchoFamily, EchoReply, EchoSockets, ErrorSink
+from ..options import UserConfig
+from ..tcp import Segment, ethernet_header
+from ..udp_nat import UdpClose, UdpReply, UdpSend
+from ..udpflows import UDP6, FlowKey, UdpFlowSockets
+from ..v4.router import Gateway
+from . import Ipv6Router, PingClose, PingSend, icmp6, ipv6_config
+from .nat import Nat6
 
 ETH_P_IPV6: Final = 0x86DD
 _PUMP_ROUNDS: Final = 4

@@ -2,12 +2,12 @@
 
 Owns, for one user netdev, every host fd the IPv4 gateway (:class:`~.router.Gateway`) asks
 for through its :attr:`~.router.Gateway.actions`: the UDP flow sockets
-(:class:`.udpflows.UdpFlowSockets` with :data:`.udpflows.UDP4`, shared with :mod:`.host6`;
+(:class:`..udpflows.UdpFlowSockets` with :data:`..udpflows.UDP4`, shared with :mod:`..v6.host`;
 ``IP_RECVERR`` errors come back to the guest as ICMP errors),
-one socket per address family for the DNS relay's upstreams (:class:`~.dns.Upstream`), and
-the ICMP echo sockets (:class:`.hostecho.EchoSockets` with :data:`ECHO4`: a ping socket per
-echo flow, or one raw socket, or none - :func:`.hostsock.icmp_mode`). It is the IPv4
-counterpart of the host-socket half of :mod:`.host6`; the client runs the gateway's actions
+one socket per address family for the DNS relay's upstreams (:class:`~..dns.Upstream`), and
+the ICMP echo sockets (:class:`..hostecho.EchoSockets` with :data:`ECHO4`: a ping socket per
+echo flow, or one raw socket, or none - :func:`..hostsock.icmp_mode`). It is the IPv4
+counterpart of the host-socket half of :mod:`..v6.host`; the client runs the gateway's actions
 through :meth:`Ipv4Sockets.act`, and every host socket event ends with the client's
 ``flush`` (given at construction), which sends what the gateway produced and runs the
 actions that followed.
@@ -29,15 +29,17 @@ import struct
 from collections.abc import Callable
 from typing import Final
 
-from . import conntable, hostsock, ipv4
-from .conntable import ConnRow
-from .dns import Upstream
-from .hostecho import EchoFamily, EchoReply, EchoSockets, ErrorSink
-from .hostsock import HostError
-from .icmp_relay import PingClose, PingSend
+from netstack.proto import ipv4
+
+from .. import conntable, hostsock
+from ..conntable import ConnRow
+from ..dns import Upstream
+from ..hostecho import EchoFamily, EchoReply, EchoSockets, ErrorSink
+from ..hostsock import HostError
+from ..icmp_relay import PingClose, PingSend
+from ..udp_nat import UdpClose, UdpSend
+from ..udpflows import UDP4, FlowKey, UdpFlowSockets
 from .router import Action, Gateway
-from .udp_nat import UdpClose, UdpSend
-from .udpflows import UDP4, FlowKey, UdpFlowSockets
 
 _ECHO: Final = struct.Struct("!BBHHH")
 
