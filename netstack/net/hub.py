@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from netstack.net import fastcore
 from netstack.net.client import NetClient
 from netstack.net.fdb import DEFAULT_AGEING, MacTable
 from netstack.net.rxfilter import format_mac
@@ -83,7 +84,7 @@ class Hub:
         #: The MAC table of a learning switch; None for a repeater (QEMU's hub).
         self.fdb: MacTable[HubPort] | None = None
         self.clock = clock
-        self.counters = HubCounters()
+        self.counters: HubCounters = fastcore.new_hub_counters()
 
     def __repr__(self) -> str:
         return f"<Hub {self.id} ports={[p.name for p in self.ports]}>"
@@ -243,6 +244,8 @@ class Hub:
 
 class HubPort(NetClient):
     """A port of a hub; its peer is the client plugged into it."""
+
+    __slots__ = ("hub", "isolated_opt")
 
     type = "hubport"
     accepts_vnet = True
