@@ -285,9 +285,10 @@ compute_flags(PyTypeObject *tp)
 static inline unsigned int
 type_flags(PyTypeObject *tp)
 {
+    /* A modified type (PyType_Modified, also run for its subclasses) gets tag 0 and a
+     * new tag at its next lookup; tags are never reused, so (type, tag) names one state. */
     TypeEntry *e = &type_cache[((uintptr_t)tp >> 5) & (TYPE_CACHE - 1)];
-    if (e->type == tp && e->tag == tp->tp_version_tag &&
-        (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+    if (e->type == tp && e->tag == tp->tp_version_tag && e->tag != 0)
         return e->flags;
     unsigned int f = compute_flags(tp);
     if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) {
@@ -537,7 +538,8 @@ deliver(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet)
     PyObject *left = NULL;
     if (r == NULL)
         goto done;
-    Py_ssize_t taken = PyNumber_AsSsize_t(r, PyExc_OverflowError);
+    Py_ssize_t taken = PyLong_CheckExact(r) ? PyLong_AsSsize_t(r)
+                                            : PyNumber_AsSsize_t(r, PyExc_OverflowError);
     Py_DECREF(r);
     if (taken == -1 && PyErr_Occurred())
         goto done;
