@@ -24,6 +24,12 @@ Send path of a batch, in QEMU's order:
 Drivers subclass :class:`NetClient` and override ``receive`` (and, where they have them,
 ``can_receive``, ``link_status_changed``, ``cleanup``). Drivers never mutate a batch they
 are given: hubs hand the same list to several receivers.
+
+This module is the reference for the send path; ``netstack/net/_fastnet.c`` runs the same
+steps compiled when :mod:`netstack.net.fastcore` installs it (at the first client made),
+which is why the core's state is in ``__slots__`` and counters may be that module's int64
+``Counters`` (same attributes and ``as_dict``). A change of behaviour here must be made
+there too: tests/property/test_fastcore_differential.py compares the two.
 """
 
 from __future__ import annotations

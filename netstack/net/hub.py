@@ -30,6 +30,10 @@ Deviation from QEMU: adding a port flushes the queues of the ports that could no
 forward before (a lone port's peer would otherwise wait until some receiver flushes; a
 netdev that starts reading before its hub has a second port stalled there).
 
+The repeater's fan-out (``Hub.forward`` without a MAC table, ``HubPort.receive`` and
+``can_receive``) has a compiled twin in ``netstack/net/_fastnet.c`` (see
+:mod:`netstack.net.fastcore`); the learning switch runs in Python on both paths.
+
 Invariants: a switch never delivers a frame to its source port; every delivery list
 keeps the input order of its frames; the repeater path is unchanged from QEMU's.
 """
