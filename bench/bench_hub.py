@@ -112,9 +112,7 @@ def main() -> None:
         for name, batch, case in cases:
             for path, mod in order:
                 with fastcore.use(mod):
-                    results.setdefault((name, path), []).append(
-                        case(frames, batch, args.seconds)
-                    )
+                    results.setdefault((name, path), []).append(case(frames, batch, args.seconds))
     print(f"medians of {args.rounds} interleaved rounds; 64-byte frames; CPU from /proc/self/stat")
     head = f"{'case':30} {'compiled fr/s':>14} {'python fr/s':>13} {'ratio':>7}"
     print(head + f" {'compiled ns CPU/fr':>19} {'python ns CPU/fr':>17}")

@@ -28,6 +28,7 @@ trap 'rm -rf "$work"' EXIT
 # source -> the test files that drive it (besides the tests marked `compiled`)
 declare -A TESTS=(
     [drivers/vhost_user/_memguard.c]="tests/unit/test_vhost_user_memguard.py tests/interop/test_vhost_user_memory.py"
+    [drivers/tap/_fasttap.c]="tests/unit/test_tap_client.py"
     [netstack/net/_fastnet.c]="tests/unit/test_net_core.py tests/unit/test_hub_switch.py tests/unit/test_filter_buffer.py tests/unit/test_filter_mirror.py tests/unit/test_rxfilter.py"
 )
 # fuzzer module (python -m) -> the extension source it is for
