@@ -74,3 +74,21 @@ def test_the_daemon_logs_the_data_path_at_start(tmp_path: Path) -> None:
             time.sleep(0.05)
     line = next(x for x in log.read_text().splitlines() if "data path:" in x)
     assert line.endswith("data path: compiled (netstack.net._fastnet)" if _built() else ")")
+
+
+def test_compiled_counters_read_and_write_as_the_python_ones() -> None:
+    import importlib
+
+    from netstack.net.client import Counters
+    from netstack.net.hub import HubCounters
+
+    if not _built():
+        pytest.skip("netstack.net._fastnet is not built")
+    mod = importlib.import_module("netstack.net._fastnet")
+    for py_type, c_type in ((Counters, mod.Counters), (HubCounters, mod.HubCounters)):
+        py, c = py_type(), c_type()
+        assert list(c.as_dict().items()) == list(py.as_dict().items())
+        for name in py_type.__slots__:
+            setattr(py, name, getattr(py, name) + len(name))
+            setattr(c, name, getattr(c, name) + len(name))
+        assert list(c.as_dict().items()) == list(py.as_dict().items())
