@@ -302,27 +302,32 @@ type_flags(PyTypeObject *tp)
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 #define CSLOT(obj, i) SLOT(obj, ref.client_off[i])
 
-/* A slot that must be set; NULL (unset) sends the caller to Python. */
+/* 1 for True, 0 for False, -1 for anything else (the caller goes to Python before any
+ * effect: no user __bool__ runs while borrowed references are held). */
 static inline int
-truthy(PyObject *o)
+strict_bool(PyObject *o)
 {
-    if (o == Py_True)
-        return 1;
-    if (o == Py_False || o == Py_None)
-        return 0;
-    return PyObject_IsTrue(o);
+    return o == Py_True ? 1 : o == Py_False ? 0 : -1;
 }
 
+/* sum(map(len, frames[start:stop])) of a list or tuple; a __len__ may run Python code
+ * (even change the list), so the size is re-read and the frame held for each step. */
 static int
 sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
 {
-    PyObject **items = PySequence_Fast_ITEMS(frames);
     long long total = 0;
-    for (Py_ssize_t i = start; i < stop; i++) {
-        PyObject *f = items[i];
-        Py_ssize_t n = PyBytes_CheckExact(f) ? PyBytes_GET_SIZE(f) : PyObject_Length(f);
-        if (n < 0)
-            return -1;
+    for (Py_ssize_t i = start; i < stop && i < PySequence_Fast_GET_SIZE(frames); i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(frames, i);
+        Py_ssize_t n;
+        if (PyBytes_CheckExact(f)) {
+            n = PyBytes_GET_SIZE(f);
+        } else {
+            Py_INCREF(f);
+            n = PyObject_Length(f);
+            Py_DECREF(f);
+            if (n < 0)
+                return -1;
+        }
         total += n;
     }
     *out += total;
@@ -367,12 +372,15 @@ can_send(PyObject *port)
         if (!(type_flags(Py_TYPE(peer)) & T_CLIENT))
             goto python;
         disabled = CSLOT(peer, C_RECEIVE_DISABLED);
-        if (disabled == NULL)
+        int d = disabled == NULL ? -1 : strict_bool(disabled);
+        if (d < 0)
             goto python;
-        int d = truthy(disabled);
-        if (d != 0)
-            return d < 0 ? -1 : 0;
-        return can_receive_from(peer, port);
+        if (d)
+            return 0;
+        Py_INCREF(peer);
+        int ok = can_receive_from(peer, port);
+        Py_DECREF(peer);
+        return ok;
     }
 python:;
     PyObject *args[1] = {port};
@@ -502,28 +510,18 @@ deliver(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet)
         rx_batch = CSLOT(owner, C_RX_BATCH);
     }
     if (stats == NULL || Py_TYPE(stats) != &CountersType || link_down == NULL ||
-        deleted == NULL || disabled == NULL || rx_batch != Py_None) {
+        strict_bool(link_down) < 0 || deleted == NULL || strict_bool(deleted) < 0 ||
+        disabled == NULL || strict_bool(disabled) < 0 || rx_batch != Py_None) {
         PyObject *args[4] = {owner, sender, frames, vnet};
         return PyObject_VectorcallMethod(s_deliver, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
     CountersObject *st = (CountersObject *)stats;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
-    int t = truthy(link_down);
-    if (t < 0)
-        return NULL;
-    if (!t) {
-        t = truthy(deleted);
-        if (t < 0)
-            return NULL;
-    }
-    if (t) {
+    if (link_down == Py_True || deleted == Py_True) {
         st->rx_dropped += n;
         return PyTuple_New(0);
     }
-    t = truthy(disabled);
-    if (t < 0)
-        return NULL;
-    if (t)
+    if (disabled == Py_True)
         return Py_NewRef(frames);
     Py_INCREF(stats);
     PyObject *r;
@@ -598,9 +596,11 @@ queue_send(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb, P
         PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
         return PyObject_VectorcallMethod(s_send, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
-    int busy = truthy(delivering);
-    if (busy < 0)
-        return NULL;
+    int busy = strict_bool(delivering);
+    if (busy < 0) {
+        PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
+        return PyObject_VectorcallMethod(s_send, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
     if (!busy) {
         Py_INCREF(owner);
         int ok = can_receive_from(owner, sender);
@@ -618,7 +618,12 @@ queue_send(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb, P
         return PyLong_FromLong(0);
     }
     entries = SLOT(q, ref.queue_off[Q_ENTRIES]); /* re-read: can_receive may have run Python */
-    int queued = entries == NULL ? -1 : PyObject_IsTrue(entries);
+    int queued = -1;
+    if (entries != NULL) {
+        Py_INCREF(entries);
+        queued = PyObject_IsTrue(entries);
+        Py_DECREF(entries);
+    }
     if (queued < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "_entries");
@@ -686,13 +691,12 @@ c_send_inner(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb
         link_down = CSLOT(self, C_LINK_DOWN);
         filters = CSLOT(self, C_FILTERS);
     }
-    if (stats == NULL || Py_TYPE(stats) != &CountersType || peer == NULL || link_down == NULL)
+    int down = link_down == NULL ? -1 : strict_bool(link_down);
+    int vn = strict_bool(vnet);
+    if (stats == NULL || Py_TYPE(stats) != &CountersType || peer == NULL || down < 0 || vn < 0)
         goto python;
     CountersObject *st = (CountersObject *)stats;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(frames);
-    int down = truthy(link_down);
-    if (down < 0)
-        return NULL;
     if (down || peer == Py_None) {
         st->tx_dropped += count;
         return PyLong_FromSsize_t(count);
@@ -706,17 +710,17 @@ c_send_inner(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb
     if (pfilters == NULL || !PyList_CheckExact(pfilters) || PyList_GET_SIZE(pfilters) != 0 ||
         incoming == NULL)
         goto python;
-    int vn = truthy(vnet);
-    if (vn < 0)
-        return NULL;
     if (vn && !(pf & T_ACCEPTS_VNET))
         goto python;
-    st->tx_frames += count;
-    if (f & T_COUNT_BYTES && sum_len(frames, 0, count, &st->tx_bytes) < 0)
-        return NULL;
+    /* held: a frame's __len__ below may run Python code */
+    Py_INCREF(stats);
     Py_INCREF(incoming);
-    PyObject *r = queue_send(incoming, self, frames, sent_cb, vnet);
+    PyObject *r = NULL;
+    st->tx_frames += count;
+    if (!(f & T_COUNT_BYTES) || sum_len(frames, 0, count, &st->tx_bytes) == 0)
+        r = queue_send(incoming, self, frames, sent_cb, vnet);
     Py_DECREF(incoming);
+    Py_DECREF(stats);
     return r;
 python:
     return call4(ref.py_send, self, frames, vnet, sent_cb);
