@@ -564,11 +564,13 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _data_path() -> str:
-    """Which data path runs (compiled or pure Python), choosing the net core's first."""
+    """Which data path runs (compiled or pure Python), making the core's choices first."""
+    from drivers.tap import frameio
     from netstack import fastpath
     from netstack.net import fastcore
 
     fastcore.ensure()
+    frameio.impl()
     return fastpath.describe()
 
 
