@@ -563,14 +563,18 @@ def _main(argv: Sequence[str] | None) -> int:
                 pidfile.unlink(missing_ok=True)
 
 
+#: Compiled modules of drivers (by name: netstack imports no driver module here).
+_DRIVER_ACCELERATORS = ("drivers.tap._fasttap",)
+
+
 def _data_path() -> str:
-    """Which data path runs (compiled or pure Python), making the core's choices first."""
-    from drivers.tap import frameio
+    """Which data path runs (compiled or pure Python), making the choices first."""
     from netstack import fastpath
     from netstack.net import fastcore
 
     fastcore.ensure()
-    frameio.impl()
+    for name in _DRIVER_ACCELERATORS:  # the same cached choice the driver makes at first use
+        fastpath.load(name)
     return fastpath.describe()
 
 
