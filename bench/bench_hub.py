@@ -1,21 +1,34 @@
-"""Forwarding-core throughput: frames/s between in-process ports, direct and through hubs.
+"""Forwarding-core throughput, compiled core against the pure-Python reference, side by side.
 
-Prints frames/s for 64-byte frames, batched (lists of BATCH frames) and one by one, for
-two directly peered clients and for hubs with 2 and 16 ports (one sender, every other
-port receiving: a 16-port hub delivers each frame 15 times; both "frames in" and
-"deliveries" are printed). Runs a bounded number of frames per case (~1-2 s each).
+Frames/s for 64-byte frames between in-process ports, batched (lists of BATCH frames) and
+one by one (lists of one frame, each a separate ``send``), for two directly peered clients
+and for hubs with 2 and 16 ports (one sender, every other port receiving: a 16-port hub
+delivers each frame 15 times, so deliveries/s is 15x the frames in/s printed). Both paths
+run in this one process (:func:`netstack.net.fastcore.use`), interleaved: each round runs
+every case on both, the order of the two alternating between rounds. Each run is bounded
+in time (``--seconds``) and in frames. Printed: the median over the rounds of frames in/s
+on each path, their ratio, and the CPU time per frame in (user+system from
+``/proc/self/stat``) on each path.
 
-    python bench/bench_hub.py [--frames N] [--batch B]
+    python bench/bench_hub.py [--rounds 3] [--seconds 0.5] [--batch 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
+from netstack.net import fastcore
 from netstack.net.client import NetClient
 from netstack.net.hub import Hub
+
+MAX_FRAMES = 200_000_000
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 class Sink(NetClient):
@@ -25,55 +38,98 @@ class Sink(NetClient):
         return len(frames)
 
 
-def _run(sender: NetClient, frames: list[bytes], batch: int, total: int) -> float:
-    chunks = [frames[i : i + batch] for i in range(0, len(frames), batch)]
+def cpu_seconds() -> float:
+    """This process's user + system CPU time, from /proc/self/stat."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _run(sender: NetClient, frames: list[bytes], batch: int, seconds: float) -> tuple[float, float]:
+    """(frames/s, CPU seconds per frame) of sending ``frames`` for about ``seconds``."""
+    units: list[list[bytes]] = (
+        [[f] for f in frames]
+        if batch == 1
+        else [frames[i : i + batch] for i in range(0, len(frames), batch)]
+    )
+    send = sender.send
     sent = 0
-    t0 = time.perf_counter()
-    if batch == 1:
-        one = [[f] for f in frames]
-        while sent < total:
-            for f in one:
-                sender.send(f)
-            sent += len(one)
-    else:
-        while sent < total:
-            for c in chunks:
-                sender.send(c)
-            sent += len(frames)
-    return sent / (time.perf_counter() - t0)
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    end = t0 + seconds
+    while sent < MAX_FRAMES:
+        for u in units:
+            send(u)
+        sent += len(frames)
+        if time.perf_counter() >= end:
+            break
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return sent / wall, cpu / sent
 
 
-def direct(frames: list[bytes], batch: int, total: int) -> float:
+def direct(frames: list[bytes], batch: int, seconds: float) -> tuple[float, float]:
     a, b = Sink("a"), Sink("b")
     a.connect(b)
-    return _run(a, frames, batch, total)
+    return _run(a, frames, batch, seconds)
 
 
-def through_hub(ports: int, frames: list[bytes], batch: int, total: int) -> float:
-    hub = Hub(0)
-    clients = []
-    for i in range(ports):
-        c = Sink(f"c{i}")
-        hub.add_port().connect(c)
-        clients.append(c)
-    return _run(clients[0], frames, batch, total)
+def through_hub(ports: int) -> Callable[[list[bytes], int, float], tuple[float, float]]:
+    def case(frames: list[bytes], batch: int, seconds: float) -> tuple[float, float]:
+        hub = Hub(0)
+        clients = []
+        for i in range(ports):
+            c = Sink(f"c{i}")
+            hub.add_port().connect(c)
+            clients.append(c)
+        return _run(clients[0], frames, batch, seconds)
+
+    return case
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=2_000_000)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=0.5, help="per case, path and round")
     ap.add_argument("--batch", type=int, default=256)
     args = ap.parse_args()
     frames = [bytes(64) for _ in range(args.batch * 16)]
-    print(f"{'case':34} {'frames in/s':>14} {'deliveries/s':>14}")
+    try:
+        compiled: ModuleType | None = importlib.import_module(fastcore.EXTENSION)
+    except ImportError:
+        compiled = None
+        print("netstack.net._fastnet is not built: the pure-Python path only")
+    paths: list[tuple[str, ModuleType | None]] = [("python", None)]
+    if compiled is not None:
+        paths.insert(0, ("compiled", compiled))
+    cases: list[tuple[str, int, Callable[[list[bytes], int, float], tuple[float, float]]]] = []
     for batch in (args.batch, 1):
         label = f"batch {batch}" if batch > 1 else "one by one"
-        total = args.frames if batch > 1 else args.frames // 10
-        fps = direct(frames, batch, total)
-        print(f"{'direct peers, ' + label:34} {fps:14,.0f} {fps:14,.0f}")
-        for ports in (2, 16):
-            fps = through_hub(ports, frames, batch, total // (ports // 2))
-            print(f"{f'hub {ports} ports, ' + label:34} {fps:14,.0f} {fps * (ports - 1):14,.0f}")
+        cases.append((f"direct peers, {label}", batch, direct))
+        cases.append((f"hub 2 ports, {label}", batch, through_hub(2)))
+        cases.append((f"hub 16 ports, {label}", batch, through_hub(16)))
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for rnd in range(args.rounds):
+        order = paths if rnd % 2 == 0 else paths[::-1]
+        for name, batch, case in cases:
+            for path, mod in order:
+                with fastcore.use(mod):
+                    results.setdefault((name, path), []).append(case(frames, batch, args.seconds))
+    print(f"medians of {args.rounds} interleaved rounds; 64-byte frames; CPU from /proc/self/stat")
+    head = f"{'case':30} {'compiled fr/s':>14} {'python fr/s':>13} {'ratio':>7}"
+    print(head + f" {'compiled ns CPU/fr':>19} {'python ns CPU/fr':>17}")
+    for name, _batch, _case in cases:
+        py = results[(name, "python")]
+        py_fps = statistics.median(r[0] for r in py)
+        py_cpu = statistics.median(r[1] for r in py) * 1e9
+        if compiled is None:
+            print(f"{name:30} {'-':>14} {py_fps:13,.0f} {'-':>7} {'-':>19} {py_cpu:17,.0f}")
+            continue
+        c = results[(name, "compiled")]
+        c_fps = statistics.median(r[0] for r in c)
+        c_cpu = statistics.median(r[1] for r in c) * 1e9
+        print(
+            f"{name:30} {c_fps:14,.0f} {py_fps:13,.0f} {c_fps / py_fps:6.1f}x"
+            f" {c_cpu:19,.1f} {py_cpu:17,.0f}"
+        )
 
 
 if __name__ == "__main__":

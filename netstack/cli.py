@@ -513,6 +513,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return 0
     if cfg.show_version:
         print(f"{PROG} version {__version__}")
+        print(_data_path())
         return 0
 
     import drivers
@@ -563,9 +564,26 @@ def _main(argv: Sequence[str] | None) -> int:
                 pidfile.unlink(missing_ok=True)
 
 
+#: Compiled modules of drivers (by name: netstack imports no driver module here).
+_DRIVER_ACCELERATORS = ("drivers.tap._fasttap", "drivers.vhost_user._vring")
+
+
+def _data_path() -> str:
+    """Which data path runs (compiled or pure Python), making the choices first."""
+    from netstack import fastpath
+    from netstack.net import fastcore
+
+    fastcore.ensure()
+    for name in _DRIVER_ACCELERATORS:  # the same cached choice the driver makes at first use
+        fastpath.load(name)
+    return fastpath.describe()
+
+
 async def _main_async(cfg: Config, registry: Mapping[str, DriverSpec], banner: str | None) -> int:
     ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     ready.add_done_callback(lambda _f: _signal_ready(True))
+    # at ready, so the accelerators chosen while the netdevs were made are named too
+    ready.add_done_callback(lambda _f: logging.getLogger("netstack").info("%s", _data_path()))
     code = await serve(cfg, registry, ready=ready, banner=banner)
     if not ready.done():
         _signal_ready(False)

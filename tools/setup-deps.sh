@@ -38,8 +38,9 @@ PACKAGES=(
     openssl           # s_client and certificate generation for the TLS chardev tests
     gnutls-bin        # gnutls-cli: the second TLS client of the TLS chardev tests
     ethtool           # vxlan tests: checksum offload off on veth underlays (see test_vxlan_kernel)
-    gcc               # builds drivers/vhost_user/_memguard.c (vhost-user SIGBUS guard)
-    python3-dev       # Python.h for that extension
+    gcc               # builds the C extensions (pyproject ext-modules: the compiled data
+                      # path netstack/net/_fastnet.c, the vhost-user SIGBUS guard) and ASan
+    python3-dev       # Python.h for those extensions
 )
 read -r -a extra <<<"${NETSTACK_EXTRA_DEBS:-}"
 PACKAGES+=("${extra[@]}")

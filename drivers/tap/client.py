@@ -29,10 +29,12 @@ first read after the peer changes and at most every :data:`OFFLOAD_RECHECK` seco
 frames already queued in the kernel keep their old form, which the core handles either
 way.
 
-Reads use ``os.read`` into a fresh ``bytes`` per frame rather than ``readv`` into a
-preallocated arena: a frame must become an owned ``bytes`` anyway (it may be queued), and
-measured here the arena plus copy costs ~5x more per 64 KiB frame (61 us against 11 us)
-and the same for 1.5 KiB frames.
+The per-frame system calls are :mod:`drivers.tap.frameio` (Python, or its compiled twin
+``drivers/tap/_fasttap.c``). In Python, reads use ``os.read`` into a fresh ``bytes`` per
+frame rather than ``readv`` into a preallocated arena: a frame must become an owned
+``bytes`` anyway (it may be queued), and measured here the arena plus copy costs ~5x more
+per 64 KiB frame (61 us against 11 us) and the same for 1.5 KiB frames. The compiled
+loop reads into one buffer of its own and copies out what the kernel returned.
 
 Multiqueue: every queue is one :class:`TapClient` with its own fd. Beyond QEMU: a queue
 without a peer of its own (a multiqueue tap behind a hubport, which peers with queue 0
@@ -46,7 +48,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from drivers.tap import tun
+from drivers.tap import frameio, tun
 from netstack.net.client import NetClient
 from netstack.net.fdio import FdWatch, PeerFlow
 from netstack.net.hub import HubPort
@@ -188,23 +190,9 @@ class TapClient(NetClient):
     # -- tap -> peer -----------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        fd = self.fd
-        read = os.read
-        min_len = self._min_len
-        frames: list[bytes] = []
-        append = frames.append
-        try:
-            for _ in range(RX_BATCH):
-                frame = read(fd, READ_SIZE)
-                if len(frame) < min_len:
-                    if not frame:
-                        break
-                    frame = frame.ljust(min_len, b"\0")
-                append(frame)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as exc:
-            self._read_failed(exc)
+        frames, err = frameio.impl().read_batch(self.fd, RX_BATCH, READ_SIZE, self._min_len)
+        if err:
+            self._read_failed(frameio.error(err))
         if frames:
             self._send_up(frames)
 
@@ -257,39 +245,27 @@ class TapClient(NetClient):
     def _write(self, frames: Sequence[bytes], vnet: bool) -> int:
         """Write a prefix of ``frames``; returns its length (short only on EAGAIN)."""
         hdr = self.vnet_hdr_len
-        fd = self.fd
+        if vnet == bool(hdr) and hdr in (0, vnet_hdr.HDR_LEN):
+            mode = frameio.AS_IS
+        elif not vnet:
+            mode = frameio.PREFIXED
+        else:
+            mode = frameio.NARROWED
+        write_frames = frameio.impl().write_frames
         n = len(frames)
         i = 0
         while i < n:
-            try:
-                if vnet == bool(hdr) and hdr in (0, vnet_hdr.HDR_LEN):
-                    write = os.write
-                    while i < n:
-                        write(fd, frames[i])
-                        i += 1
-                elif not vnet:
-                    writev = os.writev
-                    prefix = self._hdr_bytes
-                    while i < n:
-                        writev(fd, (prefix, frames[i]))
-                        i += 1
-                else:
-                    writev = os.writev
-                    while i < n:
-                        view = memoryview(frames[i])
-                        writev(fd, (view[:hdr], view[vnet_hdr.HDR_LEN :]))
-                        i += 1
-            except BlockingIOError:
+            i, err = write_frames(self.fd, frames, i, mode, self._hdr_bytes, hdr)
+            if not err:
+                break
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK):
                 self.write_eagain += 1
                 self.frames_written += i
                 self._watch.wait_writable()
                 return i
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                self._write_failed(exc)
-                self.frames_written -= 1  # counted with the batch below, not written
-                i += 1
+            self._write_failed(frameio.error(err))
+            self.frames_written -= 1  # counted with the batch below, not written
+            i += 1
         self.frames_written += n
         return n
 

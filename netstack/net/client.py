@@ -24,6 +24,12 @@ Send path of a batch, in QEMU's order:
 Drivers subclass :class:`NetClient` and override ``receive`` (and, where they have them,
 ``can_receive``, ``link_status_changed``, ``cleanup``). Drivers never mutate a batch they
 are given: hubs hand the same list to several receivers.
+
+This module is the reference for the send path; ``netstack/net/_fastnet.c`` runs the same
+steps compiled when :mod:`netstack.net.fastcore` installs it (at the first client made),
+which is why the core's state is in ``__slots__`` and counters may be that module's int64
+``Counters`` (same attributes and ``as_dict``). A change of behaviour here must be made
+there too: tests/property/test_fastcore_differential.py compares the two.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from netstack.net import fastcore
 from netstack.net.queue import NetQueue, SentCallback
 from netstack.proto import vnet as vnet_hdr
 
@@ -85,6 +92,29 @@ class NetClient:
     ``type`` is the ``NetClientDriver`` value (``"hubport"``, ``"socket"``, ``"nic"``...).
     """
 
+    # The core's own state is in slots (the compiled path reads them at fixed offsets);
+    # ``__dict__`` keeps drivers free to add attributes of their own.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_rx_batch",
+        "_rx_filter",
+        "deleted",
+        "filters",
+        "host_hdr_len",
+        "incoming",
+        "info_str",
+        "is_netdev",
+        "link_down",
+        "model",
+        "name",
+        "netdev_spec",
+        "peer",
+        "queue_index",
+        "receive_disabled",
+        "stats",
+    )
+
     type: ClassVar[str] = "none"
     #: True when :meth:`receive` takes batches whose frames carry a virtio-net header.
     accepts_vnet: ClassVar[bool] = False
@@ -106,7 +136,7 @@ class NetClient:
         self._rx_batch: RxBatchClassifier | None = None
         #: Bytes of host vnet header in front of frames handed to the rx filter.
         self.host_hdr_len = 0
-        self.stats = Counters()
+        self.stats: Counters = fastcore.new_counters()
         self.incoming = NetQueue(self)
         self.deleted = False
         #: The options the netdev was created with (None for NICs and internal clients).

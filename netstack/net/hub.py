@@ -30,6 +30,10 @@ Deviation from QEMU: adding a port flushes the queues of the ports that could no
 forward before (a lone port's peer would otherwise wait until some receiver flushes; a
 netdev that starts reading before its hub has a second port stalled there).
 
+The repeater's fan-out (``Hub.forward`` without a MAC table, ``HubPort.receive`` and
+``can_receive``) has a compiled twin in ``netstack/net/_fastnet.c`` (see
+:mod:`netstack.net.fastcore`); the learning switch runs in Python on both paths.
+
 Invariants: a switch never delivers a frame to its source port; every delivery list
 keeps the input order of its frames; the repeater path is unchanged from QEMU's.
 """
@@ -40,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from netstack.net import fastcore
 from netstack.net.client import NetClient
 from netstack.net.fdb import DEFAULT_AGEING, MacTable
 from netstack.net.rxfilter import format_mac
@@ -92,7 +97,7 @@ class Hub:
         #: The MAC table of a learning switch; None for a repeater (QEMU's hub).
         self.fdb: MacTable[HubPort] | None = None
         self.clock = clock
-        self.counters = HubCounters()
+        self.counters: HubCounters = fastcore.new_hub_counters()
 
     def __repr__(self) -> str:
         return f"<Hub {self.id} ports={[p.name for p in self.ports]}>"
@@ -252,6 +257,8 @@ class Hub:
 
 class HubPort(NetClient):
     """A port of a hub; its peer is the client plugged into it."""
+
+    __slots__ = ("hub", "isolated_opt")
 
     type = "hubport"
     accepts_vnet = True

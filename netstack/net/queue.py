@@ -14,6 +14,9 @@ Deviation from QEMU: a batch arriving while older frames wait in the queue is ap
 behind them and the queue is flushed, where QEMU delivers the new frame first; frames from
 one receiver's point of view never overtake each other.
 
+``NetQueue.send`` has a compiled twin in ``netstack/net/_fastnet.c`` (see
+:mod:`netstack.net.fastcore`); both must change together.
+
 Invariants: ``count`` equals the number of frames held; entries keep arrival order;
 ``delivering`` is true only while a delivery runs, so a frame sent from inside a delivery
 is appended instead of re-entering the receiver.

@@ -1,0 +1,6 @@
+from collections.abc import Sequence
+
+def read_batch(fd: int, count: int, size: int, min_len: int) -> tuple[list[bytes], int]: ...
+def write_frames(
+    fd: int, frames: Sequence[bytes], start: int, mode: int, prefix: bytes, hdr: int
+) -> tuple[int, int]: ...

@@ -1,0 +1,980 @@
+/*
+ * netstack.net._fastnet: the forwarding core's per-frame path in C.
+ *
+ * The accelerator of netstack/net/client.py (NetClient.send and deliver),
+ * netstack/net/queue.py (NetQueue.send) and netstack/net/hub.py (the repeater's
+ * Hub.forward, HubPort.receive/can_receive); those Python classes stay the
+ * complete reference for behaviour and this file follows them statement by
+ * statement (QEMU: net/net.c qemu_send_packet / qemu_deliver_packet_iov,
+ * net/queue.c, net/hub.c).
+ *
+ * What it owns:
+ *   - Counters and HubCounters: the per-client and per-hub counters with int64
+ *     fields (member descriptors, so Python reads and writes them as ints);
+ *   - FastMethod: a method descriptor (it binds like a function and takes the
+ *     interpreter's unbound-method call path) wrapping the C send, installed as
+ *     NetClient.send by netstack.net.fastcore;
+ *   - install(): the reference classes and functions the C path compares with.
+ *
+ * The C path runs only where it provably does what the Python would: every
+ * object on the way is checked (per type, cached by the type's version tag, so
+ * a class changed at run time is re-checked) to have the reference layout
+ * (NetClient's __slots__) and the reference hook (receive, can_receive,
+ * deliver...). Anything else (a driver's own receive, filters, vnet headers to
+ * strip, rx filters, learning switches, subclassed queues) is handed to the
+ * Python method, before any side effect, so the outcome is the reference one.
+ * Core hooks are looked up on the class: a hook assigned on one instance is
+ * honoured for receive (called through the instance) but not for the core's
+ * own hooks (deliver, can_receive_from, can_receive, can_send, send).
+ *
+ * Invariants: frames are never copied or mutated; every Python-visible effect
+ * (counter updates, queue flags, calls) happens in the order of the reference;
+ * recursion (a receive that sends) is bounded by the interpreter's limit.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+/* ---------------------------------------------------------------- counters */
+
+typedef struct {
+    PyObject_HEAD
+    long long malformed, rx_bytes, rx_dropped, rx_filtered, rx_frames, tx_bytes,
+        tx_dropped, tx_frames;
+} CountersObject;
+
+static PyMemberDef counters_members[] = {
+    {"malformed", T_LONGLONG, offsetof(CountersObject, malformed), 0, NULL},
+    {"rx_bytes", T_LONGLONG, offsetof(CountersObject, rx_bytes), 0, NULL},
+    {"rx_dropped", T_LONGLONG, offsetof(CountersObject, rx_dropped), 0, NULL},
+    {"rx_filtered", T_LONGLONG, offsetof(CountersObject, rx_filtered), 0, NULL},
+    {"rx_frames", T_LONGLONG, offsetof(CountersObject, rx_frames), 0, NULL},
+    {"tx_bytes", T_LONGLONG, offsetof(CountersObject, tx_bytes), 0, NULL},
+    {"tx_dropped", T_LONGLONG, offsetof(CountersObject, tx_dropped), 0, NULL},
+    {"tx_frames", T_LONGLONG, offsetof(CountersObject, tx_frames), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+typedef struct {
+    PyObject_HEAD
+    long long deliveries, filtered, flooded, frames_in, horizon, malformed, unicast;
+} HubCountersObject;
+
+static PyMemberDef hubcounters_members[] = {
+    {"deliveries", T_LONGLONG, offsetof(HubCountersObject, deliveries), 0, NULL},
+    {"filtered", T_LONGLONG, offsetof(HubCountersObject, filtered), 0, NULL},
+    {"flooded", T_LONGLONG, offsetof(HubCountersObject, flooded), 0, NULL},
+    {"frames_in", T_LONGLONG, offsetof(HubCountersObject, frames_in), 0, NULL},
+    {"horizon", T_LONGLONG, offsetof(HubCountersObject, horizon), 0, NULL},
+    {"malformed", T_LONGLONG, offsetof(HubCountersObject, malformed), 0, NULL},
+    {"unicast", T_LONGLONG, offsetof(HubCountersObject, unicast), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+/* as_dict in __slots__ order, "_" written "-" (the reference's as_dict). */
+static PyObject *
+members_as_dict(PyObject *self, PyMemberDef *members)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    for (PyMemberDef *m = members; m->name != NULL; m++) {
+        char key[32];
+        size_t n = strlen(m->name);
+        if (n >= sizeof key)
+            n = sizeof key - 1;
+        for (size_t i = 0; i < n; i++)
+            key[i] = m->name[i] == '_' ? '-' : m->name[i];
+        key[n] = '\0';
+        PyObject *v = PyLong_FromLongLong(*(long long *)((char *)self + m->offset));
+        if (v == NULL || PyDict_SetItemString(d, key, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyObject *
+counters_as_dict(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return members_as_dict(self, counters_members);
+}
+
+static PyObject *
+hubcounters_as_dict(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return members_as_dict(self, hubcounters_members);
+}
+
+static PyMethodDef counters_methods[] = {
+    {"as_dict", counters_as_dict, METH_NOARGS, "The counters by name, '_' written '-'."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef hubcounters_methods[] = {
+    {"as_dict", hubcounters_as_dict, METH_NOARGS, "The counters by name, '_' written '-'."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CountersType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "netstack.net._fastnet.Counters",
+    .tp_basicsize = sizeof(CountersObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Per-client frame and byte counters (all monotonic), int64 fields.",
+    .tp_members = counters_members,
+    .tp_methods = counters_methods,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyTypeObject HubCountersType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "netstack.net._fastnet.HubCounters",
+    .tp_basicsize = sizeof(HubCountersObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Per-hub frame counters (monotonic), int64 fields.",
+    .tp_members = hubcounters_members,
+    .tp_methods = hubcounters_methods,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------- the reference, as installed */
+
+/* Slot offsets of the reference classes (from their member descriptors). */
+enum {
+    C_PEER, C_LINK_DOWN, C_RECEIVE_DISABLED, C_DELETED, C_FILTERS, C_RX_BATCH,
+    C_STATS, C_INCOMING, C_NSLOTS
+};
+static const char *client_slot_names[C_NSLOTS] = {
+    "peer", "link_down", "receive_disabled", "deleted", "filters", "_rx_batch",
+    "stats", "incoming",
+};
+enum { Q_ENTRIES, Q_OWNER, Q_DELIVERING, Q_NSLOTS };
+static const char *queue_slot_names[Q_NSLOTS] = {"_entries", "_owner", "delivering"};
+enum { H_COUNTERS, H_FDB, H_PORTS, H_NSLOTS };
+static const char *hub_slot_names[H_NSLOTS] = {"counters", "fdb", "ports"};
+
+typedef struct {
+    int ready;
+    PyTypeObject *client_type, *port_type, *hub_type, *queue_type;
+    PyObject *client_descr[C_NSLOTS]; /* member descriptors, compared per type */
+    Py_ssize_t client_off[C_NSLOTS];
+    PyObject *queue_descr[Q_NSLOTS];
+    Py_ssize_t queue_off[Q_NSLOTS];
+    PyObject *hub_descr[H_NSLOTS];
+    Py_ssize_t hub_off[H_NSLOTS];
+    PyObject *port_hub_descr;
+    Py_ssize_t port_hub_off;
+    /* reference functions */
+    PyObject *send_method;     /* the FastMethod installed as NetClient.send */
+    PyObject *py_send;         /* NetClient.send in Python */
+    PyObject *py_deliver;      /* NetClient.deliver */
+    PyObject *py_can_recv_from;/* NetClient.can_receive_from */
+    PyObject *py_can_receive;  /* NetClient.can_receive */
+    PyObject *py_can_send;     /* NetClient.can_send */
+    PyObject *port_receive;    /* HubPort.receive */
+    PyObject *port_can_receive;/* HubPort.can_receive */
+    PyObject *queue_send;      /* NetQueue.send */
+    PyObject *hub_forward;     /* Hub.forward */
+    PyObject *hub_can_forward; /* Hub.can_forward */
+} Reference;
+
+static Reference ref;
+
+static PyObject *s_send, *s_deliver, *s_can_receive_from, *s_can_receive, *s_can_send,
+    *s_receive, *s_count_bytes, *s_accepts_vnet, *s_append, *s_flush, *s_forward,
+    *s_can_forward, *s_hub;
+
+/* ------------------------------------------------------ per-type hook cache */
+
+enum {
+    T_CLIENT = 1 << 0,     /* NetClient layout: the hot slots are NetClient's */
+    T_SEND_C = 1 << 1,     /* send is the installed FastMethod */
+    T_DELIVER = 1 << 2,    /* deliver is the reference */
+    T_CRF = 1 << 3,        /* can_receive_from is the reference */
+    T_CR_TRUE = 1 << 4,    /* can_receive is NetClient's (always True) */
+    T_CR_PORT = 1 << 5,    /* can_receive is HubPort's */
+    T_RECV_PORT = 1 << 6,  /* receive is HubPort's */
+    T_CAN_SEND = 1 << 7,   /* can_send is the reference */
+    T_COUNT_BYTES = 1 << 8,/* count_bytes is true */
+    T_ACCEPTS_VNET = 1 << 9,
+    T_PORT = 1 << 10,      /* HubPort layout: its hub slot is HubPort's */
+    T_QUEUE = 1 << 11,     /* NetQueue layout and send */
+    T_HUB = 1 << 12,       /* Hub layout, forward and can_forward */
+};
+
+typedef struct {
+    PyTypeObject *type;
+    unsigned int tag;
+    unsigned int flags;
+} TypeEntry;
+
+#define TYPE_CACHE 256
+static TypeEntry type_cache[TYPE_CACHE];
+
+static int
+is_ref(PyTypeObject *tp, PyObject *name, PyObject *want)
+{
+    return want != NULL && _PyType_Lookup(tp, name) == want;
+}
+
+static int
+slots_match(PyTypeObject *tp, const char **names, PyObject **descrs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PyObject *key = PyUnicode_InternFromString(names[i]);
+        if (key == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        PyObject *found = _PyType_Lookup(tp, key);
+        Py_DECREF(key);
+        if (found == NULL || found != descrs[i])
+            return 0;
+    }
+    return 1;
+}
+
+static unsigned int
+compute_flags(PyTypeObject *tp)
+{
+    unsigned int f = 0;
+    if (PyType_IsSubtype(tp, ref.client_type) &&
+        slots_match(tp, client_slot_names, ref.client_descr, C_NSLOTS)) {
+        f |= T_CLIENT;
+        if (is_ref(tp, s_send, ref.send_method))
+            f |= T_SEND_C;
+        if (is_ref(tp, s_deliver, ref.py_deliver))
+            f |= T_DELIVER;
+        if (is_ref(tp, s_can_receive_from, ref.py_can_recv_from))
+            f |= T_CRF;
+        if (is_ref(tp, s_can_receive, ref.py_can_receive))
+            f |= T_CR_TRUE;
+        if (is_ref(tp, s_can_receive, ref.port_can_receive))
+            f |= T_CR_PORT;
+        if (is_ref(tp, s_receive, ref.port_receive))
+            f |= T_RECV_PORT;
+        if (is_ref(tp, s_can_send, ref.py_can_send))
+            f |= T_CAN_SEND;
+        PyObject *cb = _PyType_Lookup(tp, s_count_bytes);
+        if (cb == Py_True)
+            f |= T_COUNT_BYTES;
+        else if (cb != Py_False)
+            f &= ~(unsigned)T_CLIENT; /* not a plain bool: let Python decide */
+        PyObject *av = _PyType_Lookup(tp, s_accepts_vnet);
+        if (av == Py_True)
+            f |= T_ACCEPTS_VNET;
+        else if (av != Py_False)
+            f &= ~(unsigned)T_CLIENT;
+        if (PyType_IsSubtype(tp, ref.port_type) &&
+            _PyType_Lookup(tp, s_hub) == ref.port_hub_descr)
+            f |= T_PORT;
+    }
+    if (PyType_IsSubtype(tp, ref.queue_type) &&
+        slots_match(tp, queue_slot_names, ref.queue_descr, Q_NSLOTS) &&
+        is_ref(tp, s_send, ref.queue_send))
+        f |= T_QUEUE;
+    if (PyType_IsSubtype(tp, ref.hub_type) &&
+        slots_match(tp, hub_slot_names, ref.hub_descr, H_NSLOTS) &&
+        is_ref(tp, s_forward, ref.hub_forward) && is_ref(tp, s_can_forward, ref.hub_can_forward))
+        f |= T_HUB;
+    return f;
+}
+
+static inline unsigned int
+type_flags(PyTypeObject *tp)
+{
+    /* A modified type (PyType_Modified, also run for its subclasses) gets tag 0 and a
+     * new tag at its next lookup; tags are never reused, so (type, tag) names one state. */
+    TypeEntry *e = &type_cache[((uintptr_t)tp >> 5) & (TYPE_CACHE - 1)];
+    if (e->type == tp && e->tag == tp->tp_version_tag && e->tag != 0)
+        return e->flags;
+    unsigned int f = compute_flags(tp);
+    if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) {
+        e->type = tp;
+        e->tag = tp->tp_version_tag;
+        e->flags = f;
+    }
+    return f;
+}
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+#define CSLOT(obj, i) SLOT(obj, ref.client_off[i])
+
+/* 1 for True, 0 for False, -1 for anything else (the caller goes to Python before any
+ * effect: no user __bool__ runs while borrowed references are held). */
+static inline int
+strict_bool(PyObject *o)
+{
+    return o == Py_True ? 1 : o == Py_False ? 0 : -1;
+}
+
+/* sum(map(len, frames[start:stop])) of a list or tuple; a __len__ may run Python code
+ * (even change the list), so the size is re-read and the frame held for each step. */
+static int
+sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
+{
+    long long total = 0;
+    for (Py_ssize_t i = start; i < stop && i < PySequence_Fast_GET_SIZE(frames); i++) {
+        PyObject *f = PySequence_Fast_GET_ITEM(frames, i);
+        Py_ssize_t n;
+        if (PyBytes_CheckExact(f)) {
+            n = PyBytes_GET_SIZE(f);
+        } else {
+            Py_INCREF(f);
+            n = PyObject_Length(f);
+            Py_DECREF(f);
+            if (n < 0)
+                return -1;
+        }
+        total += n;
+    }
+    *out += total;
+    return 0;
+}
+
+/* -------------------------------------------------------------- the path */
+
+static PyObject *c_send(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb);
+
+static PyObject *
+call4(PyObject *func, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
+{
+    PyObject *args[4] = {a, b, c, d};
+    return PyObject_Vectorcall(func, args, 4, NULL);
+}
+
+/* client.send(frames, vnet): C when the type's send is ours, else its method. */
+static PyObject *
+send_any(PyObject *client, PyObject *frames, PyObject *vnet)
+{
+    if (type_flags(Py_TYPE(client)) & T_SEND_C)
+        return c_send(client, frames, vnet, Py_None);
+    PyObject *args[3] = {client, frames, vnet};
+    return PyObject_VectorcallMethod(s_send, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static int can_receive_from(PyObject *owner, PyObject *sender);
+
+/* NetClient.can_send */
+static int
+can_send(PyObject *port)
+{
+    unsigned int f = type_flags(Py_TYPE(port));
+    if ((f & (T_CLIENT | T_CAN_SEND)) == (T_CLIENT | T_CAN_SEND)) {
+        PyObject *peer = CSLOT(port, C_PEER);
+        PyObject *disabled;
+        if (peer == NULL)
+            goto python;
+        if (peer == Py_None)
+            return 1;
+        if (!(type_flags(Py_TYPE(peer)) & T_CLIENT))
+            goto python;
+        disabled = CSLOT(peer, C_RECEIVE_DISABLED);
+        int d = disabled == NULL ? -1 : strict_bool(disabled);
+        if (d < 0)
+            goto python;
+        if (d)
+            return 0;
+        Py_INCREF(peer);
+        int ok = can_receive_from(peer, port);
+        Py_DECREF(peer);
+        return ok;
+    }
+python:;
+    PyObject *args[1] = {port};
+    PyObject *r = PyObject_VectorcallMethod(s_can_send, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+/* Hub.can_forward */
+static int
+hub_can_forward(PyObject *hub, PyObject *source)
+{
+    if (!(type_flags(Py_TYPE(hub)) & T_HUB) || SLOT(hub, ref.hub_off[H_PORTS]) == NULL ||
+        !PyList_CheckExact(SLOT(hub, ref.hub_off[H_PORTS]))) {
+        PyObject *args[2] = {hub, source};
+        PyObject *r = PyObject_VectorcallMethod(s_can_forward, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL)
+            return -1;
+        int t = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        return t;
+    }
+    PyObject *ports = SLOT(hub, ref.hub_off[H_PORTS]);
+    Py_INCREF(ports);
+    int result = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ports); i++) {
+        PyObject *port = PyList_GET_ITEM(ports, i);
+        if (port == source)
+            continue;
+        Py_INCREF(port);
+        int ok = can_send(port);
+        Py_DECREF(port);
+        if (ok != 0) {
+            result = ok;
+            break;
+        }
+    }
+    Py_DECREF(ports);
+    return result;
+}
+
+/* NetClient.can_receive_from -> can_receive */
+static int
+can_receive_from(PyObject *owner, PyObject *sender)
+{
+    unsigned int f = type_flags(Py_TYPE(owner));
+    if (f & T_CLIENT && f & T_CRF) {
+        if (f & T_CR_TRUE)
+            return 1;
+        if (f & T_CR_PORT && f & T_PORT) {
+            PyObject *hub = SLOT(owner, ref.port_hub_off);
+            if (hub != NULL)
+                return hub_can_forward(hub, owner);
+        }
+        PyObject *args[1] = {owner};
+        PyObject *r = PyObject_VectorcallMethod(s_can_receive, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL)
+            return -1;
+        int t = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        return t;
+    }
+    PyObject *args[2] = {owner, sender};
+    PyObject *r = PyObject_VectorcallMethod(s_can_receive_from, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+/* Hub.forward (repeater) */
+static PyObject *
+hub_forward(PyObject *hub, PyObject *source, PyObject *frames, PyObject *vnet)
+{
+    PyObject *counters = NULL, *fdb = NULL, *ports = NULL;
+    if (type_flags(Py_TYPE(hub)) & T_HUB) {
+        counters = SLOT(hub, ref.hub_off[H_COUNTERS]);
+        fdb = SLOT(hub, ref.hub_off[H_FDB]);
+        ports = SLOT(hub, ref.hub_off[H_PORTS]);
+    }
+    if (counters == NULL || Py_TYPE(counters) != &HubCountersType || fdb != Py_None ||
+        ports == NULL || !PyList_CheckExact(ports)) {
+        PyObject *args[4] = {hub, source, frames, vnet};
+        return PyObject_VectorcallMethod(s_forward, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    HubCountersObject *c = (HubCountersObject *)counters;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
+    Py_INCREF(counters);
+    Py_INCREF(ports);
+    PyObject *result = NULL;
+    c->frames_in += n;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ports); i++) {
+        PyObject *port = PyList_GET_ITEM(ports, i);
+        if (port == source)
+            continue;
+        Py_INCREF(port);
+        PyObject *r = send_any(port, frames, vnet);
+        Py_DECREF(port);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+        c->deliveries += n;
+    }
+    result = PyLong_FromSsize_t(n);
+done:
+    Py_DECREF(ports);
+    Py_DECREF(counters);
+    return result;
+}
+
+/* NetClient.deliver: returns the frames not taken (new reference). */
+static PyObject *
+deliver(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet)
+{
+    unsigned int f = type_flags(Py_TYPE(owner));
+    PyObject *stats = NULL, *link_down = NULL, *deleted = NULL, *disabled = NULL,
+             *rx_batch = NULL;
+    if ((f & (T_CLIENT | T_DELIVER)) == (T_CLIENT | T_DELIVER)) {
+        stats = CSLOT(owner, C_STATS);
+        link_down = CSLOT(owner, C_LINK_DOWN);
+        deleted = CSLOT(owner, C_DELETED);
+        disabled = CSLOT(owner, C_RECEIVE_DISABLED);
+        rx_batch = CSLOT(owner, C_RX_BATCH);
+    }
+    if (stats == NULL || Py_TYPE(stats) != &CountersType || link_down == NULL ||
+        strict_bool(link_down) < 0 || deleted == NULL || strict_bool(deleted) < 0 ||
+        disabled == NULL || strict_bool(disabled) < 0 || rx_batch != Py_None) {
+        PyObject *args[4] = {owner, sender, frames, vnet};
+        return PyObject_VectorcallMethod(s_deliver, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    CountersObject *st = (CountersObject *)stats;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
+    if (link_down == Py_True || deleted == Py_True) {
+        st->rx_dropped += n;
+        return PyTuple_New(0);
+    }
+    if (disabled == Py_True)
+        return Py_NewRef(frames);
+    Py_INCREF(stats);
+    PyObject *r;
+    if (f & T_RECV_PORT && f & T_PORT && SLOT(owner, ref.port_hub_off) != NULL) {
+        PyObject *hub = Py_NewRef(SLOT(owner, ref.port_hub_off));
+        r = hub_forward(hub, owner, frames, vnet);
+        Py_DECREF(hub);
+    } else {
+        PyObject *args[3] = {owner, frames, vnet};
+        r = PyObject_VectorcallMethod(s_receive, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    PyObject *left = NULL;
+    if (r == NULL)
+        goto done;
+    Py_ssize_t taken = PyLong_CheckExact(r) ? PyLong_AsSsize_t(r)
+                                            : PyNumber_AsSsize_t(r, PyExc_OverflowError);
+    Py_DECREF(r);
+    if (taken == -1 && PyErr_Occurred())
+        goto done;
+    n = PySequence_Fast_GET_SIZE(frames);
+    int count_bytes = (type_flags(Py_TYPE(owner)) & T_COUNT_BYTES) != 0;
+    if (taken >= n) {
+        st->rx_frames += n;
+        if (count_bytes && sum_len(frames, 0, n, &st->rx_bytes) < 0)
+            goto done;
+        left = PyTuple_New(0);
+        goto done;
+    }
+    if (taken > 0) {
+        st->rx_frames += taken;
+        if (count_bytes && sum_len(frames, 0, taken, &st->rx_bytes) < 0)
+            goto done;
+    }
+    /* self.receive_disabled = True, through the slot's descriptor */
+    if (PyObject_SetAttrString(owner, "receive_disabled", Py_True) < 0)
+        goto done;
+    left = PySequence_GetSlice(frames, taken, n);
+    if (taken < 0) { /* Python's frames[taken:] with a negative start */
+        Py_XDECREF(left);
+        PyObject *start = PyLong_FromSsize_t(taken);
+        PyObject *sl = start ? PySlice_New(start, Py_None, Py_None) : NULL;
+        Py_XDECREF(start);
+        left = sl ? PyObject_GetItem(frames, sl) : NULL;
+        Py_XDECREF(sl);
+    }
+done:
+    Py_DECREF(stats);
+    return left;
+}
+
+static int
+set_slot(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    PyObject **p = (PyObject **)((char *)obj + off);
+    PyObject *old = *p;
+    *p = Py_NewRef(value);
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* NetQueue.send: the number delivered now (new reference to an int). */
+static PyObject *
+queue_send(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb, PyObject *vnet)
+{
+    PyObject *owner = NULL, *entries = NULL, *delivering = NULL;
+    if (type_flags(Py_TYPE(q)) & T_QUEUE) {
+        owner = SLOT(q, ref.queue_off[Q_OWNER]);
+        entries = SLOT(q, ref.queue_off[Q_ENTRIES]);
+        delivering = SLOT(q, ref.queue_off[Q_DELIVERING]);
+    }
+    if (owner == NULL || entries == NULL || delivering == NULL) {
+        PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
+        return PyObject_VectorcallMethod(s_send, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    int busy = strict_bool(delivering);
+    if (busy < 0) {
+        PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
+        return PyObject_VectorcallMethod(s_send, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    if (!busy) {
+        Py_INCREF(owner);
+        int ok = can_receive_from(owner, sender);
+        Py_DECREF(owner);
+        if (ok < 0)
+            return NULL;
+        busy = !ok;
+    }
+    if (busy) {
+        PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
+        PyObject *r = PyObject_VectorcallMethod(s_append, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        return PyLong_FromLong(0);
+    }
+    entries = SLOT(q, ref.queue_off[Q_ENTRIES]); /* re-read: can_receive may have run Python */
+    int queued = -1;
+    if (entries != NULL) {
+        Py_INCREF(entries);
+        queued = PyObject_IsTrue(entries);
+        Py_DECREF(entries);
+    }
+    if (queued < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "_entries");
+        return NULL;
+    }
+    if (queued) {
+        PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
+        PyObject *r = PyObject_VectorcallMethod(s_append, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        r = PyObject_VectorcallMethod(s_flush, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        return PyLong_FromLong(0);
+    }
+    owner = SLOT(q, ref.queue_off[Q_OWNER]);
+    if (owner == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_owner");
+        return NULL;
+    }
+    Py_INCREF(owner);
+    Py_INCREF(q);
+    set_slot(q, ref.queue_off[Q_DELIVERING], Py_True);
+    PyObject *left = deliver(owner, sender, frames, vnet);
+    /* finally: delivering = False, keeping a pending exception */
+    set_slot(q, ref.queue_off[Q_DELIVERING], Py_False);
+    Py_DECREF(owner);
+    PyObject *result = NULL;
+    if (left == NULL)
+        goto done;
+    int any = PyObject_IsTrue(left);
+    if (any < 0)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
+    if (any) {
+        PyObject *args[5] = {q, sender, left, sent_cb, vnet};
+        PyObject *r = PyObject_VectorcallMethod(s_append, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r == NULL)
+            goto done;
+        Py_DECREF(r);
+        Py_ssize_t nleft = PyObject_Length(left);
+        if (nleft < 0)
+            goto done;
+        result = PyLong_FromSsize_t(n - nleft);
+        goto done;
+    }
+    result = PyLong_FromSsize_t(n);
+done:
+    Py_XDECREF(left);
+    Py_DECREF(q);
+    return result;
+}
+
+/* NetClient.send */
+static PyObject *
+c_send_inner(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb)
+{
+    unsigned int f = type_flags(Py_TYPE(self));
+    PyObject *stats = NULL, *peer = NULL, *link_down = NULL, *filters = NULL;
+    if (f & T_CLIENT && (PyList_CheckExact(frames) || PyTuple_CheckExact(frames))) {
+        stats = CSLOT(self, C_STATS);
+        peer = CSLOT(self, C_PEER);
+        link_down = CSLOT(self, C_LINK_DOWN);
+        filters = CSLOT(self, C_FILTERS);
+    }
+    int down = link_down == NULL ? -1 : strict_bool(link_down);
+    int vn = strict_bool(vnet);
+    if (stats == NULL || Py_TYPE(stats) != &CountersType || peer == NULL || down < 0 || vn < 0)
+        goto python;
+    CountersObject *st = (CountersObject *)stats;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(frames);
+    if (down || peer == Py_None) {
+        st->tx_dropped += count;
+        return PyLong_FromSsize_t(count);
+    }
+    unsigned int pf = type_flags(Py_TYPE(peer));
+    if (!(pf & T_CLIENT) || filters == NULL || !PyList_CheckExact(filters) ||
+        PyList_GET_SIZE(filters) != 0)
+        goto python;
+    PyObject *pfilters = CSLOT(peer, C_FILTERS);
+    PyObject *incoming = CSLOT(peer, C_INCOMING);
+    if (pfilters == NULL || !PyList_CheckExact(pfilters) || PyList_GET_SIZE(pfilters) != 0 ||
+        incoming == NULL)
+        goto python;
+    if (vn && !(pf & T_ACCEPTS_VNET))
+        goto python;
+    /* held: a frame's __len__ below may run Python code */
+    Py_INCREF(stats);
+    Py_INCREF(incoming);
+    PyObject *r = NULL;
+    st->tx_frames += count;
+    if (!(f & T_COUNT_BYTES) || sum_len(frames, 0, count, &st->tx_bytes) == 0)
+        r = queue_send(incoming, self, frames, sent_cb, vnet);
+    Py_DECREF(incoming);
+    Py_DECREF(stats);
+    return r;
+python:
+    return call4(ref.py_send, self, frames, vnet, sent_cb);
+}
+
+static PyObject *
+c_send(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb)
+{
+    if (Py_EnterRecursiveCall(" while sending frames"))
+        return NULL;
+    Py_INCREF(self);
+    Py_INCREF(frames);
+    PyObject *r = c_send_inner(self, frames, vnet, sent_cb);
+    Py_DECREF(frames);
+    Py_DECREF(self);
+    Py_LeaveRecursiveCall();
+    return r;
+}
+
+/* ---------------------------------------------------------- FastMethod */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *name;
+    PyObject *doc;
+} FastMethodObject;
+
+static PyObject *
+fastmethod_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *a[4] = {NULL, NULL, Py_False, Py_None}; /* self, frames, vnet, sent_cb */
+    static const char *names[4] = {"self", "frames", "vnet", "sent_cb"};
+    if (nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "send() takes at most 4 positional arguments");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        a[i] = args[i];
+    if (kwnames != NULL) {
+        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t k = 0; k < nk; k++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+            int j;
+            for (j = 1; j < 4; j++)
+                if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0)
+                    break;
+            if (j == 4 || j < nargs) {
+                PyErr_Format(PyExc_TypeError, "send() got an unexpected or repeated argument %R",
+                             key);
+                return NULL;
+            }
+            a[j] = args[nargs + k];
+        }
+    }
+    if (a[0] == NULL || a[1] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "send() missing required argument 'frames'");
+        return NULL;
+    }
+    if (!ref.ready || !PyObject_TypeCheck(a[0], ref.client_type)) {
+        PyErr_SetString(PyExc_TypeError, "send() needs a NetClient and an installed core");
+        return NULL;
+    }
+    (void)callable;
+    return c_send(a[0], a[1], a[2], a[3]);
+}
+
+static PyObject *
+fastmethod_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(self);
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+fastmethod_repr(FastMethodObject *self)
+{
+    return PyUnicode_FromFormat("<compiled method %U>", self->name);
+}
+
+static PyMemberDef fastmethod_members[] = {
+    {"__name__", T_OBJECT, offsetof(FastMethodObject, name), READONLY, NULL},
+    {"__doc__", T_OBJECT, offsetof(FastMethodObject, doc), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static void
+fastmethod_dealloc(FastMethodObject *self)
+{
+    Py_XDECREF(self->name);
+    Py_XDECREF(self->doc);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject FastMethodType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "netstack.net._fastnet.FastMethod",
+    .tp_basicsize = sizeof(FastMethodObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A compiled method of the forwarding core (binds like a function).",
+    .tp_vectorcall_offset = offsetof(FastMethodObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = fastmethod_get,
+    .tp_repr = (reprfunc)fastmethod_repr,
+    .tp_members = fastmethod_members,
+    .tp_dealloc = (destructor)fastmethod_dealloc,
+};
+
+/* ------------------------------------------------------------- install */
+
+static int
+get_offsets(PyTypeObject *tp, const char **names, PyObject **descrs, Py_ssize_t *offs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyDict_GetItemString(tp->tp_dict, names[i]);
+        if (d == NULL || !PyObject_TypeCheck(d, &PyMemberDescr_Type)) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not a slot", tp->tp_name, names[i]);
+            return -1;
+        }
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        if (m->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", tp->tp_name, names[i]);
+            return -1;
+        }
+        Py_XSETREF(descrs[i], Py_NewRef(d));
+        offs[i] = m->offset;
+    }
+    return 0;
+}
+
+static int
+get_attr(PyTypeObject *tp, const char *name, PyObject **out)
+{
+    PyObject *v = PyDict_GetItemString(tp->tp_dict, name);
+    if (v == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s has no own %s", tp->tp_name, name);
+        return -1;
+    }
+    Py_XSETREF(*out, Py_NewRef(v));
+    return 0;
+}
+
+static PyObject *
+fastnet_install(PyObject *module, PyObject *args)
+{
+    PyTypeObject *client, *port, *hub, *queue;
+    PyObject *py_send;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O:install", &PyType_Type, &client, &PyType_Type,
+                          &port, &PyType_Type, &hub, &PyType_Type, &queue, &py_send))
+        return NULL;
+    ref.ready = 0;
+    if (get_offsets(client, client_slot_names, ref.client_descr, ref.client_off, C_NSLOTS) < 0 ||
+        get_offsets(queue, queue_slot_names, ref.queue_descr, ref.queue_off, Q_NSLOTS) < 0 ||
+        get_offsets(hub, hub_slot_names, ref.hub_descr, ref.hub_off, H_NSLOTS) < 0)
+        return NULL;
+    const char *hub_name[1] = {"hub"};
+    PyObject *hub_descr[1] = {NULL};
+    Py_ssize_t hub_off[1];
+    if (get_offsets(port, hub_name, hub_descr, hub_off, 1) < 0)
+        return NULL;
+    Py_XSETREF(ref.port_hub_descr, hub_descr[0]);
+    ref.port_hub_off = hub_off[0];
+    if (get_attr(client, "deliver", &ref.py_deliver) < 0 ||
+        get_attr(client, "can_receive_from", &ref.py_can_recv_from) < 0 ||
+        get_attr(client, "can_receive", &ref.py_can_receive) < 0 ||
+        get_attr(client, "can_send", &ref.py_can_send) < 0 ||
+        get_attr(port, "receive", &ref.port_receive) < 0 ||
+        get_attr(port, "can_receive", &ref.port_can_receive) < 0 ||
+        get_attr(queue, "send", &ref.queue_send) < 0 ||
+        get_attr(hub, "forward", &ref.hub_forward) < 0 ||
+        get_attr(hub, "can_forward", &ref.hub_can_forward) < 0)
+        return NULL;
+    Py_XSETREF(ref.py_send, Py_NewRef(py_send));
+    Py_XSETREF(ref.client_type, (PyTypeObject *)Py_NewRef(client));
+    Py_XSETREF(ref.port_type, (PyTypeObject *)Py_NewRef(port));
+    Py_XSETREF(ref.hub_type, (PyTypeObject *)Py_NewRef(hub));
+    Py_XSETREF(ref.queue_type, (PyTypeObject *)Py_NewRef(queue));
+    if (ref.send_method == NULL) {
+        FastMethodObject *m = PyObject_New(FastMethodObject, &FastMethodType);
+        if (m == NULL)
+            return NULL;
+        m->vectorcall = fastmethod_vectorcall;
+        m->name = PyUnicode_FromString("send");
+        m->doc = PyObject_GetAttrString(py_send, "__doc__");
+        if (m->name == NULL || m->doc == NULL) {
+            Py_DECREF(m);
+            return NULL;
+        }
+        ref.send_method = (PyObject *)m;
+    }
+    memset(type_cache, 0, sizeof type_cache);
+    ref.ready = 1;
+    return Py_NewRef(ref.send_method);
+}
+
+static PyObject *
+fastnet_type_flags(PyObject *module, PyObject *tp)
+{
+    if (!PyType_Check(tp)) {
+        PyErr_SetString(PyExc_TypeError, "a type");
+        return NULL;
+    }
+    if (!ref.ready)
+        return PyLong_FromLong(0);
+    return PyLong_FromUnsignedLong(type_flags((PyTypeObject *)tp));
+}
+
+static PyMethodDef fastnet_methods[] = {
+    {"install", fastnet_install, METH_VARARGS,
+     "install(NetClient, HubPort, Hub, NetQueue, py_send) -> the compiled send method."},
+    {"type_flags", fastnet_type_flags, METH_O,
+     "Which reference hooks and layout the C path found for a type (a bit set)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef fastnet_module = {
+    PyModuleDef_HEAD_INIT, "_fastnet",
+    "The forwarding core's per-frame path in C (see netstack.net.fastcore).", -1,
+    fastnet_methods, NULL, NULL, NULL, NULL,
+};
+
+#define INTERN(var, text)                                                                   \
+    do {                                                                                    \
+        if ((var = PyUnicode_InternFromString(text)) == NULL)                               \
+            return NULL;                                                                    \
+    } while (0)
+
+PyMODINIT_FUNC
+PyInit__fastnet(void)
+{
+    if (PyType_Ready(&CountersType) < 0 || PyType_Ready(&HubCountersType) < 0 ||
+        PyType_Ready(&FastMethodType) < 0)
+        return NULL;
+    INTERN(s_send, "send");
+    INTERN(s_deliver, "deliver");
+    INTERN(s_can_receive_from, "can_receive_from");
+    INTERN(s_can_receive, "can_receive");
+    INTERN(s_can_send, "can_send");
+    INTERN(s_receive, "receive");
+    INTERN(s_count_bytes, "count_bytes");
+    INTERN(s_accepts_vnet, "accepts_vnet");
+    INTERN(s_append, "_append");
+    INTERN(s_flush, "flush");
+    INTERN(s_forward, "forward");
+    INTERN(s_can_forward, "can_forward");
+    INTERN(s_hub, "hub");
+    PyObject *m = PyModule_Create(&fastnet_module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Counters", (PyObject *)&CountersType) < 0 ||
+        PyModule_AddObjectRef(m, "HubCounters", (PyObject *)&HubCountersType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
