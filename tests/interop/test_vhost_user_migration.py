@@ -132,7 +132,7 @@ class Moves:
         g1 = self.guest(1, b, True)
         await g0.start()
         await g1.start()
-        await self.progress(g0, "MIG-GO", 0, "before the first hop", 120)
+        await self.progress(g0, "MIG-GO", 0, "before the first hop", 180)
         await asyncio.sleep(0.5)
         first = await self.hop(0, 1)
         assert first.ok, (first, g0.console[-2000:])
