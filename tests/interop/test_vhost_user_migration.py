@@ -4,6 +4,9 @@ two QEMUs attached to two sockets of the same back end, and back again.
 * Peer first: DPDK testpmd's vhost PMD (two ports, ``macswap`` on each port's own traffic)
   is the back end; the guest sends pings the back end echoes, so both rings carry traffic
   while the VM moves: both migrations complete and traffic flows at the destination port.
+* QEMU's own ``-netdev user`` on the same machine, guest, workload and hops, with no
+  vhost-user back end at all: what QEMU 7.2 under TCG does to a migrated guest by itself
+  (its TCP connections to the host do not survive a move: only progress is checked).
 * netstackd: the ports of both sockets and the user netdev share hub 0. While the VM moves
   (A to B, then back to a third QEMU on A) it downloads a throttled 6 MiB file from an HTTP
   server on the host's 127.0.0.1 (as 10.0.2.2), uploads ~2 MiB of text to it (busybox wget
