@@ -1,17 +1,10 @@
-"""The vhost-user protocol, back-end side: message framing with file descriptors, and the
-sans-IO request handler of a virtio-net device.
+"""The vhost-user protocol, back-end side: the sans-IO request handler of a virtio-net
+device (what each request does, and what is offered and negotiated). The wire format
+(request numbers, framing, :class:`~.wire.MessageReader`) is :mod:`.wire`'s; its names are
+re-exported here for callers that treat the protocol as one module.
 
 Follows QEMU's ``docs/interop/vhost-user.rst`` and what QEMU 7.2 (``hw/virtio/vhost-user.c``)
 and DPDK's virtio-user really send.
-
-Framing
-    A message is ``u32 request, u32 flags, u32 size`` (host byte order) and ``size`` payload
-    bytes; file descriptors ride as SCM_RIGHTS on the same ``sendmsg``. Flags bits 0-1 are
-    the version (1); bit 2 marks a reply, bit 3 (NEED_REPLY) asks for one. Every reply this
-    back end sends carries flags exactly ``0x5`` and the request's id (QEMU and DPDK drop
-    the connection otherwise). :class:`MessageReader` reassembles messages from reads of at
-    most :meth:`MessageReader.wanted` bytes, so every read stays inside one message and the
-    descriptors it brings belong to that message.
 
 Handling (:class:`Session`)
     ``handle(message) -> reply bytes | None``; the device state lives in
@@ -29,7 +22,7 @@ already mapped (QEMU 7.2 sends it once per queue pair), a file descriptor with
 ``REM_MEM_REG`` (closed unused), ``SET_VRING_KICK`` before the ring is configured (the ring
 starts at the first kick instead). Refused requests are counted and reported through
 ``SessionHooks.error``; only framing errors (wrong version, oversized payload, too many
-descriptors) are fatal (:class:`ProtocolError`: close the connection).
+descriptors) are fatal (:class:`~.wire.ProtocolError`: close the connection).
 
 Migration: ``GET_VRING_BASE`` stops the ring and answers with the next avail index; the data
 path is synchronous, so every buffer taken before it is complete, in the used ring and in the
@@ -46,82 +39,29 @@ import contextlib
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from netstack.errors import RemoteInputError
-
+from . import wire
 from .device import MAX_MTU, MIN_MTU, NetDevice
 from .dirtylog import LogError, used_logger
 from .features import DEVICE_FEATURES, F_PROTOCOL_FEATURES
 from .memory import MAX_MEM_SLOTS, MemoryTableError, RegionSpec
 from .virtqueue import RingError, SplitQueue
+from .wire import *  # noqa: F403 (re-exported: the wire vocabulary is part of the interface)
+from .wire import (
+    PF_CONFIGURE_MEM_SLOTS,
+    PF_LOG_SHMFD,
+    PF_MQ,
+    PF_MTU,
+    PF_RARP,
+    PF_REPLY_ACK,
+    PF_RESET_DEVICE,
+    PF_STATUS,
+    BadRequest,
+    Message,
+    encode,
+    u64,
+)
 
-# -- front end -> back end requests ----------------------------------------------------------
-GET_FEATURES = 1
-SET_FEATURES = 2
-SET_OWNER = 3
-RESET_OWNER = 4
-SET_MEM_TABLE = 5
-SET_LOG_BASE = 6
-SET_LOG_FD = 7
-SET_VRING_NUM = 8
-SET_VRING_ADDR = 9
-SET_VRING_BASE = 10
-GET_VRING_BASE = 11
-SET_VRING_KICK = 12
-SET_VRING_CALL = 13
-SET_VRING_ERR = 14
-GET_PROTOCOL_FEATURES = 15
-SET_PROTOCOL_FEATURES = 16
-GET_QUEUE_NUM = 17
-SET_VRING_ENABLE = 18
-SEND_RARP = 19
-NET_SET_MTU = 20
-SET_BACKEND_REQ_FD = 21
-IOTLB_MSG = 22
-SET_VRING_ENDIAN = 23
-GET_CONFIG = 24
-SET_CONFIG = 25
-POSTCOPY_ADVISE = 28
-POSTCOPY_LISTEN = 29
-POSTCOPY_END = 30
-GET_INFLIGHT_FD = 31
-SET_INFLIGHT_FD = 32
-RESET_DEVICE = 34
-VRING_KICK = 35
-GET_MAX_MEM_SLOTS = 36
-ADD_MEM_REG = 37
-REM_MEM_REG = 38
-SET_STATUS = 39
-GET_STATUS = 40
-
-NAMES: dict[int, str] = {
-    value: name
-    for name, value in list(globals().items())
-    if name.isupper()
-    and isinstance(value, int)
-    and GET_FEATURES <= value <= GET_STATUS
-    and name not in ("F_PROTOCOL_FEATURES", "MAX_MEM_SLOTS")
-}
-
-# -- flags ------------------------------------------------------------------------------------
-VERSION = 0x1
-VERSION_MASK = 0x3
-FLAG_REPLY = 0x4
-FLAG_NEED_REPLY = 0x8
-REPLY_FLAGS = FLAG_REPLY | VERSION  # exactly what QEMU and DPDK accept
-
-# -- protocol features ------------------------------------------------------------------------
-PF_MQ = 0
-PF_LOG_SHMFD = 1
-PF_RARP = 2
-PF_REPLY_ACK = 3
-PF_MTU = 4
-PF_BACKEND_REQ = 5
-PF_RESET_DEVICE = 13
-PF_INBAND_NOTIFICATIONS = 14
-PF_CONFIGURE_MEM_SLOTS = 15
-PF_STATUS = 16
 PROTOCOL_FEATURES = sum(
     1 << bit
     for bit in (
@@ -138,7 +78,6 @@ PROTOCOL_FEATURES = sum(
 #: Features offered in ``GET_FEATURES``: the device's plus ``VHOST_USER_F_PROTOCOL_FEATURES``.
 OFFERED_FEATURES = DEVICE_FEATURES | (1 << F_PROTOCOL_FEATURES)
 
-HEADER = struct.Struct("=III")
 _U64 = struct.Struct("=Q")
 _STATE = struct.Struct("=II")
 _ADDR = struct.Struct("=IIQQQQ")
@@ -147,120 +86,9 @@ _MEM_HDR = struct.Struct("=II")
 _LOG = struct.Struct("=QQ")
 #: ``VHOST_VRING_F_LOG`` in ``SET_VRING_ADDR``'s flags.
 VRING_F_LOG = 0x1
-#: Larger payloads are a framing error (QEMU's largest, a crypto session, is ~1.6 KiB).
-MAX_PAYLOAD = 4096
-#: Descriptors one message may carry (QEMU: VHOST_MEMORY_BASELINE_NREGIONS).
-MAX_FDS = 8
 MAX_REGIONS = 8
 VRING_IDX_MASK = 0xFF
 VRING_NOFD = 0x100
-
-
-class ProtocolError(RemoteInputError):
-    """The byte stream cannot be trusted any more: close the connection."""
-
-
-class BadRequest(RemoteInputError):
-    """One request is refused (NEED_REPLY gets 1); the session goes on."""
-
-
-@dataclass
-class Message:
-    request: int
-    flags: int
-    payload: bytes = b""
-    fds: list[int] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return NAMES.get(self.request, f"request {self.request}")
-
-    @property
-    def need_reply(self) -> bool:
-        return bool(self.flags & FLAG_NEED_REPLY)
-
-    def take_fd(self) -> int:
-        """Take ownership of the message's (first) descriptor."""
-        if not self.fds:
-            raise BadRequest(f"{self.name} without a file descriptor")
-        return self.fds.pop(0)
-
-    def close_fds(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds.clear()
-
-
-def encode(request: int, payload: bytes = b"", flags: int = REPLY_FLAGS) -> bytes:
-    """A message's bytes (a reply unless ``flags`` says otherwise)."""
-    return HEADER.pack(request, flags, len(payload)) + payload
-
-
-def u64(value: int) -> bytes:
-    return _U64.pack(value & 0xFFFFFFFFFFFFFFFF)
-
-
-class MessageReader:
-    """Reassembles messages from chunks; read at most :meth:`wanted` bytes at a time."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._size: int | None = None  # payload size once the header is in
-        self._request = 0
-        self._flags = 0
-        self._fds: list[int] = []
-
-    def wanted(self) -> int:
-        """Bytes still missing from the current header or payload."""
-        if self._size is None:
-            return HEADER.size - len(self._buf)
-        return self._size - len(self._buf)
-
-    def feed(self, data: bytes, fds: list[int] | None = None) -> list[Message]:
-        """Add a chunk and the descriptors that came with it; complete messages out.
-        Descriptors belong to the message in progress when the chunk starts."""
-        if fds:
-            self._fds.extend(fds)
-            if len(self._fds) > MAX_FDS:
-                self.close()
-                raise ProtocolError(f"more than {MAX_FDS} file descriptors in one message")
-        out: list[Message] = []
-        view = memoryview(data)
-        while True:
-            need = self.wanted()
-            take = view[:need]
-            self._buf += take
-            view = view[len(take) :]
-            if len(take) < need:
-                return out
-            if self._size is None:
-                self._request, self._flags, size = HEADER.unpack(self._buf)
-                self._buf.clear()
-                if self._flags & VERSION_MASK != VERSION:
-                    self.close()
-                    raise ProtocolError(f"message flags {self._flags:#x}: not version 1")
-                if size > MAX_PAYLOAD:
-                    self.close()
-                    raise ProtocolError(f"payload of {size} bytes (at most {MAX_PAYLOAD})")
-                self._size = size
-                if size:
-                    if not view:
-                        return out
-                    continue
-            out.append(Message(self._request, self._flags, bytes(self._buf), self._fds))
-            self._buf.clear()
-            self._size = None
-            self._fds = []
-            if not view:
-                return out
-
-    def close(self) -> None:
-        """Close descriptors of an unfinished message."""
-        for fd in self._fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds = []
 
 
 class SessionHooks:
@@ -305,36 +133,36 @@ class Session:
         self.refused = 0
         self.handled = 0
         self._table: dict[int, Callable[[Message], bytes | None]] = {
-            GET_FEATURES: self._get_features,
-            SET_FEATURES: self._set_features,
-            SET_OWNER: self._set_owner,
-            RESET_OWNER: self._reset_owner,
-            SET_MEM_TABLE: self._set_mem_table,
-            SET_LOG_BASE: self._set_log_base,
-            SET_LOG_FD: self._set_log_fd,
-            SET_VRING_NUM: self._set_vring_num,
-            SET_VRING_ADDR: self._set_vring_addr,
-            SET_VRING_BASE: self._set_vring_base,
-            GET_VRING_BASE: self._get_vring_base,
-            SET_VRING_KICK: self._set_vring_kick,
-            SET_VRING_CALL: self._set_vring_call,
-            SET_VRING_ERR: self._set_vring_err,
-            GET_PROTOCOL_FEATURES: self._get_protocol_features,
-            SET_PROTOCOL_FEATURES: self._set_protocol_features,
-            GET_QUEUE_NUM: self._get_queue_num,
-            SET_VRING_ENABLE: self._set_vring_enable,
-            SEND_RARP: self._send_rarp,
-            NET_SET_MTU: self._net_set_mtu,
-            SET_BACKEND_REQ_FD: self._set_backend_req_fd,
-            GET_CONFIG: self._get_config,
-            GET_INFLIGHT_FD: self._get_inflight_fd,
-            RESET_DEVICE: self._reset_device,
-            VRING_KICK: self._vring_kick,
-            GET_MAX_MEM_SLOTS: self._get_max_mem_slots,
-            ADD_MEM_REG: self._add_mem_reg,
-            REM_MEM_REG: self._rem_mem_reg,
-            SET_STATUS: self._set_status,
-            GET_STATUS: self._get_status,
+            wire.GET_FEATURES: self._get_features,
+            wire.SET_FEATURES: self._set_features,
+            wire.SET_OWNER: self._set_owner,
+            wire.RESET_OWNER: self._reset_owner,
+            wire.SET_MEM_TABLE: self._set_mem_table,
+            wire.SET_LOG_BASE: self._set_log_base,
+            wire.SET_LOG_FD: self._set_log_fd,
+            wire.SET_VRING_NUM: self._set_vring_num,
+            wire.SET_VRING_ADDR: self._set_vring_addr,
+            wire.SET_VRING_BASE: self._set_vring_base,
+            wire.GET_VRING_BASE: self._get_vring_base,
+            wire.SET_VRING_KICK: self._set_vring_kick,
+            wire.SET_VRING_CALL: self._set_vring_call,
+            wire.SET_VRING_ERR: self._set_vring_err,
+            wire.GET_PROTOCOL_FEATURES: self._get_protocol_features,
+            wire.SET_PROTOCOL_FEATURES: self._set_protocol_features,
+            wire.GET_QUEUE_NUM: self._get_queue_num,
+            wire.SET_VRING_ENABLE: self._set_vring_enable,
+            wire.SEND_RARP: self._send_rarp,
+            wire.NET_SET_MTU: self._net_set_mtu,
+            wire.SET_BACKEND_REQ_FD: self._set_backend_req_fd,
+            wire.GET_CONFIG: self._get_config,
+            wire.GET_INFLIGHT_FD: self._get_inflight_fd,
+            wire.RESET_DEVICE: self._reset_device,
+            wire.VRING_KICK: self._vring_kick,
+            wire.GET_MAX_MEM_SLOTS: self._get_max_mem_slots,
+            wire.ADD_MEM_REG: self._add_mem_reg,
+            wire.REM_MEM_REG: self._rem_mem_reg,
+            wire.SET_STATUS: self._set_status,
+            wire.GET_STATUS: self._get_status,
         }
 
     def negotiated(self, bit: int) -> bool:

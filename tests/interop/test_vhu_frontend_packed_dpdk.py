@@ -33,12 +33,6 @@ pytestmark = [
 ]
 
 
-@pytest.mark.xfail(
-    reason="about one run in two: after the first lap (320 frames sent) a used entry names "
-    "a buffer id the front end does not have outstanding; not yet known whether the front "
-    "end's ring or DPDK 22.11's vhost dequeue is at fault",
-    strict=False,
-)
 @pytest.mark.parametrize("ring_base", [0, 200], ids=["base0", "mid-ring"])
 async def test_packed_tx_counted_by_testpmd(tmp_path: Path, ring_base: int) -> None:
     sock = tmp_path / "vhost.sock"

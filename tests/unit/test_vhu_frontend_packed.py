@@ -124,6 +124,24 @@ def test_used_entries_over_many_laps(mem: GuestMemory) -> None:
     assert (vq.next_avail, vq.avail_wrap) == (dev.avail, dev.avail_wrap)
 
 
+def test_mid_ring_start_never_reads_untouched_slots_as_used(mem: GuestMemory) -> None:
+    """Starting at slot 6 of 8: once our used index wraps into lap 2 ahead of what we
+    made available there, the slots we never wrote must not read as used (zero flags
+    would: AVAIL and USED both equal to wrap counter 0)."""
+    vq = PackedQueue(mem, 8, base=6)
+    dev = Device(vq)
+    dev.avail = dev.used = 6
+    heads = [vq.add_chain([Segment(0x1000 * (k + 1), 64)]) for k in range(3)]
+    vq.publish()
+    assert [buf for buf, _ in dev.take()] == heads
+    for buf in heads:
+        dev.use(buf, 0, 1)
+    assert [int(e["id"]) for e in vq.reap()] == heads
+    assert (vq.last_used, vq.used_wrap) == (1, 0)
+    assert len(vq.reap()) == 0 and not vq.broken and vq.bad_used == 0
+    assert dev.take() == []  # nor as available to the device
+
+
 def test_in_order_batched_completion(mem: GuestMemory) -> None:
     vq = PackedQueue(mem, 8)
     vq.in_order = True

@@ -114,7 +114,8 @@ class Guest:
     ``qemu_args`` are appended to the command line (netdevs, devices, ...). ``wait_ifaces``
     are the interfaces ``/init`` waits for (at most ``ifwait`` seconds) before the script.
     ``timeout`` bounds the whole run from :meth:`start`. ``echo`` receives console text as
-    it arrives; ``log_path`` receives the whole console when the guest ends.
+    it arrives; ``log_path`` receives the whole console when the guest ends. ``accel`` is
+    the ``-accel`` option (e.g. ``tcg,thread=single``).
     """
 
     def __init__(
@@ -133,8 +134,10 @@ class Guest:
         qemu: str | None = None,
         echo: TextIO | None = None,
         log_path: Path | None = None,
+        accel: str = "tcg",
     ) -> None:
         self.image = image
+        self._accel = accel
         self.name = name
         self.timeout = timeout
         self._script = script
@@ -183,7 +186,7 @@ class Guest:
         return [
             qemu,
             "-name", self.name,
-            "-accel", "tcg",
+            "-accel", self._accel,
             "-m", str(self._memory_mb),
             "-smp", "1",
             "-nodefaults", "-no-user-config",

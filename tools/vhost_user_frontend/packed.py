@@ -121,11 +121,15 @@ class PackedQueue:
         return self.mem.uva(lay.desc), self.mem.uva(lay.used), self.mem.uva(lay.avail)
 
     def reset_rings(self, base: int = 0) -> None:
-        """Zero the ring; both indices start at slot ``base % num`` in lap 1."""
+        """Zero the ring; both indices start at slot ``base % num`` in lap 1. The slots
+        before it read as used in lap 1 (AVAIL and USED set): they are passed in this lap,
+        and zero flags would read as used in lap 2 (wrap counter 0) once our used index
+        wraps there before we made them available again."""
         self.ring[:] = 0
         self.driver_evt[:] = 0
         self.device_evt[:] = 0
         slot = base % self.num
+        self.ring["flags"][:slot] = DESC_F_AVAIL | DESC_F_USED
         self.base = slot | 1 << 15
         self.next_avail, self.avail_wrap = slot, 1
         self.last_used, self.used_wrap = slot, 1
