@@ -101,6 +101,12 @@ class Scenario:
     frames: list[bytes] = field(default_factory=list)
 
 
+def _put_desc(img: bytearray, at: int, addr: int, length: int, flags: int, nxt: int) -> None:
+    """One descriptor as a guest would store it: every field wraps to its width (a hostile
+    address computed below zero or past 2**64 is stored as the guest's u64 would be)."""
+    _DESC.pack_into(img, at, addr % (1 << 64), length % (1 << 32), flags & 0xFFFF, nxt & 0xFFFF)
+
+
 class _Alloc:
     def __init__(self) -> None:
         self.next = [_RING_AREA, 0]
@@ -244,7 +250,7 @@ def _chain(
             if rec.rare(3):
                 fl |= DESC_F_INDIRECT
             if timg is not None and tgpa + 16 * (k + 1) <= len(timg):
-                _DESC.pack_into(timg, tgpa + 16 * k, addr, length, fl, nxt)
+                _put_desc(timg, tgpa + 16 * k, addr, length, fl, nxt)
         tlen = 16 * nseg
         tflags = DESC_F_INDIRECT
         if rec.rare(4):
@@ -253,7 +259,7 @@ def _chain(
             tflags |= DESC_F_NEXT
         if rec.rare(4):
             table = _hostile_addr(rec, table, tlen)
-        _DESC.pack_into(img0, desc + 16 * slot, table, tlen, tflags, 0)
+        _put_desc(img0, desc + 16 * slot, table, tlen, tflags, 0)
         return slot + 1
     for k, (addr, length, flags) in enumerate(segs):
         at = slot + k
@@ -265,7 +271,7 @@ def _chain(
         if rec.rare(4):
             nxt = rec.pick(num + 2)
             fl |= DESC_F_NEXT
-        _DESC.pack_into(img0, desc + 16 * at, addr, length, fl, nxt)
+        _put_desc(img0, desc + 16 * at, addr, length, fl, nxt)
     return min(num, slot + nseg)
 
 
