@@ -199,10 +199,10 @@ class Sim:
             if m is None:
                 continue
             assert m.tohost.size <= self.cfg.rcvbuf
-            assert len(m.fromhost.buf) <= self.cfg.sndbuf
+            assert len(m.tx.fromhost.buf) <= self.cfg.sndbuf
             assert m.tohost.ooo_bytes <= self.cfg.ooo_max
             assert len(m.tohost.ooo) <= self.cfg.ooo_segs
-            assert m.snd_una <= m.snd_nxt <= m.snd_max
+            assert m.tx.snd_una <= m.tx.snd_nxt <= m.tx.snd_max
 
     def inject(self) -> None:
         self.reset_done = True
@@ -364,7 +364,7 @@ def test_any_segment_in_any_state_never_raises(
     m.segment_from_guest(seg, 0.1)
     m.timer(5.0)
     m.host_written(len(b"".join(bytes(c) for c in m.host_chunks())), 5.0)
-    assert m.tohost.size <= cfg.rcvbuf and len(m.fromhost.buf) <= cfg.sndbuf
+    assert m.tohost.size <= cfg.rcvbuf and len(m.tx.fromhost.buf) <= cfg.sndbuf
 
 
 def parse_l4_frame(frame: bytes) -> Segment:
