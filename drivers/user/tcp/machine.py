@@ -11,25 +11,34 @@ appended to ``out`` (shared by the adapter across connections, so one batch carr
 host socket), ``host_read_room`` (0: stop reading the host socket), ``host_shut_wr``
 (shut the socket's write side now), ``done`` and ``next_deadline``.
 
-Protocol choices (see the package docstring for the reasoning):
+The endpoint owns the connection state (RFC 9293's states plus ``CONNECTING``), the
+handshake and option negotiation, FIN/RST/close and TIME_WAIT, the receive side (the
+guest's data in order and out of order in :class:`.queues.ToHost`, ``rcv_nxt``, the
+window we advertise, what we acknowledge and when) and the adapter-facing API above. It
+holds its send side, :attr:`TcpEndpoint.tx` (:class:`.sender.Sender`: send queue,
+segmentation, retransmission and RTO, SACK scoreboard, congestion window, persist), and
+talks to it only through the interface that module's docstring lists: it decides whether
+the connection transmits and hands the sender the ACK fields of acceptable segments; the
+sender reports back through return values and reads ``rcv_nxt`` and :meth:`window` for
+the segments it sends.
+
+Receive-side choices (see the package docstring for the reasoning):
 
 * sequence numbers are kept unwrapped (unbounded ints); the wire's 32-bit values are
   mapped to the nearest unwrapped value, so ordering survives wrap-around;
-* window scaling (RFC 7323) both ways; SACK (RFC 2018) both ways with RFC 6675-style
-  loss recovery; no timestamps (RTT by Karn's rule; no PAWS), no ECN, urgent data inline;
-* RTO per RFC 6298 (:mod:`.rto`) with backoff and bounded retries, then RST; NewReno fast
-  retransmit (RFC 6582) when SACK is off; zero-window probes (``snd_una - 1``) with
-  backoff; RST and SYN checks of RFC 5961 (exact RST, challenge ACKs);
+* window scaling (RFC 7323) and SACK (RFC 2018) both ways; no timestamps (no PAWS), no
+  ECN, urgent data inline; RST and SYN checks of RFC 5961 (exact RST, challenge ACKs);
 * our window is the free part of ``rcvbuf`` (bytes not yet written to the host); its right
   edge never retracts by a scale unit (RFC 7323 §2.4) and is SWS-avoided (RFC 1122
-  §4.2.3.3); host reads pause while ``sndbuf`` holds unacknowledged plus unsent bytes;
-* pure ACKs carry ``snd_max`` (BSD), so a go-back-N retransmission never makes the guest
-  drop our ACKs as old; the retransmission timer sends the head segment even into a
-  closed window (it doubles as a probe; a live guest's zero-window ACKs reset the retry
-  count, as Linux does);
+  §4.2.3.3); pure ACKs carry ``snd_max`` (BSD), so a go-back-N retransmission never
+  makes the guest drop our ACKs as old;
 * ACKs for in-order data are batched: sent at ``flush`` (the adapter calls it after each
   batch of guest frames), when a threshold is reached, or after ``delack``; out-of-order,
   duplicate and FIN segments are acknowledged at once.
+
+Invariants: ``rcv_adv - rcv_nxt + tohost.size <=
+rcvbuf`` (whatever the guest may still send within the farthest advertised edge fits);
+only the sender moves ``snd_una``; frames go to ``out`` only.
 
 Never raises on guest input: malformed or unexpected segments are counted in ``stats``.
 """

@@ -30,6 +30,13 @@ only caller. The interface, both ways:
   ACK number and window: :meth:`Sender` reads ``rx.rcv_nxt`` and calls
   ``rx.window(True)`` (:class:`ReceiveSide`), which also counts the ACK as sent.
 
+Send-side choices: RTT by Karn's rule on one segment per flight (no timestamps); RTO
+with backoff and bounded retries, after which the state machine sends RST; NewReno fast
+retransmit when SACK is off; host reads pause while ``sndbuf`` holds unacknowledged plus
+unsent bytes; the retransmission timer sends the head segment even into a closed window
+(it doubles as a probe; a live guest's zero-window ACKs reset the retry count, as Linux
+does).
+
 The state machine decides *whether* to transmit (``TRANSMITTING`` states); the sender
 never looks at the connection state.
 
