@@ -80,9 +80,18 @@ _SENDER_FIELDS = frozenset({
 })  # fmt: skip
 
 
+#: The fields above that the receive side (:class:`~.tcp.receiver.Receiver`) owns.
+_RECEIVER_FIELDS = frozenset({
+    "rcv_ws", "rcv_mss", "rcv_nxt", "rcv_adv", "rcv_acked", "max_guest_flight", "fin_rcvd",
+})  # fmt: skip
+
+
 def _holder(m: TcpEndpoint, name: str) -> object:
-    """The object that holds endpoint field ``name``: the state machine or its sender."""
-    return m.tx if name in _SENDER_FIELDS else m
+    """The object that holds endpoint field ``name``: the state machine, its sender or
+    its receiver."""
+    if name in _SENDER_FIELDS:
+        return m.tx
+    return m.rx if name in _RECEIVER_FIELDS else m
 
 
 class StateError(ControlError):
@@ -163,7 +172,7 @@ def _endpoint_state(m: TcpEndpoint, sock: SocketState) -> dict[str, Any]:
     fields: dict[str, Any] = {
         name: getattr(_holder(m, name), name) for name in _INT_FIELDS + _BOOL_FIELDS
     }
-    to_host = b"".join(bytes(c) for c in m.tohost.chunks)
+    to_host = b"".join(bytes(c) for c in m.rx.tohost.chunks)
     return {
         "guest": [socket.inet_ntoa(b.dst), b.dport],
         "local": [socket.inet_ntoa(b.src), b.sport],
@@ -492,7 +501,7 @@ def _endpoint(client: UserNetClient, conn: _Conn, now: float) -> TcpEndpoint:
     tx.fromhost.buf = bytearray(conn.from_host)
     tx.fromhost.base = conn.from_host_base
     if conn.to_host:
-        m.tohost.append(memoryview(bytearray(conn.to_host)))
+        m.rx.tohost.append(memoryview(bytearray(conn.to_host)))
     tx.dupacks = 0
     tx.in_recovery = False
     tx.retries = 0

@@ -12,17 +12,20 @@ host socket), ``host_read_room`` (0: stop reading the host socket), ``host_shut_
 (shut the socket's write side now), ``done`` and ``next_deadline``.
 
 The endpoint owns the connection state (RFC 9293's states plus ``CONNECTING``), the
-handshake and option negotiation, FIN/RST/close and TIME_WAIT, the receive side (the
-guest's data in order and out of order in :class:`.queues.ToHost`, ``rcv_nxt``, the
-window we advertise, what we acknowledge and when) and the adapter-facing API above. It
-holds its send side, :attr:`TcpEndpoint.tx` (:class:`.sender.Sender`: send queue,
-segmentation, retransmission and RTO, SACK scoreboard, congestion window, persist), and
-talks to it only through the interface that module's docstring lists: it decides whether
-the connection transmits and hands the sender the ACK fields of acceptable segments; the
-sender reports back through return values and reads ``rcv_nxt`` and :meth:`window` for
-the segments it sends.
+handshake and option negotiation, FIN/RST/close and TIME_WAIT, when data may be taken and
+what we acknowledge when (pure ACKs, delayed ACKs, challenge ACKs), and the adapter-facing
+API above. It holds two parts by composition and is their only caller:
 
-Receive-side choices (see the package docstring for the reasoning):
+* :attr:`TcpEndpoint.tx`, the send side (:class:`.sender.Sender`: send queue,
+  segmentation, retransmission and RTO, SACK scoreboard, congestion window, persist). The
+  endpoint decides whether the connection transmits and hands it the ACK fields of
+  acceptable segments; it reports back through return values (see its docstring);
+* :attr:`TcpEndpoint.rx`, the receive side (:class:`.receiver.Receiver`: ``rcv_nxt``,
+  the guest's bytes for the host in order and out of order, the window we advertise,
+  the ACK debt). The endpoint passes it in-window data in ``RECEIVING`` states and acts on
+  the guest's FIN it reports; the sender reads its ``rcv_nxt`` and window directly.
+
+Choices (see the package docstring for the reasoning):
 
 * sequence numbers are kept unwrapped (unbounded ints); the wire's 32-bit values are
   mapped to the nearest unwrapped value, so ordering survives wrap-around;
@@ -36,9 +39,9 @@ Receive-side choices (see the package docstring for the reasoning):
   batch of guest frames), when a threshold is reached, or after ``delack``; out-of-order,
   duplicate and FIN segments are acknowledged at once.
 
-Invariants: ``rcv_adv - rcv_nxt + tohost.size <=
-rcvbuf`` (whatever the guest may still send within the farthest advertised edge fits);
-only the sender moves ``snd_una``; frames go to ``out`` only.
+Invariants: only the sender moves ``snd_una`` and only the receiver ``rcv_nxt``; the
+endpoint, the sender and the receiver share one ``out`` list and one ``stats`` counter;
+frames go to ``out`` only.
 
 Never raises on guest input: malformed or unexpected segments are counted in ``stats``.
 """
@@ -63,7 +66,8 @@ from netstack.proto.tcp import (
 
 from .builder import FrameBuilder, rejection, unreachable_frame
 from .config import RECEIVING, SENDING, TRANSMITTING, Event, State, TcpConfig, TcpCounter
-from .queues import Chunk, ToHost
+from .queues import Chunk
+from .receiver import FIN_IN, Receiver
 from .sender import M32, Sender
 
 #: Answers to unacceptable segments per connection and second.
@@ -92,29 +96,19 @@ class TcpEndpoint:
         self._last_activity = now
         iss = random.getrandbits(32) if iss is None else iss & M32
         self.iss = iss
-        self.rcv_ws = 0
         v6 = len(local) == 16
-        self.rcv_mss = cfg.mss_for(v6)
-        self.irs = self.rcv_nxt = self.rcv_adv = self.rcv_acked = 0
-        self.tohost = ToHost(min(cfg.ooo_max, cfg.rcvbuf), cfg.ooo_segs)
-        self.fin_rcvd = False
-        self._delack_at: float | None = None
+        self.irs = 0
         self._tw_at: float | None = None
         self._connect_at: float | None = None
         self._syn_time = now
         self._ws_ok = False
-        self._ack_pending = 0
         self._challenge_start = now
         self._challenges = 0
-        self._ack_threshold = max(2 * self.rcv_mss, cfg.rcvbuf // 16)
-        #: Unacknowledged bytes that are acknowledged at the end of a batch at once (two
-        #: full segments, RFC 5681; at most 16 KiB, so jumbo MTUs don't wait for delack).
-        self._quick_ack = min(2 * self.rcv_mss, 16384)
         self._connect_failed = False
-        #: Largest amount of guest data seen beyond our last ACK (window use evidence).
-        self.max_guest_flight = 0
+        #: The receive side: guest bytes for the host, our window (:mod:`.receiver`).
+        self.rx = Receiver(cfg, self.stats, v6)
         #: The send side: send queue, retransmission, congestion (:mod:`.sender`).
-        self.tx = Sender(self, self.b, self.out, self.stats, iss, now, config=cfg, v6=v6)
+        self.tx = Sender(self.rx, self.b, self.out, self.stats, iss, now, config=cfg, v6=v6)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -128,7 +122,7 @@ class TcpEndpoint:
                  iss=iss)  # fmt: skip
         ep.syn = syn
         ep.irs = syn.seq
-        ep.rcv_nxt = ep.rcv_adv = ep.rcv_acked = syn.seq + 1
+        ep.rx.rcv_nxt = ep.rx.rcv_adv = ep.rx.rcv_acked = syn.seq + 1
         opts = parse_syn_options(syn.options)
         ep._negotiate(opts.mss, opts.wscale, opts.sack_ok)
         ep.tx.handshake_window(syn.wnd, syn.seq, ep.tx.snd_wl2)
@@ -153,63 +147,38 @@ class TcpEndpoint:
         return ep
 
     def _negotiate(self, mss: int | None, wscale: int | None, sack_ok: bool) -> None:
-        self.tx.negotiate(mss, wscale, sack_ok, self.rcv_mss)
+        self.tx.negotiate(mss, wscale, sack_ok, self.rx.rcv_mss)
         self._ws_ok = wscale is not None
-        self.rcv_ws = self.cfg.wscale() if wscale is not None else 0
+        self.rx.rcv_ws = self.cfg.wscale() if wscale is not None else 0
 
     def _send_syn(self, ack: bool) -> None:
         cfg = self.cfg
         if ack:  # SYN-ACK: answer only what the guest offered
-            opts = syn_options(self.rcv_mss, self.rcv_ws if self._ws_ok else None,
+            opts = syn_options(self.rx.rcv_mss, self.rx.rcv_ws if self._ws_ok else None,
                                self.tx.sack_ok)  # fmt: skip
-            flags, ackno = SYN | ACK, self.rcv_nxt & M32
+            flags, ackno = SYN | ACK, self.rx.rcv_nxt & M32
         else:
-            opts = syn_options(self.rcv_mss, cfg.wscale(), cfg.sack)
+            opts = syn_options(self.rx.rcv_mss, cfg.wscale(), cfg.sack)
             flags, ackno = SYN, 0
         wnd = min(cfg.rcvbuf, 0xFFFF)
         if ack:
-            self.rcv_adv = self.rcv_nxt + wnd
-            self.rcv_acked = self.rcv_nxt
+            self.rx.rcv_adv = self.rx.rcv_nxt + wnd
+            self.rx.rcv_acked = self.rx.rcv_nxt
         self._syn_time = self._now
         self.out.append(self.b.frame(self.iss, ackno, flags, wnd, b"", opts))
 
     # -- acknowledgements -------------------------------------------------------------------
 
-    def window(self, ack_sent: bool = False) -> int:
-        """The window field for a segment now: the free part of ``rcvbuf`` (SWS-avoided),
-        rounded down to the scale granularity. ``rcv_adv`` is the farthest edge ever
-        advertised and the limit for accepting data; the field never pulls the edge back
-        by a whole scale unit (RFC 7323 §2.4 and its Appendix F: only the rounding of
-        the last unit can make it appear to retract). ``ack_sent``: the segment carries
-        our ACK of ``rcv_nxt``, which ends any pending or delayed ACK."""
-        cfg = self.cfg
-        if ack_sent:
-            self.rcv_acked = self.rcv_nxt
-            self._ack_pending = 0
-            self._delack_at = None
-        ws = self.rcv_ws
-        free = cfg.rcvbuf - self.tohost.size
-        if self.fin_rcvd:
-            free = cfg.rcvbuf
-        elif free < self.rcv_mss and free < cfg.rcvbuf // 2:
-            free = 0
-        raw = min(free >> ws, 0xFFFF)
-        edge = self.rcv_nxt + (raw << ws)
-        if edge >= self.rcv_adv:
-            self.rcv_adv = edge
-            return raw
-        return min(max(self.rcv_adv - self.rcv_nxt, 0) >> ws, 0xFFFF)
-
     def _send_ack(self) -> None:
         if self.state in (State.CONNECTING, State.SYN_SENT, State.CLOSED):
             return
         opts = b""
-        if self.tx.sack_ok and self.tohost.ooo:
-            opts = sack_option(self.tohost.sack_blocks(4))
-        wnd = self.window(True)
+        if self.tx.sack_ok and self.rx.tohost.ooo:
+            opts = sack_option(self.rx.tohost.sack_blocks(4))
+        wnd = self.rx.window(True)
         # a pure ACK carries snd_max, not a snd_nxt pulled back by go-back-N: a sequence
         # number the guest has already passed would make it drop the ACK (as BSD does)
-        self.out.append(self.b.frame(self.tx.snd_max & M32, self.rcv_nxt & M32, ACK, wnd, b"",
+        self.out.append(self.b.frame(self.tx.snd_max & M32, self.rx.rcv_nxt & M32, ACK, wnd, b"",
                                      opts))  # fmt: skip
 
     def flush(self, now: float) -> None:
@@ -217,8 +186,12 @@ class TcpEndpoint:
         two full segments' worth is unacknowledged (RFC 5681 §4.2). Less waits for host
         data to carry it or for ``delack``, so a request/response exchange costs the guest
         one frame per direction, not an extra pure ACK."""
-        pending = self._ack_pending
-        if pending and not self.done and (pending >= self._quick_ack or self._delack_at is None):
+        pending = self.rx.ack_pending
+        if (
+            pending
+            and not self.done
+            and (pending >= self.rx.quick_ack or self.rx.delack_at is None)
+        ):
             self._now = now
             self._send_ack()
 
@@ -253,12 +226,12 @@ class TcpEndpoint:
     @property
     def host_pending(self) -> int:
         """Bytes waiting to be written to the host socket."""
-        return self.tohost.size
+        return self.rx.tohost.size
 
     def host_chunks(self, max_chunks: int = 64) -> list[Chunk]:
         """Buffers to write to the host socket (e.g. one ``sendmsg``), then report with
         :meth:`host_written`; valid until the next call into the machine."""
-        return self.tohost.head(max_chunks)
+        return self.rx.tohost.head(max_chunks)
 
     @property
     def send_queue(self) -> int:
@@ -272,7 +245,7 @@ class TcpEndpoint:
             return None
         best = self._last_activity + self.cfg.idle_timeout
         tx = self.tx
-        for t in (tx.rtx_at, tx.persist_at, self._delack_at, self._tw_at,
+        for t in (tx.rtx_at, tx.persist_at, self.rx.delack_at, self._tw_at,
                   self._connect_at):  # fmt: skip
             if t is not None and t < best:
                 best = t
@@ -329,12 +302,12 @@ class TcpEndpoint:
             return
         self._now = now
         self._last_activity = now
-        self.tohost.consume(n)
+        self.rx.tohost.consume(n)
         if self.state in RECEIVING:
             cfg = self.cfg
-            free_edge = self.rcv_nxt + cfg.rcvbuf - self.tohost.size
-            if (self.rcv_adv - self.rcv_nxt < cfg.rcvbuf // 2
-                    and free_edge - self.rcv_adv >= min(cfg.rcvbuf // 4, 65536)):  # fmt: skip
+            free_edge = self.rx.rcv_nxt + cfg.rcvbuf - self.rx.tohost.size
+            if (self.rx.rcv_adv - self.rx.rcv_nxt < cfg.rcvbuf // 2
+                    and free_edge - self.rx.rcv_adv >= min(cfg.rcvbuf // 4, 65536)):  # fmt: skip
                 self._send_ack()
                 self.stats["window-updates"] += 1
         self._check_host_side()
@@ -408,7 +381,7 @@ class TcpEndpoint:
             return False
         if self.done:
             return True
-        return self.state is State.TIME_WAIT and seq_diff(seg.seq, self.rcv_nxt & M32) > 0
+        return self.state is State.TIME_WAIT and seq_diff(seg.seq, self.rx.rcv_nxt & M32) > 0
 
     def _in_connecting(self, seg: Segment) -> None:
         flags = seg.flags
@@ -438,7 +411,7 @@ class TcpEndpoint:
         if not flags & SYN:
             return
         self.irs = seg.seq
-        self.rcv_nxt = self.rcv_acked = seg.seq + 1
+        self.rx.rcv_nxt = self.rx.rcv_acked = seg.seq + 1
         opts = parse_syn_options(seg.options)
         self._negotiate(opts.mss, opts.wscale, opts.sack_ok)
         tx.handshake_window(seg.wnd, seg.seq, ack)
@@ -446,7 +419,7 @@ class TcpEndpoint:
             tx.syn_acked(ack, now - self._syn_time)
             self.state = State.FIN_WAIT_1 if tx.fin_queued else State.ESTABLISHED
             self.events.append((Event.ESTABLISHED, 0))
-            self.rcv_adv = self.rcv_nxt
+            self.rx.rcv_adv = self.rx.rcv_nxt
             self._send_ack()
             tx.output(now)
         else:  # simultaneous open
@@ -455,13 +428,14 @@ class TcpEndpoint:
 
     def _in_synchronized(self, seg: Segment, now: float) -> None:
         flags = seg.flags
-        rcv_nxt = self.rcv_nxt
+        rx = self.rx
+        rcv_nxt = rx.rcv_nxt
         seq = rcv_nxt + seq_diff(seg.seq, rcv_nxt & M32)
         payload = seg.payload
         plen = len(payload)
         end = seq + plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-        wnd = self.rcv_adv - rcv_nxt
-        if end < self.rcv_acked or seq > rcv_nxt + max(wnd, 0):
+        wnd = rx.rcv_adv - rcv_nxt
+        if end < rx.rcv_acked or seq > rcv_nxt + max(wnd, 0):
             if not flags & RST:
                 self.stats["unacceptable"] += 1
                 self._challenge_ack(now)
@@ -495,16 +469,27 @@ class TcpEndpoint:
                 return
         ack_now = False
         if plen or flags & FIN:
-            ack_now = self._receive(seq, payload, bool(flags & FIN))
+            fin = bool(flags & FIN)
+            if self.state in RECEIVING:
+                took = rx.take(seq, payload, fin)
+                if took == FIN_IN:
+                    self._guest_fin()
+                ack_now = took != 0
+            else:
+                ack_now = True
+                if self.state is State.TIME_WAIT and fin:
+                    self._tw_at = self._now + self.cfg.time_wait
+                else:
+                    self.stats["data-after-fin"] += 1
         if self.state in TRANSMITTING:
             self.tx.output(now)
         if ack_now:
             self._send_ack()
-        elif self._ack_pending:
-            if self._ack_pending >= self._ack_threshold:
+        elif rx.ack_pending:
+            if rx.ack_pending >= rx.ack_threshold:
                 self._send_ack()
-            elif self._delack_at is None:
-                self._delack_at = now + self.cfg.delack
+            elif rx.delack_at is None:
+                rx.delack_at = now + self.cfg.delack
 
     def _guest_reset(self) -> None:
         """An acceptable RST. Once the guest's FIN is in, its whole stream is ours and
@@ -512,7 +497,7 @@ class TcpEndpoint:
         in LAST_ACK that closed on our first ACK answers the second with RST). Only in
         CLOSE_WAIT does the RST abort something (our direction): reported, after which the
         connection ends as soon as the host took the guest's data."""
-        if not self.fin_rcvd:
+        if not self.rx.fin_rcvd:
             self.events.append((Event.GUEST_RESET, 0))
             self._finish()
             return
@@ -522,7 +507,7 @@ class TcpEndpoint:
         self.state = State.CLOSED
         self.tx.fin_queued = True
         self.tx.discard()
-        self._delack_at = self._tw_at = None
+        self.rx.delack_at = self._tw_at = None
         self._check_host_side()
 
     def _syn_rcvd_ack(self, seg: Segment, seq: int, now: float) -> bool:
@@ -549,58 +534,8 @@ class TcpEndpoint:
             self.state = State.CLOSED
             self._check_host_side()
 
-    def _receive(self, seq: int, payload: memoryview | bytes, fin: bool) -> bool:
-        """In-window data and FIN; returns True when an ACK must go out at once."""
-        if self.state not in RECEIVING:
-            if self.state is State.TIME_WAIT and fin:
-                self._tw_at = self._now + self.cfg.time_wait
-            else:
-                self.stats["data-after-fin"] += 1
-            return True
-        rcv_nxt = self.rcv_nxt
-        data = payload if isinstance(payload, memoryview) else memoryview(payload)
-        if seq < rcv_nxt:
-            cut = rcv_nxt - seq
-            if cut > len(data):
-                return True
-            data = data[cut:]
-            seq = rcv_nxt
-            if not data and not fin:
-                self.stats["duplicate"] += 1
-                return True
-        room = self.rcv_adv - seq
-        if len(data) > room:
-            self.stats["beyond-window"] += 1
-            data = data[: max(room, 0)]
-            fin = False
-        flight = seq + len(data) - self.rcv_acked
-        if flight > self.max_guest_flight:
-            self.max_guest_flight = flight
-        tohost = self.tohost
-        if seq > rcv_nxt:
-            self.stats["out-of-order"] += 1
-            if not tohost.add_ooo(seq, data, fin):
-                self.stats["out-of-order-dropped"] += 1
-            return True
-        ack_now = False
-        if data:
-            tohost.append(data)
-            rcv_nxt += len(data)
-            self._ack_pending += len(data)
-        if tohost.ooo:
-            rcv_nxt = tohost.pull(rcv_nxt)
-            ack_now = True
-        self.rcv_nxt = rcv_nxt
-        if fin or tohost.ooo_fin == rcv_nxt:
-            self._guest_fin()
-            ack_now = True
-        return ack_now
-
     def _guest_fin(self) -> None:
-        self.rcv_nxt += 1
-        self.fin_rcvd = True
-        self.tohost.ooo.clear()
-        self.tohost.ooo_bytes = 0
+        """The guest's FIN is in order (the receiver took it)."""
         st = self.state
         if st is State.ESTABLISHED:
             self.state = State.CLOSE_WAIT
@@ -635,7 +570,7 @@ class TcpEndpoint:
             and not tx.on_persist(now, self.state in TRANSMITTING)
         ):
             self._abort(Event.TIMEOUT, errno_mod.ETIMEDOUT)
-        if self._delack_at is not None and now >= self._delack_at:
+        if self.rx.delack_at is not None and now >= self.rx.delack_at:
             self._send_ack()
         if self._tw_at is not None and now >= self._tw_at:
             self._tw_at = None
@@ -668,22 +603,24 @@ class TcpEndpoint:
     def _abort(self, why: Event, err: int) -> None:
         """Send RST to the guest, report ``why`` and finish."""
         if self.state not in (State.CONNECTING, State.SYN_SENT, State.CLOSED):
-            self.out.append(self.b.frame(self.tx.snd_max & M32, self.rcv_nxt & M32, RST | ACK, 0))
+            self.out.append(
+                self.b.frame(self.tx.snd_max & M32, self.rx.rcv_nxt & M32, RST | ACK, 0)
+            )
         self.events.append((why, err))
         self._finish()
 
     def _finish(self) -> None:
         self.state = State.CLOSED
         self.done = True
-        self.tohost.clear()
+        self.rx.tohost.clear()
         self.tx.discard()
-        self._delack_at = self._tw_at = None
+        self.rx.delack_at = self._tw_at = None
         self._connect_at = None
 
     def _check_host_side(self) -> None:
-        if self.fin_rcvd and not self.tohost.size:
+        if self.rx.fin_rcvd and not self.rx.tohost.size:
             self.host_shut_wr = True
-        if self.state is State.CLOSED and not self.tohost.size and not self.done:
+        if self.state is State.CLOSED and not self.rx.tohost.size and not self.done:
             self.events.append((Event.CLOSED, 0))
             self._finish()
 

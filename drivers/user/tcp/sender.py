@@ -27,8 +27,9 @@ only caller. The interface, both ways:
   the two deadlines ``rtx_at`` and ``persist_at``, and return values - :meth:`on_ack`
   says whether the ACK was beyond what we sent or acknowledged our FIN,
   :meth:`on_persist` whether the guest is still alive. Segments carry the receive side's
-  ACK number and window: :meth:`Sender` reads ``rx.rcv_nxt`` and calls
-  ``rx.window(True)`` (:class:`ReceiveSide`), which also counts the ACK as sent.
+  ACK number and window: the sender reads ``rx.rcv_nxt`` and calls
+  ``rx.window(True)``, which also counts the ACK as sent (:class:`ReceiveSide`; the
+  connection's :class:`.receiver.Receiver`).
 
 Send-side choices: RTT by Karn's rule on one segment per flight (no timestamps); RTO
 with backoff and bounded retries, after which the state machine sends RST; NewReno fast
