@@ -39,7 +39,8 @@ Choices (see the package docstring for the reasoning):
   batch of guest frames), when a threshold is reached, or after ``delack``; out-of-order,
   duplicate and FIN segments are acknowledged at once.
 
-Invariants: only the sender moves ``snd_una`` and only the receiver ``rcv_nxt``; the
+Invariants: only the sender moves ``snd_una``; after the handshake only the receiver
+moves ``rcv_nxt``; the
 endpoint, the sender and the receiver share one ``out`` list and one ``stats`` counter;
 frames go to ``out`` only.
 

@@ -15,7 +15,8 @@ taken (``RECEIVING`` states) and when ACKs go out; the send side
 ACK fields of its segments. Neither the state nor the send side is visible from here.
 
 Invariants: ``rcv_adv - rcv_nxt + tohost.size <= rcvbuf`` (whatever the guest may still
-send within the farthest advertised edge fits); ``rcv_nxt`` only grows, and only here.
+send within the farthest advertised edge fits); ``rcv_nxt`` only grows, and after the
+handshake (which sets it to ``irs + 1``) only here.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Receiver:
 
     def take(self, seq: int, payload: memoryview | bytes, fin: bool) -> int:
         """In-window data (at unwrapped ``seq``) and FIN while the guest may send: 0,
-        :data:`ACK_NOW` when an ACK must go out at once (out of order, duplicate, clipped),
+        :data:`ACK_NOW` when an ACK must go out at once (out of order, duplicate, a hole filled),
         or :data:`FIN_IN` when the guest's FIN is now in order (``rcv_nxt`` covers it)."""
         rcv_nxt = self.rcv_nxt
         data = payload if isinstance(payload, memoryview) else memoryview(payload)
