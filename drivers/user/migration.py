@@ -73,6 +73,25 @@ _INT_FIELDS = (
     "cwnd", "ssthresh", "recover", "high_rxt", "max_guest_flight",
 )  # fmt: skip
 _BOOL_FIELDS = ("sack_ok", "fin_queued", "fin_rcvd", "host_shut_wr", "_ws_ok")
+#: The fields above that the send side (:class:`~.tcp.sender.Sender`) owns.
+_SENDER_FIELDS = frozenset({
+    "snd_una", "snd_nxt", "snd_max", "snd_wnd", "max_snd_wnd", "snd_wl1", "snd_wl2",
+    "snd_ws", "snd_mss", "cwnd", "ssthresh", "recover", "high_rxt", "sack_ok", "fin_queued",
+})  # fmt: skip
+
+
+#: The fields above that the receive side (:class:`~.tcp.receiver.Receiver`) owns.
+_RECEIVER_FIELDS = frozenset({
+    "rcv_ws", "rcv_mss", "rcv_nxt", "rcv_adv", "rcv_acked", "max_guest_flight", "fin_rcvd",
+})  # fmt: skip
+
+
+def _holder(m: TcpEndpoint, name: str) -> object:
+    """The object that holds endpoint field ``name``: the state machine, its sender or
+    its receiver."""
+    if name in _SENDER_FIELDS:
+        return m.tx
+    return m.rx if name in _RECEIVER_FIELDS else m
 
 
 class StateError(ControlError):
@@ -150,17 +169,19 @@ def export_state(client: UserNetClient) -> tuple[str, dict[str, int]]:
 
 def _endpoint_state(m: TcpEndpoint, sock: SocketState) -> dict[str, Any]:
     b = m.b
-    fields: dict[str, Any] = {name: getattr(m, name) for name in _INT_FIELDS + _BOOL_FIELDS}
-    to_host = b"".join(bytes(c) for c in m.tohost.chunks)
+    fields: dict[str, Any] = {
+        name: getattr(_holder(m, name), name) for name in _INT_FIELDS + _BOOL_FIELDS
+    }
+    to_host = b"".join(bytes(c) for c in m.rx.tohost.chunks)
     return {
         "guest": [socket.inet_ntoa(b.dst), b.dport],
         "local": [socket.inet_ntoa(b.src), b.sport],
         "guest-mac": b.l2[:6].hex() if len(b.l2) >= 6 else None,
         "state": m.state.name,
         "fields": fields,
-        "rto": [m.rto.rto, m.rto.srtt, m.rto.rttvar],
-        "from-host": base64.b64encode(bytes(m.fromhost.buf)).decode(),
-        "from-host-base": m.fromhost.base,
+        "rto": [m.tx.rto.rto, m.tx.rto.srtt, m.tx.rto.rttvar],
+        "from-host": base64.b64encode(bytes(m.tx.fromhost.buf)).decode(),
+        "from-host-base": m.tx.fromhost.base,
         "to-host": base64.b64encode(to_host).decode(),
         "socket": sock.to_json(),
     }
@@ -473,16 +494,17 @@ def _endpoint(client: UserNetClient, conn: _Conn, now: float) -> TcpEndpoint:
         iss=conn.fields["iss"],
     )  # fmt: skip
     for name, value in conn.fields.items():
-        setattr(m, name, value)
+        setattr(_holder(m, name), name, value)
     m.state = conn.state
-    m.rto.rto, m.rto.srtt, m.rto.rttvar = conn.rto
-    m.fromhost.buf = bytearray(conn.from_host)
-    m.fromhost.base = conn.from_host_base
+    tx = m.tx
+    tx.rto.rto, tx.rto.srtt, tx.rto.rttvar = conn.rto
+    tx.fromhost.buf = bytearray(conn.from_host)
+    tx.fromhost.base = conn.from_host_base
     if conn.to_host:
-        m.tohost.append(memoryview(bytearray(conn.to_host)))
-    m.dupacks = 0
-    m.in_recovery = False
-    m.retries = 0
-    if m.snd_una < m.snd_max:  # unacknowledged data: retransmit if the guest lost it
-        m._rtx_at = now + m.rto.rto
+        m.rx.tohost.append(memoryview(bytearray(conn.to_host)))
+    tx.dupacks = 0
+    tx.in_recovery = False
+    tx.retries = 0
+    if tx.snd_una < tx.snd_max:  # unacknowledged data: retransmit if the guest lost it
+        tx.rtx_at = now + tx.rto.rto
     return m

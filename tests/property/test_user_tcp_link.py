@@ -198,11 +198,11 @@ class Sim:
             m = side.m
             if m is None:
                 continue
-            assert m.tohost.size <= self.cfg.rcvbuf
-            assert len(m.fromhost.buf) <= self.cfg.sndbuf
-            assert m.tohost.ooo_bytes <= self.cfg.ooo_max
-            assert len(m.tohost.ooo) <= self.cfg.ooo_segs
-            assert m.snd_una <= m.snd_nxt <= m.snd_max
+            assert m.rx.tohost.size <= self.cfg.rcvbuf
+            assert len(m.tx.fromhost.buf) <= self.cfg.sndbuf
+            assert m.rx.tohost.ooo_bytes <= self.cfg.ooo_max
+            assert len(m.rx.tohost.ooo) <= self.cfg.ooo_segs
+            assert m.tx.snd_una <= m.tx.snd_nxt <= m.tx.snd_max
 
     def inject(self) -> None:
         self.reset_done = True
@@ -217,7 +217,7 @@ class Sim:
             a.host_error(errno.ECONNRESET, self.now)
         elif how == "rst-to-b" and b is not None and a is not None and not b.done:
             # a RST exactly at b's rcv_nxt, as the far end would send it
-            frame = a.b.frame(b.rcv_nxt & 0xFFFFFFFF, 0, RST, 0)
+            frame = a.b.frame(b.rx.rcv_nxt & 0xFFFFFFFF, 0, RST, 0)
             seg = parse_frame(frame, self.sc.vnet)
             assert isinstance(seg, Segment)
             b.segment_from_guest(seg, self.now)
@@ -364,7 +364,7 @@ def test_any_segment_in_any_state_never_raises(
     m.segment_from_guest(seg, 0.1)
     m.timer(5.0)
     m.host_written(len(b"".join(bytes(c) for c in m.host_chunks())), 5.0)
-    assert m.tohost.size <= cfg.rcvbuf and len(m.fromhost.buf) <= cfg.sndbuf
+    assert m.rx.tohost.size <= cfg.rcvbuf and len(m.tx.fromhost.buf) <= cfg.sndbuf
 
 
 def parse_l4_frame(frame: bytes) -> Segment:

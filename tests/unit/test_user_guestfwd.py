@@ -230,7 +230,7 @@ async def test_splicer_adopts_a_preconnected_socket() -> None:
         other.sendall(b"pong")
         await until(lambda: bytes(g.got) == b"pong")
         other.close()  # the far end closes: FIN to the guest
-        await until(lambda: ep.fin_rcvd)
+        await until(lambda: ep.rx.fin_rcvd)
         ep.host_eof(loop.time())
         g.pump()
         await until(lambda: not g.splicer.flows)
@@ -375,7 +375,7 @@ async def test_chardev_rule_shares_one_stream() -> None:
             await until(lambda: a.got == b"to aback to a")
             # the chardev's peer leaves: every guest connection gets our FIN
             writer.close()
-            await until(lambda: a.ep.fin_rcvd)
+            await until(lambda: a.ep.rx.fin_rcvd)
             a.fin()
             await until(lambda: a.ep.done and not client.tcp.flows)
             counters = client.guestfwd.counters()
@@ -397,7 +397,7 @@ async def test_chardev_rule_waits_for_a_listening_chardevs_client(tmp_path: Any)
         writer.write(b"reply")
         await until(lambda: a.got == b"reply")
         writer.close()
-        await until(lambda: a.ep.fin_rcvd)
+        await until(lambda: a.ep.rx.fin_rcvd)
 
 
 async def test_chardev_by_id_is_detached_not_deleted() -> None:
@@ -550,9 +550,9 @@ async def test_guest_events_never_escape() -> None:
         conns = [stack.open(FWD, 9) for _ in range(3)]
         await until(lambda: all(c.established for c in conns))
         assert user_control.guestfwd_remove(client, FWD, 9)
-        await until(lambda: all(c.ep.fin_rcvd or c.ep.done for c in conns))
+        await until(lambda: all(c.ep.rx.fin_rcvd or c.ep.done for c in conns))
         quick = [stack.open(FWD, 7) for _ in range(5)]
-        await until(lambda: all(c.ep.fin_rcvd or c.reset for c in quick))
+        await until(lambda: all(c.ep.rx.fin_rcvd or c.reset for c in quick))
         await until(lambda: not client.guestfwd.children.live)
         assert client.counters().get("internal-error", 0) == 0
         assert not any(e is Event.HOST_ERROR for c in conns for e, _ in c.ep.events)

@@ -239,7 +239,7 @@ def test_sequence_numbers_wrap() -> None:
     assert seg.seq == M - 9
     g2.ack = (M - 9 + 100) & M
     g2.send(ACK)
-    assert g2.m.send_queue == 0 and g2.m.snd_una == M - 9 + 100
+    assert g2.m.send_queue == 0 and g2.m.tx.snd_una == M - 9 + 100
 
 
 def test_offloaded_output_is_one_tso_frame() -> None:

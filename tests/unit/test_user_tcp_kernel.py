@@ -379,10 +379,10 @@ async def test_bulk_both_ways(vnet: bool, v6: bool) -> None:
         assert server == {"md5": md5(payload(UP, 1)), "size": UP}
         assert len(port.established) == 1
         m = port.established[0]
-        assert m.snd_ws > 0 and m.rcv_ws > 0, "window scaling not negotiated"
-        assert m.max_guest_flight > 65535, "the guest never used more than 64 KiB of window"
-        assert m.max_snd_wnd > 65535, "the guest's scaled window was never above 64 KiB"
-        assert m.sack_ok
+        assert m.tx.snd_ws > 0 and m.rx.rcv_ws > 0, "window scaling not negotiated"
+        assert m.rx.max_guest_flight > 65535, "the guest never used more than 64 KiB of window"
+        assert m.tx.max_snd_wnd > 65535, "the guest's scaled window was never above 64 KiB"
+        assert m.tx.sack_ok
         await settle(port)
         assert Event.CLOSED in [e for e, _ in port.events]
         assert not port.splicer.flows
@@ -449,7 +449,7 @@ async def test_inbound_forward(vnet: bool, v6: bool) -> None:
         guest_result = json.loads(out.decode().splitlines()[-1])
         assert guest_result == {"md5": md5(payload(up, 4)), "size": up}
         assert results == {"md5": md5(payload(down, 3)), "size": down}
-        assert m.snd_ws > 0 and m.rcv_ws > 0
+        assert m.tx.snd_ws > 0 and m.rx.rcv_ws > 0
         await settle(port)
         assert m.done
         assert Event.CLOSED in [e for e, _ in port.events]

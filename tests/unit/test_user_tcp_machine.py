@@ -53,16 +53,18 @@ def test_synack_answers_only_what_the_guest_offered() -> None:
     (synack,) = g.take()
     opts = parse_syn_options(synack.options)
     assert opts == (1440, None, False, False)  # MSS from MTU 1500 over IPv6
-    assert g.m.snd_ws == 0 and g.m.rcv_ws == 0 and not g.m.sack_ok and g.m.snd_mss == 1000
+    assert (
+        g.m.tx.snd_ws == 0 and g.m.rx.rcv_ws == 0 and not g.m.tx.sack_ok and g.m.tx.snd_mss == 1000
+    )
 
 
 def test_syn_without_mss_uses_the_default() -> None:
     g = Guest()
     g.syn(opts=b"")
-    assert g.m.snd_mss == 536
+    assert g.m.tx.snd_mss == 536
     g6 = Guest(v6=True)
     g6.syn(opts=b"")
-    assert g6.m.snd_mss == 1220
+    assert g6.m.tx.snd_mss == 1220
 
 
 def test_synack_retransmitted_then_given_up() -> None:
@@ -147,7 +149,7 @@ def test_active_open() -> None:
     (ack,) = g.take()
     assert ack.flags == ACK and ack.ack == 1001 and ack.seq == 5001
     assert g.m.state is State.ESTABLISHED and events(g) == [Event.ESTABLISHED]
-    assert g.m.snd_ws == 7 and g.m.rcv_ws == 7 and g.m.sack_ok
+    assert g.m.tx.snd_ws == 7 and g.m.rx.rcv_ws == 7 and g.m.tx.sack_ok
 
 
 def test_active_open_refused_and_bad_acks() -> None:
@@ -293,7 +295,7 @@ def test_duplicates_are_acked_not_delivered_twice() -> None:
 def test_window_is_scaled_closes_and_reopens() -> None:
     g = Guest(rcvbuf=12 * 16384)
     g.open_passive()
-    assert g.m.rcv_ws == 2
+    assert g.m.rx.rcv_ws == 2
     sent = 0
     while sent < 12 * 16384:
         g.send(ACK, b"w" * 16384)
@@ -314,13 +316,13 @@ def test_window_is_scaled_closes_and_reopens() -> None:
 def test_window_edge_does_not_retract() -> None:
     g = Guest(rcvbuf=64 * 1024)
     g.open_passive()
-    unit = 1 << g.m.rcv_ws
+    unit = 1 << g.m.rx.rcv_ws
     best = 0
     for n in (1000, 3, 7, 1500, 1, 60_000, 2000, 1):
         g.send(ACK, b"s" * n)
         g.m.flush(g.now)
         for ack in g.take():
-            edge = ack.ack + (ack.wnd << g.m.rcv_ws)
+            edge = ack.ack + (ack.wnd << g.m.rx.rcv_ws)
             assert edge > best - unit  # only the rounding of the last scale unit
             best = max(best, edge)
     assert g.m.host_pending <= 64 * 1024
@@ -390,7 +392,7 @@ def test_rtt_sample_sets_rto() -> None:
     g.ack = 5002
     g.send(ACK)
     # the SYN-ACK gave a 0 s sample, this one 50 ms: SRTT 1/8 of it, RTO at the floor
-    assert g.m.rto.srtt == pytest.approx(0.00625) and g.m.rto.rto == pytest.approx(0.2)
+    assert g.m.tx.rto.srtt == pytest.approx(0.00625) and g.m.tx.rto.rto == pytest.approx(0.2)
 
 
 def test_fast_retransmit_newreno() -> None:

@@ -215,7 +215,7 @@ async def test_host_closes_first(size: int) -> None:
     g = GuestSide(loop, {"resolve": to_loopback})
     try:
         ep = g.connect(port)
-        await until(lambda: ep.fin_rcvd)
+        await until(lambda: ep.rx.fin_rcvd)
         assert bytes(g.got) == b"g" * size
         ep.host_eof(loop.time())
         g.pump()

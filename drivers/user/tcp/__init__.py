@@ -10,9 +10,10 @@ that endpoint, sans-IO, plus the flow bookkeeping that ties it to host sockets:
 * :mod:`.builder` - guest-bound frames from precomputed header templates (IPv4/IPv6,
   optional virtio-net header with checksum offload and TSO), RSTs and ICMP unreachables
   for SYNs nobody takes;
-* :mod:`.machine` - :class:`TcpEndpoint`, the per-connection state machine, with its
-  transmit path in :mod:`.transmit`, byte queues in :mod:`.queues`, RTO in :mod:`.rto`,
-  settings/states/events in :mod:`.config`;
+* :mod:`.machine` - :class:`TcpEndpoint`, the per-connection state machine, holding its
+  send side (:mod:`.sender`: send queue, retransmission, congestion, persist) and its
+  receive side (:mod:`.receiver`: guest bytes for the host, our window); byte queues in
+  :mod:`.queues`, RTO in :mod:`.rto`, settings/states/events/counters in :mod:`.config`;
 * :mod:`.splice` - :class:`TcpSplicer`, the asyncio adapter: flow table, host sockets,
   timers, batching.
 

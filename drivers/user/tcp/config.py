@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +107,30 @@ SENDING = frozenset({State.SYN_SENT, State.SYN_RCVD, State.ESTABLISHED, State.CL
 TRANSMITTING = frozenset(
     {State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK}
 )
+
+
+#: The names a TCP machine counts under (``query-netdev`` counters, ``tcp-`` prefixed).
+TcpCounter = Literal[
+    "ack-unsent",
+    "after-close",
+    "beyond-window",
+    "challenge-acks-suppressed",
+    "data-after-fin",
+    "dupacks",
+    "duplicate",
+    "fast-retransmits",
+    "host-data-over-room",
+    "no-ack",
+    "out-of-order",
+    "out-of-order-dropped",
+    "retransmits",
+    "rst-after-guest-fin",
+    "rst-challenged",
+    "segment-while-connecting",
+    "syn-challenged",
+    "syn-retransmit-held",
+    "timeouts",
+    "unacceptable",
+    "window-probes",
+    "window-updates",
+]

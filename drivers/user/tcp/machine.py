@@ -11,25 +11,38 @@ appended to ``out`` (shared by the adapter across connections, so one batch carr
 host socket), ``host_read_room`` (0: stop reading the host socket), ``host_shut_wr``
 (shut the socket's write side now), ``done`` and ``next_deadline``.
 
-Protocol choices (see the package docstring for the reasoning):
+The endpoint owns the connection state (RFC 9293's states plus ``CONNECTING``), the
+handshake and option negotiation, FIN/RST/close and TIME_WAIT, when data may be taken and
+what we acknowledge when (pure ACKs, delayed ACKs, challenge ACKs), and the adapter-facing
+API above. It holds two parts by composition and is their only caller:
+
+* :attr:`TcpEndpoint.tx`, the send side (:class:`.sender.Sender`: send queue,
+  segmentation, retransmission and RTO, SACK scoreboard, congestion window, persist). The
+  endpoint decides whether the connection transmits and hands it the ACK fields of
+  acceptable segments; it reports back through return values (see its docstring);
+* :attr:`TcpEndpoint.rx`, the receive side (:class:`.receiver.Receiver`: ``rcv_nxt``,
+  the guest's bytes for the host in order and out of order, the window we advertise,
+  the ACK debt). The endpoint passes it in-window data in ``RECEIVING`` states and acts on
+  the guest's FIN it reports; the sender reads its ``rcv_nxt`` and window directly.
+
+Choices (see the package docstring for the reasoning):
 
 * sequence numbers are kept unwrapped (unbounded ints); the wire's 32-bit values are
   mapped to the nearest unwrapped value, so ordering survives wrap-around;
-* window scaling (RFC 7323) both ways; SACK (RFC 2018) both ways with RFC 6675-style
-  loss recovery; no timestamps (RTT by Karn's rule; no PAWS), no ECN, urgent data inline;
-* RTO per RFC 6298 (:mod:`.rto`) with backoff and bounded retries, then RST; NewReno fast
-  retransmit (RFC 6582) when SACK is off; zero-window probes (``snd_una - 1``) with
-  backoff; RST and SYN checks of RFC 5961 (exact RST, challenge ACKs);
+* window scaling (RFC 7323) and SACK (RFC 2018) both ways; no timestamps (no PAWS), no
+  ECN, urgent data inline; RST and SYN checks of RFC 5961 (exact RST, challenge ACKs);
 * our window is the free part of ``rcvbuf`` (bytes not yet written to the host); its right
   edge never retracts by a scale unit (RFC 7323 §2.4) and is SWS-avoided (RFC 1122
-  §4.2.3.3); host reads pause while ``sndbuf`` holds unacknowledged plus unsent bytes;
-* pure ACKs carry ``snd_max`` (BSD), so a go-back-N retransmission never makes the guest
-  drop our ACKs as old; the retransmission timer sends the head segment even into a
-  closed window (it doubles as a probe; a live guest's zero-window ACKs reset the retry
-  count, as Linux does);
+  §4.2.3.3); pure ACKs carry ``snd_max`` (BSD), so a go-back-N retransmission never
+  makes the guest drop our ACKs as old;
 * ACKs for in-order data are batched: sent at ``flush`` (the adapter calls it after each
   batch of guest frames), when a threshold is reached, or after ``delack``; out-of-order,
   duplicate and FIN segments are acknowledged at once.
+
+Invariants: only the sender moves ``snd_una``; after the handshake only the receiver
+moves ``rcv_nxt``; the
+endpoint, the sender and the receiver share one ``out`` list and one ``stats`` counter;
+frames go to ``out`` only.
 
 Never raises on guest input: malformed or unexpected segments are counted in ``stats``.
 """
@@ -37,17 +50,66 @@ Never raises on guest input: malformed or unexpected segments are counted in ``s
 from __future__ import annotations
 
 import errno as errno_mod
+import random
+from collections import Counter
 
-from netstack.proto.tcp import ACK, FIN, RST, SYN, Segment, parse_syn_options, seq_diff, syn_options
+from netstack.proto.tcp import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    Segment,
+    parse_syn_options,
+    sack_option,
+    seq_diff,
+    syn_options,
+)
 
-from .builder import rejection, unreachable_frame
-from .config import RECEIVING, SENDING, Event, State, TcpConfig
+from .builder import FrameBuilder, rejection, unreachable_frame
+from .config import RECEIVING, SENDING, TRANSMITTING, Event, State, TcpConfig, TcpCounter
 from .queues import Chunk
-from .transmit import M32, Transmitter
+from .receiver import FIN_IN, Receiver
+from .sender import M32, Sender
+
+#: Answers to unacceptable segments per connection and second.
+CHALLENGE_ACKS = 50
 
 
-class TcpEndpoint(Transmitter):
-    """The far end of one guest TCP connection."""
+class TcpEndpoint:
+    """The far end of one guest TCP connection: its state machine and receive side; the
+    send side is :attr:`tx`."""
+
+    def __init__(
+        self, local: bytes, guest: bytes, local_port: int, guest_port: int, now: float, *,
+        config: TcpConfig, l2: bytes = b"", out: list[bytes] | None = None,
+        iss: int | None = None,
+    ) -> None:  # fmt: skip
+        cfg = self.cfg = config
+        self.b = FrameBuilder(local, guest, local_port, guest_port, l2=l2, vnet=config.vnet)
+        self.out: list[bytes] = out if out is not None else []
+        self.events: list[tuple[Event, int]] = []
+        self.stats: Counter[TcpCounter] = Counter()
+        self.state = State.CLOSED
+        self.done = False
+        self.host_shut_wr = False
+        self.syn: Segment | None = None
+        self._now = now
+        self._last_activity = now
+        iss = random.getrandbits(32) if iss is None else iss & M32
+        self.iss = iss
+        v6 = len(local) == 16
+        self.irs = 0
+        self._tw_at: float | None = None
+        self._connect_at: float | None = None
+        self._syn_time = now
+        self._ws_ok = False
+        self._challenge_start = now
+        self._challenges = 0
+        self._connect_failed = False
+        #: The receive side: guest bytes for the host, our window (:mod:`.receiver`).
+        self.rx = Receiver(cfg, self.stats, v6)
+        #: The send side: send queue, retransmission, congestion (:mod:`.sender`).
+        self.tx = Sender(self.rx, self.b, self.out, self.stats, iss, now, config=cfg, v6=v6)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -61,12 +123,10 @@ class TcpEndpoint(Transmitter):
                  iss=iss)  # fmt: skip
         ep.syn = syn
         ep.irs = syn.seq
-        ep.rcv_nxt = ep.rcv_adv = ep.rcv_acked = syn.seq + 1
-        ep.snd_wl1 = syn.seq
+        ep.rx.rcv_nxt = ep.rx.rcv_adv = ep.rx.rcv_acked = syn.seq + 1
         opts = parse_syn_options(syn.options)
         ep._negotiate(opts.mss, opts.wscale, opts.sack_ok)
-        ep.snd_wnd = syn.wnd
-        ep.max_snd_wnd = syn.wnd
+        ep.tx.handshake_window(syn.wnd, syn.seq, ep.tx.snd_wl2)
         ep.state = State.CONNECTING
         ep._connect_at = now + config.connect_timeout
         return ep
@@ -81,39 +141,73 @@ class TcpEndpoint(Transmitter):
         ep = cls(local, guest, local_port, guest_port, now, config=config, l2=l2, out=out,
                  iss=iss)  # fmt: skip
         ep.state = State.SYN_SENT
-        ep.snd_nxt = ep.snd_max = ep.iss + 1
+        tx = ep.tx
+        tx.snd_nxt = tx.snd_max = ep.iss + 1
         ep._send_syn(ack=False)
-        ep._rtx_at = now + ep.rto.rto
+        tx.rtx_at = now + tx.rto.rto
         return ep
 
     def _negotiate(self, mss: int | None, wscale: int | None, sack_ok: bool) -> None:
-        if mss is not None:
-            self.snd_mss = max(64, min(mss, self.rcv_mss))
-        else:
-            self.snd_mss = min(self.snd_mss, self.rcv_mss)
+        self.tx.negotiate(mss, wscale, sack_ok, self.rx.rcv_mss)
         self._ws_ok = wscale is not None
-        if wscale is not None:
-            self.snd_ws = wscale
-            self.rcv_ws = self.cfg.wscale()
-        else:
-            self.snd_ws = self.rcv_ws = 0
-        self.sack_ok = sack_ok and self.cfg.sack
-        self.cwnd = self.cfg.initial_window * self.snd_mss
+        self.rx.rcv_ws = self.cfg.wscale() if wscale is not None else 0
 
     def _send_syn(self, ack: bool) -> None:
         cfg = self.cfg
         if ack:  # SYN-ACK: answer only what the guest offered
-            opts = syn_options(self.rcv_mss, self.rcv_ws if self._ws_ok else None, self.sack_ok)
-            flags, ackno = SYN | ACK, self.rcv_nxt & M32
+            opts = syn_options(self.rx.rcv_mss, self.rx.rcv_ws if self._ws_ok else None,
+                               self.tx.sack_ok)  # fmt: skip
+            flags, ackno = SYN | ACK, self.rx.rcv_nxt & M32
         else:
-            opts = syn_options(self.rcv_mss, cfg.wscale(), cfg.sack)
+            opts = syn_options(self.rx.rcv_mss, cfg.wscale(), cfg.sack)
             flags, ackno = SYN, 0
         wnd = min(cfg.rcvbuf, 0xFFFF)
         if ack:
-            self.rcv_adv = self.rcv_nxt + wnd
-            self.rcv_acked = self.rcv_nxt
+            self.rx.rcv_adv = self.rx.rcv_nxt + wnd
+            self.rx.rcv_acked = self.rx.rcv_nxt
         self._syn_time = self._now
         self.out.append(self.b.frame(self.iss, ackno, flags, wnd, b"", opts))
+
+    # -- acknowledgements -------------------------------------------------------------------
+
+    def _send_ack(self) -> None:
+        if self.state in (State.CONNECTING, State.SYN_SENT, State.CLOSED):
+            return
+        opts = b""
+        if self.tx.sack_ok and self.rx.tohost.ooo:
+            opts = sack_option(self.rx.tohost.sack_blocks(4))
+        wnd = self.rx.window(True)
+        # a pure ACK carries snd_max, not a snd_nxt pulled back by go-back-N: a sequence
+        # number the guest has already passed would make it drop the ACK (as BSD does)
+        self.out.append(self.b.frame(self.tx.snd_max & M32, self.rx.rcv_nxt & M32, ACK, wnd, b"",
+                                     opts))  # fmt: skip
+
+    def flush(self, now: float) -> None:
+        """End of a batch of guest frames: send the ACK we have been holding back once
+        two full segments' worth is unacknowledged (RFC 5681 §4.2). Less waits for host
+        data to carry it or for ``delack``, so a request/response exchange costs the guest
+        one frame per direction, not an extra pure ACK."""
+        pending = self.rx.ack_pending
+        if (
+            pending
+            and not self.done
+            and (pending >= self.rx.quick_ack or self.rx.delack_at is None)
+        ):
+            self._now = now
+            self._send_ack()
+
+    def _challenge_ack(self, now: float) -> None:
+        """An ACK answering an unacceptable segment (RFC 9293 §3.10.7.4, RFC 5961 challenge
+        ACKs), at most ``CHALLENGE_ACKS`` per second: two ends that disagree on sequence
+        space must not ACK each other forever."""
+        if now - self._challenge_start >= 1.0:
+            self._challenge_start = now
+            self._challenges = 0
+        if self._challenges >= CHALLENGE_ACKS:
+            self.stats["challenge-acks-suppressed"] += 1
+            return
+        self._challenges += 1
+        self._send_ack()
 
     # -- adapter-facing properties ---------------------------------------------------------
 
@@ -126,24 +220,24 @@ class TcpEndpoint(Transmitter):
     @property
     def host_read_room(self) -> int:
         """How many bytes :meth:`host_data` would take now (0: pause host reads)."""
-        if self.state not in SENDING or self.fin_queued or self.done:
+        if self.state not in SENDING or self.tx.fin_queued or self.done:
             return 0
-        return max(0, self.cfg.sndbuf - len(self.fromhost.buf))
+        return max(0, self.cfg.sndbuf - len(self.tx.fromhost.buf))
 
     @property
     def host_pending(self) -> int:
         """Bytes waiting to be written to the host socket."""
-        return self.tohost.size
+        return self.rx.tohost.size
 
     def host_chunks(self, max_chunks: int = 64) -> list[Chunk]:
         """Buffers to write to the host socket (e.g. one ``sendmsg``), then report with
         :meth:`host_written`; valid until the next call into the machine."""
-        return self.tohost.head(max_chunks)
+        return self.rx.tohost.head(max_chunks)
 
     @property
     def send_queue(self) -> int:
         """Host bytes held for the guest (unacknowledged plus unsent)."""
-        return len(self.fromhost.buf)
+        return len(self.tx.fromhost.buf)
 
     @property
     def next_deadline(self) -> float | None:
@@ -151,7 +245,8 @@ class TcpEndpoint(Transmitter):
         if self.done:
             return None
         best = self._last_activity + self.cfg.idle_timeout
-        for t in (self._rtx_at, self._persist_at, self._delack_at, self._tw_at,
+        tx = self.tx
+        for t in (tx.rtx_at, tx.persist_at, self.rx.delack_at, self._tw_at,
                   self._connect_at):  # fmt: skip
             if t is not None and t < best:
                 best = t
@@ -166,9 +261,10 @@ class TcpEndpoint(Transmitter):
         self._now = now
         self._connect_at = None
         self.state = State.SYN_RCVD
-        self.snd_nxt = self.snd_max = self.iss + 1
+        tx = self.tx
+        tx.snd_nxt = tx.snd_max = self.iss + 1
         self._send_syn(ack=True)
-        self._rtx_at = now + self.rto.rto
+        tx.rtx_at = now + tx.rto.rto
 
     def host_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes read from the host socket (at most :attr:`host_read_room`; any excess is
@@ -183,21 +279,23 @@ class TcpEndpoint(Transmitter):
         if not data:
             return
         self._last_activity = now
-        self.fromhost.buf += data
-        self._output(now)
+        self.tx.fromhost.buf += data
+        if self.state in TRANSMITTING:
+            self.tx.output(now)
 
     def host_eof(self, now: float) -> None:
         """The host closed its sending side: send our FIN after the queued data."""
-        if self.done or self.fin_queued:
+        if self.done or self.tx.fin_queued:
             return
         self._now = now
         self._last_activity = now
-        self.fin_queued = True
+        self.tx.fin_queued = True
         if self.state is State.ESTABLISHED:
             self.state = State.FIN_WAIT_1
         elif self.state is State.CLOSE_WAIT:
             self.state = State.LAST_ACK
-        self._output(now)
+        if self.state in TRANSMITTING:
+            self.tx.output(now)
 
     def host_written(self, n: int, now: float) -> None:
         """The host socket took ``n`` bytes of :meth:`host_chunks`."""
@@ -205,12 +303,12 @@ class TcpEndpoint(Transmitter):
             return
         self._now = now
         self._last_activity = now
-        self.tohost.consume(n)
+        self.rx.tohost.consume(n)
         if self.state in RECEIVING:
             cfg = self.cfg
-            free_edge = self.rcv_nxt + cfg.rcvbuf - self.tohost.size
-            if (self.rcv_adv - self.rcv_nxt < cfg.rcvbuf // 2
-                    and free_edge - self.rcv_adv >= min(cfg.rcvbuf // 4, 65536)):  # fmt: skip
+            free_edge = self.rx.rcv_nxt + cfg.rcvbuf - self.rx.tohost.size
+            if (self.rx.rcv_adv - self.rx.rcv_nxt < cfg.rcvbuf // 2
+                    and free_edge - self.rx.rcv_adv >= min(cfg.rcvbuf // 4, 65536)):  # fmt: skip
                 self._send_ack()
                 self.stats["window-updates"] += 1
         self._check_host_side()
@@ -265,7 +363,7 @@ class TcpEndpoint(Transmitter):
             return
         self._now = now
         self._last_activity = now
-        self.probes = 0
+        self.tx.probes = 0
         st = self.state
         if st is State.CONNECTING:
             self._in_connecting(seg)
@@ -284,7 +382,7 @@ class TcpEndpoint(Transmitter):
             return False
         if self.done:
             return True
-        return self.state is State.TIME_WAIT and seq_diff(seg.seq, self.rcv_nxt & M32) > 0
+        return self.state is State.TIME_WAIT and seq_diff(seg.seq, self.rx.rcv_nxt & M32) > 0
 
     def _in_connecting(self, seg: Segment) -> None:
         flags = seg.flags
@@ -300,8 +398,9 @@ class TcpEndpoint(Transmitter):
 
     def _in_syn_sent(self, seg: Segment, now: float) -> None:
         flags = seg.flags
-        ack = self.snd_una + seq_diff(seg.ack, self.snd_una & M32)
-        if flags & ACK and (ack <= self.iss or ack > self.snd_max):
+        tx = self.tx
+        ack = tx.snd_una + seq_diff(seg.ack, tx.snd_una & M32)
+        if flags & ACK and (ack <= self.iss or ack > tx.snd_max):
             if not flags & RST:
                 self.out.append(self.b.frame(seg.ack, 0, RST, 0))
             return
@@ -313,39 +412,31 @@ class TcpEndpoint(Transmitter):
         if not flags & SYN:
             return
         self.irs = seg.seq
-        self.rcv_nxt = self.rcv_acked = seg.seq + 1
+        self.rx.rcv_nxt = self.rx.rcv_acked = seg.seq + 1
         opts = parse_syn_options(seg.options)
         self._negotiate(opts.mss, opts.wscale, opts.sack_ok)
-        self.snd_wl1 = seg.seq
-        self.snd_wl2 = ack
-        self.snd_wnd = self.max_snd_wnd = seg.wnd
+        tx.handshake_window(seg.wnd, seg.seq, ack)
         if flags & ACK:
-            self.snd_una = ack
-            self._rtt_sample_syn(now)
-            self._rtx_at = None
-            self.retries = 0
-            self.state = State.FIN_WAIT_1 if self.fin_queued else State.ESTABLISHED
+            tx.syn_acked(ack, now - self._syn_time)
+            self.state = State.FIN_WAIT_1 if tx.fin_queued else State.ESTABLISHED
             self.events.append((Event.ESTABLISHED, 0))
-            self.rcv_adv = self.rcv_nxt
+            self.rx.rcv_adv = self.rx.rcv_nxt
             self._send_ack()
-            self._output(now)
+            tx.output(now)
         else:  # simultaneous open
             self.state = State.SYN_RCVD
             self._send_syn(ack=True)
 
-    def _rtt_sample_syn(self, now: float) -> None:
-        if self.retries == 0:  # Karn: no sample from a retransmitted SYN
-            self.rto.sample(now - self._syn_time)
-
     def _in_synchronized(self, seg: Segment, now: float) -> None:
         flags = seg.flags
-        rcv_nxt = self.rcv_nxt
+        rx = self.rx
+        rcv_nxt = rx.rcv_nxt
         seq = rcv_nxt + seq_diff(seg.seq, rcv_nxt & M32)
         payload = seg.payload
         plen = len(payload)
         end = seq + plen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
-        wnd = self.rcv_adv - rcv_nxt
-        if end < self.rcv_acked or seq > rcv_nxt + max(wnd, 0):
+        wnd = rx.rcv_adv - rcv_nxt
+        if end < rx.rcv_acked or seq > rcv_nxt + max(wnd, 0):
             if not flags & RST:
                 self.stats["unacceptable"] += 1
                 self._challenge_ack(now)
@@ -367,21 +458,39 @@ class TcpEndpoint(Transmitter):
         if not flags & ACK:
             self.stats["no-ack"] += 1
             return
-        if not self._process_ack(seg, seq, plen, now):
+        if self.state is State.SYN_RCVD and not self._syn_rcvd_ack(seg, seq, now):
             return
-        if self.done:
+        acked = self.tx.on_ack(seg, seq, plen, now)
+        if acked == "unsent":
+            self._challenge_ack(now)
             return
+        if acked == "fin-acked":
+            self._our_fin_acked(now)
+            if self.done:
+                return
         ack_now = False
         if plen or flags & FIN:
-            ack_now = self._receive(seq, payload, bool(flags & FIN))
-        self._output(now)
+            fin = bool(flags & FIN)
+            if self.state in RECEIVING:
+                took = rx.take(seq, payload, fin)
+                if took == FIN_IN:
+                    self._guest_fin()
+                ack_now = took != 0
+            else:
+                ack_now = True
+                if self.state is State.TIME_WAIT and fin:
+                    self._tw_at = self._now + self.cfg.time_wait
+                else:
+                    self.stats["data-after-fin"] += 1
+        if self.state in TRANSMITTING:
+            self.tx.output(now)
         if ack_now:
             self._send_ack()
-        elif self._ack_pending:
-            if self._ack_pending >= self._ack_threshold:
+        elif rx.ack_pending:
+            if rx.ack_pending >= rx.ack_threshold:
                 self._send_ack()
-            elif self._delack_at is None:
-                self._delack_at = now + self.cfg.delack
+            elif rx.delack_at is None:
+                rx.delack_at = now + self.cfg.delack
 
     def _guest_reset(self) -> None:
         """An acceptable RST. Once the guest's FIN is in, its whole stream is ours and
@@ -389,7 +498,7 @@ class TcpEndpoint(Transmitter):
         in LAST_ACK that closed on our first ACK answers the second with RST). Only in
         CLOSE_WAIT does the RST abort something (our direction): reported, after which the
         connection ends as soon as the host took the guest's data."""
-        if not self.fin_rcvd:
+        if not self.rx.fin_rcvd:
             self.events.append((Event.GUEST_RESET, 0))
             self._finish()
             return
@@ -397,49 +506,23 @@ class TcpEndpoint(Transmitter):
         if self.state is State.CLOSE_WAIT:
             self.events.append((Event.GUEST_RESET, 0))
         self.state = State.CLOSED
-        self.fin_queued = True
-        self.fromhost.buf.clear()
-        self._rtx_at = self._persist_at = self._delack_at = self._tw_at = None
+        self.tx.fin_queued = True
+        self.tx.discard()
+        self.rx.delack_at = self._tw_at = None
         self._check_host_side()
 
-    def _process_ack(self, seg: Segment, seq: int, plen: int, now: float) -> bool:
-        """The ACK field and window of ``seg``; False when the segment is to be dropped."""
-        snd_una = self.snd_una
-        ack = snd_una + seq_diff(seg.ack, snd_una & M32)
-        if self.state is State.SYN_RCVD:
-            if not snd_una < ack <= self.snd_max:
-                self.out.append(self.b.frame(seg.ack, 0, RST, 0))
-                return False
-            self.state = State.FIN_WAIT_1 if self.fin_queued else State.ESTABLISHED
-            self.events.append((Event.ESTABLISHED, 0))
-            self.snd_una = snd_una = ack
-            self._rtt_sample_syn(now)
-            self._rtx_at = None
-            self.retries = 0
-            self.snd_wnd = self.max_snd_wnd = seg.wnd << self.snd_ws
-            self.snd_wl1, self.snd_wl2 = seq, ack
-        if ack > self.snd_max:
-            self.stats["ack-unsent"] += 1
-            self._challenge_ack(now)
+    def _syn_rcvd_ack(self, seg: Segment, seq: int, now: float) -> bool:
+        """In SYN_RCVD: an ACK of our SYN-ACK establishes the connection; anything else
+        is answered with RST and dropped (False)."""
+        tx = self.tx
+        ack = tx.snd_una + seq_diff(seg.ack, tx.snd_una & M32)
+        if not tx.snd_una < ack <= tx.snd_max:
+            self.out.append(self.b.frame(seg.ack, 0, RST, 0))
             return False
-        new_wnd = seg.wnd << self.snd_ws
-        if not new_wnd and ack == snd_una:
-            self.retries = 0  # a live guest with a closed window: probing, not failing
-        if ack > snd_una:
-            self._acked(ack, now)
-        elif (ack == snd_una and not plen and not seg.flags & FIN and self.snd_max > snd_una
-              and (new_wnd == self.snd_wnd or (self.sack_ok and seg.options))):  # fmt: skip
-            self._dupack(seg, now)
-        if self.sack_ok and seg.options and self.snd_max > self.snd_una:
-            self._take_sack(seg.options)
-        if seq > self.snd_wl1 or (seq == self.snd_wl1 and ack >= self.snd_wl2):
-            opened = new_wnd > self.snd_wnd
-            self.snd_wnd = new_wnd
-            self.snd_wl1, self.snd_wl2 = seq, ack
-            if new_wnd > self.max_snd_wnd:
-                self.max_snd_wnd = new_wnd
-            if opened and new_wnd:
-                self._persist_at = None
+        self.state = State.FIN_WAIT_1 if tx.fin_queued else State.ESTABLISHED
+        self.events.append((Event.ESTABLISHED, 0))
+        tx.syn_acked(ack, now - self._syn_time)
+        tx.handshake_window(seg.wnd << tx.snd_ws, seq, ack)
         return True
 
     def _our_fin_acked(self, now: float) -> None:
@@ -452,58 +535,8 @@ class TcpEndpoint(Transmitter):
             self.state = State.CLOSED
             self._check_host_side()
 
-    def _receive(self, seq: int, payload: memoryview | bytes, fin: bool) -> bool:
-        """In-window data and FIN; returns True when an ACK must go out at once."""
-        if self.state not in RECEIVING:
-            if self.state is State.TIME_WAIT and fin:
-                self._tw_at = self._now + self.cfg.time_wait
-            else:
-                self.stats["data-after-fin"] += 1
-            return True
-        rcv_nxt = self.rcv_nxt
-        data = payload if isinstance(payload, memoryview) else memoryview(payload)
-        if seq < rcv_nxt:
-            cut = rcv_nxt - seq
-            if cut > len(data):
-                return True
-            data = data[cut:]
-            seq = rcv_nxt
-            if not data and not fin:
-                self.stats["duplicate"] += 1
-                return True
-        room = self.rcv_adv - seq
-        if len(data) > room:
-            self.stats["beyond-window"] += 1
-            data = data[: max(room, 0)]
-            fin = False
-        flight = seq + len(data) - self.rcv_acked
-        if flight > self.max_guest_flight:
-            self.max_guest_flight = flight
-        tohost = self.tohost
-        if seq > rcv_nxt:
-            self.stats["out-of-order"] += 1
-            if not tohost.add_ooo(seq, data, fin):
-                self.stats["out-of-order-dropped"] += 1
-            return True
-        ack_now = False
-        if data:
-            tohost.append(data)
-            rcv_nxt += len(data)
-            self._ack_pending += len(data)
-        if tohost.ooo:
-            rcv_nxt = tohost.pull(rcv_nxt)
-            ack_now = True
-        self.rcv_nxt = rcv_nxt
-        if fin or tohost.ooo_fin == rcv_nxt:
-            self._guest_fin()
-            ack_now = True
-        return ack_now
-
     def _guest_fin(self) -> None:
-        self.rcv_nxt += 1
-        self.fin_rcvd = True
-        self.tohost.ooo.clear()
-        self.tohost.ooo_bytes = 0
+        """The guest's FIN is in order (the receiver took it)."""
         st = self.state
         if st is State.ESTABLISHED:
             self.state = State.CLOSE_WAIT
@@ -514,10 +547,8 @@ class TcpEndpoint(Transmitter):
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = State.TIME_WAIT
-        self._rtx_at = self._persist_at = None
+        self.tx.stop()
         self._tw_at = now + self.cfg.time_wait
-
-    # -- sending --------------------------------------------------------------------------
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -528,13 +559,19 @@ class TcpEndpoint(Transmitter):
         self._now = now
         if self._connect_at is not None and now >= self._connect_at:
             self._fail_connect(errno_mod.ETIMEDOUT)
-        if self._rtx_at is not None and now >= self._rtx_at:
+        tx = self.tx
+        if tx.rtx_at is not None and now >= tx.rtx_at:
             self._on_rto(now)
         if self.done:
             return
-        if self._persist_at is not None and now >= self._persist_at:
-            self._on_persist(now)
-        if self._delack_at is not None and now >= self._delack_at:
+        persist = tx.persist_at
+        if (
+            persist is not None
+            and now >= persist
+            and not tx.on_persist(now, self.state in TRANSMITTING)
+        ):
+            self._abort(Event.TIMEOUT, errno_mod.ETIMEDOUT)
+        if self.rx.delack_at is not None and now >= self.rx.delack_at:
             self._send_ack()
         if self._tw_at is not None and now >= self._tw_at:
             self._tw_at = None
@@ -549,64 +586,42 @@ class TcpEndpoint(Transmitter):
 
     def _on_rto(self, now: float) -> None:
         st = self.state
+        tx = self.tx
         limit = self.cfg.syn_retries if st in (State.SYN_SENT, State.SYN_RCVD) else None
-        if self.retries >= (limit if limit is not None else self.cfg.max_retries):
+        if tx.retries >= (limit if limit is not None else self.cfg.max_retries):
             if st is State.SYN_SENT:
                 self.events.append((Event.TIMEOUT, errno_mod.ETIMEDOUT))
                 self._finish()
             else:
                 self._abort(Event.TIMEOUT, errno_mod.ETIMEDOUT)
             return
-        self.retries += 1
-        self.rto.backoff()
-        self._rtt_seq = None
-        self.stats["timeouts"] += 1
-        self._rtx_at = now + self.rto.rto
-        if st is State.SYN_SENT:
-            self._send_syn(ack=False)
-            return
-        if st is State.SYN_RCVD:
-            self._send_syn(ack=True)
-            return
-        mss = self.snd_mss
-        self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * mss)
-        self.cwnd = mss
-        self.in_recovery = False
-        self.recover = self.snd_max
-        self.dupacks = 0
-        self.fromhost.sacked.clear()
-        self.high_rxt = self.snd_una
-        self.snd_nxt = self.snd_una
-        self._rtx_at = None
-        self._output(now)
-        if self._rtx_at is None and self.snd_max > self.snd_una:
-            # the window is closed (perhaps by an ACK that overtook a newer one): the head
-            # segment goes anyway, as a probe - the guest ACKs with its current window
-            self._retransmit(self.snd_una, mss, now)
-            self.snd_nxt = max(self.snd_nxt, self.snd_una + min(mss, self.snd_max - self.snd_una))
-            self._rtx_at = now + self.rto.rto
+        tx.on_timeout(now, limit is not None, st in TRANSMITTING)
+        if limit is not None:
+            self._send_syn(ack=st is State.SYN_RCVD)
 
     # -- endings --------------------------------------------------------------------------
 
     def _abort(self, why: Event, err: int) -> None:
         """Send RST to the guest, report ``why`` and finish."""
         if self.state not in (State.CONNECTING, State.SYN_SENT, State.CLOSED):
-            self.out.append(self.b.frame(self.snd_max & M32, self.rcv_nxt & M32, RST | ACK, 0))
+            self.out.append(
+                self.b.frame(self.tx.snd_max & M32, self.rx.rcv_nxt & M32, RST | ACK, 0)
+            )
         self.events.append((why, err))
         self._finish()
 
     def _finish(self) -> None:
         self.state = State.CLOSED
         self.done = True
-        self.tohost.clear()
-        self.fromhost.buf.clear()
-        self._rtx_at = self._persist_at = self._delack_at = self._tw_at = None
+        self.rx.tohost.clear()
+        self.tx.discard()
+        self.rx.delack_at = self._tw_at = None
         self._connect_at = None
 
     def _check_host_side(self) -> None:
-        if self.fin_rcvd and not self.tohost.size:
+        if self.rx.fin_rcvd and not self.rx.tohost.size:
             self.host_shut_wr = True
-        if self.state is State.CLOSED and not self.tohost.size and not self.done:
+        if self.state is State.CLOSED and not self.rx.tohost.size and not self.done:
             self.events.append((Event.CLOSED, 0))
             self._finish()
 
