@@ -16,6 +16,12 @@ from tests.daemon_proc import running_daemon
 pytestmark = pytest.mark.compiled
 
 
+#: What ``-version`` and the start-up log say when every accelerator is built.
+COMPILED = (
+    "data path: compiled (drivers.tap._fasttap, drivers.vhost_user._vring, netstack.net._fastnet)"
+)
+
+
 def _built() -> bool:
     import importlib.util
 
@@ -39,7 +45,7 @@ def test_version_names_the_data_path() -> None:
     lines = _version()
     assert lines[0].startswith("netstackd version ")
     if _built():
-        assert lines[1] == "data path: compiled (drivers.tap._fasttap, drivers.vhost_user._vring, netstack.net._fastnet)"
+        assert lines[1] == COMPILED
     else:
         assert lines[1].startswith("data path: pure Python (python (not built")
     assert _version(NETSTACK_PURE_PYTHON="1")[1] == (
@@ -77,7 +83,7 @@ def test_the_daemon_logs_the_data_path_at_start(tmp_path: Path) -> None:
     if fastpath.pure_python_forced():  # the daemon inherits the environment
         assert line.endswith("data path: pure Python (python (NETSTACK_PURE_PYTHON set))")
     elif _built():
-        assert line.endswith("data path: compiled (drivers.tap._fasttap, drivers.vhost_user._vring, netstack.net._fastnet)")
+        assert line.endswith(COMPILED)
 
 
 def test_compiled_counters_read_and_write_as_the_python_ones() -> None:
