@@ -120,7 +120,7 @@ class UserNetClient(NetClient):
         #: When resolv.conf may be looked at again (:data:`.dns.RESOLV_RECHECK`).
         self._resolv_due = 0.0
         self._closed = False
-        self.report = Reporter(name, log, loop.time, self.gw.stats)
+        self.report = Reporter(name, log, loop.time, self.gw.count)
         #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
         self._csum_trusted = False
         if self._resolv is not None:
