@@ -48,6 +48,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 import dpkt
 
+from netstack.errors import RemoteInputError
 from netstack.proto.ipv4 import BROADCAST_IP, BROADCAST_MAC
 
 from ..options import DHCP_POOL_SIZE, UserConfig
@@ -186,8 +187,9 @@ class DhcpServer:
     def handle(self, payload: bytes, now: float) -> list[DhcpReply]:
         """One BOOTP/DHCP message from a client; returns the replies to send."""
         self.expire(now)
-        msg = self._decode(payload)
-        if msg is None:
+        try:
+            msg = self._decode(payload)
+        except RemoteInputError:
             self.counters["dhcp-malformed"] += 1
             return []
         opts: dict[int, bytes] = {}
@@ -214,20 +216,21 @@ class DhcpServer:
 
     @staticmethod
     def _decode(payload: bytes) -> Any:
+        """The client message in ``payload``; RemoteInputError if it is not one."""
         if len(payload) < _BOOTP_FIXED:
-            return None
+            raise RemoteInputError("BOOTP message too short")
         if len(payload) < _BOOTP_FIXED + 4:
             payload = payload + bytes(_BOOTP_FIXED + 4 - len(payload))
         try:
             msg = dpkt.dhcp.DHCP(payload)
-        except (dpkt.UnpackError, IndexError, ValueError, struct.error):
-            return None
+        except (dpkt.UnpackError, IndexError, ValueError, struct.error) as exc:
+            raise RemoteInputError(f"undecodable BOOTP message: {exc}") from exc
         if msg.op != dpkt.dhcp.DHCP_OP_REQUEST or msg.hrd != 1 or msg.hln != 6:
-            return None
+            raise RemoteInputError("not an Ethernet BOOTREQUEST")
         if msg.magic != _MAGIC:
             msg.opts = []  # BOOTP without vendor extensions
         elif any(len(data) > 255 for _, data in msg.opts):
-            return None
+            raise RemoteInputError("option longer than 255 bytes")
         return msg
 
     # -- allocation ------------------------------------------------------------------------
