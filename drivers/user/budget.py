@@ -59,5 +59,5 @@ def refused(tcp: TcpSplicer, gw: Gateway, v6: Ipv6Service | None) -> int:
     n += gw.udp.counters["udp-flow-limit"] + gw.icmp.counters["icmp-flow-limit"]
     if v6 is not None:
         echo = v6.router.echo
-        n += v6.nat.udp.counters["udp-flow-limit"] + echo.counters[f"{echo.PREFIX}-flow-limit"]
+        n += v6.nat.udp.counters["udp-flow-limit"] + echo.counters[echo.NAMES.flow_limit]
     return n

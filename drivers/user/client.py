@@ -120,7 +120,7 @@ class UserNetClient(NetClient):
         #: When resolv.conf may be looked at again (:data:`.dns.RESOLV_RECHECK`).
         self._resolv_due = 0.0
         self._closed = False
-        self.report = Reporter(name, log, loop.time, self.gw.stats)
+        self.report = Reporter(name, log, loop.time, self.gw.count)
         #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
         self._csum_trusted = False
         if self._resolv is not None:
@@ -160,23 +160,20 @@ class UserNetClient(NetClient):
         # async). A failure releases everything above through the one cleanup path.
         try:
             for rule in cfg.hostfwd:
-                err = self._add_hostfwd(rule)
-                if err is not None:
-                    raise GenericError(err)
+                self.add_hostfwd(rule)
             for grule in cfg.guestfwd:
                 self.guestfwd.add(grule)
         except BaseException:
             self.cleanup()
             raise
 
-    def _add_hostfwd(self, rule: HostFwdRule) -> str | None:
-        """Bind ``rule``: None, or QEMU's error text."""
+    def add_hostfwd(self, rule: HostFwdRule) -> None:
+        """Bind ``rule``; GenericError with QEMU's text if the host refuses it."""
         try:
             self.fwd.add(rule)
         except (OSError, ValueError) as exc:
             self._log.warning("user %s: hostfwd %r: %s", self.name, rule.text, exc)
-            return f"Could not set up host forwarding rule '{rule.text}'"
-        return None
+            raise GenericError(f"Could not set up host forwarding rule '{rule.text}'") from exc
 
     # -- peer -> gateway -------------------------------------------------------------------
 

@@ -321,9 +321,7 @@ def guestfwd_rules(client: UserNetClient) -> list[GuestFwdRule]:
 
 def hostfwd_add(client: UserNetClient, rule: str) -> None:
     """Bind a hostfwd rule given in QEMU's syntax; GenericError with QEMU's texts."""
-    err = client._add_hostfwd(parse_hostfwd(rule))
-    if err is not None:
-        raise GenericError(err)
+    client.add_hostfwd(parse_hostfwd(rule))
 
 
 def forward_add(client: UserNetClient, kind: str, rule: str) -> dict[str, Any]:

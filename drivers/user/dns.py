@@ -35,6 +35,8 @@ from typing import Any, Final, Literal, NamedTuple
 
 import dpkt
 
+from netstack.errors import RemoteInputError
+
 TRY_TIMEOUT: Final = 2.0
 DEFAULT_MAX_PENDING: Final = 512
 RESOLV_CONF: Final = "/etc/resolv.conf"
@@ -95,12 +97,16 @@ def _question_key(msg: Any) -> tuple[tuple[str, int, int], ...]:
     return tuple((q.name.lower(), q.type, q.cls) for q in msg.qd)
 
 
-def decode(payload: bytes) -> Any:
-    """A dpkt DNS message, or None when it does not decode."""
+def decode(payload: bytes, qr: int) -> Any:
+    """A dpkt DNS message whose QR bit is ``qr``; RemoteInputError if ``payload`` is not
+    one."""
     try:
-        return dpkt.dns.DNS(payload)
-    except _DECODE_ERRORS:
-        return None
+        msg = dpkt.dns.DNS(payload)
+    except _DECODE_ERRORS as exc:
+        raise RemoteInputError(f"undecodable DNS message: {exc!r}") from exc
+    if msg.qr != qr:
+        raise RemoteInputError("DNS message of the other direction")
+    return msg
 
 
 def error_answer(query: Any, rcode: int) -> bytes:
@@ -137,8 +143,11 @@ class DnsRelay:
         self, client_ip: bytes, client_port: int, payload: bytes, now: float
     ) -> list[Upstream | ToGuest]:
         """A query from the guest: relay it (or answer it when it cannot be relayed)."""
-        msg = decode(payload)
-        if msg is None or msg.qr != dpkt.dns.DNS_Q or not msg.qd:
+        try:
+            msg = decode(payload, dpkt.dns.DNS_Q)
+            if not msg.qd:
+                raise RemoteInputError("DNS query without a question")
+        except RemoteInputError:
             self.counters["dns-malformed"] += 1
             return []
         self.counters["dns-queries"] += 1
@@ -176,8 +185,11 @@ class DnsRelay:
         if entry is None or not self._from_expected(entry, source):
             self.counters["dns-upstream-unexpected"] += 1
             return None
-        msg = decode(payload)
-        if msg is None or msg.qr != dpkt.dns.DNS_R or _question_key(msg) != entry.question:
+        try:
+            msg = decode(payload, dpkt.dns.DNS_R)
+        except RemoteInputError:
+            msg = None
+        if msg is None or _question_key(msg) != entry.question:
             self.counters["dns-upstream-mismatch"] += 1
             return None
         del self._pending[relay_id]

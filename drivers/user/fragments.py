@@ -24,21 +24,30 @@ under the family's name for it.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Generic, NamedTuple, TypeVar
+from typing import Generic, Literal, NamedTuple, TypeVar
 
 K = TypeVar("K")
 F = TypeVar("F")
 
 
+#: What the reassemblers of both families count (:data:`.v4.fragments.NAMES`,
+#: :data:`.v6.fragments.NAMES`, and the IPv4 length check's ``frag-malformed``).
+FragmentCounter = Literal[
+    "frag-overflow", "frag-inconsistent", "frag-duplicate", "frag-overlap", "frag-reassembled",
+    "frag-timeout", "frag-malformed", "ip6-frag-overflow", "ip6-frag-inconsistent",
+    "ip6-frag-duplicate", "ip6-frag-overlap", "ip6-reassembled", "ip6-frag-timeout",
+]  # fmt: skip
+
+
 class CounterNames(NamedTuple):
     """What a family calls each outcome in its counters."""
 
-    overflow: str
-    inconsistent: str
-    duplicate: str
-    overlap: str
-    reassembled: str
-    timeout: str
+    overflow: FragmentCounter
+    inconsistent: FragmentCounter
+    duplicate: FragmentCounter
+    overlap: FragmentCounter
+    reassembled: FragmentCounter
+    timeout: FragmentCounter
 
 
 class _Datagram(Generic[F]):
@@ -65,7 +74,7 @@ class Reassembly(Generic[K, F]):
         self.max_bytes = max_bytes
         self.max_fragments = max_fragments
         self.timeout = timeout
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[FragmentCounter] = Counter()
         self._pending: dict[K, _Datagram[F]] = {}
         self._held = 0
         self._wake: float | None = None
@@ -129,7 +138,7 @@ class Reassembly(Generic[K, F]):
         self.counters[names.reassembled] += 1
         return dg.first, whole
 
-    def _refuse(self, key: K, counter: str) -> None:
+    def _refuse(self, key: K, counter: FragmentCounter) -> None:
         self.counters[counter] += 1
         self.discard(key)
 

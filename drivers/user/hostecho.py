@@ -6,8 +6,8 @@ Owns, for one address family of one netdev, the sockets of the mechanism
 flow's first request (the kernel sets the echo identifier and gives each socket its own
 replies); ``raw`` - one raw socket for every flow, opened with the first request and closed
 when the relay has no flow left (requests carry the relay's ``host_id``, replies are
-matched back by it); ``none`` - no socket: requests are counted
-(``PREFIX-relay-unavailable``) and dropped. The flows are the family's sans-IO
+matched back by it); ``none`` - no socket: requests are counted (the family's
+``relay_unavailable``) and dropped. The flows are the family's sans-IO
 :class:`.icmp_relay.EchoFlows` (the gateway's ``icmp``, the IPv6 router's ``echo``); what
 differs between the families - socket openers, message codecs, whether the guest's hop
 limit is applied - is an :class:`EchoFamily` (:mod:`.v4.host` and :mod:`.v6.host` define theirs).
@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import hostsock
 from .icmp_relay import EchoFlows, FlowKey
@@ -37,17 +36,20 @@ from .icmp_relay import EchoFlows, FlowKey
 EchoReply = tuple[int, int, bytes]
 ReplySink = Callable[[FlowKey, str, int, bytes, float], None]
 ErrorSink = Callable[[str, OSError], None]
+#: A counter name of the family's owner (the gateway, the IPv6 service).
+N = TypeVar("N", bound=str)
 
 
 @dataclass(frozen=True, slots=True)
-class EchoFamily:
+class EchoFamily(Generic[N]):
     """What one address family's echo relay does its own way."""
 
     #: Names in log topics: ``NAME send``, ``raw NAME socket``, ``PING_NAME socket``.
     name: str
     ping_name: str
-    #: Counter prefix: ``PREFIX-relay-unavailable``, ``PREFIX-send-failed``.
-    prefix: str
+    #: Counters, in the owner's table: a failed send, a relay without sockets.
+    send_failed: N
+    relay_unavailable: N
     open_ping: Callable[[], socket.socket]
     open_raw: Callable[[], socket.socket]
     #: The message to send: (host_id, seq, payload, for the raw socket) -> ICMP message.
@@ -58,12 +60,12 @@ class EchoFamily:
     hop_option: tuple[int, int] | None = None
 
 
-class EchoSockets:
+class EchoSockets(Generic[N]):
     """The echo sockets of one address family of one user netdev."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, family: EchoFamily, mode: str,
-        flows: EchoFlows[Any, Any], stats: Counter[str], *, reply: ReplySink,
+        self, loop: asyncio.AbstractEventLoop, family: EchoFamily[N], mode: str,
+        flows: EchoFlows[Any, Any], count: Callable[[N], None], *, reply: ReplySink,
         flush: Callable[[float], None], host_error: ErrorSink,
         internal_error: Callable[[str], None], pump: Callable[[float], None] | None = None,
     ) -> None:  # fmt: skip
@@ -74,7 +76,7 @@ class EchoSockets:
         self.closed = False
         self._loop = loop
         self._flows = flows
-        self._stats = stats
+        self._count = count
         self._reply = reply
         self._flush = flush
         self._pump = pump
@@ -95,7 +97,7 @@ class EchoSockets:
         try:
             sock.sendto(fam.request(host_id, seq, payload, self.mode == "raw"), (host, 0))
         except OSError as exc:
-            self._stats[f"{fam.prefix}-send-failed"] += 1
+            self._count(fam.send_failed)
             self._host_error(f"{fam.name} send", exc)
 
     def close_flow(self, key: FlowKey) -> None:
@@ -142,7 +144,7 @@ class EchoSockets:
                     return None
                 self._loop.add_reader(self.raw.fileno(), self._raw_readable)
             return self.raw
-        self._stats[f"{fam.prefix}-relay-unavailable"] += 1
+        self._count(fam.relay_unavailable)
         return None
 
     def _set_hops(self, sock: socket.socket, option: tuple[int, int], hops: int) -> None:

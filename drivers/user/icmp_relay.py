@@ -28,7 +28,7 @@ from __future__ import annotations
 import abc
 import socket
 from collections import Counter
-from typing import Final, Generic, NamedTuple, TypeVar
+from typing import ClassVar, Final, Generic, Literal, NamedTuple, TypeVar
 
 IDLE: Final = 60.0
 DEFAULT_MAX_FLOWS: Final = 256
@@ -64,15 +64,33 @@ class _Flow:
         self.dst = b""
 
 
+#: What the echo flows of either family count.
+EchoCounter = Literal[
+    "icmp-flow-limit", "icmp-echo-relayed", "icmp-reply-mismatch", "icmp-echo-replies",
+    "icmp6-flow-limit", "icmp6-echo-relayed", "icmp6-reply-mismatch", "icmp6-echo-replies",
+]  # fmt: skip
+
+
+class EchoNames(NamedTuple):
+    """One family's names of the :data:`EchoCounter` counters."""
+
+    flow_limit: EchoCounter
+    echo_relayed: EchoCounter
+    reply_mismatch: EchoCounter
+    echo_replies: EchoCounter
+
+
 class EchoFlows(Generic[SendT, CloseT]):
     """Echo flows of one user netdev, for one address family (see the module text).
 
-    A family's subclass gives its counter prefix (:attr:`PREFIX`), its loopback text
+    A family's subclass gives its counter names (:attr:`NAMES`), its loopback text
     (:attr:`LOOPBACK`), the host-side text of a guest-side address (:meth:`_host_text`),
     the guest-side address of a host (:meth:`_guest_addr`) and its action types
     (:meth:`_send`, :meth:`_close`)."""
 
-    PREFIX = "icmp"
+    NAMES: ClassVar[EchoNames] = EchoNames(
+        "icmp-flow-limit", "icmp-echo-relayed", "icmp-reply-mismatch", "icmp-echo-replies"
+    )
     LOOPBACK = "127.0.0.1"
 
     def __init__(
@@ -84,7 +102,7 @@ class EchoFlows(Generic[SendT, CloseT]):
         self.flows: dict[FlowKey, _Flow] = {}
         self._by_host_id: dict[int, _Flow] = {}
         self._next_id = 1
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[EchoCounter] = Counter()
         self._wake: float | None = None
 
     @abc.abstractmethod
@@ -110,7 +128,7 @@ class EchoFlows(Generic[SendT, CloseT]):
         flow = self.flows.get(key)
         if flow is None:
             if len(self.flows) >= self.max_flows:
-                self.counters[f"{self.PREFIX}-flow-limit"] += 1
+                self.counters[self.NAMES.flow_limit] += 1
                 return None
             host_id = self._next_id
             while host_id in self._by_host_id:
@@ -124,7 +142,7 @@ class EchoFlows(Generic[SendT, CloseT]):
         if self._wake is None or flow.expires < self._wake:
             self._wake = flow.expires
         host = self.LOOPBACK if dst == self.host_addr else self._host_text(dst)
-        self.counters[f"{self.PREFIX}-echo-relayed"] += 1
+        self.counters[self.NAMES.echo_relayed] += 1
         return self._send(key, flow.host_id, host, seq, payload, hops)
 
     def key_for_host_id(self, host_id: int) -> FlowKey | None:
@@ -141,9 +159,9 @@ class EchoFlows(Generic[SendT, CloseT]):
         if src is None:
             return None
         if src != flow.dst:
-            self.counters[f"{self.PREFIX}-reply-mismatch"] += 1
+            self.counters[self.NAMES.reply_mismatch] += 1
             return None
-        self.counters[f"{self.PREFIX}-echo-replies"] += 1
+        self.counters[self.NAMES.echo_replies] += 1
         return src
 
     def close(self, key: FlowKey) -> CloseT | None:

@@ -12,9 +12,8 @@ Nothing here raises; nothing here touches a socket.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, Literal
 
 from netstack.ratelog import RateLog
 
@@ -27,15 +26,23 @@ def is_bad(name: str) -> bool:
     return any(word in name for word in _BAD_WORDS)
 
 
+#: What the reporter counts, in the gateway's table.
+ReporterCounter = Literal["internal-error"]
+
+
 class Reporter:
     """The rate-limited log and error counters of one user netdev."""
 
     def __init__(
-        self, name: str, log: logging.Logger, clock: Callable[[], float], stats: Counter[str]
+        self,
+        name: str,
+        log: logging.Logger,
+        clock: Callable[[], float],
+        count: Callable[[ReporterCounter], None],
     ) -> None:
         self.name = name
         self.log = log
-        self._stats = stats
+        self._count = count
         self._rate = RateLog(log, interval=LOG_INTERVAL, clock=clock)
         self.host_errors = 0
         #: Malformed-input total and refused guest flows, as last logged.
@@ -48,7 +55,7 @@ class Reporter:
 
     def internal_error(self, where: str) -> None:
         """An unexpected exception (call from an ``except`` block): counted, logged."""
-        self._stats["internal-error"] += 1
+        self._count("internal-error")
         if self.may_log("internal"):
             self.log.exception("user %s: unexpected error handling %s", self.name, where)
 

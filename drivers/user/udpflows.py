@@ -26,9 +26,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Final, NamedTuple
+from typing import Final, Generic, Literal, NamedTuple, TypeVar
 
 from . import hostsock
 from .hostecho import ErrorSink
@@ -40,31 +39,38 @@ FlowKey = tuple[bytes, int]
 _SOFT_ERRORS: Final = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR)
 
 
-class UdpFamily(NamedTuple):
+#: The counter of datagrams dropped on a soft send failure, in the table of the family's
+#: owner (the gateway for IPv4, the IPv6 service for IPv6).
+N = TypeVar("N", bound=str)
+#: The gauge of open flow sockets in :meth:`UdpFlowSockets.counters`.
+UdpSocketsGauge = Literal["udp-sockets", "udp6-sockets"]
+
+
+class UdpFamily(NamedTuple, Generic[N]):
     """What one address family's UDP flow sockets need to know."""
 
     label: str  # in log lines: "<label> socket", "<label> send", ...
     make_socket: Callable[[], socket.socket]
     ttl_option: tuple[int, int]  # (level, option) of the TTL / unicast hop limit
-    dropped: str  # counter of datagrams dropped on a soft send failure
-    sockets: str  # counter of open flow sockets
+    dropped: N  # counter of datagrams dropped on a soft send failure
+    sockets: UdpSocketsGauge  # counter of open flow sockets
 
 
-UDP4: Final = UdpFamily(
+UDP4: Final[UdpFamily[Literal["udp-send-dropped"]]] = UdpFamily(
     "UDP", hostsock.udp_flow_socket, (socket.IPPROTO_IP, socket.IP_TTL), "udp-send-dropped",
     "udp-sockets",
 )  # fmt: skip
-UDP6: Final = UdpFamily(
+UDP6: Final[UdpFamily[Literal["udp6-send-dropped"]]] = UdpFamily(
     "UDP6", hostsock.udp6_flow_socket, (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS),
     "udp6-send-dropped", "udp6-sockets",
 )  # fmt: skip
 
 
-class UdpFlowSockets:
+class UdpFlowSockets(Generic[N]):
     """The UDP flow sockets of one address family of one user netdev."""
 
     def __init__(
-        self, fam: UdpFamily, loop: asyncio.AbstractEventLoop, stats: Counter[str], *,
+        self, fam: UdpFamily[N], loop: asyncio.AbstractEventLoop, count: Callable[[N], None], *,
         open_failed: Callable[[FlowKey], object],
         send_failed: Callable[[UdpSend, float], None],
         host_error_in: Callable[[FlowKey, HostError, float], None],
@@ -74,7 +80,7 @@ class UdpFlowSockets:
     ) -> None:  # fmt: skip
         self.fam = fam
         self._loop = loop
-        self._stats = stats
+        self._count = count
         self._open_failed = open_failed
         self._send_failed = send_failed
         self._host_error_in = host_error_in
@@ -121,7 +127,7 @@ class UdpFlowSockets:
                 if exc.errno == errno.ECONNREFUSED:
                     continue  # an earlier datagram's error, reported late: send again
                 if exc.errno in _SOFT_ERRORS:
-                    self._stats[fam.dropped] += 1
+                    self._count(fam.dropped)
                     return
                 self._send_failed(a, now)
                 self._host_error(f"{fam.label} send", exc)

@@ -23,7 +23,7 @@ None for a silent drop) - it never raises on any input.
 from __future__ import annotations
 
 import struct
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from netstack.proto.checksum import finish, finish_udp, ones_sum, pseudo_v6
 
@@ -98,11 +98,19 @@ class Chain(NamedTuple):
     proto_at: int = 6
 
 
+#: The counter names of :class:`Problem`: :func:`walk`'s and the fragment checks' reasons.
+ProblemReason = Literal[
+    "ip6-ext-too-many", "ip6-ext-truncated", "ip6-frag-bad-length", "ip6-frag-nested",
+    "ip6-frag-too-long", "ip6-hbh-not-first", "ip6-option-malformed", "ip6-option-unknown",
+    "ip6-routing-header",
+]  # fmt: skip
+
+
 class Problem(NamedTuple):
     """Why :func:`walk` refused a packet: counter name; the Parameter Problem code and
     pointer (offset in the packet) to report, or ``code`` None to drop silently."""
 
-    reason: str
+    reason: ProblemReason
     code: int | None = None
     pointer: int = 0
 

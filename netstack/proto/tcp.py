@@ -16,10 +16,24 @@ frame (frames are immutable ``bytes``, so holding the view is safe). Addresses a
 from __future__ import annotations
 
 import struct
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from netstack.proto import vnet as vnet_hdr
 from netstack.proto.checksum import addrs_sum, fold, ipv4_header_ok, ones_sum
+
+#: Why a frame or segment is not a TCP segment to deliver (a counter name of the caller).
+TcpDropReason = Literal[
+    "tcp-short",
+    "tcp-bad-offset",
+    "tcp-bad-checksum",
+    "vnet-short",
+    "eth-short",
+    "ip-malformed",
+    "ip-bad-checksum",
+    "ip-fragment",
+    "not-tcp",
+    "not-ip",
+]
 
 FIN: Final = 0x01
 SYN: Final = 0x02
@@ -195,7 +209,7 @@ def pseudo_sum(src: bytes, dst: bytes, length: int) -> int:
 
 def parse_l4(
     src: bytes, dst: bytes, l4: bytes | memoryview, *, verify: bool = True, mac: bytes = b""
-) -> Segment | str:
+) -> Segment | TcpDropReason:
     """A TCP segment from the bytes after the IP header(s); ``verify`` checks the
     checksum over the pseudo-header of ``src``/``dst``."""
     n = len(l4)
@@ -212,7 +226,7 @@ def parse_l4(
     return Segment(src, dst, sport, dport, seq, ack, flags, wnd, options, view[doff:], mac)
 
 
-def parse_frame(frame: bytes, vnet: bool = False) -> Segment | str:
+def parse_frame(frame: bytes, vnet: bool = False) -> Segment | TcpDropReason:
     """A TCP segment from an Ethernet frame (with a 12-byte virtio-net header in front
     when ``vnet``); IPv4 without fragments or IPv6 with Hop-by-Hop/Routing/Destination
     headers. Returns a drop reason for anything else."""

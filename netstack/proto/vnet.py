@@ -27,7 +27,8 @@ one numpy reduction sums every segment's payload at once, and each segment adds 
 changed header words (RFC 1624 arithmetic on the ones'-complement sum), so the per-segment
 Python work is a header copy, a few ``pack_into`` and one concatenation.
 
-A frame whose header or headers are inconsistent is dropped: nothing raises.
+A frame whose header or headers are inconsistent is dropped: nothing raises (inside, the
+parsers raise :class:`~netstack.errors.RemoteInputError`, which :func:`to_plain` catches).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import itertools
 import struct
 from collections.abc import Sequence
 
+from netstack.errors import RemoteInputError
 from netstack.proto.checksum import finish, finish_udp, ones_sum, slice_sums
 
 HDR_LEN = 12
@@ -103,7 +105,7 @@ def to_plain(frames: Sequence[bytes]) -> list[bytes]:
             continue
         try:
             out.extend(_offloaded(frame))
-        except (struct.error, IndexError, ValueError):
+        except (RemoteInputError, struct.error, IndexError):
             continue
     return out
 
@@ -116,31 +118,31 @@ def _offloaded(frame: bytes) -> list[bytes]:
         _complete_partial(data, csum_start, csum_offset)
         return [bytes(data)]
     if gso_size == 0:
-        raise ValueError("gso_size 0")
+        raise RemoteInputError("gso_size 0")
     data_view = memoryview(frame)[HDR_LEN:]
     net = _locate(data_view)
     if gso in (GSO_TCPV4, GSO_TCPV6):
         if net.proto != IPPROTO_TCP:
-            raise ValueError("tcp gso on a non-tcp packet")
+            raise RemoteInputError("tcp gso on a non-tcp packet")
         return _segment_tcp(data_view, net, gso_size)
     if gso == GSO_UDP_L4:
         if net.proto != IPPROTO_UDP:
-            raise ValueError("udp gso on a non-udp packet")
+            raise RemoteInputError("udp gso on a non-udp packet")
         return _segment_udp(data_view, net, gso_size)
     if gso == GSO_UDP:
         if net.proto != IPPROTO_UDP:
-            raise ValueError("ufo on a non-udp packet")
+            raise RemoteInputError("ufo on a non-udp packet")
         data = bytearray(data_view)
         if flags & NEEDS_CSUM:
             _complete_partial(data, csum_start, csum_offset)
         return _fragment(data, net, gso_size)
-    raise ValueError("unknown gso type")
+    raise RemoteInputError("unknown gso type")
 
 
 def _complete_partial(data: bytearray, start: int, offset: int) -> None:
     where = start + offset
     if where + 2 > len(data) or start >= len(data):
-        raise ValueError("checksum offsets outside the frame")
+        raise RemoteInputError("checksum offsets outside the frame")
     value = finish(ones_sum(memoryview(data)[start:]))
     if value == 0 and offset == 6:  # UDP: a computed 0 is sent as all ones (RFC 768)
         value = 0xFFFF
@@ -165,14 +167,14 @@ def _locate(data: memoryview) -> _Net:
     l3 = off + 2
     if ethertype == ETH_P_IP:
         if data[l3] >> 4 != 4:
-            raise ValueError("not IPv4")
+            raise RemoteInputError("not IPv4")
         ihl = (data[l3] & 0x0F) * 4
         if ihl < 20:
-            raise ValueError("bad IHL")
+            raise RemoteInputError("bad IHL")
         return _Net(l3, l3 + ihl, data[l3 + 9], True, ihl)
     if ethertype == ETH_P_IPV6:
         if data[l3] >> 4 != 6:
-            raise ValueError("not IPv6")
+            raise RemoteInputError("not IPv6")
         proto = data[l3 + 6]
         l4 = l3 + 40
         for _ in range(8):
@@ -181,9 +183,9 @@ def _locate(data: memoryview) -> _Net:
             proto = data[l4]
             l4 += (data[l4 + 1] + 1) * 8
         if proto == _IPV6_FRAG or proto in _IPV6_EXT:
-            raise ValueError("gso on a fragment or too many extension headers")
+            raise RemoteInputError("gso on a fragment or too many extension headers")
         return _Net(l3, l4, proto, False, 0)
-    raise ValueError("gso on a frame that is not IP")
+    raise RemoteInputError("gso on a frame that is not IP")
 
 
 def _ip_end(data: memoryview, net: _Net) -> int:
@@ -217,7 +219,7 @@ def _segment_tcp(data: memoryview, net: _Net, mss: int) -> list[bytes]:
     doff = (data[l4 + 12] >> 4) * 4
     payload_at = l4 + doff
     if doff < 20 or payload_at > len(data):
-        raise ValueError("bad TCP header")
+        raise RemoteInputError("bad TCP header")
     payload = data[payload_at : _ip_end(data, net)]
     total = len(payload)
     count = max(1, -(-total // mss))
@@ -270,7 +272,7 @@ def _segment_udp(data: memoryview, net: _Net, mss: int) -> list[bytes]:
     l3, l4 = net.l3, net.l4
     payload_at = l4 + 8
     if payload_at > len(data):
-        raise ValueError("bad UDP header")
+        raise RemoteInputError("bad UDP header")
     payload = data[payload_at : _ip_end(data, net)]
     total = len(payload)
     count = max(1, -(-total // mss))
@@ -308,7 +310,7 @@ def _fragment(data: bytearray, net: _Net, size: int) -> list[bytes]:
     l3, l4 = net.l3, net.l4
     step = size & ~7
     if step <= 0:
-        raise ValueError("fragment size below 8")
+        raise RemoteInputError("fragment size below 8")
     body = memoryview(data)[l4 : _ip_end(memoryview(data), net)]
     total = len(body)
     if total <= size:

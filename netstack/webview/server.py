@@ -54,11 +54,12 @@ import re
 import ssl
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 
 from netstack import __version__, qapi
 from netstack.chardev.sockets import SocketChardev
+from netstack.counters import Family, FamilyKey
 from netstack.errors import GenericError
 from netstack.qmp.control import Control
 from netstack.qmp.server import monitor_add
@@ -86,6 +87,10 @@ CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+#: What :attr:`WebView.stats` counts besides refused requests.
+WebViewCounter = Literal["requests", "busy", "io-error"]
+#: ``http-STATUS``: requests refused, per HTTP status sent.
+HTTP_REFUSED: Final = Family("http")
 _CAPTURE_PATH: Final = re.compile(r"^/api/capture/(c\d{1,9})(\.pcapng|/stop)?$")
 
 
@@ -160,7 +165,7 @@ class WebView:
         self.monitor_index = monitor_index
         self.files = static_files()
         self.captures = CaptureManager(self._add_object, host.object_del, host.objects.get)
-        self.stats: dict[str, int] = {}
+        self.stats: dict[WebViewCounter | FamilyKey, int] = {}
         self.qmp_port = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -271,7 +276,7 @@ class WebView:
             self.stats["requests"] = self.stats.get("requests", 0) + 1
             return await self._route(req)
         except BadRequest as exc:
-            self._count(f"http-{exc.status}", str(exc))
+            self._count(HTTP_REFUSED.key(exc.status), str(exc))
             return response(exc.status, f"{exc}\n".encode())
 
     def _known_host(self, name: str) -> bool:
@@ -309,7 +314,7 @@ class WebView:
             if origin is not None and origin != f"{self.scheme}://{host}":
                 raise BadRequest("cross-origin request refused", 403)
 
-    def _count(self, kind: str, text: str) -> None:
+    def _count(self, kind: WebViewCounter | FamilyKey, text: str) -> None:
         self.stats[kind] = self.stats.get(kind, 0) + 1
         self._ratelog.warning(kind, "web view: %s (%d so far)", text, self.stats[kind])
 

@@ -55,11 +55,14 @@ class Rig:
         self.flushes = 0
         self.errors: list[str] = []
         self.echo = EchoSockets(
-            self.loop, fam, mode, self.flows, self.stats,
+            self.loop, fam, mode, self.flows, self._count,
             reply=lambda *args: self.replies.append(args[:4]), flush=self._flush,
             host_error=lambda what, exc: self.errors.append(what),
             internal_error=self.errors.append,
         )  # fmt: skip
+
+    def _count(self, name: str) -> None:
+        self.stats[name] += 1
 
     def _flush(self, now: float) -> None:
         self.flushes += 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -38,8 +38,9 @@ class Owner:
         self.inputs = 0
         self.internal: list[str] = []
         self.host_errors: list[str] = []
+        self.counted: list[str] = []
 
-    def flows(self, fam: UdpFamily, loop: asyncio.AbstractEventLoop) -> UdpFlowSockets:
+    def flows(self, fam: UdpFamily[Any], loop: asyncio.AbstractEventLoop) -> UdpFlowSockets[Any]:
         def after(now: float) -> None:
             self.inputs += 1
 
@@ -47,7 +48,7 @@ class Owner:
             self.flushes += 1
 
         return UdpFlowSockets(
-            fam, loop, Counter(), open_failed=self.opened_failed.append,
+            fam, loop, self.counted.append, open_failed=self.opened_failed.append,
             send_failed=lambda a, now: self.failed.append(a),
             host_error_in=lambda key, err, now: self.errors.append((key, err)),
             datagram_in=lambda key, host, port, data, now: self.datagrams.append(
@@ -60,7 +61,7 @@ class Owner:
 
 @pytest.mark.parametrize(("fam", "af", "host", "level", "opt"), FAMILIES)
 async def test_round_trip_ttl_errors_and_close(
-    fam: UdpFamily, af: int, host: str, level: int, opt: int
+    fam: UdpFamily[Any], af: int, host: str, level: int, opt: int
 ) -> None:
     loop = asyncio.get_running_loop()
     before = open_fds()

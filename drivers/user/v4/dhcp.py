@@ -44,10 +44,11 @@ import socket
 import struct
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import dpkt
 
+from netstack.errors import RemoteInputError
 from netstack.proto.ipv4 import BROADCAST_IP, BROADCAST_MAC
 
 from ..options import DHCP_POOL_SIZE, UserConfig
@@ -123,6 +124,16 @@ def _split_option(code: int, data: bytes) -> bytes:
     )
 
 
+#: What the DHCP server counts.
+DhcpCounter = Literal[
+    "dhcp-decline-unknown", "dhcp-expired", "dhcp-malformed", "dhcp-option-omitted",
+    "dhcp-other-server", "dhcp-pool-exhausted", "dhcp-release-unknown", "dhcp-rx-discover",
+    "dhcp-rx-offer", "dhcp-rx-request", "dhcp-rx-decline", "dhcp-rx-ack", "dhcp-rx-nak",
+    "dhcp-rx-release", "dhcp-rx-inform", "dhcp-rx-other", "dhcp-tx-offer", "dhcp-tx-ack",
+    "dhcp-tx-nak",
+]  # fmt: skip
+
+
 class DhcpServer:
     """The lease pool and the DHCP protocol machine for one user netdev."""
 
@@ -142,7 +153,7 @@ class DhcpServer:
             siaddr = _literal_ipv4(cfg.tftp_server_name) or cfg.host
         self.siaddr = siaddr.to_bytes(4, "big")
         self.slots = [Slot(cfg.dhcp_start + i) for i in range(pool_size)]
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[DhcpCounter] = Counter()
         #: Lease events (QMP); the netdev's outbox list when given (``events``).
         self.events: list[tuple[str, dict[str, Any]]] = events if events is not None else []
         self._wake: float | None = None
@@ -176,8 +187,9 @@ class DhcpServer:
     def handle(self, payload: bytes, now: float) -> list[DhcpReply]:
         """One BOOTP/DHCP message from a client; returns the replies to send."""
         self.expire(now)
-        msg = self._decode(payload)
-        if msg is None:
+        try:
+            msg = self._decode(payload)
+        except RemoteInputError:
             self.counters["dhcp-malformed"] += 1
             return []
         opts: dict[int, bytes] = {}
@@ -189,7 +201,7 @@ class DhcpServer:
             return []
         mtype = mtype_raw[0] if mtype_raw else REQUEST  # plain BOOTP: as slirp, a REQUEST
         mac = bytes(msg.chaddr[:6])
-        self.counters[f"dhcp-rx-{_TYPE_NAMES.get(mtype, 'other')}"] += 1
+        self.counters[_RX.get(mtype, "dhcp-rx-other")] += 1
         if mtype == DISCOVER:
             return self._discover(msg, mac, opts, now)
         if mtype == REQUEST:
@@ -204,20 +216,21 @@ class DhcpServer:
 
     @staticmethod
     def _decode(payload: bytes) -> Any:
+        """The client message in ``payload``; RemoteInputError if it is not one."""
         if len(payload) < _BOOTP_FIXED:
-            return None
+            raise RemoteInputError("BOOTP message too short")
         if len(payload) < _BOOTP_FIXED + 4:
             payload = payload + bytes(_BOOTP_FIXED + 4 - len(payload))
         try:
             msg = dpkt.dhcp.DHCP(payload)
-        except (dpkt.UnpackError, IndexError, ValueError, struct.error):
-            return None
+        except (dpkt.UnpackError, IndexError, ValueError, struct.error) as exc:
+            raise RemoteInputError(f"undecodable BOOTP message: {exc}") from exc
         if msg.op != dpkt.dhcp.DHCP_OP_REQUEST or msg.hrd != 1 or msg.hln != 6:
-            return None
+            raise RemoteInputError("not an Ethernet BOOTREQUEST")
         if msg.magic != _MAGIC:
             msg.opts = []  # BOOTP without vendor extensions
         elif any(len(data) > 255 for _, data in msg.opts):
-            return None
+            raise RemoteInputError("option longer than 255 bytes")
         return msg
 
     # -- allocation ------------------------------------------------------------------------
@@ -400,7 +413,7 @@ class DhcpServer:
             sname=bytes(64), file=boot.ljust(128, b"\0"), magic=_MAGIC, opts=[],
         )  # fmt: skip
         packed = (reply.pack_hdr() + options + b"\xff").ljust(MIN_MESSAGE, b"\0")
-        self.counters[f"dhcp-tx-{_TYPE_NAMES[mtype]}"] += 1
+        self.counters[_TX[mtype]] += 1
         if mtype == ACK and msg.ciaddr:  # RENEWING, REBINDING, INFORM: the client has an address
             return DhcpReply(bytes(msg.chaddr[:6]), msg.ciaddr.to_bytes(4, "big"), packed)
         return DhcpReply(BROADCAST_MAC, BROADCAST_IP, packed)
@@ -452,9 +465,15 @@ class DhcpServer:
         return out
 
 
-_TYPE_NAMES: Final = {
-    DISCOVER: "discover", OFFER: "offer", REQUEST: "request", DECLINE: "decline",
-    ACK: "ack", NAK: "nak", RELEASE: "release", INFORM: "inform",
+#: Messages received, by type (``dhcp-rx-other``: any other type).
+_RX: Final[dict[int, DhcpCounter]] = {
+    DISCOVER: "dhcp-rx-discover", OFFER: "dhcp-rx-offer", REQUEST: "dhcp-rx-request",
+    DECLINE: "dhcp-rx-decline", ACK: "dhcp-rx-ack", NAK: "dhcp-rx-nak",
+    RELEASE: "dhcp-rx-release", INFORM: "dhcp-rx-inform",
+}  # fmt: skip
+#: Messages sent, by type.
+_TX: Final[dict[int, DhcpCounter]] = {
+    OFFER: "dhcp-tx-offer", ACK: "dhcp-tx-ack", NAK: "dhcp-tx-nak",
 }  # fmt: skip
 
 

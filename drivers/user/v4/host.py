@@ -27,7 +27,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 from netstack.proto import ipv4
 
@@ -60,9 +60,9 @@ def _echo_reply(data: bytes, raw: bool) -> EchoReply | None:
 
 
 #: The ICMP relay's host end.
-ECHO4: Final = EchoFamily(
-    "ICMP", "ping", "icmp", hostsock.ping_socket, hostsock.raw_icmp_socket, _echo_request,
-    _echo_reply,
+ECHO4: Final[EchoFamily[Literal["icmp-send-failed", "icmp-relay-unavailable"]]] = EchoFamily(
+    "ICMP", "ping", "icmp-send-failed", "icmp-relay-unavailable", hostsock.ping_socket,
+    hostsock.raw_icmp_socket, _echo_request, _echo_reply,
 )  # fmt: skip
 
 
@@ -80,7 +80,7 @@ class Ipv4Sockets:
         self._host_error = host_error
         self._internal_error = internal_error
         self.udp = UdpFlowSockets(
-            UDP4, loop, gw.stats, open_failed=gw.udp.close, send_failed=self._udp_send_failed,
+            UDP4, loop, gw.count, open_failed=gw.udp.close, send_failed=self._udp_send_failed,
             host_error_in=self._udp_host_error, datagram_in=self._udp_datagram,
             after_input=lambda now: None, flush=flush, host_error=host_error,
             internal_error=internal_error,
@@ -89,7 +89,7 @@ class Ipv4Sockets:
         self.closed = False
         mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode()
         self.echo = EchoSockets(
-            loop, ECHO4, mode, gw.icmp, gw.stats, reply=gw.ping_reply, flush=flush,
+            loop, ECHO4, mode, gw.icmp, gw.count, reply=gw.ping_reply, flush=flush,
             host_error=host_error, internal_error=internal_error,
         )  # fmt: skip
         if mode == "none":

@@ -34,8 +34,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
+from netstack.counters import Family, FamilyKey, by_name
 from netstack.proto import ipv4
 from netstack.proto import vnet as vnet_hdr
 from netstack.proto.checksum import udp4_ok, verify
@@ -53,7 +54,7 @@ from netstack.proto.ipv4 import (
     UDP,
     ZERO_IP,
 )
-from netstack.proto.tcp import Segment, parse_frame
+from netstack.proto.tcp import Segment, TcpDropReason, parse_frame
 
 from ..dns import DnsRelay, ToGuest, Upstream
 from ..endpoint import Deadlines, Outbox, Part
@@ -94,6 +95,26 @@ class _Held:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.packets: list[tuple[bytes, int, bytes]] = []  # src, proto, l4
+
+
+#: What the gateway counts in :attr:`Gateway.stats`: its own drops and work, TCP frames the
+#: client could not parse, and what the client's host side (:mod:`..v4.host`,
+#: :mod:`..udpflows`, :mod:`..hostecho`, :mod:`..reporting`) counts there.
+GatewayCounter = (
+    Literal[
+        "arp-hold-dropped", "arp-malformed", "arp-replies", "arp-unresolved-dropped",
+        "dns-send-failed", "eth-not-for-us", "eth-short", "eth-unknown-type", "icmp-echo-local",
+        "icmp-ignored", "icmp-malformed", "icmp-not-routed", "icmp-relay-unavailable",
+        "icmp-send-failed", "internal-error", "ip-bad-checksum", "ip-bad-source",
+        "ip-malformed", "ip-protocol-unsupported", "ipv4-disabled", "ipv6-unsupported",
+        "restrict-dropped", "restrict-refused", "tcp-not-routed", "udp-bad-checksum",
+        "udp-dns-other-port", "udp-flow-gone", "udp-malformed", "udp-not-routed",
+        "udp-send-dropped", "vnet-short",
+    ]
+    | TcpDropReason
+)  # fmt: skip
+#: ``icmp-error-sent-TYPE-CODE``: ICMP errors sent to the guest, per type and code.
+ICMP_ERROR_SENT: Final = Family("icmp-error-sent")
 
 
 class Gateway:
@@ -144,7 +165,7 @@ class Gateway:
             ETH_P_IP: self._ipv4_in,
             ETH_P_ARP: self._arp_in,
         }
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[GatewayCounter | FamilyKey] = Counter()
         self._ident = random.getrandbits(16)
         self._hold_wake: float | None = None
         self._now = 0.0
@@ -175,6 +196,10 @@ class Gateway:
     def events(self) -> list[tuple[str, dict[str, Any]]]:
         """QMP events not yet drained (the outbox's list)."""
         return self.outbox.events
+
+    def count(self, name: GatewayCounter) -> None:
+        """Count one ``name`` (for the host side, which shares :attr:`stats`)."""
+        self.stats[name] += 1
 
     def add_local(self, addr: bytes) -> None:
         """Make the gateway own ``addr`` (ARP with its virtual MAC, ICMP echo)."""
@@ -214,7 +239,7 @@ class Gateway:
         else:
             self.stats["eth-unknown-type"] += 1
 
-    def offloaded_tcp(self, frame: bytes) -> Segment | str:
+    def offloaded_tcp(self, frame: bytes) -> Segment | GatewayCounter:
         """An IPv4 TCP frame behind a virtio-net header that asks for checksum offload or
         TSO - the bulk of a guest's TCP - checked as :meth:`input` and :meth:`_ipv4_in`
         check it, but in place: its payload (up to 64 KiB) reaches the splicer as a view
@@ -429,7 +454,7 @@ class Gateway:
     ) -> None:
         msg = ipv4.icmp_message(icmp_type, code, bytes(4), body)
         self.ip_to_guest(src, dst, IPPROTO_ICMP, msg)
-        self.stats[f"icmp-error-sent-{icmp_type}-{code}"] += 1
+        self.stats[ICMP_ERROR_SENT.key(icmp_type, code)] += 1
 
     # -- host side -------------------------------------------------------------------------
 
@@ -566,9 +591,13 @@ class Gateway:
 
     def counters(self) -> dict[str, int]:
         """Every counter of the gateway and its services (drops by reason, work done)."""
-        total: Counter[str] = Counter(self.stats)
-        for part in (self.reassembly, self.dhcp, self.tftp, self.dns, self.udp, self.icmp):
-            total.update(part.counters)
+        total: Counter[str] = Counter(by_name(self.stats))
+        for part in (
+            by_name(self.reassembly.counters), by_name(self.dhcp.counters),
+            by_name(self.tftp.counters), by_name(self.dns.counters), by_name(self.udp.counters),
+            by_name(self.icmp.counters),
+        ):  # fmt: skip
+            total.update(part)
         return dict(total)
 
     def close(self) -> None:

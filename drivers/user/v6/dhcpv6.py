@@ -34,12 +34,38 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from . import addr as a6
 from . import dhcpv6_codec as d6
 from .config import Ipv6Config
 from .dnsname import dns_names
+
+#: What the DHCPv6 server counts.
+Dhcpv6Counter = Literal[
+    "dhcpv6-bad-duid", "dhcpv6-decline-unknown", "dhcpv6-expired", "dhcpv6-ignored",
+    "dhcpv6-invalid", "dhcpv6-malformed", "dhcpv6-no-ia-na", "dhcpv6-not-for-us",
+    "dhcpv6-pool-exhausted", "dhcpv6-release-unknown", "dhcpv6-stateful-off",
+    "dhcpv6-table-full", "dhcpv6-unknown-type", "dhcpv6-rx-solicit", "dhcpv6-rx-advertise",
+    "dhcpv6-rx-request", "dhcpv6-rx-confirm", "dhcpv6-rx-renew", "dhcpv6-rx-rebind",
+    "dhcpv6-rx-reply", "dhcpv6-rx-release", "dhcpv6-rx-decline", "dhcpv6-rx-reconfigure",
+    "dhcpv6-rx-information-request", "dhcpv6-rx-relay-forw", "dhcpv6-rx-relay-repl",
+    "dhcpv6-tx-advertise", "dhcpv6-tx-reply",
+]  # fmt: skip
+#: Messages received, by type.
+_RX: Final[dict[int, Dhcpv6Counter]] = {
+    d6.SOLICIT: "dhcpv6-rx-solicit", d6.ADVERTISE: "dhcpv6-rx-advertise",
+    d6.REQUEST: "dhcpv6-rx-request", d6.CONFIRM: "dhcpv6-rx-confirm",
+    d6.RENEW: "dhcpv6-rx-renew", d6.REBIND: "dhcpv6-rx-rebind", d6.REPLY: "dhcpv6-rx-reply",
+    d6.RELEASE: "dhcpv6-rx-release", d6.DECLINE: "dhcpv6-rx-decline",
+    d6.RECONFIGURE: "dhcpv6-rx-reconfigure",
+    d6.INFORMATION_REQUEST: "dhcpv6-rx-information-request",
+    d6.RELAY_FORW: "dhcpv6-rx-relay-forw", d6.RELAY_REPL: "dhcpv6-rx-relay-repl",
+}  # fmt: skip
+#: Messages sent, by type.
+_TX: Final[dict[int, Dhcpv6Counter]] = {
+    d6.ADVERTISE: "dhcpv6-tx-advertise", d6.REPLY: "dhcpv6-tx-reply",
+}  # fmt: skip
 
 GRANTED: Final = "DHCP_LEASE_GRANTED"
 RELEASED: Final = "DHCP_LEASE_RELEASED"
@@ -94,7 +120,7 @@ class Dhcpv6Server:
         self.in_use = in_use
         self.preferred = PREFERRED
         self.valid = VALID
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[Dhcpv6Counter] = Counter()
         #: Lease events (QMP); the netdev's outbox list when given (``events``).
         self.events: list[tuple[str, dict[str, Any]]] = events if events is not None else []
         self._leases: dict[tuple[bytes, int], Lease] = {}
@@ -113,11 +139,11 @@ class Dhcpv6Server:
         if msg is None:
             self.counters["dhcpv6-malformed"] += 1
             return []
-        kind = d6.TYPE_NAMES.get(msg.msg_type)
+        kind = _RX.get(msg.msg_type)
         if kind is None:
             self.counters["dhcpv6-unknown-type"] += 1
             return []
-        self.counters[f"dhcpv6-rx-{kind}"] += 1
+        self.counters[kind] += 1
         client = msg.first(d6.OPT_CLIENTID)
         server = msg.first(d6.OPT_SERVERID)
         if client is not None and not 0 < len(client) <= d6.DUID_MAX:
@@ -156,7 +182,7 @@ class Dhcpv6Server:
         if body is None:
             return []
         reply = self._reply(msg, rtype, client, body)
-        self.counters[f"dhcpv6-tx-{d6.TYPE_NAMES[rtype]}"] += 1
+        self.counters[_TX[rtype]] += 1
         return [Dhcpv6Reply(src, sport, None if a6.is_multicast(dst) else dst, reply)]
 
     def _stateful(

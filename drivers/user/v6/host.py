@@ -35,8 +35,9 @@ import asyncio
 import socket
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+from netstack.counters import by_name
 from netstack.proto import ipv6 as pk
 
 from .. import conntable, hostsock
@@ -64,10 +65,17 @@ def _echo_reply(data: bytes, raw: bool) -> EchoReply | None:
 
 
 #: The ICMPv6 echo relay's host end (the guest's hop limit is applied).
-ECHO6: Final = EchoFamily(
-    "ICMPv6", "ping6", "icmp6", hostsock.ping6_socket, hostsock.raw_icmp6_socket,
+ECHO6: Final[EchoFamily[Literal["icmp6-send-failed", "icmp6-relay-unavailable"]]] = EchoFamily(
+    "ICMPv6", "ping6", "icmp6-send-failed", "icmp6-relay-unavailable", hostsock.ping6_socket,
+    hostsock.raw_icmp6_socket,
     _echo_request, _echo_reply, (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS),
 )  # fmt: skip
+
+
+#: What :class:`Ipv6Service` counts itself (its host sockets' failures).
+Ipv6ServiceCounter = Literal[
+    "dns6-send-failed", "udp6-send-dropped", "icmp6-send-failed", "icmp6-relay-unavailable"
+]
 
 
 class Ipv6Service:
@@ -94,9 +102,9 @@ class Ipv6Service:
         self.nat = Nat6(self.router, gw.dns, udp_max_flows=udp_max_flows)
         self.router.ip_handlers[pk.IPPROTO_UDP] = self.nat.udp_in
         self._dns = hostsock.UpstreamSockets(loop, self._dns_answer, host_error)
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[Ipv6ServiceCounter] = Counter()
         self.udp = UdpFlowSockets(
-            UDP6, loop, self.stats, open_failed=self.nat.close_flow,
+            UDP6, loop, self.count, open_failed=self.nat.close_flow,
             send_failed=self.nat.udp_send_failed, host_error_in=self._udp_host_error,
             datagram_in=self.nat.udp_from_host, after_input=self.pump, flush=flush,
             host_error=host_error, internal_error=internal_error,
@@ -104,7 +112,7 @@ class Ipv6Service:
         self.closed = False
         mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode(socket.AF_INET6)
         self.echo = EchoSockets(
-            loop, ECHO6, mode, self.router.echo, self.stats, reply=self.router.ping_reply,
+            loop, ECHO6, mode, self.router.echo, self.count, reply=self.router.ping_reply,
             flush=flush, host_error=host_error, internal_error=internal_error, pump=self.pump,
         )  # fmt: skip
         gw.eth_handlers[ETH_P_IPV6] = self.input
@@ -226,8 +234,12 @@ class Ipv6Service:
 
     # -- views -----------------------------------------------------------------------------
 
+    def count(self, name: Ipv6ServiceCounter) -> None:
+        """Count one ``name`` (for the host sockets)."""
+        self.stats[name] += 1
+
     def counters(self) -> dict[str, int]:
-        total: Counter[str] = Counter(self.stats)
+        total: Counter[str] = Counter(by_name(self.stats))
         total.update(self.router.counters())
         total.update(self.nat.counters())
         total.update(self.udp.counters())

@@ -27,7 +27,7 @@ from __future__ import annotations
 import struct
 from typing import Final, NamedTuple
 
-from ..icmp_relay import EchoFlows
+from ..icmp_relay import EchoFlows, EchoNames
 from . import addr as a6
 
 DST_UNREACH: Final = 1
@@ -131,7 +131,9 @@ class EchoRelay(EchoFlows[PingSend, PingClose]):
     """IPv6 echo flows of one user netdev (the table is :class:`.icmp_relay.EchoFlows`,
     shared with IPv4)."""
 
-    PREFIX = "icmp6"
+    NAMES = EchoNames(
+        "icmp6-flow-limit", "icmp6-echo-relayed", "icmp6-reply-mismatch", "icmp6-echo-replies"
+    )
     LOOPBACK = HOST_LOOPBACK
 
     def _host_text(self, dst: bytes) -> str:

@@ -39,8 +39,9 @@ from __future__ import annotations
 import errno
 import socket
 from collections import Counter
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+from netstack.counters import Family, FamilyKey, by_name
 from netstack.proto import ipv6 as pk
 
 from ..dns import DnsRelay, ToGuest, Upstream
@@ -72,6 +73,19 @@ class UdpNat6(UdpNat):
         return a6.parse(host.partition("%")[0]) or a6.UNSPECIFIED
 
 
+#: What :class:`Nat6` counts itself.
+Nat6Counter = Literal[
+    "restrict-dropped",
+    "udp6-dns-other-port",
+    "tcp6-not-routed",
+    "udp6-flow-gone",
+    "udp6-host-error-ignored",
+]
+#: ``udp6-host-error-TYPE-CODE``: ICMPv6 errors from the host for a flow, relayed, per type
+#: and code.
+UDP6_HOST_ERROR: Final = Family("udp6-host-error")
+
+
 class Nat6:
     """UDP, DNS and the TCP policy for the IPv6 guests of one user netdev."""
 
@@ -88,7 +102,7 @@ class Nat6:
         self._dns4 = dns4
         self.dns = DnsRelay(dns4.upstreams)
         self.actions: list[Action6] = []
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[Nat6Counter | FamilyKey] = Counter()
 
     def _upstreams(self) -> list[tuple[int, str, int]]:
         """The upstream list, shared with the IPv4 relay (the adapter refreshes that one)."""
@@ -198,7 +212,7 @@ class Nat6:
         if not a6.is_unicast(src):
             src = self.cfg.host
         self.router.icmp_error_to(key[0], icmp_type, code, 0, quote, src=src, now=now)
-        self.stats[f"udp6-host-error-{icmp_type}-{code}"] += 1
+        self.stats[UDP6_HOST_ERROR.key(icmp_type, code)] += 1
 
     def dns_from_upstream(self, source: tuple[str, int], payload: bytes, now: float) -> None:
         self._upstreams()
@@ -224,9 +238,9 @@ class Nat6:
     def counters(self) -> dict[str, int]:
         """Drops and work, the shared machines' counters renamed (``udp-`` -> ``udp6-``,
         ``dns-`` -> ``dns6-``) so they stay apart from the IPv4 ones."""
-        total: Counter[str] = Counter(self.stats)
-        for part in (self.udp, self.dns):
-            for name, value in part.counters.items():
+        total: Counter[str] = Counter(by_name(self.stats))
+        for part in (by_name(self.udp.counters), by_name(self.dns.counters)):
+            for name, value in part.items():
                 head, sep, tail = name.partition("-")
                 total[f"{head}6{sep}{tail}" if head in ("udp", "dns") else name] += value
         return dict(total)

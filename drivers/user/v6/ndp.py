@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from . import addr as a6
 from .dnsname import dns_name
@@ -101,7 +101,14 @@ class Advertisement(NamedTuple):
     target_mac: bytes | None
 
 
-def _common(msg: bytes | memoryview, hop_limit: int, minimum: int) -> str | None:
+#: Why an NDP message is invalid (a counter name of the router).
+NdpReason = Literal[
+    "ndp-bad-hop-limit", "ndp-bad-code", "ndp-short", "ndp-bad-target", "ndp-bad-option",
+    "ndp-bad-dad", "ndp-bad-flags", "ndp-bad-rs",
+]  # fmt: skip
+
+
+def _common(msg: bytes | memoryview, hop_limit: int, minimum: int) -> NdpReason | None:
     if hop_limit != HOP_LIMIT:
         return "ndp-bad-hop-limit"
     if msg[1] != 0:
@@ -111,7 +118,9 @@ def _common(msg: bytes | memoryview, hop_limit: int, minimum: int) -> str | None
     return None
 
 
-def parse_ns(msg: bytes | memoryview, src: bytes, dst: bytes, hop_limit: int) -> Solicitation | str:
+def parse_ns(
+    msg: bytes | memoryview, src: bytes, dst: bytes, hop_limit: int
+) -> Solicitation | NdpReason:
     """A Neighbor Solicitation validated per RFC 4861 §7.1.1."""
     bad = _common(msg, hop_limit, NS_MIN)
     if bad:
@@ -128,7 +137,7 @@ def parse_ns(msg: bytes | memoryview, src: bytes, dst: bytes, hop_limit: int) ->
     return Solicitation(target, mac)
 
 
-def parse_na(msg: bytes | memoryview, dst: bytes, hop_limit: int) -> Advertisement | str:
+def parse_na(msg: bytes | memoryview, dst: bytes, hop_limit: int) -> Advertisement | NdpReason:
     """A Neighbor Advertisement validated per RFC 4861 §7.1.2."""
     bad = _common(msg, hop_limit, NA_MIN)
     if bad:
@@ -148,7 +157,7 @@ def parse_na(msg: bytes | memoryview, dst: bytes, hop_limit: int) -> Advertiseme
     )  # fmt: skip
 
 
-def parse_rs(msg: bytes | memoryview, src: bytes, hop_limit: int) -> bytes | str | None:
+def parse_rs(msg: bytes | memoryview, src: bytes, hop_limit: int) -> bytes | NdpReason | None:
     """A Router Solicitation validated per RFC 4861 §6.1.1: its source link-layer address
     (None if it sent none), or the reason it is invalid."""
     bad = _common(msg, hop_limit, RS_MIN)

@@ -40,8 +40,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
+from netstack.counters import Family, FamilyKey, by_name
 from netstack.proto import ipv6 as pk
 
 from . import addr as a6
@@ -77,6 +78,33 @@ class Packet6(NamedTuple):
 
 
 Handler = Callable[[Packet6, float], None]
+
+
+#: What the router counts in :attr:`Ipv6Router.stats`: its own drops and work, and the
+#: reasons NDP messages (:mod:`.ndp`) and extension header chains (:func:`netstack.proto.ipv6.walk`)
+#: are refused.
+RouterCounter = (
+    Literal[
+        "eth-not-for-us", "eth-not-ipv6", "eth-own-source", "icmp6-bad-checksum",
+        "icmp6-echo-local", "icmp6-echo-multicast-ignored", "icmp6-error-from-guest",
+        "icmp6-error-rate-limited", "icmp6-error-suppressed", "icmp6-ignored",
+        "icmp6-malformed", "icmp6-mld", "ip6-atomic-fragment", "ip6-bad-source",
+        "ip6-frag-headers-split", "ip6-hop-limit-exceeded", "ip6-jumbo", "ip6-malformed",
+        "ip6-multicast-ignored", "ip6-no-upper-layer", "ip6-not-routed",
+        "ip6-protocol-unsupported", "ip6-send-bad-destination", "ip6-send-too-large",
+        "ip6-short", "ip6-too-big", "ip6-truncated", "ndp-conflict", "ndp-dad-defended",
+        "ndp-dad-probe", "ndp-guest-ra", "ndp-guest-redirect", "ndp-na-received", "ndp-na-sent",
+        "ndp-ns-not-ours", "ndp-ns-sent", "ndp-ra-sent", "ndp-ra-unicast", "ndp-rs-deferred",
+        "ndp-rs-received", "restrict-dropped", "udp6-bad-checksum", "udp6-malformed",
+        "udp6-multicast-ignored",
+    ]
+    | ndp.NdpReason
+    | pk.ProblemReason
+)  # fmt: skip
+#: ``ip6-no-handler-PROTO``: datagrams of an upper-layer protocol nobody handles.
+NO_HANDLER: Final = Family("ip6-no-handler")
+#: ``icmp6-error-sent-TYPE-CODE``: ICMPv6 errors sent to the guest, per type and code.
+ICMP6_ERROR_SENT: Final = Family("icmp6-error-sent")
 
 
 class Ipv6Router:
@@ -117,7 +145,7 @@ class Ipv6Router:
         self.ip_handlers: dict[int, Handler] = {}
         self.out: list[bytes] = out if out is not None else []
         self.actions: list[Action] = []
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[RouterCounter | FamilyKey] = Counter()
         self._ident = self.rng.getrandbits(32)
         self._ra_params = self._advert_params()
 
@@ -479,7 +507,7 @@ class Ipv6Router:
 
     def _unhandled(self, p: Packet6, local_code: int, now: float) -> None:
         """No handler: Port Unreachable from our addresses, else the NAT will not relay it."""
-        self.stats[f"ip6-no-handler-{p.proto}"] += 1
+        self.stats[NO_HANDLER.key(p.proto)] += 1
         code = local_code if p.dst in self.local else icmp6.UNREACH_ADMIN
         self.icmp_error(p, icmp6.DST_UNREACH, code, now=now)
 
@@ -553,7 +581,7 @@ class Ipv6Router:
         source = src if src is not None else self._source_for(guest)
         msg = pk.icmp6_message(source, guest, icmp_type, code, icmp6.error_body(param, quote))
         self.send(source, guest, pk.IPPROTO_ICMPV6, msg, now, mac=mac)
-        self.stats[f"icmp6-error-sent-{icmp_type}-{code}"] += 1
+        self.stats[ICMP6_ERROR_SENT.key(icmp_type, code)] += 1
 
     def _source_for(self, dst: bytes) -> bytes:
         return self.cfg.router_link_local if a6.is_link_local(dst) else self.cfg.host
@@ -610,9 +638,12 @@ class Ipv6Router:
 
     def counters(self) -> dict[str, int]:
         """Every counter of the router and its parts (drops by reason, work done)."""
-        total: Counter[str] = Counter(self.stats)
-        for part in (self.neighbors, self.reassembly, self.dhcp, self.echo):
-            total.update(part.counters)
+        total: Counter[str] = Counter(by_name(self.stats))
+        for part in (
+            by_name(self.neighbors.counters), by_name(self.reassembly.counters),
+            by_name(self.dhcp.counters), by_name(self.echo.counters),
+        ):  # fmt: skip
+            total.update(part)
         return dict(total)
 
     def leases(self, now: float) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from netstack.errors import RemoteInputError
 from netstack.proto import vnet
 from netstack.proto.checksum import finish, ones_sum
 
@@ -52,7 +53,7 @@ def completed(frames: Sequence[bytes]) -> list[bytes | memoryview]:
         data = bytearray(memoryview(frame)[_HDR:])
         try:
             _complete(data, start, offset)
-        except (ValueError, struct.error):
+        except (RemoteInputError, struct.error):
             out.append(memoryview(frame)[_HDR:])
             continue
         out.append(bytes(data))
@@ -79,7 +80,7 @@ def segmented(frames: Sequence[bytes]) -> list[bytes | memoryview]:
 def _complete(data: bytearray, start: int, offset: int) -> None:
     where = start + offset
     if start >= len(data) or where + 2 > len(data):
-        raise ValueError("checksum offsets outside the frame")
+        raise RemoteInputError("checksum offsets outside the frame")
     end = _packet_end(data, start)
     value = finish(ones_sum(memoryview(data)[start:end]))
     if value == 0 and offset == 6:  # UDP: a computed 0 is sent as all ones (RFC 768)
