@@ -121,7 +121,7 @@ class Ipv6Service:
     def input(self, frame: bytes, now: float) -> None:
         """An Ethernet frame of type 0x86DD from the guest side (the gateway's handler)."""
         self.router.input(frame, now, offloaded=self._offloaded())
-        self._gw.deadlines.changed(self)
+        self._changed(now)
 
     def on_deadline(self, now: float) -> None:
         self.router.tick(now)
@@ -145,18 +145,17 @@ class Ipv6Service:
         if self.closed:
             return
         try:
-            cls = action.__class__
-            if cls is UdpSend6:
-                self.udp.send(action, now)  # type: ignore[arg-type]
-            elif cls is Upstream6:
-                self._dns_send(action)  # type: ignore[arg-type]
-            elif cls is UdpClose6:
-                self.udp.close_flow(action.key)  # type: ignore[attr-defined]
-            elif cls is PingSend:
-                a: PingSend = action  # type: ignore[assignment]
+            if isinstance(action, UdpSend6):
+                self.udp.send(action, now)
+            elif isinstance(action, Upstream6):
+                self._dns_send(action)
+            elif isinstance(action, UdpClose6):
+                self.udp.close_flow(action.key)
+            elif isinstance(action, PingSend):
+                a = action
                 self.echo.send(a.key, a.host_id, a.host, a.seq, a.payload, a.hop_limit)
-            elif cls is PingClose:
-                self.echo.close_flow(action.key)  # type: ignore[attr-defined]
+            elif isinstance(action, PingClose):
+                self.echo.close_flow(action.key)
         except Exception:
             self._internal_error("IPv6 host action")
 
