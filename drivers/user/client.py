@@ -156,7 +156,8 @@ class UserNetClient(NetClient):
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._pump,
                                  log=log, v6=self.v6, deadlines=self.deadlines)  # fmt: skip
         self.guestfwd = GuestForwarder(loop, self.gw, log, deadlines=self.deadlines)
-        #: Host action class -> the adapter that runs it (the pump's dispatch).
+        #: Host action class -> the adapter that runs it (the pump's dispatch): IPv4's and
+        #: IPv6's host sockets, hostfwd's for answers to forwarded UDP.
         self._executors: dict[type, Callable[[Any, float], None]] = {
             **dict.fromkeys(v4_host.ACTIONS, self.host4.act),
             **(dict.fromkeys(v6_host.ACTIONS, self.v6.act) if self.v6 is not None else {}),
@@ -298,9 +299,10 @@ class UserNetClient(NetClient):
             if not (outbox.frames or outbox.vnet_frames or outbox.actions or outbox.events):
                 return  # (Outbox.__bool__ spelt out: this runs after every wake-up)
             frames, vnet_frames, actions, events = outbox.drain()
+            run = self._executors  # the adapters own the fds (see __init__)
             for action in actions:
                 try:
-                    self._act(action, now)
+                    run[action.__class__](action, now)
                 except Exception:
                     self._internal_error("host action")
             if frames:
@@ -310,11 +312,6 @@ class UserNetClient(NetClient):
             if events and self._emit is not None:
                 for name, data in events:
                     self._emit(name, {"netdev": self.name, **data})
-
-    def _act(self, action: object, now: float) -> None:
-        """Run one host action (the adapters own the fds: IPv4's and IPv6's host sockets,
-        hostfwd's for answers to forwarded UDP)."""
-        self._executors[action.__class__](action, now)
 
     def _udp_reply(self, action: UdpReply, now: float) -> None:
         self.fwd.udp_reply(action)

@@ -50,6 +50,7 @@ from scapy.packet import Packet, Raw
 from drivers.user import control as user_control
 from drivers.user import parse_options
 from drivers.user.client import UserNetClient
+from drivers.user.v6 import host as v6_host
 from drivers.user.v6.nat import UdpSend6, Upstream6
 from netstack import qapi
 from tests.support import Recorder
@@ -376,13 +377,14 @@ async def test_ipv6_host_actions_leave_through_the_one_outbox(
     assert side is not None and side.router.outbox is user.outbox
     assert not hasattr(side, "pump") and "actions" not in vars(side.nat)
     ran: list[type] = []
-    act = user._act
 
     def recording(action: object, now: float) -> None:
         ran.append(type(action))
-        act(action, now)
+        side.act(action, now)
 
-    monkeypatch.setattr(user, "_act", recording)
+    for cls in v6_host.ACTIONS:  # the pump's dispatch: IPv6 actions to the IPv6 side
+        assert user._executors[cls] == side.act
+        monkeypatch.setitem(user._executors, cls, recording)
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as server:
         server.bind(("::1", 0))
