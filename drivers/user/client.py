@@ -12,7 +12,8 @@ into the one :class:`~.endpoint.Outbox` and keeps its timers in the one
 :class:`~.endpoint.Deadlines` (a heap; one ``loop.call_at``, :class:`~.endpoint.NetdevTimer`).
 Frames from the peer go through the gateway in one pass per batch, then the held-back TCP
 ACKs; then :meth:`UserNetClient._pump` - the one pump, also run after every host socket
-wake-up and timer - drains the outbox: host actions run (:meth:`.v4.host.Ipv4Sockets.act`,
+wake-up and timer - drains the outbox: host actions run, dispatched by class
+(:meth:`.v4.host.Ipv4Sockets.act`, :meth:`.v6.host.Ipv6Service.act`,
 :meth:`.hostfwd.HostForwarder.udp_reply`), frames leave as one batch per kind (``send``),
 events go to QMP with the netdev name added.
 
@@ -70,9 +71,11 @@ from .smb import SmbServer
 from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
 from .tftproot import TftpRoot
 from .udp_nat import UdpReply
+from .v4 import host as v4_host
 from .v4.host import Ipv4Sockets
 from .v4.router import Gateway, Packet
 from .v6 import Packet6
+from .v6 import host as v6_host
 from .v6.host import Ipv6Service
 
 #: Drain rounds per pump (a host action may produce output, e.g. an ICMP error).
@@ -153,6 +156,13 @@ class UserNetClient(NetClient):
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._pump,
                                  log=log, v6=self.v6, deadlines=self.deadlines)  # fmt: skip
         self.guestfwd = GuestForwarder(loop, self.gw, log, deadlines=self.deadlines)
+        #: Host action class -> the adapter that runs it (the pump's dispatch): IPv4's and
+        #: IPv6's host sockets, hostfwd's for answers to forwarded UDP.
+        self._executors: dict[type, Callable[[Any, float], None]] = {
+            **dict.fromkeys(v4_host.ACTIONS, self.host4.act),
+            **(dict.fromkeys(v6_host.ACTIONS, self.v6.act) if self.v6 is not None else {}),
+            UdpReply: self._udp_reply,
+        }
         self.policy = TcpPolicy(cfg, self.gw, self.guestfwd, self.v6)
         #: The ``smb=`` server (:mod:`.smb`), started by :meth:`start_smb`.
         self.smb: SmbServer | None = None
@@ -286,9 +296,10 @@ class UserNetClient(NetClient):
             if not (outbox.frames or outbox.vnet_frames or outbox.actions or outbox.events):
                 return  # (Outbox.__bool__ spelt out: this runs after every wake-up)
             frames, vnet_frames, actions, events = outbox.drain()
+            run = self._executors  # the adapters own the fds (see __init__)
             for action in actions:
                 try:
-                    self._act(action, now)
+                    run[action.__class__](action, now)
                 except Exception:
                     self._internal_error("host action")
             if frames:
@@ -299,12 +310,8 @@ class UserNetClient(NetClient):
                 for name, data in events:
                     self._emit(name, {"netdev": self.name, **data})
 
-    def _act(self, action: object, now: float) -> None:
-        """Run one host action (the adapters own the fds)."""
-        if action.__class__ is UdpReply:
-            self.fwd.udp_reply(action)
-        else:
-            self.host4.act(action, now)  # type: ignore[arg-type]
+    def _udp_reply(self, action: UdpReply, now: float) -> None:
+        self.fwd.udp_reply(action)
 
     # -- IPv6 ------------------------------------------------------------------------------
 

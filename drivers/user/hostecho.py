@@ -13,8 +13,8 @@ differs between the families - socket openers, message codecs, whether the guest
 limit is applied - is an :class:`EchoFamily` (:mod:`.v4.host` and :mod:`.v6.host` define theirs).
 
 A reader takes at most :data:`.hostsock.RX_BATCH` datagrams per wake-up, hands each echo
-reply to ``reply`` (the machine's ``ping_reply``), runs ``pump`` if given (the IPv6 side's
-host work), then the owner's ``flush``.
+reply to ``reply`` (the machine's ``ping_reply``), runs ``after_input`` if given (the IPv6
+side re-reads its deadline), then the owner's ``flush``.
 
 Invariant: every fd opened here is closed by :meth:`EchoSockets.close_flow` (its flow
 ended) or :meth:`EchoSockets.close`; no host input raises out of a reader (an unexpected
@@ -67,7 +67,8 @@ class EchoSockets(Generic[N]):
         self, loop: asyncio.AbstractEventLoop, family: EchoFamily[N], mode: str,
         flows: EchoFlows[Any, Any], count: Callable[[N], None], *, reply: ReplySink,
         flush: Callable[[float], None], host_error: ErrorSink,
-        internal_error: Callable[[str], None], pump: Callable[[float], None] | None = None,
+        internal_error: Callable[[str], None],
+        after_input: Callable[[float], None] | None = None,
     ) -> None:  # fmt: skip
         self.family = family
         self.mode = mode
@@ -79,7 +80,7 @@ class EchoSockets(Generic[N]):
         self._count = count
         self._reply = reply
         self._flush = flush
-        self._pump = pump
+        self._after_input = after_input
         self._host_error = host_error
         self._internal_error = internal_error
         self._hops: dict[int, int] = {}  # fd -> hop limit set on it
@@ -173,8 +174,8 @@ class EchoSockets(Generic[N]):
                 echo = parse(data, False)
                 if echo is not None:
                     self._reply(key, str(addr[0]), echo[1], echo[2], now)
-            if self._pump is not None:
-                self._pump(now)
+            if self._after_input is not None:
+                self._after_input(now)
         except Exception:
             self._internal_error(f"{self.family.ping_name} socket")
         self._flush(now)
@@ -193,8 +194,8 @@ class EchoSockets(Generic[N]):
                 key = self._flows.key_for_host_id(echo[0])
                 if key is not None:
                     self._reply(key, str(addr[0]), echo[1], echo[2], now)
-            if self._pump is not None:
-                self._pump(now)
+            if self._after_input is not None:
+                self._after_input(now)
         except Exception:
             self._internal_error(f"raw {self.family.name} socket")
         self._flush(now)

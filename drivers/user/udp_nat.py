@@ -29,7 +29,7 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from collections.abc import Callable
-from typing import Final, Literal, NamedTuple
+from typing import ClassVar, Final, Literal, NamedTuple
 
 IDLE: Final = 240.0
 DNS_IDLE: Final = 10.0
@@ -92,6 +92,11 @@ class UdpFlow:
 class UdpNat:
     """The UDP flow table of one user netdev."""
 
+    #: The action classes this table's flows leave as (a family's own, so the netdev's
+    #: one pump can hand each to that family's flow sockets).
+    send_action: ClassVar[type[UdpSend]] = UdpSend
+    close_action: ClassVar[type[UdpClose]] = UdpClose
+
     def __init__(
         self,
         host_addr: bytes,
@@ -143,7 +148,7 @@ class UdpNat:
         flow.dst = (dst, dport)
         flow.tx += 1
         self._touch(flow, now + self.idle)
-        return UdpSend(key, self.host_destination(dst), dport, payload, ttl)
+        return self.send_action(key, self.host_destination(dst), dport, payload, ttl)
 
     def reply_to_forward(
         self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes
@@ -175,7 +180,7 @@ class UdpNat:
 
     def close(self, key: FlowKey) -> UdpClose | None:
         """Forget a flow (its socket failed); the adapter closes the socket."""
-        return UdpClose(key) if self.flows.pop(key, None) is not None else None
+        return self.close_action(key) if self.flows.pop(key, None) is not None else None
 
     def expire(self, now: float) -> list[UdpClose]:
         """Flows idle past their time, to close."""
@@ -186,7 +191,8 @@ class UdpNat:
             del self.flows[key]
         self.counters["udp-flows-expired"] += len(gone)
         self._wake = min((f.expires for f in self.flows.values()), default=None)
-        return [UdpClose(key) for key in gone]
+        close = self.close_action
+        return [close(key) for key in gone]
 
     def next_deadline(self) -> float | None:
         return self._wake

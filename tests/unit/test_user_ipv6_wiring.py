@@ -50,6 +50,8 @@ from scapy.packet import Packet, Raw
 from drivers.user import control as user_control
 from drivers.user import parse_options
 from drivers.user.client import UserNetClient
+from drivers.user.v6 import host as v6_host
+from drivers.user.v6.nat import UdpSend6, Upstream6
 from netstack import qapi
 from tests.support import Recorder
 
@@ -362,3 +364,37 @@ async def test_final_ra_at_cleanup_and_ras_after_a_link_flap(peer: Peer) -> None
     peer.user.cleanup()
     final = [p for p in peer.take() if ICMPv6ND_RA in p]
     assert final and final[-1][ICMPv6ND_RA].routerlifetime == 0
+
+
+async def test_ipv6_host_actions_leave_through_the_one_outbox(
+    peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The IPv6 router and NAT write their host work into the netdev's one outbox, as
+    classes of the IPv6 side's own; the client's pump runs it (no lists of their own, no
+    second pump) and the outbox is empty after the batch."""
+    user = peer.user
+    side = user.v6
+    assert side is not None and side.router.outbox is user.outbox
+    assert not hasattr(side, "pump") and "actions" not in vars(side.nat)
+    ran: list[type] = []
+
+    def recording(action: object, now: float) -> None:
+        ran.append(type(action))
+        side.act(action, now)
+
+    for cls in v6_host.ACTIONS:  # the pump's dispatch: IPv6 actions to the IPv6 side
+        assert user._executors[cls] == side.act
+        monkeypatch.setitem(user._executors, cls, recording)
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as server:
+        server.bind(("::1", 0))
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        peer.send(v6() / UDP(sport=4001, dport=port) / b"via the pump")
+        assert not user.outbox  # drained by the batch's pump
+        data, _ = await asyncio.wait_for(loop.sock_recvfrom(server, 2048), 3)
+        assert data == b"via the pump"
+    query = DNS(id=7, rd=1, qd=DNSQR(qname="example.test", qtype="AAAA"))
+    peer.send(v6(GUEST, "fec0::3") / UDP(sport=5353, dport=53) / query, DNSMAC)
+    assert ran == [UdpSend6, Upstream6]
+    assert not user.outbox

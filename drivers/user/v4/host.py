@@ -42,6 +42,8 @@ from ..udpflows import UDP4, FlowKey, UdpFlowSockets
 from .router import Action, Gateway
 
 _ECHO: Final = struct.Struct("!BBHHH")
+#: The host actions this side runs (:meth:`Ipv4Sockets.act`).
+ACTIONS: Final = (UdpSend, UdpClose, Upstream, PingSend, PingClose)
 
 
 def _echo_request(host_id: int, seq: int, payload: bytes, raw: bool) -> bytes:

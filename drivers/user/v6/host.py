@@ -16,11 +16,13 @@ and the netdev's contract (:mod:`..endpoint`): Ethernet type 0x86DD is registere
 accepted by the gateway's MAC filter (:meth:`~..v4.router.Gateway.accept_mac`; the router
 filters again: multicast, or one of its MACs); the router writes its frames and events
 straight into the netdev's outbox, and this object is one entry of the netdev's
-deadlines (:meth:`~Ipv6Service.on_deadline` runs the router's and the NAT's timers).
-After every entry - a guest frame, a timer, a host socket event, a call from hostfwd -
-:meth:`Ipv6Service.pump` runs the IPv6 host work the machines asked for (their action
-lists name IPv6 flows; a :class:`~..udp_nat.UdpReply` for hostfwd goes on to the netdev's
-outbox); host socket events end with the client's ``flush`` (given at construction).
+deadlines (:meth:`~Ipv6Service.on_deadline` runs the router's and the NAT's timers). The
+router and the NAT write their host actions into that outbox too, as classes of the IPv6
+side's own (:data:`ACTIONS`); the client's one pump hands them to :meth:`Ipv6Service.act`,
+which runs them on the fds owned here (a :class:`~..udp_nat.UdpReply` for hostfwd is the
+client's to run, as on IPv4). After every entry - a guest frame, a host socket event, a call
+from hostfwd - this object's deadline is asked again; host socket events end with the
+client's ``flush`` (given at construction), the pump.
 Guest TCP over IPv6 is the client's (its splicer is shared by both families): it
 registers the router's TCP handler and asks :meth:`Nat6.tcp_target` and :meth:`Ipv6Service.l2_for`.
 
@@ -46,14 +48,15 @@ from ..dns import Upstream
 from ..hostecho import EchoFamily, EchoReply, EchoSockets, ErrorSink
 from ..options import UserConfig
 from ..tcp import Segment, ethernet_header
-from ..udp_nat import UdpClose, UdpReply, UdpSend
+from ..udp_nat import UdpSend
 from ..udpflows import UDP6, FlowKey, UdpFlowSockets
 from ..v4.router import Gateway
 from . import Ipv6Router, PingClose, PingSend, icmp6, ipv6_config
-from .nat import Nat6
+from .nat import Nat6, UdpClose6, UdpSend6, Upstream6
 
 ETH_P_IPV6: Final = 0x86DD
-_PUMP_ROUNDS: Final = 4
+#: The host actions this side runs (:meth:`Ipv6Service.act`).
+ACTIONS: Final = (UdpSend6, UdpClose6, Upstream6, PingSend, PingClose)
 
 
 def _echo_request(host_id: int, seq: int, payload: bytes, raw: bool) -> bytes:
@@ -98,22 +101,23 @@ class Ipv6Service:
         #: Whether the frame being input came with checksum offload / TSO (the client's).
         self._offloaded = offloaded
         self.router = Ipv6Router(self.cfg, now=loop.time(), echo_max_flows=icmp_max_flows,
-                                 out=gw.out, events=gw.events)  # fmt: skip
+                                 outbox=gw.outbox)  # fmt: skip
         self.nat = Nat6(self.router, gw.dns, udp_max_flows=udp_max_flows)
         self.router.ip_handlers[pk.IPPROTO_UDP] = self.nat.udp_in
         self._dns = hostsock.UpstreamSockets(loop, self._dns_answer, host_error)
         self.stats: Counter[Ipv6ServiceCounter] = Counter()
         self.udp = UdpFlowSockets(
             UDP6, loop, self.count, open_failed=self.nat.close_flow,
-            send_failed=self.nat.udp_send_failed, host_error_in=self._udp_host_error,
-            datagram_in=self.nat.udp_from_host, after_input=self.pump, flush=flush,
+            send_failed=self._send_failed, host_error_in=self._udp_host_error,
+            datagram_in=self.nat.udp_from_host, after_input=self._changed, flush=flush,
             host_error=host_error, internal_error=internal_error,
         )  # fmt: skip
         self.closed = False
         mode = icmp_mode if icmp_mode is not None else hostsock.icmp_mode(socket.AF_INET6)
         self.echo = EchoSockets(
             loop, ECHO6, mode, self.router.echo, self.count, reply=self.router.ping_reply,
-            flush=flush, host_error=host_error, internal_error=internal_error, pump=self.pump,
+            flush=flush, host_error=host_error, internal_error=internal_error,
+            after_input=self._changed,
         )  # fmt: skip
         gw.eth_handlers[ETH_P_IPV6] = self.input
         for mac in self.router.macs:
@@ -125,12 +129,11 @@ class Ipv6Service:
     def input(self, frame: bytes, now: float) -> None:
         """An Ethernet frame of type 0x86DD from the guest side (the gateway's handler)."""
         self.router.input(frame, now, offloaded=self._offloaded())
-        self.pump(now)
+        self._changed(now)
 
     def on_deadline(self, now: float) -> None:
         self.router.tick(now)
         self.nat.tick(now)
-        self.pump(now)
 
     tick = on_deadline
 
@@ -139,38 +142,30 @@ class Ipv6Service:
         nat = self.nat.next_deadline()
         return when if nat is None or (when is not None and when < nat) else nat
 
-    def pump(self, now: float) -> None:
-        """Run the IPv6 host work the machines asked for (their frames and events are in
-        the netdev's outbox already)."""
-        r, nat = self.router, self.nat
-        for _ in range(_PUMP_ROUNDS):
-            if not (r.actions or nat.actions) or self.closed:
-                break
-            actions: list[Any] = [*r.actions, *nat.actions]
-            r.actions.clear()
-            nat.actions.clear()
-            for action in actions:
-                try:
-                    self._act(action, now)
-                except Exception:
-                    self._internal_error("IPv6 host action")
+    def _changed(self, now: float) -> None:
+        """After an entry: the router's or the NAT's deadline may have moved."""
         if not self.closed:
             self._gw.deadlines.changed(self)
 
-    def _act(self, action: Any, now: float) -> None:
-        if isinstance(action, UdpSend):
-            self.udp.send(action, now)
-        elif isinstance(action, Upstream):
-            self._dns_send(action)
-        elif isinstance(action, UdpClose):
-            self.udp.close_flow(action.key)
-        elif isinstance(action, PingSend):
-            a = action
-            self.echo.send(a.key, a.host_id, a.host, a.seq, a.payload, a.hop_limit)
-        elif isinstance(action, PingClose):
-            self.echo.close_flow(action.key)
-        elif isinstance(action, UdpReply):
-            self._gw.actions.append(action)  # hostfwd's socket: the client runs it
+    def act(self, action: object, now: float) -> None:
+        """Run one of the IPv6 side's host actions (:data:`ACTIONS`; the client's pump
+        dispatches them here; none once closed)."""
+        if self.closed:
+            return
+        try:
+            if isinstance(action, UdpSend6):
+                self.udp.send(action, now)
+            elif isinstance(action, Upstream6):
+                self._dns_send(action)
+            elif isinstance(action, UdpClose6):
+                self.udp.close_flow(action.key)
+            elif isinstance(action, PingSend):
+                a = action
+                self.echo.send(a.key, a.host_id, a.host, a.seq, a.payload, a.hop_limit)
+            elif isinstance(action, PingClose):
+                self.echo.close_flow(action.key)
+        except Exception:
+            self._internal_error("IPv6 host action")
 
     @property
     def icmp_mode(self) -> str:
@@ -197,19 +192,23 @@ class Ipv6Service:
     def solicit(self, address: bytes, now: float) -> None:
         """Ask for a guest's MAC (a Neighbor Solicitation); the answer is learnt."""
         self.router.solicit(address)
-        self.pump(now)
+        self._changed(now)
 
     def udp_to_guest(
         self, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes, now: float
     ) -> None:
         self.router.udp_to_guest(src, sport, dst, dport, payload, now)
-        self.pump(now)
+        self._changed(now)
 
     def link_up(self, now: float) -> None:
         """The port's link came up: advertise again from the start of the burst."""
         self.router.link_up(now)
 
     # -- UDP flows -------------------------------------------------------------------------
+
+    def _send_failed(self, a: UdpSend, now: float) -> None:
+        self.nat.udp_send_failed(a, now)  # an ICMPv6 error: the guest's MAC may be asked
+        self._changed(now)
 
     def _udp_host_error(self, key: FlowKey, err: hostsock.HostError, now: float) -> None:
         self.nat.udp_host_error(key, err.host, err.port, err.icmp_type, err.code,
@@ -227,7 +226,7 @@ class Ipv6Service:
         now = self._loop.time()
         try:
             self.nat.dns_from_upstream(upstream, data, now)
-            self.pump(now)
+            self._changed(now)
         except Exception:
             self._internal_error("DNS upstream (IPv6 relay)")
         self._flush(now)

@@ -29,9 +29,11 @@ same :attr:`~..udp_nat.UdpNat.forward_lookup` mechanism.
 
 Sans-IO: guest datagrams come from the router (:meth:`Nat6.udp_in` is its UDP handler) and
 host events through :meth:`Nat6.udp_from_host`, :meth:`Nat6.udp_host_error`,
-:meth:`Nat6.udp_send_failed` and :meth:`Nat6.dns_from_upstream`; work for the host
-accumulates in :attr:`Nat6.actions` (:class:`~..udp_nat.UdpSend`, :class:`~..udp_nat.UdpClose`,
-:class:`~..dns.Upstream`), frames in the router's ``out``. Nothing here raises on input.
+:meth:`Nat6.udp_send_failed` and :meth:`Nat6.dns_from_upstream`; work for the host goes
+into the router's :class:`~..endpoint.Outbox` (the netdev's) as actions of their own classes
+(:class:`UdpSend6`, :class:`UdpClose6`, :class:`Upstream6`: the client's pump runs them
+through :meth:`.host.Ipv6Service.act`; a :class:`~..udp_nat.UdpReply` goes to hostfwd's
+socket like IPv4's), frames through the router. Nothing here raises on input.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections import Counter
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from netstack.counters import Family, FamilyKey, by_name
 from netstack.proto import ipv6 as pk
@@ -52,13 +54,35 @@ from . import addr as a6
 DNS_PORT: Final = 53
 HOST_LOOPBACK: Final = "::1"
 
-Action6 = UdpSend | UdpClose | UdpReply | Upstream
+
+class UdpSend6(UdpSend):
+    """:class:`~..udp_nat.UdpSend` on an IPv6 flow's host socket."""
+
+    __slots__ = ()
+
+
+class UdpClose6(UdpClose):
+    """:class:`~..udp_nat.UdpClose` of an IPv6 flow's host socket."""
+
+    __slots__ = ()
+
+
+class Upstream6(Upstream):
+    """:class:`~..dns.Upstream` query of the IPv6 relay (its own upstream sockets)."""
+
+    __slots__ = ()
+
+
+Action6 = UdpSend6 | UdpClose6 | UdpReply | Upstream6
 #: (family, sockaddr) to connect to, or an errno to refuse with.
 TcpTarget = tuple[int, tuple[Any, ...]] | int
 
 
 class UdpNat6(UdpNat):
     """The UDP flow table for IPv6 guests: the host address maps to ``::1``."""
+
+    send_action: ClassVar[type[UdpSend]] = UdpSend6
+    close_action: ClassVar[type[UdpClose]] = UdpClose6
 
     def __init__(self, host_addr: bytes, host_forms: frozenset[bytes], **kw: Any) -> None:
         super().__init__(host_addr, **kw)
@@ -101,7 +125,7 @@ class Nat6:
         self.udp = UdpNat6(cfg.host, self.host_forms, **kw)
         self._dns4 = dns4
         self.dns = DnsRelay(dns4.upstreams)
-        self.actions: list[Action6] = []
+        self._actions: list[Any] = router.outbox.actions
         self.stats: Counter[Nat6Counter | FamilyKey] = Counter()
 
     def _upstreams(self) -> list[tuple[int, str, int]]:
@@ -122,7 +146,7 @@ class Nat6:
             if reply is None:
                 self.stats["restrict-dropped"] += 1
             else:
-                self.actions.append(reply)
+                self._actions.append(reply)
             return
         if p.dst in self.dns_forms:
             if dport == DNS_PORT:
@@ -133,7 +157,7 @@ class Nat6:
             return
         send = self.udp.outbound(p.src, sport, p.dst, dport, data, p.hop_limit - 1, now)
         if send is not None:
-            self.actions.append(send)
+            self._actions.append(send)
 
     def _dns_results(self, results: list[Upstream | ToGuest], now: float) -> None:
         for item in results:
@@ -144,7 +168,7 @@ class Nat6:
                 self.router.udp_to_guest(src, DNS_PORT, item.client_ip, item.client_port,
                                          item.payload, now)  # fmt: skip
             else:
-                self.actions.append(item)
+                self._actions.append(Upstream6(*item))
 
     def tcp_target(self, dst: bytes, dport: int) -> TcpTarget:
         """Where a guest's TCP connection to ``dst``:``dport`` goes (``restrict`` is the
@@ -229,7 +253,7 @@ class Nat6:
     def tick(self, now: float) -> None:
         self._upstreams()
         self._dns_results(self.dns.tick(now), now)
-        self.actions.extend(self.udp.expire(now))
+        self._actions.extend(self.udp.expire(now))
 
     def next_deadline(self) -> float | None:
         times = [t for t in (self.dns.next_deadline(), self.udp.next_deadline()) if t is not None]

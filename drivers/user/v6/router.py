@@ -19,13 +19,15 @@ handed over as :class:`Packet6`; beyond the link the hop limit is checked first 
 Exceeded). Without a handler, our addresses answer Port Unreachable (UDP, TCP) or a
 Parameter Problem (other protocols) and other destinations "administratively prohibited".
 
-Sans-IO: frames go in with ``now``; frames for the guest accumulate in :attr:`out`, echo
-work for the host in :attr:`actions` (:class:`.icmp6.PingSend`/:class:`.icmp6.PingClose`),
-lease events in :attr:`events`; :meth:`tick` runs every timer, :meth:`next_deadline` says
-when it is next due. The NAT sends to guests with :meth:`Ipv6Router.send` /
-:meth:`Ipv6Router.udp_to_guest` (fragmented to the MTU, held while the guest's MAC is
-resolved) and reports errors with :meth:`Ipv6Router.icmp_error` /
-:meth:`Ipv6Router.icmp_error_to`. Bad input never raises: it is counted and dropped.
+Sans-IO (:mod:`..endpoint`): frames go in with ``now``; output goes into the netdev's
+:class:`~..endpoint.Outbox` (given, or its own when used alone): frames for the guest, echo
+work for the host as actions (:class:`.icmp6.PingSend`/:class:`.icmp6.PingClose`, run by the
+client's pump through :meth:`.host.Ipv6Service.act`), lease events; :meth:`tick` runs
+every timer, :meth:`next_deadline` says when it is next due. The NAT sends to guests
+with :meth:`Ipv6Router.send` / :meth:`Ipv6Router.udp_to_guest` (fragmented to the MTU,
+held while the guest's MAC is resolved) and reports errors with
+:meth:`Ipv6Router.icmp_error` / :meth:`Ipv6Router.icmp_error_to`. Bad input never
+raises: it is counted and dropped.
 
 Deviations from libslirp (documented choices): frames from addresses other than our own
 (NATed traffic) carry the router's MAC, not ``52:56`` + the remote address's low bytes;
@@ -45,6 +47,7 @@ from typing import Any, Final, Literal, NamedTuple
 from netstack.counters import Family, FamilyKey, by_name
 from netstack.proto import ipv6 as pk
 
+from ..endpoint import Outbox
 from . import addr as a6
 from . import icmp6, ndp
 from .advert import Advertiser
@@ -112,14 +115,15 @@ class Ipv6Router:
 
     def __init__(
         self, cfg: Ipv6Config, *, now: float = 0.0, rng: random.Random | None = None,
-        out: list[bytes] | None = None, neighbors: Neighbors | None = None,
+        outbox: Outbox | None = None, neighbors: Neighbors | None = None,
         reassembly: Reassembler | None = None, dhcp_max_leases: int | None = None,
         echo_max_flows: int | None = None,
-        events: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> None:  # fmt: skip
         self.cfg = cfg
-        #: Lease events (QMP); the netdev's outbox list when given (:mod:`..endpoint`).
-        self.events: list[tuple[str, dict[str, Any]]] = events if events is not None else []
+        #: The netdev's output (:mod:`..endpoint`); its own when used alone.
+        self.outbox = outbox if outbox is not None else Outbox()
+        self._out = self.outbox.frames
+        self._actions = self.outbox.actions
         self.rng = rng if rng is not None else random.Random()
         #: Addresses the router owns (NDP, echo), with their MACs.
         self.local = cfg.local_addresses()
@@ -132,7 +136,7 @@ class Ipv6Router:
         self.reassembly = reassembly if reassembly is not None else Reassembler()
         self.advertiser = Advertiser(now, self.rng)
         self.dhcp = Dhcpv6Server(
-            cfg, self.mac, in_use=self._used_by_other, events=self.events,
+            cfg, self.mac, in_use=self._used_by_other, events=self.outbox.events,
             **({} if dhcp_max_leases is None else {"max_leases": dhcp_max_leases}),
         )  # fmt: skip
         self.echo = EchoRelay(
@@ -143,11 +147,25 @@ class Ipv6Router:
         #: Upper-layer protocol -> handler (the NAT registers UDP and TCP here; ICMPv6
         #: errors from the guest go to a handler for 58 if one is registered).
         self.ip_handlers: dict[int, Handler] = {}
-        self.out: list[bytes] = out if out is not None else []
-        self.actions: list[Action] = []
         self.stats: Counter[RouterCounter | FamilyKey] = Counter()
         self._ident = self.rng.getrandbits(32)
         self._ra_params = self._advert_params()
+
+    @property
+    def out(self) -> list[bytes]:
+        """Guest-bound frames not yet drained (the outbox's list)."""
+        return self.outbox.frames
+
+    @property
+    def actions(self) -> list[Any]:
+        """Host actions not yet drained (the outbox's list: echo work, and the NAT's when
+        it shares the outbox)."""
+        return self.outbox.actions
+
+    @property
+    def events(self) -> list[tuple[str, dict[str, Any]]]:
+        """Lease events (QMP) not yet drained (the outbox's list)."""
+        return self.outbox.events
 
     def _advert_params(self) -> ndp.RouterAdvertParams:
         cfg = self.cfg
@@ -356,7 +374,7 @@ class Ipv6Router:
         ident, seq = (m[4] << 8) | m[5], (m[6] << 8) | m[7]
         send = self.echo.outbound(p.src, p.dst, ident, seq, m[8:], p.hop_limit - 1, now)
         if send is not None:
-            self.actions.append(send)
+            self._actions.append(send)
 
     def _ndp_in(self, p: Packet6, m: bytes, now: float) -> None:
         kind = m[0]
@@ -423,7 +441,7 @@ class Ipv6Router:
         """An NDP message (hop limit 255) straight onto the link."""
         body = pk.with_checksum(src, dst, pk.IPPROTO_ICMPV6, msg, 2)
         packet = pk.ipv6_header(src, dst, pk.IPPROTO_ICMPV6, len(body), ndp.HOP_LIMIT) + body
-        self.out.append(pk.frame(dst_mac, self.local.get(src, self.mac), packet))
+        self._out.append(pk.frame(dst_mac, self.local.get(src, self.mac), packet))
 
     def _send_ra(
         self, router_lifetime: int | None = None, dst: bytes = a6.ALL_NODES,
@@ -450,7 +468,7 @@ class Ipv6Router:
 
     def _learn(self, address: bytes, mac: bytes, now: float, *, override: bool = True) -> None:
         for held in self.neighbors.learn(address, mac, now, override=override):
-            self.out.append(pk.frame(mac, self.local.get(pk.source_of(held), self.mac), held))
+            self._out.append(pk.frame(mac, self.local.get(pk.source_of(held), self.mac), held))
 
     def _used_by_other(self, address: bytes, mac: bytes) -> bool:
         known = self.neighbors.lookup(address)
@@ -536,7 +554,7 @@ class Ipv6Router:
                 return
         src_mac = self.local.get(src, self.mac)
         if mac is not None:
-            self.out.extend(pk.frame(mac, src_mac, x) for x in pkts)
+            self._out.extend(pk.frame(mac, src_mac, x) for x in pkts)
             return
         for x in pkts:
             if self.neighbors.hold(dst, x, now):
@@ -616,7 +634,7 @@ class Ipv6Router:
                 self.icmp_error_to(guest, icmp6.TIME_EXCEEDED, icmp6.TIME_EXCEEDED_REASSEMBLY,
                                    0, first, src=src, now=now)  # fmt: skip
         self.dhcp.expire(now)
-        self.actions.extend(self.echo.expire(now))
+        self._actions.extend(self.echo.expire(now))
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` is next due (the RA schedule always has one)."""
@@ -630,10 +648,11 @@ class Ipv6Router:
     def final_advertisement(self) -> list[bytes]:
         """Frames announcing that this router stops (an RA with router lifetime 0, RFC 4861
         §6.2.5) - for the adapter to send when the netdev goes away."""
-        before = len(self.out)
+        out = self._out
+        before = len(out)
         self._send_ra(router_lifetime=0)
-        frames = self.out[before:]
-        del self.out[before:]
+        frames = out[before:]
+        del out[before:]
         return frames
 
     def counters(self) -> dict[str, int]:
