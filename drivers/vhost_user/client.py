@@ -10,8 +10,9 @@ arrives or is first signalled, stops at ``GET_VRING_BASE``).
 What it owns
     * :class:`VhostUserNetdev`: the chardev front end (``raw_socket``: it reads the unix
       socket itself with ``recvmsg`` to get SCM_RIGHTS descriptors), one
-      :class:`~.protocol.Session` per connection, the :class:`~.device.NetDevice`, a
-      ``loop.add_reader`` per kick eventfd, the transmit passes and their scheduling,
+      :class:`~.protocol.Session` per connection, the :class:`~.device.NetDevice`, an
+      :class:`~netstack.net.fdio.FdWatch` for the socket and one per kick eventfd, the
+      transmit passes, their scheduling and their :class:`~netstack.net.fdio.PeerFlow`,
       MAC learning and the QMP events ``NETDEV_VHOST_USER_CONNECTED`` ``{netdev-id,
       chardev-id}`` / ``NETDEV_VHOST_USER_DISCONNECTED`` ``{netdev-id}``.
     * :class:`VhostUserClient`: the NetClient of queue pair *i*. Queue 0 carries the rx
@@ -26,7 +27,8 @@ Data path
     kicks and re-checks. A batch goes to the pair's client, or to queue 0's client when
     the pair's client has no peer (a hub port joins queue 0 only). When that peer queues
     part of a batch, passes stop until the queue's completion callback (backpressure
-    reaches the guest through its full ring). With no peer or the link down, buffers are
+    reaches the guest through its full ring; a callback from an earlier connection is
+    ignored). With no peer or the link down, buffers are
     returned without copying frames out. A disabled ring waits for ``SET_VRING_ENABLE``.
     Receive (daemon -> guest): ``receive`` copies a batch into the pair's receive ring (the
     first ready pair if that one is not); frames that do not fit now are left to the core's
@@ -62,6 +64,7 @@ from netstack.chardev.base import Chardev, Connection
 from netstack.counters import by_name
 from netstack.errors import RemoteInputError
 from netstack.net.client import NetClient
+from netstack.net.fdio import FdWatch, PeerFlow
 from netstack.net.rxfilter import RxFilter
 from netstack.ratelog import RateLog
 
@@ -147,20 +150,18 @@ class VhostUserNetdev(SessionHooks):
         self.session: Session | None = None
         self.connections = 0
         self._sock: socket.socket | None = None
+        self._watch: FdWatch | None = None
         self._reader = MessageReader()
         self._out = bytearray()
         self._done: asyncio.Future[None] | None = None
         self._closed = False
         self._learn = not self.mac_fixed
-        self._watched: dict[int, int] = {}  # vring index -> kick fd registered with the loop
+        self._kicks: dict[int, FdWatch] = {}  # vring index -> its kick eventfd's watch
         self._polled: set[int] = set()
         self._poll_handle: asyncio.TimerHandle | None = None
         self._tx_handles: list[asyncio.Handle | None] = [None] * pairs
         self._tx_last_work = [0.0] * pairs
-        self._paused = [False] * pairs
-        self._in_send = [False] * pairs
-        self._cb_fired = [False] * pairs
-        self._sent_cbs = [functools.partial(self._on_sent, p) for p in range(pairs)]
+        self._flows = [PeerFlow(functools.partial(self._tx_hold, p)) for p in range(pairs)]
         self._extra: dict[NetdevCounter, int] = dict.fromkeys(get_args(NetdevCounter), 0)
 
     # -- chardev front end ---------------------------------------------------------------
@@ -186,7 +187,8 @@ class VhostUserNetdev(SessionHooks):
         self.session = Session(self.device, self)
         self.connections += 1
         self._learn = not self.mac_fixed
-        self.loop.add_reader(sock.fileno(), self._on_readable)
+        self._watch = FdWatch(self.loop, sock.fileno(), self._on_readable, self._on_writable)
+        self._watch.set_reading(True)
         for client in self.clients:
             client.link_down = False
         self.log.info("vhost-user %s: front end connected on %s", self.name, self.chardev.id)
@@ -200,10 +202,10 @@ class VhostUserNetdev(SessionHooks):
         if sock is None:
             return
         self._sock = None
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(sock.fileno())
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_writer(sock.fileno())
+        if self._watch is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._watch.close()
+            self._watch = None
         self._out.clear()
         for q in self.device.queues:
             self.kick_detach(q)
@@ -215,7 +217,7 @@ class VhostUserNetdev(SessionHooks):
             if handle is not None:
                 handle.cancel()
             self._tx_handles[pair] = None
-            self._paused[pair] = False
+            self._flows[pair].reset()
         self.device.close()
         self._reader.close()
         self.session = None
@@ -305,7 +307,8 @@ class VhostUserNetdev(SessionHooks):
             if sent == len(data):
                 return
             data = data[sent:]
-            self.loop.add_writer(sock.fileno(), self._on_writable)
+            if self._watch is not None:
+                self._watch.wait_writable()
         self._out += data
 
     def _on_writable(self) -> None:
@@ -315,24 +318,25 @@ class VhostUserNetdev(SessionHooks):
         try:
             sent = sock.send(self._out)
         except (BlockingIOError, InterruptedError):
-            return
+            sent = 0
         except OSError:
             self._end()
             return
         del self._out[:sent]
-        if not self._out:
-            self.loop.remove_writer(sock.fileno())
+        if self._out and self._watch is not None:
+            self._watch.wait_writable()
 
     # -- session hooks -------------------------------------------------------------------
 
     def kick_attach(self, q: SplitQueue) -> None:
         if q.kick_fd >= 0:
+            watch = FdWatch(self.loop, q.kick_fd, functools.partial(self._on_kick, q.index))
             try:
-                self.loop.add_reader(q.kick_fd, self._on_kick, q.index)
+                watch.set_reading(True)
             except (OSError, ValueError) as exc:  # not pollable (e.g. /dev/null): poll
                 self._kick_unusable(q, f"kick fd cannot be watched ({exc})")
                 return
-            self._watched[q.index] = q.kick_fd
+            self._kicks[q.index] = watch
         elif q.poll:
             self._start_polling(q)
 
@@ -350,10 +354,10 @@ class VhostUserNetdev(SessionHooks):
         self._start_polling(q)
 
     def kick_detach(self, q: SplitQueue) -> None:
-        fd = self._watched.pop(q.index, None)
-        if fd is not None:
+        watch = self._kicks.pop(q.index, None)
+        if watch is not None:
             with contextlib.suppress(ValueError, OSError):
-                self.loop.remove_reader(fd)
+                watch.close()
         self._polled.discard(q.index)
 
     def queue_started(self, q: SplitQueue) -> None:
@@ -466,7 +470,7 @@ class VhostUserNetdev(SessionHooks):
 
     def _tx_pass(self, pair: int) -> None:
         self._tx_handles[pair] = None
-        if self._paused[pair]:
+        if self._flows[pair].paused:
             return
         q = self.device.tx_queue(pair)
         if not q.ready or not q.enabled:
@@ -494,26 +498,14 @@ class VhostUserNetdev(SessionHooks):
         elif frames:
             if self._learn:
                 self._learn_mac(frames[0], vnet)
-            self._send(pair, client, frames, vnet)
-        if not self._paused[pair]:
+            self._flows[pair].send(client, frames, vnet)
+        if not self._flows[pair].paused:
             self._schedule_tx(pair)
 
-    def _send(self, pair: int, client: VhostUserClient, frames: list[bytes], vnet: bool) -> None:
-        self._in_send[pair] = True
-        self._cb_fired[pair] = False
-        try:
-            sent = client.send(frames, vnet, self._sent_cbs[pair])
-        finally:
-            self._in_send[pair] = False
-        if sent < len(frames) and not self._cb_fired[pair]:
-            self._paused[pair] = True
-
-    def _on_sent(self, pair: int, _delivered: int) -> None:
-        self._cb_fired[pair] = True
-        if self._in_send[pair] or not self._paused[pair]:
-            return
-        self._paused[pair] = False
-        self._schedule_tx(pair)
+    def _tx_hold(self, pair: int, on: bool) -> None:
+        """The peer queued part of a batch (True) or delivered it (False): resume passes."""
+        if not on:
+            self._schedule_tx(pair)
 
     # -- receive -------------------------------------------------------------------------
 

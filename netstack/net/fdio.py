@@ -5,7 +5,9 @@ What it owns
     * :class:`FdWatch` - one fd's ``add_reader``/``add_writer`` registrations. Reading is
       registered exactly when the owner wants it (:meth:`FdWatch.set_reading`), the flow
       control does not hold it (:meth:`FdWatch.hold`) and the watch is open; toggling is
-      idempotent, so callers never track registrations themselves. Writing is a one-shot
+      idempotent, so callers never track registrations themselves. When the loop refuses
+      the fd (``add_reader`` raises for a file the selector cannot poll) the error reaches
+      the caller and the watch stays not reading. Writing is a one-shot
       wait: :meth:`FdWatch.wait_writable` registers a writer that removes itself before
       calling the owner back. :meth:`FdWatch.close` removes both (the owner closes the fd
       afterwards) and makes every later call a no-op.
@@ -106,11 +108,11 @@ class FdWatch:
         want = self._want_read and not self._held and not self.closed
         if want == self._reading or self._on_readable is None:
             return
-        self._reading = want
         if want:
             self._loop.add_reader(self.fd, self._on_readable)
         else:
             self._loop.remove_reader(self.fd)
+        self._reading = want
 
     def wait_writable(self) -> None:
         """Call the writable callback once, when the fd can take data again."""

@@ -3,6 +3,7 @@ socketpairs: registrations, the one-shot writable wait, closing, and the peer fl
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 
@@ -108,6 +109,19 @@ def test_writable_wait_is_one_shot(pair: tuple[socket.socket, socket.socket]) ->
         assert not w.writing and not loop.remove_writer(ours.fileno())
         w.wait_writable()  # closed: no-op
         assert not w.writing
+
+    run_manual(body)
+
+
+def test_a_refused_fd_leaves_the_watch_not_reading() -> None:
+    async def body(loop: ManualLoop) -> None:
+        with open(os.devnull, "rb") as f:  # epoll refuses regular files and /dev/null
+            w = FdWatch(loop, f.fileno(), lambda: None)
+            with pytest.raises(OSError):
+                w.set_reading(True)
+            assert not w.reading
+            w.close()  # nothing to remove
+            assert w.closed and not loop.remove_reader(f.fileno())
 
     run_manual(body)
 

@@ -5,6 +5,7 @@ errors (the daemon keeps serving every other port)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import struct
@@ -193,6 +194,34 @@ async def test_backpressure_queues_until_the_guest_posts_buffers(daemon: Daemon)
         await until(lambda: nc.link_down)
         rec.send([frame(1)])
         assert len(nc.incoming) == 0
+    finally:
+        ga.close()
+
+
+async def test_transmit_stops_while_the_peer_queues_and_resumes_on_completion(
+    daemon: Daemon,
+) -> None:
+    pa = await daemon.port("a", hub=None)
+    nc = daemon.client("a")
+    rec = Recorder("rec", capacity=2)
+    nc.connect(rec)
+    ga = GuestSetup(num=64)
+    try:
+        fa = await attach(pa, ga)
+        frames = [frame(i, dst=b"\x02" * 6) for i in range(15)]
+        ga.send_frames(frames[:10])
+        ga.kick(1)
+        await until(lambda: ga.rings[1].used_idx == 10)
+        assert rec.got == frames[:2] and len(rec.incoming) == 8  # the rest waits at the peer
+        ga.send_frames(frames[10:])
+        ga.kick(1)
+        await asyncio.sleep(0.05)  # a stopped ring stays stopped: nothing to poll for
+        assert ga.rings[1].used_idx == 10 and len(rec.got) == 2
+        rec.make_room(100)  # the queue delivers and calls back: passes resume
+        await until(lambda: ga.rings[1].used_idx == 15)
+        await until(lambda: len(rec.got) == 15)
+        assert rec.got == frames and nc.stats.tx_frames == 15
+        fa.close()
     finally:
         ga.close()
 
