@@ -271,6 +271,19 @@ static int check_num(uint32_t num)
     return 0;
 }
 
+/* A burst's ring size and virtio-net header length (10 bytes, or 12 with
+ * VIRTIO_NET_F_MRG_RXBUF / VIRTIO_F_VERSION_1), checked once for both directions. */
+static int check_burst(uint32_t num, uint32_t hl)
+{
+    if (check_num(num) < 0)
+        return -1;
+    if (hl != 10 && hl != 12) {
+        PyErr_SetString(PyExc_ValueError, "header length is 10 or 12");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *error_or_none(Ring *q)
 {
     if (q->failed == 1)
