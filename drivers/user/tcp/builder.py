@@ -34,6 +34,9 @@ from typing import Final
 
 from netstack.proto import vnet as vnet_hdr
 from netstack.proto.checksum import addr_sum, finish, fold, ones_sum, slice_sums
+from netstack.proto.ipv4 import DEFAULT_TTL as TTL
+from netstack.proto.ipv4 import ETH_ZLEN, ICMP_UNREACH, IP_DF, IPPROTO_ICMP
+from netstack.proto.ipv6 import IPPROTO_ICMPV6
 from netstack.proto.tcp import (
     ACK,
     ETH_P_IP,
@@ -48,12 +51,6 @@ from netstack.proto.tcp import (
 )
 from netstack.proto.vnet import PLAIN_HDR
 
-TTL: Final = 64
-ETH_ZLEN: Final = 60
-IP_DF: Final = 0x4000
-IPPROTO_ICMP: Final = 1
-IPPROTO_ICMPV6: Final = 58
-ICMP_UNREACH: Final = 3
 ICMP6_DST_UNREACH: Final = 1
 
 _U16: Final = struct.Struct("!H")
