@@ -22,11 +22,18 @@ each namespace with ``x-netns=``) joined with a user netdev on hub 0::
 
 Per daemon, the victim's RR rate is measured idle and then under flood (``--seconds``
 each); the ratio is flood/idle. Also: frames the flooder handed to its kernel per second,
-frames the daemon read from the flooder's tap per second, frames the flooder's kernel
-dropped because the daemon did not read them in time (``tx_dropped`` of the tap in the
-flooder's namespace), frames the daemon dropped itself (``queue-dropped`` and
-``tx_dropped`` of every client) and the daemon's CPU use (1.0 = one CPU, from
-``/proc/PID/stat``) and its CPU per read flood frame.
+frames the daemon took from the flooder's port per second (its ``tx-frames``), the guest
+side's drops (``g-drop``: for the tap, frames the flooder's kernel dropped because the
+daemon did not read them in time, ``tx_dropped`` of the tap in the flooder's namespace;
+for testpmd, its ``TX-dropped``, i.e. enqueue attempts into a full ring, retried, so not
+distinct frames), frames the daemon dropped itself (``d-drop``: ``queue-dropped``,
+``tx-dropped`` and ``rx-dropped`` of every client) and the daemon's CPU use (1.0 = one
+CPU, from ``/proc/PID/stat``) and its CPU per flood frame taken.
+
+Flooders (``--flooders``): ``tap`` (above) and ``vhost-user``: DPDK testpmd's virtio-user
+(``--forward-mode=txonly --txpkts=64``, busy-polling the last CPU, as in
+``bench/bench_vhost_user.py``) on a vhost-user netdev that takes the flooder tap's place
+on the hub (testpmd's frames go to a MAC nobody here owns).
 
 Daemons (``--paths``): ``compiled`` (the C twins, as built) and ``pure``
 (``NETSTACK_PURE_PYTHON=1``); ``qemu-hub`` is QEMU's own hub for comparison: not
@@ -40,15 +47,18 @@ root; only loopback and the namespaces made here are used; every process is stop
 PID and every namespace deleted.
 
     python bench/bench_isolation.py [--rounds 3] [--seconds 3] [--paths compiled,pure]
-                                    [--flood-to other|gateway] [--flood-nice N]
+                                    [--flooders tap,vhost-user] [--flood-to other|gateway]
+                                    [--flood-nice N]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -73,6 +83,7 @@ from bench.bench_user_stacks import (
     stop,
     wait_until,
 )
+from tests.interop.test_vhost_user_dpdk import DpdkTestpmd
 from tests.kit.flood import FLOODER_ADDR, flooder_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +91,7 @@ VICTIM_ADDR = "10.0.2.100"
 VICTIM_IF = "isv0"
 FLOODER_IF = "isf0"
 PATHS = ("compiled", "pure")
+FLOODERS = ("tap", "vhost-user")
 
 #: A host UDP port that discards what it gets (the ``gateway`` flood's destination).
 DISCARD = r"""
@@ -138,9 +150,10 @@ def daemon_totals(qmp: Qmp) -> Totals:
     read = dropped = 0
     for row in qmp.call("query-netdev"):
         stats = row.get("statistics", {})
-        dropped += int(row.get("queue-dropped", 0)) + int(stats.get("tx_dropped", 0))
+        dropped += int(row.get("queue-dropped", 0))
+        dropped += int(stats.get("tx-dropped", 0)) + int(stats.get("rx-dropped", 0))
         if row["id"] == "tf":
-            read += int(row.get("counters", {}).get("frames-read", 0))
+            read += int(stats.get("tx-frames", 0))
     return Totals(read, dropped)
 
 
@@ -162,7 +175,7 @@ class Sample:
     flood_cpu: float
     sent_pps: float
     read_pps: float
-    kernel_dropped: int
+    guest_dropped: int
     daemon_dropped: int
 
     @property
@@ -174,13 +187,18 @@ class Sample:
         return 1e9 * self.flood_cpu / self.read_pps if self.read_pps else 0.0
 
 
-def daemon_argv(victim_ns: str, flooder_ns: str) -> list[str]:
+def daemon_argv(victim_ns: str, flooder: str, flooder_ns: str, sock: Path | str) -> list[str]:
     tap = "script=no,downscript=no,vnet_hdr=on"
+    if flooder == "vhost-user":
+        flood = ["-chardev", f"socket,id=cf,path={sock},server=on,wait=off",
+                 "-netdev", "vhost-user,id=tf,chardev=cf"]  # fmt: skip
+    else:
+        flood = ["-netdev", f"tap,id=tf,ifname={FLOODER_IF},{tap},x-netns={flooder_ns}"]
     return [
         sys.executable, "-m", "netstack",
         "-netdev", "user,id=nat0",
         "-netdev", f"tap,id=tv,ifname={VICTIM_IF},{tap},x-netns={victim_ns}",
-        "-netdev", f"tap,id=tf,ifname={FLOODER_IF},{tap},x-netns={flooder_ns}",
+        *flood,
         "-netdev", "hubport,id=h0,hubid=0,netdev=nat0",
         "-netdev", "hubport,id=h1,hubid=0,netdev=tv",
         "-netdev", "hubport,id=h2,hubid=0,netdev=tf",
@@ -188,12 +206,14 @@ def daemon_argv(victim_ns: str, flooder_ns: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def netstackd(path: str, tmp: Path, victim_ns: str, flooder_ns: str) -> Iterator[
+def netstackd(path: str, tmp: Path, victim_ns: str, flooder: str, flooder_ns: str) -> Iterator[
     tuple[subprocess.Popen[bytes], Qmp]
 ]:  # fmt: skip
     qmp_path = tmp / f"qmp-{path}.sock"
     qmp_path.unlink(missing_ok=True)
-    argv = [*daemon_argv(victim_ns, flooder_ns), "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+    (tmp / "flood.sock").unlink(missing_ok=True)
+    argv = [*daemon_argv(victim_ns, flooder, flooder_ns, tmp / "flood.sock"),
+            "-qmp", f"unix:{qmp_path},server=on,wait=off"]  # fmt: skip
     env = dict(os.environ)
     env.pop("NETSTACK_PURE_PYTHON", None)
     if path == "pure":
@@ -206,8 +226,10 @@ def netstackd(path: str, tmp: Path, victim_ns: str, flooder_ns: str) -> Iterator
     try:
         wait_until("netstackd's QMP socket", qmp_path.exists, timeout=60)
         qmp = Qmp(qmp_path)
-        for ns, ifname, addr in ((victim_ns, VICTIM_IF, VICTIM_ADDR),
-                                 (flooder_ns, FLOODER_IF, FLOODER_ADDR)):  # fmt: skip
+        guests = [(victim_ns, VICTIM_IF, VICTIM_ADDR)]
+        if flooder == "tap":
+            guests.append((flooder_ns, FLOODER_IF, FLOODER_ADDR))
+        for ns, ifname, addr in guests:
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
             sh("ip", "-n", ns, "link", "set", ifname, "up")
             sh("ip", "-n", ns, "route", "add", "default", "via", GATEWAY)
@@ -235,38 +257,88 @@ def rr(ns: str, port: int, seconds: float, daemon_pid: int) -> tuple[float, floa
     return float(result["transactions"]) / float(result["seconds"]), cpu
 
 
-def run_path(path: str, tmp: Path, echo_port: int, discard_port: int,
+class Flooder:
+    """The flooding guest: the AF_PACKET program in a namespace behind a tap, or DPDK
+    testpmd's virtio-user in ``txonly`` mode on the vhost-user port."""
+
+    def __init__(self, kind: str, ns: str, tmp: Path, args: argparse.Namespace,
+                 discard_port: int) -> None:  # fmt: skip
+        self.kind, self.ns, self.tmp = kind, ns, tmp
+        if kind == "vhost-user":
+            vdev = f"net_virtio_user0,path={tmp / 'flood.sock'},queues=1,queue_size=256"
+            pmd = DpdkTestpmd([vdev], "txonly", cpu=(os.cpu_count() or 1) - 1, workdir=tmp)
+            self.argv = ["nice", "-n", str(args.flood_nice), *pmd.argv]
+        else:
+            self.argv = flooder_argv(ns, FLOODER_IF, to=args.flood_to, port=discard_port,
+                                     seconds=args.seconds + 60, nice=args.flood_nice)  # fmt: skip
+        self.out = tmp / "flooder.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.t0 = 0.0
+        self._dropped0 = 0
+
+    def start(self) -> None:
+        self._dropped0 = self._dropped()
+        with open(self.out, "wb") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)  # fmt: skip
+        self.t0 = time.monotonic()
+        if self.kind == "vhost-user":
+            wait_until("testpmd to forward", lambda: "Port statistics" in self.output(), 60)
+            self.t0 = time.monotonic()
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def _dropped(self) -> int:
+        return kernel_tx_dropped(self.ns, FLOODER_IF) if self.kind == "tap" else 0
+
+    def stop(self) -> tuple[float, int]:
+        """(frames/s the guest sent, frames it could not hand over: full queue or ring)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGINT if self.kind == "vhost-user" else signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        elapsed = time.monotonic() - self.t0
+        text = self.output()
+        if self.kind == "vhost-user":
+            m = re.findall(r"TX-packets:\s*(\d+)\s+TX-dropped:\s*(\d+)", text)
+            if not m:
+                raise RuntimeError(f"testpmd gave no statistics:\n{text[-2000:]}")
+            sent, dropped = (int(x) for x in m[-1])
+            return sent / elapsed, dropped
+        if self.proc.returncode:
+            raise RuntimeError(f"flooder failed: {text[-500:]}")
+        report = json.loads(text.strip().splitlines()[-1])
+        return report["sent"] / report["seconds"], self._dropped() - self._dropped0
+
+
+def run_path(path: str, flood_kind: str, tmp: Path, echo_port: int, discard_port: int,
              args: argparse.Namespace) -> Sample:  # fmt: skip
     with (
         namespace() as victim,
-        namespace() as flooder,
-        netstackd(path, tmp, victim, flooder) as (proc, qmp),
+        namespace() as flooder_ns,
+        netstackd(path, tmp, victim, flood_kind, flooder_ns) as (proc, qmp),
     ):
         rr(victim, echo_port, min(1.0, args.seconds), proc.pid)  # warm-up: ARP, first flow
         idle, idle_cpu = rr(victim, echo_port, args.seconds, proc.pid)
-        flood_seconds = args.seconds + 2.0
-        before, kdrop0 = daemon_totals(qmp), kernel_tx_dropped(flooder, FLOODER_IF)
-        t0 = time.monotonic()
-        argv = flooder_argv(flooder, FLOODER_IF, to=args.flood_to, port=discard_port,
-                            seconds=flood_seconds + 30, nice=args.flood_nice)  # fmt: skip
-        fl = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        flooder = Flooder(flood_kind, flooder_ns, tmp, args, discard_port)
+        flooder.start()
         try:
             time.sleep(1.0)
+            before, t0 = daemon_totals(qmp), time.monotonic()
             flooded, flood_cpu = rr(victim, echo_port, args.seconds, proc.pid)
+            after, elapsed = daemon_totals(qmp), time.monotonic() - t0
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                fl.send_signal(signal.SIGTERM)
-            out, err = fl.communicate(timeout=30)
-        elapsed = time.monotonic() - t0
-        after, kdrop1 = daemon_totals(qmp), kernel_tx_dropped(flooder, FLOODER_IF)
-        if fl.returncode:
-            raise RuntimeError(f"flooder failed: {err.decode()[-500:]}")
-        report = json.loads(out.decode().strip().splitlines()[-1])
+            sent_pps, guest_dropped = flooder.stop()
         return Sample(
-            path, idle, flooded, idle_cpu, flood_cpu,
-            sent_pps=report["sent"] / report["seconds"],
+            f"{path}/{flood_kind}", idle, flooded, idle_cpu, flood_cpu,
+            sent_pps=sent_pps,
             read_pps=(after.flood_read - before.flood_read) / elapsed,
-            kernel_dropped=kdrop1 - kdrop0,
+            guest_dropped=guest_dropped,
             daemon_dropped=after.dropped - before.dropped,
         )  # fmt: skip
 
@@ -286,9 +358,9 @@ def host_server(code: str) -> Iterator[int]:
 
 def print_table(samples: dict[str, list[Sample]]) -> None:
     print(
-        f"\n{'daemon':<10} {'idle RR/s':>10} {'flood RR/s':>11} {'ratio':>6} {'per-round':>18} "
-        f"{'sent kpps':>10} {'read kpps':>10} {'k-drop':>9} {'d-drop':>7} {'CPU idle':>9} "
-        f"{'CPU flood':>10} {'ns/frame':>9}"
+        f"\n{'daemon/flooder':<20} {'idle RR/s':>10} {'flood RR/s':>11} {'ratio':>6} "
+        f"{'per-round':>18} {'sent kpps':>10} {'read kpps':>10} {'g-drop':>9} {'d-drop':>7} "
+        f"{'CPU idle':>9} {'CPU flood':>10} {'ns/frame':>9}"
     )
 
     def med(xs: Sequence[float]) -> float:
@@ -297,11 +369,11 @@ def print_table(samples: dict[str, list[Sample]]) -> None:
     for path, rs in samples.items():
         ratios = " ".join(f"{r.ratio:.2f}" for r in rs)
         print(
-            f"{path:<10} {med([r.idle_rr for r in rs]):10.0f} "
+            f"{path:<20} {med([r.idle_rr for r in rs]):10.0f} "
             f"{med([r.flood_rr for r in rs]):11.0f} {med([r.ratio for r in rs]):5.2f}x "
             f"{ratios:>18} {med([r.sent_pps for r in rs]) / 1e3:10.1f} "
             f"{med([r.read_pps for r in rs]) / 1e3:10.1f} "
-            f"{med([r.kernel_dropped for r in rs]):9.0f} "
+            f"{med([r.guest_dropped for r in rs]):9.0f} "
             f"{med([r.daemon_dropped for r in rs]):7.0f} {med([r.idle_cpu for r in rs]):9.2f} "
             f"{med([r.flood_cpu for r in rs]):10.2f} {med([r.cpu_ns_per_frame for r in rs]):9.0f}"
         )
@@ -317,7 +389,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per RR run")
     parser.add_argument("--paths", default=",".join(PATHS), help="compiled,pure")
-    parser.add_argument("--flood-to", choices=("other", "gateway"), default="other")
+    parser.add_argument("--flooders", default="tap", help="tap,vhost-user")
+    parser.add_argument("--flood-to", choices=("other", "gateway"), default="other",
+                        help="where the tap flooder's frames go")  # fmt: skip
     parser.add_argument("--flood-nice", type=int, default=0, help="nice value of the flooder")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -327,6 +401,13 @@ def main() -> int:
     for p in paths:
         if p not in PATHS:
             parser.error(f"unknown path {p} (choose from {', '.join(PATHS)})")
+    flooders = [f for f in args.flooders.split(",") if f]
+    for f in flooders:
+        if f not in FLOODERS:
+            parser.error(f"unknown flooder {f} (choose from {', '.join(FLOODERS)})")
+    if "vhost-user" in flooders and not DpdkTestpmd.available():
+        say("dpdk-testpmd not installed (Debian dpdk-dev): vhost-user flooder skipped")
+        flooders.remove("vhost-user")
     signal.signal(signal.SIGTERM, interrupted)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     load = os.getloadavg()
@@ -335,7 +416,9 @@ def main() -> int:
         f"{load[2]:.2f}; {args.seconds:g} s per RR run, {args.rounds} round(s), median; "
         f"flood to {args.flood_to}, flooder nice {args.flood_nice}"
     )
-    print(f"# netstackd: {shlex.join(daemon_argv('NS_VICTIM', 'NS_FLOODER'))}")
+    for kind in flooders:
+        argv = daemon_argv("NS_VICTIM", kind, "NS_FLOODER", "SOCK")
+        print(f"# netstackd ({kind} flooder): {shlex.join(argv)}")
     samples: dict[str, list[Sample]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="bench-isolation-") as tmp,
@@ -343,18 +426,18 @@ def main() -> int:
         host_server(DISCARD) as discard_port,
     ):
         for rnd in range(args.rounds):
-            for path in paths:
+            for path, kind in itertools.product(paths, flooders):
                 try:
-                    s = run_path(path, Path(tmp), echo_port, discard_port, args)
+                    s = run_path(path, kind, Path(tmp), echo_port, discard_port, args)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
-                    say(f"  round {rnd + 1}: {path} failed: {exc}")
+                    say(f"  round {rnd + 1}: {path}/{kind} failed: {exc}")
                     continue
-                samples.setdefault(path, []).append(s)
+                samples.setdefault(s.path, []).append(s)
                 say(
-                    f"  round {rnd + 1}: {path:<8} RR idle {s.idle_rr:6.0f}/s flood "
+                    f"  round {rnd + 1}: {s.path:<20} RR idle {s.idle_rr:6.0f}/s flood "
                     f"{s.flood_rr:6.0f}/s ({s.ratio:.2f}x); flooder sent "
                     f"{s.sent_pps / 1e3:.0f} kpps, daemon read {s.read_pps / 1e3:.0f} kpps, "
-                    f"kernel dropped {s.kernel_dropped}, daemon dropped {s.daemon_dropped}; "
+                    f"guest-side drops {s.guest_dropped}, daemon dropped {s.daemon_dropped}; "
                     f"daemon CPU {s.idle_cpu:.2f}/{s.flood_cpu:.2f}"
                 )
     print_table(samples)

@@ -14,7 +14,8 @@ through the hub before their next turn. A request/response exchange needs two or
 iterations (the guest's request read, the host's reply read, and so on), so a flooding
 port's batch is paid two or three times per exchange of every other port. While only one
 port has had work within :data:`WINDOW`, it gets the full budget (QEMU's ``tap_send``
-limit of 50 frames, which amortises the cost of a wake-up); as soon as another port has
+limit of 50 frames, which amortises the cost of a wake-up; a vhost-user transmit ring
+keeps its own pass budget); as soon as another port has
 had work within that window, each port gets :data:`QUANTUM` frames per wake-up. An
 exchange then waits for at most a few small batches instead of a few large ones; the
 flooding port loses some of its rate (its wake-up cost is spread over fewer frames),
@@ -25,10 +26,11 @@ waiting (``net/tap.c``, ``tap_send``), and its vhost-user transmit has no budget
 own (the vhost back end runs in another process). Here one loop serves every port, so
 the budget shrinks under contention.
 
-Invariants: :meth:`FairShare.budget` is always :attr:`~FairShare.quantum` or
-:attr:`~FairShare.full`, both >= 1; a port's own activity never shrinks its own budget;
-the state is O(1) whatever the number of ports (the latest activity, and the latest
-activity of any other port than the latest one's).
+Invariants: :meth:`FairShare.budget` is always :attr:`~FairShare.quantum` or the port's
+full budget (:attr:`~FairShare.full` unless the port names its own), both >= 1; a
+port's own activity never shrinks its own budget; the state is O(1) whatever the number of
+ports (the latest activity, and the latest activity of any other port than the latest
+one's).
 """
 
 from __future__ import annotations
@@ -84,9 +86,12 @@ class FairShare:
         other = self._last_at if port != self._last_port else self._other_at
         return now - other < self.window
 
-    def budget(self, port: int, now: float) -> int:
-        """Frames ``port`` may take at this wake-up."""
-        return self.quantum if self.contended(port, now) else self.full
+    def budget(self, port: int, now: float, full: int | None = None) -> int:
+        """Frames ``port`` may take at this wake-up: :attr:`quantum` under contention,
+        else ``full`` (the port's own limit when it has one, default :attr:`full`)."""
+        if self.contended(port, now):
+            return self.quantum
+        return self.full if full is None else full
 
 
 _shares: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairShare] = (

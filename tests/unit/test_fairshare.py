@@ -153,3 +153,11 @@ async def test_a_flooding_tap_takes_a_quantum_while_another_tap_has_work() -> No
         quiet_tap.cleanup()
         for _ours, theirs in pairs:
             theirs.close()
+
+
+def test_a_port_may_name_its_own_full_budget() -> None:
+    share = FairShare()
+    ring, tap = share.port(), share.port()
+    assert share.budget(ring, 1.0, 256) == 256
+    share.active(tap, 1.0)
+    assert share.budget(ring, 1.0, 256) == QUANTUM
