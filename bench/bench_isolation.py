@@ -35,11 +35,15 @@ Flooders (``--flooders``): ``tap`` (above) and ``vhost-user``: DPDK testpmd's vi
 ``bench/bench_vhost_user.py``) on a vhost-user netdev that takes the flooder tap's place
 on the hub (testpmd's frames go to a MAC nobody here owns).
 
-Daemons (``--paths``): ``compiled`` (the C twins, as built) and ``pure``
-(``NETSTACK_PURE_PYTHON=1``); ``qemu-hub`` is QEMU's own hub for comparison: not
-applicable here, since QEMU has no user-netdev process to put two namespaces on (each
-QEMU ``-netdev tap`` lives in the caller's namespace, and slirp4netns serves one
-namespace per process), so it is not offered.
+Daemons (``--paths``): ``compiled`` (the C twins, as built), ``pure``
+(``NETSTACK_PURE_PYTHON=1``) and ``qemu``: QEMU's own hub for comparison, a
+``qemu-system-x86_64 -machine none`` with the same user netdev, two taps and hub ports and
+no guest. A QEMU opens its taps in the namespace it runs in, so for it both taps and the
+echo server share one namespace (the flooder's tap has no address; slirp reaches that
+namespace's loopback). For QEMU, "read" is what the flooder's tap handed to QEMU's fd
+(the kernel's ``tx_packets``) and its own drops are not visible. slirp4netns serves one
+namespace per process, so it has no second port to flood from; QEMU is not run with the
+vhost-user flooder.
 
 Rounds (``--rounds``, >= 3 for figures) interleave the paths; medians are printed with
 the per-round ratio. The machine is shared: only same-round ratios mean anything. Needs
@@ -55,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -67,7 +72,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +95,7 @@ REPO = Path(__file__).resolve().parents[1]
 VICTIM_ADDR = "10.0.2.100"
 VICTIM_IF = "isv0"
 FLOODER_IF = "isf0"
-PATHS = ("compiled", "pure")
+PATHS = ("compiled", "pure", "qemu")
 FLOODERS = ("tap", "vhost-user")
 
 #: A host UDP port that discards what it gets (the ``gateway`` flood's destination).
@@ -205,41 +210,99 @@ def daemon_argv(victim_ns: str, flooder: str, flooder_ns: str, sock: Path | str)
     ]  # fmt: skip
 
 
+@dataclass
+class Setup:
+    """A running daemon with its two guests: what a measurement needs."""
+
+    pid: int
+    victim_ns: str
+    flooder_ns: str
+    echo_port: int
+    totals: Callable[[], Totals]
+
+
+def configure(ns: str, ifname: str, addr: str | None) -> None:
+    if addr is not None:
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
+    sh("ip", "-n", ns, "link", "set", ifname, "up")
+    if addr is not None:
+        sh("ip", "-n", ns, "route", "add", "default", "via", GATEWAY)
+
+
 @contextlib.contextmanager
-def netstackd(path: str, tmp: Path, victim_ns: str, flooder: str, flooder_ns: str) -> Iterator[
-    tuple[subprocess.Popen[bytes], Qmp]
-]:  # fmt: skip
+def netstackd(path: str, tmp: Path, flooder: str, echo_port: int) -> Iterator[Setup]:
     qmp_path = tmp / f"qmp-{path}.sock"
     qmp_path.unlink(missing_ok=True)
     (tmp / "flood.sock").unlink(missing_ok=True)
-    argv = [*daemon_argv(victim_ns, flooder, flooder_ns, tmp / "flood.sock"),
-            "-qmp", f"unix:{qmp_path},server=on,wait=off"]  # fmt: skip
     env = dict(os.environ)
     env.pop("NETSTACK_PURE_PYTHON", None)
     if path == "pure":
         env["NETSTACK_PURE_PYTHON"] = "1"
     log = tmp / f"netstackd-{path}.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                stdin=subprocess.DEVNULL)  # fmt: skip
-    qmp: Qmp | None = None
-    try:
-        wait_until("netstackd's QMP socket", qmp_path.exists, timeout=60)
-        qmp = Qmp(qmp_path)
-        guests = [(victim_ns, VICTIM_IF, VICTIM_ADDR)]
-        if flooder == "tap":
-            guests.append((flooder_ns, FLOODER_IF, FLOODER_ADDR))
-        for ns, ifname, addr in guests:
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
-            sh("ip", "-n", ns, "link", "set", ifname, "up")
-            sh("ip", "-n", ns, "route", "add", "default", "via", GATEWAY)
-        yield proc, qmp
-        if proc.poll() is not None:
-            raise RuntimeError(f"netstackd ({path}) died:\n{log.read_text()[-2000:]}")
-    finally:
-        if qmp is not None:
-            qmp.close()
-        stop(proc)
+    with namespace() as victim_ns, namespace() as flooder_ns:
+        argv = [*daemon_argv(victim_ns, flooder, flooder_ns, tmp / "flood.sock"),
+                "-qmp", f"unix:{qmp_path},server=on,wait=off"]  # fmt: skip
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    cwd=REPO, stdin=subprocess.DEVNULL)  # fmt: skip
+        qmp: Qmp | None = None
+        try:
+            wait_until("netstackd's QMP socket", qmp_path.exists, timeout=60)
+            qmp = Qmp(qmp_path)
+            configure(victim_ns, VICTIM_IF, VICTIM_ADDR)
+            if flooder == "tap":
+                configure(flooder_ns, FLOODER_IF, FLOODER_ADDR)
+            yield Setup(proc.pid, victim_ns, flooder_ns, echo_port,
+                        functools.partial(daemon_totals, qmp))  # fmt: skip
+            if proc.poll() is not None:
+                raise RuntimeError(f"netstackd ({path}) died:\n{log.read_text()[-2000:]}")
+        finally:
+            if qmp is not None:
+                qmp.close()
+            stop(proc)
+
+
+def qemu_argv() -> list[str]:
+    tap = "script=no,downscript=no,vnet_hdr=on"
+    return [
+        "qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
+        "-netdev", "user,id=nat0",
+        "-netdev", f"tap,id=tv,ifname={VICTIM_IF},{tap}",
+        "-netdev", f"tap,id=tf,ifname={FLOODER_IF},{tap}",
+        "-netdev", "hubport,id=h0,hubid=0,netdev=nat0",
+        "-netdev", "hubport,id=h1,hubid=0,netdev=tv",
+        "-netdev", "hubport,id=h2,hubid=0,netdev=tf",
+    ]  # fmt: skip
+
+
+def kernel_tx_packets(ns: str, ifname: str) -> int:
+    rows = json.loads(sh("ip", "-n", ns, "-s", "-j", "link", "show", ifname))
+    return int(rows[0]["stats64"]["tx"]["packets"])
+
+
+@contextlib.contextmanager
+def qemu_hub(tmp: Path) -> Iterator[Setup]:
+    """QEMU's own hub: one QEMU (no machine) in one namespace holding both taps (a QEMU
+    opens its taps where it runs) and the echo server (slirp reaches the loopback of the
+    namespace it runs in)."""
+    log = tmp / "qemu.log"
+    with namespace() as ns, host_server(ECHO_SERVER, ns) as echo_port:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *qemu_argv()], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            wait_until("QEMU's taps", lambda: FLOODER_IF in sh("ip", "-n", ns, "link"), 60)
+            configure(ns, VICTIM_IF, VICTIM_ADDR)
+            configure(ns, FLOODER_IF, None)
+
+            def totals() -> Totals:
+                return Totals(kernel_tx_packets(ns, FLOODER_IF), 0)
+
+            yield Setup(proc.pid, ns, ns, echo_port, totals)
+            if proc.poll() is not None:
+                raise RuntimeError(f"QEMU died:\n{log.read_text()[-2000:]}")
+        finally:
+            stop(proc)
 
 
 def rr(ns: str, port: int, seconds: float, daemon_pid: int) -> tuple[float, float]:
@@ -318,20 +381,18 @@ class Flooder:
 
 def run_path(path: str, flood_kind: str, tmp: Path, echo_port: int, discard_port: int,
              args: argparse.Namespace) -> Sample:  # fmt: skip
-    with (
-        namespace() as victim,
-        namespace() as flooder_ns,
-        netstackd(path, tmp, victim, flood_kind, flooder_ns) as (proc, qmp),
-    ):
-        rr(victim, echo_port, min(1.0, args.seconds), proc.pid)  # warm-up: ARP, first flow
-        idle, idle_cpu = rr(victim, echo_port, args.seconds, proc.pid)
-        flooder = Flooder(flood_kind, flooder_ns, tmp, args, discard_port)
+    setup = qemu_hub(tmp) if path == "qemu" else netstackd(path, tmp, flood_kind, echo_port)
+    with setup as st:
+        victim, port, pid = st.victim_ns, st.echo_port, st.pid
+        rr(victim, port, min(1.0, args.seconds), pid)  # warm-up: ARP, first flow
+        idle, idle_cpu = rr(victim, port, args.seconds, pid)
+        flooder = Flooder(flood_kind, st.flooder_ns, tmp, args, discard_port)
         flooder.start()
         try:
             time.sleep(1.0)
-            before, t0 = daemon_totals(qmp), time.monotonic()
-            flooded, flood_cpu = rr(victim, echo_port, args.seconds, proc.pid)
-            after, elapsed = daemon_totals(qmp), time.monotonic() - t0
+            before, t0 = st.totals(), time.monotonic()
+            flooded, flood_cpu = rr(victim, port, args.seconds, pid)
+            after, elapsed = st.totals(), time.monotonic() - t0
         finally:
             sent_pps, guest_dropped = flooder.stop()
         return Sample(
@@ -344,8 +405,10 @@ def run_path(path: str, flood_kind: str, tmp: Path, echo_port: int, discard_port
 
 
 @contextlib.contextmanager
-def host_server(code: str) -> Iterator[int]:
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+def host_server(code: str, ns: str | None = None) -> Iterator[int]:
+    """A Python server on 127.0.0.1 (of ``ns`` when given); yields its port."""
+    where = ["ip", "netns", "exec", ns] if ns else []
+    proc = subprocess.Popen([*where, sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         yield int(proc.stdout.readline())
@@ -388,7 +451,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per RR run")
-    parser.add_argument("--paths", default=",".join(PATHS), help="compiled,pure")
+    parser.add_argument("--paths", default=",".join(PATHS), help="compiled,pure,qemu")
     parser.add_argument("--flooders", default="tap", help="tap,vhost-user")
     parser.add_argument("--flood-to", choices=("other", "gateway"), default="other",
                         help="where the tap flooder's frames go")  # fmt: skip
@@ -427,6 +490,8 @@ def main() -> int:
     ):
         for rnd in range(args.rounds):
             for path, kind in itertools.product(paths, flooders):
+                if path == "qemu" and kind != "tap":
+                    continue  # QEMU's hub with a vhost-user flooder: not measured
                 try:
                     s = run_path(path, kind, Path(tmp), echo_port, discard_port, args)
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
