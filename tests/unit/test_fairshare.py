@@ -1,6 +1,7 @@
 """The per-loop read budget (:mod:`netstack.net.fairshare`): the policy on its own, against
-a naive model, and as the tap's read loop uses it (two taps over unix datagram
-socketpairs on one manual-clock loop: a flooding one and a quiet one).
+a naive model, as the tap's read loop uses it (two taps over unix datagram socketpairs on
+one manual-clock loop: a flooding one and a quiet one) and as the vhost-user transmit pass
+uses it (the test front end's guest filling its transmit ring).
 """
 
 from __future__ import annotations
@@ -10,16 +11,22 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import drivers.vhost_user as vu
 from drivers.tap.client import RX_BATCH, TapClient, make_client
+from drivers.vhost_user.device import TX_BUDGET
+from netstack.daemon import Netstack
 from netstack.net import fairshare
 from netstack.net.fairshare import FULL, QUANTUM, WINDOW, FairShare, for_loop
+from netstack.qapi import parse_chardev_cli, parse_netdev_cli
 from tests.kit.clock import running
 from tests.kit.polling import until
+from tests.kit.vhost_user import GuestSetup, SocketFrontend
 from tests.support import Recorder, frame
 
 LOG = logging.getLogger("test")
@@ -161,3 +168,39 @@ def test_a_port_may_name_its_own_full_budget() -> None:
     assert share.budget(ring, 1.0, 256) == 256
     share.active(tap, 1.0)
     assert share.budget(ring, 1.0, 256) == QUANTUM
+
+
+async def test_a_vhost_user_ring_passes_a_quantum_while_another_port_has_work(
+    tmp_path: Path,
+) -> None:
+    ns = Netstack({"vhost-user": vu.SPEC}, runtime_dir=tmp_path)
+    path = str(tmp_path / "v.sock")
+    guest = GuestSetup(num=256)
+    try:
+        await ns.chardev_add(
+            parse_chardev_cli(f"socket,id=cv,path={path},server=on,wait=off"), from_cli=True
+        )
+        (nc,) = await ns.netdev_add(parse_netdev_cli("vhost-user,id=v,chardev=cv"))
+        rec = BatchRecorder("r")
+        nc.connect(rec)
+        fe = await SocketFrontend.connect(path)
+        await fe.start(guest)
+        share = for_loop(asyncio.get_running_loop())
+        share.window = 3600.0  # what counts as contention does not expire during the test
+        frames = [frame(i, 60, dst=b"\x02" * 6) for i in range(120)]
+        guest.send_frames(frames[:60])
+        guest.kick(1)
+        await until(lambda: len(rec.got) == 60)
+        assert rec.batches == [60]  # alone: one pass takes all (up to TX_BUDGET)
+        assert TX_BUDGET > 60
+        share.active(share.port(), asyncio.get_running_loop().time())  # another port works
+        rec.batches.clear()
+        guest.send_frames(frames[60:])
+        guest.kick(1)
+        await until(lambda: len(rec.got) == 120)
+        assert rec.got == frames
+        assert max(rec.batches) == QUANTUM and sum(rec.batches) == 60
+        fe.close()
+    finally:
+        await ns.close()
+        guest.close()
