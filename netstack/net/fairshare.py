@@ -47,7 +47,7 @@ __all__ = ["FULL", "QUANTUM", "WINDOW", "FairShare", "for_loop"]
 #: Frames per wake-up while one port alone has work (QEMU's ``tap_send`` limit).
 FULL = 50
 #: Frames per wake-up while several ports have work.
-QUANTUM = 16
+QUANTUM = 8
 #: Seconds another port's work counts as contention.
 WINDOW = 0.02
 

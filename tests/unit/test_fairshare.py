@@ -45,7 +45,7 @@ def test_another_ports_work_shrinks_the_budget_for_the_window() -> None:
     a, b = share.port(), share.port()
     share.active(a, 10.0)
     share.active(b, 10.0)
-    assert share.budget(a, 10.0) == QUANTUM == 16
+    assert share.budget(a, 10.0) == QUANTUM == 8
     assert share.budget(b, 10.0) == QUANTUM
     share.active(a, 10.001)  # a keeps working; b's work still counts for a
     assert share.budget(a, 10.0 + WINDOW / 2) == QUANTUM
