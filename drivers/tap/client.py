@@ -1,7 +1,8 @@
 """One queue of a tap netdev: the fd adapter between the kernel's tap and the net core.
 
 Follows QEMU's ``TAPState`` (``net/tap.c``): reading is ``tap_send`` (at most
-:data:`RX_BATCH` frames per wake-up, QEMU's 50; short frames padded to 60 bytes as QEMU
+:data:`RX_BATCH` frames per wake-up, QEMU's 50, and fewer while other ports on the loop
+have work, see :mod:`netstack.net.fairshare`; short frames padded to 60 bytes as QEMU
 pads for non-virtio peers; reading pauses while the peer's queue holds our frames and
 resumes from the completion callback), writing is ``tap_receive_iov`` (one ``write`` per
 frame: a tap takes exactly one frame per write; ``EAGAIN`` stops the batch, the rest stays
@@ -49,6 +50,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from drivers.tap import frameio, tun
+from netstack.net import fairshare
 from netstack.net.client import NetClient
 from netstack.net.fdio import FdWatch, PeerFlow
 from netstack.net.hub import HubPort
@@ -59,8 +61,9 @@ if TYPE_CHECKING:
     import asyncio
     import logging
 
-#: Frames read per wake-up of the fd (QEMU's ``tap_send`` limit).
-RX_BATCH = 50
+#: Frames read per wake-up of the fd while no other port has work (QEMU's ``tap_send``
+#: limit); :data:`netstack.net.fairshare.QUANTUM` while others do.
+RX_BATCH = fairshare.FULL
 #: Read size: QEMU's NET_BUFSIZE plus room for the header.
 READ_SIZE = 69632 + vnet_hdr.HDR_LEN
 ETH_ZLEN = 60
@@ -164,6 +167,8 @@ class TapClient(NetClient):
         self._offload_peer: NetClient | None = None
         self._offload_due = 0.0
         self._ratelog = RateLog(log, interval=LOG_INTERVAL, clock=loop.time)
+        self._share = fairshare.for_loop(loop)
+        self._share_port = self._share.port()
 
     def start(self) -> None:
         """Begin reading the fd."""
@@ -190,10 +195,13 @@ class TapClient(NetClient):
     # -- tap -> peer -----------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        frames, err = frameio.impl().read_batch(self.fd, RX_BATCH, READ_SIZE, self._min_len)
+        share, port, now = self._share, self._share_port, self._loop.time()
+        budget = share.budget(port, now)
+        frames, err = frameio.impl().read_batch(self.fd, budget, READ_SIZE, self._min_len)
         if err:
             self._read_failed(frameio.error(err))
         if frames:
+            share.active(port, now)
             self._send_up(frames)
 
     def _send_up(self, frames: list[bytes]) -> None:

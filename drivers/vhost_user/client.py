@@ -21,7 +21,8 @@ What it owns
 
 Data path
     Transmit (guest -> daemon): a kick runs one pass over the transmit ring (at most
-    :data:`~.device.TX_BUDGET` chains, one batch); while passes find work, kicks are
+    :data:`~.device.TX_BUDGET` chains, one batch, or :data:`netstack.net.fairshare.QUANTUM`
+    while other ports on the loop have work); while passes find work, kicks are
     suppressed and the next pass is scheduled with ``call_soon`` (other fds get their
     turn between passes); an empty pass :data:`TX_LINGER` after the last work re-enables
     kicks and re-checks. A batch goes to the pair's client, or to queue 0's client when
@@ -63,6 +64,7 @@ from typing import Any, Literal, get_args
 from netstack.chardev.base import Chardev, Connection
 from netstack.counters import by_name
 from netstack.errors import RemoteInputError
+from netstack.net import fairshare
 from netstack.net.client import NetClient
 from netstack.net.fdio import FdWatch, PeerFlow
 from netstack.net.rxfilter import RxFilter
@@ -161,6 +163,8 @@ class VhostUserNetdev(SessionHooks):
         self._poll_handle: asyncio.TimerHandle | None = None
         self._tx_handles: list[asyncio.Handle | None] = [None] * pairs
         self._tx_last_work = [0.0] * pairs
+        self._share = fairshare.for_loop(loop)
+        self._share_ports = [self._share.port() for _ in range(pairs)]
         self._flows = [PeerFlow(functools.partial(self._tx_hold, p)) for p in range(pairs)]
         self._extra: dict[NetdevCounter, int] = dict.fromkeys(get_args(NetdevCounter), 0)
 
@@ -477,8 +481,10 @@ class VhostUserNetdev(SessionHooks):
             return  # enable_changed() runs a pass once the ring is enabled
         client = self._tx_client(pair)
         sink = client.peer is None or client.link_down
+        share, share_port = self._share, self._share_ports[pair]
+        budget = share.budget(share_port, self.loop.time(), TX_BUDGET)
         try:
-            frames, vnet, chains = self.device.transmit(q, TX_BUDGET, want_frames=not sink)
+            frames, vnet, chains = self.device.transmit(q, budget, want_frames=not sink)
             now = self.loop.time()
             if not chains:
                 if now - self._tx_last_work[pair] < TX_LINGER:
@@ -489,6 +495,7 @@ class VhostUserNetdev(SessionHooks):
                     self._schedule_tx(pair)
                 return
             self._tx_last_work[pair] = now
+            share.active(share_port, now)
             q.set_notification(False)
         except RingError as exc:
             self.device.break_queue(q, str(exc))
