@@ -258,7 +258,7 @@ def report(cases: Sequence[Case], samples: Samples, rounds: int) -> list[str]:
     verdicts = []
     for case in cases:
         rate_unit, cpu_unit = UNITS[case.workload]
-        metrics = sorted({m for (c, m, _v) in samples if c == case.name})
+        metrics = list(dict.fromkeys(m for (c, m, _v) in samples if c == case.name))
         for metric in metrics:
             title = f"{case.name} {metric}".strip()
             print(f"\n{title}: medians of {rounds} round(s)")
