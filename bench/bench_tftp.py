@@ -100,7 +100,7 @@ async def one_run(
         image,
         SCRIPT.format(blksize=blksize, udhcpc_script=UDHCPC_SCRIPT_PATH),
         qemu_args,
-        name=f"bench-{case}",  # type: ignore[arg-type]
+        name=f"bench-{case},debug-threads=on",  # type: ignore[arg-type]  # names "CPU 0/TCG"
         timeout=900,
         memory_mb=512,
     )

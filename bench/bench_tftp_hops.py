@@ -158,7 +158,9 @@ async def one_run(
     else:
         qemu_args = ["-netdev", f"user,id=n0,tftp={tftp_dir}", *virtio_nic_args("n0", MAC)]
     script = GUEST_SCRIPT.format(blksize=1468, udhcpc_script=UDHCPC_SCRIPT_PATH)
-    guest = Guest(image, script, qemu_args, name=f"hops-{kind}", timeout=900, memory_mb=512)  # type: ignore[arg-type]
+    # debug-threads=on names QEMU's threads ("CPU 0/TCG" for the vCPU)
+    name = f"hops-{kind},debug-threads=on"
+    guest = Guest(image, script, qemu_args, name=name, timeout=900, memory_mb=512)  # type: ignore[arg-type]
     pcap = tmp / f"{case}.pcap"
     spy: subprocess.Popen[bytes] | None = None
     try:
