@@ -29,7 +29,8 @@ client (sequence number, length, content); wrk's own errors
 (connect, read, write, status, timeout), wrong bodies, corrupt or unknown echoes count as
 errors, UDP datagrams never echoed as lost. For each measurement the stack's CPU time is
 read from /proc/PID/stat before and after: CPU per request, per connection, per echoed
-datagram, or per GB moved, and the share of it spent in the kernel. Before the rounds the
+datagram, or per GB moved, and the share of it spent in the kernel (for bulk also how busy
+the whole machine was: iperf3 itself needs most of two CPUs here). Before the rounds the
 wrk and UDP clients run once straight over host loopback (the "floor": what the clients and
 servers themselves allow). Printed: per-round figures on stderr, then per case the medians,
 netstackd/slirp4netns ratios (the median of same-round ratios, which is what counts on a
@@ -179,7 +180,8 @@ def bulk(stack: WorkloadStack, servers: HostServers, seconds: float, reverse: bo
     meter = CpuMeter(stack.pid)
     got = stacks.iperf(stack, servers.iperf_port, seconds, reverse=reverse)
     gbytes_per_s = got.gbps / 8
-    return Sample(got.gbps, 1e3 * got.cpu / gbytes_per_s if gbytes_per_s else 0.0, meter.read()[1])
+    cpu = 1e3 * got.cpu / gbytes_per_s if gbytes_per_s else 0.0
+    return Sample(got.gbps, cpu, meter.read()[1], busy=got.busy)
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,8 @@ def report(cases: Sequence[Case], samples: Samples, rounds: int) -> list[str]:
             title = f"{case.name} {metric}".strip()
             print(f"\n{title}: medians of {rounds} round(s)")
             print(f"  {'stack':<30} {rate_unit:>10} {'p50 µs':>8} {'p99 µs':>8} {'errors':>6} "
-                  f"{'lost':>5} {'checked':>9} {cpu_unit:>9} {'kernel':>6}")  # fmt: skip
+                  f"{'lost':>5} {'checked':>9} {cpu_unit:>9} {'kernel':>6} "
+                  f"{'busy':>5}")  # fmt: skip
             peer = samples.get((case.name, metric, PEER), [])
             for variant in case.variants:
                 got = [s for s in samples.get((case.name, metric, variant.name), []) if s]
@@ -278,7 +281,8 @@ def report(cases: Sequence[Case], samples: Samples, rounds: int) -> list[str]:
                     f"{f'{med(p99):.0f}' if p99 else '-':>8} "
                     f"{sum(s.errors for s in got):6d} {sum(s.lost for s in got):5d} "
                     f"{sum(s.checked for s in got):9d} {med([s.cpu for s in got]):9.1f} "
-                    f"{med([s.sys for s in got]):6.0%}"
+                    f"{med([s.sys for s in got]):6.0%} "
+                    f"{f'{med([s.busy for s in got]):.0%}' if got[0].busy else '-':>5}"
                 )
             for variant in case.variants[1:]:
                 ours = samples.get((case.name, metric, variant.name), [])
@@ -412,7 +416,7 @@ def run_round(
                                f"{sample.rate:.2f}, CPU/op {sample.cpu:.1f} "
                                f"({sample.sys:.0%} kernel), p50/p99 {sample.p50 or 0:.0f}/"
                                f"{sample.p99 or 0:.0f} µs, errors {sample.errors}, "
-                               f"lost {sample.lost}")  # fmt: skip
+                               f"lost {sample.lost}, machine busy {sample.busy:.0%}")  # fmt: skip
 
 
 def floors(servers: HostServers, args: argparse.Namespace, script: Path) -> None:

@@ -193,6 +193,7 @@ class Sample:
     errors: int = 0
     lost: int = 0
     checked: int = 0
+    busy: float = 0.0  # bulk: how busy the whole machine was (1.0 = every CPU)
 
 
 def wrap(argv: Sequence[str], ns: str | None) -> list[str]:
