@@ -40,7 +40,11 @@ shared machine, and each round's), and whether issue #18's target is met.
 netstackd (``--nonblocking``, 200 Hz, its raw collapsed stacks saved in DIR) and prints
 the top self and inclusive frames and the self time per source file, as shares of the
 daemon's sampled (non-idle) time. py-spy sees Python frames only: a system call's time
-(a tap write, a sendto on loopback) shows as the Python function that made it.
+(a tap write, a sendto on loopback) shows as the Python function that made it, and so does
+the time the daemon waits, runnable, for a CPU after waking its peer. With
+``--profiler perf`` the extra runs are sampled by ``perf record -F 499 -g`` instead, for
+netstackd and for slirp4netns, and the CPU split by shared object (kernel, interpreter, the
+C extensions, libslirp) is printed.
 
     python bench/bench_user_workloads.py [--cases keepalive,conn,udp,bulk-plain,bulk-offload]
         [--duration 5] [--rounds 3] [--pure] [--profile DIR] [--json FILE]
@@ -362,29 +366,48 @@ def pyspy() -> str:
     return str(here) if here.exists() else shutil.which("py-spy") or "py-spy"
 
 
-def profile(case: Case, servers: HostServers, args: argparse.Namespace, script: Path,
-            logdir: Path, outdir: Path) -> None:  # fmt: skip
-    variant = case.variants[1]
+def profiler(tool: str, pid: int, out: Path) -> list[str]:
+    if tool == "perf":
+        return ["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", str(out)]
+    return [pyspy(), "record", "-p", str(pid), "-r", "200", "--nonblocking", "-f", "raw", "-o",
+            str(out)]  # fmt: skip
+
+
+def perf_dsos(data: Path, top: int = 8) -> list[str]:
+    """The CPU split by shared object (kernel, interpreter, extensions) of a perf record."""
+    done = subprocess.run(
+        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "--stdio",
+         "-g", "none"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [ln for ln in done.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+    return [f"  {ln.rstrip()}" for ln in lines[:top]] or [f"  (perf report: {done.stderr[-200:]})"]
+
+
+def profile(case: Case, variant: Variant, servers: HostServers, args: argparse.Namespace,
+            script: Path, logdir: Path) -> None:  # fmt: skip
+    """One more run of ``case`` with ``variant`` sampled by py-spy or perf; prints the top."""
+    tool, outdir = args.profiler, args.profile
     with running(variant, logdir) as stack:
-        raw = outdir / f"{case.name}.txt"
-        spy = subprocess.Popen(
-            [pyspy(), "record", "-p", str(stack.pid),
-             "-r", "200", "--nonblocking", "-f", "raw", "-o", str(raw)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        suffix = "perf.data" if tool == "perf" else "txt"
+        out = outdir / f"{case.name}-{variant.name.replace(' ', '-')}.{suffix}"
+        proc = subprocess.Popen(profiler(tool, stack.pid, out), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)  # fmt: skip
         try:
             time.sleep(1)
             got = measure(case.workload, stack, servers, args, script)
         finally:
-            if spy.poll() is None:
-                spy.send_signal(signal.SIGINT)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             try:
-                spy.wait(30)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
-                stacks.stop(spy)
+                stacks.stop(proc)
     figures = ", ".join(f"{m or 'rate'} {s.rate:.2f} at {s.cpu:.1f} CPU/op" for m, s in got.items())
-    print(f"\nprofile of {variant.name} under {case.name} ({figures}; py-spy, {raw}):")
-    print("\n".join(summarize(raw.read_text() if raw.exists() else "")))
+    print(f"\nprofile of {variant.name} under {case.name} ({figures}; {tool}, {out}):")
+    if tool == "perf":
+        print("\n".join(perf_dsos(out)))
+    else:
+        print("\n".join(summarize(out.read_text() if out.exists() else "")))
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -444,6 +467,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--udp-size", type=int, default=64, help="UDP payload bytes (>= 8)")
     parser.add_argument("--window", type=int, default=64, help="UDP datagrams in flight")
     parser.add_argument("--profile", type=Path, help="py-spy each case's netstackd into DIR")
+    parser.add_argument("--profiler", choices=("py-spy", "perf"), default="py-spy",
+                        help="py-spy: Python frames of netstackd; perf: the CPU split by "
+                        "shared object, netstackd and slirp4netns")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every sample to FILE")
     parser.add_argument("--no-floor", action="store_true", help="skip the loopback floors")
     args = parser.parse_args(argv)
@@ -464,8 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             print(f"{tool} missing (tools/setup-deps.sh)", file=sys.stderr)
             return 2
-    if args.profile and not Path(pyspy()).exists():
+    if args.profile and args.profiler == "py-spy" and not Path(pyspy()).exists():
         print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return 2
+    if args.profile and args.profiler == "perf" and shutil.which("perf") is None:
+        print("--profiler perf needs perf (Debian: linux-perf)", file=sys.stderr)
         return 2
     cases = cases_for(args.cases.split(","), args.pure)
     signal.signal(signal.SIGTERM, stacks.interrupted)
@@ -498,7 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.profile:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 for case in cases:
-                    profile(case, servers, args, script, Path(tmp), args.profile)
+                    # perf reads any process: slirp4netns too, for its CPU split
+                    profiled = case.variants[:2] if args.profiler == "perf" else case.variants[1:2]
+                    for variant in profiled:
+                        profile(case, variant, servers, args, script, Path(tmp))
     print("\nverdicts (compiled netstackd, median of same-round ratios):")
     print("\n".join(f"  {v}" for v in verdicts))
     if args.json:
