@@ -100,7 +100,7 @@ async def one_run(
         image,
         SCRIPT.format(blksize=blksize, udhcpc_script=UDHCPC_SCRIPT_PATH),
         qemu_args,
-        name=f"bench-{case}",  # type: ignore[arg-type]
+        name=f"bench-{case},debug-threads=on",  # type: ignore[arg-type]  # names "CPU 0/TCG"
         timeout=900,
         memory_mb=512,
     )
@@ -178,11 +178,16 @@ async def main() -> None:
                 )
     base = max(results["slirp-1468"])
     print(f"\nTFTP {args.size} MB into a TCG guest, best of {args.runs} (median):")
-    print(f"{'case':>16} {'MB/s':>8} {'median':>8} {'vs slirp-1468':>14} {'daemon cpu s':>13}")
+    print(f"{'case':>16} {'MB/s':>8} {'median':>8} {'vs slirp-1468':>14} {'daemon cpu s':>13} "
+          f"{'same-run ratios (median)':>26}")  # fmt: skip
     for case in cases:
         best, med = max(results[case]), statistics.median(results[case])
         cpu = f"{statistics.median(cpus[case]):.1f}" if cpus[case] else "-"
-        print(f"{case:>16} {best:8.2f} {med:8.2f} {best / base:13.2f}x {cpu:>13}")
+        # the machine's speed drifts between runs: the ratio within each run is what counts
+        same = [r / s for r, s in zip(results[case], results["slirp-1468"], strict=True)]
+        runs = " ".join(f"{r:.2f}" for r in same)
+        print(f"{case:>16} {best:8.2f} {med:8.2f} {best / base:13.2f}x {cpu:>13} "
+              f"{runs:>18} ({statistics.median(same):.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ PACKAGES=(
     cpio
     tshark            # pcap assertions; setuid question preseeded below
     iperf3
+    wrk               # HTTP load of bench/bench_user_workloads.py (keep-alive, new connections)
+    nginx-light       # the HTTP server that bench serves its 1 KiB body from (host loopback)
     socat
     iproute2
     iputils-ping
