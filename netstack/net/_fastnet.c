@@ -212,6 +212,7 @@ typedef struct {
     /* The class's receive when T_RECV_FUNC (borrowed: the class holds it, and a new value
      * modifies the type, so a changed tag makes the entry stale before it is freed). */
     PyObject *receive;
+    void *pad; /* 32 bytes: one entry never straddles two cache lines */
 } TypeEntry;
 
 #define TYPE_CACHE 256
@@ -316,7 +317,7 @@ type_entry(PyTypeObject *tp)
     /* A modified type (PyType_Modified, also run for its subclasses) gets tag 0 and a
      * new tag at its next lookup; tags are never reused, so (type, tag) names one state. */
     TypeEntry *e = &type_cache[((uintptr_t)tp >> 5) & (TYPE_CACHE - 1)];
-    if (e->type == tp && e->tag == tp->tp_version_tag && e->tag != 0)
+    if (e->type == tp && e->tag == tp->tp_version_tag) /* a stored tag is never 0 */
         return e;
     return type_entry_slow(tp, e);
 }
@@ -340,7 +341,7 @@ strict_bool(PyObject *o)
 
 /* sum(map(len, frames[start:stop])) of a list or tuple; a __len__ may run Python code
  * (even change the list), so the size is re-read and the frame held for each step. */
-static int
+static inline int
 sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
 {
     long long total = 0;
@@ -373,8 +374,8 @@ sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
 
 static PyTypeObject *deque_type; /* collections.deque: NetQueue's entries */
 
-static Py_ssize_t c_send_n(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb,
-                           PyObject **res);
+static Py_ssize_t c_send_n(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet,
+                           PyObject *sent_cb, PyObject **res);
 
 static int
 truth_of(PyObject *r) /* consumes r */
@@ -399,9 +400,10 @@ static int
 send_any(PyObject *client, PyObject *frames, PyObject *vnet)
 {
     PyObject *r;
-    if (type_flags(Py_TYPE(client)) & T_SEND_C) {
+    unsigned int f = type_flags(Py_TYPE(client));
+    if (f & T_SEND_C) {
         PyObject *res = NULL;
-        Py_ssize_t n = c_send_n(client, frames, vnet, Py_None, &res);
+        Py_ssize_t n = c_send_n(client, f, frames, vnet, Py_None, &res);
         if (n != PYOBJ)
             return n == ERR ? -1 : 0;
         r = res;
@@ -437,6 +439,8 @@ can_send(PyObject *port)
             goto python;
         if (d)
             return 0;
+        if ((pf & (T_CRF | T_CR_TRUE)) == (T_CRF | T_CR_TRUE))
+            return 1; /* NetClient.can_receive: True, nothing runs */
         Py_INCREF(peer);
         int ok = can_receive_from(peer, pf, port);
         Py_DECREF(peer);
@@ -599,7 +603,8 @@ deliver_n(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet, P
         /* the class's function, called unbound (the instance is its first argument) */
         PyObject *args[4] = {NULL, owner, frames, vnet};
         Py_INCREF(recv);
-        r = PyObject_Vectorcall(recv, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        r = ((PyFunctionObject *)recv)->vectorcall(recv, args + 1,
+                                                   3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         Py_DECREF(recv);
     } else {
         PyObject *args[3] = {owner, frames, vnet};
@@ -682,10 +687,10 @@ queue_call(PyObject *name, PyObject *q, PyObject *sender, PyObject *frames, PyOb
     return 0;
 }
 
-/* NetQueue.send */
+/* NetQueue.send; peer (flags pf) is the client whose queue this is, as a rule its owner */
 static Py_ssize_t
 queue_send_n(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb, PyObject *vnet,
-             PyObject **res)
+             PyObject **res, PyObject *peer, unsigned int pf)
 {
     PyObject *owner = NULL, *entries = NULL, *delivering = NULL;
     if (type_flags(Py_TYPE(q)) & T_QUEUE) {
@@ -700,12 +705,15 @@ queue_send_n(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb,
             PyObject_VectorcallMethod(s_send, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL), res);
     }
     if (!busy) {
-        Py_INCREF(owner);
-        int ok = can_receive_from(owner, type_flags(Py_TYPE(owner)), sender);
-        Py_DECREF(owner);
-        if (ok < 0)
-            return ERR;
-        busy = !ok;
+        unsigned int of = owner == peer ? pf : type_flags(Py_TYPE(owner));
+        if ((of & (T_CLIENT | T_CRF | T_CR_TRUE)) != (T_CLIENT | T_CRF | T_CR_TRUE)) {
+            Py_INCREF(owner);
+            int ok = can_receive_from(owner, of, sender);
+            Py_DECREF(owner);
+            if (ok < 0)
+                return ERR;
+            busy = !ok;
+        } /* else NetClient.can_receive: True, nothing runs */
     }
     if (busy)
         return queue_call(s_append, q, sender, frames, sent_cb, vnet, 5) < 0 ? ERR : 0;
@@ -759,11 +767,11 @@ done:
     return result;
 }
 
-/* NetClient.send; self and frames are held by the caller */
+/* NetClient.send; self (whose type flags are f) and frames are held by the caller */
 static Py_ssize_t
-c_send_n(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb, PyObject **res)
+c_send_n(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet, PyObject *sent_cb,
+         PyObject **res)
 {
-    unsigned int f = type_flags(Py_TYPE(self));
     PyObject *stats = NULL, *peer = NULL, *link_down = NULL, *filters = NULL;
     if (f & T_CLIENT && (PyList_CheckExact(frames) || PyTuple_CheckExact(frames))) {
         stats = CSLOT(self, C_STATS);
@@ -798,7 +806,7 @@ c_send_n(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb, Py
     Py_ssize_t r = ERR;
     st->tx_frames += count;
     if (!(f & T_COUNT_BYTES) || sum_len(frames, 0, count, &st->tx_bytes) == 0)
-        r = queue_send_n(incoming, self, frames, sent_cb, vnet, res);
+        r = queue_send_n(incoming, self, frames, sent_cb, vnet, res, peer, pf);
     Py_DECREF(incoming);
     Py_DECREF(stats);
     return r;
@@ -809,14 +817,10 @@ python:;
 
 /* NetClient.send, as Python calls it: the number of frames disposed of now */
 static PyObject *
-c_send(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb)
+c_send(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet, PyObject *sent_cb)
 {
-    PyObject *res = NULL;
-    Py_INCREF(self);
-    Py_INCREF(frames);
-    Py_ssize_t n = c_send_n(self, frames, vnet, sent_cb, &res);
-    Py_DECREF(frames);
-    Py_DECREF(self);
+    PyObject *res = NULL; /* self and frames: the caller's arguments, held by the caller */
+    Py_ssize_t n = c_send_n(self, f, frames, vnet, sent_cb, &res);
     if (n >= 0)
         return PyLong_FromSsize_t(n);
     return n == PYOBJ ? res : NULL;
@@ -873,12 +877,12 @@ fastmethod_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
         }
     }
     /* a type with NetClient's layout is a NetClient subclass (the cached flag says so) */
-    if (!ref.ready ||
-        (!(type_flags(Py_TYPE(a[0])) & T_CLIENT) && !PyObject_TypeCheck(a[0], ref.client_type))) {
+    unsigned int f = ref.ready ? type_flags(Py_TYPE(a[0])) : 0;
+    if (!ref.ready || (!(f & T_CLIENT) && !PyObject_TypeCheck(a[0], ref.client_type))) {
         PyErr_SetString(PyExc_TypeError, "send() needs a NetClient and an installed core");
         return NULL;
     }
-    return c_send(a[0], a[1], a[2], a[3]);
+    return c_send(a[0], f, a[1], a[2], a[3]);
 }
 
 static PyObject *
