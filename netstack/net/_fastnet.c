@@ -144,11 +144,11 @@ static PyTypeObject HubCountersType = {
 /* Slot offsets of the reference classes (from their member descriptors). */
 enum {
     C_PEER, C_LINK_DOWN, C_RECEIVE_DISABLED, C_DELETED, C_FILTERS, C_RX_BATCH,
-    C_STATS, C_INCOMING, C_NSLOTS
+    C_STATS, C_INCOMING, C_HOST_HDR_LEN, C_NSLOTS
 };
 static const char *client_slot_names[C_NSLOTS] = {
     "peer", "link_down", "receive_disabled", "deleted", "filters", "_rx_batch",
-    "stats", "incoming",
+    "stats", "incoming", "host_hdr_len",
 };
 enum { Q_ENTRIES, Q_OWNER, Q_DELIVERING, Q_NSLOTS };
 static const char *queue_slot_names[Q_NSLOTS] = {"_entries", "_owner", "delivering"};
@@ -178,13 +178,14 @@ typedef struct {
     PyObject *queue_send;      /* NetQueue.send */
     PyObject *hub_forward;     /* Hub.forward */
     PyObject *hub_can_forward; /* Hub.can_forward */
+    PyObject *vnet_module;     /* netstack.proto.vnet: to_plain and HDR_LEN, read per use */
 } Reference;
 
 static Reference ref;
 
 static PyObject *s_send, *s_deliver, *s_can_receive_from, *s_can_receive, *s_can_send,
     *s_receive, *s_count_bytes, *s_accepts_vnet, *s_append, *s_flush, *s_forward,
-    *s_can_forward, *s_hub;
+    *s_can_forward, *s_hub, *s_to_plain, *s_hdr_len, *s_accepted;
 
 /* ------------------------------------------------------ per-type hook cache */
 
@@ -573,7 +574,8 @@ deliver_n(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet, P
     }
     if (stats == NULL || Py_TYPE(stats) != &CountersType || link_down == NULL ||
         strict_bool(link_down) < 0 || deleted == NULL || strict_bool(deleted) < 0 ||
-        disabled == NULL || strict_bool(disabled) < 0 || rx_batch != Py_None) {
+        disabled == NULL || strict_bool(disabled) < 0 || rx_batch == NULL ||
+        strict_bool(vnet) < 0) {
         PyObject *args[4] = {owner, sender, frames, vnet};
         *left = PyObject_VectorcallMethod(s_deliver, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         return *left == NULL ? -1 : 0;
@@ -589,8 +591,48 @@ deliver_n(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet, P
     }
     Py_INCREF(stats);
     int rc = -1;
-    PyObject *r = NULL;
+    PyObject *r = NULL, *passed = NULL;
     Py_ssize_t taken;
+    if (rx_batch != Py_None) {
+        /* hdr_len = vnet_hdr.HDR_LEN if vnet else self.host_hdr_len */
+        PyObject *hdr = vnet == Py_True ? PyObject_GetAttr(ref.vnet_module, s_hdr_len)
+                                        : Py_XNewRef(CSLOT(owner, C_HOST_HDR_LEN));
+        if (hdr == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_AttributeError, "host_hdr_len");
+            goto done;
+        }
+        PyObject *args[3] = {rx_batch, frames, hdr};
+        Py_INCREF(rx_batch);
+        passed = PyObject_VectorcallMethod(s_accepted, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                           NULL);
+        Py_DECREF(rx_batch);
+        Py_DECREF(hdr);
+        if (passed == NULL)
+            goto done;
+        Py_ssize_t np = PyObject_Length(passed);
+        if (np < 0)
+            goto done;
+        Py_ssize_t nf = PySequence_Fast_GET_SIZE(frames);
+        if (np == nf) {
+            Py_CLEAR(passed);
+        } else {
+            st->rx_filtered += nf - np;
+            if (!PyList_CheckExact(passed) && !PyTuple_CheckExact(passed))
+                Py_SETREF(passed, PySequence_List(passed)); /* same frames, indexable here */
+            if (passed == NULL)
+                goto done;
+            frames = passed;
+            if (np == 0) { /* nothing passed: () */
+                rc = 1;
+                goto done;
+            }
+        }
+        /* Python ran: the class may have changed its hooks */
+        e = type_entry(Py_TYPE(owner));
+        f = e->flags;
+        recv = e->receive;
+    }
     if (f & T_RECV_PORT && f & T_PORT && SLOT(owner, ref.port_hub_off) != NULL) {
         PyObject *hub = Py_NewRef(SLOT(owner, ref.port_hub_off));
         int fw = hub_forward(hub, owner, frames, vnet, &r, &taken);
@@ -649,6 +691,7 @@ counted:;
         rc = 0;
     }
 done:
+    Py_XDECREF(passed);
     Py_DECREF(stats);
     return rc;
 }
@@ -767,6 +810,56 @@ done:
     return result;
 }
 
+/* The rest of NetClient.send for a batch with vnet headers to a peer that takes none:
+ * frames = vnet_hdr.to_plain(frames), then on without headers. Neither link nor filters
+ * changed anything yet (no effect before the conversion, as in Python). */
+static Py_ssize_t
+send_plain(PyObject *self, PyObject *peer, PyObject *stats, PyObject *frames, PyObject *sent_cb,
+           PyObject **res)
+{
+    Py_ssize_t r = ERR;
+    PyObject *to_plain = PyObject_GetAttr(ref.vnet_module, s_to_plain);
+    if (to_plain == NULL)
+        return ERR;
+    Py_INCREF(peer);
+    Py_INCREF(stats);
+    PyObject *plain = PyObject_Vectorcall(to_plain, &frames, 1, NULL);
+    Py_DECREF(to_plain);
+    if (plain == NULL)
+        goto out;
+    if (!PyList_CheckExact(plain) && !PyTuple_CheckExact(plain))
+        Py_SETREF(plain, PySequence_List(plain));
+    if (plain == NULL)
+        goto out;
+    /* Python ran: what comes after the conversion is read again */
+    unsigned int f = type_flags(Py_TYPE(self));
+    unsigned int pf = type_flags(Py_TYPE(peer));
+    PyObject *filters = (f & T_CLIENT) ? CSLOT(self, C_FILTERS) : NULL;
+    PyObject *pfilters = (pf & T_CLIENT) ? CSLOT(peer, C_FILTERS) : NULL;
+    PyObject *incoming = (pf & T_CLIENT) ? CSLOT(peer, C_INCOMING) : NULL;
+    if (filters == NULL || !PyList_CheckExact(filters) || PyList_GET_SIZE(filters) != 0 ||
+        pfilters == NULL || !PyList_CheckExact(pfilters) || PyList_GET_SIZE(pfilters) != 0 ||
+        incoming == NULL) {
+        /* not on this path in practice: Python from the start (converts again) */
+        Py_DECREF(plain);
+        PyObject *args[4] = {self, frames, Py_True, sent_cb};
+        r = python_answer(PyObject_Vectorcall(ref.py_send, args, 4, NULL), res);
+        goto out;
+    }
+    CountersObject *st = (CountersObject *)stats;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(plain);
+    Py_INCREF(incoming);
+    st->tx_frames += count;
+    if (!(f & T_COUNT_BYTES) || sum_len(plain, 0, count, &st->tx_bytes) == 0)
+        r = queue_send_n(incoming, self, plain, sent_cb, Py_False, res, peer, pf);
+    Py_DECREF(incoming);
+    Py_DECREF(plain);
+out:
+    Py_DECREF(stats);
+    Py_DECREF(peer);
+    return r;
+}
+
 /* NetClient.send; self (whose type flags are f) and frames are held by the caller */
 static Py_ssize_t
 c_send_n(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet, PyObject *sent_cb,
@@ -799,7 +892,7 @@ c_send_n(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet, PyObj
         incoming == NULL)
         goto python;
     if (vn && !(pf & T_ACCEPTS_VNET))
-        goto python;
+        return send_plain(self, peer, stats, frames, sent_cb, res);
     /* held: a frame's __len__ below may run Python code */
     Py_INCREF(stats);
     Py_INCREF(incoming);
@@ -1008,6 +1101,9 @@ fastnet_install(PyObject *module, PyObject *args)
         }
         ref.send_method = (PyObject *)m;
     }
+    if (ref.vnet_module == NULL &&
+        (ref.vnet_module = PyImport_ImportModule("netstack.proto.vnet")) == NULL)
+        return NULL;
     if (deque_type == NULL) {
         PyObject *collections = PyImport_ImportModule("collections");
         PyObject *dq = collections ? PyObject_GetAttrString(collections, "deque") : NULL;
@@ -1077,6 +1173,9 @@ PyInit__fastnet(void)
     INTERN(s_forward, "forward");
     INTERN(s_can_forward, "can_forward");
     INTERN(s_hub, "hub");
+    INTERN(s_to_plain, "to_plain");
+    INTERN(s_hdr_len, "HDR_LEN");
+    INTERN(s_accepted, "accepted");
     PyObject *m = PyModule_Create(&fastnet_module);
     if (m == NULL)
         return NULL;
