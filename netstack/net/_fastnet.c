@@ -19,17 +19,31 @@
  * The C path runs only where it provably does what the Python would: every
  * object on the way is checked (per type, cached by the type's version tag, so
  * a class changed at run time is re-checked) to have the reference layout
- * (NetClient's __slots__) and the reference hook (receive, can_receive,
- * deliver...). Anything else (a driver's own receive, filters, vnet headers to
- * strip, rx filters, learning switches, subclassed queues) is handed to the
- * Python method, before any side effect, so the outcome is the reference one.
- * Core hooks are looked up on the class: a hook assigned on one instance is
- * honoured for receive (called through the instance) but not for the core's
- * own hooks (deliver, can_receive_from, can_receive, can_send, send).
+ * (NetClient's __slots__) and the reference hook (can_receive, deliver...).
+ * Anything else (a driver's own can_receive, net filters, learning switches,
+ * subclassed queues) is handed to the Python method, before any side effect,
+ * so the outcome is the reference one. The Python helpers the reference calls
+ * on the way are called from here as it calls them: vnet_hdr.to_plain for a
+ * batch with vnet headers to a peer that takes none, the rx batch classifier
+ * of a NIC-class receiver, the driver's receive.
+ *
+ * Per hop nothing is allocated (no int, tuple or bound method: the steps pass
+ * counts, and Python sees an int only as send's result) and no dictionary is
+ * read: a driver's receive is the function found on its class, kept in the
+ * type's cache entry and called with the instance as first argument.
+ *
+ * Deviations from the Python reference, both in corners no driver uses:
+ *   - hooks are looked up on the class (as CPython looks up special methods):
+ *     a receive, can_receive... assigned on one instance is not seen here;
+ *   - a loop of hubs joined port to port, which recurses for ever in Python
+ *     too, raises RecursionError after HUB_DEPTH_MAX nested hub calls instead
+ *     of at the interpreter's limit (each Python frame on the way still counts
+ *     against that limit).
  *
  * Invariants: frames are never copied or mutated; every Python-visible effect
  * (counter updates, queue flags, calls) happens in the order of the reference;
- * recursion (a receive that sends) is bounded by the interpreter's limit.
+ * every object read across a call that may run Python code is held (a
+ * reference taken) or read again after it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -375,6 +389,26 @@ sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
 
 static PyTypeObject *deque_type; /* collections.deque: NetQueue's entries */
 
+/* Hubs joined port to port call each other in C (can_forward asking through a loop of hubs
+ * recurses for ever in Python too, which raises RecursionError): the depth of hub calls in
+ * progress is bounded here. One counter under the GIL, for every thread (threads nesting
+ * hub calls at once share the bound); a counter instead of Py_EnterRecursiveCall, which
+ * costs as much as a hop. */
+#define HUB_DEPTH_MAX 1000
+static int hub_depth;
+
+static inline int
+hub_enter(void)
+{
+    if (hub_depth >= HUB_DEPTH_MAX) {
+        PyErr_SetString(PyExc_RecursionError,
+                        "maximum recursion depth exceeded through hubs joined port to port");
+        return -1;
+    }
+    hub_depth++;
+    return 0;
+}
+
 static Py_ssize_t c_send_n(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet,
                            PyObject *sent_cb, PyObject **res);
 
@@ -465,8 +499,7 @@ hub_can_forward(PyObject *hub, PyObject *source)
         return truth_of(PyObject_VectorcallMethod(s_can_forward, args,
                                                   2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
     }
-    /* hubs joined port to port ask each other without Python frames in between */
-    if (Py_EnterRecursiveCall(" while asking a hub"))
+    if (hub_enter() < 0)
         return -1;
     Py_INCREF(ports);
     int result = 0;
@@ -483,7 +516,7 @@ hub_can_forward(PyObject *hub, PyObject *source)
         }
     }
     Py_DECREF(ports);
-    Py_LeaveRecursiveCall();
+    hub_depth--;
     return result;
 }
 
@@ -526,8 +559,7 @@ hub_forward(PyObject *hub, PyObject *source, PyObject *frames, PyObject *vnet, P
         *res = PyObject_VectorcallMethod(s_forward, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
         return *res == NULL ? -1 : 1;
     }
-    /* the only C-to-C recursion of the path: hubs joined port to port */
-    if (Py_EnterRecursiveCall(" while forwarding frames"))
+    if (hub_enter() < 0) /* the only C-to-C recursion of the path */
         return -1;
     HubCountersObject *c = (HubCountersObject *)counters;
     Py_INCREF(counters);
@@ -550,7 +582,7 @@ hub_forward(PyObject *hub, PyObject *source, PyObject *frames, PyObject *vnet, P
 done:
     Py_DECREF(ports);
     Py_DECREF(counters);
-    Py_LeaveRecursiveCall();
+    hub_depth--;
     return result;
 }
 
