@@ -8,15 +8,23 @@ run in this one process (:func:`netstack.net.fastcore.use`), interleaved: each r
 every case on both, the order of the two alternating between rounds. Each run is bounded
 in time (``--seconds``) and in frames. Printed: the median over the rounds of frames in/s
 on each path, their ratio, and the CPU time per frame in (user+system from
-``/proc/self/stat``) on each path.
+``/proc/self/stat``) on each path. ``--previous`` adds a third path, interleaved the same
+way: another build of the extension (the ``.so`` of an earlier tree), loaded beside this
+one under the same module name, with its compiled/previous ratio.
 
-    python bench/bench_hub.py [--rounds 3] [--seconds 0.5] [--batch 256]
+The one-by-one cases are what a driver does per wake-up with one frame: a Python caller
+(a driver's read callback) calls ``NetClient.send`` with a one-frame list, and the frame
+ends in a Python ``receive`` (the receiving driver's); the bench adds only its loop.
+
+    python bench/bench_hub.py [--rounds 3] [--seconds 0.5] [--batch 256] [--previous SO]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
+import importlib.util
 import os
 import statistics
 import time
@@ -66,6 +74,17 @@ def _run(sender: NetClient, frames: list[bytes], batch: int, seconds: float) -> 
     return sent / wall, cpu / sent
 
 
+def load_build(path: str) -> ModuleType:
+    """The extension built in another tree (its ``.so``), beside this tree's own."""
+    loader = importlib.machinery.ExtensionFileLoader(fastcore.EXTENSION, path)
+    spec = importlib.util.spec_from_file_location(fastcore.EXTENSION, path, loader=loader)
+    if spec is None:
+        raise SystemExit(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
 def direct(frames: list[bytes], batch: int, seconds: float) -> tuple[float, float]:
     a, b = Sink("a"), Sink("b")
     a.connect(b)
@@ -90,6 +109,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=0.5, help="per case, path and round")
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--previous", help="the _fastnet .so of another tree, run as a third path")
     args = ap.parse_args()
     frames = [bytes(64) for _ in range(args.batch * 16)]
     try:
@@ -100,6 +120,8 @@ def main() -> None:
     paths: list[tuple[str, ModuleType | None]] = [("python", None)]
     if compiled is not None:
         paths.insert(0, ("compiled", compiled))
+    if args.previous:
+        paths.append(("previous", load_build(args.previous)))
     cases: list[tuple[str, int, Callable[[list[bytes], int, float], tuple[float, float]]]] = []
     for batch in (args.batch, 1):
         label = f"batch {batch}" if batch > 1 else "one by one"
@@ -108,14 +130,17 @@ def main() -> None:
         cases.append((f"hub 16 ports, {label}", batch, through_hub(16)))
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for rnd in range(args.rounds):
-        order = paths if rnd % 2 == 0 else paths[::-1]
+        order = paths[rnd % len(paths) :] + paths[: rnd % len(paths)]
         for name, batch, case in cases:
             for path, mod in order:
                 with fastcore.use(mod):
                     results.setdefault((name, path), []).append(case(frames, batch, args.seconds))
     print(f"medians of {args.rounds} interleaved rounds; 64-byte frames; CPU from /proc/self/stat")
     head = f"{'case':30} {'compiled fr/s':>14} {'python fr/s':>13} {'ratio':>7}"
-    print(head + f" {'compiled ns CPU/fr':>19} {'python ns CPU/fr':>17}")
+    head += f" {'compiled ns CPU/fr':>19} {'python ns CPU/fr':>17}"
+    if args.previous:
+        head += f" {'previous fr/s':>13} {'c/prev':>7} {'previous ns CPU/fr':>17}"
+    print(head)
     for name, _batch, _case in cases:
         py = results[(name, "python")]
         py_fps = statistics.median(r[0] for r in py)
@@ -126,10 +151,16 @@ def main() -> None:
         c = results[(name, "compiled")]
         c_fps = statistics.median(r[0] for r in c)
         c_cpu = statistics.median(r[1] for r in c) * 1e9
-        print(
+        line = (
             f"{name:30} {c_fps:14,.0f} {py_fps:13,.0f} {c_fps / py_fps:6.1f}x"
             f" {c_cpu:19,.1f} {py_cpu:17,.0f}"
         )
+        if args.previous:
+            prev = results[(name, "previous")]
+            p_fps = statistics.median(r[0] for r in prev)
+            p_cpu = statistics.median(r[1] for r in prev) * 1e9
+            line += f" {p_fps:13,.0f} {c_fps / p_fps:6.2f}x {p_cpu:17,.1f}"
+        print(line)
 
 
 if __name__ == "__main__":
