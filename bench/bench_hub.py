@@ -14,7 +14,9 @@ one under the same module name, with its compiled/previous ratio.
 
 The one-by-one cases are what a driver does per wake-up with one frame: a Python caller
 (a driver's read callback) calls ``NetClient.send`` with a one-frame list, and the frame
-ends in a Python ``receive`` (the receiving driver's); the bench adds only its loop.
+ends in a Python ``receive`` (the receiving driver's); the bench adds only its loop. The
+``via PeerFlow`` case sends as the fd drivers do (tap, socket, l2tpv3, vxlan, vhost-user):
+through :class:`netstack.net.fdio.PeerFlow`, with a completion callback.
 
     python bench/bench_hub.py [--rounds 3] [--seconds 0.5] [--batch 256] [--previous SO]
 """
@@ -33,6 +35,7 @@ from types import ModuleType
 
 from netstack.net import fastcore
 from netstack.net.client import NetClient
+from netstack.net.fdio import PeerFlow
 from netstack.net.hub import Hub
 
 MAX_FRAMES = 200_000_000
@@ -53,7 +56,13 @@ def cpu_seconds() -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _run(sender: NetClient, frames: list[bytes], batch: int, seconds: float) -> tuple[float, float]:
+def _hold(on: bool) -> None:
+    """A PeerFlow's hold: nothing to pause here (the sinks take everything)."""
+
+
+def _run(
+    sender: NetClient, frames: list[bytes], batch: int, seconds: float, flow: bool = False
+) -> tuple[float, float]:
     """(frames/s, CPU seconds per frame) of sending ``frames`` for about ``seconds``."""
     units: list[list[bytes]] = (
         [[f] for f in frames]
@@ -61,12 +70,17 @@ def _run(sender: NetClient, frames: list[bytes], batch: int, seconds: float) -> 
         else [frames[i : i + batch] for i in range(0, len(frames), batch)]
     )
     send = sender.send
+    flow_send = PeerFlow(_hold).send
     sent = 0
     c0, t0 = cpu_seconds(), time.perf_counter()
     end = t0 + seconds
     while sent < MAX_FRAMES:
-        for u in units:
-            send(u)
+        if flow:
+            for u in units:
+                flow_send(sender, u, False)
+        else:
+            for u in units:
+                send(u)
         sent += len(frames)
         if time.perf_counter() >= end:
             break
@@ -91,7 +105,9 @@ def direct(frames: list[bytes], batch: int, seconds: float) -> tuple[float, floa
     return _run(a, frames, batch, seconds)
 
 
-def through_hub(ports: int) -> Callable[[list[bytes], int, float], tuple[float, float]]:
+def through_hub(
+    ports: int, flow: bool = False
+) -> Callable[[list[bytes], int, float], tuple[float, float]]:
     def case(frames: list[bytes], batch: int, seconds: float) -> tuple[float, float]:
         hub = Hub(0)
         clients = []
@@ -99,7 +115,7 @@ def through_hub(ports: int) -> Callable[[list[bytes], int, float], tuple[float, 
             c = Sink(f"c{i}")
             hub.add_port().connect(c)
             clients.append(c)
-        return _run(clients[0], frames, batch, seconds)
+        return _run(clients[0], frames, batch, seconds, flow)
 
     return case
 
@@ -128,6 +144,7 @@ def main() -> None:
         cases.append((f"direct peers, {label}", batch, direct))
         cases.append((f"hub 2 ports, {label}", batch, through_hub(2)))
         cases.append((f"hub 16 ports, {label}", batch, through_hub(16)))
+    cases.append(("hub 2 ports, PeerFlow, 1 by 1", 1, through_hub(2, flow=True)))
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for rnd in range(args.rounds):
         order = paths[rnd % len(paths) :] + paths[: rnd % len(paths)]
