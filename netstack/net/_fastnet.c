@@ -356,8 +356,8 @@ strict_bool(PyObject *o)
 
 /* sum(map(len, frames[start:stop])) of a list or tuple; a __len__ may run Python code
  * (even change the list), so the size is re-read and the frame held for each step. */
-static inline int
-sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
+static int
+sum_len_slow(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
 {
     long long total = 0;
     for (Py_ssize_t i = start; i < stop && i < PySequence_Fast_GET_SIZE(frames); i++) {
@@ -376,6 +376,19 @@ sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
     }
     *out += total;
     return 0;
+}
+
+static inline int
+sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
+{
+    if (stop - start == 1 && start >= 0 && start < PySequence_Fast_GET_SIZE(frames)) {
+        PyObject *f = PySequence_Fast_GET_ITEM(frames, start);
+        if (PyBytes_CheckExact(f)) { /* one frame, the one-by-one case */
+            *out += PyBytes_GET_SIZE(f);
+            return 0;
+        }
+    }
+    return sum_len_slow(frames, start, stop, out);
 }
 
 /* -------------------------------------------------------------- the path */
@@ -487,6 +500,30 @@ python:;
         PyObject_VectorcallMethod(s_can_send, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
 }
 
+/* NetClient.can_send answered from slots alone (1 or 0, nothing runs), or -2 when it
+ * takes a call (can_send below) */
+static inline int
+can_send_now(PyObject *port)
+{
+    unsigned int f = type_flags(Py_TYPE(port));
+    if ((f & (T_CLIENT | T_CAN_SEND)) != (T_CLIENT | T_CAN_SEND))
+        return -2;
+    PyObject *peer = CSLOT(port, C_PEER);
+    if (peer == Py_None)
+        return 1;
+    if (peer == NULL)
+        return -2;
+    unsigned int pf = type_flags(Py_TYPE(peer));
+    if (!(pf & T_CLIENT))
+        return -2;
+    PyObject *disabled = CSLOT(peer, C_RECEIVE_DISABLED);
+    if (disabled == Py_True)
+        return 0;
+    if (disabled == Py_False && (pf & (T_CRF | T_CR_TRUE)) == (T_CRF | T_CR_TRUE))
+        return 1;
+    return -2;
+}
+
 /* Hub.can_forward */
 static int
 hub_can_forward(PyObject *hub, PyObject *source)
@@ -507,9 +544,12 @@ hub_can_forward(PyObject *hub, PyObject *source)
         PyObject *port = PyList_GET_ITEM(ports, i);
         if (port == source)
             continue;
-        Py_INCREF(port);
-        int ok = can_send(port);
-        Py_DECREF(port);
+        int ok = can_send_now(port);
+        if (ok == -2) {
+            Py_INCREF(port);
+            ok = can_send(port);
+            Py_DECREF(port);
+        }
         if (ok != 0) {
             result = ok;
             break;
