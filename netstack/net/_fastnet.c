@@ -355,11 +355,14 @@ strict_bool(PyObject *o)
 }
 
 /* sum(map(len, frames[start:stop])) of a list or tuple; a __len__ may run Python code
- * (even change the list), so the size is re-read and the frame held for each step. */
+ * (even change the list), so the size is re-read and the frame held for each step.
+ * 0 when every frame was bytes, 1 when a __len__ was called (Python may have run), -1 on
+ * error. */
 static int
 sum_len_slow(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
 {
     long long total = 0;
+    int ran = 0;
     for (Py_ssize_t i = start; i < stop && i < PySequence_Fast_GET_SIZE(frames); i++) {
         PyObject *f = PySequence_Fast_GET_ITEM(frames, i);
         Py_ssize_t n;
@@ -371,11 +374,12 @@ sum_len_slow(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out
             Py_DECREF(f);
             if (n < 0)
                 return -1;
+            ran = 1;
         }
         total += n;
     }
     *out += total;
-    return 0;
+    return ran;
 }
 
 static inline int
@@ -802,7 +806,8 @@ queue_call(PyObject *name, PyObject *q, PyObject *sender, PyObject *frames, PyOb
     return 0;
 }
 
-/* NetQueue.send; peer (flags pf) is the client whose queue this is, as a rule its owner */
+/* NetQueue.send; peer (flags pf, NULL when they may be stale) is the client whose queue
+ * this is, as a rule its owner */
 static Py_ssize_t
 queue_send_n(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb, PyObject *vnet,
              PyObject **res, PyObject *peer, unsigned int pf)
@@ -922,8 +927,9 @@ send_plain(PyObject *self, PyObject *peer, PyObject *stats, PyObject *frames, Py
     Py_ssize_t count = PySequence_Fast_GET_SIZE(plain);
     Py_INCREF(incoming);
     st->tx_frames += count;
-    if (!(f & T_COUNT_BYTES) || sum_len(plain, 0, count, &st->tx_bytes) == 0)
-        r = queue_send_n(incoming, self, plain, sent_cb, Py_False, res, peer, pf);
+    int ran = (f & T_COUNT_BYTES) ? sum_len(plain, 0, count, &st->tx_bytes) : 0;
+    if (ran >= 0) /* the peer's flags hold unless a frame's __len__ ran Python */
+        r = queue_send_n(incoming, self, plain, sent_cb, Py_False, res, ran ? NULL : peer, pf);
     Py_DECREF(incoming);
     Py_DECREF(plain);
 out:
@@ -970,8 +976,9 @@ c_send_n(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet, PyObj
     Py_INCREF(incoming);
     Py_ssize_t r = ERR;
     st->tx_frames += count;
-    if (!(f & T_COUNT_BYTES) || sum_len(frames, 0, count, &st->tx_bytes) == 0)
-        r = queue_send_n(incoming, self, frames, sent_cb, vnet, res, peer, pf);
+    int ran = (f & T_COUNT_BYTES) ? sum_len(frames, 0, count, &st->tx_bytes) : 0;
+    if (ran >= 0) /* the peer's flags hold unless a frame's __len__ ran Python */
+        r = queue_send_n(incoming, self, frames, sent_cb, vnet, res, ran ? NULL : peer, pf);
     Py_DECREF(incoming);
     Py_DECREF(stats);
     return r;
