@@ -19,17 +19,31 @@
  * The C path runs only where it provably does what the Python would: every
  * object on the way is checked (per type, cached by the type's version tag, so
  * a class changed at run time is re-checked) to have the reference layout
- * (NetClient's __slots__) and the reference hook (receive, can_receive,
- * deliver...). Anything else (a driver's own receive, filters, vnet headers to
- * strip, rx filters, learning switches, subclassed queues) is handed to the
- * Python method, before any side effect, so the outcome is the reference one.
- * Core hooks are looked up on the class: a hook assigned on one instance is
- * honoured for receive (called through the instance) but not for the core's
- * own hooks (deliver, can_receive_from, can_receive, can_send, send).
+ * (NetClient's __slots__) and the reference hook (can_receive, deliver...).
+ * Anything else (a driver's own can_receive, net filters, learning switches,
+ * subclassed queues) is handed to the Python method, before any side effect,
+ * so the outcome is the reference one. The Python helpers the reference calls
+ * on the way are called from here as it calls them: vnet_hdr.to_plain for a
+ * batch with vnet headers to a peer that takes none, the rx batch classifier
+ * of a NIC-class receiver, the driver's receive.
+ *
+ * Per hop nothing is allocated (no int, tuple or bound method: the steps pass
+ * counts, and Python sees an int only as send's result) and no dictionary is
+ * read: a driver's receive is the function found on its class, kept in the
+ * type's cache entry and called with the instance as first argument.
+ *
+ * Deviations from the Python reference, both in corners no driver uses:
+ *   - hooks are looked up on the class (as CPython looks up special methods):
+ *     a receive, can_receive... assigned on one instance is not seen here;
+ *   - a loop of hubs joined port to port, which recurses for ever in Python
+ *     too, raises RecursionError after HUB_DEPTH_MAX nested hub calls instead
+ *     of at the interpreter's limit (each Python frame on the way still counts
+ *     against that limit).
  *
  * Invariants: frames are never copied or mutated; every Python-visible effect
  * (counter updates, queue flags, calls) happens in the order of the reference;
- * recursion (a receive that sends) is bounded by the interpreter's limit.
+ * every object read across a call that may run Python code is held (a
+ * reference taken) or read again after it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -144,11 +158,11 @@ static PyTypeObject HubCountersType = {
 /* Slot offsets of the reference classes (from their member descriptors). */
 enum {
     C_PEER, C_LINK_DOWN, C_RECEIVE_DISABLED, C_DELETED, C_FILTERS, C_RX_BATCH,
-    C_STATS, C_INCOMING, C_NSLOTS
+    C_STATS, C_INCOMING, C_HOST_HDR_LEN, C_NSLOTS
 };
 static const char *client_slot_names[C_NSLOTS] = {
     "peer", "link_down", "receive_disabled", "deleted", "filters", "_rx_batch",
-    "stats", "incoming",
+    "stats", "incoming", "host_hdr_len",
 };
 enum { Q_ENTRIES, Q_OWNER, Q_DELIVERING, Q_NSLOTS };
 static const char *queue_slot_names[Q_NSLOTS] = {"_entries", "_owner", "delivering"};
@@ -178,13 +192,14 @@ typedef struct {
     PyObject *queue_send;      /* NetQueue.send */
     PyObject *hub_forward;     /* Hub.forward */
     PyObject *hub_can_forward; /* Hub.can_forward */
+    PyObject *vnet_module;     /* netstack.proto.vnet: to_plain and HDR_LEN, read per use */
 } Reference;
 
 static Reference ref;
 
 static PyObject *s_send, *s_deliver, *s_can_receive_from, *s_can_receive, *s_can_send,
     *s_receive, *s_count_bytes, *s_accepts_vnet, *s_append, *s_flush, *s_forward,
-    *s_can_forward, *s_hub;
+    *s_can_forward, *s_hub, *s_to_plain, *s_hdr_len, *s_accepted;
 
 /* ------------------------------------------------------ per-type hook cache */
 
@@ -202,12 +217,17 @@ enum {
     T_PORT = 1 << 10,      /* HubPort layout: its hub slot is HubPort's */
     T_QUEUE = 1 << 11,     /* NetQueue layout and send */
     T_HUB = 1 << 12,       /* Hub layout, forward and can_forward */
+    T_RECV_FUNC = 1 << 13, /* receive is a plain function, cached in the type's entry */
 };
 
 typedef struct {
     PyTypeObject *type;
     unsigned int tag;
     unsigned int flags;
+    /* The class's receive when T_RECV_FUNC (borrowed: the class holds it, and a new value
+     * modifies the type, so a changed tag makes the entry stale before it is freed). */
+    PyObject *receive;
+    void *pad; /* 32 bytes: one entry never straddles two cache lines */
 } TypeEntry;
 
 #define TYPE_CACHE 256
@@ -270,6 +290,9 @@ compute_flags(PyTypeObject *tp)
         if (PyType_IsSubtype(tp, ref.port_type) &&
             _PyType_Lookup(tp, s_hub) == ref.port_hub_descr)
             f |= T_PORT;
+        PyObject *recv = _PyType_Lookup(tp, s_receive);
+        if (recv != NULL && PyFunction_Check(recv))
+            f |= T_RECV_FUNC;
     }
     if (PyType_IsSubtype(tp, ref.queue_type) &&
         slots_match(tp, queue_slot_names, ref.queue_descr, Q_NSLOTS) &&
@@ -282,21 +305,42 @@ compute_flags(PyTypeObject *tp)
     return f;
 }
 
-static inline unsigned int
-type_flags(PyTypeObject *tp)
+static TypeEntry uncached; /* for a type without a valid version tag: no function kept */
+
+static TypeEntry *
+type_entry_slow(PyTypeObject *tp, TypeEntry *e)
+{
+    unsigned int f = compute_flags(tp);
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || tp->tp_version_tag == 0) {
+        uncached.type = NULL;
+        uncached.tag = 0;
+        uncached.flags = f & ~(unsigned)T_RECV_FUNC;
+        uncached.receive = NULL;
+        return &uncached;
+    }
+    e->type = tp;
+    e->tag = tp->tp_version_tag;
+    e->flags = f;
+    e->receive = f & T_RECV_FUNC ? _PyType_Lookup(tp, s_receive) : NULL;
+    return e;
+}
+
+/* The type's entry: read its fields at once (a later lookup may reuse the entry). */
+static inline TypeEntry *
+type_entry(PyTypeObject *tp)
 {
     /* A modified type (PyType_Modified, also run for its subclasses) gets tag 0 and a
      * new tag at its next lookup; tags are never reused, so (type, tag) names one state. */
     TypeEntry *e = &type_cache[((uintptr_t)tp >> 5) & (TYPE_CACHE - 1)];
-    if (e->type == tp && e->tag == tp->tp_version_tag && e->tag != 0)
-        return e->flags;
-    unsigned int f = compute_flags(tp);
-    if (tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) {
-        e->type = tp;
-        e->tag = tp->tp_version_tag;
-        e->flags = f;
-    }
-    return f;
+    if (e->type == tp && e->tag == tp->tp_version_tag) /* a stored tag is never 0 */
+        return e;
+    return type_entry_slow(tp, e);
+}
+
+static inline unsigned int
+type_flags(PyTypeObject *tp)
+{
+    return type_entry(tp)->flags;
 }
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -311,11 +355,14 @@ strict_bool(PyObject *o)
 }
 
 /* sum(map(len, frames[start:stop])) of a list or tuple; a __len__ may run Python code
- * (even change the list), so the size is re-read and the frame held for each step. */
+ * (even change the list), so the size is re-read and the frame held for each step.
+ * 0 when every frame was bytes, 1 when a __len__ was called (Python may have run), -1 on
+ * error. */
 static int
-sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
+sum_len_slow(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
 {
     long long total = 0;
+    int ran = 0;
     for (Py_ssize_t i = start; i < stop && i < PySequence_Fast_GET_SIZE(frames); i++) {
         PyObject *f = PySequence_Fast_GET_ITEM(frames, i);
         Py_ssize_t n;
@@ -327,35 +374,102 @@ sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
             Py_DECREF(f);
             if (n < 0)
                 return -1;
+            ran = 1;
         }
         total += n;
     }
     *out += total;
-    return 0;
+    return ran;
+}
+
+static inline int
+sum_len(PyObject *frames, Py_ssize_t start, Py_ssize_t stop, long long *out)
+{
+    if (stop - start == 1 && start >= 0 && start < PySequence_Fast_GET_SIZE(frames)) {
+        PyObject *f = PySequence_Fast_GET_ITEM(frames, start);
+        if (PyBytes_CheckExact(f)) { /* one frame, the one-by-one case */
+            *out += PyBytes_GET_SIZE(f);
+            return 0;
+        }
+    }
+    return sum_len_slow(frames, start, stop, out);
 }
 
 /* -------------------------------------------------------------- the path */
 
-static PyObject *c_send(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb);
+/* The internal steps return the number of frames disposed of (>= 0), ERR with an
+ * exception set, or PYOBJ when a Python method answered for them: its result (a new
+ * reference) is in *res and goes back to the caller as it is. No int object is made
+ * unless Python sees it. */
+#define ERR (-1)
+#define PYOBJ (-2)
 
-static PyObject *
-call4(PyObject *func, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
+static PyTypeObject *deque_type; /* collections.deque: NetQueue's entries */
+
+/* Hubs joined port to port call each other in C (can_forward asking through a loop of hubs
+ * recurses for ever in Python too, which raises RecursionError): the depth of hub calls in
+ * progress is bounded here. One counter under the GIL, for every thread (threads nesting
+ * hub calls at once share the bound); a counter instead of Py_EnterRecursiveCall, which
+ * costs as much as a hop. */
+#define HUB_DEPTH_MAX 1000
+static int hub_depth;
+
+static inline int
+hub_enter(void)
 {
-    PyObject *args[4] = {a, b, c, d};
-    return PyObject_Vectorcall(func, args, 4, NULL);
+    if (hub_depth >= HUB_DEPTH_MAX) {
+        PyErr_SetString(PyExc_RecursionError,
+                        "maximum recursion depth exceeded through hubs joined port to port");
+        return -1;
+    }
+    hub_depth++;
+    return 0;
 }
 
-/* client.send(frames, vnet): C when the type's send is ours, else its method. */
-static PyObject *
+static Py_ssize_t c_send_n(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet,
+                           PyObject *sent_cb, PyObject **res);
+
+static int
+truth_of(PyObject *r) /* consumes r */
+{
+    if (r == NULL)
+        return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+static Py_ssize_t
+python_answer(PyObject *r, PyObject **res)
+{
+    *res = r;
+    return r == NULL ? ERR : PYOBJ;
+}
+
+/* client.send(frames, vnet) for the hub's fan-out (the result is not used): C when the
+ * type's send is ours, else its method. 0, or -1 with an exception set. */
+static int
 send_any(PyObject *client, PyObject *frames, PyObject *vnet)
 {
-    if (type_flags(Py_TYPE(client)) & T_SEND_C)
-        return c_send(client, frames, vnet, Py_None);
-    PyObject *args[3] = {client, frames, vnet};
-    return PyObject_VectorcallMethod(s_send, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *r;
+    unsigned int f = type_flags(Py_TYPE(client));
+    if (f & T_SEND_C) {
+        PyObject *res = NULL;
+        Py_ssize_t n = c_send_n(client, f, frames, vnet, Py_None, &res);
+        if (n != PYOBJ)
+            return n == ERR ? -1 : 0;
+        r = res;
+    } else {
+        PyObject *args[3] = {client, frames, vnet};
+        r = PyObject_VectorcallMethod(s_send, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    }
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
-static int can_receive_from(PyObject *owner, PyObject *sender);
+static int can_receive_from(PyObject *owner, unsigned int f, PyObject *sender);
 
 /* NetClient.can_send */
 static int
@@ -364,72 +478,96 @@ can_send(PyObject *port)
     unsigned int f = type_flags(Py_TYPE(port));
     if ((f & (T_CLIENT | T_CAN_SEND)) == (T_CLIENT | T_CAN_SEND)) {
         PyObject *peer = CSLOT(port, C_PEER);
-        PyObject *disabled;
         if (peer == NULL)
             goto python;
         if (peer == Py_None)
             return 1;
-        if (!(type_flags(Py_TYPE(peer)) & T_CLIENT))
+        unsigned int pf = type_flags(Py_TYPE(peer));
+        if (!(pf & T_CLIENT))
             goto python;
-        disabled = CSLOT(peer, C_RECEIVE_DISABLED);
+        PyObject *disabled = CSLOT(peer, C_RECEIVE_DISABLED);
         int d = disabled == NULL ? -1 : strict_bool(disabled);
         if (d < 0)
             goto python;
         if (d)
             return 0;
+        if ((pf & (T_CRF | T_CR_TRUE)) == (T_CRF | T_CR_TRUE))
+            return 1; /* NetClient.can_receive: True, nothing runs */
         Py_INCREF(peer);
-        int ok = can_receive_from(peer, port);
+        int ok = can_receive_from(peer, pf, port);
         Py_DECREF(peer);
         return ok;
     }
 python:;
     PyObject *args[1] = {port};
-    PyObject *r = PyObject_VectorcallMethod(s_can_send, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (r == NULL)
-        return -1;
-    int t = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    return t;
+    return truth_of(
+        PyObject_VectorcallMethod(s_can_send, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
+}
+
+/* NetClient.can_send answered from slots alone (1 or 0, nothing runs), or -2 when it
+ * takes a call (can_send below) */
+static inline int
+can_send_now(PyObject *port)
+{
+    unsigned int f = type_flags(Py_TYPE(port));
+    if ((f & (T_CLIENT | T_CAN_SEND)) != (T_CLIENT | T_CAN_SEND))
+        return -2;
+    PyObject *peer = CSLOT(port, C_PEER);
+    if (peer == Py_None)
+        return 1;
+    if (peer == NULL)
+        return -2;
+    unsigned int pf = type_flags(Py_TYPE(peer));
+    if (!(pf & T_CLIENT))
+        return -2;
+    PyObject *disabled = CSLOT(peer, C_RECEIVE_DISABLED);
+    if (disabled == Py_True)
+        return 0;
+    if (disabled == Py_False && (pf & (T_CRF | T_CR_TRUE)) == (T_CRF | T_CR_TRUE))
+        return 1;
+    return -2;
 }
 
 /* Hub.can_forward */
 static int
 hub_can_forward(PyObject *hub, PyObject *source)
 {
-    if (!(type_flags(Py_TYPE(hub)) & T_HUB) || SLOT(hub, ref.hub_off[H_PORTS]) == NULL ||
-        !PyList_CheckExact(SLOT(hub, ref.hub_off[H_PORTS]))) {
+    PyObject *ports = NULL;
+    if (type_flags(Py_TYPE(hub)) & T_HUB)
+        ports = SLOT(hub, ref.hub_off[H_PORTS]);
+    if (ports == NULL || !PyList_CheckExact(ports)) {
         PyObject *args[2] = {hub, source};
-        PyObject *r = PyObject_VectorcallMethod(s_can_forward, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (r == NULL)
-            return -1;
-        int t = PyObject_IsTrue(r);
-        Py_DECREF(r);
-        return t;
+        return truth_of(PyObject_VectorcallMethod(s_can_forward, args,
+                                                  2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
     }
-    PyObject *ports = SLOT(hub, ref.hub_off[H_PORTS]);
+    if (hub_enter() < 0)
+        return -1;
     Py_INCREF(ports);
     int result = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ports); i++) {
         PyObject *port = PyList_GET_ITEM(ports, i);
         if (port == source)
             continue;
-        Py_INCREF(port);
-        int ok = can_send(port);
-        Py_DECREF(port);
+        int ok = can_send_now(port);
+        if (ok == -2) {
+            Py_INCREF(port);
+            ok = can_send(port);
+            Py_DECREF(port);
+        }
         if (ok != 0) {
             result = ok;
             break;
         }
     }
     Py_DECREF(ports);
+    hub_depth--;
     return result;
 }
 
-/* NetClient.can_receive_from -> can_receive */
+/* NetClient.can_receive_from -> can_receive; f: the owner's type flags */
 static int
-can_receive_from(PyObject *owner, PyObject *sender)
+can_receive_from(PyObject *owner, unsigned int f, PyObject *sender)
 {
-    unsigned int f = type_flags(Py_TYPE(owner));
     if (f & T_CLIENT && f & T_CRF) {
         if (f & T_CR_TRUE)
             return 1;
@@ -439,25 +577,19 @@ can_receive_from(PyObject *owner, PyObject *sender)
                 return hub_can_forward(hub, owner);
         }
         PyObject *args[1] = {owner};
-        PyObject *r = PyObject_VectorcallMethod(s_can_receive, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (r == NULL)
-            return -1;
-        int t = PyObject_IsTrue(r);
-        Py_DECREF(r);
-        return t;
+        return truth_of(PyObject_VectorcallMethod(s_can_receive, args,
+                                                  1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
     }
     PyObject *args[2] = {owner, sender};
-    PyObject *r = PyObject_VectorcallMethod(s_can_receive_from, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (r == NULL)
-        return -1;
-    int t = PyObject_IsTrue(r);
-    Py_DECREF(r);
-    return t;
+    return truth_of(PyObject_VectorcallMethod(s_can_receive_from, args,
+                                              2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL));
 }
 
-/* Hub.forward (repeater) */
-static PyObject *
-hub_forward(PyObject *hub, PyObject *source, PyObject *frames, PyObject *vnet)
+/* Hub.forward (repeater): 0 when run here (*taken set), 1 when Python's forward answered
+ * (*res, a new reference), -1 with an exception set. */
+static int
+hub_forward(PyObject *hub, PyObject *source, PyObject *frames, PyObject *vnet, PyObject **res,
+            Py_ssize_t *taken)
 {
     PyObject *counters = NULL, *fdb = NULL, *ports = NULL;
     if (type_flags(Py_TYPE(hub)) & T_HUB) {
@@ -468,38 +600,45 @@ hub_forward(PyObject *hub, PyObject *source, PyObject *frames, PyObject *vnet)
     if (counters == NULL || Py_TYPE(counters) != &HubCountersType || fdb != Py_None ||
         ports == NULL || !PyList_CheckExact(ports)) {
         PyObject *args[4] = {hub, source, frames, vnet};
-        return PyObject_VectorcallMethod(s_forward, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        *res = PyObject_VectorcallMethod(s_forward, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        return *res == NULL ? -1 : 1;
     }
+    if (hub_enter() < 0) /* the only C-to-C recursion of the path */
+        return -1;
     HubCountersObject *c = (HubCountersObject *)counters;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
     Py_INCREF(counters);
     Py_INCREF(ports);
-    PyObject *result = NULL;
-    c->frames_in += n;
+    int result = -1;
+    c->frames_in += PySequence_Fast_GET_SIZE(frames);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(ports); i++) {
         PyObject *port = PyList_GET_ITEM(ports, i);
         if (port == source)
             continue;
         Py_INCREF(port);
-        PyObject *r = send_any(port, frames, vnet);
+        int rc = send_any(port, frames, vnet);
         Py_DECREF(port);
-        if (r == NULL)
+        if (rc < 0)
             goto done;
-        Py_DECREF(r);
-        c->deliveries += n;
+        c->deliveries += PySequence_Fast_GET_SIZE(frames);
     }
-    result = PyLong_FromSsize_t(n);
+    *taken = PySequence_Fast_GET_SIZE(frames);
+    result = 0;
 done:
     Py_DECREF(ports);
     Py_DECREF(counters);
+    hub_depth--;
     return result;
 }
 
-/* NetClient.deliver: returns the frames not taken (new reference). */
-static PyObject *
-deliver(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet)
+/* NetClient.deliver: 1 when nothing is left to queue (every frame taken, or dropped), 0
+ * with *left the frames not taken (Python's return value: a new reference whose truth the
+ * caller tests), -1 with an exception set. */
+static int
+deliver_n(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet, PyObject **left)
 {
-    unsigned int f = type_flags(Py_TYPE(owner));
+    TypeEntry *e = type_entry(Py_TYPE(owner));
+    unsigned int f = e->flags;
+    PyObject *recv = e->receive;
     PyObject *stats = NULL, *link_down = NULL, *deleted = NULL, *disabled = NULL,
              *rx_batch = NULL;
     if ((f & (T_CLIENT | T_DELIVER)) == (T_CLIENT | T_DELIVER)) {
@@ -511,43 +650,98 @@ deliver(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet)
     }
     if (stats == NULL || Py_TYPE(stats) != &CountersType || link_down == NULL ||
         strict_bool(link_down) < 0 || deleted == NULL || strict_bool(deleted) < 0 ||
-        disabled == NULL || strict_bool(disabled) < 0 || rx_batch != Py_None) {
+        disabled == NULL || strict_bool(disabled) < 0 || rx_batch == NULL ||
+        strict_bool(vnet) < 0) {
         PyObject *args[4] = {owner, sender, frames, vnet};
-        return PyObject_VectorcallMethod(s_deliver, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        *left = PyObject_VectorcallMethod(s_deliver, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        return *left == NULL ? -1 : 0;
     }
     CountersObject *st = (CountersObject *)stats;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
     if (link_down == Py_True || deleted == Py_True) {
-        st->rx_dropped += n;
-        return PyTuple_New(0);
+        st->rx_dropped += PySequence_Fast_GET_SIZE(frames);
+        return 1;
     }
-    if (disabled == Py_True)
-        return Py_NewRef(frames);
+    if (disabled == Py_True) {
+        *left = Py_NewRef(frames);
+        return 0;
+    }
     Py_INCREF(stats);
-    PyObject *r;
+    int rc = -1;
+    PyObject *r = NULL, *passed = NULL;
+    Py_ssize_t taken;
+    if (rx_batch != Py_None) {
+        /* hdr_len = vnet_hdr.HDR_LEN if vnet else self.host_hdr_len */
+        PyObject *hdr = vnet == Py_True ? PyObject_GetAttr(ref.vnet_module, s_hdr_len)
+                                        : Py_XNewRef(CSLOT(owner, C_HOST_HDR_LEN));
+        if (hdr == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_AttributeError, "host_hdr_len");
+            goto done;
+        }
+        PyObject *args[3] = {rx_batch, frames, hdr};
+        Py_INCREF(rx_batch);
+        passed = PyObject_VectorcallMethod(s_accepted, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                           NULL);
+        Py_DECREF(rx_batch);
+        Py_DECREF(hdr);
+        if (passed == NULL)
+            goto done;
+        Py_ssize_t np = PyObject_Length(passed);
+        if (np < 0)
+            goto done;
+        Py_ssize_t nf = PySequence_Fast_GET_SIZE(frames);
+        if (np == nf) {
+            Py_CLEAR(passed);
+        } else {
+            st->rx_filtered += nf - np;
+            if (!PyList_CheckExact(passed) && !PyTuple_CheckExact(passed))
+                Py_SETREF(passed, PySequence_List(passed)); /* same frames, indexable here */
+            if (passed == NULL)
+                goto done;
+            frames = passed;
+            if (np == 0) { /* nothing passed: () */
+                rc = 1;
+                goto done;
+            }
+        }
+        /* Python ran: the class may have changed its hooks */
+        e = type_entry(Py_TYPE(owner));
+        f = e->flags;
+        recv = e->receive;
+    }
     if (f & T_RECV_PORT && f & T_PORT && SLOT(owner, ref.port_hub_off) != NULL) {
         PyObject *hub = Py_NewRef(SLOT(owner, ref.port_hub_off));
-        r = hub_forward(hub, owner, frames, vnet);
+        int fw = hub_forward(hub, owner, frames, vnet, &r, &taken);
         Py_DECREF(hub);
+        if (fw < 0)
+            goto done;
+        if (fw == 0)
+            goto counted;
+    } else if (f & T_RECV_FUNC) {
+        /* the class's function, called unbound (the instance is its first argument) */
+        PyObject *args[4] = {NULL, owner, frames, vnet};
+        Py_INCREF(recv);
+        r = ((PyFunctionObject *)recv)->vectorcall(recv, args + 1,
+                                                   3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        Py_DECREF(recv);
     } else {
         PyObject *args[3] = {owner, frames, vnet};
         r = PyObject_VectorcallMethod(s_receive, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
     }
-    PyObject *left = NULL;
     if (r == NULL)
         goto done;
-    Py_ssize_t taken = PyLong_CheckExact(r) ? PyLong_AsSsize_t(r)
-                                            : PyNumber_AsSsize_t(r, PyExc_OverflowError);
+    taken = PyLong_CheckExact(r) ? PyLong_AsSsize_t(r) : PyNumber_AsSsize_t(r, PyExc_OverflowError);
     Py_DECREF(r);
     if (taken == -1 && PyErr_Occurred())
         goto done;
-    n = PySequence_Fast_GET_SIZE(frames);
+counted:;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
     int count_bytes = (type_flags(Py_TYPE(owner)) & T_COUNT_BYTES) != 0;
     if (taken >= n) {
         st->rx_frames += n;
         if (count_bytes && sum_len(frames, 0, n, &st->rx_bytes) < 0)
             goto done;
-        left = PyTuple_New(0);
+        rc = 1;
         goto done;
     }
     if (taken > 0) {
@@ -558,18 +752,24 @@ deliver(PyObject *owner, PyObject *sender, PyObject *frames, PyObject *vnet)
     /* self.receive_disabled = True, through the slot's descriptor */
     if (PyObject_SetAttrString(owner, "receive_disabled", Py_True) < 0)
         goto done;
-    left = PySequence_GetSlice(frames, taken, n);
-    if (taken < 0) { /* Python's frames[taken:] with a negative start */
-        Py_XDECREF(left);
+    PyObject *rest;
+    if (taken >= 0) {
+        rest = PySequence_GetSlice(frames, taken, n);
+    } else { /* Python's frames[taken:] with a negative start */
         PyObject *start = PyLong_FromSsize_t(taken);
         PyObject *sl = start ? PySlice_New(start, Py_None, Py_None) : NULL;
         Py_XDECREF(start);
-        left = sl ? PyObject_GetItem(frames, sl) : NULL;
+        rest = sl ? PyObject_GetItem(frames, sl) : NULL;
         Py_XDECREF(sl);
     }
+    if (rest != NULL) {
+        *left = rest;
+        rc = 0;
+    }
 done:
+    Py_XDECREF(passed);
     Py_DECREF(stats);
-    return left;
+    return rc;
 }
 
 static int
@@ -582,9 +782,35 @@ set_slot(PyObject *obj, Py_ssize_t off, PyObject *value)
     return 0;
 }
 
-/* NetQueue.send: the number delivered now (new reference to an int). */
-static PyObject *
-queue_send(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb, PyObject *vnet)
+/* bool(queue._entries): a deque's length is its ob_size */
+static inline int
+entries_truth(PyObject *entries)
+{
+    if (Py_IS_TYPE(entries, deque_type))
+        return Py_SIZE(entries) != 0;
+    Py_INCREF(entries);
+    int t = PyObject_IsTrue(entries);
+    Py_DECREF(entries);
+    return t;
+}
+
+static int
+queue_call(PyObject *name, PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb,
+           PyObject *vnet, size_t nargs)
+{
+    PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
+    PyObject *r = PyObject_VectorcallMethod(name, args, nargs | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* NetQueue.send; peer (flags pf, NULL when they may be stale) is the client whose queue
+ * this is, as a rule its owner */
+static Py_ssize_t
+queue_send_n(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb, PyObject *vnet,
+             PyObject **res, PyObject *peer, unsigned int pf)
 {
     PyObject *owner = NULL, *entries = NULL, *delivering = NULL;
     if (type_flags(Py_TYPE(q)) & T_QUEUE) {
@@ -592,98 +818,131 @@ queue_send(PyObject *q, PyObject *sender, PyObject *frames, PyObject *sent_cb, P
         entries = SLOT(q, ref.queue_off[Q_ENTRIES]);
         delivering = SLOT(q, ref.queue_off[Q_DELIVERING]);
     }
-    if (owner == NULL || entries == NULL || delivering == NULL) {
+    int busy = delivering == NULL ? -1 : strict_bool(delivering);
+    if (owner == NULL || entries == NULL || busy < 0) {
         PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
-        return PyObject_VectorcallMethod(s_send, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    }
-    int busy = strict_bool(delivering);
-    if (busy < 0) {
-        PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
-        return PyObject_VectorcallMethod(s_send, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        return python_answer(
+            PyObject_VectorcallMethod(s_send, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL), res);
     }
     if (!busy) {
-        Py_INCREF(owner);
-        int ok = can_receive_from(owner, sender);
-        Py_DECREF(owner);
-        if (ok < 0)
-            return NULL;
-        busy = !ok;
+        unsigned int of = owner == peer ? pf : type_flags(Py_TYPE(owner));
+        if ((of & (T_CLIENT | T_CRF | T_CR_TRUE)) != (T_CLIENT | T_CRF | T_CR_TRUE)) {
+            Py_INCREF(owner);
+            int ok = can_receive_from(owner, of, sender);
+            Py_DECREF(owner);
+            if (ok < 0)
+                return ERR;
+            busy = !ok;
+        } /* else NetClient.can_receive: True, nothing runs */
     }
-    if (busy) {
-        PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
-        PyObject *r = PyObject_VectorcallMethod(s_append, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        return PyLong_FromLong(0);
-    }
+    if (busy)
+        return queue_call(s_append, q, sender, frames, sent_cb, vnet, 5) < 0 ? ERR : 0;
     entries = SLOT(q, ref.queue_off[Q_ENTRIES]); /* re-read: can_receive may have run Python */
-    int queued = -1;
-    if (entries != NULL) {
-        Py_INCREF(entries);
-        queued = PyObject_IsTrue(entries);
-        Py_DECREF(entries);
-    }
+    int queued = entries == NULL ? -1 : entries_truth(entries);
     if (queued < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_AttributeError, "_entries");
-        return NULL;
+        return ERR;
     }
     if (queued) {
-        PyObject *args[5] = {q, sender, frames, sent_cb, vnet};
-        PyObject *r = PyObject_VectorcallMethod(s_append, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        r = PyObject_VectorcallMethod(s_flush, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        return PyLong_FromLong(0);
+        if (queue_call(s_append, q, sender, frames, sent_cb, vnet, 5) < 0 ||
+            queue_call(s_flush, q, sender, frames, sent_cb, vnet, 1) < 0)
+            return ERR;
+        return 0;
     }
     owner = SLOT(q, ref.queue_off[Q_OWNER]);
     if (owner == NULL) {
         PyErr_SetString(PyExc_AttributeError, "_owner");
-        return NULL;
+        return ERR;
     }
     Py_INCREF(owner);
     Py_INCREF(q);
     set_slot(q, ref.queue_off[Q_DELIVERING], Py_True);
-    PyObject *left = deliver(owner, sender, frames, vnet);
+    PyObject *left = NULL;
+    int dr = deliver_n(owner, sender, frames, vnet, &left);
     /* finally: delivering = False, keeping a pending exception */
     set_slot(q, ref.queue_off[Q_DELIVERING], Py_False);
     Py_DECREF(owner);
-    PyObject *result = NULL;
-    if (left == NULL)
+    Py_ssize_t result = ERR;
+    if (dr < 0)
         goto done;
-    int any = PyObject_IsTrue(left);
-    if (any < 0)
-        goto done;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(frames);
-    if (any) {
-        PyObject *args[5] = {q, sender, left, sent_cb, vnet};
-        PyObject *r = PyObject_VectorcallMethod(s_append, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        if (r == NULL)
+    if (dr == 0) {
+        int any = PyObject_IsTrue(left);
+        if (any < 0)
             goto done;
-        Py_DECREF(r);
-        Py_ssize_t nleft = PyObject_Length(left);
-        if (nleft < 0)
+        if (any) {
+            if (queue_call(s_append, q, sender, left, sent_cb, vnet, 5) < 0)
+                goto done;
+            Py_ssize_t nleft = PyObject_Length(left);
+            if (nleft < 0)
+                goto done;
+            result = PySequence_Fast_GET_SIZE(frames) - nleft;
             goto done;
-        result = PyLong_FromSsize_t(n - nleft);
-        goto done;
+        }
     }
-    result = PyLong_FromSsize_t(n);
+    result = PySequence_Fast_GET_SIZE(frames);
 done:
     Py_XDECREF(left);
     Py_DECREF(q);
     return result;
 }
 
-/* NetClient.send */
-static PyObject *
-c_send_inner(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb)
+/* The rest of NetClient.send for a batch with vnet headers to a peer that takes none:
+ * frames = vnet_hdr.to_plain(frames), then on without headers. Neither link nor filters
+ * changed anything yet (no effect before the conversion, as in Python). */
+static Py_ssize_t
+send_plain(PyObject *self, PyObject *peer, PyObject *stats, PyObject *frames, PyObject *sent_cb,
+           PyObject **res)
 {
+    Py_ssize_t r = ERR;
+    PyObject *to_plain = PyObject_GetAttr(ref.vnet_module, s_to_plain);
+    if (to_plain == NULL)
+        return ERR;
+    Py_INCREF(peer);
+    Py_INCREF(stats);
+    PyObject *plain = PyObject_Vectorcall(to_plain, &frames, 1, NULL);
+    Py_DECREF(to_plain);
+    if (plain == NULL)
+        goto out;
+    if (!PyList_CheckExact(plain) && !PyTuple_CheckExact(plain))
+        Py_SETREF(plain, PySequence_List(plain));
+    if (plain == NULL)
+        goto out;
+    /* Python ran: what comes after the conversion is read again */
     unsigned int f = type_flags(Py_TYPE(self));
+    unsigned int pf = type_flags(Py_TYPE(peer));
+    PyObject *filters = (f & T_CLIENT) ? CSLOT(self, C_FILTERS) : NULL;
+    PyObject *pfilters = (pf & T_CLIENT) ? CSLOT(peer, C_FILTERS) : NULL;
+    PyObject *incoming = (pf & T_CLIENT) ? CSLOT(peer, C_INCOMING) : NULL;
+    if (filters == NULL || !PyList_CheckExact(filters) || PyList_GET_SIZE(filters) != 0 ||
+        pfilters == NULL || !PyList_CheckExact(pfilters) || PyList_GET_SIZE(pfilters) != 0 ||
+        incoming == NULL) {
+        /* not on this path in practice: Python from the start (converts again) */
+        Py_DECREF(plain);
+        PyObject *args[4] = {self, frames, Py_True, sent_cb};
+        r = python_answer(PyObject_Vectorcall(ref.py_send, args, 4, NULL), res);
+        goto out;
+    }
+    CountersObject *st = (CountersObject *)stats;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(plain);
+    Py_INCREF(incoming);
+    st->tx_frames += count;
+    int ran = (f & T_COUNT_BYTES) ? sum_len(plain, 0, count, &st->tx_bytes) : 0;
+    if (ran >= 0) /* the peer's flags hold unless a frame's __len__ ran Python */
+        r = queue_send_n(incoming, self, plain, sent_cb, Py_False, res, ran ? NULL : peer, pf);
+    Py_DECREF(incoming);
+    Py_DECREF(plain);
+out:
+    Py_DECREF(stats);
+    Py_DECREF(peer);
+    return r;
+}
+
+/* NetClient.send; self (whose type flags are f) and frames are held by the caller */
+static Py_ssize_t
+c_send_n(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet, PyObject *sent_cb,
+         PyObject **res)
+{
     PyObject *stats = NULL, *peer = NULL, *link_down = NULL, *filters = NULL;
     if (f & T_CLIENT && (PyList_CheckExact(frames) || PyTuple_CheckExact(frames))) {
         stats = CSLOT(self, C_STATS);
@@ -699,7 +958,7 @@ c_send_inner(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb
     Py_ssize_t count = PySequence_Fast_GET_SIZE(frames);
     if (down || peer == Py_None) {
         st->tx_dropped += count;
-        return PyLong_FromSsize_t(count);
+        return count;
     }
     unsigned int pf = type_flags(Py_TYPE(peer));
     if (!(pf & T_CLIENT) || filters == NULL || !PyList_CheckExact(filters) ||
@@ -711,33 +970,32 @@ c_send_inner(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb
         incoming == NULL)
         goto python;
     if (vn && !(pf & T_ACCEPTS_VNET))
-        goto python;
+        return send_plain(self, peer, stats, frames, sent_cb, res);
     /* held: a frame's __len__ below may run Python code */
     Py_INCREF(stats);
     Py_INCREF(incoming);
-    PyObject *r = NULL;
+    Py_ssize_t r = ERR;
     st->tx_frames += count;
-    if (!(f & T_COUNT_BYTES) || sum_len(frames, 0, count, &st->tx_bytes) == 0)
-        r = queue_send(incoming, self, frames, sent_cb, vnet);
+    int ran = (f & T_COUNT_BYTES) ? sum_len(frames, 0, count, &st->tx_bytes) : 0;
+    if (ran >= 0) /* the peer's flags hold unless a frame's __len__ ran Python */
+        r = queue_send_n(incoming, self, frames, sent_cb, vnet, res, ran ? NULL : peer, pf);
     Py_DECREF(incoming);
     Py_DECREF(stats);
     return r;
-python:
-    return call4(ref.py_send, self, frames, vnet, sent_cb);
+python:;
+    PyObject *args[4] = {self, frames, vnet, sent_cb};
+    return python_answer(PyObject_Vectorcall(ref.py_send, args, 4, NULL), res);
 }
 
+/* NetClient.send, as Python calls it: the number of frames disposed of now */
 static PyObject *
-c_send(PyObject *self, PyObject *frames, PyObject *vnet, PyObject *sent_cb)
+c_send(PyObject *self, unsigned int f, PyObject *frames, PyObject *vnet, PyObject *sent_cb)
 {
-    if (Py_EnterRecursiveCall(" while sending frames"))
-        return NULL;
-    Py_INCREF(self);
-    Py_INCREF(frames);
-    PyObject *r = c_send_inner(self, frames, vnet, sent_cb);
-    Py_DECREF(frames);
-    Py_DECREF(self);
-    Py_LeaveRecursiveCall();
-    return r;
+    PyObject *res = NULL; /* self and frames: the caller's arguments, held by the caller */
+    Py_ssize_t n = c_send_n(self, f, frames, vnet, sent_cb, &res);
+    if (n >= 0)
+        return PyLong_FromSsize_t(n);
+    return n == PYOBJ ? res : NULL;
 }
 
 /* ---------------------------------------------------------- FastMethod */
@@ -755,14 +1013,23 @@ fastmethod_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *a[4] = {NULL, NULL, Py_False, Py_None}; /* self, frames, vnet, sent_cb */
     static const char *names[4] = {"self", "frames", "vnet", "sent_cb"};
-    if (nargs > 4) {
-        PyErr_SetString(PyExc_TypeError, "send() takes at most 4 positional arguments");
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        a[i] = args[i];
-    if (kwnames != NULL) {
-        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+    (void)callable;
+    if (kwnames == NULL && nargs >= 2 && nargs <= 4) {
+        /* positional only (every driver): no parsing loop */
+        a[0] = args[0];
+        a[1] = args[1];
+        if (nargs > 2)
+            a[2] = args[2];
+        if (nargs > 3)
+            a[3] = args[3];
+    } else {
+        if (nargs > 4) {
+            PyErr_SetString(PyExc_TypeError, "send() takes at most 4 positional arguments");
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < nargs; i++)
+            a[i] = args[i];
+        Py_ssize_t nk = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
         for (Py_ssize_t k = 0; k < nk; k++) {
             PyObject *key = PyTuple_GET_ITEM(kwnames, k);
             int j;
@@ -776,17 +1043,18 @@ fastmethod_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
             }
             a[j] = args[nargs + k];
         }
+        if (a[0] == NULL || a[1] == NULL) {
+            PyErr_SetString(PyExc_TypeError, "send() missing required argument 'frames'");
+            return NULL;
+        }
     }
-    if (a[0] == NULL || a[1] == NULL) {
-        PyErr_SetString(PyExc_TypeError, "send() missing required argument 'frames'");
-        return NULL;
-    }
-    if (!ref.ready || !PyObject_TypeCheck(a[0], ref.client_type)) {
+    /* a type with NetClient's layout is a NetClient subclass (the cached flag says so) */
+    unsigned int f = ref.ready ? type_flags(Py_TYPE(a[0])) : 0;
+    if (!ref.ready || (!(f & T_CLIENT) && !PyObject_TypeCheck(a[0], ref.client_type))) {
         PyErr_SetString(PyExc_TypeError, "send() needs a NetClient and an installed core");
         return NULL;
     }
-    (void)callable;
-    return c_send(a[0], a[1], a[2], a[3]);
+    return c_send(a[0], f, a[1], a[2], a[3]);
 }
 
 static PyObject *
@@ -912,6 +1180,22 @@ fastnet_install(PyObject *module, PyObject *args)
         }
         ref.send_method = (PyObject *)m;
     }
+    if (ref.vnet_module == NULL &&
+        (ref.vnet_module = PyImport_ImportModule("netstack.proto.vnet")) == NULL)
+        return NULL;
+    if (deque_type == NULL) {
+        PyObject *collections = PyImport_ImportModule("collections");
+        PyObject *dq = collections ? PyObject_GetAttrString(collections, "deque") : NULL;
+        Py_XDECREF(collections);
+        if (dq == NULL)
+            return NULL;
+        if (!PyType_Check(dq)) {
+            Py_DECREF(dq);
+            PyErr_SetString(PyExc_TypeError, "collections.deque is not a type");
+            return NULL;
+        }
+        deque_type = (PyTypeObject *)dq;
+    }
     memset(type_cache, 0, sizeof type_cache);
     ref.ready = 1;
     return Py_NewRef(ref.send_method);
@@ -968,6 +1252,9 @@ PyInit__fastnet(void)
     INTERN(s_forward, "forward");
     INTERN(s_can_forward, "can_forward");
     INTERN(s_hub, "hub");
+    INTERN(s_to_plain, "to_plain");
+    INTERN(s_hdr_len, "HDR_LEN");
+    INTERN(s_accepted, "accepted");
     PyObject *m = PyModule_Create(&fastnet_module);
     if (m == NULL)
         return NULL;

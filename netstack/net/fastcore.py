@@ -3,9 +3,14 @@
 Owns the choice for the net core's per-frame path (``NetClient.send`` and what it calls:
 the peer's queue, ``NetClient.deliver``, the repeater hub's fan-out). The Python classes
 in :mod:`netstack.net.client`, :mod:`netstack.net.queue` and :mod:`netstack.net.hub` are
-the complete reference; the C extension follows them statement by statement and hands
-every case it does not cover (filters, vnet headers to strip, rx filters, learning
-switches, drivers' own hooks) back to them, so the outcome is the same either way.
+the complete reference; the C extension follows them statement by statement, calls the
+Python helpers they call (``vnet_hdr.to_plain``, a NIC's rx batch classifier, the
+driver's ``receive``) and hands every case it does not cover (net filters, learning
+switches, drivers' own ``can_receive``) back to them, so the outcome is the same either
+way. Two deviations, in corners no driver uses: the C path looks hooks up on the class
+(a ``receive`` assigned on one instance is not seen), and a loop of hubs joined port to
+port raises ``RecursionError`` after a fixed depth of hub calls rather than at the
+interpreter's limit (see ``netstack/net/_fastnet.c``).
 
 The choice is made at first use, not at import: the first :class:`NetClient` or
 :class:`~netstack.net.hub.Hub` created asks :func:`netstack.fastpath.load` for the

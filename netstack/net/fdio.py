@@ -17,7 +17,9 @@ What it owns
       queues part of it, reading is held until that callback fires. The callback may fire
       inside ``send`` (the queue flushes older entries first), in which case nothing is held.
       :meth:`PeerFlow.reset` forgets a batch in flight (a new connection), so a callback
-      from an earlier connection never releases the hold of a later one.
+      from an earlier connection never releases the hold of a later one. The completion
+      callback is made once per generation (at creation and at each reset), not per batch:
+      a wake-up's Python is the send call and two flag writes.
 
 The transmit side (the fd is full: ``EAGAIN``/``ENOBUFS``) is the driver's ``receive``
 returning the prefix it wrote, which makes the core queue the rest and disable reception;
@@ -152,11 +154,13 @@ class PeerFlow:
     (usually :meth:`FdWatch.hold`, or a function holding several watches).
     """
 
-    __slots__ = ("_fired", "_generation", "_hold", "_in_send", "paused")
+    __slots__ = ("_fired", "_generation", "_hold", "_in_send", "_sent_cb", "paused")
 
     def __init__(self, hold: Callable[[bool], None]) -> None:
         self._hold = hold
         self._generation = 0
+        #: The completion callback of this generation's batches.
+        self._sent_cb: Callable[[int], None] = functools.partial(self._on_sent, 0)
         self._in_send = False
         self._fired = False
         #: True while reading is held for a queued batch.
@@ -168,7 +172,7 @@ class PeerFlow:
         self._in_send = True
         self._fired = False
         try:
-            sent = sender.send(frames, vnet, functools.partial(self._on_sent, generation))
+            sent = sender.send(frames, vnet, self._sent_cb)
         finally:
             self._in_send = False
         if sent < len(frames) and not self._fired and generation == self._generation:
@@ -187,4 +191,5 @@ class PeerFlow:
     def reset(self) -> None:
         """Forget any batch in flight (its callback will be ignored) and the pause."""
         self._generation += 1
+        self._sent_cb = functools.partial(self._on_sent, self._generation)
         self.paused = False

@@ -16,6 +16,8 @@ identical.
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 
 from netstack.net import fastcore
 from netstack.net.hub import Hub
+from netstack.net.rxfilter import RxFilter
 from tests.property.fastcore_scripts import BCAST, MAC_A, MAC_B, REENTER, Probe, World, run
 
 pytestmark = pytest.mark.compiled
@@ -130,3 +133,94 @@ def test_a_class_changed_at_run_time_is_rechecked() -> None:
         del Leaf.can_receive
         b.flush_queued()
         assert [e[2] for e in log if e[0] == "rx"] == [[b"x"], [b"y"]]
+
+
+def test_a_receive_changed_on_the_class_is_seen() -> None:
+    """The cached receive function follows the class (its version tag), on both paths."""
+    mod = _fastnet()
+    for path in (mod, None):
+        with fastcore.use(path):
+            log: list[Any] = []
+
+            class Leaf(Probe):
+                pass
+
+            a, b = Leaf("a", log), Leaf("b", log)
+            a.connect(b)
+            assert a.send([b"x"]) == 1
+            Leaf.receive = lambda self, frames, vnet: 0  # type: ignore[method-assign]
+            assert a.send([b"y"]) == 0
+            assert b.receive_disabled and len(b.incoming) == 1
+            del Leaf.receive
+            b.flush_queued()
+            assert [e[2] for e in log if e[0] == "rx"] == [[b"x"], [b"y"]]
+
+
+def _python_calls(fn: Any) -> set[str]:
+    """The Python functions run while ``fn()`` runs (``sys.setprofile``)."""
+    names: set[str] = set()
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            names.add(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}")
+
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return names
+
+
+def test_vnet_headers_and_rx_filters_stay_on_the_compiled_path() -> None:
+    """Stripping vnet headers for a plain peer and a NIC's rx filter are called from C:
+    the Python send, queue and deliver do not run (their helpers do)."""
+    mod = _fastnet()
+    core = {"client.py:send", "client.py:deliver", "queue.py:send", "client.py:can_send"}
+    with fastcore.use(mod):
+        w = World()
+        frame = MAC_A + MAC_B + b"\x08\x00" + b"abcd"
+        calls = _python_calls(lambda: w.clients[0].send([bytes(12) + frame], True))
+        assert "vnet.py:to_plain" in calls and not calls & core
+        rx = RxFilter(MAC_B)
+        rx.program(rx_modes={"promisc": False})
+        w.nics[1].rx_filter = rx  # the switch floods MAC_A (unknown) to it
+        calls = _python_calls(lambda: w.clients[3].send([frame, BCAST + frame[6:]]))
+        assert "rxbatch.py:accepted" in calls and not calls & core
+        assert w.nics[1].stats.rx_filtered == 1 and w.nics[1].stats.rx_frames == 1
+
+
+_HUB_LOOP = """
+import importlib, sys
+from netstack.net import fastcore
+from netstack.net.client import NetClient
+from netstack.net.hub import Hub
+mod = importlib.import_module(fastcore.EXTENSION) if sys.argv[1] == "c" else None
+with fastcore.use(mod):
+    a, b = Hub(0), Hub(1)
+    c = NetClient("c")
+    a.add_port().connect(c)
+    for _ in range(2):
+        a.add_port().connect(b.add_port())
+    try:
+        print(c.send([b"x" * 20]))
+    except RecursionError:
+        print("RecursionError")
+    print(c.stats.as_dict(), a.counters.as_dict(), b.counters.as_dict())
+"""
+
+
+def test_a_loop_of_hubs_raises_recursion_error_on_both_paths() -> None:
+    """Two hubs joined port to port twice: asking whether a port can forward goes round
+    the loop for ever; both paths raise RecursionError (the C path once bounded its own
+    depth of hub calls, not by running out of C stack) with the same counters."""
+    _fastnet()
+    out = {}
+    for path in ("c", "py"):
+        done = subprocess.run(
+            [sys.executable, "-c", _HUB_LOOP, path], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        out[path] = done.stdout
+    assert out["c"] == out["py"]
+    assert out["c"].startswith("RecursionError\n")
