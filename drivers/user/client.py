@@ -69,6 +69,7 @@ from .options import (
 from .reporting import Reporter
 from .smb import SmbServer
 from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
+from .tcp.fastpath import impl as fastflow_impl
 from .tftproot import TftpRoot
 from .udp_nat import UdpReply
 from .v4 import host as v4_host
@@ -146,11 +147,17 @@ class UserNetClient(NetClient):
         if not cfg.ipv4:  # no ARP, no IPv4 service: counted and dropped
             self.gw.eth_handlers[ipv4.ETH_P_IP] = self._ipv4_off
             self.gw.eth_handlers[ipv4.ETH_P_ARP] = self._ipv4_off
+        tcp_cfg = TcpConfig(mtu=cfg.mtu, vnet=True)
+        #: The established-flow fast path of guest TCP (:mod:`.tcp.fastflow`).
+        self.fast = fastflow_impl().FlowCache(
+            self.outbox.vnet_frames, self._tcp_send, self._pump_now, rcvbuf=tcp_cfg.rcvbuf,
+            sndbuf=tcp_cfg.sndbuf, delack=tcp_cfg.delack, idle_timeout=tcp_cfg.idle_timeout,
+        )  # fmt: skip
         self.tcp = TcpSplicer(
-            loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
+            loop, tcp_cfg, send=self._tcp_send,
             resolve=self._resolve_tcp, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
             max_flows=tcp_max_flows, outbox=self.outbox, deadlines=self.deadlines,
-            pump=self._pump_now,
+            pump=self._pump_now, fast=self.fast,
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._pump,
@@ -195,7 +202,16 @@ class UserNetClient(NetClient):
             self._refresh_upstreams(now)
         gw_input = self.gw.input
         if vnet:
-            self._receive_vnet(frames, now)
+            if self._receive_vnet(frames, now):  # every frame took the fast path
+                try:
+                    self.fast.flush(now)
+                    self.tcp.flush_acks()  # connections the fast path handed back
+                except Exception:
+                    self._internal_error("guest TCP")
+                outbox = self.outbox
+                if outbox.vnet_frames or outbox.frames or outbox.actions or outbox.events:
+                    self._pump(now)
+                return len(frames)
         else:
             for frame in frames:
                 try:
@@ -203,6 +219,7 @@ class UserNetClient(NetClient):
                 except Exception:
                     self._internal_error("guest frame")
         try:
+            self.fast.flush(now)
             self.tcp.flush_acks()
         except Exception:
             self._internal_error("guest TCP")
@@ -213,40 +230,61 @@ class UserNetClient(NetClient):
                                     self.gw.icmp.max_flows)  # fmt: skip
         return len(frames)
 
-    def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
-        """Frames behind virtio-net headers. A TCP frame asking for checksum offload or
+    def _receive_vnet(self, frames: Sequence[bytes], now: float) -> bool:
+        """Frames behind virtio-net headers; True when every one took the TCP fast path
+        (:attr:`fast`: plain segments of lent connections), which is tried first, in
+        order: a frame it declines takes the way below. A TCP frame asking for checksum offload or
         TSO has a partial checksum, which is not verified: over IPv4 it is checked in place
         (:meth:`.v4.router.Gateway.offloaded_tcp`) and its payload reaches the splicer
         uncopied; over IPv6 it goes through the gateway whole (:attr:`_csum_trusted`).
         Any other offloaded frame is completed or segmented first (rare: UDP from a guest
         with checksum offload, UFO/USO); the rest lose the header."""
-        gw_input = self.gw.input
-        for frame in frames:
+        fast = self.fast
+        n = len(frames)
+        try:
+            i = fast.guest_frames(frames, 0, now)
+        except Exception:
+            self._internal_error("guest TCP")
+            return False
+        if i >= n:
+            return True
+        while i < n:
+            self._vnet_frame(frames[i], now)
             try:
-                if len(frame) < _VNET_MIN:
-                    self.gw.stats["vnet-short"] += 1
-                    continue
-                if not frame[0] & vnet_hdr.NEEDS_CSUM and not frame[1] & ~vnet_hdr.GSO_ECN:
-                    gw_input(frame[vnet_hdr.HDR_LEN :], now)
-                    continue
-                family = _is_tcp(frame)
-                if family == 4 and self.cfg.ipv4:
-                    seg = self.gw.offloaded_tcp(frame)
-                    if isinstance(seg, str):
-                        self.gw.stats[seg] += 1
-                    elif self.policy.routable(seg.dst):
-                        self.tcp.guest_segment(seg, now)
-                elif family:
-                    self._csum_trusted = True
-                    try:
-                        gw_input(frame[vnet_hdr.HDR_LEN :], now)
-                    finally:
-                        self._csum_trusted = False
-                else:
-                    for plain in vnet_hdr.to_plain((frame,)):
-                        gw_input(plain, now)
+                i = fast.guest_frames(frames, i + 1, now)
             except Exception:
-                self._internal_error("guest frame")
+                self._internal_error("guest TCP")
+                return False
+        return False
+
+    def _vnet_frame(self, frame: bytes, now: float) -> None:
+        """One frame behind a virtio-net header, the general way."""
+        gw_input = self.gw.input
+        try:
+            if len(frame) < _VNET_MIN:
+                self.gw.stats["vnet-short"] += 1
+                return
+            if not frame[0] & vnet_hdr.NEEDS_CSUM and not frame[1] & ~vnet_hdr.GSO_ECN:
+                gw_input(frame[vnet_hdr.HDR_LEN :], now)
+                return
+            family = _is_tcp(frame)
+            if family == 4 and self.cfg.ipv4:
+                seg = self.gw.offloaded_tcp(frame)
+                if isinstance(seg, str):
+                    self.gw.stats[seg] += 1
+                elif self.policy.routable(seg.dst):
+                    self.tcp.guest_segment(seg, now)
+            elif family:
+                self._csum_trusted = True
+                try:
+                    gw_input(frame[vnet_hdr.HDR_LEN :], now)
+                finally:
+                    self._csum_trusted = False
+            else:
+                for plain in vnet_hdr.to_plain((frame,)):
+                    gw_input(plain, now)
+        except Exception:
+            self._internal_error("guest frame")
 
     def _refresh_upstreams(self, now: float) -> None:
         assert self._resolv is not None
