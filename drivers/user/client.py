@@ -17,7 +17,7 @@ wake-up and timer - drains the outbox: host actions run, dispatched by class
 :meth:`.hostfwd.HostForwarder.udp_reply`), frames leave as one batch per kind (``send``),
 events go to QMP with the netdev name added.
 
-Offloads: :attr:`UserNetClient.accepts_vnet` is True; :meth:`UserNetClient._receive_vnet`
+Offloads: :attr:`UserNetClient.accepts_vnet` is True; :meth:`UserNetClient._vnet_frame`
 passes checksum-partial and TSO guest TCP to the gateway whole (not verified, not
 segmented), completes other offloaded frames, and the splicer sends guest-bound TCP as
 checksum-partial TSO super-frames.
@@ -125,7 +125,7 @@ class UserNetClient(NetClient):
         self._resolv_due = 0.0
         self._closed = False
         self.report = Reporter(name, log, loop.time, self.gw.count)
-        #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
+        #: Set while a checksum-offloaded TCP frame is in the gateway (see _vnet_frame).
         self._csum_trusted = False
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
@@ -200,24 +200,16 @@ class UserNetClient(NetClient):
         now = self._loop.time()
         if self._resolv is not None and now >= self._resolv_due:
             self._refresh_upstreams(now)
-        gw_input = self.gw.input
-        if vnet:
-            if self._receive_vnet(frames, now):  # every frame took the fast path
-                try:
-                    self.fast.flush(now)
-                    self.tcp.flush_acks()  # connections the fast path handed back
-                except Exception:
-                    self._internal_error("guest TCP")
-                outbox = self.outbox
-                if outbox.vnet_frames or outbox.frames or outbox.actions or outbox.events:
-                    self._pump(now)
-                return len(frames)
-        else:
-            for frame in frames:
-                try:
-                    gw_input(frame, now)
-                except Exception:
-                    self._internal_error("guest frame")
+        if self._receive_frames(frames, now, vnet):  # every frame took the fast path
+            try:
+                self.fast.flush(now)
+                self.tcp.flush_acks()  # connections the fast path handed back
+            except Exception:
+                self._internal_error("guest TCP")
+            outbox = self.outbox
+            if outbox.vnet_frames or outbox.frames or outbox.actions or outbox.events:
+                self._pump(now)
+            return len(frames)
         try:
             self.fast.flush(now)
             self.tcp.flush_acks()
@@ -230,35 +222,44 @@ class UserNetClient(NetClient):
                                     self.gw.icmp.max_flows)  # fmt: skip
         return len(frames)
 
-    def _receive_vnet(self, frames: Sequence[bytes], now: float) -> bool:
-        """Frames behind virtio-net headers; True when every one took the TCP fast path
-        (:attr:`fast`: plain segments of lent connections), which is tried first, in
-        order: a frame it declines takes the way below. A TCP frame asking for checksum offload or
-        TSO has a partial checksum, which is not verified: over IPv4 it is checked in place
-        (:meth:`.v4.router.Gateway.offloaded_tcp`) and its payload reaches the splicer
-        uncopied; over IPv6 it goes through the gateway whole (:attr:`_csum_trusted`).
-        Any other offloaded frame is completed or segmented first (rare: UDP from a guest
-        with checksum offload, UFO/USO); the rest lose the header."""
+    def _receive_frames(self, frames: Sequence[bytes], now: float, vnet: bool) -> bool:
+        """A batch from the peer (behind virtio-net headers when ``vnet``); True when
+        every frame took the TCP fast path (:attr:`fast`: plain segments of lent
+        connections), which is tried first, in order: a frame it declines goes the
+        general way (:meth:`_vnet_frame`, or the gateway)."""
         fast = self.fast
         n = len(frames)
+        one = self._vnet_frame if vnet else self._plain_frame
         try:
-            i = fast.guest_frames(frames, 0, now)
+            i = fast.guest_frames(frames, 0, now, vnet)
         except Exception:
             self._internal_error("guest TCP")
             return False
         if i >= n:
             return True
         while i < n:
-            self._vnet_frame(frames[i], now)
+            one(frames[i], now)
             try:
-                i = fast.guest_frames(frames, i + 1, now)
+                i = fast.guest_frames(frames, i + 1, now, vnet)
             except Exception:
                 self._internal_error("guest TCP")
                 return False
         return False
 
+    def _plain_frame(self, frame: bytes, now: float) -> None:
+        try:
+            self.gw.input(frame, now)
+        except Exception:
+            self._internal_error("guest frame")
+
     def _vnet_frame(self, frame: bytes, now: float) -> None:
-        """One frame behind a virtio-net header, the general way."""
+        """One frame behind a virtio-net header, the general way. A TCP frame asking for
+        checksum offload or TSO has a partial checksum, which is not verified: over IPv4
+        it is checked in place (:meth:`.v4.router.Gateway.offloaded_tcp`) and its payload
+        reaches the splicer uncopied; over IPv6 it goes through the gateway whole
+        (:attr:`_csum_trusted`). Any other offloaded frame is completed or segmented first
+        (rare: UDP from a guest with checksum offload, UFO/USO); the rest lose the
+        header."""
         gw_input = self.gw.input
         try:
             if len(frame) < _VNET_MIN:

@@ -68,7 +68,7 @@ typedef struct {
         rto_max, reported;
     long long rcv_nxt, rcv_adv, rcv_acked, ack_pending, max_guest_flight, rcv_ws, rcv_mss,
         ack_threshold, quick_ack, snd_una, snd_nxt, snd_wnd, max_snd_wnd, snd_wl1, snd_wl2,
-        snd_ws, snd_mss, max_burst, cwnd, ssthresh, rtt_seq, held, err;
+        snd_ws, snd_mss, max_burst, cwnd, ssthresh, rtt_seq, held, err, window_updates;
 } FlowObject;
 
 static PyTypeObject CacheType;
@@ -349,8 +349,6 @@ flow_segment(FlowObject *f, long long seq32, long long ack32, long long wnd,
     if (ack == snd_una && !plen && snd_max > snd_una && new_wnd == f->snd_wnd)
         return 0;
     if (plen > f->rcv_adv - rcv_nxt)
-        return 0;
-    if (plen && f->rcv_adv - (rcv_nxt + plen) < cache->rcvbuf / 2)
         return 0;
     cache->frames_in++;
     f->now = now;
@@ -634,7 +632,7 @@ flow_new(CacheObject *cache, PyObject *key, PyObject *sock, PyObject *tpl, PyObj
     f->snd_una = f->snd_nxt = f->snd_wnd = f->max_snd_wnd = f->snd_wl1 = f->snd_wl2 = 0;
     f->snd_ws = f->snd_mss = f->max_burst = f->cwnd = f->ssthresh = 0;
     f->rtt_seq = -1;
-    f->held = f->err = 0;
+    f->held = f->err = f->window_updates = 0;
     if (f->leftover == NULL) {
         Py_DECREF(f);
         return NULL;
@@ -661,7 +659,7 @@ static PyMemberDef flow_members[] = {
     FM(max_snd_wnd, T_LONGLONG), FM(snd_wl1, T_LONGLONG), FM(snd_wl2, T_LONGLONG),
     FM(snd_ws, T_LONGLONG), FM(snd_mss, T_LONGLONG), FM(max_burst, T_LONGLONG),
     FM(cwnd, T_LONGLONG), FM(ssthresh, T_LONGLONG), FM(rtt_seq, T_LONGLONG),
-    FM(held, T_LONGLONG), FM(err, T_LONGLONG),
+    FM(held, T_LONGLONG), FM(err, T_LONGLONG), FM(window_updates, T_LONGLONG),
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -689,26 +687,34 @@ static PyTypeObject FlowType = {
 
 /* --------------------------------------------------------------- the cache */
 
-/* One guest frame: 1 taken, 0 declined, -1 error. */
+/* One guest frame (behind a virtio-net header when `vnet`): 1 taken, 0 declined, -1
+ * error. */
 static int
-cache_frame(CacheObject *c, const unsigned char *p, Py_ssize_t n, double now)
+cache_frame(CacheObject *c, const unsigned char *p, Py_ssize_t n, double now, int vnet)
 {
-    if (n < TPL_LEN || p[1] != 0)
+    Py_ssize_t base = vnet ? VNET_LEN : 0;
+    if (n < base + 54)
         return 0;
-    int verify = !(p[0] & NEEDS_CSUM);
-    if (p[24] != 0x08 || p[25] != 0x00)
+    int verify = 1;
+    if (vnet) {
+        if (p[1] != 0)
+            return 0;  /* GSO: the general path */
+        verify = !(p[0] & NEEDS_CSUM);
+    }
+    const unsigned char *eth = p + base;
+    if (eth[12] != 0x08 || eth[13] != 0x00)
         return 0;
-    const unsigned char *ip = p + IP_OFF;
+    const unsigned char *ip = eth + 14;
     if (ip[0] != 0x45 || ip[9] != 6)
         return 0;
     long long total = be16(ip + 2);
-    if (total < 40 || IP_OFF + total > n)
+    if (total < 40 || base + 14 + total > n)
         return 0;
     if (be16(ip + 6) & 0x3FFF)
         return 0;
     if (fold(sum16(ip, 20)) != 0xFFFF)
         return 0;
-    const unsigned char *tcp = p + TCP_OFF;
+    const unsigned char *tcp = ip + 20;
     if (tcp[12] != 0x50)
         return 0;
     unsigned char keyb[12];
@@ -728,23 +734,22 @@ cache_frame(CacheObject *c, const unsigned char *p, Py_ssize_t n, double now)
     FlowObject *f = (FlowObject *)fo;
     if (!f->lent)
         return 0;
-    if (memcmp(p + VNET_LEN, f->tpl + VNET_LEN + 6, 6) != 0)
-        return 0;
-    if (memcmp(p + VNET_LEN + 6, f->tpl + VNET_LEN, 6) != 0)
-        return 0;
-    long long l4_len = total - 20;
-    Py_ssize_t end = IP_OFF + (Py_ssize_t)total;
+    if (memcmp(eth, f->tpl + VNET_LEN + 6, 6) != 0)
+        return 0;  /* to the gateway's MAC */
+    if (memcmp(eth + 6, f->tpl + VNET_LEN, 6) != 0)
+        return 0;  /* from the guest's MAC */
+    Py_ssize_t plen = (Py_ssize_t)total - 40;
     if (verify) {
-        long long pseudo = sum16(ip + 12, 8) + 6 + l4_len;
-        if (fold(pseudo + sum16(tcp, end - TCP_OFF)) != 0xFFFF)
+        long long pseudo = sum16(ip + 12, 8) + 6 + (total - 20);
+        if (fold(pseudo + sum16(tcp, (Py_ssize_t)total - 20)) != 0xFFFF)
             return 0;
     }
     int flags = tcp[13];
     if (flags != F_ACK && flags != (F_ACK | F_PSH))
         return 0;
     Py_INCREF(f);
-    int rc = flow_segment(f, be32(tcp + 4), be32(tcp + 8), be16(tcp + 14), tcp + 20,
-                          end - TPL_LEN, now);
+    int rc = flow_segment(f, be32(tcp + 4), be32(tcp + 8), be16(tcp + 14), tcp + 20, plen,
+                          now);
     Py_DECREF(f);
     return rc;
 }
@@ -752,10 +757,13 @@ cache_frame(CacheObject *c, const unsigned char *p, Py_ssize_t n, double now)
 static PyObject *
 Cache_guest_frames(CacheObject *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "guest_frames(frames, start, now)");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "guest_frames(frames, start, now, vnet)");
         return NULL;
     }
+    int vnet = PyObject_IsTrue(args[3]);
+    if (vnet < 0)
+        return NULL;
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred())
         return NULL;
@@ -775,7 +783,7 @@ Cache_guest_frames(CacheObject *c, PyObject *const *args, Py_ssize_t nargs)
             PyErr_Clear();
             break;  /* not a buffer: the general path says why */
         }
-        int rc = cache_frame(c, view.buf, view.len, now);
+        int rc = cache_frame(c, view.buf, view.len, now, vnet);
         PyBuffer_Release(&view);
         if (rc < 0) {
             Py_DECREF(seq);
@@ -809,18 +817,34 @@ Cache_flush(CacheObject *c, PyObject *arg)
         if (Py_TYPE(f) != &FlowType)
             continue;
         f->touched = 0;
+        if (!f->lent) {
+            f->held = 0;
+            continue;
+        }
         long long pending = f->ack_pending;
-        if (f->lent && pending && (pending >= f->quick_ack || f->delack_at == INFINITY)) {
+        if (pending && (pending >= f->quick_ack || f->delack_at == INFINITY)) {
             f->now = now;
-            if (send_ack(f, c->out) < 0) {
-                Py_DECREF(touched);
-                return NULL;
+            if (send_ack(f, c->out) < 0)
+                goto fail;
+        }
+        if (f->held) {
+            f->held = 0;
+            long long rcvbuf = c->rcvbuf;
+            long long quarter = rcvbuf / 4 < 65536 ? rcvbuf / 4 : 65536;
+            if (f->rcv_adv - f->rcv_nxt < rcvbuf / 2
+                && f->rcv_nxt + rcvbuf - f->rcv_adv >= quarter) {
+                f->now = now;
+                if (send_ack(f, c->out) < 0)
+                    goto fail;
+                f->window_updates++;
             }
         }
-        f->held = 0;
     }
     Py_DECREF(touched);
     Py_RETURN_NONE;
+fail:
+    Py_DECREF(touched);
+    return NULL;
 }
 
 static PyObject *

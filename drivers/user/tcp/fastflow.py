@@ -53,6 +53,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from netstack.proto.checksum import ones_sum
+
 M32: Final = 0xFFFFFFFF
 INF: Final = math.inf
 #: Offsets of a guest-bound frame laid out by :class:`.builder.FrameBuilder` (virtio-net
@@ -134,25 +136,32 @@ class FlowCache:
 
     # -- guest frames ----------------------------------------------------------------------
 
-    def guest_frames(self, frames: Sequence[bytes], start: int, now: float) -> int:
-        """Take ``frames[start:]`` in order while they are the fast path's; the index of
-        the first one that is not (``len(frames)`` when all were taken)."""
+    def guest_frames(self, frames: Sequence[bytes], start: int, now: float, vnet: bool) -> int:
+        """Take ``frames[start:]`` (behind virtio-net headers when ``vnet``) in order
+        while they are the fast path's; the index of the first one that is not
+        (``len(frames)`` when all were taken)."""
         n = len(frames)
-        i = start
+        i = max(start, 0)
         while i < n:
-            if not self._frame(frames[i], now):
+            if not self._frame(memoryview(frames[i]).cast("B"), now, vnet):
                 return i
             i += 1
         return n
 
-    def _frame(self, frame: bytes, now: float) -> bool:
+    def _frame(self, frame: memoryview, now: float, vnet: bool) -> bool:
         n = len(frame)
-        if n < TCP_OFF + 20 or frame[1] != 0:  # no GSO
+        base = VNET_LEN if vnet else 0
+        if n < base + 54:
             return False
-        verify = not frame[0] & NEEDS_CSUM
-        if frame[24] != 0x08 or frame[25] != 0x00:
+        verify = True
+        if vnet:
+            if frame[1] != 0:
+                return False  # GSO: the general path
+            verify = not frame[0] & NEEDS_CSUM
+        eth = base
+        if frame[eth + 12] != 0x08 or frame[eth + 13] != 0x00:
             return False
-        ip = IP_OFF
+        ip = eth + 14
         if frame[ip] != 0x45 or frame[ip + 9] != 6:
             return False
         total = (frame[ip + 2] << 8) | frame[ip + 3]
@@ -162,7 +171,7 @@ class FlowCache:
             return False
         if _fold(_sum16(frame[ip : ip + 20])) != 0xFFFF:
             return False
-        tcp = TCP_OFF
+        tcp = ip + 20
         if frame[tcp + 12] != 0x50:  # no options, no reserved bits
             return False
         key = bytes(frame[ip + 12 : ip + 16]) + bytes(frame[tcp : tcp + 2])
@@ -171,15 +180,14 @@ class FlowCache:
         if f is None or not f.lent:
             return False
         tpl = f.tpl
-        if frame[VNET_LEN : VNET_LEN + 6] != tpl[VNET_LEN + 6 : VNET_LEN + 12]:
+        if frame[eth : eth + 6] != tpl[VNET_LEN + 6 : VNET_LEN + 12]:
             return False  # to the gateway's MAC
-        if frame[VNET_LEN + 6 : VNET_LEN + 12] != tpl[VNET_LEN : VNET_LEN + 6]:
+        if frame[eth + 6 : eth + 12] != tpl[VNET_LEN : VNET_LEN + 6]:
             return False  # from the guest's MAC
-        l4_len = total - 20
         end = ip + total
         if verify:
-            pseudo = _sum16(frame[ip + 12 : ip + 20]) + 6 + l4_len
-            if _fold(pseudo + _sum16(frame[tcp:end])) != 0xFFFF:
+            pseudo = _sum16(frame[ip + 12 : ip + 20]) + 6 + total - 20
+            if _fold(pseudo + ones_sum(frame[tcp:end])) != 0xFFFF:
                 return False
         flags = frame[tcp + 13]
         if flags not in (ACK, ACK | PSH):
@@ -195,10 +203,15 @@ class FlowCache:
         for f in touched:
             f.touched = False
             pending = f.ack_pending
-            if f.lent and pending and (pending >= f.quick_ack or f.delack_at == INF):
+            if not f.lent:
+                f.held = 0
+                continue
+            if pending and (pending >= f.quick_ack or f.delack_at == INF):
                 f.now = now
                 f._send_ack(self.out)
-            f.held = 0
+            if f.held:
+                f.held = 0
+                f._window_update(now)
 
 
 class FastFlow:
@@ -220,10 +233,10 @@ class FastFlow:
         self.lent = False
         self.touched = False
         ip = IP_OFF
-        src, dst = self.tpl[ip + 12 : ip + 16], self.tpl[ip + 16 : ip + 20]
-        addrs = _sum16(src) + _sum16(dst)
-        self.ip_base = addrs + 0x4500 + 0x4000 + ((64 << 8) | 6)
-        self.pseudo = addrs + 6
+        hdr = self.tpl[ip : ip + 20]
+        # the header's fixed words (what FrameBuilder precomputes): all but length and sum
+        self.ip_base = _sum16(hdr) - ((hdr[2] << 8) | hdr[3]) - ((hdr[10] << 8) | hdr[11])
+        self.pseudo = _sum16(hdr[12:20]) + 6
         self.now = 0.0
         self.last_activity = 0.0
         self.rcv_nxt = self.rcv_adv = self.rcv_acked = 0
@@ -259,6 +272,8 @@ class FastFlow:
         #: Guest bytes of the current batch: the machine writes them to the host at the
         #: end of the batch, so its window counts them as held until then.
         self.held = 0
+        #: Window updates sent (the machine's ``window-updates``, added back on reclaim).
+        self.window_updates = 0
 
     # -- deadline --------------------------------------------------------------------------
 
@@ -304,7 +319,14 @@ class FastFlow:
         return min(max(self.rcv_adv - self.rcv_nxt, 0) >> ws, 0xFFFF)
 
     def _segment(
-        self, seq32: int, ack32: int, wnd: int, frame: bytes, at: int, end: int, now: float
+        self,
+        seq32: int,
+        ack32: int,
+        wnd: int,
+        frame: memoryview,
+        at: int,
+        end: int,
+        now: float,
     ) -> bool:
         rcv_nxt = self.rcv_nxt
         if seq32 != rcv_nxt & M32:
@@ -322,8 +344,6 @@ class FastFlow:
             return False  # a duplicate ACK: loss recovery is the machine's
         if plen > self.rcv_adv - rcv_nxt:
             return False
-        if plen and self.rcv_adv - (rcv_nxt + plen) < self.cache.rcvbuf // 2:
-            return False  # a window update would follow the host write
         cache = self.cache
         cache.frames_in += 1
         self.now = now
@@ -342,7 +362,7 @@ class FastFlow:
             self.rcv_nxt = rcv_nxt + plen
             self.ack_pending += plen
             self.held += plen
-            self._to_host(memoryview(frame)[at:end])
+            self._to_host(frame[at:end])
         if self.ack_pending:
             if self.ack_pending >= self.ack_threshold:
                 self._send_ack(cache.out)
@@ -427,6 +447,19 @@ class FastFlow:
         if len(tpl) - VNET_LEN < ETH_ZLEN:
             tpl += bytes(ETH_ZLEN + VNET_LEN - len(tpl))
         return bytes(tpl)
+
+    def _window_update(self, now: float) -> None:
+        """``TcpEndpoint.host_written`` after the batch's bytes went to the host: an ACK
+        when our window has shrunk to under half and twice ``min(rcvbuf / 4, 64 KiB)``
+        more would open (a guest without window scaling)."""
+        rcvbuf = self.cache.rcvbuf
+        free_edge = self.rcv_nxt + rcvbuf
+        if self.rcv_adv - self.rcv_nxt < rcvbuf // 2 and free_edge - self.rcv_adv >= min(
+            rcvbuf // 4, 65536
+        ):
+            self.now = now
+            self._send_ack(self.cache.out)
+            self.window_updates += 1
 
     def _send_ack(self, out: list[bytes]) -> None:
         """``TcpEndpoint._send_ack`` (no SACK blocks: nothing is held out of order)."""

@@ -143,6 +143,9 @@ def reclaim(m: TcpEndpoint, f: Any, cache: Any) -> None:
     rto.rto = f.rto
     rto.srtt = None if f.srtt < 0 else f.srtt
     rto.rttvar = f.rttvar
+    if f.window_updates:
+        m.stats["window-updates"] += f.window_updates
+        f.window_updates = 0
     leftover = f.leftover
     if leftover:
         rx.tohost.append(memoryview(bytearray(leftover)))

@@ -538,7 +538,9 @@ class TcpSplicer:
     def counters(self) -> dict[str, int]:
         total: Counter[str] = Counter(self.stats)
         for sp in self.flows.values():
-            total.update(sp._m.stats)  # the fast path never counts into a machine
+            total.update(sp._m.stats)
+            if sp.fast is not None and sp.fast.window_updates:  # counted while lent
+                total["window-updates"] += sp.fast.window_updates
         total["flows"] = len(self.flows)
         if self.fast is not None:
             total.update(self.fast.counters())

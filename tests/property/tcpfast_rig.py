@@ -1,0 +1,139 @@
+"""Shared rig of the TCP fast-path tests: an established machine, guest frames, caches.
+
+:func:`established` runs a guest handshake on a :class:`TcpEndpoint` with the user
+netdev's settings (virtio-net headers, Ethernet, IPv4); :func:`guest_frame` builds the
+guest's frames (virtio-net header, Ethernet, IPv4, TCP) with correct checksums, full or
+partial (``NEEDS_CSUM``); :func:`cache` makes a flow cache of either implementation
+whose output is collected in one list.
+"""
+
+from __future__ import annotations
+
+import struct
+from types import ModuleType
+from typing import Any
+
+from drivers.user.tcp import TcpConfig, TcpEndpoint, ethernet_header
+from netstack.proto.checksum import fold, ones_sum
+from netstack.proto.tcp import ACK, SYN, Segment, syn_options
+
+GUEST = bytes([10, 0, 2, 15])
+HOST = bytes([10, 0, 2, 2])
+GUEST_PORT = 40000
+HOST_PORT = 7
+GUEST_MAC = bytes.fromhex("525400123456")
+GW_MAC = bytes.fromhex("525500000202")
+IRS = 5000
+ISS = 0xFFFFF000  # wraps within the first 4 KiB
+CFG = TcpConfig(vnet=True)
+
+
+def established(
+    *, cfg: TcpConfig = CFG, iss: int = ISS, irs: int = IRS, wscale: int | None = 7,
+    sack: bool = True, wnd: int = 65535, out: list[bytes] | None = None,
+) -> TcpEndpoint:  # fmt: skip
+    """A connection the guest opened and whose handshake completed at time 0."""
+    syn = Segment(GUEST, HOST, GUEST_PORT, HOST_PORT, irs, 0, SYN, wnd,
+                  syn_options(1460, wscale, sack), b"", GUEST_MAC)  # fmt: skip
+    l2 = ethernet_header(GUEST_MAC, GW_MAC, False)
+    m = TcpEndpoint.accept(syn, 0.0, config=cfg, l2=l2, out=out, iss=iss)
+    m.host_connected(0.0)
+    ack = Segment(GUEST, HOST, GUEST_PORT, HOST_PORT, irs + 1, (iss + 1) & 0xFFFFFFFF, ACK,
+                  wnd, b"", b"", GUEST_MAC)  # fmt: skip
+    m.segment_from_guest(ack, 0.001)
+    m.out.clear()
+    m.events.clear()
+    return m
+
+
+def guest_frame(
+    seq: int, ack: int, flags: int, wnd: int, payload: bytes = b"", *, partial: bool = True,
+    options: bytes = b"", bad_csum: bool = False, src_mac: bytes = GUEST_MAC,
+    dst_mac: bytes = GW_MAC, sport: int = GUEST_PORT, dport: int = HOST_PORT,
+) -> bytes:  # fmt: skip
+    """A guest frame behind a virtio-net header (``partial``: NEEDS_CSUM, the TCP checksum
+    field holds the pseudo-header sum; else a full checksum and no flags)."""
+    doff = 20 + len(options)
+    head = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                       doff << 2, flags, wnd, 0, 0)  # fmt: skip
+    tcp = bytearray(head + options + payload)
+    pseudo = ones_sum(GUEST + HOST, 6 + len(tcp))
+    csum = fold(pseudo) if partial else ~ones_sum(bytes(tcp), pseudo) & 0xFFFF
+    if bad_csum:
+        csum ^= 0x0101
+    struct.pack_into("!H", tcp, 16, csum)
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
+                               GUEST, HOST))  # fmt: skip
+    struct.pack_into("!H", ip, 10, ~ones_sum(bytes(ip)) & 0xFFFF)
+    vnet = struct.pack("<BBHHHHH", 1, 0, 54, 0, 34, 16, 0) if partial else bytes(12)
+    return vnet + dst_mac + src_mac + b"\x08\x00" + bytes(ip) + bytes(tcp)
+
+
+class Sink:
+    """What a cache produced: frames through the outbox (``out``, drained by ``pump``)
+    and frames given to ``send`` directly, in one list; the callbacks' calls."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.frames: list[bytes] = []
+        self.calls: list[str] = []
+
+    def send(self, frames: list[bytes]) -> None:
+        self.calls.append("send")
+        self.frames.extend(frames)
+
+    def pump(self) -> None:
+        self.calls.append("pump")
+        self.frames.extend(self.out)
+        self.out.clear()
+
+    def drain(self) -> list[bytes]:
+        self.pump()
+        self.calls.pop()
+        got = self.frames[:]
+        self.frames.clear()
+        return got
+
+
+def cache(impl: ModuleType, sink: Sink, cfg: TcpConfig = CFG) -> Any:
+    """A flow cache of ``impl`` (``_tcpfast`` or ``fastflow``) writing into ``sink``."""
+    return impl.FlowCache(sink.out, sink.send, sink.pump, rcvbuf=cfg.rcvbuf,
+                          sndbuf=cfg.sndbuf, delack=cfg.delack,
+                          idle_timeout=cfg.idle_timeout)  # fmt: skip
+
+
+#: The FastFlow fields :mod:`drivers.user.tcp.lending` moves, plus the hand-back ones.
+FIELDS = (
+    "lent", "now", "last_activity", "rcv_nxt", "rcv_adv", "rcv_acked", "ack_pending",
+    "delack_at", "max_guest_flight", "rcv_ws", "rcv_mss", "ack_threshold", "quick_ack",
+    "snd_una", "snd_nxt", "snd_wnd", "max_snd_wnd", "snd_wl1", "snd_wl2", "snd_ws",
+    "snd_mss", "max_burst", "cwnd", "ssthresh", "rtx_at", "rtt_seq", "rtt_time", "rto",
+    "srtt", "rttvar", "rto_min", "rto_max", "reported", "err", "leftover", "unsent", "held",
+    "touched", "window_updates",
+)  # fmt: skip
+
+
+def flow_state(f: Any) -> dict[str, Any]:
+    """Every field of a flow, bool-valued ones as bools, the send buffer as bytes."""
+    state = {name: getattr(f, name) for name in FIELDS}
+    for name in ("lent", "unsent", "touched"):
+        state[name] = bool(state[name])
+    state["buf"] = bytes(f.buf)
+    return state
+
+
+def machine_state(m: TcpEndpoint) -> dict[str, Any]:
+    """The machine's variables the fast path may move, and its queues."""
+    tx, rx = m.tx, m.rx
+    return {
+        "now": m._now, "last_activity": m._last_activity, "state": m.state,
+        "rcv_nxt": rx.rcv_nxt, "rcv_adv": rx.rcv_adv, "rcv_acked": rx.rcv_acked,
+        "ack_pending": rx.ack_pending, "delack_at": rx.delack_at,
+        "max_guest_flight": rx.max_guest_flight, "tohost": b"".join(rx.tohost.chunks),
+        "snd_una": tx.snd_una, "snd_nxt": tx.snd_nxt, "snd_max": tx.snd_max,
+        "snd_wnd": tx.snd_wnd, "max_snd_wnd": tx.max_snd_wnd, "wl1": tx.snd_wl1,
+        "wl2": tx.snd_wl2, "cwnd": tx.cwnd, "ssthresh": tx.ssthresh, "rtx_at": tx.rtx_at,
+        "rtt_seq": tx._rtt_seq, "rtt_time": tx._rtt_time, "rto": tx.rto.rto,
+        "srtt": tx.rto.srtt, "rttvar": tx.rto.rttvar, "buf": bytes(tx.fromhost.buf),
+        "base": tx.fromhost.base, "stats": dict(m.stats),
+    }  # fmt: skip
