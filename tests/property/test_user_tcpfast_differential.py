@@ -204,4 +204,4 @@ def test_a_request_response_exchange_is_taken_by_both() -> None:
     # one ACK: the window update that opens the scaled window after the handshake's
     assert want["counters"] == {"fast-frames-in": 5, "fast-reads": 5, "fast-acks": 1,
                                 "fast-frames-out": 5}  # fmt: skip
-    assert want["peer"] == bytes(5)
+    assert want["peer"] == b"\x01" * 5
