@@ -4,16 +4,21 @@
 netdev's settings (virtio-net headers, Ethernet, IPv4); :func:`guest_frame` builds the
 guest's frames (virtio-net header, Ethernet, IPv4, TCP) with correct checksums, full or
 partial (``NEEDS_CSUM``); :func:`cache` makes a flow cache of either implementation
-whose output is collected in one list.
+whose output is collected in one list; :func:`play` runs a script of operations on one
+lent connection of an implementation and returns everything observable (the
+differential test and the fuzzer compare two of them).
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 from types import ModuleType
 from typing import Any
 
 from drivers.user.tcp import TcpConfig, TcpEndpoint, ethernet_header
+from drivers.user.tcp.lending import flow_key, lend, lendable, reclaim, template
 from netstack.proto.checksum import fold, ones_sum
 from netstack.proto.tcp import ACK, SYN, Segment, syn_options
 
@@ -137,3 +142,118 @@ def machine_state(m: TcpEndpoint) -> dict[str, Any]:
         "srtt": tx.rto.srtt, "rttvar": tx.rto.rttvar, "buf": bytes(tx.fromhost.buf),
         "base": tx.fromhost.base, "stats": dict(m.stats),
     }  # fmt: skip
+
+
+class Run:
+    """One implementation's run of a script."""
+
+    def __init__(self, impl: ModuleType) -> None:
+        self.m = established(wscale=2)
+        self.sink = Sink()
+        self.c = cache(impl, self.sink)
+        self.a, self.b = socket.socketpair()
+        self.a.setblocking(False)
+        self.a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.b.setblocking(False)
+        self.log: list[Any] = []
+        self.peer = bytearray()
+        self.now = 1.0
+        m = self.m
+        self.f = self.c.flow(flow_key(m), self.a, template(m), m.tx.fromhost.buf,
+                             self.on_slow, self.on_deadline)  # fmt: skip
+        lend(m, self.f, self.c)
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
+
+    def on_slow(self) -> None:
+        f = self.f
+        self.log.append(("slow", f.lent, f.err, bytes(f.leftover), bool(f.unsent)))
+        if f.lent:
+            f.err = 0
+            f.unsent = False
+            reclaim(self.m, f, self.c)
+
+    def on_deadline(self) -> None:
+        self.log.append(("deadline", self.f.reported))
+
+    def state(self) -> tuple[int, int, int, int]:
+        f, m = self.f, self.m
+        if f.lent:
+            return f.rcv_nxt, f.snd_una, f.snd_nxt, f.rcv_ws
+        return m.rx.rcv_nxt, m.tx.snd_una, m.tx.snd_nxt, m.rx.rcv_ws
+
+    def guest(self, op: tuple[Any, ...]) -> None:
+        _, seq_off, ack_n, flags, wnd, plen, partial, corrupt, at, val = op
+        rcv_nxt, snd_una, snd_nxt, _ = self.state()
+        ack = snd_una + ack_n * 700
+        if ack_n >= 0 and ack > snd_nxt and ack_n % 2 == 0:
+            ack = snd_nxt
+        payload = bytes((i * 7 + plen) & 0xFF for i in range(plen))
+        frame = guest_frame(rcv_nxt + seq_off, ack, flags, wnd, payload, partial=partial,
+                            options=b"\x01\x01\x01\x01" if corrupt == "opts" else b"",
+                            bad_csum=corrupt == "csum",
+                            src_mac=bytes(6) if corrupt == "mac" else None or
+                            bytes.fromhex("525400123456"))  # fmt: skip
+        vnet = True
+        if corrupt == "byte":
+            raw = bytearray(frame)
+            raw[at % len(raw)] = val
+            frame = bytes(raw)
+        elif corrupt == "trunc":
+            frame = frame[: at % len(frame)]
+        elif corrupt == "vnet-off":
+            frame = frame[12:]
+            vnet = False
+        took = self.c.guest_frames([frame], 0, self.now, vnet)
+        self.log.append(("took", took))
+
+    def run(self, op: tuple[Any, ...]) -> None:
+        kind = op[0]
+        if kind == "guest":
+            self.guest(op)
+        elif kind == "host":
+            if op[1]:
+                try:
+                    self.b.send(bytes(range(256)) * (op[1] // 256) + bytes(op[1] % 256))
+                except BlockingIOError:
+                    self.log.append(("peer-full",))
+            self.f.readable(self.now)
+        elif kind == "raw":
+            self.log.append(("took", self.c.guest_frames([op[1]], 0, self.now, op[2])))
+        elif kind == "peer-read":
+            with contextlib.suppress(BlockingIOError):
+                self.peer += self.b.recv(1 << 20)
+        elif kind == "flush":
+            self.c.flush(self.now)
+        elif kind == "time":
+            self.now += op[1]
+        elif kind == "relend":
+            if self.f.lent:
+                reclaim(self.m, self.f, self.c)
+            if lendable(self.m) and not self.m.rx.tohost.size:
+                lend(self.m, self.f, self.c)
+                self.log.append(("lent", self.f.next_deadline()))
+        self.log.append(flow_state(self.f))
+        self.log.append(self.sink.drain())
+
+    def finish(self) -> dict[str, Any]:
+        if self.f.lent:
+            reclaim(self.m, self.f, self.c)
+        with contextlib.suppress(BlockingIOError):
+            self.peer += self.b.recv(1 << 22)
+        return {
+            "log": self.log, "peer": bytes(self.peer), "machine": machine_state(self.m),
+            "counters": self.c.counters(), "out": self.m.out,
+        }  # fmt: skip
+
+
+def play(impl: ModuleType, script: list[tuple[Any, ...]]) -> dict[str, Any]:
+    r = Run(impl)
+    try:
+        for op in script:
+            r.run(op)
+        return r.finish()
+    finally:
+        r.close()
