@@ -23,6 +23,12 @@ batch of guest frames costs at most one ACK per connection (the machines' ``flus
 Without the netdev's deadlines the splicer keeps its own (:class:`~..endpoint.NetdevTimer`).
 Errors from host sockets become machine input; nothing a guest or host peer does raises
 out of a callback.
+
+With the netdev's flow cache (``fast``, :mod:`.fastflow`), every connection has a
+fast-path flow: at the end of :meth:`TcpSplicer._sync` a connection in the steady state
+:func:`.lending.lendable` names is lent to it, its host socket's reader is the flow's
+``readable``, and :attr:`Splice.m` reclaims it before any use of the machine (guest
+segments the fast path declined, timers, writes, closing, migration, monitor views).
 """
 
 from __future__ import annotations
