@@ -150,7 +150,7 @@ class UserNetClient(NetClient):
         tcp_cfg = TcpConfig(mtu=cfg.mtu, vnet=True)
         #: The established-flow fast path of guest TCP (:mod:`.tcp.fastflow`).
         self.fast = fastflow_impl().FlowCache(
-            self.outbox.vnet_frames, self._tcp_send, self._pump_now, rcvbuf=tcp_cfg.rcvbuf,
+            self.outbox.vnet_frames, self.send, self._pump_now, rcvbuf=tcp_cfg.rcvbuf,
             sndbuf=tcp_cfg.sndbuf, delack=tcp_cfg.delack, idle_timeout=tcp_cfg.idle_timeout,
         )  # fmt: skip
         self.tcp = TcpSplicer(

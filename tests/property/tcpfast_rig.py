@@ -83,7 +83,7 @@ class Sink:
         self.frames: list[bytes] = []
         self.calls: list[str] = []
 
-    def send(self, frames: list[bytes]) -> None:
+    def send(self, frames: list[bytes], vnet: bool) -> None:
         self.calls.append("send")
         self.frames.extend(frames)
 

@@ -47,7 +47,7 @@ class Rig:
         self.cache: Any = None
         if impl is not None:
             self.cache = impl.FlowCache(
-                self.outbox.vnet_frames, self.frames.extend, self.pump, rcvbuf=CFG.rcvbuf,
+                self.outbox.vnet_frames, self.send, self.pump, rcvbuf=CFG.rcvbuf,
                 sndbuf=CFG.sndbuf, delack=CFG.delack, idle_timeout=CFG.idle_timeout,
             )  # fmt: skip
         self.splicer = TcpSplicer(
@@ -65,6 +65,10 @@ class Rig:
         self.splicer.close()
         self.loop.close()
         self.peer.close()
+
+    def send(self, frames: list[bytes], vnet: bool) -> None:
+        assert vnet
+        self.frames.extend(frames)
 
     def pump(self) -> None:
         self.frames.extend(self.outbox.vnet_frames)

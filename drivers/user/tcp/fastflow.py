@@ -27,7 +27,8 @@ before anything else touches the machine. While lent, two things run here instea
 Anything else declines: the frame goes the general way (the splicer reclaims the flow
 first), and a read that EOFs, fails, or cannot all be sent at once hands the flow back
 through ``on_slow``. Frames are appended to the netdev's outbox list, or - after a host
-read when the outbox is empty, so order is kept - given to ``send`` directly.
+read when the outbox is empty, so order is kept - given to ``send(frames, True)`` (the
+netdev's ``NetClient.send``) directly.
 
 Differences from the machine, all invisible on the wire and to both sockets: the guest's
 payload reaches the host socket per frame rather than at the end of the batch; a read
@@ -100,7 +101,7 @@ class FlowCache:
     port, our address and port (IPv4, network order)."""
 
     def __init__(
-        self, out: list[bytes], send: Callable[[list[bytes]], object],
+        self, out: list[bytes], send: Callable[[list[bytes], bool], object],
         pump: Callable[[], object], *, rcvbuf: int,
         sndbuf: int, delack: float, idle_timeout: float,
     ) -> None:  # fmt: skip
@@ -509,7 +510,7 @@ class FastFlow:
                 break
         if len(frames) > before:
             if direct:
-                cache.send(frames)
+                cache.send(frames, True)
             else:
                 cache.pump()
         if slow:

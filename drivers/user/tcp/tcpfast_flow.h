@@ -377,7 +377,7 @@ Flow_readable(FlowObject *f, PyObject *const *args, Py_ssize_t nargs)
     if (slow < 0)
         goto fail;
     if (PyList_GET_SIZE(frames) > before) {
-        PyObject *r = direct ? PyObject_CallOneArg(cache->send, frames)
+        PyObject *r = direct ? PyObject_CallFunctionObjArgs(cache->send, frames, Py_True, NULL)
                              : PyObject_CallNoArgs(cache->pump);
         if (r == NULL)
             goto fail;
