@@ -25,7 +25,7 @@ FLAGS = (0x10, 0x18, 0x11, 0x12, 0x14, 0x19, 0x30, 0x02, 0x00, 0x50, 0x90, 0x58)
 SEQ_OFFSETS = (0, 0, 0, 1, -1, 1000, -70000, 1 << 31)
 WINDOWS = (0, 1, 512, 65535, 32768)
 LENGTHS = (0, 1, 7, 1448, 3000, 40000)
-CORRUPT = ("", "csum", "byte", "trunc", "opts", "mac", "vnet-off")
+CORRUPT = ("", "csum", "byte", "trunc", "opts", "mac", "vnet-off", "gso", "gso0")
 HOST = (0, 1, 5, 1448, 5000, 70000)
 
 

@@ -54,10 +54,11 @@ def established(
 def guest_frame(
     seq: int, ack: int, flags: int, wnd: int, payload: bytes = b"", *, partial: bool = True,
     options: bytes = b"", bad_csum: bool = False, src_mac: bytes = GUEST_MAC,
-    dst_mac: bytes = GW_MAC, sport: int = GUEST_PORT, dport: int = HOST_PORT,
+    dst_mac: bytes = GW_MAC, sport: int = GUEST_PORT, dport: int = HOST_PORT, gso: int = 0,
 ) -> bytes:  # fmt: skip
     """A guest frame behind a virtio-net header (``partial``: NEEDS_CSUM, the TCP checksum
-    field holds the pseudo-header sum; else a full checksum and no flags)."""
+    field holds the pseudo-header sum; else a full checksum and no flags). ``gso``: a
+    TCPv4 TSO super-frame (2: with the IPv4 total length left 0)."""
     doff = 20 + len(options)
     head = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
                        doff << 2, flags, wnd, 0, 0)  # fmt: skip
@@ -67,10 +68,13 @@ def guest_frame(
     if bad_csum:
         csum ^= 0x0101
     struct.pack_into("!H", tcp, 16, csum)
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
+    total = 0 if gso == 2 else 20 + len(tcp)
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 1, 0x4000, 64, 6, 0,
                                GUEST, HOST))  # fmt: skip
     struct.pack_into("!H", ip, 10, ~ones_sum(bytes(ip)) & 0xFFFF)
     vnet = struct.pack("<BBHHHHH", 1, 0, 54, 0, 34, 16, 0) if partial else bytes(12)
+    if gso:
+        vnet = struct.pack("<BBHHHHH", 1 if partial else 0, 1, 54, 1448, 34, 16, 0)
     return vnet + dst_mac + src_mac + b"\x08\x00" + bytes(ip) + bytes(tcp)
 
 
@@ -193,6 +197,7 @@ class Run:
         payload = bytes((i * 7 + plen) & 0xFF for i in range(plen))
         frame = guest_frame(rcv_nxt + seq_off, ack, flags, wnd, payload, partial=partial,
                             options=b"\x01\x01\x01\x01" if corrupt == "opts" else b"",
+                            gso={"gso": 1, "gso0": 2}.get(corrupt, 0),
                             bad_csum=corrupt == "csum",
                             src_mac=bytes(6) if corrupt == "mac" else None or
                             bytes.fromhex("525400123456"))  # fmt: skip

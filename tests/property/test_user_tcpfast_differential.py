@@ -40,7 +40,9 @@ guest_op = st.tuples(
     st.sampled_from((0, 1, 512, 65535, 32768)),  # window field
     st.sampled_from((0, 0, 1, 1, 7, 1448, 3000, 40000)),  # payload length
     st.booleans(),  # virtio-net NEEDS_CSUM (else a full checksum)
-    st.sampled_from(("", "", "", "csum", "byte", "trunc", "opts", "mac", "vnet-off")),
+    st.sampled_from(
+        ("", "", "", "csum", "byte", "trunc", "opts", "mac", "vnet-off", "gso", "gso0")
+    ),
     st.integers(0, 200),
     st.integers(0, 255),
 )

@@ -102,9 +102,11 @@ class Rig:
                 self.got += seg.payload
                 self.ack += len(seg.payload) + (1 if seg.flags & FIN else 0)
 
-    def segment(self, payload: bytes = b"", flags: int = ACK | PSH, options: bytes = b"") -> bytes:
+    def segment(
+        self, payload: bytes = b"", flags: int = ACK | PSH, options: bytes = b"", gso: int = 0
+    ) -> bytes:
         frame = guest_frame(self.seq, self.ack, flags if payload or flags & FIN else ACK,
-                            65535, payload, options=options)  # fmt: skip
+                            65535, payload, options=options, gso=gso)  # fmt: skip
         self.seq += len(payload) + (1 if flags & (SYN | FIN) else 0)
         return frame
 
@@ -147,6 +149,9 @@ def script(r: Rig) -> list[bytes]:
     for k in range(12):  # guest -> host bulk in batches of 8 segments
         r.feed([r.segment(bytes([k]) * 1448) for _ in range(8)])
         r.peer_read()
+    for k in range(4):  # TSO super-frames (one with the IPv4 length left 0)
+        r.feed([r.segment(bytes([k]) * 20000, gso=1 + k % 2)])
+        r.peer_read()
     r.feed([r.segment(b"bye", ACK | PSH | FIN)])
     r.peer_read()
     r.peer.shutdown(socket.SHUT_WR)
@@ -176,7 +181,7 @@ def test_fast_path_on_and_off_give_the_same_wire_and_bytes(
     r_off, r_on = runs
     assert r_on.got == r_off.got and len(r_on.got) == 30 + 256 * 600
     assert r_on.peer_got == r_off.peer_got
-    assert len(r_on.peer_got) == 30 + 12 * 8 * 1448 + 3
+    assert len(r_on.peer_got) == 30 + 12 * 8 * 1448 + 4 * 20000 + 3
     counters = r_on.splicer.counters()
     assert counters["fast-frames-in"] >= 30 and counters["fast-frames-out"] >= 30, counters
     assert counters["fast-lends"] >= 2, counters

@@ -43,6 +43,7 @@
 #define TPL_LEN (TCP_OFF + 20)
 #define ETH_ZLEN 60
 #define NEEDS_CSUM 1
+#define DATA_VALID 2
 #define GSO_TCPV4 1
 #define F_ACK 0x10
 #define F_PSH 0x08
@@ -63,11 +64,15 @@ cache_frame(CacheObject *c, const unsigned char *p, Py_ssize_t n, double now, in
     Py_ssize_t base = vnet ? VNET_LEN : 0;
     if (n < base + 54)
         return 0;
-    int verify = 1;
+    int verify = 1, gso = 0;
     if (vnet) {
-        if (p[1] != 0)
-            return 0;  /* GSO: the general path */
-        verify = !(p[0] & NEEDS_CSUM);
+        /* a TSO super-frame is one segment (Gateway.offloaded_tcp); its checksum is not
+         * verified when flagged partial or valid, a plain frame's only when partial */
+        if (p[1] == GSO_TCPV4)
+            gso = 1;
+        else if (p[1] != 0)
+            return 0;
+        verify = !(p[0] & (gso ? NEEDS_CSUM | DATA_VALID : NEEDS_CSUM));
     }
     const unsigned char *eth = p + base;
     if (eth[12] != 0x08 || eth[13] != 0x00)
@@ -76,6 +81,8 @@ cache_frame(CacheObject *c, const unsigned char *p, Py_ssize_t n, double now, in
     if (ip[0] != 0x45 || ip[9] != 6)
         return 0;
     long long total = be16(ip + 2);
+    if (gso && total == 0)
+        total = n - base - 14;
     if (total < 40 || base + 14 + total > n)
         return 0;
     if (be16(ip + 6) & 0x3FFF)

@@ -12,7 +12,8 @@ before anything else touches the machine. While lent, two things run here instea
   with ACK (and PSH) only, ``seq == rcv_nxt``, an ACK in ``[snd_una, snd_max]`` that is
   not a duplicate ACK, a non-zero window, no options, the payload within our window, a
   checksum that verifies (or is partial under a virtio-net ``NEEDS_CSUM`` header, as
-  :meth:`..v4.router.Gateway.offloaded_tcp` accepts): the ACK is applied as
+  :meth:`..v4.router.Gateway.offloaded_tcp` accepts; a TCPv4 TSO super-frame is one
+  segment there too): the ACK is applied as
   :meth:`.sender.Sender.on_ack` applies it (RTT sample, congestion window, timer), the
   payload is written to the host socket (``send``, non-blocking; what it does not take
   stays for the machine: the flow is handed back), and the ACK debt follows
@@ -66,6 +67,7 @@ TCP_OFF: Final = IP_OFF + 20
 TPL_LEN: Final = TCP_OFF + 20
 ETH_ZLEN: Final = 60
 NEEDS_CSUM: Final = 1
+DATA_VALID: Final = 2
 GSO_TCPV4: Final = 1
 ACK: Final = 0x10
 PSH: Final = 0x08
@@ -155,10 +157,15 @@ class FlowCache:
         if n < base + 54:
             return False
         verify = True
+        gso = False
         if vnet:
-            if frame[1] != 0:
-                return False  # GSO: the general path
-            verify = not frame[0] & NEEDS_CSUM
+            # a TSO super-frame is one segment (Gateway.offloaded_tcp); its checksum is not
+            # verified when flagged partial or valid, a plain frame's only when partial
+            if frame[1] == GSO_TCPV4:
+                gso = True
+            elif frame[1] != 0:
+                return False
+            verify = not frame[0] & (NEEDS_CSUM | DATA_VALID if gso else NEEDS_CSUM)
         eth = base
         if frame[eth + 12] != 0x08 or frame[eth + 13] != 0x00:
             return False
@@ -166,6 +173,8 @@ class FlowCache:
         if frame[ip] != 0x45 or frame[ip + 9] != 6:
             return False
         total = (frame[ip + 2] << 8) | frame[ip + 3]
+        if gso and total == 0:
+            total = n - ip
         if total < 40 or ip + total > n:
             return False
         if ((frame[ip + 6] << 8) | frame[ip + 7]) & 0x3FFF:
