@@ -35,7 +35,12 @@ Differences from the machine, all invisible on the wire and to both sockets: the
 payload reaches the host socket per frame rather than at the end of the batch; a read
 wake-up that cannot send everything at once stops reading (the next wake-up reads on).
 The ARP entry of the guest is not refreshed by fast-path frames (their source MAC must
-be the one the connection was built with).
+be the one the connection was built with). When a connection is reclaimed in the middle
+of a batch (a later frame declined, or the host socket took less than a payload), the
+bytes already written are no longer counted as held, so the window of that batch's ACK
+may be larger than the machine alone would have said (it is the true free space).
+QEMU's libslirp has no such path (every segment goes through ``tcp_input``); the wire
+is the same either way, which the differential tests check.
 
 Deadlines: ``reported`` is the deadline the netdev's :class:`~..endpoint.Deadlines` holds
 for the flow; whenever the fast path moves the flow's deadline earlier, it records it and
