@@ -39,7 +39,7 @@ be the one the connection was built with). When a connection is reclaimed in the
 of a batch (a later frame declined, or the host socket took less than a payload), the
 bytes already written are no longer counted as held, so the window of that batch's ACK
 may be larger than the machine alone would have said (it is the true free space).
-QEMU's libslirp has no such path (every segment goes through ``tcp_input``); the wire
+QEMU's libslirp has no such path (every segment goes through ``tcp_input``); otherwise the wire
 is the same either way, which the differential tests check.
 
 Deadlines: ``reported`` is the deadline the netdev's :class:`~..endpoint.Deadlines` holds
