@@ -565,7 +565,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 #: Compiled modules of drivers (by name: netstack imports no driver module here).
-_DRIVER_ACCELERATORS = ("drivers.tap._fasttap", "drivers.vhost_user._vring")
+_DRIVER_ACCELERATORS = (
+    "drivers.tap._fasttap",
+    "drivers.vhost_user._vring",
+    "drivers.user.tcp._tcpfast",
+)
 
 
 def _data_path() -> str:

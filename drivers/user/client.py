@@ -17,7 +17,7 @@ wake-up and timer - drains the outbox: host actions run, dispatched by class
 :meth:`.hostfwd.HostForwarder.udp_reply`), frames leave as one batch per kind (``send``),
 events go to QMP with the netdev name added.
 
-Offloads: :attr:`UserNetClient.accepts_vnet` is True; :meth:`UserNetClient._receive_vnet`
+Offloads: :attr:`UserNetClient.accepts_vnet` is True; :meth:`UserNetClient._vnet_frame`
 passes checksum-partial and TSO guest TCP to the gateway whole (not verified, not
 segmented), completes other offloaded frames, and the splicer sends guest-bound TCP as
 checksum-partial TSO super-frames.
@@ -69,6 +69,7 @@ from .options import (
 from .reporting import Reporter
 from .smb import SmbServer
 from .tcp import Event, Segment, TcpConfig, TcpEndpoint, TcpSplicer, ethernet_header, parse_l4
+from .tcp.fastpath import impl as fastflow_impl
 from .tftproot import TftpRoot
 from .udp_nat import UdpReply
 from .v4 import host as v4_host
@@ -124,7 +125,7 @@ class UserNetClient(NetClient):
         self._resolv_due = 0.0
         self._closed = False
         self.report = Reporter(name, log, loop.time, self.gw.count)
-        #: Set while a checksum-offloaded TCP frame is in the gateway (see _receive_vnet).
+        #: Set while a checksum-offloaded TCP frame is in the gateway (see _vnet_frame).
         self._csum_trusted = False
         if self._resolv is not None:
             self._refresh_upstreams(loop.time())
@@ -146,11 +147,17 @@ class UserNetClient(NetClient):
         if not cfg.ipv4:  # no ARP, no IPv4 service: counted and dropped
             self.gw.eth_handlers[ipv4.ETH_P_IP] = self._ipv4_off
             self.gw.eth_handlers[ipv4.ETH_P_ARP] = self._ipv4_off
+        tcp_cfg = TcpConfig(mtu=cfg.mtu, vnet=True)
+        #: The established-flow fast path of guest TCP (:mod:`.tcp.fastflow`).
+        self.fast = fastflow_impl().FlowCache(
+            self.outbox.vnet_frames, self.send, self._pump_now, rcvbuf=tcp_cfg.rcvbuf,
+            sndbuf=tcp_cfg.sndbuf, delack=tcp_cfg.delack, idle_timeout=tcp_cfg.idle_timeout,
+        )  # fmt: skip
         self.tcp = TcpSplicer(
-            loop, TcpConfig(mtu=cfg.mtu, vnet=True), send=self._tcp_send,
+            loop, tcp_cfg, send=self._tcp_send,
             resolve=self._resolve_tcp, l2_for=self._tcp_l2, on_event=self._tcp_event, log=log,
             max_flows=tcp_max_flows, outbox=self.outbox, deadlines=self.deadlines,
-            pump=self._pump_now,
+            pump=self._pump_now, fast=self.fast,
         )  # fmt: skip
         self.gw.ip_handlers[ipv4.IPPROTO_TCP] = self._tcp_in
         self.fwd = HostForwarder(loop, self.gw, self.tcp, send=self._tcp_send, flush=self._pump,
@@ -193,16 +200,18 @@ class UserNetClient(NetClient):
         now = self._loop.time()
         if self._resolv is not None and now >= self._resolv_due:
             self._refresh_upstreams(now)
-        gw_input = self.gw.input
-        if vnet:
-            self._receive_vnet(frames, now)
-        else:
-            for frame in frames:
-                try:
-                    gw_input(frame, now)
-                except Exception:
-                    self._internal_error("guest frame")
+        if self._receive_frames(frames, now, vnet):  # every frame took the fast path
+            try:
+                self.fast.flush(now)
+                self.tcp.flush_acks()  # connections the fast path handed back
+            except Exception:
+                self._internal_error("guest TCP")
+            outbox = self.outbox
+            if outbox.vnet_frames or outbox.frames or outbox.actions or outbox.events:
+                self._pump(now)
+            return len(frames)
         try:
+            self.fast.flush(now)
             self.tcp.flush_acks()
         except Exception:
             self._internal_error("guest TCP")
@@ -213,40 +222,70 @@ class UserNetClient(NetClient):
                                     self.gw.icmp.max_flows)  # fmt: skip
         return len(frames)
 
-    def _receive_vnet(self, frames: Sequence[bytes], now: float) -> None:
-        """Frames behind virtio-net headers. A TCP frame asking for checksum offload or
-        TSO has a partial checksum, which is not verified: over IPv4 it is checked in place
-        (:meth:`.v4.router.Gateway.offloaded_tcp`) and its payload reaches the splicer
-        uncopied; over IPv6 it goes through the gateway whole (:attr:`_csum_trusted`).
-        Any other offloaded frame is completed or segmented first (rare: UDP from a guest
-        with checksum offload, UFO/USO); the rest lose the header."""
-        gw_input = self.gw.input
-        for frame in frames:
+    def _receive_frames(self, frames: Sequence[bytes], now: float, vnet: bool) -> bool:
+        """A batch from the peer (behind virtio-net headers when ``vnet``); True when
+        every frame took the TCP fast path (:attr:`fast`: plain segments of lent
+        connections), which is tried first, in order: a frame it declines goes the
+        general way (:meth:`_vnet_frame`, or the gateway)."""
+        fast = self.fast
+        n = len(frames)
+        one = self._vnet_frame if vnet else self._plain_frame
+        try:
+            i = fast.guest_frames(frames, 0, now, vnet)
+        except Exception:
+            self._internal_error("guest TCP")
+            return False
+        if i >= n:
+            return True
+        while i < n:
+            one(frames[i], now)
             try:
-                if len(frame) < _VNET_MIN:
-                    self.gw.stats["vnet-short"] += 1
-                    continue
-                if not frame[0] & vnet_hdr.NEEDS_CSUM and not frame[1] & ~vnet_hdr.GSO_ECN:
-                    gw_input(frame[vnet_hdr.HDR_LEN :], now)
-                    continue
-                family = _is_tcp(frame)
-                if family == 4 and self.cfg.ipv4:
-                    seg = self.gw.offloaded_tcp(frame)
-                    if isinstance(seg, str):
-                        self.gw.stats[seg] += 1
-                    elif self.policy.routable(seg.dst):
-                        self.tcp.guest_segment(seg, now)
-                elif family:
-                    self._csum_trusted = True
-                    try:
-                        gw_input(frame[vnet_hdr.HDR_LEN :], now)
-                    finally:
-                        self._csum_trusted = False
-                else:
-                    for plain in vnet_hdr.to_plain((frame,)):
-                        gw_input(plain, now)
+                i = fast.guest_frames(frames, i + 1, now, vnet)
             except Exception:
-                self._internal_error("guest frame")
+                self._internal_error("guest TCP")
+                return False
+        return False
+
+    def _plain_frame(self, frame: bytes, now: float) -> None:
+        try:
+            self.gw.input(frame, now)
+        except Exception:
+            self._internal_error("guest frame")
+
+    def _vnet_frame(self, frame: bytes, now: float) -> None:
+        """One frame behind a virtio-net header, the general way. A TCP frame asking for
+        checksum offload or TSO has a partial checksum, which is not verified: over IPv4
+        it is checked in place (:meth:`.v4.router.Gateway.offloaded_tcp`) and its payload
+        reaches the splicer uncopied; over IPv6 it goes through the gateway whole
+        (:attr:`_csum_trusted`). Any other offloaded frame is completed or segmented first
+        (rare: UDP from a guest with checksum offload, UFO/USO); the rest lose the
+        header."""
+        gw_input = self.gw.input
+        try:
+            if len(frame) < _VNET_MIN:
+                self.gw.stats["vnet-short"] += 1
+                return
+            if not frame[0] & vnet_hdr.NEEDS_CSUM and not frame[1] & ~vnet_hdr.GSO_ECN:
+                gw_input(frame[vnet_hdr.HDR_LEN :], now)
+                return
+            family = _is_tcp(frame)
+            if family == 4 and self.cfg.ipv4:
+                seg = self.gw.offloaded_tcp(frame)
+                if isinstance(seg, str):
+                    self.gw.stats[seg] += 1
+                elif self.policy.routable(seg.dst):
+                    self.tcp.guest_segment(seg, now)
+            elif family:
+                self._csum_trusted = True
+                try:
+                    gw_input(frame[vnet_hdr.HDR_LEN :], now)
+                finally:
+                    self._csum_trusted = False
+            else:
+                for plain in vnet_hdr.to_plain((frame,)):
+                    gw_input(plain, now)
+        except Exception:
+            self._internal_error("guest frame")
 
     def _refresh_upstreams(self, now: float) -> None:
         assert self._resolv is not None

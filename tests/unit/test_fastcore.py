@@ -18,7 +18,8 @@ pytestmark = pytest.mark.compiled
 
 #: What ``-version`` and the start-up log say when every accelerator is built.
 COMPILED = (
-    "data path: compiled (drivers.tap._fasttap, drivers.vhost_user._vring, netstack.net._fastnet)"
+    "data path: compiled (drivers.tap._fasttap, drivers.user.tcp._tcpfast, "
+    "drivers.vhost_user._vring, netstack.net._fastnet)"
 )
 
 

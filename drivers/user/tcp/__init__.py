@@ -15,7 +15,11 @@ that endpoint, sans-IO, plus the flow bookkeeping that ties it to host sockets:
   receive side (:mod:`.receiver`: guest bytes for the host, our window); byte queues in
   :mod:`.queues`, RTO in :mod:`.rto`, settings/states/events/counters in :mod:`.config`;
 * :mod:`.splice` - :class:`TcpSplicer`, the asyncio adapter: flow table, host sockets,
-  timers, batching.
+  timers, batching;
+* :mod:`.fastflow` (compiled twin ``_tcpfast``, chosen by :mod:`.fastpath`) - the
+  established-flow fast path: connections in a plain steady state are lent to a
+  per-netdev flow cache (:mod:`.lending`), which takes in-order guest data and ACKs and
+  the host socket's reads without the machine, and hands anything else back.
 
 Decisions (the reasoning the code relies on):
 

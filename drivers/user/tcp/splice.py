@@ -23,6 +23,12 @@ batch of guest frames costs at most one ACK per connection (the machines' ``flus
 Without the netdev's deadlines the splicer keeps its own (:class:`~..endpoint.NetdevTimer`).
 Errors from host sockets become machine input; nothing a guest or host peer does raises
 out of a callback.
+
+With the netdev's flow cache (``fast``, :mod:`.fastflow`), every connection has a
+fast-path flow: at the end of :meth:`TcpSplicer._sync` a connection in the steady state
+:func:`.lending.lendable` names is lent to it, its host socket's reader is the flow's
+``readable``, and :attr:`Splice.m` reclaims it before any use of the machine (guest
+segments the fast path declined, timers, writes, closing, migration, monitor views).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import struct
@@ -43,6 +50,7 @@ from netstack.proto.tcp import SYN, Segment, parse_frame
 from ..endpoint import Deadlines, NetdevTimer, Outbox
 from .builder import rejection, reset_for
 from .config import Event, State, TcpConfig
+from .lending import flow_key, lend, lendable, reclaim, template
 from .machine import TcpEndpoint
 
 #: ``resolve(seg)`` -> (family, sockaddr) to connect to, an errno to reject the SYN, or a
@@ -56,20 +64,38 @@ _RESET_EVENTS = frozenset({Event.GUEST_RESET, Event.TIMEOUT, Event.IDLE, Event.R
 
 
 class Splice:
-    """One guest connection: its machine and its host socket; an entry of the deadlines."""
+    """One guest connection: its machine and its host socket; an entry of the deadlines.
 
-    __slots__ = ("m", "owner", "reading", "shut", "sock", "writing")
+    ``fast`` is the connection's fast-path flow (:mod:`.fastflow`) when the netdev has a
+    flow cache; while it is lent, reading :attr:`m` reclaims it first, so nobody sees
+    the machine's stale copies."""
+
+    __slots__ = ("_m", "fast", "owner", "reading", "shut", "sock", "writing")
 
     def __init__(self, m: TcpEndpoint, sock: socket.socket, owner: TcpSplicer) -> None:
-        self.m = m
+        self._m = m
         self.sock = sock
         self.owner = owner
         self.reading = False
         self.writing = False
         self.shut = False
+        self.fast: Any = None
+        owner.attach_fast(self)
+
+    @property
+    def m(self) -> TcpEndpoint:
+        """The machine (reclaimed from the fast path first if it is lent)."""
+        f = self.fast
+        if f is not None and f.lent:
+            self.owner.reclaim(self)
+        return self._m
 
     def next_deadline(self) -> float | None:
-        return None if self.m.done else self.m.next_deadline
+        f = self.fast
+        if f is not None and f.lent:
+            return float(f.next_deadline())
+        m = self._m
+        return None if m.done else m.next_deadline
 
     def on_deadline(self, now: float) -> None:
         self.owner.on_deadline(self, now)
@@ -85,9 +111,13 @@ class TcpSplicer:
         on_event: Callable[[TcpEndpoint, Event, int], None] | None = None,
         max_flows: int = 4096, log: logging.Logger | None = None,
         outbox: Outbox | None = None, deadlines: Deadlines | None = None,
-        pump: Callable[[], None] | None = None,
+        pump: Callable[[], None] | None = None, fast: Any = None,
     ) -> None:  # fmt: skip
         self.loop = loop
+        #: The netdev's flow cache (:class:`.fastflow.FlowCache` or its compiled twin):
+        #: connections in a steady state are lent to it (:mod:`.lending`).
+        self.fast = fast
+        self.fast_stats: Counter[str] = Counter()
         self.cfg = config
         self._send = send
         self._resolve = resolve
@@ -370,10 +400,64 @@ class TcpSplicer:
         if want_read != sp.reading:
             sp.reading = want_read
             if want_read:
-                self.loop.add_reader(sock.fileno(), self._readable, sp)
+                if sp.fast is not None:
+                    self.loop.add_reader(sock.fileno(), sp.fast.readable)
+                else:
+                    self.loop.add_reader(sock.fileno(), self._readable, sp)
             else:
                 self.loop.remove_reader(sock.fileno())
+        f = sp.fast
+        if f is not None and sp.reading and not sp.writing and not sp.shut and lendable(m):
+            lend(m, f, self.fast)
+            self.fast_stats["lends"] += 1
+            self._deadlines.set(sp, f.next_deadline())
+            return
         self._deadlines.set(sp, m.next_deadline)
+
+    # -- the fast path -----------------------------------------------------------------------
+
+    def attach_fast(self, sp: Splice) -> None:
+        """Give a new connection its fast-path flow (IPv4 with virtio-net headers only)."""
+        m = sp._m
+        b = m.b
+        if self.fast is None or not b.vnet or b.v6 or len(b.l2) != 14:
+            return
+        sp.fast = self.fast.flow(
+            flow_key(m), sp.sock, template(m), m.tx.fromhost.buf,
+            functools.partial(self._fast_slow, sp), functools.partial(self._fast_deadline, sp),
+        )  # fmt: skip
+
+    def reclaim(self, sp: Splice) -> None:
+        """Take ``sp``'s connection back from the fast path (its state into the machine)."""
+        f = sp.fast
+        if f is not None and f.lent:
+            reclaim(sp._m, f, self.fast)
+            self.fast_stats["reclaims"] += 1
+
+    def _fast_slow(self, sp: Splice) -> None:
+        """The fast path hands ``sp`` back (a host read it does not handle, a host socket
+        error, guest bytes the host socket did not take), or its reader fired while the
+        connection is not lent."""
+        f = sp.fast
+        if f is None or not f.lent:
+            self._readable(sp)
+            return
+        err, unsent, leftover = f.err, f.unsent, bool(f.leftover)
+        f.err = 0
+        f.unsent = False
+        m = sp.m  # reclaims
+        if err:
+            self._run(sp, lambda sp, now: m.host_error(err, now))
+        elif unsent:
+            self._run(sp, lambda sp, now: m.tx.output(now))
+        elif leftover:
+            self._touched.add(sp)  # written (or the writer added) by the batch's flush
+        else:
+            self._run(sp, self._read)
+
+    def _fast_deadline(self, sp: Splice) -> None:
+        """The fast path moved ``sp``'s deadline earlier."""
+        self._deadlines.set(sp, sp.fast.reported)
 
     def _connecting(self, sp: Splice) -> bool:
         return sp.m.state is State.CONNECTING
@@ -415,6 +499,7 @@ class TcpSplicer:
             self.stats.update(sp.m.stats)
         self._touched.discard(sp)
         self._deadlines.drop(sp)
+        sp.fast = None
         fd = sp.sock.fileno()
         if fd >= 0:
             if sp.reading:
@@ -459,6 +544,11 @@ class TcpSplicer:
     def counters(self) -> dict[str, int]:
         total: Counter[str] = Counter(self.stats)
         for sp in self.flows.values():
-            total.update(sp.m.stats)
+            total.update(sp._m.stats)
+            if sp.fast is not None and sp.fast.window_updates:  # counted while lent
+                total["window-updates"] += sp.fast.window_updates
         total["flows"] = len(self.flows)
+        if self.fast is not None:
+            total.update(self.fast.counters())
+            total.update({f"fast-{k}": v for k, v in self.fast_stats.items()})
         return dict(total)
