@@ -478,7 +478,9 @@ class VhostUserNetdev(SessionHooks):
         client = self._tx_client(pair)
         sink = client.peer is None or client.link_down
         try:
-            frames, vnet, chains = self.device.transmit(q, TX_BUDGET, want_frames=not sink)
+            frames, vnet, chains = self.device.transmit(
+                q, TX_BUDGET, want_frames=not sink, quiet=True
+            )
             now = self.loop.time()
             if not chains:
                 if now - self._tx_last_work[pair] < TX_LINGER:
@@ -489,7 +491,6 @@ class VhostUserNetdev(SessionHooks):
                     self._schedule_tx(pair)
                 return
             self._tx_last_work[pair] = now
-            q.set_notification(False)
         except RingError as exc:
             self.device.break_queue(q, str(exc))
             return

@@ -202,6 +202,7 @@ class PackedQueue(SplitQueue):
         self._devevt_gpa = u_region.spec.gpa + u_off
         self._driver_evt = memoryview(a_region.u8[a_off : a_off + 4]).cast("H")  # type: ignore[arg-type]
         self._device_evt = memoryview(u_region.u8[u_off : u_off + 4]).cast("H")  # type: ignore[arg-type]
+        self.raw = (raw, a_region.u8[a_off : a_off + 4], u_region.u8[u_off : u_off + 4])
         if len(self._slot_id) != num:
             self._slot_id = np.zeros(num, dtype=np.uint16)
             self._slot_n = np.zeros(num, dtype=np.uint16)
@@ -221,7 +222,25 @@ class PackedQueue(SplitQueue):
                 mv.release()
         self._driver_evt = self._device_evt = self._ring_h = None
 
+    @property
+    def ring_gpa(self) -> int:
+        """Guest-physical address of the descriptor ring (where used entries are written)."""
+        return self._desc_gpa
+
+    @property
+    def event_gpa(self) -> int:
+        """Guest-physical address of the device event area."""
+        return self._devevt_gpa
+
     # -- driver -> device ------------------------------------------------------------------
+
+    def took(self, slot: int, wrap: int) -> None:
+        """The compiled loops consumed buffers up to avail ``slot`` and ``wrap`` counter:
+        what :meth:`avail_count` found before is forgotten."""
+        self.avail_slot = slot
+        self.avail_wrap = wrap
+        self._found = _NONE
+        self._single = False
 
     def avail_count(self) -> int:
         """Complete buffers the driver made available from the next avail slot on."""
@@ -495,6 +514,14 @@ class PackedQueue(SplitQueue):
         if off_wrap >> 15 != self.used_wrap:
             event -= self.num
         return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+
+    @property
+    def signal_mark(self) -> tuple[int, bool]:
+        return self._signalled_slot, self._signalled_valid
+
+    def call_checked(self) -> None:
+        self._signalled_slot = self.used_slot
+        self._signalled_valid = True
 
     def set_notification(self, enable: bool) -> None:
         evt = self._device_evt

@@ -434,6 +434,19 @@ class SplitQueue:
             if self.log_used is not None:
                 self.log_used(0, 2)
 
+    @property
+    def signal_mark(self) -> tuple[int, bool]:
+        """The index the last call check saw and whether there was one since the start
+        (the compiled loops decide the next call from it)."""
+        return self._signalled_used, self._signalled_valid
+
+    def call_checked(self) -> None:
+        """The compiled loops made a call decision at the current used index (recorded as
+        :meth:`needs_call` records it: only with ``EVENT_IDX``)."""
+        if self.event_idx:
+            self._signalled_used = self.used_idx
+            self._signalled_valid = True
+
     def forget_signalled(self) -> None:
         """After a (re)start the next call check must signal (``signalled_used_valid``)."""
         self._signalled_valid = False

@@ -1,4 +1,4 @@
-/* Guest memory and dirty log for the split-ring loops: types, the region table acquired
+/* Guest memory and dirty log for the ring loops (split and packed): types, the region table acquired
  * for one call, bounds-checked translation of guest-physical ranges, atomic dirty-log
  * marking.  Part of the single translation unit _vring.c (included once, after Python.h).
  */
@@ -54,8 +54,14 @@ typedef struct {
     uint64_t bits, out_of_range;
 } Log;
 
+/* One buffer a packed-ring scan found: the slot it starts at, its descriptor count and
+ * the id of its last descriptor (copied when found, given back as found). */
 typedef struct {
-    uint8_t *desc, *avail, *used;
+    uint16_t slot, n, id, pad;
+} PBuf;
+
+typedef struct {
+    uint8_t *desc, *avail, *used; /* packed: desc is the ring, avail/used the event areas */
     uint32_t num;
     uint16_t last_avail, used_idx;
     int indirect;
@@ -63,6 +69,13 @@ typedef struct {
     Log *log;
     char err[ERRLEN];
     int failed; /* 1: driver error in err; -1: Python exception set */
+    /* packed rings only */
+    int packed;
+    uint32_t aslot, awrap, uslot, uwrap;
+    uint64_t desc_gpa; /* the ring's guest-physical address (dirty log of used entries) */
+    uint64_t evt_gpa;  /* the device event area's (dirty log of no_kicks) */
+    PBuf *bufs;        /* what the last scan found */
+    int moved;         /* receive: some buffer was used (the driver may want a call) */
 } Ring;
 
 /* -- guest memory ----------------------------------------------------------------------- */
