@@ -1,13 +1,14 @@
-/* Split-virtqueue burst loops of the vhost-user back end, compiled.
+/* Virtqueue burst loops of the vhost-user back end, split and packed rings, compiled.
  *
- * An accelerator of the pure-Python reference (drivers/vhost_user/virtqueue.py for the
- * ring mechanics, drivers/vhost_user/rxpath.py and txpath.py for what the device does
- * with a burst): the same checks in the same order, the same results, the same error
+ * An accelerator of the pure-Python reference (drivers/vhost_user/virtqueue.py and
+ * packed.py for the ring mechanics, drivers/vhost_user/rxpath.py and txpath.py for what
+ * the device does with a burst): the same checks in the same order, the same results, the same error
  * texts.  The Python side picks it with netstack.fastpath.load and keeps the state (ring
  * indices, counters); these functions take that state as arguments and return the new
  * one.  Layouts: virtio 1.x section 2.7 and include/standard-headers/linux/virtio_ring.h
  * (little-endian descriptors {u64 addr, u32 len, u16 flags, u16 next}, avail ring
- * {u16 flags, u16 idx, u16 ring[num]}, used ring {u16 flags, u16 idx, {u32 id, u32 len}[num]}).
+ * {u16 flags, u16 idx, u16 ring[num]}, used ring {u16 flags, u16 idx, {u32 id, u32 len}[num]});
+ * packed rings: virtio 1.2 section 2.8 (vring_packed.h).
  *
  * Guest memory
  *   Every pointer into guest memory comes from a buffer acquired (PyObject_GetBuffer) at
@@ -26,9 +27,10 @@
  *   as many descriptors as its table has (loops); indirect tables must be non-empty
  *   multiples of 16 bytes, not nested, not combined with NEXT.
  *
- * Layout of the source: vring_guest.h (guest memory, dirty log), vring_split.h (ring
- * access, chain walking), this file (transmit, used elements, the module), vring_rx.h
- * (receive).
+ * Layout of the source: vring_guest.h (guest memory, dirty log), vring_split.h (split
+ * ring access, chain walking), vring_packed.h (packed ring access, event suppression of
+ * both layouts, the layout dispatch), this file (transmit, used elements, the module),
+ * vring_rx.h (receive).
  *
  * Errors
  *   A driver error is returned as its message (the caller raises RingError with it and
