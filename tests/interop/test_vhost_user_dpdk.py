@@ -6,8 +6,7 @@ MRG_RXBUF, IN_ORDER, INDIRECT_DESC, protocol MQ/REPLY_ACK/STATUS; no EVENT_IDX; 
 SET_VRING_CALL before SET_FEATURES and SET_VRING_ENABLE without protocol features) and
 runs its forwarding mode until SIGINT, then prints per-port forward statistics, which the
 test compares with the daemon's own counters. Runs without hugepages (``--no-huge``).
-Every test runs on split rings and on packed rings (``packed_vq=1``), each with the
-compiled ring loops and with the pure-Python ones.
+Every test runs with the compiled split-ring loops and with the pure-Python ones.
 
 :class:`DpdkTestpmd` is also the traffic source and sink of ``bench/bench_vhost_user.py``.
 """
@@ -26,7 +25,6 @@ from pathlib import Path
 import pytest
 
 import drivers.vhost_user as vu
-from drivers.vhost_user.packed import PackedQueue
 from netstack.daemon import Netstack
 from netstack.net.client import NetClient
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
@@ -151,24 +149,15 @@ class DpdkTestpmd:
         return [{"rx_pps": int(r), "tx_pps": int(t)} for r, t in rows]
 
 
-def virtio_user(
-    path: Path, index: int = 0, queues: int = 1, size: int = 256, packed: bool = False
-) -> str:
-    ring = ",packed_vq=1" if packed else ""
-    return f"net_virtio_user{index},path={path},queues={queues},queue_size={size}{ring}"
+def virtio_user(path: Path, index: int = 0, queues: int = 1, size: int = 256) -> str:
+    return f"net_virtio_user{index},path={path},queues={queues},queue_size={size}"
 
 
 @pytest.fixture(autouse=True, params=RING_IMPLS)
 def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each exchange runs with the compiled ring loops and with the Python ones."""
+    """Each exchange runs with the compiled split-ring loops and with the Python ones."""
     use_ring_impl(monkeypatch, request.param)
     return str(request.param)
-
-
-@pytest.fixture(params=["split", "packed"])
-def packed(request: pytest.FixtureRequest) -> bool:
-    """Each exchange runs on split rings and on packed rings (``packed_vq=1``)."""
-    return request.param == "packed"
 
 
 @pytest.fixture
@@ -189,16 +178,14 @@ async def port(ns: Netstack, name: str, tmp: Path, hub: int | None = 0) -> tuple
     return path, nc
 
 
-async def test_txonly_frames_reach_the_hub(ns: Netstack, tmp_path: Path, packed: bool) -> None:
+async def test_txonly_frames_reach_the_hub(ns: Netstack, tmp_path: Path) -> None:
     path, nc = await port(ns, "t0", tmp_path)
     rec = Recorder("rec", capacity=2000)
     ns.hub(0).add_port("hrec").connect(rec)
-    pmd = DpdkTestpmd([virtio_user(path, packed=packed)], "txonly", workdir=tmp_path)
+    pmd = DpdkTestpmd([virtio_user(path)], "txonly", workdir=tmp_path)
     await pmd.start()
     try:
         await until(lambda: len(rec.got) >= 2000, timeout=20)
-        assert isinstance(nc, vu.VhostUserClient)
-        assert isinstance(nc.netdev.device.tx_queue(0), PackedQueue) == packed
     finally:
         await pmd.stop()
     stats = pmd.forward_stats()
@@ -212,11 +199,9 @@ async def test_txonly_frames_reach_the_hub(ns: Netstack, tmp_path: Path, packed:
     assert c["connections"] == 1
 
 
-async def test_txonly_into_a_sink_copies_nothing(
-    ns: Netstack, tmp_path: Path, packed: bool
-) -> None:
+async def test_txonly_into_a_sink_copies_nothing(ns: Netstack, tmp_path: Path) -> None:
     path, nc = await port(ns, "s0", tmp_path, hub=None)
-    pmd = DpdkTestpmd([virtio_user(path, packed=packed)], "txonly", workdir=tmp_path)
+    pmd = DpdkTestpmd([virtio_user(path)], "txonly", workdir=tmp_path)
     await pmd.start()
     try:
         await until(lambda: nc.stats.tx_dropped > 50000, timeout=20)
@@ -225,14 +210,14 @@ async def test_txonly_into_a_sink_copies_nothing(
     assert nc.stats.tx_frames == 0 and nc.stats.tx_dropped >= pmd.forward_stats()[0]["tx"] - 256
 
 
-async def test_rxonly_receives_every_frame_sent(ns: Netstack, tmp_path: Path, packed: bool) -> None:
+async def test_rxonly_receives_every_frame_sent(ns: Netstack, tmp_path: Path) -> None:
     """A source peered directly with the port, paced by the core's completion callback:
     every frame reaches testpmd (through a hub, a source faster than the guest overruns the
     port's bounded queue, as in QEMU)."""
     path, nc = await port(ns, "r0", tmp_path, hub=None)
     src = Recorder("src")
     src.connect(nc)
-    pmd = DpdkTestpmd([virtio_user(path, packed=packed)], "rxonly", workdir=tmp_path)
+    pmd = DpdkTestpmd([virtio_user(path)], "rxonly", workdir=tmp_path)
     await pmd.start()
     try:
         await pmd.wait_for("Port statistics")  # forwarding started (its rx queues flushed)
@@ -254,11 +239,10 @@ async def test_rxonly_receives_every_frame_sent(ns: Netstack, tmp_path: Path, pa
     assert pmd.forward_stats()[0]["rx"] == nc.stats.rx_frames == total, pmd.output[-2000:]
 
 
-async def test_io_loop_through_the_hub(ns: Netstack, tmp_path: Path, packed: bool) -> None:
+async def test_io_loop_through_the_hub(ns: Netstack, tmp_path: Path) -> None:
     pa, a = await port(ns, "pa", tmp_path)
     pb, b = await port(ns, "pb", tmp_path)
-    vdevs = [virtio_user(pa, 0, packed=packed), virtio_user(pb, 1, packed=packed)]
-    pmd = DpdkTestpmd(vdevs, "io", tx_first=4, workdir=tmp_path)
+    pmd = DpdkTestpmd([virtio_user(pa, 0), virtio_user(pb, 1)], "io", tx_first=4, workdir=tmp_path)
     await pmd.start()
     try:
         await until(lambda: a.stats.tx_frames > 20000 and b.stats.tx_frames > 20000, timeout=20)
