@@ -99,6 +99,7 @@ static int tx_simple(Ring *q, uint32_t n, const Desc *descs, uint8_t **ptrs, uin
             (*malformed)++;
     if (!want)
         return 0;
+    prefetch_all(ptrs, n, 0);
     if (offloads)
         for (uint32_t k = 0; k < n && !*keep; k++)
             if (ptrs[k][0] || ptrs[k][1])

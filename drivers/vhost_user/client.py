@@ -526,10 +526,10 @@ class VhostUserNetdev(SessionHooks):
         if q is None:
             return True
         try:
-            if q.avail_count():
+            if q.has_avail():
                 return True
             q.set_notification(True)
-            return q.avail_count() > 0
+            return q.has_avail()
         except RingError as exc:
             self.device.break_queue(q, str(exc))
             return True

@@ -242,6 +242,15 @@ class PackedQueue(SplitQueue):
         self._found = _NONE
         self._single = False
 
+    def has_avail(self) -> bool:
+        """Whether the descriptor at the avail slot is available: one flags read, as QEMU's
+        ``virtio_queue_packed_empty_rcu`` (a buffer whose chain is not complete yet
+        counts; the burst that follows takes nothing from it)."""
+        ring_h = self._ring_h
+        assert ring_h is not None
+        want = DESC_F_AVAIL if self.avail_wrap else DESC_F_USED
+        return bool(ring_h[8 * self.avail_slot + 7] & _WRAP_BITS == want)
+
     def avail_count(self) -> int:
         """Complete buffers the driver made available from the next avail slot on."""
         ring_h = self._ring_h

@@ -249,6 +249,12 @@ class SplitQueue:
             )
         return n
 
+    def has_avail(self) -> bool:
+        """Whether the driver made a buffer available that was not processed yet (the
+        cheap test before a delivery, QEMU's ``virtio_queue_empty``). Raises
+        :class:`RingError` as :meth:`avail_count` does."""
+        return self.avail_count() > 0
+
     def heads(self, n: int) -> NDArray[np.uint16]:
         """Copies of the next ``n`` avail entries (not consumed yet). Not range-checked
         here: :meth:`simple_batch` (through the table lookup) and :meth:`chain` reject a

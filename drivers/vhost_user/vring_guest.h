@@ -144,6 +144,22 @@ static uint8_t *gpa_ptr(Mem *m, uint64_t addr, uint64_t len)
     return NULL;
 }
 
+/* Start loading the first two cache lines of each buffer (a minimum-size frame and its
+ * header) before any is copied: the buffers were last written by the front end on another
+ * CPU, and overlapping those misses is most of the cost of a burst of small frames. */
+static inline void prefetch_all(uint8_t *const *ptrs, uint32_t n, int for_write)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        if (for_write) {
+            __builtin_prefetch(ptrs[k], 1);
+            __builtin_prefetch(ptrs[k] + 64, 1);
+        } else {
+            __builtin_prefetch(ptrs[k], 0);
+            __builtin_prefetch(ptrs[k] + 64, 0);
+        }
+    }
+}
+
 /* -- dirty log -------------------------------------------------------------------------- */
 
 static void log_mark(Log *log, uint64_t gpa, uint64_t len)

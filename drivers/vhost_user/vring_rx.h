@@ -135,6 +135,7 @@ static Py_ssize_t rx_simple(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
     uint32_t j = 0;
     for (uint32_t k = 0; k < cnt; k++)
         caps[k] = descs[k].len;
+    prefetch_all(ptrs, (Py_ssize_t)cnt < rest ? cnt : (uint32_t)rest, 1);
     while ((Py_ssize_t)j < rest && j < cnt) {
         uint64_t size = frame_size(fr, first + j);
         if (size > caps[j])
