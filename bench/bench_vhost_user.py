@@ -38,9 +38,9 @@ frame (``/proc/PID/stat`` utime + stime over the measured seconds).
 
 Compiled vs pure-Python ring loops (``--compiled``, cases ``loop-64`` and ``switch-64``):
 DPDK's vhost PMD, netstackd as built (``netstack``: the C loops of
-``drivers/vhost_user/_vring.c`` on split rings) and netstackd with ``NETSTACK_PURE_PYTHON=1``
-(``netstack-py``), each on split and packed rings, all six interleaved in every round;
-medians, same-round ratios to DPDK, CPU per frame.
+``drivers/vhost_user/_vring.c``, split and packed rings) and netstackd with
+``NETSTACK_PURE_PYTHON=1`` (``netstack-py``), each on split and packed rings, all six
+interleaved in every round; medians, same-round ratios to DPDK, CPU per frame.
 
 Every process is started and stopped here by PID; only unix sockets in a temporary
 directory are used.
