@@ -22,8 +22,9 @@ Cases (``--cases``):
   vhost-user ports. Figure: Mpps per port and direction.
 
 Each case runs ``--seconds`` (5) after a 2-second warm-up; the figure is the median of
-testpmd's 1-second ``Rx-pps``/``Tx-pps`` samples (with ``--repeat N``: the best of N runs,
-the back ends interleaved, which filters out other load on a shared machine). Ratios are
+testpmd's 1-second ``Rx-pps``/``Tx-pps`` samples printed during those seconds (with
+``--repeat N``: the best of N runs, the back ends interleaved, which filters out other
+load on a shared machine). Ratios are
 netstack / DPDK from the same run. Other load on the machine skews every figure.
 
     python bench/bench_vhost_user.py [--seconds S] [--repeat N]
@@ -233,13 +234,20 @@ async def run_case(
     assert back.proc is not None
     try:
         await asyncio.sleep(2.0)
+        # Samples printed from here on fall in the measured window (a loaded machine may
+        # start testpmd late: a fixed count of warm-up samples could leave none).
+        skip = len(_BLOCK.findall(front.output)) // ports
         cpu0 = cpu_seconds(back.proc.pid)
         await asyncio.sleep(seconds)
         cpu = cpu_seconds(back.proc.pid) - cpu0
+        ends = len(_BLOCK.findall(front.output)) // ports
     finally:
         await front.stop()
         await back.stop()
-    per = samples(front.output, skip=2)
+    per = {
+        p: {k: v[: max(1, ends - skip)] for k, v in d.items()}
+        for p, d in samples(front.output, skip=skip).items()
+    }
     if not per:
         raise RuntimeError(f"no testpmd statistics ({case}, {kind}):\n{front.output[-2000:]}")
     if mode == "txonly":
