@@ -21,11 +21,11 @@ Cases (``--cases``):
   end: DPDK's ``io`` forwarding between two vhost ports, netstackd's hub with two
   vhost-user ports. Figure: Mpps per port and direction.
 
-Each case runs ``--seconds`` (5) after a 2-second warm-up; the figure is the median of
-testpmd's 1-second ``Rx-pps``/``Tx-pps`` samples printed during those seconds (with
-``--repeat N``: the best of N runs, the back ends interleaved, which filters out other
-load on a shared machine). Ratios are
-netstack / DPDK from the same run. Other load on the machine skews every figure.
+Each case runs ``--seconds`` (5) after testpmd's first statistics and a 2-second warm-up;
+the figure is the median of testpmd's 1-second ``Rx-pps``/``Tx-pps`` samples printed
+during those seconds (with ``--repeat N``: the best of N runs, the back ends interleaved,
+which filters out other load on a shared machine). Ratios are netstack / DPDK from the
+same run. Other load on the machine skews every figure.
 
     python bench/bench_vhost_user.py [--seconds S] [--repeat N]
                                      [--cases g2b-64,g2b-1500,loop-64,switch-64]
@@ -233,6 +233,7 @@ async def run_case(
     await front.start()
     assert back.proc is not None
     try:
+        await front.wait_for("Rx-pps", timeout=60)  # forwarding started (slow when loaded)
         await asyncio.sleep(2.0)
         # Samples printed from here on fall in the measured window (a loaded machine may
         # start testpmd late: a fixed count of warm-up samples could leave none).
