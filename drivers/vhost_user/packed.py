@@ -36,6 +36,13 @@ Interface
     in the order they were made available, which is also what ``VIRTIO_F_IN_ORDER`` asks
     for (one used descriptor per buffer, never the batched form the spec allows).
 
+Compiled twin
+    ``vring_packed.h`` in ``_vring.c`` runs the same scan, checks, errors and used
+    descriptors in C (through :mod:`.fastring`); it takes the slots and wrap counters
+    from this queue and hands them back (:meth:`PackedQueue.took`, which also forgets what
+    :meth:`PackedQueue.avail_count` found), and decides calls from the same signalled
+    slot (:attr:`PackedQueue.signal_mark`, :meth:`PackedQueue.call_checked`).
+
 Driver errors (:class:`~.virtqueue.RingError`, the device breaks the queue)
     A chain of available descriptors running over the whole ring, unknown flag bits, an
     indirect descriptor without ``VIRTIO_RING_F_INDIRECT_DESC`` or with NEXT, nested, empty

@@ -8,6 +8,9 @@
  * virtqueue.py for the split ring's half of the notification helpers).  Part of the
  * single translation unit _vring.c.
  *
+ * Buffers are taken and completed in the order they were made available, one used
+ * descriptor each (what VIRTIO_F_IN_ORDER asks for, without its batched form).
+ *
  * Descriptor {u64 addr, u32 len, u16 id, u16 flags}: flags NEXT 1, WRITE 2, INDIRECT 4,
  * AVAIL 1 << 7, USED 1 << 15.  Event suppression structure {u16 off_wrap, u16 flags}:
  * flags ENABLE 0, DISABLE 1, DESC 2.
