@@ -21,10 +21,11 @@ Cases (``--cases``):
   end: DPDK's ``io`` forwarding between two vhost ports, netstackd's hub with two
   vhost-user ports. Figure: Mpps per port and direction.
 
-Each case runs ``--seconds`` (5) after a 2-second warm-up; the figure is the median of
-testpmd's 1-second ``Rx-pps``/``Tx-pps`` samples (with ``--repeat N``: the best of N runs,
-the back ends interleaved, which filters out other load on a shared machine). Ratios are
-netstack / DPDK from the same run. Other load on the machine skews every figure.
+Each case runs ``--seconds`` (5) after testpmd's first statistics and a 2-second warm-up;
+the figure is the median of testpmd's 1-second ``Rx-pps``/``Tx-pps`` samples printed
+during those seconds (with ``--repeat N``: the best of N runs, the back ends interleaved,
+which filters out other load on a shared machine). Ratios are netstack / DPDK from the
+same run. Other load on the machine skews every figure.
 
     python bench/bench_vhost_user.py [--seconds S] [--repeat N]
                                      [--cases g2b-64,g2b-1500,loop-64,switch-64]
@@ -38,9 +39,9 @@ frame (``/proc/PID/stat`` utime + stime over the measured seconds).
 
 Compiled vs pure-Python ring loops (``--compiled``, cases ``loop-64`` and ``switch-64``):
 DPDK's vhost PMD, netstackd as built (``netstack``: the C loops of
-``drivers/vhost_user/_vring.c`` on split rings) and netstackd with ``NETSTACK_PURE_PYTHON=1``
-(``netstack-py``), each on split and packed rings, all six interleaved in every round;
-medians, same-round ratios to DPDK, CPU per frame.
+``drivers/vhost_user/_vring.c``, split and packed rings) and netstackd with
+``NETSTACK_PURE_PYTHON=1`` (``netstack-py``), each on split and packed rings, all six
+interleaved in every round; medians, same-round ratios to DPDK, CPU per frame.
 
 Every process is started and stopped here by PID; only unix sockets in a temporary
 directory are used.
@@ -232,14 +233,22 @@ async def run_case(
     await front.start()
     assert back.proc is not None
     try:
+        await front.wait_for("Rx-pps", timeout=60)  # forwarding started (slow when loaded)
         await asyncio.sleep(2.0)
+        # Samples printed from here on fall in the measured window (a loaded machine may
+        # start testpmd late: a fixed count of warm-up samples could leave none).
+        skip = len(_BLOCK.findall(front.output)) // ports
         cpu0 = cpu_seconds(back.proc.pid)
         await asyncio.sleep(seconds)
         cpu = cpu_seconds(back.proc.pid) - cpu0
+        ends = len(_BLOCK.findall(front.output)) // ports
     finally:
         await front.stop()
         await back.stop()
-    per = samples(front.output, skip=2)
+    per = {
+        p: {k: v[: max(1, ends - skip)] for k, v in d.items()}
+        for p, d in samples(front.output, skip=skip).items()
+    }
     if not per:
         raise RuntimeError(f"no testpmd statistics ({case}, {kind}):\n{front.output[-2000:]}")
     if mode == "txonly":

@@ -1,13 +1,14 @@
-/* Split-virtqueue burst loops of the vhost-user back end, compiled.
+/* Virtqueue burst loops of the vhost-user back end, split and packed rings, compiled.
  *
- * An accelerator of the pure-Python reference (drivers/vhost_user/virtqueue.py for the
- * ring mechanics, drivers/vhost_user/rxpath.py and txpath.py for what the device does
- * with a burst): the same checks in the same order, the same results, the same error
+ * An accelerator of the pure-Python reference (drivers/vhost_user/virtqueue.py and
+ * packed.py for the ring mechanics, drivers/vhost_user/rxpath.py and txpath.py for what
+ * the device does with a burst): the same checks in the same order, the same results, the same error
  * texts.  The Python side picks it with netstack.fastpath.load and keeps the state (ring
  * indices, counters); these functions take that state as arguments and return the new
  * one.  Layouts: virtio 1.x section 2.7 and include/standard-headers/linux/virtio_ring.h
  * (little-endian descriptors {u64 addr, u32 len, u16 flags, u16 next}, avail ring
- * {u16 flags, u16 idx, u16 ring[num]}, used ring {u16 flags, u16 idx, {u32 id, u32 len}[num]}).
+ * {u16 flags, u16 idx, u16 ring[num]}, used ring {u16 flags, u16 idx, {u32 id, u32 len}[num]});
+ * packed rings: virtio 1.2 section 2.8 (vring_packed.h).
  *
  * Guest memory
  *   Every pointer into guest memory comes from a buffer acquired (PyObject_GetBuffer) at
@@ -26,9 +27,10 @@
  *   as many descriptors as its table has (loops); indirect tables must be non-empty
  *   multiples of 16 bytes, not nested, not combined with NEXT.
  *
- * Layout of the source: vring_guest.h (guest memory, dirty log), vring_split.h (ring
- * access, chain walking), this file (transmit, used elements, the module), vring_rx.h
- * (receive).
+ * Layout of the source: vring_guest.h (guest memory, dirty log), vring_split.h (split
+ * ring access, chain walking), vring_packed.h (packed ring access, event suppression of
+ * both layouts, the layout dispatch), this file (transmit, used elements, the module),
+ * vring_rx.h (receive).
  *
  * Errors
  *   A driver error is returned as its message (the caller raises RingError with it and
@@ -49,10 +51,12 @@
 #include <endian.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 /* One translation unit: the headers hold the parts, each named after what it owns. */
 #include "vring_guest.h"
 #include "vring_split.h"
+#include "vring_packed.h"
 
 /* -- transmit --------------------------------------------------------------------------- */
 
@@ -95,6 +99,7 @@ static int tx_simple(Ring *q, uint32_t n, const Desc *descs, uint8_t **ptrs, uin
             (*malformed)++;
     if (!want)
         return 0;
+    prefetch_all(ptrs, n, 0);
     if (offloads)
         for (uint32_t k = 0; k < n && !*keep; k++)
             if (ptrs[k][0] || ptrs[k][1])
@@ -123,7 +128,7 @@ static int tx_chains(Ring *q, uint32_t n, const uint16_t *heads, uint32_t hl, in
     for (uint32_t k = 0; k < n; k++) {
         uint64_t total;
         s.n = 0;
-        if (walk(q, heads[k], 0, &s, &total) < 0) {
+        if (walk_buf(q, heads, k, 0, &s, &total) < 0) {
             rc = -1;
             break;
         }
@@ -178,38 +183,6 @@ static int tx_chains(Ring *q, uint32_t n, const uint16_t *heads, uint32_t hl, in
         PyList_SetItem(frames, i, f);
     }
     return 0;
-}
-
-/* Reads heads[0..n) and their descriptors; 1 when every one has exactly `flags` and lies in
- * the shared memory (ptrs filled), 0 when some have other flags, -1 on a driver error. */
-static int batch(Ring *q, uint32_t n, uint16_t *heads, Desc *descs, uint8_t **ptrs,
-                 uint16_t flags)
-{
-    int simple = 1;
-    for (uint32_t k = 0; k < n; k++) {
-        heads[k] = avail_head(q, k);
-        if (heads[k] >= q->num) {
-            snprintf(q->err, ERRLEN, "an avail ring entry is past the table of %u", q->num);
-            q->failed = 1;
-            return -1;
-        }
-    }
-    for (uint32_t k = 0; k < n; k++) {
-        read_desc(q->desc + 16 * (size_t)heads[k], &descs[k]);
-        if (descs[k].flags != flags)
-            simple = 0;
-    }
-    if (!simple)
-        return 0;
-    for (uint32_t k = 0; k < n; k++) {
-        ptrs[k] = gpa_ptr(q->mem, descs[k].addr, descs[k].len);
-        if (ptrs[k] == NULL) {
-            snprintf(q->err, ERRLEN, "a descriptor points outside the shared memory");
-            q->failed = 1;
-            return -1;
-        }
-    }
-    return 1;
 }
 
 static PyObject *vring_tx_split(PyObject *self, PyObject *args)
@@ -288,12 +261,35 @@ out:
     return result;
 }
 
+/* Interrupt the driver: one write to the call eventfd (errors ignored, as in Python). */
+static void signal_call(int fd)
+{
+    uint64_t one = 1;
+    if (fd >= 0 && write(fd, &one, sizeof(one)) < 0) {
+        /* a full or closed eventfd: the driver is being signalled or gone */
+    }
+}
+
+/* After used entries of a transmit burst were published: the call decision (made and
+ * signalled here), then, with quiet, no more kicks wanted for now. */
+static int after_push(Ring *q, const Notify *nt, int call_fd, int quiet)
+{
+    int call = needs_call(q, nt);
+    if (call)
+        signal_call(call_fd);
+    if (quiet)
+        no_kicks(q, nt);
+    return call;
+}
+
 static PyObject *vring_push_split(PyObject *self, PyObject *args)
 {
-    PyObject *used_o, *heads_o, *lens_o, *log_o, *used_log_o;
-    unsigned int num, used_idx;
-    if (!PyArg_ParseTuple(args, "OIIOOOO:push_split", &used_o, &num, &used_idx, &heads_o,
-                          &lens_o, &log_o, &used_log_o))
+    PyObject *used_o, *avail_o, *heads_o, *lens_o, *log_o, *used_log_o;
+    unsigned int num, used_idx, signalled;
+    int event_idx, valid, call_fd, quiet;
+    if (!PyArg_ParseTuple(args, "OOIIOOOOpIpip:push_split", &used_o, &avail_o, &num,
+                          &used_idx, &heads_o, &lens_o, &log_o, &used_log_o, &event_idx,
+                          &signalled, &valid, &call_fd, &quiet))
         return NULL;
     if (check_num(num) < 0)
         return NULL;
@@ -304,7 +300,9 @@ static PyObject *vring_push_split(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     Py_buffer heads = {0}, lens = {0};
     int have_heads = 0, have_lens = 0;
+    Notify nt = {event_idx, signalled, valid};
     if (get_view(used_o, &v.used, &v.have_used, 4 + 8 * (Py_ssize_t)num) < 0 ||
+        get_view(avail_o, &v.avail, &v.have_avail, 4 + 2 * (Py_ssize_t)num + 2 * !!event_idx) < 0 ||
         open_log(&log, &v, log_o, used_log_o) < 0)
         goto out;
     if (PyObject_GetBuffer(heads_o, &heads, PyBUF_SIMPLE) < 0)
@@ -325,6 +323,7 @@ static PyObject *vring_push_split(PyObject *self, PyObject *args)
         }
     }
     q.used = v.used.buf;
+    q.avail = v.avail.buf;
     q.num = num;
     q.used_idx = (uint16_t)used_idx;
     q.log = &log;
@@ -341,11 +340,175 @@ static PyObject *vring_push_split(PyObject *self, PyObject *args)
             done += chunk;
         }
     }
-    result = Py_BuildValue("(IKK)", (unsigned int)q.used_idx, (unsigned long long)log.bits,
-                           (unsigned long long)log.out_of_range);
+    int call = after_push(&q, &nt, call_fd, quiet);
+    result = Py_BuildValue("(IKKi)", (unsigned int)q.used_idx, (unsigned long long)log.bits,
+                           (unsigned long long)log.out_of_range, call);
 out:
     if (have_heads)
         PyBuffer_Release(&heads);
+    if (have_lens)
+        PyBuffer_Release(&lens);
+    views_close(&v, &log);
+    return result;
+}
+
+/* -- packed rings ----------------------------------------------------------------------- */
+
+static PyObject *vring_tx_packed(PyObject *self, PyObject *args)
+{
+    PyObject *ring_o, *mem_o;
+    unsigned int num, aslot, awrap, budget, hl;
+    int offloads, want, indirect;
+    if (!PyArg_ParseTuple(args, "OOIIIIIppp:tx_packed", &ring_o, &mem_o, &num, &aslot, &awrap,
+                          &budget, &hl, &offloads, &want, &indirect))
+        return NULL;
+    if (check_packed(num, aslot, awrap, 0, 0) < 0 || check_hl(hl) < 0)
+        return NULL;
+    Views v = {0};
+    Log log = {0};
+    Mem mem;
+    mem.n = 0;
+    Ring q = {0};
+    PyObject *frames = NULL, *result = NULL, *bufs_b = NULL;
+    Desc *descs = NULL;
+    uint8_t **ptrs = NULL;
+    PBuf *bufs = NULL;
+    if (get_view(ring_o, &v.desc, &v.have_desc, 16 * (Py_ssize_t)num) < 0 ||
+        mem_open(&mem, mem_o) < 0)
+        goto out;
+    bufs = PyMem_Malloc(sizeof(PBuf) * num);
+    frames = PyList_New(0);
+    if (bufs == NULL || frames == NULL) {
+        if (bufs == NULL)
+            PyErr_NoMemory();
+        goto out;
+    }
+    q.packed = 1;
+    q.desc = v.desc.buf;
+    q.num = num;
+    q.aslot = aslot;
+    q.awrap = awrap;
+    q.bufs = bufs;
+    q.indirect = indirect;
+    q.mem = &mem;
+    q.log = &log;
+    int keep = 0;
+    uint64_t malformed = 0;
+    int n = p_scan(&q);
+    if (n > (int)budget)
+        n = (int)budget;
+    if (n > 0) {
+        descs = PyMem_Malloc(sizeof(Desc) * (size_t)n);
+        ptrs = PyMem_Malloc(sizeof(uint8_t *) * (size_t)n);
+        if (descs == NULL || ptrs == NULL) {
+            PyErr_NoMemory();
+            goto out;
+        }
+        int simple = p_batch(&q, (uint32_t)n, descs, ptrs, 0);
+        if (simple == 1)
+            tx_simple(&q, (uint32_t)n, descs, ptrs, hl, offloads, want, frames, &keep,
+                      &malformed);
+        else if (simple == 0)
+            tx_chains(&q, (uint32_t)n, NULL, hl, offloads, want, frames, &keep, &malformed);
+        if (q.failed == -1)
+            goto out;
+    }
+    if (n < 0 || q.failed)
+        n = 0;
+    p_consume(&q, 0, (uint32_t)n);
+    bufs_b = PyBytes_FromStringAndSize((const char *)bufs, (Py_ssize_t)sizeof(PBuf) * n);
+    if (bufs_b == NULL)
+        goto out;
+    PyObject *err = error_or_none(&q);
+    if (err == NULL)
+        goto out;
+    result = Py_BuildValue("(NNOiKNII)", err, frames, keep ? Py_True : Py_False, n,
+                           (unsigned long long)malformed, bufs_b, q.aslot, q.awrap);
+    frames = NULL;
+    bufs_b = NULL;
+out:
+    Py_XDECREF(frames);
+    Py_XDECREF(bufs_b);
+    PyMem_Free(descs);
+    PyMem_Free(ptrs);
+    PyMem_Free(bufs);
+    mem_close(&mem);
+    views_close(&v, &log);
+    return result;
+}
+
+static PyObject *vring_push_packed(PyObject *self, PyObject *args)
+{
+    PyObject *ring_o, *drv_o, *dev_o, *bufs_o, *lens_o, *log_o;
+    unsigned int num, uslot, uwrap, signalled;
+    unsigned long long desc_gpa, evt_gpa;
+    int event_idx, valid, call_fd, quiet;
+    if (!PyArg_ParseTuple(args, "OOOIIIOOOKKpIpip:push_packed", &ring_o, &drv_o, &dev_o, &num,
+                          &uslot, &uwrap, &bufs_o, &lens_o, &log_o, &desc_gpa, &evt_gpa,
+                          &event_idx, &signalled, &valid, &call_fd, &quiet))
+        return NULL;
+    if (check_packed(num, 0, 0, uslot, uwrap) < 0)
+        return NULL;
+    Views v = {0};
+    Log log;
+    Ring q;
+    memset(&q, 0, sizeof(q));
+    PyObject *result = NULL;
+    Py_buffer bufs = {0}, lens = {0};
+    int have_bufs = 0, have_lens = 0;
+    Notify nt = {event_idx, signalled, valid};
+    if (get_view(ring_o, &v.desc, &v.have_desc, 16 * (Py_ssize_t)num) < 0 ||
+        get_view(drv_o, &v.avail, &v.have_avail, 4) < 0 ||
+        get_view(dev_o, &v.used, &v.have_used, 4) < 0 || open_log(&log, &v, log_o, Py_None) < 0)
+        goto out;
+    if (PyObject_GetBuffer(bufs_o, &bufs, PyBUF_SIMPLE) < 0)
+        goto out;
+    have_bufs = 1;
+    Py_ssize_t n = bufs.len / (Py_ssize_t)sizeof(PBuf);
+    PBuf *b = PyMem_Malloc(sizeof(PBuf) * (size_t)(n ? n : 1));
+    if (b == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    memcpy(b, bufs.buf, sizeof(PBuf) * (size_t)n);
+    uint64_t total = 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        total += b[k].n ? b[k].n : num + 1;
+    if (total > num) {
+        PyMem_Free(b);
+        PyErr_SetString(PyExc_ValueError, "more used descriptors than the ring holds");
+        goto out;
+    }
+    if (lens_o != Py_None) {
+        if (PyObject_GetBuffer(lens_o, &lens, PyBUF_SIMPLE) < 0) {
+            PyMem_Free(b);
+            goto out;
+        }
+        have_lens = 1;
+        if (lens.len < 4 * n) {
+            PyMem_Free(b);
+            PyErr_SetString(PyExc_ValueError, "fewer lengths than buffers");
+            goto out;
+        }
+    }
+    q.packed = 1;
+    q.desc = v.desc.buf;
+    q.avail = v.avail.buf;
+    q.used = v.used.buf;
+    q.num = num;
+    q.uslot = uslot;
+    q.uwrap = uwrap;
+    q.desc_gpa = desc_gpa;
+    q.evt_gpa = evt_gpa;
+    q.log = &log;
+    p_push(&q, b, (uint32_t)n, have_lens ? (const uint32_t *)lens.buf : NULL);
+    PyMem_Free(b);
+    int call = after_push(&q, &nt, call_fd, quiet);
+    result = Py_BuildValue("(IIiKK)", q.uslot, q.uwrap, call, (unsigned long long)log.bits,
+                           (unsigned long long)log.out_of_range);
+out:
+    if (have_bufs)
+        PyBuffer_Release(&bufs);
     if (have_lens)
         PyBuffer_Release(&lens);
     views_close(&v, &log);
@@ -359,17 +522,32 @@ static PyMethodDef methods[] = {
      "tx_split(desc, avail, mem, num, last_avail, budget, hl, offloads, want, indirect)"
      " -> (error, frames, keep, chains, malformed, heads)"},
     {"push_split", vring_push_split, METH_VARARGS,
-     "push_split(used, num, used_idx, heads, lens, log, used_log)"
-     " -> (used_idx, log_bits, log_out_of_range)"},
+     "push_split(used, avail, num, used_idx, heads, lens, log, used_log, event_idx,"
+     " signalled, signalled_valid, call_fd, quiet) -> (used_idx, log_bits,"
+     " log_out_of_range, called)"},
     {"rx_split", vring_rx_split, METH_VARARGS,
      "rx_split(desc, avail, used, mem, num, last_avail, used_idx, frames, vnet, hl,"
-     " mergeable, indirect, log, used_log) -> (error, done, last_avail, used_idx,"
-     " bad_buffers, too_big, log_bits, log_out_of_range)"},
+     " mergeable, indirect, log, used_log, event_idx, signalled, signalled_valid)"
+     " -> (error, done, last_avail, used_idx, bad_buffers, too_big, log_bits,"
+     " log_out_of_range, call)"},
+    {"tx_packed", vring_tx_packed, METH_VARARGS,
+     "tx_packed(ring, mem, num, avail_slot, avail_wrap, budget, hl, offloads, want,"
+     " indirect) -> (error, frames, keep, buffers, malformed, bufs, avail_slot, avail_wrap)"},
+    {"push_packed", vring_push_packed, METH_VARARGS,
+     "push_packed(ring, driver_event, device_event, num, used_slot, used_wrap, bufs, lens,"
+     " log, ring_gpa, device_event_gpa, event_idx, signalled, signalled_valid, call_fd,"
+     " quiet) -> (used_slot, used_wrap, called, log_bits, log_out_of_range)"},
+    {"rx_packed", vring_rx_packed, METH_VARARGS,
+     "rx_packed(ring, driver_event, mem, num, avail_slot, avail_wrap, used_slot, used_wrap,"
+     " frames, vnet, hl, mergeable, indirect, log, ring_gpa, event_idx, signalled,"
+     " signalled_valid) -> (error, done, avail_slot, avail_wrap, used_slot, used_wrap,"
+     " bad_buffers, too_big, log_bits, log_out_of_range, call)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_vring", "Split-virtqueue burst loops, compiled.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_vring", "Virtqueue burst loops (split and packed), compiled.", -1,
+    methods,
 };
 
 PyMODINIT_FUNC PyInit__vring(void)

@@ -484,7 +484,7 @@ class VhostUserNetdev(SessionHooks):
         share, share_port = self._share, self._share_ports[pair]
         budget = share.budget(share_port, self.loop.time(), TX_BUDGET)
         try:
-            frames, vnet, chains = self.device.transmit(q, budget, want_frames=not sink)
+            frames, vnet, chains = self.device.transmit(q, budget, want_frames=not sink, quiet=True)
             now = self.loop.time()
             if not chains:
                 if now - self._tx_last_work[pair] < TX_LINGER:
@@ -496,7 +496,6 @@ class VhostUserNetdev(SessionHooks):
                 return
             self._tx_last_work[pair] = now
             share.active(share_port, now)
-            q.set_notification(False)
         except RingError as exc:
             self.device.break_queue(q, str(exc))
             return
@@ -532,10 +531,10 @@ class VhostUserNetdev(SessionHooks):
         if q is None:
             return True
         try:
-            if q.avail_count():
+            if q.has_avail():
                 return True
             q.set_notification(True)
-            return q.avail_count() > 0
+            return q.has_avail()
         except RingError as exc:
             self.device.break_queue(q, str(exc))
             return True

@@ -19,7 +19,7 @@ What it owns
       software what the guest did not negotiate.
 
     Each call runs either the pure-Python reference (:mod:`.txpath`, :mod:`.rxpath`) or,
-    for split rings when the extension is built, the compiled loops of ``_vring.c``
+    for split and packed rings when the extension is built, the compiled loops of ``_vring.c``
     through :mod:`.fastring`; :attr:`NetDevice.vring` says which (``NETSTACK_PURE_PYTHON=1``
     forces Python). Both give the same frames, rings, counters and errors.
 
@@ -268,13 +268,14 @@ class NetDevice:
     # -- transmit: driver -> daemon --------------------------------------------------------
 
     def transmit(
-        self, q: SplitQueue, budget: int = TX_BUDGET, want_frames: bool = True
+        self, q: SplitQueue, budget: int = TX_BUDGET, want_frames: bool = True, quiet: bool = False
     ) -> tuple[list[bytes], bool, int]:
         """Take up to ``budget`` chains from transmit queue ``q``.
 
         Returns ``(frames, vnet, chains)``: the frames (none when ``want_frames`` is
         False), whether they carry a virtio-net header, and how many chains were consumed.
-        The buffers are already back in the used ring and the driver notified as it asked.
+        The buffers are already back in the used ring and the driver notified as it asked;
+        with ``quiet`` a burst that took chains also asks the driver not to kick.
         A disabled ring is left alone until it is enabled (DPDK's vhost library does the
         same; the spec's "consume and discard" would drop what a guest queued while QEMU
         was still enabling the ring). Raises :class:`RingError` (the caller breaks the
@@ -283,8 +284,8 @@ class NetDevice:
             return [], False, 0
         vring = self.vring
         if vring is not None and fastring.eligible(q):
-            return fastring.transmit(self, q, vring, budget, want_frames)
-        return txpath.transmit(self, q, budget, want_frames)
+            return fastring.transmit(self, q, vring, budget, want_frames, quiet)
+        return txpath.transmit(self, q, budget, want_frames, quiet)
 
     # -- receive: daemon -> driver ---------------------------------------------------------
 

@@ -2,25 +2,38 @@
 
 What it owns
     The choice of ring implementation per call (:func:`eligible`) and the adapter around
-    the extension: what the C functions get (the queue's byte views of its three rings,
-    the memory table's mappings, the ring indices, the dirty log's bitmap and the used
-    ring's log address), and what comes back (new indices, counters, frames, a driver
-    error as its message) folded into the same state the Python path keeps. A driver
-    error is raised as the same :class:`~.virtqueue.RingError` with the same text, so the
-    device's error handling (queue broken, counted, logged once) is the one of the Python
-    path; the memory-fault check after each burst is the device's too.
+    the extension: what the C functions get (the queue's byte views of its rings - the
+    descriptor table, avail and used rings of a split ring; the descriptor ring and the
+    driver and device event areas of a packed one -, the memory table's mappings, the ring
+    indices or slots and wrap counters, the call-suppression state, the dirty log's bitmap
+    and the guest addresses it marks), and what comes back (new indices, counters,
+    frames, the call decision, a driver error as its message) folded into the same state
+    the Python path keeps. A driver error is raised as the same
+    :class:`~.virtqueue.RingError` with the same text, so the device's error handling
+    (queue broken, counted, logged once) is the one of the Python path; the memory-fault
+    check after each burst is the device's too.
 
 Which path
     :func:`load` asks :mod:`netstack.fastpath` (``NETSTACK_PURE_PYTHON=1`` or an unbuilt
     extension: ``None``, the pure-Python reference in :mod:`.txpath` / :mod:`.rxpath`).
-    Split rings only: packed rings (:class:`~.packed.PackedQueue`) always take the Python
-    path, and so does a queue whose used-ring logger is not a
-    :class:`~.dirtylog.UsedLogger` (a test's recorder).
+    Split rings (:class:`~.virtqueue.SplitQueue`) and packed rings
+    (:class:`~.packed.PackedQueue`) both run compiled; a split queue whose used-ring
+    logger is not a :class:`~.dirtylog.UsedLogger` (a test's recorder) takes the Python
+    path.
+
+Event suppression
+    The call decision (``needs_call`` of either layout: ``VRING_AVAIL_F_NO_INTERRUPT`` /
+    ``used_event`` with ``EVENT_IDX`` on split rings, the driver event structure on packed
+    ones) is made in C at the end of the burst, and for transmit the eventfd is written
+    there too; a receive call returns it and the eventfd is written here after the memory
+    check, as in Python. ``quiet`` transmit bursts also tell the driver not to kick
+    (``set_notification(False)``) in the same call.
 
 Deviations from the Python path (none in frames, rings, indices, log bits or errors)
     ``log-bits-set`` counts every bit ORed (a page written twice in one burst counts
     twice; Python counts distinct pages per marking call), and the log eventfd is
-    signalled once per call rather than once per marking call.
+    signalled once per call rather than once per marking call. A packed ring's pages are
+    marked before its used descriptors' flags are stored (Python marks them right after).
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ from typing import TYPE_CHECKING
 from netstack import fastpath
 
 from .dirtylog import UsedLogger
+from .packed import PackedQueue
 from .virtqueue import RingError, SplitQueue
 
 if TYPE_CHECKING:
@@ -46,12 +60,13 @@ def load() -> ModuleType | None:
 
 
 def eligible(q: SplitQueue) -> bool:
-    """Whether the compiled loops can serve ``q`` (a mapped split ring)."""
-    return (
-        type(q) is SplitQueue
-        and q.raw is not None
-        and (q.log_used is None or type(q.log_used) is UsedLogger)
-    )
+    """Whether the compiled loops can serve ``q`` (a mapped split or packed ring)."""
+    if q.raw is None:
+        return False
+    kind = type(q)
+    if kind is PackedQueue:
+        return True
+    return kind is SplitQueue and (q.log_used is None or type(q.log_used) is UsedLogger)
 
 
 def _log_args(dev: NetDevice, q: SplitQueue) -> tuple[object, int | None]:
@@ -63,9 +78,11 @@ def _log_args(dev: NetDevice, q: SplitQueue) -> tuple[object, int | None]:
 
 
 def transmit(
-    dev: NetDevice, q: SplitQueue, vring: ModuleType, budget: int, want: bool
+    dev: NetDevice, q: SplitQueue, vring: ModuleType, budget: int, want: bool, quiet: bool = False
 ) -> tuple[list[bytes], bool, int]:
     """:func:`.txpath.transmit` through the compiled loops."""
+    if isinstance(q, PackedQueue):
+        return _transmit_packed(dev, q, vring, budget, want, quiet)
     assert q.raw is not None
     desc, avail, used = q.raw
     err, frames, keep, n, malformed, heads = vring.tx_split(
@@ -81,11 +98,49 @@ def transmit(
         return [], False, 0
     q.consume(n)
     log, used_log = _log_args(dev, q)
-    q.used_idx, bits, oor = vring.push_split(used, q.num, q.used_idx, heads, None, log, used_log)
+    mark, valid = q.signal_mark
+    q.used_idx, bits, oor, called = vring.push_split(
+        used, avail, q.num, q.used_idx, heads, None, log, used_log, q.event_idx, mark, valid,
+        q.call_fd, quiet,
+    )  # fmt: skip
     if log is not None:
         dev.dirty.account(bits, oor)
     dev.counters["tx-chains"] += n
-    if q.call_if_needed():
+    q.call_checked()
+    if called:
+        dev.counters["calls"] += 1
+    return frames, keep, n
+
+
+def _transmit_packed(
+    dev: NetDevice, q: PackedQueue, vring: ModuleType, budget: int, want: bool, quiet: bool
+) -> tuple[list[bytes], bool, int]:
+    assert q.raw is not None
+    ring, driver_evt, device_evt = q.raw
+    err, frames, keep, n, malformed, bufs, slot, wrap = vring.tx_packed(
+        ring, dev.mem.table, q.num, q.avail_slot, q.avail_wrap, budget, dev.hdr_len,
+        dev.host_offloads, want, q.indirect,
+    )  # fmt: skip
+    if malformed:
+        dev.counters["tx-malformed"] += malformed
+    if err is not None:
+        raise RingError(err)
+    dev.check_memory()  # nothing read from a faulted batch goes out
+    if not n:
+        q.took(slot, wrap)
+        return [], False, 0
+    q.took(slot, wrap)
+    log, _ = _log_args(dev, q)
+    mark, valid = q.signal_mark
+    q.used_slot, q.used_wrap, called, bits, oor = vring.push_packed(
+        ring, driver_evt, device_evt, q.num, q.used_slot, q.used_wrap, bufs, None, log,
+        q.ring_gpa, q.event_gpa, q.event_idx, mark, valid, q.call_fd, quiet,
+    )  # fmt: skip
+    if log is not None:
+        dev.dirty.account(bits, oor)
+    dev.counters["tx-chains"] += n
+    q.call_checked()
+    if called:
         dev.counters["calls"] += 1
     return frames, keep, n
 
@@ -95,13 +150,24 @@ def receive(
 ) -> int:
     """:func:`.rxpath.receive` through the compiled loops."""
     assert q.raw is not None
-    desc, avail, used = q.raw
     log, used_log = _log_args(dev, q)
-    before = q.last_avail
-    err, done, q.last_avail, q.used_idx, bad, too_big, bits, oor = vring.rx_split(
-        desc, avail, used, dev.mem.table, q.num, q.last_avail, q.used_idx, frames, vnet,
-        dev.hdr_len, dev.mergeable, q.indirect, log, used_log,
-    )  # fmt: skip
+    mark, valid = q.signal_mark
+    if isinstance(q, PackedQueue):
+        ring, driver_evt, _ = q.raw
+        err, done, slot, wrap, q.used_slot, q.used_wrap, bad, too_big, bits, oor, call = (
+            vring.rx_packed(
+                ring, driver_evt, dev.mem.table, q.num, q.avail_slot, q.avail_wrap, q.used_slot,
+                q.used_wrap, frames, vnet, dev.hdr_len, dev.mergeable, q.indirect, log,
+                q.ring_gpa, q.event_idx, mark, valid,
+            )
+        )  # fmt: skip
+        q.took(slot, wrap)
+    else:
+        desc, avail, used = q.raw
+        err, done, q.last_avail, q.used_idx, bad, too_big, bits, oor, call = vring.rx_split(
+            desc, avail, used, dev.mem.table, q.num, q.last_avail, q.used_idx, frames, vnet,
+            dev.hdr_len, dev.mergeable, q.indirect, log, used_log, q.event_idx, mark, valid,
+        )  # fmt: skip
     counters = dev.counters
     if bad:
         counters["rx-bad-buffers"] += bad
@@ -112,6 +178,9 @@ def receive(
     if err is not None:
         raise RingError(err)
     dev.check_memory()
-    if q.last_avail != before and q.call_if_needed():
-        counters["calls"] += 1
+    if call >= 0:
+        q.call_checked()
+        if call:
+            q.call()
+            counters["calls"] += 1
     return int(done)

@@ -36,6 +36,13 @@ Interface
     in the order they were made available, which is also what ``VIRTIO_F_IN_ORDER`` asks
     for (one used descriptor per buffer, never the batched form the spec allows).
 
+Compiled twin
+    ``vring_packed.h`` in ``_vring.c`` runs the same scan, checks, errors and used
+    descriptors in C (through :mod:`.fastring`); it takes the slots and wrap counters
+    from this queue and hands them back (:meth:`PackedQueue.took`, which also forgets what
+    :meth:`PackedQueue.avail_count` found), and decides calls from the same signalled
+    slot (:attr:`PackedQueue.signal_mark`, :meth:`PackedQueue.call_checked`).
+
 Driver errors (:class:`~.virtqueue.RingError`, the device breaks the queue)
     A chain of available descriptors running over the whole ring, unknown flag bits, an
     indirect descriptor without ``VIRTIO_RING_F_INDIRECT_DESC`` or with NEXT, nested, empty
@@ -202,6 +209,7 @@ class PackedQueue(SplitQueue):
         self._devevt_gpa = u_region.spec.gpa + u_off
         self._driver_evt = memoryview(a_region.u8[a_off : a_off + 4]).cast("H")  # type: ignore[arg-type]
         self._device_evt = memoryview(u_region.u8[u_off : u_off + 4]).cast("H")  # type: ignore[arg-type]
+        self.raw = (raw, a_region.u8[a_off : a_off + 4], u_region.u8[u_off : u_off + 4])
         if len(self._slot_id) != num:
             self._slot_id = np.zeros(num, dtype=np.uint16)
             self._slot_n = np.zeros(num, dtype=np.uint16)
@@ -221,7 +229,34 @@ class PackedQueue(SplitQueue):
                 mv.release()
         self._driver_evt = self._device_evt = self._ring_h = None
 
+    @property
+    def ring_gpa(self) -> int:
+        """Guest-physical address of the descriptor ring (where used entries are written)."""
+        return self._desc_gpa
+
+    @property
+    def event_gpa(self) -> int:
+        """Guest-physical address of the device event area."""
+        return self._devevt_gpa
+
     # -- driver -> device ------------------------------------------------------------------
+
+    def took(self, slot: int, wrap: int) -> None:
+        """The compiled loops consumed buffers up to avail ``slot`` and ``wrap`` counter:
+        what :meth:`avail_count` found before is forgotten."""
+        self.avail_slot = slot
+        self.avail_wrap = wrap
+        self._found = _NONE
+        self._single = False
+
+    def has_avail(self) -> bool:
+        """Whether the descriptor at the avail slot is available: one flags read, as QEMU's
+        ``virtio_queue_packed_empty_rcu`` (a buffer whose chain is not complete yet
+        counts; the burst that follows takes nothing from it)."""
+        ring_h = self._ring_h
+        assert ring_h is not None
+        want = DESC_F_AVAIL if self.avail_wrap else DESC_F_USED
+        return bool(ring_h[8 * self.avail_slot + 7] & _WRAP_BITS == want)
 
     def avail_count(self) -> int:
         """Complete buffers the driver made available from the next avail slot on."""
@@ -495,6 +530,14 @@ class PackedQueue(SplitQueue):
         if off_wrap >> 15 != self.used_wrap:
             event -= self.num
         return ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+
+    @property
+    def signal_mark(self) -> tuple[int, bool]:
+        return self._signalled_slot, self._signalled_valid
+
+    def call_checked(self) -> None:
+        self._signalled_slot = self.used_slot
+        self._signalled_valid = True
 
     def set_notification(self, enable: bool) -> None:
         evt = self._device_evt

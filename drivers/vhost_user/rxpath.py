@@ -3,8 +3,8 @@ driver made available on a receive queue (virtio 1.x §5.1.6.3-4 "Receiving Pack
 ``VIRTIO_NET_F_MRG_RXBUF``).
 
 The reference for behaviour; :mod:`.fastring` runs the compiled loops of ``_vring.c``
-instead for split rings when they are built, with the same results (the differential tests
-in ``tests/property/test_vhost_user_vring_diff.py`` hold both to that).
+instead for split and packed rings when they are built, with the same results (the
+differential tests in ``tests/property/test_vhost_user_vring_diff.py`` hold both to that).
 
 What it owns
     One receive call (:func:`receive`): copy frames into the buffers, write the header

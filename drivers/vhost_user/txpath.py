@@ -2,8 +2,8 @@
 on a transmit queue become frames (virtio 1.x §5.1.6.2 "Packet Transmission").
 
 The reference for behaviour; :mod:`.fastring` runs the compiled loops of ``_vring.c``
-instead for split rings when they are built, with the same results (the differential tests
-in ``tests/property/test_vhost_user_vring_diff.py`` hold both to that).
+instead for split and packed rings when they are built, with the same results (the
+differential tests in ``tests/property/test_vhost_user_vring_diff.py`` hold both to that).
 
 What it owns
     One transmit burst (:func:`transmit`): take the chains (numpy over the descriptor table
@@ -41,10 +41,11 @@ ETH_HLEN = 14
 
 
 def transmit(
-    dev: NetDevice, q: SplitQueue, budget: int, want_frames: bool
+    dev: NetDevice, q: SplitQueue, budget: int, want_frames: bool, quiet: bool = False
 ) -> tuple[list[bytes], bool, int]:
     """:meth:`.device.NetDevice.transmit` in Python: up to ``budget`` chains from ``q``
-    (split or packed), as ``(frames, vnet, chains)``. Raises :class:`RingError`."""
+    (split or packed), as ``(frames, vnet, chains)``; with ``quiet``, a burst that took
+    chains also asks the driver not to kick. Raises :class:`RingError`."""
     n = q.avail_count()
     if not n:
         dev.check_memory()
@@ -63,6 +64,8 @@ def transmit(
     dev.counters["tx-chains"] += n
     if q.call_if_needed():
         dev.counters["calls"] += 1
+    if quiet:
+        q.set_notification(False)
     return frames, vnet, n
 
 

@@ -249,6 +249,12 @@ class SplitQueue:
             )
         return n
 
+    def has_avail(self) -> bool:
+        """Whether the driver made a buffer available that was not processed yet (the
+        cheap test before a delivery, QEMU's ``virtio_queue_empty``). Raises
+        :class:`RingError` as :meth:`avail_count` does."""
+        return self.avail_count() > 0
+
     def heads(self, n: int) -> NDArray[np.uint16]:
         """Copies of the next ``n`` avail entries (not consumed yet). Not range-checked
         here: :meth:`simple_batch` (through the table lookup) and :meth:`chain` reject a
@@ -433,6 +439,19 @@ class SplitQueue:
             self._used_h[0] = 0 if enable else USED_F_NO_NOTIFY
             if self.log_used is not None:
                 self.log_used(0, 2)
+
+    @property
+    def signal_mark(self) -> tuple[int, bool]:
+        """The index the last call check saw and whether there was one since the start
+        (the compiled loops decide the next call from it)."""
+        return self._signalled_used, self._signalled_valid
+
+    def call_checked(self) -> None:
+        """The compiled loops made a call decision at the current used index (recorded as
+        :meth:`needs_call` records it: only with ``EVENT_IDX``)."""
+        if self.event_idx:
+            self._signalled_used = self.used_idx
+            self._signalled_valid = True
 
     def forget_signalled(self) -> None:
         """After a (re)start the next call check must signal (``signalled_used_valid``)."""

@@ -1,4 +1,4 @@
-/* Guest memory and dirty log for the split-ring loops: types, the region table acquired
+/* Guest memory and dirty log for the ring loops (split and packed): types, the region table acquired
  * for one call, bounds-checked translation of guest-physical ranges, atomic dirty-log
  * marking.  Part of the single translation unit _vring.c (included once, after Python.h).
  */
@@ -54,8 +54,14 @@ typedef struct {
     uint64_t bits, out_of_range;
 } Log;
 
+/* One buffer a packed-ring scan found: the slot it starts at, its descriptor count and
+ * the id of its last descriptor (copied when found, given back as found). */
 typedef struct {
-    uint8_t *desc, *avail, *used;
+    uint16_t slot, n, id, pad;
+} PBuf;
+
+typedef struct {
+    uint8_t *desc, *avail, *used; /* packed: desc is the ring, avail/used the event areas */
     uint32_t num;
     uint16_t last_avail, used_idx;
     int indirect;
@@ -63,6 +69,13 @@ typedef struct {
     Log *log;
     char err[ERRLEN];
     int failed; /* 1: driver error in err; -1: Python exception set */
+    /* packed rings only */
+    int packed;
+    uint32_t aslot, awrap, uslot, uwrap;
+    uint64_t desc_gpa; /* the ring's guest-physical address (dirty log of used entries) */
+    uint64_t evt_gpa;  /* the device event area's (dirty log of no_kicks) */
+    PBuf *bufs;        /* what the last scan found */
+    int moved;         /* receive: some buffer was used (the driver may want a call) */
 } Ring;
 
 /* -- guest memory ----------------------------------------------------------------------- */
@@ -129,6 +142,22 @@ static uint8_t *gpa_ptr(Mem *m, uint64_t addr, uint64_t len)
         }
     }
     return NULL;
+}
+
+/* Start loading the first two cache lines of each buffer (a minimum-size frame and its
+ * header) before any is copied: the buffers were last written by the front end on another
+ * CPU, and overlapping those misses is most of the cost of a burst of small frames. */
+static inline void prefetch_all(uint8_t *const *ptrs, uint32_t n, int for_write)
+{
+    for (uint32_t k = 0; k < n; k++) {
+        if (for_write) {
+            __builtin_prefetch(ptrs[k], 1);
+            __builtin_prefetch(ptrs[k] + 64, 1);
+        } else {
+            __builtin_prefetch(ptrs[k], 0);
+            __builtin_prefetch(ptrs[k] + 64, 0);
+        }
+    }
 }
 
 /* -- dirty log -------------------------------------------------------------------------- */

@@ -1,6 +1,7 @@
-/* The receive entry point of _vring.c (rx_split): drivers/vhost_user/rxpath.py in C, the
- * same loop over simple batches, merged buffers and walked chains, the same counters and
- * dirty-log marks.  Part of the single translation unit _vring.c.
+/* The receive entry points of _vring.c (rx_split, rx_packed): drivers/vhost_user/rxpath.py
+ * in C, the same loop over simple batches, merged buffers and walked chains, the same
+ * counters and dirty-log marks, for either ring layout.  Part of the single translation
+ * unit _vring.c.
  */
 #ifndef VRING_RX_H
 #define VRING_RX_H
@@ -134,6 +135,7 @@ static Py_ssize_t rx_simple(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
     uint32_t j = 0;
     for (uint32_t k = 0; k < cnt; k++)
         caps[k] = descs[k].len;
+    prefetch_all(ptrs, (Py_ssize_t)cnt < rest ? cnt : (uint32_t)rest, 1);
     while ((Py_ssize_t)j < rest && j < cnt) {
         uint64_t size = frame_size(fr, first + j);
         if (size > caps[j])
@@ -156,8 +158,7 @@ static Py_ssize_t rx_simple(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
     if (j) {
         for (uint32_t k = 0; k < j; k++)
             log_mark(q->log, descs[k].addr, used[k]);
-        q->last_avail = (uint16_t)(q->last_avail + j);
-        push_used(q, heads, used, j);
+        complete(q, heads, 0, j, used);
     }
     *took = j;
     return done;
@@ -180,7 +181,7 @@ static Py_ssize_t rx_chains(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
 #define WALK(k)                                                                             \
     do {                                                                                    \
         chains[k].start = s->n;                                                             \
-        if (walk(q, heads[k], 1, s, &chains[k].total) < 0) {                                \
+        if (walk_buf(q, heads, k, 1, s, &chains[k].total) < 0) {                            \
             *took = pos;                                                                    \
             return -1;                                                                      \
         }                                                                                   \
@@ -192,8 +193,7 @@ static Py_ssize_t rx_chains(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
             WALK(pos);
         if (chains[pos].total < hl) {
             fr->bad_buffers++;
-            push_one(q, heads[pos], 0);
-            q->last_avail++;
+            complete(q, heads, pos, 1, NULL);
             pos++;
             continue;
         }
@@ -238,10 +238,10 @@ static Py_ssize_t rx_chains(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
             }
             for (size_t g = 0; g < c->n; g++)
                 log_mark(q->log, s->seg[c->start + g].gpa, s->seg[c->start + g].len);
-            push_one(q, heads[idx], (uint32_t)cut);
+            uint32_t len = (uint32_t)cut;
+            complete(q, heads, idx, 1, &len);
             off += cut;
         }
-        q->last_avail = (uint16_t)(q->last_avail + (k - pos));
         pos = k;
         i++;
         done++;
@@ -251,14 +251,102 @@ static Py_ssize_t rx_chains(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
     return done;
 }
 
+/* Scratch arrays of one receive call, num entries each. */
+typedef struct {
+    uint16_t *heads;
+    Desc *descs;
+    uint8_t **ptrs;
+    uint64_t *caps;
+    uint32_t *used;
+    Chain *chains;
+    PBuf *bufs;
+    Segs s;
+} RxScratch;
+
+static int scratch_alloc(RxScratch *x, uint32_t num)
+{
+    x->heads = PyMem_Malloc(sizeof(*x->heads) * num);
+    x->descs = PyMem_Malloc(sizeof(*x->descs) * num);
+    x->ptrs = PyMem_Malloc(sizeof(*x->ptrs) * num);
+    x->caps = PyMem_Malloc(sizeof(*x->caps) * num);
+    x->used = PyMem_Malloc(sizeof(*x->used) * num);
+    x->chains = PyMem_Malloc(sizeof(*x->chains) * num);
+    x->bufs = PyMem_Malloc(sizeof(*x->bufs) * num);
+    if (!x->heads || !x->descs || !x->ptrs || !x->caps || !x->used || !x->chains || !x->bufs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void scratch_free(RxScratch *x)
+{
+    PyMem_Free(x->heads);
+    PyMem_Free(x->descs);
+    PyMem_Free(x->ptrs);
+    PyMem_Free(x->caps);
+    PyMem_Free(x->used);
+    PyMem_Free(x->chains);
+    PyMem_Free(x->bufs);
+    PyMem_Free(x->s.seg);
+}
+
+/* rxpath.receive's loop: frames disposed of; q->failed says how it ended. */
+static Py_ssize_t rx_run(Ring *q, Frames *fr, RxScratch *x)
+{
+    Py_ssize_t done = 0;
+    uint64_t spare = 64;
+    while (done < fr->count) {
+        int avail = ring_avail(q);
+        if (avail <= 0)
+            break;
+        uint64_t rest = (uint64_t)(fr->count - done);
+        uint64_t want = fr->mergeable ? rest + spare : rest;
+        uint32_t cnt = want < (uint64_t)avail ? (uint32_t)want : (uint32_t)avail;
+        int simple = ring_batch(q, cnt, x->heads, x->descs, x->ptrs, DESC_F_WRITE);
+        if (simple < 0)
+            break;
+        uint32_t took = 0;
+        Py_ssize_t got;
+        if (simple)
+            got = rx_simple(q, fr, done, cnt, x->heads, x->descs, x->ptrs, x->caps, x->used,
+                            &took);
+        else
+            got = rx_chains(q, fr, done, cnt, x->heads, x->chains, &x->s, &took);
+        if (got < 0) {
+            if (PyErr_Occurred())
+                q->failed = -1;
+            break;
+        }
+        done += got;
+        q->moved |= took > 0;
+        if (!got && !took) {
+            if (!fr->mergeable || want >= (uint64_t)avail)
+                break;
+            spare = (uint64_t)avail;
+        }
+    }
+    return done;
+}
+
+/* The call decision after a receive call (-1: none taken, as when nothing was used or a
+ * driver error ended it). */
+static int rx_call(Ring *q, const Notify *nt)
+{
+    if (q->failed || !q->moved)
+        return -1;
+    return needs_call(q, nt);
+}
+
 static PyObject *vring_rx_split(PyObject *self, PyObject *args)
 {
     PyObject *desc_o, *avail_o, *used_o, *mem_o, *frames_o, *log_o, *used_log_o;
-    unsigned int num, last_avail, used_idx, hl;
-    int vnet, mergeable, indirect;
-    if (!PyArg_ParseTuple(args, "OOOOIIIOpIppOO:rx_split", &desc_o, &avail_o, &used_o, &mem_o,
-                          &num, &last_avail, &used_idx, &frames_o, &vnet, &hl, &mergeable,
-                          &indirect, &log_o, &used_log_o))
+    unsigned int num, last_avail, used_idx, hl, signalled;
+    int vnet, mergeable, indirect, event_idx, valid;
+    if (!PyArg_ParseTuple(args, "OOOOIIIOpIppOOpIp:rx_split", &desc_o, &avail_o, &used_o,
+                          &mem_o, &num, &last_avail, &used_idx, &frames_o, &vnet, &hl,
+                          &mergeable, &indirect, &log_o, &used_log_o, &event_idx, &signalled,
+                          &valid))
         return NULL;
     if (check_burst(num, hl) < 0)
         return NULL;
@@ -268,32 +356,16 @@ static PyObject *vring_rx_split(PyObject *self, PyObject *args)
     mem.n = 0;
     Ring q = {0};
     PyObject *result = NULL, *fast = NULL;
-    uint16_t *heads = NULL;
-    Desc *descs = NULL;
-    uint8_t **ptrs = NULL;
-    uint64_t *caps = NULL;
-    uint32_t *used = NULL;
-    Chain *chains = NULL;
-    Segs s = {NULL, 0, 0};
-    Py_ssize_t done = 0;
+    RxScratch x = {0};
+    Notify nt = {event_idx, signalled, valid};
     if (get_view(desc_o, &v.desc, &v.have_desc, 16 * (Py_ssize_t)num) < 0 ||
-        get_view(avail_o, &v.avail, &v.have_avail, 4 + 2 * (Py_ssize_t)num) < 0 ||
+        get_view(avail_o, &v.avail, &v.have_avail, 4 + 2 * (Py_ssize_t)num + 2 * !!event_idx) < 0 ||
         get_view(used_o, &v.used, &v.have_used, 4 + 8 * (Py_ssize_t)num) < 0 ||
         open_log(&log, &v, log_o, used_log_o) < 0 || mem_open(&mem, mem_o) < 0)
         goto out;
     fast = PySequence_Fast(frames_o, "frames must be a sequence");
-    if (fast == NULL)
+    if (fast == NULL || scratch_alloc(&x, num) < 0)
         goto out;
-    heads = PyMem_Malloc(sizeof(*heads) * num);
-    descs = PyMem_Malloc(sizeof(*descs) * num);
-    ptrs = PyMem_Malloc(sizeof(*ptrs) * num);
-    caps = PyMem_Malloc(sizeof(*caps) * num);
-    used = PyMem_Malloc(sizeof(*used) * num);
-    chains = PyMem_Malloc(sizeof(*chains) * num);
-    if (!heads || !descs || !ptrs || !caps || !used || !chains) {
-        PyErr_NoMemory();
-        goto out;
-    }
     q.desc = v.desc.buf;
     q.avail = v.avail.buf;
     q.used = v.used.buf;
@@ -305,53 +377,81 @@ static PyObject *vring_rx_split(PyObject *self, PyObject *args)
     q.log = &log;
     Frames fr = {PySequence_Fast_ITEMS(fast), PySequence_Fast_GET_SIZE(fast), vnet, hl,
                  mergeable, 0, 0};
-    uint64_t spare = 64;
-    while (done < fr.count) {
-        int avail = avail_count(&q);
-        if (avail <= 0)
-            break;
-        uint64_t rest = (uint64_t)(fr.count - done);
-        uint64_t want = mergeable ? rest + spare : rest;
-        uint32_t cnt = want < (uint64_t)avail ? (uint32_t)want : (uint32_t)avail;
-        int simple = batch(&q, cnt, heads, descs, ptrs, DESC_F_WRITE);
-        if (simple < 0)
-            break;
-        uint32_t took = 0;
-        Py_ssize_t got;
-        if (simple)
-            got = rx_simple(&q, &fr, done, cnt, heads, descs, ptrs, caps, used, &took);
-        else
-            got = rx_chains(&q, &fr, done, cnt, heads, chains, &s, &took);
-        if (got < 0) {
-            if (PyErr_Occurred())
-                q.failed = -1;
-            break;
-        }
-        done += got;
-        if (!got && !took) {
-            if (!mergeable || want >= (uint64_t)avail)
-                break;
-            spare = (uint64_t)avail;
-        }
-    }
+    Py_ssize_t done = rx_run(&q, &fr, &x);
     if (q.failed == -1)
         goto out;
+    int call = rx_call(&q, &nt);
     PyObject *err = error_or_none(&q);
     if (err == NULL)
         goto out;
-    result = Py_BuildValue("(NnIIKKKK)", err, done, (unsigned int)q.last_avail,
+    result = Py_BuildValue("(NnIIKKKKi)", err, done, (unsigned int)q.last_avail,
                            (unsigned int)q.used_idx, (unsigned long long)fr.bad_buffers,
                            (unsigned long long)fr.too_big, (unsigned long long)log.bits,
-                           (unsigned long long)log.out_of_range);
+                           (unsigned long long)log.out_of_range, call);
 out:
     Py_XDECREF(fast);
-    PyMem_Free(heads);
-    PyMem_Free(descs);
-    PyMem_Free(ptrs);
-    PyMem_Free(caps);
-    PyMem_Free(used);
-    PyMem_Free(chains);
-    PyMem_Free(s.seg);
+    scratch_free(&x);
+    mem_close(&mem);
+    views_close(&v, &log);
+    return result;
+}
+
+static PyObject *vring_rx_packed(PyObject *self, PyObject *args)
+{
+    PyObject *ring_o, *drv_o, *mem_o, *frames_o, *log_o;
+    unsigned int num, aslot, awrap, uslot, uwrap, hl, signalled;
+    unsigned long long desc_gpa;
+    int vnet, mergeable, indirect, event_idx, valid;
+    if (!PyArg_ParseTuple(args, "OOOIIIIIOpIppOKpIp:rx_packed", &ring_o, &drv_o, &mem_o, &num,
+                          &aslot, &awrap, &uslot, &uwrap, &frames_o, &vnet, &hl, &mergeable,
+                          &indirect, &log_o, &desc_gpa, &event_idx, &signalled, &valid))
+        return NULL;
+    if (check_packed(num, aslot, awrap, uslot, uwrap) < 0 || check_hl(hl) < 0)
+        return NULL;
+    Views v = {0};
+    Log log = {0};
+    Mem mem;
+    mem.n = 0;
+    Ring q = {0};
+    PyObject *result = NULL, *fast = NULL;
+    RxScratch x = {0};
+    Notify nt = {event_idx, signalled, valid};
+    if (get_view(ring_o, &v.desc, &v.have_desc, 16 * (Py_ssize_t)num) < 0 ||
+        get_view(drv_o, &v.avail, &v.have_avail, 4) < 0 ||
+        open_log(&log, &v, log_o, Py_None) < 0 || mem_open(&mem, mem_o) < 0)
+        goto out;
+    fast = PySequence_Fast(frames_o, "frames must be a sequence");
+    if (fast == NULL || scratch_alloc(&x, num) < 0)
+        goto out;
+    q.packed = 1;
+    q.desc = v.desc.buf;
+    q.avail = v.avail.buf;
+    q.num = num;
+    q.aslot = aslot;
+    q.awrap = awrap;
+    q.uslot = uslot;
+    q.uwrap = uwrap;
+    q.desc_gpa = desc_gpa;
+    q.bufs = x.bufs;
+    q.indirect = indirect;
+    q.mem = &mem;
+    q.log = &log;
+    Frames fr = {PySequence_Fast_ITEMS(fast), PySequence_Fast_GET_SIZE(fast), vnet, hl,
+                 mergeable, 0, 0};
+    Py_ssize_t done = rx_run(&q, &fr, &x);
+    if (q.failed == -1)
+        goto out;
+    int call = rx_call(&q, &nt);
+    PyObject *err = error_or_none(&q);
+    if (err == NULL)
+        goto out;
+    result = Py_BuildValue("(NnIIIIKKKKi)", err, done, q.aslot, q.awrap, q.uslot, q.uwrap,
+                           (unsigned long long)fr.bad_buffers, (unsigned long long)fr.too_big,
+                           (unsigned long long)log.bits, (unsigned long long)log.out_of_range,
+                           call);
+out:
+    Py_XDECREF(fast);
+    scratch_free(&x);
     mem_close(&mem);
     views_close(&v, &log);
     return result;

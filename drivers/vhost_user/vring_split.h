@@ -92,6 +92,38 @@ static void push_one(Ring *q, uint16_t id, uint32_t len)
     store_used_idx(q);
 }
 
+/* Reads heads[0..n) and their descriptors; 1 when every one has exactly `flags` and lies in
+ * the shared memory (ptrs filled), 0 when some have other flags, -1 on a driver error. */
+static int batch(Ring *q, uint32_t n, uint16_t *heads, Desc *descs, uint8_t **ptrs,
+                 uint16_t flags)
+{
+    int simple = 1;
+    for (uint32_t k = 0; k < n; k++) {
+        heads[k] = avail_head(q, k);
+        if (heads[k] >= q->num) {
+            snprintf(q->err, ERRLEN, "an avail ring entry is past the table of %u", q->num);
+            q->failed = 1;
+            return -1;
+        }
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        read_desc(q->desc + 16 * (size_t)heads[k], &descs[k]);
+        if (descs[k].flags != flags)
+            simple = 0;
+    }
+    if (!simple)
+        return 0;
+    for (uint32_t k = 0; k < n; k++) {
+        ptrs[k] = gpa_ptr(q->mem, descs[k].addr, descs[k].len);
+        if (ptrs[k] == NULL) {
+            snprintf(q->err, ERRLEN, "a descriptor points outside the shared memory");
+            q->failed = 1;
+            return -1;
+        }
+    }
+    return 1;
+}
+
 static int segs_add(Ring *q, Segs *s, uint8_t *ptr, uint64_t gpa, uint32_t len)
 {
     if (s->n == s->cap) {
@@ -271,14 +303,29 @@ static int check_num(uint32_t num)
     return 0;
 }
 
-/* A burst's ring size and virtio-net header length (10 bytes, or 12 with
- * VIRTIO_NET_F_MRG_RXBUF / VIRTIO_F_VERSION_1), checked once for both directions. */
-static int check_burst(uint32_t num, uint32_t hl)
+/* The virtio-net header length: 10 bytes, or 12 with VIRTIO_NET_F_MRG_RXBUF /
+ * VIRTIO_F_VERSION_1. */
+static int check_hl(uint32_t hl)
 {
-    if (check_num(num) < 0)
-        return -1;
     if (hl != 10 && hl != 12) {
         PyErr_SetString(PyExc_ValueError, "header length is 10 or 12");
+        return -1;
+    }
+    return 0;
+}
+
+/* A split burst's ring size and header length, checked once for both directions. */
+static int check_burst(uint32_t num, uint32_t hl)
+{
+    return check_num(num) < 0 ? -1 : check_hl(hl);
+}
+
+/* A packed ring's size (any up to 32768) and its slots and wrap counters. */
+static int check_packed(uint32_t num, uint32_t aslot, uint32_t awrap, uint32_t uslot,
+                        uint32_t uwrap)
+{
+    if (num == 0 || num > MAX_QUEUE || aslot >= num || uslot >= num || awrap > 1 || uwrap > 1) {
+        PyErr_SetString(PyExc_ValueError, "packed ring state out of range");
         return -1;
     }
     return 0;

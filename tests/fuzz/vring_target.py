@@ -1,17 +1,23 @@
-"""Fuzz entry point for the compiled split-ring loops (``drivers/vhost_user/_vring.c``).
+"""Fuzz entry point for the compiled ring loops (``drivers/vhost_user/_vring.c``), split and
+packed.
 
-:func:`fuzz_one` takes arbitrary bytes and reads them as a recipe: features, queue size,
-start index, two guest memory regions, a burst of descriptor chains (direct, chained with
-NEXT, indirect) and, for receive, the frames to deliver - valid by default, with each
-later byte able to make one thing hostile (an address outside or straddling the memory or
-near 2**64, a wrong direction, unknown flags, a loop, a next index past its table, a head
-past the table, an avail index too far ahead, an indirect table that is empty, misaligned,
-nested or not allowed, lengths of 0, shorter than the header, larger than a frame). The
+:func:`fuzz_one` takes arbitrary bytes and reads them as a recipe: features, ring layout,
+queue size, start index (and wrap counter), two guest memory regions, a burst of
+descriptor chains (direct, chained with NEXT, indirect) and, for receive, the frames to
+deliver, then the call-suppression state (driver event structure or ``used_event``, the
+last signalled index) - valid by default, with each later byte able to make one thing
+hostile (an address outside or straddling the memory or near 2**64, a wrong direction,
+unknown flags, a loop, a next index past its table, a head past the table, an avail index
+too far ahead, a packed descriptor of the wrong lap, a chain over the whole packed ring,
+an indirect table that is empty, misaligned, too long, nested or not allowed, lengths of
+0, shorter than the header, larger than a frame). The packed layout lives in
+:mod:`tests.fuzz.vring_packed_recipe`. The
 same guest memory is built twice, once per ring implementation; one transmit or receive
 burst runs through :class:`~drivers.vhost_user.device.NetDevice` with the compiled loops
 and with the pure-Python reference, and everything observable must be identical: frames,
-the vnet flag, chains consumed, errors (type and text), ring indices, counters, every byte
-of guest memory and every bit of the dirty log. A mismatch raises :class:`AssertionError`;
+the vnet flag, chains consumed, errors (type and text), ring indices (slots and wrap
+counters), counters (calls included), the signalled index, every byte of guest memory and
+every bit of the dirty log. A mismatch raises :class:`AssertionError`;
 a memory error in the C code crashes (ASan reports it).
 
 Used by ``tests/property/test_vhost_user_vring_diff.py`` (hypothesis) and by the fuzzing
@@ -41,9 +47,11 @@ from drivers.vhost_user.features import (
     F_INDIRECT_DESC,
     F_LOG_ALL,
     F_MRG_RXBUF,
+    F_RING_PACKED,
     F_VERSION_1,
 )
 from drivers.vhost_user.memory import RegionSpec
+from drivers.vhost_user.packed import PackedQueue
 from drivers.vhost_user.virtqueue import (
     DESC_F_INDIRECT,
     DESC_F_NEXT,
@@ -99,6 +107,11 @@ class Scenario:
     log_used_addr: int
     images: list[bytearray]
     frames: list[bytes] = field(default_factory=list)
+    packed: bool = False
+    #: Transmit asks the driver not to kick after the burst.
+    quiet: bool = False
+    #: The last signalled used index (split) or slot (packed), None: none since the start.
+    signalled: int | None = None
 
 
 def _put_desc(img: bytearray, at: int, addr: int, length: int, flags: int, nxt: int) -> None:
@@ -140,7 +153,9 @@ def _hostile_addr(rec: Recipe, addr: int, length: int) -> int:
 def build(data: bytes) -> Scenario:
     """The scenario the bytes describe (deterministic)."""
     rec = Recipe(data)
-    transmit = not rec.byte() & 1
+    first = rec.byte()
+    transmit = not first & 1
+    packed = bool(first & 2)
     f = rec.byte()
     features = 0
     if not f & 1:
@@ -158,9 +173,49 @@ def build(data: bytes) -> Scenario:
     if f & 64:
         features |= 1 << F_EVENT_IDX
     hl = 12 if features & ((1 << F_VERSION_1) | (1 << F_MRG_RXBUF)) else 10
+    images = [bytearray(size) for _gpa, size in REGIONS]
+    if packed:
+        from tests.fuzz import vring_packed_recipe
+
+        features |= 1 << F_RING_PACKED
+        num, base = vring_packed_recipe.layout(rec, images, _Alloc(), transmit, hl)
+        idx = base
+    else:
+        num, base, idx = _split_layout(rec, images, transmit, hl)
+    frames = []
+    vnet = False
+    if not transmit:
+        vnet = bool(rec.byte() & 1)
+        for k in range(12 - rec.pick(13)):
+            size = 60 + rec.byte() * rec.pick(24)
+            body = bytes((k + i) & 0xFF for i in range(size))
+            frames.append((bytes([rec.byte() & 1, 0]) + bytes(10) + body) if vnet else body)
+    sc = Scenario(
+        transmit=transmit,
+        features=features,
+        num=num,
+        base=base,
+        avail_idx=idx,
+        budget=1 + rec.pick(256) if rec.rare(40) else 256,
+        want=not rec.rare(20),
+        vnet=vnet,
+        log=bool(features & (1 << F_LOG_ALL)),
+        log_used_addr=rec.byte() << 12 if not rec.rare(8) else (1 << 64) - 4096,
+        images=images,
+        frames=frames,
+        packed=packed,
+    )
+    _notification(rec, sc)
+    return sc
+
+
+def _split_layout(
+    rec: Recipe, images: list[bytearray], transmit: bool, hl: int
+) -> tuple[int, int, int]:
+    """Descriptor table, avail and used rings of a split ring in region 0: size, start
+    index and avail index."""
     num = 64 >> rec.pick(6)
     base = (rec.byte() * 257 + rec.byte()) & 0xFFFF
-    images = [bytearray(size) for _gpa, size in REGIONS]
     img0 = images[0]
     desc, avail = 0, 16 * num
     used = (avail + 4 + 2 * num + 2 + 3) // 4 * 4
@@ -182,28 +237,23 @@ def build(data: bytes) -> Scenario:
     if rec.rare(6):
         idx = base + num + 1 + rec.byte()
     struct.pack_into("<HH", img0, avail, 0, idx & 0xFFFF)
-    frames = []
-    vnet = False
-    if not transmit:
-        vnet = bool(rec.byte() & 1)
-        for k in range(12 - rec.pick(13)):
-            size = 60 + rec.byte() * rec.pick(24)
-            body = bytes((k + i) & 0xFF for i in range(size))
-            frames.append((bytes([rec.byte() & 1, 0]) + bytes(10) + body) if vnet else body)
-    return Scenario(
-        transmit=transmit,
-        features=features,
-        num=num,
-        base=base,
-        avail_idx=idx,
-        budget=1 + rec.pick(256) if rec.rare(40) else 256,
-        want=not rec.rare(20),
-        vnet=vnet,
-        log=bool(features & (1 << F_LOG_ALL)),
-        log_used_addr=rec.byte() << 12 if not rec.rare(8) else (1 << 64) - 4096,
-        images=images,
-        frames=frames,
-    )
+    return num, base, idx
+
+
+def _notification(rec: Recipe, sc: Scenario) -> None:
+    """The driver's call suppression (split: avail flags and ``used_event``; packed: the
+    driver event structure), the device's last signalled index and ``quiet``."""
+    sc.quiet = bool(rec.byte() & 1)
+    flags, event = rec.pick(4), rec.byte() * 257 + rec.byte()
+    if rec.byte() & 1:
+        sc.signalled = (rec.byte() * 257 + rec.byte()) % (sc.num if sc.packed else 0x10000)
+    img0 = sc.images[0]
+    if sc.packed:
+        struct.pack_into("<HH", img0, 16 * sc.num, event & 0xFFFF, flags)
+    else:
+        avail = 16 * sc.num
+        struct.pack_into("<H", img0, avail, flags & 1)  # VRING_AVAIL_F_NO_INTERRUPT
+        struct.pack_into("<H", img0, avail + 4 + 2 * sc.num, event & 0xFFFF)  # used_event
 
 
 def _chain(
@@ -322,24 +372,33 @@ class _Guest:
             self.log_mm = mmap.mmap(lfd, LOG_BYTES)
             dev.dirty.set_base(lfd, LOG_BYTES, 0, REGIONS[-1][0] + REGIONS[-1][1])
         q = dev.tx_queue(0) if sc.transmit else dev.rx_queue(0)
-        assert type(q) is SplitQueue
+        assert type(q) is (PackedQueue if sc.packed else SplitQueue)
         self.q = q
         num = sc.num
-        used = (16 * num + 4 + 2 * num + 2 + 3) // 4 * 4
         q.set_num(num)
-        q.set_addr(UADDR, UADDR + used, UADDR + 16 * num)
+        if sc.packed:  # ring, then the driver's and the device's event structures
+            q.set_addr(UADDR, UADDR + 16 * num + 4, UADDR + 16 * num)
+        else:
+            used = (16 * num + 4 + 2 * num + 2 + 3) // 4 * 4
+            q.set_addr(UADDR, UADDR + used, UADDR + 16 * num)
         q.set_base(sc.base)
         q.enabled = True
         if sc.log:
             q.log_used = used_logger(dev.dirty, sc.log_used_addr)
         assert dev.start_queue(q)
+        if sc.signalled is not None:
+            if isinstance(q, PackedQueue):
+                q._signalled_slot = sc.signalled
+            else:
+                q._signalled_used = sc.signalled
+            q._signalled_valid = True
 
     def run(self, sc: Scenario) -> dict[str, Any]:
         dev, q = self.dev, self.q
         out: dict[str, Any] = {}
         try:
             if sc.transmit:
-                frames, vnet, n = dev.transmit(q, sc.budget, sc.want)
+                frames, vnet, n = dev.transmit(q, sc.budget, sc.want, sc.quiet)
                 out["tx"] = ([bytes(f) for f in frames], vnet, n)
             else:
                 out["rx"] = dev.receive(q, sc.frames, sc.vnet)
@@ -347,6 +406,7 @@ class _Guest:
             out["error"] = str(exc)
         out["last_avail"] = q.last_avail
         out["used_idx"] = q.used_idx
+        out["signal"] = q.signal_mark
         out["counters"] = dict(dev.counters)
         out["memory"] = [bytes(m) for m in self.maps]
         out["log"] = bytes(self.log_mm) if self.log_mm is not None else None

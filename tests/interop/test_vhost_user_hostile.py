@@ -6,8 +6,8 @@ malformed-message case (:data:`MSG_CASES`) is played by one front end on one por
 second front end on another port of the same hub keeps exchanging frames with an
 in-process peer: the daemon must stay up, keep serving the other port, never touch memory
 outside what was shared (the tool's cases only *name* outside addresses) and leak no
-descriptors. Ring cases that break a queue must show up in the port's counters. Split rings
-are played against the compiled ring loops and against the pure-Python ones.
+descriptors. Ring cases that break a queue must show up in the port's counters. Split and
+packed rings are played against the compiled ring loops and against the pure-Python ones.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Rig:
 
 @pytest.fixture
 def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The split-ring loops the daemon runs: as built, or one named by the test."""
+    """The ring loops the daemon runs: as built, or the ones named by the test."""
     impl = str(getattr(request, "param", "default"))
     if impl != "default":
         use_ring_impl(monkeypatch, impl)
@@ -98,7 +98,7 @@ async def rig(tmp_path: Path, ring_impl: str) -> AsyncIterator[Rig]:
 
 @pytest.mark.parametrize(
     ("layout", "ring_impl"),
-    [("split", "compiled"), ("split", "python"), ("packed", "default")],
+    [("split", "compiled"), ("split", "python"), ("packed", "compiled"), ("packed", "python")],
     indirect=["ring_impl"],
 )
 @pytest.mark.parametrize("case", sorted(fe_tool.RING_CASES))

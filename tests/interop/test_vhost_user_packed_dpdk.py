@@ -2,7 +2,8 @@
 packed-ring front end of netstack's vhost-user back end: a second peer, independent of
 QEMU and Linux's virtio driver (its own packed-ring driver, IN_ORDER and MRG_RXBUF on, no
 EVENT_IDX). Same scenarios as ``test_vhost_user_dpdk.py`` on packed rings, plus two queue
-pairs; each checks that VIRTIO_F_RING_PACKED was negotiated and that no ring broke.
+pairs; each checks that VIRTIO_F_RING_PACKED was negotiated and that no ring broke. Every
+test runs with the compiled ring loops and with the pure-Python ones.
 """
 
 from __future__ import annotations
@@ -18,11 +19,18 @@ from drivers.vhost_user.packed import PackedQueue
 from netstack.daemon import Netstack
 from netstack.net.client import NetClient
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
-from tests.interop.test_vhost_user_dpdk import DpdkTestpmd, ns, port, until, virtio_user
+from tests.interop.test_vhost_user_dpdk import (
+    DpdkTestpmd,
+    ns,
+    port,
+    ring_impl,
+    until,
+    virtio_user,
+)
 from tests.support import Recorder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
-__all__ = ["ns"]  # the fixture, re-used
+__all__ = ["ns", "ring_impl"]  # the fixtures, re-used (ring_impl: autouse, both loops)
 
 FRAME = b"\x02" * 6 + b"\x02\x00\x00\x00\x00\x07" + b"\x88\xb5" + bytes(50)
 

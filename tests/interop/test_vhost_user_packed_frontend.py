@@ -3,7 +3,8 @@ packed rings, through a hub: byte-exact exchanges with multi-descriptor transmit
 indirect tables and mergeable receive buffers, two queue pairs, and interrupts driven by
 the driver event suppression area with EVENT_IDX. (Each side is also checked against an
 independent peer: ``test_vhost_user_packed_dpdk.py`` and
-``test_vhu_frontend_packed_dpdk.py``.)
+``test_vhu_frontend_packed_dpdk.py``.) Every test runs with the compiled ring loops and
+with the pure-Python ones.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from drivers.vhost_user.packed import PackedQueue as DevicePackedQueue
 from netstack.daemon import Netstack
 from netstack.qapi import parse_chardev_cli, parse_netdev_cli
 from tests.interop.test_vhu_frontend_dpdk import _exchange, _frames
+from tests.kit.vhost_user import RING_IMPLS, use_ring_impl
 from tools.vhost_user_frontend.frontend import FrontendConfig, VhostUserFrontend
 from tools.vhost_user_frontend.packed import PACKED_DTYPE, PackedQueue
 from tools.vhost_user_frontend.session import PACKED_FEATURES
@@ -27,6 +29,12 @@ from tools.vhost_user_frontend.traffic import udp_frame
 from tools.vhost_user_frontend.virtqueue import DESC_F_INDIRECT
 
 pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True, params=RING_IMPLS)
+def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    use_ring_impl(monkeypatch, request.param)
+    return str(request.param)
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ IO: a raw packed driver (:class:`PackedDriver`) in a memfd, messages straight in
 Covers the wrap counters over many laps, chains and the used index stepping over them,
 indirect tables, mergeable receive buffers, both event suppression structures (with the
 EVENT_IDX off-by-one-lap rule), the VRING_BASE encoding, the layout switch on
-``SET_FEATURES`` and rings that are not a power of two."""
+``SET_FEATURES`` and rings that are not a power of two. Every test runs with the compiled
+ring loops (``_vring.c``) and with the pure-Python ones."""
 
 from __future__ import annotations
 
@@ -34,11 +35,17 @@ from drivers.vhost_user.packed import (
     PackedQueue,
 )
 from drivers.vhost_user.virtqueue import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, RingError
-from tests.kit.vhost_user import GuestRam, mem_table, msg, state, u64
+from tests.kit.vhost_user import RING_IMPLS, GuestRam, mem_table, msg, state, u64, use_ring_impl
 
 PDESC = struct.Struct("<QIHH")
 FEATURES = 1 << F_VERSION_1 | 1 << F_RING_PACKED | 1 << F_INDIRECT_DESC | 1 << F_IN_ORDER
 ETH = b"\x02\x00\x00\x00\x00\x0b\x02\x00\x00\x00\x00\x0a\x88\xb5"
+
+
+@pytest.fixture(autouse=True, params=RING_IMPLS)
+def ring_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    use_ring_impl(monkeypatch, request.param)
+    return str(request.param)
 
 
 class PackedDriver:
@@ -238,18 +245,55 @@ def test_chain_over_the_whole_ring_is_refused(rig: Rig) -> None:
     rig.tx.post([(addr, ln, DESC_F_NEXT)] * q.num, buf_id=0)  # the last keeps NEXT
     with pytest.raises(RingError, match="whole ring"):
         q.avail_count()
+    with pytest.raises(RingError, match=f"runs over the whole ring of {q.num}"):
+        rig.dev.transmit(q)
 
 
 def test_incomplete_chain_waits(rig: Rig) -> None:
     addr, ln = rig.frame(b"w" * 10)
     rig.tx.post([(addr, ln, DESC_F_NEXT)], buf_id=3)
     assert rig.dev.tx_queue(0).avail_count() == 0
+    assert rig.dev.transmit(rig.dev.tx_queue(0)) == ([], False, 0)
 
 
 def test_wrong_lap_is_not_available(rig: Rig) -> None:
     addr, ln = rig.frame(b"v" * 10)
     rig.ram.write(rig.tx.ring, PDESC.pack(addr, ln, 1, DESC_F_USED))  # lap 0 bits in lap 1
     assert rig.dev.tx_queue(0).avail_count() == 0
+
+
+def test_scans_and_bursts_interleave(rig: Rig) -> None:
+    """What ``avail_count`` found (the client asks between bursts) never outlives a burst:
+    a burst that takes part of it, then new buffers, are counted afresh."""
+    q = rig.dev.tx_queue(0)
+    assert isinstance(q, PackedQueue)
+    for n in range(3):
+        rig.tx.post([(*rig.frame(bytes([n]) * 40), 0)], buf_id=n)
+    assert q.avail_count() == 3
+    frames, _, chains = rig.dev.transmit(q, budget=2)
+    assert chains == 2 and [f[-1] for f in frames] == [0, 1]
+    rig.tx.post([(*rig.frame(b"\x03" * 40), 0)], buf_id=3)
+    assert q.avail_count() == 2
+    frames, _, chains = rig.dev.transmit(q)
+    assert chains == 2 and [f[-1] for f in frames] == [2, 3]
+    assert rig.tx.take_used() == [(n, 0) for n in range(4)]
+
+
+def test_quiet_burst_asks_for_no_kicks() -> None:
+    """``quiet``: a burst that took buffers also writes DISABLE in the device event
+    structure (both layouts' ``set_notification(False)``, done in the same call)."""
+    r = Rig(num=8, features=FEATURES | 1 << F_EVENT_IDX)
+    try:
+        q = r.dev.tx_queue(0)
+        q.set_notification(True)
+        assert r.tx.device_event()[1] == EVENT_F_DESC
+        assert r.dev.transmit(q, quiet=True)[2] == 0
+        assert r.tx.device_event()[1] == EVENT_F_DESC  # nothing taken: left as it was
+        r.tx.post([(*r.frame(b"k" * 40), 0)], buf_id=0)
+        assert r.dev.transmit(q, quiet=True)[2] == 1
+        assert r.tx.device_event()[1] == EVENT_F_DISABLE
+    finally:
+        r.close()
 
 
 def test_receive_mergeable_spans_buffers() -> None:
