@@ -32,8 +32,10 @@ Event suppression
 Deviations from the Python path (none in frames, rings, indices, log bits or errors)
     ``log-bits-set`` counts every bit ORed (a page written twice in one burst counts
     twice; Python counts distinct pages per marking call), and the log eventfd is
-    signalled once per call rather than once per marking call. A packed ring's pages are
-    marked before its used descriptors' flags are stored (Python marks them right after).
+    signalled once per call rather than once per marking call. Both mark a packed ring's
+    pages after its used descriptors are stored: a bitmap sync between the two then
+    leaves the page marked for the next round instead of losing the write. The call
+    decision is made after a full fence (the used index or flags were just published).
 """
 
 from __future__ import annotations

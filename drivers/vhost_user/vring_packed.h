@@ -241,9 +241,10 @@ static void p_consume(Ring *q, uint32_t from, uint32_t count)
 }
 
 /* PackedQueue.push_used: one used descriptor per buffer [from, from + count) of `bufs`
- * (lens NULL: 0 bytes), at the used slot on.  The ring's pages are marked in the dirty
- * log first; ids and lengths are stored, then the flags of every entry but the first,
- * the first's last (the driver sees the batch at once). */
+ * (lens NULL: 0 bytes), at the used slot on.  Ids and lengths are stored, then the flags
+ * of every entry but the first, the first's last (the driver sees the batch at once); the
+ * ring's pages are marked in the dirty log after the stores, so a bitmap sync between a
+ * mark and a store cannot lose the write (as the split ring and the Python path do). */
 static void p_push(Ring *q, const PBuf *bufs, uint32_t count, const uint32_t *lens)
 {
     if (!count)
@@ -251,7 +252,6 @@ static void p_push(Ring *q, const PBuf *bufs, uint32_t count, const uint32_t *le
     uint32_t num = q->num, pos = q->uslot, wrap = q->uwrap;
     uint32_t first_pos = pos;
     uint16_t first_flags = 0;
-    log_mark(q->log, q->desc_gpa, 16 * (uint64_t)num);
     for (uint32_t k = 0; k < count; k++) {
         uint32_t len = lens ? lens[k] : 0;
         uint8_t *p = q->desc + 16 * (size_t)pos;
@@ -272,6 +272,7 @@ static void p_push(Ring *q, const PBuf *bufs, uint32_t count, const uint32_t *le
     }
     __atomic_thread_fence(__ATOMIC_RELEASE);
     store16(q->desc + 16 * (size_t)first_pos + 14, first_flags);
+    log_mark(q->log, q->desc_gpa, 16 * (uint64_t)num);
     q->uslot = pos;
     q->uwrap = wrap;
 }
@@ -288,6 +289,11 @@ typedef struct {
  * new signalled index (split without EVENT_IDX records nothing, as in Python). */
 static int needs_call(Ring *q, const Notify *nt)
 {
+    /* A full barrier between publishing the used index/flags and reading the driver's
+     * event state: a release store followed by an acquire load may still be reordered,
+     * and then a driver that just moved its event index would wait for a call we skip
+     * (QEMU's virtio_should_notify and DPDK's vhost_vring_call_* fence here too). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (!q->packed) {
         if (!nt->event_idx)
             return !(load16(q->avail) & AVAIL_F_NO_INTERRUPT);
