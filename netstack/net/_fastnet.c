@@ -291,7 +291,8 @@ compute_flags(PyTypeObject *tp)
             _PyType_Lookup(tp, s_hub) == ref.port_hub_descr)
             f |= T_PORT;
         PyObject *recv = _PyType_Lookup(tp, s_receive);
-        if (recv != NULL && PyFunction_Check(recv))
+        /* the class's function stands for self.receive only under the generic lookup */
+        if (recv != NULL && PyFunction_Check(recv) && tp->tp_getattro == PyObject_GenericGetAttr)
             f |= T_RECV_FUNC;
     }
     if (PyType_IsSubtype(tp, ref.queue_type) &&

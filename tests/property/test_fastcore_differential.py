@@ -156,6 +156,27 @@ def test_a_receive_changed_on_the_class_is_seen() -> None:
             assert [e[2] for e in log if e[0] == "rx"] == [[b"x"], [b"y"]]
 
 
+def test_a_getattribute_override_is_honoured_for_receive() -> None:
+    """A class with its own ``__getattribute__`` gets ``self.receive`` through it on both
+    paths (the compiled core calls the class's function only under the generic lookup)."""
+    mod = _fastnet()
+    for path in (mod, None):
+        with fastcore.use(path):
+            log: list[Any] = []
+
+            class Leaf(Probe):
+                def __getattribute__(self, name: str) -> Any:
+                    if name == "receive":
+                        return lambda frames, vnet: 0  # takes nothing: the queue holds it
+                    return super().__getattribute__(name)
+
+            a, b = Probe("a", log), Leaf("b", log)
+            a.connect(b)
+            assert a.send([b"x"]) == 0
+            assert len(b.incoming) == 1
+            assert not [e for e in log if e[0] == "rx"]
+
+
 def _python_calls(fn: Any) -> set[str]:
     """The Python functions run while ``fn()`` runs (``sys.setprofile``)."""
     names: set[str] = set()
