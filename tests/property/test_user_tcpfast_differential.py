@@ -5,7 +5,9 @@ operations - guest frames near the connection's sequence space (in order or not,
 within and beyond what was sent, every flag, zero windows, options, payloads, corrupted
 checksums and bytes, plain and virtio-net framing), host bytes and read wake-ups, host
 socket reads by the peer (a small socket buffer, so writes are cut short), ends of
-batches, time passing, reclaims and re-lends - and require identical observable output:
+batches, time passing, reclaims and re-lends; batches of several frames mixing two lent
+flows, an ``on_deadline`` that raises, an ``on_slow`` that changes the batch being taken,
+the host peer ending (EOF, EPIPE, ECONNRESET) - and require identical observable output:
 the frames, in order and byte for byte; the bytes the host peer received; which frames
 were taken; the hand-backs (with their errno, leftover and unsent flag) and deadline
 reports; every field of the flow after each operation; the counters; and the machine's
@@ -46,12 +48,39 @@ guest_op = st.tuples(
     st.integers(0, 200),
     st.integers(0, 255),
 )
-host_op = st.tuples(st.just("host"), st.sampled_from((0, 1, 5, 1448, 5000, 70000)))
+host_op = st.tuples(
+    st.just("host"), st.sampled_from((0, 1, 5, 1448, 5000, 70000)), st.integers(0, 1)
+)
+batch_op = st.tuples(
+    st.just("batch"),
+    st.lists(
+        st.tuples(
+            st.integers(0, 1),  # which flow
+            st.sampled_from((0, 0, 0, 1)),
+            st.integers(-1, 4),
+            st.sampled_from((0x10, 0x18, 0x18, 0x11)),
+            st.sampled_from((1, 512, 65535)),
+            st.sampled_from((0, 1, 7, 1448, 40000)),
+            st.booleans(),
+            st.sampled_from(("", "", "", "csum")),
+            st.just(0),
+            st.just(0),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
 ops = st.lists(
     st.one_of(
         guest_op,
         guest_op,
         host_op,
+        batch_op,
+        batch_op,
+        st.tuples(st.just("deadline-raises"), st.booleans()),
+        st.tuples(st.just("mutate"), st.sampled_from(("", "clear", "pop", "extend"))),
+        st.tuples(st.just("peer-end"), st.sampled_from(("shut", "close", "reset")),
+                  st.integers(0, 1)),  # fmt: skip
         st.tuples(st.just("peer-read")),
         st.tuples(st.just("flush")),
         st.tuples(st.just("time"), st.sampled_from((0.0001, 0.004, 0.3))),
@@ -70,6 +99,14 @@ def test_compiled_and_python_twin_agree(script: list[tuple[Any, ...]]) -> None:
     got = play(compiled, script)
     for key in want:
         assert got[key] == want[key], key
+    assert_only_deadline_raised(want["log"])
+
+
+def assert_only_deadline_raised(log: list[Any]) -> None:
+    """The one exception a script may see is its own raising ``on_deadline``."""
+    for entry in log:
+        if isinstance(entry, tuple) and entry and entry[0] == "raised":
+            assert entry[1:] == ("RuntimeError", "on_deadline failed"), entry
 
 
 def test_a_request_response_exchange_is_taken_by_both() -> None:
