@@ -412,11 +412,12 @@ def test_a_compiled_cache_without_init_is_refused(lent: Callable[[ModuleType], L
     r = lent(_compiled)
     r.add()
     frame = r.frame(0, b"abc")
-    for call in (
+    calls: tuple[Callable[[], object], ...] = (
         lambda: c.guest_frames([frame], 0, 1.0, True),
         lambda: c.flush(1.0),
         lambda: c.flow(bytes(12), r.pairs[0][0], bytes(66), bytearray(), _nothing, _nothing),
-    ):
+    )
+    for call in calls:
         with pytest.raises(RuntimeError, match="__init__ was not called"):
             call()
     assert c.counters()["fast-frames-in"] == 0
