@@ -24,7 +24,13 @@
  * end comes from the IPv4 total length, checked against the buffer). Frames we
  * build are sized before they are written. Python objects we call back into
  * (on_slow, on_deadline, send, pump) may change anything: every object used
- * after such a call is held by a reference of ours.
+ * after such a call is held by a reference of ours, and the list of frames is
+ * re-read (its size, then the item, held while in use) for each frame. A cache
+ * made by __new__ alone is refused (RuntimeError). Values the twin takes from
+ * the machine but Python could hold out of range are clamped where C would
+ * otherwise be undefined or truncate: window-scale shifts to 0..14 (RFC 7323),
+ * a burst to 65495 bytes (one TSO super-frame). send() and recv() are retried
+ * on EINTR, as Python's socket methods are (PEP 475).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

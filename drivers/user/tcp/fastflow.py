@@ -46,6 +46,14 @@ Deadlines: ``reported`` is the deadline the netdev's :class:`~..endpoint.Deadlin
 for the flow; whenever the fast path moves the flow's deadline earlier, it records it and
 calls ``on_deadline`` (a deadline that moved later is found when the earlier one fires).
 
+Callbacks (``on_slow``, ``on_deadline``, ``send``, ``pump``) may re-enter the netdev: the
+batch's length is read anew for each frame (a frame that is not a contiguous buffer is
+declined); a flow hands back (``on_slow``) before its deadline is reported, reports one
+only while still lent, and declines every segment while a hand-back is pending
+(``err`` or ``leftover`` set), so nothing overtakes guest bytes the host socket did not
+take; ``leftover`` holds bytes only. A flush that fails half-way keeps the flows it did
+not reach for the next one.
+
 Invariants: nothing here reads or writes outside the frame it was given; ``snd_nxt ==
 snd_max == snd_una + len(buf)`` at every return while lent; a flow declines rather than
 guessing. Times are floats with ``inf`` for "not armed"; ``srtt < 0`` means no sample.
