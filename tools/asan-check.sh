@@ -30,7 +30,7 @@ declare -A TESTS=(
     [drivers/vhost_user/_memguard.c]="tests/unit/test_vhost_user_memguard.py tests/interop/test_vhost_user_memory.py"
     [drivers/tap/_fasttap.c]="tests/unit/test_tap_client.py"
     [drivers/vhost_user/_vring.c]="tests/property/test_vhost_user_vring_diff.py tests/unit/test_vhost_user_device.py tests/unit/test_vhost_user_dirtylog.py tests/property/test_vhost_user_props.py tests/unit/test_vhost_user_packed.py tests/property/test_vhost_user_packed_props.py"
-    [drivers/user/tcp/_tcpfast.c]="tests/unit/test_user_tcp_lending.py tests/property/test_user_tcpfast_differential.py tests/property/test_user_tcpfast_machine_diff.py"
+    [drivers/user/tcp/_tcpfast.c]="tests/unit/test_user_tcp_lending.py tests/unit/test_user_tcpfast_edges.py tests/property/test_user_tcpfast_differential.py tests/property/test_user_tcpfast_machine_diff.py"
     [netstack/net/_fastnet.c]="tests/unit/test_net_core.py tests/unit/test_hub_switch.py tests/unit/test_filter_buffer.py tests/unit/test_filter_mirror.py tests/unit/test_rxfilter.py"
 )
 # fuzzer module (python -m) -> the extension source it is for
@@ -44,7 +44,7 @@ plain=$work/plain
 asan=$work/asan
 mkdir -p "$plain" "$asan" "$work/corpus"
 for dir in "$plain" "$asan"; do
-    cp -r "$repo/netstack" "$repo/drivers" "$repo/tools" "$repo/tests" "$repo/pyproject.toml" "$dir/"
+    cp -r "$repo/netstack" "$repo/drivers" "$repo/tools" "$repo/tests" "$repo/bench" "$repo/pyproject.toml" "$dir/"
     find "$dir" -name '*.so' -delete
 done
 inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')

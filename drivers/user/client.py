@@ -228,16 +228,15 @@ class UserNetClient(NetClient):
         connections), which is tried first, in order: a frame it declines goes the
         general way (:meth:`_vnet_frame`, or the gateway)."""
         fast = self.fast
-        n = len(frames)
         one = self._vnet_frame if vnet else self._plain_frame
         try:
             i = fast.guest_frames(frames, 0, now, vnet)
         except Exception:
             self._internal_error("guest TCP")
             return False
-        if i >= n:
+        if i >= len(frames):
             return True
-        while i < n:
+        while i < len(frames):  # the fast path's callbacks may have changed the list
             one(frames[i], now)
             try:
                 i = fast.guest_frames(frames, i + 1, now, vnet)

@@ -4,9 +4,12 @@
 netdev's settings (virtio-net headers, Ethernet, IPv4); :func:`guest_frame` builds the
 guest's frames (virtio-net header, Ethernet, IPv4, TCP) with correct checksums, full or
 partial (``NEEDS_CSUM``); :func:`cache` makes a flow cache of either implementation
-whose output is collected in one list; :func:`play` runs a script of operations on one
-lent connection of an implementation and returns everything observable (the
-differential test and the fuzzer compare two of them).
+whose output is collected in one list; :func:`play` runs a script of operations on a
+lent connection of an implementation (and a second one, for batches that mix two flows)
+and returns everything observable (the differential test and the fuzzer compare two of
+them). Scripts may make ``on_deadline`` raise, make ``on_slow`` change the batch being
+taken (as a re-entrant netdev could), and close the host peer (EOF, ``EPIPE``,
+``ECONNRESET``).
 """
 
 from __future__ import annotations
@@ -36,14 +39,15 @@ CFG = TcpConfig(vnet=True)
 def established(
     *, cfg: TcpConfig = CFG, iss: int = ISS, irs: int = IRS, wscale: int | None = 7,
     sack: bool = True, wnd: int = 65535, out: list[bytes] | None = None,
+    port: int = GUEST_PORT,
 ) -> TcpEndpoint:  # fmt: skip
-    """A connection the guest opened and whose handshake completed at time 0."""
-    syn = Segment(GUEST, HOST, GUEST_PORT, HOST_PORT, irs, 0, SYN, wnd,
+    """A connection the guest opened (from ``port``) whose handshake completed at time 0."""
+    syn = Segment(GUEST, HOST, port, HOST_PORT, irs, 0, SYN, wnd,
                   syn_options(1460, wscale, sack), b"", GUEST_MAC)  # fmt: skip
     l2 = ethernet_header(GUEST_MAC, GW_MAC, False)
     m = TcpEndpoint.accept(syn, 0.0, config=cfg, l2=l2, out=out, iss=iss)
     m.host_connected(0.0)
-    ack = Segment(GUEST, HOST, GUEST_PORT, HOST_PORT, irs + 1, (iss + 1) & 0xFFFFFFFF, ACK,
+    ack = Segment(GUEST, HOST, port, HOST_PORT, irs + 1, (iss + 1) & 0xFFFFFFFF, ACK,
                   wnd, b"", b"", GUEST_MAC)  # fmt: skip
     m.segment_from_guest(ack, 0.001)
     m.out.clear()
@@ -148,49 +152,59 @@ def machine_state(m: TcpEndpoint) -> dict[str, Any]:
     }  # fmt: skip
 
 
-class Run:
-    """One implementation's run of a script."""
+class Conn:
+    """One lent connection of a run: its machine, flow, host socket pair and peer bytes."""
 
-    def __init__(self, impl: ModuleType) -> None:
-        self.m = established(wscale=2)
-        self.sink = Sink()
-        self.c = cache(impl, self.sink)
+    def __init__(self, run: Run, tag: int, port: int) -> None:
+        self.run = run
+        self.tag = tag
+        self.port = port
+        self.m = established(wscale=2, port=port)
         self.a, self.b = socket.socketpair()
         self.a.setblocking(False)
         self.a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         self.b.setblocking(False)
-        self.log: list[Any] = []
         self.peer = bytearray()
-        self.now = 1.0
+        self.peer_closed = False
         m = self.m
-        self.f = self.c.flow(flow_key(m), self.a, template(m), m.tx.fromhost.buf,
-                             self.on_slow, self.on_deadline)  # fmt: skip
-        lend(m, self.f, self.c)
+        self.f = run.c.flow(flow_key(m), self.a, template(m), m.tx.fromhost.buf,
+                            self.on_slow, self.on_deadline)  # fmt: skip
+        lend(m, self.f, run.c)
 
     def close(self) -> None:
         self.a.close()
         self.b.close()
 
     def on_slow(self) -> None:
-        f = self.f
-        self.log.append(("slow", f.lent, f.err, bytes(f.leftover), bool(f.unsent)))
+        f, run = self.f, self.run
+        run.log.append(("slow", self.tag, f.lent, f.err, bytes(f.leftover), bool(f.unsent)))
         if f.lent:
             f.err = 0
             f.unsent = False
-            reclaim(self.m, f, self.c)
+            reclaim(self.m, f, run.c)
+        batch = run.batch
+        if run.mutate == "clear":
+            batch.clear()
+        elif run.mutate == "pop" and batch:
+            batch.pop()
+        elif run.mutate == "extend" and batch:
+            batch.append(batch[0])
 
     def on_deadline(self) -> None:
-        self.log.append(("deadline", self.f.reported))
+        self.run.log.append(("deadline", self.tag, self.f.reported))
+        if self.run.deadline_raises:
+            raise RuntimeError("on_deadline failed")
 
-    def state(self) -> tuple[int, int, int, int]:
+    def state(self) -> tuple[int, int, int]:
         f, m = self.f, self.m
         if f.lent:
-            return f.rcv_nxt, f.snd_una, f.snd_nxt, f.rcv_ws
-        return m.rx.rcv_nxt, m.tx.snd_una, m.tx.snd_nxt, m.rx.rcv_ws
+            return f.rcv_nxt, f.snd_una, f.snd_nxt
+        return m.rx.rcv_nxt, m.tx.snd_una, m.tx.snd_nxt
 
-    def guest(self, op: tuple[Any, ...]) -> None:
+    def frame(self, op: tuple[Any, ...]) -> tuple[bytes, bool]:
+        """A guest frame of this connection from a script's ``guest`` operation."""
         _, seq_off, ack_n, flags, wnd, plen, partial, corrupt, at, val = op
-        rcv_nxt, snd_una, snd_nxt, _ = self.state()
+        rcv_nxt, snd_una, snd_nxt = self.state()
         ack = snd_una + ack_n * 700
         if ack_n >= 0 and ack > snd_nxt and ack_n % 2 == 0:
             ack = snd_nxt
@@ -198,9 +212,8 @@ class Run:
         frame = guest_frame(rcv_nxt + seq_off, ack, flags, wnd, payload, partial=partial,
                             options=b"\x01\x01\x01\x01" if corrupt == "opts" else b"",
                             gso={"gso": 1, "gso0": 2}.get(corrupt, 0),
-                            bad_csum=corrupt == "csum",
-                            src_mac=bytes(6) if corrupt == "mac" else None or
-                            bytes.fromhex("525400123456"))  # fmt: skip
+                            bad_csum=corrupt == "csum", sport=self.port,
+                            src_mac=bytes(6) if corrupt == "mac" else GUEST_MAC)  # fmt: skip
         vnet = True
         if corrupt == "byte":
             raw = bytearray(frame)
@@ -211,46 +224,136 @@ class Run:
         elif corrupt == "vnet-off":
             frame = frame[12:]
             vnet = False
-        took = self.c.guest_frames([frame], 0, self.now, vnet)
-        self.log.append(("took", took))
+        return frame, vnet
+
+    def host(self, n: int) -> None:
+        if n and not self.peer_closed:
+            try:
+                self.b.send(bytes(range(256)) * (n // 256) + bytes(n % 256))
+            except OSError as exc:
+                self.run.log.append(("peer-send", exc.errno))
+        self.f.readable(self.run.now)
+
+    def peer_read(self) -> None:
+        if not self.peer_closed:
+            with contextlib.suppress(OSError):
+                self.peer += self.b.recv(1 << 22)
+
+    def peer_end(self, how: str) -> None:
+        """The host peer ends: ``shut`` (EOF to our reads), ``close`` after reading all
+        (EPIPE to our writes), ``reset`` with bytes unread (ECONNRESET)."""
+        if self.peer_closed:
+            return
+        if how == "shut":
+            self.b.shutdown(socket.SHUT_WR)
+            return
+        self.peer_read()
+        if how == "reset":
+            with contextlib.suppress(OSError):
+                self.a.send(b"unread")  # the kernel resets a close with bytes unread
+        else:
+            self.peer_read()
+        self.b.close()
+        self.peer_closed = True
+
+    def relend(self) -> None:
+        c = self.run.c
+        if self.f.lent:
+            reclaim(self.m, self.f, c)
+        if lendable(self.m) and not self.m.rx.tohost.size:
+            lend(self.m, self.f, c)
+            self.run.log.append(("lent", self.tag, self.f.next_deadline()))
+
+    def finish(self) -> dict[str, Any]:
+        if self.f.lent:
+            reclaim(self.m, self.f, self.run.c)
+        self.peer_read()
+        return {"peer": bytes(self.peer), "machine": machine_state(self.m), "out": self.m.out}
+
+
+class Run:
+    """One implementation's run of a script: connection 0, and connection 1 from the
+    first batch on."""
+
+    def __init__(self, impl: ModuleType) -> None:
+        self.sink = Sink()
+        self.c = cache(impl, self.sink)
+        self.log: list[Any] = []
+        self.now = 1.0
+        self.batch: list[bytes] = []
+        self.mutate = ""
+        self.deadline_raises = False
+        self.conns = [Conn(self, 0, GUEST_PORT)]
+
+    @property
+    def f(self) -> Any:
+        return self.conns[0].f
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+    def conn(self, i: int) -> Conn:
+        if i and len(self.conns) == 1:
+            self.conns.append(Conn(self, 1, GUEST_PORT + 1))
+        return self.conns[min(i, 1)]
+
+    def take(self, frames: list[bytes], vnet: bool) -> None:
+        """A batch as the user netdev takes it: the fast path first, each frame it
+        declines skipped (the general way), then the rest offered again."""
+        self.batch = frames
+        took = []
+        i = -1
+        for _ in range(2 * len(frames) + 2):
+            i = self.c.guest_frames(frames, i + 1, self.now, vnet)
+            took.append(i)
+            if i >= len(frames):
+                break
+        self.log.append(("took", *took))
 
     def run(self, op: tuple[Any, ...]) -> None:
+        try:
+            self.op(op)
+        except Exception as exc:  # what a callback raised reaches the caller: compared
+            self.log.append(("raised", type(exc).__name__, str(exc)))
+        for conn in self.conns:
+            self.log.append(flow_state(conn.f))
+        self.log.append(self.sink.drain())
+
+    def op(self, op: tuple[Any, ...]) -> None:
         kind = op[0]
         if kind == "guest":
-            self.guest(op)
+            frame, vnet = self.conns[0].frame(op)
+            took = self.c.guest_frames([frame], 0, self.now, vnet)
+            self.log.append(("took", took))
+        elif kind == "batch":
+            self.take([self.conn(i).frame(("guest", *g))[0] for i, *g in op[1]], True)
         elif kind == "host":
-            if op[1]:
-                try:
-                    self.b.send(bytes(range(256)) * (op[1] // 256) + bytes(op[1] % 256))
-                except BlockingIOError:
-                    self.log.append(("peer-full",))
-            self.f.readable(self.now)
+            self.conn(op[2] if len(op) > 2 else 0).host(op[1])
         elif kind == "raw":
             self.log.append(("took", self.c.guest_frames([op[1]], 0, self.now, op[2])))
         elif kind == "peer-read":
-            with contextlib.suppress(BlockingIOError):
-                self.peer += self.b.recv(1 << 20)
+            for conn in self.conns:
+                conn.peer_read()
+        elif kind == "peer-end":
+            self.conn(op[2] if len(op) > 2 else 0).peer_end(op[1])
         elif kind == "flush":
             self.c.flush(self.now)
         elif kind == "time":
             self.now += op[1]
         elif kind == "relend":
-            if self.f.lent:
-                reclaim(self.m, self.f, self.c)
-            if lendable(self.m) and not self.m.rx.tohost.size:
-                lend(self.m, self.f, self.c)
-                self.log.append(("lent", self.f.next_deadline()))
-        self.log.append(flow_state(self.f))
-        self.log.append(self.sink.drain())
+            for conn in self.conns:
+                conn.relend()
+        elif kind == "deadline-raises":
+            self.deadline_raises = bool(op[1])
+        elif kind == "mutate":
+            self.mutate = op[1]
 
     def finish(self) -> dict[str, Any]:
-        if self.f.lent:
-            reclaim(self.m, self.f, self.c)
-        with contextlib.suppress(BlockingIOError):
-            self.peer += self.b.recv(1 << 22)
+        ends = [conn.finish() for conn in self.conns]
         return {
-            "log": self.log, "peer": bytes(self.peer), "machine": machine_state(self.m),
-            "counters": self.c.counters(), "out": self.m.out,
+            "log": self.log, "peer": ends[0]["peer"], "machine": ends[0]["machine"],
+            "counters": self.c.counters(), "out": ends[0]["out"], "more": ends[1:],
         }  # fmt: skip
 
 

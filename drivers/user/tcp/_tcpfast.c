@@ -24,7 +24,13 @@
  * end comes from the IPv4 total length, checked against the buffer). Frames we
  * build are sized before they are written. Python objects we call back into
  * (on_slow, on_deadline, send, pump) may change anything: every object used
- * after such a call is held by a reference of ours.
+ * after such a call is held by a reference of ours, and the list of frames is
+ * re-read (its size, then the item, held while in use) for each frame. A cache
+ * made by __new__ alone is refused (RuntimeError). Values the twin takes from
+ * the machine but Python could hold out of range are clamped where C would
+ * otherwise be undefined or truncate: window-scale shifts to 0..14 (RFC 7323),
+ * a burst to 65495 bytes (one TSO super-frame). send() and recv() are retried
+ * on EINTR, as Python's socket methods are (PEP 475).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -48,6 +54,7 @@
 #define F_ACK 0x10
 #define F_PSH 0x08
 #define READ_MAX (256 * 1024)
+#define MAX_BURST 65495  /* a TSO super-frame's payload: 65535 less the IPv4 and TCP headers */
 #define READS_PER_WAKEUP 4
 #define GRANULARITY 0.001
 
@@ -136,6 +143,8 @@ Cache_guest_frames(CacheObject *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "guest_frames(frames, start, now, vnet)");
         return NULL;
     }
+    if (cache_ready(c) < 0)
+        return NULL;
     int vnet = PyObject_IsTrue(args[3]);
     if (vnet < 0)
         return NULL;
@@ -149,17 +158,20 @@ Cache_guest_frames(CacheObject *c, PyObject *const *args, Py_ssize_t nargs)
     if (seq == NULL)
         return NULL;
     Py_INCREF(c);
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    /* on_slow and on_deadline may change a list of frames: its size is read anew for
+     * each frame and the frame held while in use */
     Py_ssize_t i = start < 0 ? 0 : start;
-    for (; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+    for (; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *item = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
         Py_buffer view;
         if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) {
             PyErr_Clear();
+            Py_DECREF(item);
             break;  /* not a buffer: the general path says why */
         }
         int rc = cache_frame(c, view.buf, view.len, now, vnet);
         PyBuffer_Release(&view);
+        Py_DECREF(item);
         if (rc < 0) {
             Py_DECREF(seq);
             Py_DECREF(c);
@@ -168,6 +180,7 @@ Cache_guest_frames(CacheObject *c, PyObject *const *args, Py_ssize_t nargs)
         if (rc == 0)
             break;
     }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     Py_DECREF(seq);
     Py_DECREF(c);
     return PyLong_FromSsize_t(i > n ? n : i);
@@ -176,6 +189,8 @@ Cache_guest_frames(CacheObject *c, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Cache_flush(CacheObject *c, PyObject *arg)
 {
+    if (cache_ready(c) < 0)
+        return NULL;
     double now = PyFloat_AsDouble(arg);
     if (now == -1.0 && PyErr_Occurred())
         return NULL;
@@ -218,6 +233,17 @@ Cache_flush(CacheObject *c, PyObject *arg)
     Py_DECREF(touched);
     Py_RETURN_NONE;
 fail:
+    /* the flows not reached yet stay touched (the next flush owes their ACKs); if even
+     * that fails, they are marked untouched, so that their next segments add them */
+    for (i++; i < n; i++) {
+        if (PyList_Append(c->touched, PyList_GET_ITEM(touched, i)) < 0)
+            break;
+    }
+    for (; i < n; i++) {
+        PyObject *o = PyList_GET_ITEM(touched, i);
+        if (Py_TYPE(o) == &FlowType)
+            ((FlowObject *)o)->touched = 0;
+    }
     Py_DECREF(touched);
     return NULL;
 }
@@ -230,6 +256,8 @@ Cache_flow(CacheObject *c, PyObject *const *args, Py_ssize_t nargs)
                         "flow(key, sock, tpl, buf, on_slow, on_deadline)");
         return NULL;
     }
+    if (cache_ready(c) < 0)
+        return NULL;
     return flow_new(c, args[0], args[1], args[2], args[3], args[4], args[5]);
 }
 
@@ -262,7 +290,7 @@ Cache_init(CacheObject *c, PyObject *args, PyObject *kwds)
         return -1;
     if (c->touched == NULL && (c->touched = PyList_New(0)) == NULL)
         return -1;
-    if (c->rbuf == NULL && (c->rbuf = PyMem_Malloc(READ_MAX)) == NULL) {
+    if (c->rbuf == NULL && (c->rbuf = PyMem_Malloc(READ_MAX)) == NULL) {  /* last: ready */
         PyErr_NoMemory();
         return -1;
     }

@@ -46,6 +46,14 @@ Deadlines: ``reported`` is the deadline the netdev's :class:`~..endpoint.Deadlin
 for the flow; whenever the fast path moves the flow's deadline earlier, it records it and
 calls ``on_deadline`` (a deadline that moved later is found when the earlier one fires).
 
+Callbacks (``on_slow``, ``on_deadline``, ``send``, ``pump``) may re-enter the netdev: the
+batch's length is read anew for each frame (a frame that is not a contiguous buffer is
+declined); a flow hands back (``on_slow``) before its deadline is reported, reports one
+only while still lent, and declines every segment while a hand-back is pending
+(``err`` or ``leftover`` set), so nothing overtakes guest bytes the host socket did not
+take; ``leftover`` holds bytes only. A flush that fails half-way keeps the flows it did
+not reach for the next one.
+
 Invariants: nothing here reads or writes outside the frame it was given; ``snd_nxt ==
 snd_max == snd_una + len(buf)`` at every return while lent; a flow declines rather than
 guessing. Times are floats with ``inf`` for "not armed"; ``srtt < 0`` means no sample.
@@ -147,14 +155,19 @@ class FlowCache:
     def guest_frames(self, frames: Sequence[bytes], start: int, now: float, vnet: bool) -> int:
         """Take ``frames[start:]`` (behind virtio-net headers when ``vnet``) in order
         while they are the fast path's; the index of the first one that is not
-        (``len(frames)`` when all were taken)."""
-        n = len(frames)
+        (``len(frames)`` when all were taken). A frame that is not a contiguous buffer
+        is declined. ``on_slow`` and ``on_deadline`` may change the list: its length is
+        read anew for each frame."""
         i = max(start, 0)
-        while i < n:
-            if not self._frame(memoryview(frames[i]).cast("B"), now, vnet):
+        while i < len(frames):
+            try:
+                frame = memoryview(frames[i]).cast("B")
+            except (TypeError, ValueError, BufferError):
+                return i  # not a buffer: the general path says why
+            if not self._frame(frame, now, vnet):
                 return i
             i += 1
-        return n
+        return len(frames)
 
     def _frame(self, frame: memoryview, now: float, vnet: bool) -> bool:
         n = len(frame)
@@ -215,18 +228,25 @@ class FlowCache:
     def flush(self, now: float) -> None:
         """End of a batch: the ACK each touched flow owes (``TcpEndpoint.flush``)."""
         touched, self.touched = self.touched, []
-        for f in touched:
-            f.touched = False
-            pending = f.ack_pending
-            if not f.lent:
-                f.held = 0
-                continue
-            if pending and (pending >= f.quick_ack or f.delack_at == INF):
-                f.now = now
-                f._send_ack(self.out)
-            if f.held:
-                f.held = 0
-                f._window_update(now)
+        done = 0
+        try:
+            for f in touched:
+                done += 1
+                f.touched = False
+                pending = f.ack_pending
+                if not f.lent:
+                    f.held = 0
+                    continue
+                if pending and (pending >= f.quick_ack or f.delack_at == INF):
+                    f.now = now
+                    f._send_ack(self.out)
+                if f.held:
+                    f.held = 0
+                    f._window_update(now)
+        except BaseException:
+            # the flows not reached yet stay touched: the next flush owes their ACKs
+            self.touched += touched[done:]
+            raise
 
 
 class FastFlow:
@@ -282,13 +302,28 @@ class FastFlow:
         #: Handed back: the errno of a failed host read/write, guest bytes the host
         #: socket did not take, host bytes read but not sent.
         self.err = 0
-        self.leftover = b""
+        self._leftover = b""
         self.unsent = False
         #: Guest bytes of the current batch: the machine writes them to the host at the
         #: end of the batch, so its window counts them as held until then.
         self.held = 0
         #: Window updates sent (the machine's ``window-updates``, added back on reclaim).
         self.window_updates = 0
+
+    @property
+    def leftover(self) -> bytes:
+        """Guest bytes the host socket did not take (handed back); bytes only."""
+        return self._leftover
+
+    @leftover.setter
+    def leftover(self, value: bytes) -> None:
+        if not isinstance(value, bytes):
+            raise TypeError("leftover must be bytes")
+        self._leftover = value
+
+    @leftover.deleter
+    def leftover(self) -> None:
+        raise AttributeError("cannot delete leftover")
 
     # -- deadline --------------------------------------------------------------------------
 
@@ -343,6 +378,8 @@ class FastFlow:
         end: int,
         now: float,
     ) -> bool:
+        if self.err or self._leftover:
+            return False  # a hand-back not done yet: the machine takes this after it
         rcv_nxt = self.rcv_nxt
         if seq32 != rcv_nxt & M32:
             return False
@@ -386,16 +423,17 @@ class FastFlow:
         if not self.touched:
             self.touched = True
             cache.touched.append(self)
-        self._check_deadline()
-        if self.err or self.leftover:
+        if self.err or self._leftover:
             self.on_slow()
+        if self.lent:
+            self._check_deadline()
         return True
 
     def _acked(self, ack: int, now: float) -> None:
         """``Sender._acked`` outside recovery, without retries, FIN or SACK."""
         acked = ack - self.snd_una
+        del self.buf[:acked]  # (a buffer exported elsewhere) before snd_una moves
         self.snd_una = ack
-        del self.buf[:acked]
         if self.rtt_seq >= 0 and ack > self.rtt_seq:
             self._sample(now - self.rtt_time)
             self.rtt_seq = -1
@@ -403,7 +441,7 @@ class FastFlow:
         if self.cwnd < self.ssthresh:
             self.cwnd += acked
         else:
-            self.cwnd += max(1, mss * acked // self.cwnd)
+            self.cwnd += max(1, mss * acked // self.cwnd if self.cwnd > 0 else 1)
         cap = 2 * self.cache.sndbuf
         if self.cwnd > cap:
             self.cwnd = cap
@@ -430,7 +468,7 @@ class FastFlow:
                 self.err = exc.errno or errno_mod.EIO
             n = 0
         if n < len(data):
-            self.leftover = bytes(data[n:])
+            self._leftover = bytes(data[n:])
 
     # -- frames ----------------------------------------------------------------------------
 
@@ -529,7 +567,7 @@ class FastFlow:
                 cache.pump()
         if slow:
             self.on_slow()
-        else:
+        elif self.lent:  # send or pump may have reclaimed it
             self._check_deadline()
 
     def _output(self, data: bytes, now: float, frames: list[bytes]) -> bool:

@@ -456,8 +456,12 @@ class TcpSplicer:
             self._run(sp, self._read)
 
     def _fast_deadline(self, sp: Splice) -> None:
-        """The fast path moved ``sp``'s deadline earlier."""
-        self._deadlines.set(sp, sp.fast.reported)
+        """The fast path moved ``sp``'s deadline earlier (nothing once it is closed or
+        reclaimed: then the machine's deadline is the one that counts)."""
+        f = sp.fast
+        if f is None or not f.lent:
+            return
+        self._deadlines.set(sp, f.reported)
 
     def _connecting(self, sp: Splice) -> bool:
         return sp.m.state is State.CONNECTING

@@ -43,7 +43,7 @@ window(FlowObject *f, int ack_sent)
         f->ack_pending = 0;
         f->delack_at = INFINITY;
     }
-    long long ws = f->rcv_ws;
+    long long ws = wscale(f->rcv_ws);
     long long rcvbuf = f->cache->rcvbuf;
     long long free_ = rcvbuf - f->held;
     if (free_ < f->rcv_mss && free_ < rcvbuf / 2)
@@ -144,9 +144,9 @@ acked(FlowObject *f, long long ack, double now)
     Py_ssize_t have = PyByteArray_GET_SIZE(f->buf);
     if (n > have)
         n = have;
-    f->snd_una = ack;
     if (n > 0 && PySequence_DelSlice(f->buf, 0, (Py_ssize_t)n) < 0)
-        return -1;
+        return -1;  /* (a buffer exported elsewhere) before snd_una moves */
+    f->snd_una = ack;
     if (f->rtt_seq >= 0 && ack > f->rtt_seq) {
         rto_sample(f, now - f->rtt_time);
         f->rtt_seq = -1;
@@ -174,7 +174,10 @@ acked_cwnd(FlowObject *f, long long n, long long ack, double now)
 static void
 to_host(FlowObject *f, const unsigned char *data, Py_ssize_t plen)
 {
-    ssize_t n = send(f->fd, data, (size_t)plen, MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n;
+    do  /* retried on EINTR, as Python's socket.send does (PEP 475) */
+        n = send(f->fd, data, (size_t)plen, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
     if (n < 0) {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             f->err = errno ? errno : EIO;
@@ -197,6 +200,8 @@ flow_segment(FlowObject *f, long long seq32, long long ack32, long long wnd,
              const unsigned char *payload, Py_ssize_t plen, double now)
 {
     CacheObject *cache = f->cache;
+    if (f->err || PyBytes_GET_SIZE(f->leftover))
+        return 0;  /* a hand-back not done yet: the machine takes this segment after it */
     long long rcv_nxt = f->rcv_nxt;
     if (seq32 != (rcv_nxt & M32))
         return 0;
@@ -205,7 +210,7 @@ flow_segment(FlowObject *f, long long seq32, long long ack32, long long wnd,
     long long snd_max = f->snd_nxt;
     if (ack < snd_una || ack > snd_max)
         return 0;
-    long long new_wnd = wnd << f->snd_ws;
+    long long new_wnd = wnd << wscale(f->snd_ws);
     if (!new_wnd)
         return 0;
     if (ack == snd_una && !plen && snd_max > snd_una && new_wnd == f->snd_wnd)
@@ -249,14 +254,14 @@ flow_segment(FlowObject *f, long long seq32, long long ack32, long long wnd,
             return -1;
         f->touched = 1;
     }
-    if (check_deadline(f) < 0)
-        return -1;
-    if (f->err || PyObject_IsTrue(f->leftover) == 1) {
+    if (f->err || PyBytes_GET_SIZE(f->leftover)) {
         PyObject *r = PyObject_CallNoArgs(f->on_slow);
         if (r == NULL)
             return -1;
         Py_DECREF(r);
     }
+    if (f->lent && check_deadline(f) < 0)
+        return -1;
     return 1;
 }
 
@@ -267,7 +272,8 @@ flow_output(FlowObject *f, const unsigned char *data, Py_ssize_t n, double now,
 {
     long long start = f->snd_nxt;
     long long in_flight = start - f->snd_una;
-    if (n > f->snd_una + f->snd_wnd - start || n > f->cwnd - in_flight || n > f->max_burst)
+    long long burst = f->max_burst < MAX_BURST ? f->max_burst : MAX_BURST;
+    if (n > f->snd_una + f->snd_wnd - start || n > f->cwnd - in_flight || n > burst)
         return 0;
     if (f->rtt_seq < 0) {
         f->rtt_seq = start;
@@ -320,7 +326,10 @@ flow_reads(FlowObject *f, double now, PyObject *frames)
             room = READ_MAX;
         if (room <= 0)
             return 1;
-        ssize_t n = recv(f->fd, cache->rbuf, (size_t)room, MSG_DONTWAIT);
+        ssize_t n;
+        do  /* as socket.recv (PEP 475) */
+            n = recv(f->fd, cache->rbuf, (size_t)room, MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 return 0;
@@ -356,6 +365,8 @@ Flow_readable(FlowObject *f, PyObject *const *args, Py_ssize_t nargs)
     }
     if (!f->lent)
         return call_slow(f);
+    if (cache_ready(f->cache) < 0)
+        return NULL;
     double now;
     if (nargs == 1 && args[0] != Py_None) {
         now = PyFloat_AsDouble(args[0]);
@@ -386,8 +397,10 @@ Flow_readable(FlowObject *f, PyObject *const *args, Py_ssize_t nargs)
     PyObject *res;
     if (slow) {
         res = call_slow(f);
-    } else {
+    } else if (f->lent) {  /* send or pump may have reclaimed it */
         res = check_deadline(f) < 0 ? NULL : Py_NewRef(Py_None);
+    } else {
+        res = Py_NewRef(Py_None);
     }
     if (direct)
         Py_DECREF(frames);
@@ -508,7 +521,6 @@ static PyMemberDef flow_members[] = {
     {"key", T_OBJECT, offsetof(FlowObject, key), READONLY, NULL},
     {"sock", T_OBJECT, offsetof(FlowObject, sock), READONLY, NULL},
     {"buf", T_OBJECT, offsetof(FlowObject, buf), READONLY, NULL},
-    FM(leftover, T_OBJECT_EX),
     FM(lent, T_BOOL), FM(touched, T_BOOL), FM(unsent, T_BOOL),
     FM(now, T_DOUBLE), FM(last_activity, T_DOUBLE), FM(delack_at, T_DOUBLE),
     FM(rtx_at, T_DOUBLE), FM(rtt_time, T_DOUBLE), FM(rto, T_DOUBLE), FM(srtt, T_DOUBLE),
@@ -523,6 +535,34 @@ static PyMemberDef flow_members[] = {
     FM(cwnd, T_LONGLONG), FM(ssthresh, T_LONGLONG), FM(rtt_seq, T_LONGLONG),
     FM(held, T_LONGLONG), FM(err, T_LONGLONG), FM(window_updates, T_LONGLONG),
     {NULL, 0, 0, 0, NULL},
+};
+
+static PyObject *
+Flow_get_leftover(FlowObject *f, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(f->leftover);
+}
+
+/* Only bytes: the segment path reads its size without calling back into Python. */
+static int
+Flow_set_leftover(FlowObject *f, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete leftover");
+        return -1;
+    }
+    if (!PyBytes_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "leftover must be bytes");
+        return -1;
+    }
+    Py_SETREF(f->leftover, Py_NewRef(value));
+    return 0;
+}
+
+static PyGetSetDef flow_getset[] = {
+    {"leftover", (getter)Flow_get_leftover, (setter)Flow_set_leftover,
+     "Guest bytes the host socket did not take (handed back).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef flow_methods[] = {
@@ -544,6 +584,7 @@ static PyTypeObject FlowType = {
     .tp_clear = (inquiry)Flow_clear,
     .tp_dealloc = (destructor)Flow_dealloc,
     .tp_members = flow_members,
+    .tp_getset = flow_getset,
     .tp_methods = flow_methods,
 };
 

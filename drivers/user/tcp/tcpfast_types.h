@@ -35,6 +35,27 @@ static PyTypeObject FlowType;
 
 /* ------------------------------------------------------------------ helpers */
 
+/* 0 when __init__ has run (its last step allocates the read buffer) and the GC has not
+ * cleared the cache; else -1 with RuntimeError: a cache made by __new__ alone is refused
+ * rather than read through NULL pointers. */
+static int
+cache_ready(CacheObject *c)
+{
+    if (c->rbuf != NULL && c->out != NULL && c->send != NULL && c->pump != NULL
+        && c->flows != NULL && c->touched != NULL)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "FlowCache.__init__ was not called");
+    return -1;
+}
+
+/* A window-scale shift as RFC 7323 allows it (0..14): the shifts stay defined in C
+ * whatever was stored. */
+static long long
+wscale(long long ws)
+{
+    return ws < 0 ? 0 : ws > 14 ? 14 : ws;
+}
+
 static long long
 fold(long long total)
 {
