@@ -61,24 +61,28 @@ def check_frames(frames: Sequence[bytes], vnet: bool) -> Sequence[bytes]:
     anything is written: :class:`TypeError` for one that is not bytes-like or not
     contiguous, :class:`ValueError` for a ``vnet`` one shorter than its header."""
     if not set(map(type, frames)) <= _PLAIN:
-        frames = [_contiguous(f) for f in frames]
+        return [_checked(f, vnet) for f in frames]  # in order: the first bad frame's error
     if vnet and frames and min(map(len, frames)) < vnet_hdr.HDR_LEN:
         raise ValueError("vnet frame shorter than its header")
     return frames
 
 
-def _contiguous(frame: object) -> bytes:
+def _checked(frame: object, vnet: bool) -> bytes:
     if isinstance(frame, bytes):
-        return frame
-    if isinstance(frame, bytearray):
-        return bytes(frame)
-    try:
-        view = memoryview(frame)  # type: ignore[arg-type]
-    except TypeError:
-        view = None
-    if view is None or not view.c_contiguous:
-        raise TypeError("frames must be contiguous bytes-like objects")
-    return view.tobytes()
+        data = frame
+    elif isinstance(frame, bytearray):
+        data = bytes(frame)
+    else:
+        try:
+            view = memoryview(frame)  # type: ignore[arg-type]
+        except TypeError:
+            view = None
+        if view is None or not view.c_contiguous:
+            raise TypeError("frames must be contiguous bytes-like objects")
+        data = view.tobytes()
+    if vnet and len(data) < vnet_hdr.HDR_LEN:
+        raise ValueError("vnet frame shorter than its header")
+    return data
 
 
 def receive(dev: NetDevice, q: SplitQueue, frames: Sequence[bytes], vnet: bool) -> int:
