@@ -329,6 +329,40 @@ def test_receive_chained_buffer(rig: Rig) -> None:
     assert (rig.ram.read(a, 40) + rig.ram.read(b, 200))[12 : 12 + len(frame)] == frame
 
 
+def test_frame_bigger_than_a_ring_full_of_chains_is_dropped() -> None:
+    """Two buffers of two descriptors fill all 4 slots: the driver cannot post more, so a
+    mergeable frame they cannot hold together is dropped (it used to wait forever); with
+    one of them posted it waits."""
+    r = Rig(num=4, features=FEATURES | 1 << F_MRG_RXBUF)
+    try:
+        q = r.dev.rx_queue(0)
+        r.rx.post([(r.ram.alloc(16, 16), 16, DESC_F_WRITE) for _ in range(2)], buf_id=1)
+        assert r.dev.receive(q, [ETH + bytes(200)], False) == 0
+        assert r.dev.counters["rx-too-big"] == 0
+        r.rx.post([(r.ram.alloc(16, 16), 16, DESC_F_WRITE) for _ in range(2)], buf_id=2)
+        assert r.dev.receive(q, [ETH + bytes(200)], False) == 1
+        assert r.dev.counters["rx-too-big"] == 1
+        assert r.rx.take_used() == []
+        assert r.dev.receive(q, [ETH + bytes(6)], False) == 1  # 32 bytes: the first buffer
+        assert r.rx.take_used() == [(1, 32)]
+    finally:
+        r.close()
+
+
+def test_frames_are_checked_before_the_ring_is_touched(rig: Rig) -> None:
+    """A memoryview is a frame like bytes; a str after a good frame is refused before the
+    good one is written, and the ring goes on from where it was."""
+    for i in range(4):
+        rig.rx.post([(rig.ram.alloc(64, 16), 64, DESC_F_WRITE) for _ in range(2)], buf_id=i)
+    q = rig.dev.rx_queue(0)
+    with pytest.raises(TypeError):
+        rig.dev.receive(q, [ETH + bytes(40), "not bytes"], False)  # type: ignore[list-item]
+    assert rig.rx.take_used() == []
+    frames = [ETH + bytes(40), memoryview(ETH + bytes(46))]
+    assert rig.dev.receive(q, frames, False) == 2  # type: ignore[arg-type]
+    assert rig.rx.take_used() == [(0, 66), (1, 72)]
+
+
 def test_vring_base_encoding(rig: Rig) -> None:
     q = rig.dev.tx_queue(0)
     for n in range(11):  # 11 buffers in a ring of 8: one lap and 3
