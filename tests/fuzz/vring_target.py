@@ -154,8 +154,9 @@ def _hostile_addr(rec: Recipe, addr: int, length: int) -> int:
     return addr + 0x3FF0  # maybe across the end of region 1
 
 
-def build(data: bytes) -> Scenario:
-    """The scenario the bytes describe (deterministic)."""
+def build(data: bytes, kinds: bytes | None = None) -> Scenario:
+    """The scenario the bytes describe (deterministic); ``kinds``: the bytes that choose
+    each receive frame's object (:func:`_frame_kinds`) instead of the recipe's last ones."""
     rec = Recipe(data)
     first = rec.byte()
     transmit = not first & 1
@@ -210,7 +211,7 @@ def build(data: bytes) -> Scenario:
         packed=packed,
     )
     _notification(rec, sc)
-    _frame_kinds(rec, sc)
+    _frame_kinds(rec if kinds is None else Recipe(kinds), sc)
     return sc
 
 
@@ -450,9 +451,9 @@ class _Guest:
                 self.log_mm.close()
 
 
-def run(data: bytes, vring: ModuleType | None) -> dict[str, Any]:
+def run(data: bytes, vring: ModuleType | None, kinds: bytes | None = None) -> dict[str, Any]:
     """One burst of the scenario ``data`` describes, through ``vring`` (None: Python)."""
-    sc = build(data)
+    sc = build(data, kinds)
     guest = _Guest(sc, vring)
     try:
         return guest.run(sc)
@@ -460,13 +461,13 @@ def run(data: bytes, vring: ModuleType | None) -> dict[str, Any]:
         guest.close()
 
 
-def fuzz_one(data: bytes) -> None:
+def fuzz_one(data: bytes, kinds: bytes | None = None) -> None:
     """Run ``data``'s scenario through both ring implementations; they must agree."""
-    py = run(data, None)
+    py = run(data, None, kinds)
     compiled = fastring.load()
     if compiled is None:
         return
-    c = run(data, compiled)
+    c = run(data, compiled, kinds)
     for key in py:
         assert c[key] == py[key], (
             f"{key} differs: compiled {_short(c[key])} python {_short(py[key])}"
