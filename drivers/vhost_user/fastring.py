@@ -9,11 +9,10 @@ What it owns
     and the guest addresses it marks), and what comes back (new indices, counters,
     frames, the call decision, a driver error as its message, an exception raised once
     buffers were used) folded into the same state the Python path keeps (a receive call
-    checks every frame before it touches the ring: :func:`.rxpath.check_frames`). A
+    checks every frame before it touches the ring, as :func:`.rxpath.check_frames`). A
     driver error is raised as the same :class:`~.virtqueue.RingError` with the same
-    text, so the device's error handling
-    (queue broken, counted, logged once) is the one of the Python path; the memory-fault
-    check after each burst is the device's too.
+    text, so the device's error handling (queue broken, counted, logged once) is the one
+    of the Python path; the memory-fault check after each burst is the device's too.
 
 Which path
     :func:`load` asks :mod:`netstack.fastpath` (``NETSTACK_PURE_PYTHON=1`` or an unbuilt
