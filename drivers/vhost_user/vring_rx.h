@@ -2,6 +2,13 @@
  * in C, the same loop over simple batches, merged buffers and walked chains, the same
  * counters and dirty-log marks, for either ring layout.  Part of the single translation
  * unit _vring.c.
+ *
+ * Every frame is checked (bytes-like, contiguous, a vnet header long) before the ring is
+ * touched, so a bad one raises with nothing written.  What can still fail once buffers
+ * were used (a driver error, or MemoryError while walking a chain) ends the call with the
+ * indices reached returned, the error in the result, never lost with a NULL return.  A
+ * frame the available buffers cannot hold together is dropped (too_big) when they hold
+ * every entry of the ring - the driver cannot post more - and waits otherwise.
  */
 #ifndef VRING_RX_H
 #define VRING_RX_H
