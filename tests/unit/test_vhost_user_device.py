@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from drivers.vhost_user import fence
 from drivers.vhost_user import protocol as vp
 from drivers.vhost_user.device import STATUS_NEEDS_RESET, NetDevice, rarp_frame
 from drivers.vhost_user.features import (
@@ -282,6 +283,22 @@ def test_a_bad_frame_is_refused_before_the_ring_is_touched(
     assert rig.guest.rings[0].take_used() == []
     assert rig.dev.receive(rig.rx, [frame(1), frame(2)], False) == 2
     assert [f for _h, f in rig.guest.received()] == [frame(1), frame(2)]
+
+
+def test_enabling_notifications_fences_before_the_recheck(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """set_notification(True) is a store its caller follows with a load of the avail
+    index: a full fence between them (compiled or not), none when disabling."""
+    fence.store_load()  # the real one runs
+    calls: list[int] = []
+    monkeypatch.setattr(fence, "store_load", lambda: calls.append(1))
+    for q in (rig.rx, rig.tx):
+        q.set_notification(False)
+        assert calls == []
+        q.set_notification(True)
+        assert calls == [1]
+        calls.clear()
 
 
 def test_vnet_frames_keep_offloads_the_guest_negotiated() -> None:

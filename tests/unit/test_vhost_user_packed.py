@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from drivers.vhost_user import fence
 from drivers.vhost_user import protocol as vp
 from drivers.vhost_user.device import NetDevice
 from drivers.vhost_user.features import (
@@ -361,6 +362,18 @@ def test_frames_are_checked_before_the_ring_is_touched(rig: Rig) -> None:
     frames = [ETH + bytes(40), memoryview(ETH + bytes(46))]
     assert rig.dev.receive(q, frames, False) == 2  # type: ignore[arg-type]
     assert rig.rx.take_used() == [(0, 66), (1, 72)]
+
+
+def test_enabling_notifications_fences_before_the_recheck(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(fence, "store_load", lambda: calls.append(1))
+    q = rig.dev.rx_queue(0)
+    q.set_notification(False)
+    assert calls == []
+    q.set_notification(True)
+    assert calls == [1]
 
 
 def test_vring_base_encoding(rig: Rig) -> None:
