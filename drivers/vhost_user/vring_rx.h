@@ -31,8 +31,8 @@ typedef struct {
 } Frames;
 
 /* Frames found in the sequence and checked, before anything is written: any C-contiguous
- * bytes-like object (bytes and bytearray read directly, others held through the buffer
- * protocol in views[], released by frames_close), each at least a header long when vnet.
+ * bytes-like object (bytes read directly, others held through the buffer protocol in
+ * views[], released by frames_close), each at least a header long when vnet.
  * -1 with TypeError / ValueError set (the ring untouched). */
 static int frames_open(Frames *fr, PyObject *fast, Py_buffer **views, Py_ssize_t *nviews)
 {
@@ -49,10 +49,7 @@ static int frames_open(Frames *fr, PyObject *fast, Py_buffer **views, Py_ssize_t
         if (PyBytes_Check(o)) {
             r->data = (const uint8_t *)PyBytes_AS_STRING(o);
             r->len = (size_t)PyBytes_GET_SIZE(o);
-        } else if (PyByteArray_Check(o)) {
-            r->data = (const uint8_t *)PyByteArray_AS_STRING(o);
-            r->len = (size_t)PyByteArray_GET_SIZE(o);
-        } else {
+        } else { /* held through the buffer protocol: a bytearray cannot be resized */
             if (*views == NULL) {
                 *views = PyMem_Malloc(sizeof(Py_buffer) * (size_t)count);
                 if (*views == NULL) {
