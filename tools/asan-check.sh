@@ -44,7 +44,7 @@ plain=$work/plain
 asan=$work/asan
 mkdir -p "$plain" "$asan" "$work/corpus"
 for dir in "$plain" "$asan"; do
-    cp -r "$repo/netstack" "$repo/drivers" "$repo/tools" "$repo/tests" "$repo/pyproject.toml" "$dir/"
+    cp -r "$repo/netstack" "$repo/drivers" "$repo/tools" "$repo/tests" "$repo/bench" "$repo/pyproject.toml" "$dir/"
     find "$dir" -name '*.so' -delete
 done
 inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
