@@ -517,7 +517,16 @@ out:
 
 #include "vring_rx.h"
 
+/* A full fence (a store before it is visible before a load after it is made), for the
+ * Python side's enable-notifications-then-recheck (drivers/vhost_user/fence.py). */
+static PyObject *vring_fence(PyObject *self, PyObject *unused)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"fence", vring_fence, METH_NOARGS, "fence() -> None: a full (store-load) memory fence"},
     {"tx_split", vring_tx_split, METH_VARARGS,
      "tx_split(desc, avail, mem, num, last_avail, budget, hl, offloads, want, indirect)"
      " -> (error, frames, keep, chains, malformed, heads)"},

@@ -7,11 +7,12 @@ What it owns
     driver and device event areas of a packed one -, the memory table's mappings, the ring
     indices or slots and wrap counters, the call-suppression state, the dirty log's bitmap
     and the guest addresses it marks), and what comes back (new indices, counters,
-    frames, the call decision, a driver error as its message) folded into the same state
-    the Python path keeps. A driver error is raised as the same
-    :class:`~.virtqueue.RingError` with the same text, so the device's error handling
-    (queue broken, counted, logged once) is the one of the Python path; the memory-fault
-    check after each burst is the device's too.
+    frames, the call decision, a driver error as its message, an exception raised once
+    buffers were used) folded into the same state the Python path keeps (a receive call
+    checks every frame before it touches the ring, as :func:`.rxpath.check_frames`). A
+    driver error is raised as the same :class:`~.virtqueue.RingError` with the same
+    text, so the device's error handling (queue broken, counted, logged once) is the one
+    of the Python path; the memory-fault check after each burst is the device's too.
 
 Which path
     :func:`load` asks :mod:`netstack.fastpath` (``NETSTACK_PURE_PYTHON=1`` or an unbuilt
@@ -178,7 +179,9 @@ def receive(
     if log is not None:
         dev.dirty.account(bits, oor)
     if err is not None:
-        raise RingError(err)
+        # An exception after buffers were used (MemoryError) comes back with the state
+        # reached, recorded above, and is raised here.
+        raise err if isinstance(err, BaseException) else RingError(err)
     dev.check_memory()
     if call >= 0:
         q.call_checked()

@@ -75,6 +75,7 @@ import struct
 import numpy as np
 from numpy.typing import NDArray
 
+from . import fence
 from .dirtylog import DirtyLog
 from .memory import GuestMemory, Region
 from .virtqueue import (
@@ -367,6 +368,7 @@ class PackedQueue(SplitQueue):
         assert region is not None
         num = self.num
         count = 1 if self._single else int(self._slot_n[head])
+        self.walked = count
         base = region.base + self._ring_off
         unpack = _DESC.unpack_from
         segments: list[Segment] = []
@@ -553,6 +555,8 @@ class PackedQueue(SplitQueue):
         dirty = self.dirty
         if dirty is not None and dirty.active:
             dirty.mark_range(self._devevt_gpa, 4)
+        if enable:
+            fence.store_load()  # the caller's re-check must not pass the store above
 
 
 def relayout(q: SplitQueue, packed: bool) -> SplitQueue:

@@ -14,7 +14,16 @@ What it owns
     It stops at the first frame the available buffers cannot hold (the caller queues the
     rest); a frame no set of buffers could ever hold is dropped and counted
     (``rx-too-big``); a buffer too small for the header is given back empty
-    (``rx-bad-buffers``).
+    (``rx-bad-buffers``). Frames are any C-contiguous bytes-like objects, checked before
+    the ring is touched (:func:`check_frames`).
+
+"Never fits" is decided on all of the ring: a frame the available buffers cannot hold
+together is dropped when they hold every entry of the ring (the descriptors of a split
+ring's table, an indirect descriptor counting one; the slots of a packed ring), since the
+driver cannot post more, and waits for buffers otherwise. QEMU (``hw/net/virtio-net.c``
+``virtio_net_receive_rcu``) asks ``virtqueue_avail_bytes`` for the frame's size first and
+leaves a frame bigger than the whole ring queued, which stalls the queue for good; we drop
+and count it instead.
 
 Costs measured on the test machine (``bench/bench_vhost_user.py``, single-descriptor
 buffers): ~20 us per batch of numpy work, then ~220 ns per received frame (one slice of
@@ -44,11 +53,43 @@ MERGE_LOOKAHEAD = 64
 _NUM_BUFFERS = struct.Struct("<H")
 _ZERO_HDR_12 = vnet_hdr.PLAIN_HDR[:10] + _NUM_BUFFERS.pack(1)
 _ZERO_HDR_10 = bytes(10)
+_PLAIN = frozenset((bytes, bytearray))
+
+
+def check_frames(frames: Sequence[bytes], vnet: bool) -> Sequence[bytes]:
+    """``frames`` as bytes or bytearray (other contiguous bytes-like objects copied), before
+    anything is written: :class:`TypeError` for one that is not bytes-like or not
+    contiguous, :class:`ValueError` for a ``vnet`` one shorter than its header."""
+    if not set(map(type, frames)) <= _PLAIN:
+        return [_checked(f, vnet) for f in frames]  # in order: the first bad frame's error
+    if vnet and frames and min(map(len, frames)) < vnet_hdr.HDR_LEN:
+        raise ValueError("vnet frame shorter than its header")
+    return frames
+
+
+def _checked(frame: object, vnet: bool) -> bytes:
+    if isinstance(frame, bytes):
+        data = frame
+    elif isinstance(frame, bytearray):
+        data = bytes(frame)
+    else:
+        try:
+            view = memoryview(frame)  # type: ignore[arg-type]
+        except TypeError:
+            view = None
+        if view is None or not view.c_contiguous:
+            raise TypeError("frames must be contiguous bytes-like objects")
+        data = view.tobytes()
+    if vnet and len(data) < vnet_hdr.HDR_LEN:
+        raise ValueError("vnet frame shorter than its header")
+    return data
 
 
 def receive(dev: NetDevice, q: SplitQueue, frames: Sequence[bytes], vnet: bool) -> int:
     """:meth:`.device.NetDevice.receive` in Python: ``frames`` into receive queue ``q``
-    (split or packed); how many were disposed of. Raises :class:`RingError`."""
+    (split or packed); how many were disposed of. Raises :class:`RingError`, and
+    :class:`TypeError` / :class:`ValueError` from :func:`check_frames` (the ring untouched)."""
+    frames = check_frames(frames, vnet)
     done = 0
     called = False
     spare = MERGE_LOOKAHEAD
@@ -189,9 +230,11 @@ def _rx_chains(
     pos = 0
     done = 0
     i = 0
+    entries = 0  # ring entries of the walked chains: num of them and the driver can post no more
     while i < len(frames) and pos < len(heads):
         if pos == len(chains):
             chains.append(q.chain(mem, heads[pos], writable=True))
+            entries += q.walked
         if chains[pos][1] < hl:  # cannot hold the header: given back empty
             dev.counters["rx-bad-buffers"] += 1
             q.push_one(heads[pos], 0)
@@ -206,13 +249,14 @@ def _rx_chains(
         while got < size and k < len(heads):
             if k == len(chains):
                 chains.append(q.chain(mem, heads[k], writable=True))
+                entries += q.walked
             picked.append(k)
             got += chains[k][1]
             k += 1
             if not dev.mergeable:
                 break
         if got < size:
-            if not dev.mergeable or (len(heads) == q.num and k == len(heads)):
+            if not dev.mergeable or (k == len(heads) and entries >= q.num):
                 dev.counters["rx-too-big"] += 1  # no buffer (or whole ring) can hold it
                 i += 1
                 done += 1

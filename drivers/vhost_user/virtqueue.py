@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 
 from netstack.errors import RemoteInputError
 
+from . import fence
 from .memory import GuestMemory, Region, Translated
 
 DESC_F_NEXT = 1
@@ -125,6 +126,10 @@ class SplitQueue:
         self.raw: tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint8]] | None = None
         #: ``VHOST_VRING_F_LOG``: told ``(offset, length)`` of every used-ring write.
         self.log_used: Callable[[int, int], None] | None = None
+        #: Ring entries the last :meth:`chain` went over (descriptors of the table, an
+        #: indirect one counting 1; a packed ring's slots): all ``num`` outstanding means
+        #: the driver cannot post another buffer.
+        self.walked = 0
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else "started" if self.started else "stopped"
@@ -307,10 +312,13 @@ class SplitQueue:
         segments: list[Segment] = []
         total = 0
         unpack = _DESC.unpack_from
+        self.walked = 0
         while True:
             budget -= 1
             if budget < 0:
                 raise RingError(f"descriptor chain from head {head} is longer than its table")
+            if not nested:
+                self.walked += 1
             addr, length, flags, nxt = unpack(mm, base + 16 * index)
             if flags & ~DESC_F_KNOWN:
                 raise RingError(f"descriptor {index} has unknown flags {flags:#x}")
@@ -427,7 +435,8 @@ class SplitQueue:
 
     def set_notification(self, enable: bool) -> None:
         """Ask the driver to kick (``enable``) or not to bother. Callers re-check
-        :meth:`avail_count` after enabling: buffers may have come just before."""
+        :meth:`avail_count` after enabling: buffers may have come just before (a full
+        fence after enabling orders the two: :mod:`.fence`)."""
         if self._used_h is None:
             return
         if self.event_idx:
@@ -439,6 +448,8 @@ class SplitQueue:
             self._used_h[0] = 0 if enable else USED_F_NO_NOTIFY
             if self.log_used is not None:
                 self.log_used(0, 2)
+        if enable:
+            fence.store_load()  # the caller's re-check must not pass the store above
 
     @property
     def signal_mark(self) -> tuple[int, bool]:

@@ -76,6 +76,8 @@ typedef struct {
     uint64_t evt_gpa;  /* the device event area's (dirty log of no_kicks) */
     PBuf *bufs;        /* what the last scan found */
     int moved;         /* receive: some buffer was used (the driver may want a call) */
+    uint32_t walked;   /* ring entries the last walk_buf went over (split: table
+                        * descriptors, an indirect one counting 1; packed: slots) */
 } Ring;
 
 /* -- guest memory ----------------------------------------------------------------------- */

@@ -200,6 +200,7 @@ static int p_walk(Ring *q, uint32_t k, int writable, Segs *s, uint64_t *total)
     const PBuf *b = &q->bufs[k];
     uint32_t num = q->num, count = b->n;
     *total = 0;
+    q->walked = count;
     for (uint32_t i = 0; i < count; i++) {
         uint32_t slot = b->slot + i;
         if (slot >= num)

@@ -2,14 +2,27 @@
  * in C, the same loop over simple batches, merged buffers and walked chains, the same
  * counters and dirty-log marks, for either ring layout.  Part of the single translation
  * unit _vring.c.
+ *
+ * Every frame is checked (bytes-like, contiguous, a vnet header long) before the ring is
+ * touched, so a bad one raises with nothing written.  What can still fail once buffers
+ * were used (a driver error, or MemoryError while walking a chain) ends the call with the
+ * indices reached returned, the error in the result, never lost with a NULL return.  A
+ * frame the available buffers cannot hold together is dropped (too_big) when they hold
+ * every entry of the ring - the driver cannot post more - and waits otherwise.
  */
 #ifndef VRING_RX_H
 #define VRING_RX_H
 
 /* -- receive ---------------------------------------------------------------------------- */
 
+/* One frame's bytes, found before the ring is touched. */
 typedef struct {
-    PyObject **items;
+    const uint8_t *data;
+    size_t len;
+} FrameRef;
+
+typedef struct {
+    FrameRef *refs;
     Py_ssize_t count;
     int vnet;
     uint32_t hl;
@@ -17,29 +30,68 @@ typedef struct {
     uint64_t bad_buffers, too_big;
 } Frames;
 
-/* Header (10 or 12 bytes, num_buffers filled in) and payload of frame i; the payload
- * length in *plen.  -1 (exception set) for a frame that is not bytes-like or too short. */
-static int frame_parts(Frames *fr, Py_ssize_t i, uint8_t hdr[12], const uint8_t **payload,
-                       size_t *plen, uint32_t num_buffers)
+/* Frames found in the sequence and checked, before anything is written: any C-contiguous
+ * bytes-like object (bytes read directly, others held through the buffer protocol in
+ * views[], released by frames_close), each at least a header long when vnet.
+ * -1 with TypeError / ValueError set (the ring untouched). */
+static int frames_open(Frames *fr, PyObject *fast, Py_buffer **views, Py_ssize_t *nviews)
 {
-    PyObject *o = fr->items[i];
-    const uint8_t *data;
-    size_t len;
-    if (PyBytes_Check(o)) {
-        data = (const uint8_t *)PyBytes_AS_STRING(o);
-        len = (size_t)PyBytes_GET_SIZE(o);
-    } else if (PyByteArray_Check(o)) {
-        data = (const uint8_t *)PyByteArray_AS_STRING(o);
-        len = (size_t)PyByteArray_GET_SIZE(o);
-    } else {
-        PyErr_SetString(PyExc_TypeError, "frames must be bytes or bytearray");
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    fr->refs = PyMem_Malloc(sizeof(FrameRef) * (size_t)(count ? count : 1));
+    if (fr->refs == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    if (fr->vnet) {
-        if (len < VNET_HDR_LEN) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *o = items[i];
+        FrameRef *r = &fr->refs[i];
+        if (PyBytes_Check(o)) {
+            r->data = (const uint8_t *)PyBytes_AS_STRING(o);
+            r->len = (size_t)PyBytes_GET_SIZE(o);
+        } else { /* held through the buffer protocol: a bytearray cannot be resized */
+            if (*views == NULL) {
+                *views = PyMem_Malloc(sizeof(Py_buffer) * (size_t)count);
+                if (*views == NULL) {
+                    PyErr_NoMemory();
+                    return -1;
+                }
+            }
+            Py_buffer *view = &(*views)[*nviews];
+            if (!PyObject_CheckBuffer(o) ||
+                PyObject_GetBuffer(o, view, PyBUF_C_CONTIGUOUS) < 0) {
+                PyErr_Clear();
+                PyErr_SetString(PyExc_TypeError, "frames must be contiguous bytes-like objects");
+                return -1;
+            }
+            (*nviews)++;
+            r->data = view->buf;
+            r->len = (size_t)view->len;
+        }
+        if (fr->vnet && r->len < VNET_HDR_LEN) {
             PyErr_SetString(PyExc_ValueError, "vnet frame shorter than its header");
             return -1;
         }
+    }
+    return 0;
+}
+
+static void frames_close(Frames *fr, Py_buffer *views, Py_ssize_t nviews)
+{
+    for (Py_ssize_t i = 0; i < nviews; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(fr->refs);
+}
+
+/* Header (10 or 12 bytes, num_buffers filled in) and payload of frame i (checked by
+ * frames_open); the payload length in *plen. */
+static void frame_parts(Frames *fr, Py_ssize_t i, uint8_t hdr[12], const uint8_t **payload,
+                        size_t *plen, uint32_t num_buffers)
+{
+    const uint8_t *data = fr->refs[i].data;
+    size_t len = fr->refs[i].len;
+    if (fr->vnet) {
         memcpy(hdr, data, 10);
         *payload = data + VNET_HDR_LEN;
         *plen = len - VNET_HDR_LEN;
@@ -50,21 +102,16 @@ static int frame_parts(Frames *fr, Py_ssize_t i, uint8_t hdr[12], const uint8_t 
     }
     uint16_t nb = htole16((uint16_t)num_buffers);
     memcpy(hdr + 10, &nb, 2);
-    return 0;
 }
 
 static uint64_t frame_size(Frames *fr, Py_ssize_t i)
 {
-    PyObject *o = fr->items[i];
-    size_t len = PyBytes_Check(o) ? (size_t)PyBytes_GET_SIZE(o)
-               : PyByteArray_Check(o) ? (size_t)PyByteArray_GET_SIZE(o) : 0;
-    if (fr->vnet)
-        return len >= VNET_HDR_LEN ? len - VNET_HDR_LEN + fr->hl : fr->hl;
-    return len + fr->hl;
+    size_t len = fr->refs[i].len;
+    return fr->vnet ? len - VNET_HDR_LEN + fr->hl : len + fr->hl;
 }
 
-/* _rx_rest: from frame i = buffer j on, merged or dropped; returns -1 on an exception. */
-static int rx_rest(Ring *q, Frames *fr, Py_ssize_t first, Py_ssize_t rest, uint32_t cnt,
+/* _rx_rest: from frame i = buffer j on, merged or dropped. */
+static void rx_rest(Ring *q, Frames *fr, Py_ssize_t first, Py_ssize_t rest, uint32_t cnt,
                    const uint64_t *caps, uint8_t **ptrs, uint32_t *used, uint32_t *jp,
                    Py_ssize_t *donep)
 {
@@ -107,8 +154,7 @@ static int rx_rest(Ring *q, Frames *fr, Py_ssize_t first, Py_ssize_t rest, uint3
         uint8_t hdr[12];
         const uint8_t *payload;
         size_t plen;
-        if (frame_parts(fr, first + i, hdr, &payload, &plen, spans) < 0)
-            return -1;
+        frame_parts(fr, first + i, hdr, &payload, &plen, spans);
         uint64_t pos = 0;
         for (uint32_t k = 0; k < spans; k++) {
             uint64_t cut = caps[j + k] < size - pos ? caps[j + k] : size - pos;
@@ -122,10 +168,9 @@ static int rx_rest(Ring *q, Frames *fr, Py_ssize_t first, Py_ssize_t rest, uint3
     }
     *jp = j;
     *donep = done;
-    return 0;
 }
 
-/* _rx_simple: returns frames disposed of, *took buffers used; -1 on an exception. */
+/* _rx_simple: returns frames disposed of, *took buffers used. */
 static Py_ssize_t rx_simple(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
                             const uint16_t *heads, const Desc *descs, uint8_t **ptrs,
                             uint64_t *caps, uint32_t *used, uint32_t *took)
@@ -143,18 +188,15 @@ static Py_ssize_t rx_simple(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
         uint8_t hdr[12];
         const uint8_t *payload;
         size_t plen;
-        if (frame_parts(fr, first + j, hdr, &payload, &plen, 1) < 0)
-            return -1;
+        frame_parts(fr, first + j, hdr, &payload, &plen, 1);
         memcpy(ptrs[j], hdr, hl);
         memcpy(ptrs[j] + hl, payload, plen);
         used[j] = (uint32_t)size;
         j++;
     }
     Py_ssize_t done = j;
-    if ((Py_ssize_t)j < rest && j < cnt) {
-        if (rx_rest(q, fr, first, rest, cnt, caps, ptrs, used, &j, &done) < 0)
-            return -1;
-    }
+    if ((Py_ssize_t)j < rest && j < cnt)
+        rx_rest(q, fr, first, rest, cnt, caps, ptrs, used, &j, &done);
     if (j) {
         for (uint32_t k = 0; k < j; k++)
             log_mark(q->log, descs[k].addr, used[k]);
@@ -169,13 +211,17 @@ typedef struct {
     uint64_t total;
 } Chain;
 
-/* _rx_chains: returns frames disposed of, *took buffers used; -1 on an error. */
+/* _rx_chains: returns frames disposed of, *took buffers used; -1 when a walk failed (a
+ * driver error, or MemoryError: q->failed says which), the buffers before it completed. */
 static Py_ssize_t rx_chains(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
                             const uint16_t *heads, Chain *chains, Segs *s, uint32_t *took)
 {
     Py_ssize_t rest = fr->count - first;
     uint32_t hl = fr->hl;
     uint32_t pos = 0, walked = 0;
+    /* Ring entries the walked chains hold: all num of them means the driver cannot post
+     * another buffer, so a frame they cannot hold together never fits (dropped). */
+    uint64_t entries = 0;
     Py_ssize_t i = 0, done = 0;
     s->n = 0;
 #define WALK(k)                                                                             \
@@ -186,6 +232,7 @@ static Py_ssize_t rx_chains(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
             return -1;                                                                      \
         }                                                                                   \
         chains[k].n = s->n - chains[k].start;                                               \
+        entries += q->walked;                                                               \
         walked++;                                                                           \
     } while (0)
     while (i < rest && pos < cnt) {
@@ -209,7 +256,7 @@ static Py_ssize_t rx_chains(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
                 break;
         }
         if (got < size) {
-            if (!fr->mergeable || (cnt == q->num && k == cnt)) {
+            if (!fr->mergeable || (k == cnt && entries >= q->num)) {
                 fr->too_big++;
                 i++;
                 done++;
@@ -220,11 +267,7 @@ static Py_ssize_t rx_chains(Ring *q, Frames *fr, Py_ssize_t first, uint32_t cnt,
         uint8_t hdr[12];
         const uint8_t *payload;
         size_t plen;
-        if (frame_parts(fr, first + i, hdr, &payload, &plen, k - pos) < 0) {
-            q->failed = -1;
-            *took = pos;
-            return -1;
-        }
+        frame_parts(fr, first + i, hdr, &payload, &plen, k - pos);
         uint64_t off = 0;
         for (uint32_t idx = pos; idx < k; idx++) {
             Chain *c = &chains[idx];
@@ -338,6 +381,25 @@ static int rx_call(Ring *q, const Notify *nt)
     return needs_call(q, nt);
 }
 
+/* What ended a receive call, for its result: None, a driver error's text, or the exception
+ * raised after the ring was touched (returned with the state reached, so that the caller
+ * records that state before raising it). NULL only when that fails. */
+static PyObject *rx_error(Ring *q)
+{
+    if (q->failed != -1)
+        return error_or_none(q);
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (value == NULL)
+        PyErr_SetString(PyExc_SystemError, "receive failed without an exception");
+    return value;
+}
+
 static PyObject *vring_rx_split(PyObject *self, PyObject *args)
 {
     PyObject *desc_o, *avail_o, *used_o, *mem_o, *frames_o, *log_o, *used_log_o;
@@ -357,6 +419,9 @@ static PyObject *vring_rx_split(PyObject *self, PyObject *args)
     Ring q = {0};
     PyObject *result = NULL, *fast = NULL;
     RxScratch x = {0};
+    Frames fr = {0};
+    Py_buffer *views = NULL;
+    Py_ssize_t nviews = 0;
     Notify nt = {event_idx, signalled, valid};
     if (get_view(desc_o, &v.desc, &v.have_desc, 16 * (Py_ssize_t)num) < 0 ||
         get_view(avail_o, &v.avail, &v.have_avail, 4 + 2 * (Py_ssize_t)num + 2 * !!event_idx) < 0 ||
@@ -364,7 +429,12 @@ static PyObject *vring_rx_split(PyObject *self, PyObject *args)
         open_log(&log, &v, log_o, used_log_o) < 0 || mem_open(&mem, mem_o) < 0)
         goto out;
     fast = PySequence_Fast(frames_o, "frames must be a sequence");
-    if (fast == NULL || scratch_alloc(&x, num) < 0)
+    fr.count = fast ? PySequence_Fast_GET_SIZE(fast) : 0;
+    fr.vnet = vnet;
+    fr.hl = hl;
+    fr.mergeable = mergeable;
+    if (fast == NULL || scratch_alloc(&x, num) < 0 ||
+        frames_open(&fr, fast, &views, &nviews) < 0)
         goto out;
     q.desc = v.desc.buf;
     q.avail = v.avail.buf;
@@ -375,13 +445,9 @@ static PyObject *vring_rx_split(PyObject *self, PyObject *args)
     q.indirect = indirect;
     q.mem = &mem;
     q.log = &log;
-    Frames fr = {PySequence_Fast_ITEMS(fast), PySequence_Fast_GET_SIZE(fast), vnet, hl,
-                 mergeable, 0, 0};
     Py_ssize_t done = rx_run(&q, &fr, &x);
-    if (q.failed == -1)
-        goto out;
     int call = rx_call(&q, &nt);
-    PyObject *err = error_or_none(&q);
+    PyObject *err = rx_error(&q);
     if (err == NULL)
         goto out;
     result = Py_BuildValue("(NnIIKKKKi)", err, done, (unsigned int)q.last_avail,
@@ -389,6 +455,7 @@ static PyObject *vring_rx_split(PyObject *self, PyObject *args)
                            (unsigned long long)fr.too_big, (unsigned long long)log.bits,
                            (unsigned long long)log.out_of_range, call);
 out:
+    frames_close(&fr, views, nviews);
     Py_XDECREF(fast);
     scratch_free(&x);
     mem_close(&mem);
@@ -415,13 +482,21 @@ static PyObject *vring_rx_packed(PyObject *self, PyObject *args)
     Ring q = {0};
     PyObject *result = NULL, *fast = NULL;
     RxScratch x = {0};
+    Frames fr = {0};
+    Py_buffer *views = NULL;
+    Py_ssize_t nviews = 0;
     Notify nt = {event_idx, signalled, valid};
     if (get_view(ring_o, &v.desc, &v.have_desc, 16 * (Py_ssize_t)num) < 0 ||
         get_view(drv_o, &v.avail, &v.have_avail, 4) < 0 ||
         open_log(&log, &v, log_o, Py_None) < 0 || mem_open(&mem, mem_o) < 0)
         goto out;
     fast = PySequence_Fast(frames_o, "frames must be a sequence");
-    if (fast == NULL || scratch_alloc(&x, num) < 0)
+    fr.count = fast ? PySequence_Fast_GET_SIZE(fast) : 0;
+    fr.vnet = vnet;
+    fr.hl = hl;
+    fr.mergeable = mergeable;
+    if (fast == NULL || scratch_alloc(&x, num) < 0 ||
+        frames_open(&fr, fast, &views, &nviews) < 0)
         goto out;
     q.packed = 1;
     q.desc = v.desc.buf;
@@ -436,13 +511,9 @@ static PyObject *vring_rx_packed(PyObject *self, PyObject *args)
     q.indirect = indirect;
     q.mem = &mem;
     q.log = &log;
-    Frames fr = {PySequence_Fast_ITEMS(fast), PySequence_Fast_GET_SIZE(fast), vnet, hl,
-                 mergeable, 0, 0};
     Py_ssize_t done = rx_run(&q, &fr, &x);
-    if (q.failed == -1)
-        goto out;
     int call = rx_call(&q, &nt);
-    PyObject *err = error_or_none(&q);
+    PyObject *err = rx_error(&q);
     if (err == NULL)
         goto out;
     result = Py_BuildValue("(NnIIIIKKKKi)", err, done, q.aslot, q.awrap, q.uslot, q.uwrap,
@@ -450,6 +521,7 @@ static PyObject *vring_rx_packed(PyObject *self, PyObject *args)
                            (unsigned long long)log.bits, (unsigned long long)log.out_of_range,
                            call);
 out:
+    frames_close(&fr, views, nviews);
     Py_XDECREF(fast);
     scratch_free(&x);
     mem_close(&mem);

@@ -156,6 +156,7 @@ static int walk(Ring *q, uint32_t head, int writable, Segs *s, uint64_t *total)
     uint64_t size = q->num, budget = q->num, index = head;
     int nested = 0;
     *total = 0;
+    q->walked = 0;
     for (;;) {
         if (budget == 0) {
             snprintf(q->err, ERRLEN, "descriptor chain from head %u is longer than its table",
@@ -163,6 +164,7 @@ static int walk(Ring *q, uint32_t head, int writable, Segs *s, uint64_t *total)
             goto driver_error;
         }
         budget--;
+        q->walked += !nested;
         Desc d;
         read_desc(table + 16 * index, &d);
         if (d.flags & ~DESC_F_KNOWN) {

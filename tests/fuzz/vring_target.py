@@ -10,7 +10,9 @@ hostile (an address outside or straddling the memory or near 2**64, a wrong dire
 unknown flags, a loop, a next index past its table, a head past the table, an avail index
 too far ahead, a packed descriptor of the wrong lap, a chain over the whole packed ring,
 an indirect table that is empty, misaligned, too long, nested or not allowed, lengths of
-0, shorter than the header, larger than a frame). The packed layout lives in
+0, shorter than the header, larger than a frame; a receive frame that is a memoryview,
+a bytearray, a non-contiguous view, a str or shorter than its vnet header). The packed
+layout lives in
 :mod:`tests.fuzz.vring_packed_recipe`. The
 same guest memory is built twice, once per ring implementation; one transmit or receive
 burst runs through :class:`~drivers.vhost_user.device.NetDevice` with the compiled loops
@@ -106,7 +108,9 @@ class Scenario:
     log: bool
     log_used_addr: int
     images: list[bytearray]
-    frames: list[bytes] = field(default_factory=list)
+    #: Receive frames: bytes, and where the recipe says so other bytes-like objects,
+    #: non-contiguous views, str or frames shorter than a vnet header.
+    frames: list[Any] = field(default_factory=list)
     packed: bool = False
     #: Transmit asks the driver not to kick after the burst.
     quiet: bool = False
@@ -150,8 +154,9 @@ def _hostile_addr(rec: Recipe, addr: int, length: int) -> int:
     return addr + 0x3FF0  # maybe across the end of region 1
 
 
-def build(data: bytes) -> Scenario:
-    """The scenario the bytes describe (deterministic)."""
+def build(data: bytes, kinds: bytes | None = None) -> Scenario:
+    """The scenario the bytes describe (deterministic); ``kinds``: the bytes that choose
+    each receive frame's object (:func:`_frame_kinds`) instead of the recipe's last ones."""
     rec = Recipe(data)
     first = rec.byte()
     transmit = not first & 1
@@ -206,7 +211,29 @@ def build(data: bytes) -> Scenario:
         packed=packed,
     )
     _notification(rec, sc)
+    _frame_kinds(rec if kinds is None else Recipe(kinds), sc)
     return sc
+
+
+def _frame_kinds(rec: Recipe, sc: Scenario) -> None:
+    """Now and then a frame given as another object: bytes-like ones are delivered as
+    their bytes, the others refused before the ring is touched."""
+    for k, f in enumerate(sc.frames):
+        if not rec.rare(16):
+            continue
+        kind = rec.pick(6)
+        if kind == 0:
+            sc.frames[k] = memoryview(f)
+        elif kind == 1:
+            sc.frames[k] = bytearray(f)
+        elif kind == 2:
+            sc.frames[k] = memoryview(f[: len(f) // 2 * 2]).cast("H")  # len() counts items
+        elif kind == 3:
+            sc.frames[k] = memoryview(f + f)[::2]  # not contiguous: refused
+        elif kind == 4:
+            sc.frames[k] = f.hex()  # not bytes-like: refused
+        else:
+            sc.frames[k] = f[: rec.pick(12)]  # shorter than a vnet header
 
 
 def _split_layout(
@@ -404,6 +431,8 @@ class _Guest:
                 out["rx"] = dev.receive(q, sc.frames, sc.vnet)
         except RingError as exc:
             out["error"] = str(exc)
+        except (TypeError, ValueError) as exc:  # a frame refused: nothing may have changed
+            out["error"] = f"{type(exc).__name__}: {exc}"
         out["last_avail"] = q.last_avail
         out["used_idx"] = q.used_idx
         out["signal"] = q.signal_mark
@@ -422,9 +451,9 @@ class _Guest:
                 self.log_mm.close()
 
 
-def run(data: bytes, vring: ModuleType | None) -> dict[str, Any]:
+def run(data: bytes, vring: ModuleType | None, kinds: bytes | None = None) -> dict[str, Any]:
     """One burst of the scenario ``data`` describes, through ``vring`` (None: Python)."""
-    sc = build(data)
+    sc = build(data, kinds)
     guest = _Guest(sc, vring)
     try:
         return guest.run(sc)
@@ -432,13 +461,13 @@ def run(data: bytes, vring: ModuleType | None) -> dict[str, Any]:
         guest.close()
 
 
-def fuzz_one(data: bytes) -> None:
+def fuzz_one(data: bytes, kinds: bytes | None = None) -> None:
     """Run ``data``'s scenario through both ring implementations; they must agree."""
-    py = run(data, None)
+    py = run(data, None, kinds)
     compiled = fastring.load()
     if compiled is None:
         return
-    c = run(data, compiled)
+    c = run(data, compiled, kinds)
     for key in py:
         assert c[key] == py[key], (
             f"{key} differs: compiled {_short(c[key])} python {_short(py[key])}"

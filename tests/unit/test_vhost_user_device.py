@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from drivers.vhost_user import fence
 from drivers.vhost_user import protocol as vp
 from drivers.vhost_user.device import STATUS_NEEDS_RESET, NetDevice, rarp_frame
 from drivers.vhost_user.features import (
@@ -212,6 +213,92 @@ def test_receive_into_chained_buffers() -> None:
         assert n == 312 and data[12:] == f
     finally:
         rig.close()
+
+
+def _post_chains(rig: Rig, count: int, pieces: int = 2, size: int = 16) -> None:
+    ram, ring = rig.guest.ram, rig.guest.rings[0]
+    for _ in range(count):
+        ring.publish(ring.add_chain([(ram.alloc(size), size, DESC_F_WRITE) for _ in range(pieces)]))
+
+
+def test_frame_bigger_than_a_table_full_of_chains_is_dropped() -> None:
+    """Two chains of two descriptors hold all 4 of the table: the driver cannot post more,
+    so a mergeable frame they cannot hold together is dropped (it used to wait forever),
+    and the next frame goes into the same buffers."""
+    rig = make_rig(num=4)
+    try:
+        _post_chains(rig, 2)
+        assert rig.dev.receive(rig.rx, [frame(1, size=200)], False) == 1
+        assert rig.dev.counters["rx-too-big"] == 1
+        assert rig.guest.rings[0].take_used() == []
+        small = frame(2, size=40)  # 52 bytes with the header: both chains
+        assert rig.dev.receive(rig.rx, [small], False) == 1
+        assert [n for _h, n in rig.guest.rings[0].take_used()] == [32, 20]
+    finally:
+        rig.close()
+
+
+def test_frame_bigger_than_posted_chains_waits_while_the_table_has_room() -> None:
+    rig = make_rig(num=4)
+    try:
+        _post_chains(rig, 1)
+        assert rig.dev.receive(rig.rx, [frame(1, size=200)], False) == 0
+        assert rig.dev.counters["rx-too-big"] == 0
+        assert rig.guest.rings[0].take_used() == []
+    finally:
+        rig.close()
+
+
+def test_any_contiguous_bytes_like_frame_is_received(rig: Rig) -> None:
+    rig.guest.post_rx_buffers(4)
+    frames = [frame(i, size=64) for i in range(4)]
+    given = [
+        frames[0],
+        memoryview(frames[1]),
+        bytearray(frames[2]),
+        memoryview(frames[3]).cast("H"),
+    ]
+    assert rig.dev.receive(rig.rx, given, False) == 4  # type: ignore[arg-type]
+    assert [f for _h, f in rig.guest.received()] == frames
+
+
+@pytest.mark.parametrize(
+    ("bad", "vnet", "error"),
+    [
+        ("a str", False, TypeError),
+        (memoryview(bytes(200))[::2], False, TypeError),
+        (bytes(vnet_hdr.HDR_LEN - 1), True, ValueError),
+    ],
+)
+def test_a_bad_frame_is_refused_before_the_ring_is_touched(
+    rig: Rig, bad: object, vnet: bool, error: type[Exception]
+) -> None:
+    """The frames before it are not written either: the ring's state stays whole (the
+    compiled loops used to publish them and then lose the indices). Chained buffers: the
+    loop that completes one frame at a time."""
+    _post_chains(rig, 4, size=128)
+    good = bytes(vnet_hdr.HDR_LEN) + frame(0) if vnet else frame(0)
+    with pytest.raises(error):
+        rig.dev.receive(rig.rx, [good, bad], vnet)  # type: ignore[list-item]
+    assert rig.guest.rings[0].take_used() == []
+    assert rig.dev.receive(rig.rx, [frame(1), frame(2)], False) == 2
+    assert [f for _h, f in rig.guest.received()] == [frame(1), frame(2)]
+
+
+def test_enabling_notifications_fences_before_the_recheck(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """set_notification(True) is a store its caller follows with a load of the avail
+    index: a full fence between them (compiled or not), none when disabling."""
+    fence.store_load()  # the real one runs
+    calls: list[int] = []
+    monkeypatch.setattr(fence, "store_load", lambda: calls.append(1))
+    for q in (rig.rx, rig.tx):
+        q.set_notification(False)
+        assert calls == []
+        q.set_notification(True)
+        assert calls == [1]
+        calls.clear()
 
 
 def test_vnet_frames_keep_offloads_the_guest_negotiated() -> None:

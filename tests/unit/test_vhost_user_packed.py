@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
+from drivers.vhost_user import fence
 from drivers.vhost_user import protocol as vp
 from drivers.vhost_user.device import NetDevice
 from drivers.vhost_user.features import (
@@ -327,6 +328,52 @@ def test_receive_chained_buffer(rig: Rig) -> None:
     assert rig.dev.receive(rig.dev.rx_queue(0), [frame], False) == 1
     assert rig.rx.take_used() == [(9, 12 + len(frame))]
     assert (rig.ram.read(a, 40) + rig.ram.read(b, 200))[12 : 12 + len(frame)] == frame
+
+
+def test_frame_bigger_than_a_ring_full_of_chains_is_dropped() -> None:
+    """Two buffers of two descriptors fill all 4 slots: the driver cannot post more, so a
+    mergeable frame they cannot hold together is dropped (it used to wait forever); with
+    one of them posted it waits."""
+    r = Rig(num=4, features=FEATURES | 1 << F_MRG_RXBUF)
+    try:
+        q = r.dev.rx_queue(0)
+        r.rx.post([(r.ram.alloc(16, 16), 16, DESC_F_WRITE) for _ in range(2)], buf_id=1)
+        assert r.dev.receive(q, [ETH + bytes(200)], False) == 0
+        assert r.dev.counters["rx-too-big"] == 0
+        r.rx.post([(r.ram.alloc(16, 16), 16, DESC_F_WRITE) for _ in range(2)], buf_id=2)
+        assert r.dev.receive(q, [ETH + bytes(200)], False) == 1
+        assert r.dev.counters["rx-too-big"] == 1
+        assert r.rx.take_used() == []
+        assert r.dev.receive(q, [ETH + bytes(6)], False) == 1  # 32 bytes: the first buffer
+        assert r.rx.take_used() == [(1, 32)]
+    finally:
+        r.close()
+
+
+def test_frames_are_checked_before_the_ring_is_touched(rig: Rig) -> None:
+    """A memoryview is a frame like bytes; a str after a good frame is refused before the
+    good one is written, and the ring goes on from where it was."""
+    for i in range(4):
+        rig.rx.post([(rig.ram.alloc(64, 16), 64, DESC_F_WRITE) for _ in range(2)], buf_id=i)
+    q = rig.dev.rx_queue(0)
+    with pytest.raises(TypeError):
+        rig.dev.receive(q, [ETH + bytes(40), "not bytes"], False)  # type: ignore[list-item]
+    assert rig.rx.take_used() == []
+    frames = [ETH + bytes(40), memoryview(ETH + bytes(46))]
+    assert rig.dev.receive(q, frames, False) == 2  # type: ignore[arg-type]
+    assert rig.rx.take_used() == [(0, 66), (1, 72)]
+
+
+def test_enabling_notifications_fences_before_the_recheck(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(fence, "store_load", lambda: calls.append(1))
+    q = rig.dev.rx_queue(0)
+    q.set_notification(False)
+    assert calls == []
+    q.set_notification(True)
+    assert calls == [1]
 
 
 def test_vring_base_encoding(rig: Rig) -> None:
