@@ -50,9 +50,9 @@ the per-round ratio. The machine is shared: only same-round ratios mean anything
 root; only loopback and the namespaces made here are used; every process is stopped by
 PID and every namespace deleted.
 
-    python bench/bench_isolation.py [--rounds 3] [--seconds 3] [--paths compiled,pure]
-                                    [--flooders tap,vhost-user] [--flood-to other|gateway]
-                                    [--flood-nice N]
+    python -m bench.bench_isolation [--rounds 3] [--seconds 3] [--paths compiled,pure]
+                                       [--flooders tap,vhost-user] [--flood-to other|gateway]
+                                       [--flood-nice N]
 """
 
 from __future__ import annotations
