@@ -86,11 +86,14 @@ class FairShare:
         other = self._last_at if port != self._last_port else self._other_at
         return now - other < self.window
 
-    def budget(self, port: int, now: float, full: int | None = None) -> int:
-        """Frames ``port`` may take at this wake-up: :attr:`quantum` under contention,
-        else ``full`` (the port's own limit when it has one, default :attr:`full`)."""
+    def budget(
+        self, port: int, now: float, full: int | None = None, quantum: int | None = None
+    ) -> int:
+        """Frames ``port`` may take at this wake-up: its quantum under contention (the
+        port's own when it names one, default :attr:`quantum`), else ``full`` (the port's
+        own limit when it has one, default :attr:`full`)."""
         if self.contended(port, now):
-            return self.quantum
+            return self.quantum if quantum is None else quantum
         return self.full if full is None else full
 
 

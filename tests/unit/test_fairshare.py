@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import drivers.vhost_user as vu
 from drivers.tap.client import RX_BATCH, TapClient, make_client
+from drivers.vhost_user.client import TX_QUANTUM
 from drivers.vhost_user.device import TX_BUDGET
 from netstack.daemon import Netstack
 from netstack.net import fairshare
@@ -168,9 +169,10 @@ def test_a_port_may_name_its_own_full_budget() -> None:
     assert share.budget(ring, 1.0, 256) == 256
     share.active(tap, 1.0)
     assert share.budget(ring, 1.0, 256) == QUANTUM
+    assert share.budget(ring, 1.0, 256, 64) == 64  # and its own quantum
 
 
-async def test_a_vhost_user_ring_passes_a_quantum_while_another_port_has_work(
+async def test_a_vhost_user_ring_passes_its_quantum_while_another_port_has_work(
     tmp_path: Path,
 ) -> None:
     ns = Netstack({"vhost-user": vu.SPEC}, runtime_dir=tmp_path)
@@ -187,7 +189,7 @@ async def test_a_vhost_user_ring_passes_a_quantum_while_another_port_has_work(
         await fe.start(guest)
         share = for_loop(asyncio.get_running_loop())
         share.window = 3600.0  # what counts as contention does not expire during the test
-        frames = [frame(i, 60, dst=b"\x02" * 6) for i in range(120)]
+        frames = [frame(i, 60, dst=b"\x02" * 6) for i in range(60 + 160)]
         guest.send_frames(frames[:60])
         guest.kick(1)
         await until(lambda: len(rec.got) == 60)
@@ -197,9 +199,9 @@ async def test_a_vhost_user_ring_passes_a_quantum_while_another_port_has_work(
         rec.batches.clear()
         guest.send_frames(frames[60:])
         guest.kick(1)
-        await until(lambda: len(rec.got) == 120)
+        await until(lambda: len(rec.got) == 220)
         assert rec.got == frames
-        assert max(rec.batches) == QUANTUM and sum(rec.batches) == 60
+        assert max(rec.batches) == TX_QUANTUM < TX_BUDGET and sum(rec.batches) == 160
         fe.close()
     finally:
         await ns.close()
